@@ -1,0 +1,1081 @@
+#! /usr/bin/env python3
+"""An RFC 5321 smtp proxy with optional RFC 1870 and RFC 6531 extensions.
+
+Usage: %(program)s [options] [localhost:localport [remotehost:remoteport]]
+
+Options:
+
+    --nosetuid
+    -n
+        This program generally tries to setuid `nobody', unless this flag is
+        set.  The setuid call will fail if this program is not run as root (in
+        which case, use this flag).
+
+    --version
+    -V
+        Print the version number and exit.
+
+    --class classname
+    -c classname
+        Use `classname' as the concrete SMTP proxy class.  Uses `PureProxy' by
+        default.
+
+    --size limit
+    -s limit
+        Restrict the total size of the incoming message to "limit" number of
+        bytes via the RFC 1870 SIZE extension.  Defaults to 33554432 bytes.
+
+    --smtputf8
+    -u
+        Enable the SMTPUTF8 extension and behave as an RFC 6531 smtp proxy.
+
+    --debug
+    -d
+        Turn on debugging prints.
+
+    --help
+    -h
+        Print this message and exit.
+
+Version: %(__version__)s
+
+If localhost is not given then `localhost' is used, and if localport is not
+given then 8025 is used.  If remotehost is not given then `localhost' is used,
+and if remoteport is not given, then 25 is used.
+"""
+# The docstring above is the CLI's usage text (printed by usage()), kept
+# byte-identical to CPython 3.11's because scripts and tests compare it.
+#
+# This module is the faithful part of smtpd_compat: the public surface of
+# CPython 3.11's smtpd, written anew.  Everything here looks its globals
+# (socket, DEBUGSTREAM, __version__, ...) up at call time, because legacy code
+# and CPython's own tests rebind them (``smtpd.socket = mock_socket``).
+# Opt-in capabilities live in sibling modules that import this one; this
+# module never imports them.
+#
+# Deviations from CPython 3.11 are marked "Deviation (x)" with the letter used
+# in docs/deviations.rst.
+
+import codecs
+import collections
+import errno
+import getopt
+import os
+import socket
+import sys
+import time
+import warnings
+from warnings import warn
+
+from email._header_value_parser import get_addr_spec, get_angle_addr
+
+# asyncore/asynchat warn on import on 3.10 and 3.11 and are gone on 3.12+,
+# where the pyasyncore/pyasynchat distributions provide the same modules.
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    import asyncore
+    import asynchat
+
+__all__ = [
+    "SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy",
+]
+
+program = sys.argv[0]
+__version__ = 'Python SMTP proxy version 0.3'
+
+# Socket constants captured at import: tests replace the ``socket`` global
+# with a module that lacks them, and none of them is ever meant to be mocked.
+_SOMAXCONN = socket.SOMAXCONN
+_IPPROTO_TCP = getattr(socket, 'IPPROTO_TCP', None)
+_TCP_NODELAY = getattr(socket, 'TCP_NODELAY', None)
+
+# How many connections one wake-up of the listening socket may accept.
+_ACCEPTS_PER_WAKEUP = 64
+
+
+class Devnull:
+    def write(self, msg): pass
+    def flush(self): pass
+
+
+DEBUGSTREAM = Devnull()
+NEWLINE = '\n'
+COMMASPACE = ', '
+DATA_SIZE_DEFAULT = 33554432
+
+
+# Help for options beyond the stdlib's, printed after the usage text by
+# ``python -m smtpd_compat``; empty for the stdlib's own usage().
+_usage_epilog = ''
+
+
+def usage(code, msg=''):
+    print(__doc__ % globals(), file=sys.stderr)
+    if _usage_epilog:
+        print(_usage_epilog, file=sys.stderr)
+    if msg:
+        print(msg, file=sys.stderr)
+    sys.exit(code)
+
+
+def _debugging():
+    """True when debug prints go somewhere.  Lets hot paths skip building
+    repr() of whole messages only to hand them to a Devnull."""
+    return not isinstance(DEBUGSTREAM, Devnull)
+
+
+def _deprecated_alias(old, new):
+    """A property for the pre-3.5 name-mangled attribute ``__<old>`` that
+    forwards to ``new`` and warns on every get and set."""
+    def getter(self):
+        warn("Access to __%s attribute on SMTPChannel is deprecated, "
+             "use '%s' instead" % (old, new), DeprecationWarning, 2)
+        return getattr(self, new)
+
+    def setter(self, value):
+        warn("Setting __%s attribute on SMTPChannel is deprecated, "
+             "set '%s' instead" % (old, new), DeprecationWarning, 2)
+        setattr(self, new, value)
+
+    return property(getter, setter)
+
+
+def _server_fqdn(server):
+    """The host name for greetings, looked up once per server.
+
+    Deviation (f): the stdlib ran socket.getfqdn(), a blocking DNS lookup,
+    for every connection.  The lookup still goes through this module's
+    ``socket`` global, so patching it works as before."""
+    if isinstance(server, SMTPServer):
+        fqdn = server.__dict__.get('_smtpd_compat_fqdn')
+        if fqdn is None:
+            fqdn = server._smtpd_compat_fqdn = socket.getfqdn()
+        return fqdn
+    return socket.getfqdn()
+
+
+class _Pending(bytes):
+    """Type of the placeholder that stands in ``ac_in_buffer`` while
+    handle_read walks its own copy of the input (see handle_read); equal to
+    b'' but never identical to any other buffer."""
+
+
+_PENDING = _Pending()
+_DATA_TERMINATOR = b'\r\n.\r\n'
+
+
+class SMTPChannel(asynchat.async_chat):
+    COMMAND = 0
+    DATA = 1
+
+    command_size_limit = 512
+    # Kept as a class attribute for code that reads it; every channel gets
+    # its own dict in __init__ (deviation (d)).
+    command_size_limits = collections.defaultdict(lambda x=command_size_limit: x)
+
+    @property
+    def max_command_size_limit(self):
+        try:
+            return max(self.command_size_limits.values())
+        except ValueError:
+            return self.command_size_limit
+
+    def __init__(self, server, conn, addr, data_size_limit=DATA_SIZE_DEFAULT,
+                 map=None, enable_SMTPUTF8=False, decode_data=False):
+        asynchat.async_chat.__init__(self, conn, map=map)
+        self.smtp_server = server
+        self.conn = conn
+        self.addr = addr
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        if enable_SMTPUTF8 and decode_data:
+            raise ValueError("decode_data and enable_SMTPUTF8 cannot"
+                             " be set to True at the same time")
+        if decode_data:
+            self._emptystring = ''
+            self._linesep = '\r\n'
+            self._dotsep = '.'
+            self._newline = NEWLINE
+            # Deviation (c): chunks are decoded incrementally, so a UTF-8
+            # character split across two reads decodes correctly.
+            self._decoder = codecs.getincrementaldecoder('utf-8')()
+        else:
+            self._emptystring = b''
+            self._linesep = b'\r\n'
+            self._dotsep = ord(b'.')
+            self._newline = b'\n'
+        self._bad_utf8 = False
+        self._set_rset_state()
+        self.seen_greeting = ''
+        self.extended_smtp = False
+        # Deviation (d): the stdlib cleared one dict shared by every channel
+        # here, so a new connection reset everyone's limits and one client's
+        # EHLO raised another's MAIL limit.  Each channel owns its dict.
+        shared = type(self).command_size_limits
+        self.command_size_limits = collections.defaultdict(
+            getattr(shared, 'default_factory', None))
+        self.fqdn = _server_fqdn(server)
+        try:
+            self.peer = conn.getpeername()
+        except OSError as err:
+            # a race condition  may occur if the other end is closing
+            # before we can get the peername
+            self.close()
+            if err.errno != errno.ENOTCONN:
+                raise
+            return
+        if _TCP_NODELAY is not None:
+            # Replies are written once per command and the client waits for
+            # them: Nagle's algorithm only adds latency (a multi-line EHLO
+            # reply otherwise waits for the client's delayed ACK).
+            try:
+                conn.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+            except (OSError, AttributeError, TypeError):
+                pass
+        print('Peer:', repr(self.peer), file=DEBUGSTREAM)
+        self._greet()
+
+    # Hooks for smtpd_compat's capability modules.  The stdlib has none of
+    # these; each does exactly what the stdlib's inline code did, so a
+    # channel that does not override them behaves as CPython 3.11's.
+
+    def _greet(self):
+        """Send the 220 greeting (a PROXY-protocol or implicit-TLS channel
+        defers this until its header or handshake is done)."""
+        self.push('220 %s %s' % (self.fqdn, __version__))
+
+    def extra_ehlo_keywords(self):
+        """EHLO keywords to advertise after the stdlib's (SIZE, 8BITMIME,
+        SMTPUTF8) and before the final "250 HELP"; cooperative mixins
+        extend ``super().extra_ehlo_keywords()``."""
+        return []
+
+    def check_mail_parameters(self, params):
+        """Called with the MAIL parameters (a dict, upper-case names)
+        that remain after BODY, SMTPUTF8 and SIZE are handled.  Pop those
+        you recognise; return a reply line to refuse the command, or None.
+        Any left over get the stdlib's 555 reply."""
+        return None
+
+    def check_rcpt_parameters(self, params):
+        """Like check_mail_parameters, for RCPT TO."""
+        return None
+
+    # The values MAIL's BODY parameter may take on a decode_data=False
+    # channel (RFC 6152); anything else gets the stdlib's 501.
+    _accepted_body_types = ('7BIT', '8BITMIME')
+
+    def _set_post_data_state(self):
+        """Reset state variables to their post-DATA state."""
+        self.smtp_state = self.COMMAND
+        self.mailfrom = None
+        self.rcpttos = []
+        self.require_SMTPUTF8 = False
+        self.num_bytes = 0
+        self.set_terminator(b'\r\n')
+
+    def _set_rset_state(self):
+        """Reset all state variables except the greeting."""
+        self._set_post_data_state()
+        self.received_data = ''
+        self.received_lines = []
+
+    # The name-mangled attributes of smtpd before Python 3.5, still readable
+    # and writable with a DeprecationWarning.
+    _SMTPChannel__server = _deprecated_alias('server', 'smtp_server')
+    _SMTPChannel__line = _deprecated_alias('line', 'received_lines')
+    _SMTPChannel__state = _deprecated_alias('state', 'smtp_state')
+    _SMTPChannel__greeting = _deprecated_alias('greeting', 'seen_greeting')
+    _SMTPChannel__mailfrom = _deprecated_alias('mailfrom', 'mailfrom')
+    _SMTPChannel__rcpttos = _deprecated_alias('rcpttos', 'rcpttos')
+    _SMTPChannel__data = _deprecated_alias('data', 'received_data')
+    _SMTPChannel__fqdn = _deprecated_alias('fqdn', 'fqdn')
+    _SMTPChannel__peer = _deprecated_alias('peer', 'peer')
+    _SMTPChannel__conn = _deprecated_alias('conn', 'conn')
+    _SMTPChannel__addr = _deprecated_alias('addr', 'addr')
+
+    # Overrides base class for convenience.
+    def push(self, msg):
+        text = msg + '\r\n'
+        encoding = 'utf-8' if self.require_SMTPUTF8 else 'ascii'
+        try:
+            data = text.encode(encoding)
+        except UnicodeEncodeError:
+            # Deviation (b): a reply echoing non-ASCII client text on a
+            # session without SMTPUTF8 raised here and dropped the
+            # connection.  Send the same reply with the text escaped.
+            data = text.encode(encoding, 'backslashreplace')
+        asynchat.async_chat.push(self, data)
+
+    def set_terminator(self, term):
+        # Remember when DATA content starts, so that an empty message
+        # (".\r\n" right after the 354 reply) can be recognised: see
+        # handle_read.
+        self._data_start = term == _DATA_TERMINATOR
+        asynchat.async_chat.set_terminator(self, term)
+
+    def handle_read(self):
+        # Same contract as asynchat.async_chat.handle_read (terminators may
+        # be bytes, an int or None, and found_terminator may change them),
+        # written to walk the input with an index instead of re-slicing
+        # ac_in_buffer after every line.
+        #
+        # While found_terminator runs, ac_in_buffer holds the _PENDING
+        # placeholder.  Code that replaces it (discard_buffers(), or STARTTLS
+        # throwing away pipelined plaintext) makes the loop go on with the
+        # new buffer instead.
+        try:
+            data = self.recv(self.ac_in_buffer_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.handle_error()
+            return
+        if isinstance(data, str) and self.use_encoding:
+            data = bytes(data, self.encoding)
+        self._handle_input(data)
+
+    def _handle_input(self, data):
+        """Split received bytes at the terminators and hand them to
+        collect_incoming_data and found_terminator (the part of handle_read
+        after recv, for channels that read their socket differently)."""
+        buf = self.ac_in_buffer + data if self.ac_in_buffer else data
+        pos = 0
+        end = len(buf)
+        collect = self.collect_incoming_data
+        calling = False
+        try:
+            while pos < end:
+                terminator = self.get_terminator()
+                if not terminator:
+                    # No terminator: everything is content.
+                    collect(buf[pos:] if pos else buf)
+                    pos = end
+                    break
+                if isinstance(terminator, int):
+                    # A counted number of bytes.
+                    if end - pos < terminator:
+                        collect(buf[pos:])
+                        self.terminator = terminator - (end - pos)
+                        pos = end
+                        break
+                    collect(buf[pos:pos + terminator])
+                    pos += terminator
+                    self.terminator = 0
+                else:
+                    skip = len(terminator)
+                    index = -1
+                    if self._data_start and terminator == _DATA_TERMINATOR:
+                        # Deviation (a): the CRLF before the end-of-data
+                        # dot went with the DATA command line, so the stdlib
+                        # never took ".\r\n" as the end of an empty message
+                        # and waited forever (RFC 5321 section 4.1.1.4).
+                        head = buf[pos:pos + 3]
+                        if len(head) < 3 and b'.\r\n'.startswith(head):
+                            break    # too short to tell yet: wait for more
+                        self._data_start = False
+                        if head == b'.\r\n':
+                            index, skip = pos, 3
+                    if index < 0:
+                        index = buf.find(terminator, pos)
+                    if index < 0:
+                        # Collect all but a possible start of the terminator,
+                        # which waits for the next read.
+                        keep = min(skip - 1, end - pos)
+                        while keep and not buf.endswith(terminator[:keep]):
+                            keep -= 1
+                        if end - keep > pos:
+                            collect(buf[pos:end - keep])
+                        pos = end - keep
+                        break
+                    if index > pos:
+                        collect(buf[pos:index])
+                    pos = index + skip
+                self.ac_in_buffer = _PENDING
+                calling = True
+                self.found_terminator()
+                calling = False
+                if self.ac_in_buffer is not _PENDING:
+                    buf, pos, end = self.ac_in_buffer, 0, len(self.ac_in_buffer)
+        finally:
+            # After an exception from found_terminator, keep a buffer it set.
+            if not calling or self.ac_in_buffer is _PENDING:
+                self.ac_in_buffer = buf[pos:] if pos < end else b''
+
+    # Implementation of base class abstract method
+    def collect_incoming_data(self, data):
+        limit = None
+        if self.smtp_state == self.COMMAND:
+            limit = self.max_command_size_limit
+        elif self.smtp_state == self.DATA:
+            limit = self.data_size_limit
+        if limit and self.num_bytes > limit:
+            return
+        elif limit:
+            self.num_bytes += len(data)
+        if self._decode_data:
+            if self._bad_utf8:
+                return
+            try:
+                self.received_lines.append(self._decoder.decode(data))
+            except UnicodeDecodeError:
+                # Deviation (c): remembered and answered with an error
+                # reply once the line or message is complete.
+                self._bad_utf8 = True
+        else:
+            self.received_lines.append(data)
+
+    def _take_line(self):
+        """Join and clear received_lines.  Returns None if the input was
+        not valid UTF-8 on a decode_data channel."""
+        line = self._emptystring.join(self.received_lines)
+        self.received_lines = []
+        if self._decode_data:
+            try:
+                line += self._decoder.decode(b'', True)
+            except UnicodeDecodeError:
+                self._bad_utf8 = True
+            self._decoder.reset()
+            if self._bad_utf8:
+                self._bad_utf8 = False
+                return None
+        return line
+
+    # Implementation of base class abstract method
+    def found_terminator(self):
+        line = self._take_line()
+        if _debugging():
+            print('Data:', repr(line), file=DEBUGSTREAM)
+        if self.smtp_state == self.COMMAND:
+            sz, self.num_bytes = self.num_bytes, 0
+            if not line:
+                # Deviation (b): a command line that is not valid UTF-8
+                # (line is None) raised in the stdlib.
+                self.push('500 Error: bad syntax')
+                return
+            if not self._decode_data:
+                try:
+                    line = str(line, 'utf-8')
+                except UnicodeDecodeError:
+                    self.push('500 Error: bad syntax')
+                    return
+            i = line.find(' ')
+            if i < 0:
+                command = line.upper()
+                arg = None
+            else:
+                command = line[:i].upper()
+                arg = line[i+1:].strip()
+            if self.extended_smtp:
+                max_sz = self._command_limit(command)
+            else:
+                max_sz = self.command_size_limit
+            if sz > max_sz:
+                self.push('500 Error: line too long')
+                return
+            method = getattr(self, 'smtp_' + command, None)
+            if not method:
+                self.push('500 Error: command "%s" not recognized' % command)
+                return
+            method(arg)
+            return
+        else:
+            if self.smtp_state != self.DATA:
+                self.push('451 Internal confusion')
+                self.num_bytes = 0
+                return
+            if self.data_size_limit and self.num_bytes > self.data_size_limit:
+                self.push('552 Error: Too much mail data')
+                # Deviation (g): the stdlib stayed in DATA state, so the
+                # client's next commands became the body of a message
+                # delivered to this envelope.  The 552 ends the transaction.
+                self._set_post_data_state()
+                return
+            if line is None:
+                # Deviation (c): content that is not valid UTF-8 on a
+                # decode_data channel crashed the stdlib.
+                self.push('554 Error: message data is not valid UTF-8')
+                self._set_post_data_state()
+                return
+            self._process_data(self._unstuff(line))
+
+    def _process_data(self, data):
+        """Hand a complete message (already unstuffed) to
+        process_message and answer with its reply."""
+        self.received_data = data
+        args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
+        kwargs = {}
+        if not self._decode_data:
+            kwargs = {
+                'mail_options': self.mail_options,
+                'rcpt_options': self.rcpt_options,
+            }
+        status = self.smtp_server.process_message(*args, **kwargs)
+        self._set_post_data_state()
+        if not status:
+            self.push('250 OK')
+        else:
+            self.push(status)
+
+    def _unstuff(self, content):
+        """Undo dot-stuffing (RFC 5321 section 4.5.2: a leading dot on any
+        line is removed) and turn CRLF line ends into newlines, without a
+        per-line loop.  Same result as splitting on CRLF, stripping one
+        leading dot per line and joining with a newline."""
+        linesep = self._linesep
+        dot = '.' if self._decode_data else b'.'
+        if content[:1] == dot:
+            content = content[1:]
+        if dot in content:
+            content = content.replace(linesep + dot, linesep)
+        return content.replace(linesep, self._newline)
+
+    def _command_limit(self, command):
+        """The line length allowed for ``command`` on an ESMTP session.
+        Reads command_size_limits without inserting unknown commands, so a
+        client cannot grow it without bound."""
+        limits = self.command_size_limits
+        if command in limits:
+            return limits[command]
+        factory = getattr(limits, 'default_factory', None)
+        return factory() if factory is not None else limits[command]
+
+    # SMTP and ESMTP commands
+    def smtp_HELO(self, arg):
+        if not arg:
+            self.push('501 Syntax: HELO hostname')
+            return
+        # A second HELO/EHLO is refused (bpo-21783).
+        if self.seen_greeting:
+            self.push('503 Duplicate HELO/EHLO')
+            return
+        self._set_rset_state()
+        self.seen_greeting = arg
+        self.push('250 %s' % self.fqdn)
+
+    def smtp_EHLO(self, arg):
+        if not arg:
+            self.push('501 Syntax: EHLO hostname')
+            return
+        # A second HELO/EHLO is refused (bpo-21783).
+        if self.seen_greeting:
+            self.push('503 Duplicate HELO/EHLO')
+            return
+        self._set_rset_state()
+        self.seen_greeting = arg
+        self.extended_smtp = True
+        self.push('250-%s' % self.fqdn)
+        if self.data_size_limit:
+            self.push('250-SIZE %s' % self.data_size_limit)
+            self.command_size_limits['MAIL'] += 26
+        if not self._decode_data:
+            self.push('250-8BITMIME')
+        if self.enable_SMTPUTF8:
+            self.push('250-SMTPUTF8')
+            self.command_size_limits['MAIL'] += 10
+        for keyword in self.extra_ehlo_keywords():
+            self.push('250-%s' % keyword)
+        self.push('250 HELP')
+
+    def smtp_NOOP(self, arg):
+        if arg:
+            self.push('501 Syntax: NOOP')
+        else:
+            self.push('250 OK')
+
+    def smtp_QUIT(self, arg):
+        # The argument is ignored.
+        self.push('221 Bye')
+        self.close_when_done()
+
+    def _strip_command_keyword(self, keyword, arg):
+        keylen = len(keyword)
+        if arg[:keylen].upper() == keyword:
+            return arg[keylen:].strip()
+        return ''
+
+    def _getaddr(self, arg):
+        if not arg:
+            return '', ''
+        try:
+            if arg.lstrip().startswith('<'):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+            if not address:
+                return address, rest
+            return address.addr_spec, rest
+        except Exception:
+            # Deviation (b): the email package's parser raises
+            # HeaderParseError, IndexError or AttributeError on malformed
+            # input such as "<a@"; the stdlib let that drop the connection.
+            # No address is the answer its callers already turn into the
+            # syntax error reply.
+            return '', ''
+
+    def _getparams(self, params):
+        # Return params as dictionary. Return None if not all parameters
+        # appear to be syntactically valid according to RFC 1869.
+        result = {}
+        for param in params:
+            param, eq, value = param.partition('=')
+            if not param.isalnum() or eq and not value:
+                return None
+            result[param] = value if eq else True
+        return result
+
+    def smtp_HELP(self, arg):
+        if arg:
+            extended = ' [SP <mail-parameters>]'
+            lc_arg = arg.upper()
+            if lc_arg == 'EHLO':
+                self.push('250 Syntax: EHLO hostname')
+            elif lc_arg == 'HELO':
+                self.push('250 Syntax: HELO hostname')
+            elif lc_arg == 'MAIL':
+                msg = '250 Syntax: MAIL FROM: <address>'
+                if self.extended_smtp:
+                    msg += extended
+                self.push(msg)
+            elif lc_arg == 'RCPT':
+                msg = '250 Syntax: RCPT TO: <address>'
+                if self.extended_smtp:
+                    msg += extended
+                self.push(msg)
+            elif lc_arg == 'DATA':
+                self.push('250 Syntax: DATA')
+            elif lc_arg == 'RSET':
+                self.push('250 Syntax: RSET')
+            elif lc_arg == 'NOOP':
+                self.push('250 Syntax: NOOP')
+            elif lc_arg == 'QUIT':
+                self.push('250 Syntax: QUIT')
+            elif lc_arg == 'VRFY':
+                self.push('250 Syntax: VRFY <address>')
+            else:
+                self.push('501 Supported commands: EHLO HELO MAIL RCPT '
+                          'DATA RSET NOOP QUIT VRFY')
+        else:
+            self.push('250 Supported commands: EHLO HELO MAIL RCPT DATA '
+                      'RSET NOOP QUIT VRFY')
+
+    def smtp_VRFY(self, arg):
+        if arg:
+            address, params = self._getaddr(arg)
+            if address:
+                self.push('252 Cannot VRFY user, but will accept message '
+                          'and attempt delivery')
+            else:
+                self.push('502 Could not VRFY %s' % arg)
+        else:
+            self.push('501 Syntax: VRFY <address>')
+
+    def smtp_MAIL(self, arg):
+        if not self.seen_greeting:
+            self.push('503 Error: send HELO first')
+            return
+        print('===> MAIL', arg, file=DEBUGSTREAM)
+        syntaxerr = '501 Syntax: MAIL FROM: <address>'
+        if self.extended_smtp:
+            syntaxerr += ' [SP <mail-parameters>]'
+        if arg is None:
+            self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword('FROM:', arg)
+        address, params = self._getaddr(arg)
+        if not address:
+            self.push(syntaxerr)
+            return
+        if not self.extended_smtp and params:
+            self.push(syntaxerr)
+            return
+        if self.mailfrom:
+            self.push('503 Error: nested MAIL command')
+            return
+        self.mail_options = params.upper().split()
+        params = self._getparams(self.mail_options)
+        if params is None:
+            self.push(syntaxerr)
+            return
+        if not self._decode_data:
+            body = params.pop('BODY', '7BIT')
+            if body not in self._accepted_body_types:
+                self.push('501 Error: BODY can only be one of 7BIT, 8BITMIME')
+                return
+        if self.enable_SMTPUTF8:
+            smtputf8 = params.pop('SMTPUTF8', False)
+            if smtputf8 is True:
+                self.require_SMTPUTF8 = True
+            elif smtputf8 is not False:
+                self.push('501 Error: SMTPUTF8 takes no arguments')
+                return
+        size = params.pop('SIZE', None)
+        if size:
+            # Deviation (b): "SIZE" without a value (True here) and digits
+            # that int() rejects (such as superscripts) raised in the stdlib.
+            size = _size_value(size)
+            if size is None:
+                self.push(syntaxerr)
+                return
+            elif self.data_size_limit and size > self.data_size_limit:
+                self.push('552 Error: message size exceeds fixed maximum message size')
+                return
+        refusal = self.check_mail_parameters(params)
+        if refusal:
+            self.push(refusal)
+            return
+        if len(params.keys()) > 0:
+            self.push('555 MAIL FROM parameters not recognized or not implemented')
+            return
+        self.mailfrom = address
+        print('sender:', self.mailfrom, file=DEBUGSTREAM)
+        self.push('250 OK')
+
+    def smtp_RCPT(self, arg):
+        if not self.seen_greeting:
+            self.push('503 Error: send HELO first')
+            return
+        print('===> RCPT', arg, file=DEBUGSTREAM)
+        if not self.mailfrom:
+            self.push('503 Error: need MAIL command')
+            return
+        syntaxerr = '501 Syntax: RCPT TO: <address>'
+        if self.extended_smtp:
+            syntaxerr += ' [SP <mail-parameters>]'
+        if arg is None:
+            self.push(syntaxerr)
+            return
+        arg = self._strip_command_keyword('TO:', arg)
+        address, params = self._getaddr(arg)
+        if not address:
+            self.push(syntaxerr)
+            return
+        if not self.extended_smtp and params:
+            self.push(syntaxerr)
+            return
+        self.rcpt_options = params.upper().split()
+        params = self._getparams(self.rcpt_options)
+        if params is None:
+            self.push(syntaxerr)
+            return
+        refusal = self.check_rcpt_parameters(params)
+        if refusal:
+            self.push(refusal)
+            return
+        # The stdlib recognises no RCPT parameter.
+        if len(params.keys()) > 0:
+            self.push('555 RCPT TO parameters not recognized or not implemented')
+            return
+        self.rcpttos.append(address)
+        print('recips:', self.rcpttos, file=DEBUGSTREAM)
+        self.push('250 OK')
+
+    def smtp_RSET(self, arg):
+        if arg:
+            self.push('501 Syntax: RSET')
+            return
+        self._set_rset_state()
+        self.push('250 OK')
+
+    def smtp_DATA(self, arg):
+        if not self.seen_greeting:
+            self.push('503 Error: send HELO first')
+            return
+        if not self.rcpttos:
+            self.push('503 Error: need RCPT command')
+            return
+        if arg:
+            self.push('501 Syntax: DATA')
+            return
+        self.smtp_state = self.DATA
+        self.set_terminator(b'\r\n.\r\n')
+        self.push('354 End data with <CR><LF>.<CR><LF>')
+
+    # Commands that have not been implemented
+    def smtp_EXPN(self, arg):
+        self.push('502 EXPN not implemented')
+
+
+def _size_value(size):
+    """The integer value of a MAIL SIZE parameter, or None if it is not a
+    number.  Accepts exactly what the stdlib's ``isdigit()`` then ``int()``
+    accepted without raising."""
+    if not isinstance(size, str) or not size.isdigit():
+        return None
+    try:
+        return int(size)
+    except ValueError:
+        return None
+
+
+class SMTPServer(asyncore.dispatcher):
+    # SMTPChannel class to use for managing client connections
+    channel_class = SMTPChannel
+
+    def __init__(self, localaddr, remoteaddr,
+                 data_size_limit=DATA_SIZE_DEFAULT, map=None,
+                 enable_SMTPUTF8=False, decode_data=False, *, backlog=None):
+        self._localaddr = localaddr
+        self._remoteaddr = remoteaddr
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        if enable_SMTPUTF8 and decode_data:
+            raise ValueError("decode_data and enable_SMTPUTF8 cannot"
+                             " be set to True at the same time")
+        if backlog is not None and (not isinstance(backlog, int) or backlog < 0):
+            raise ValueError("backlog must be a non-negative integer, not %r"
+                             % (backlog,))
+        asyncore.dispatcher.__init__(self, map=map)
+        try:
+            gai_results = socket.getaddrinfo(*localaddr,
+                                             type=socket.SOCK_STREAM)
+            self.create_socket(gai_results[0][0], gai_results[0][1])
+            # try to re-use a server port if possible
+            self.set_reuse_addr()
+            self.bind(localaddr)
+            # The stdlib listened with a backlog of 5, which drops SYNs in
+            # any burst of new connections; the kernel maximum costs nothing.
+            self.listen(_SOMAXCONN if backlog is None else backlog)
+        except:
+            self.close()
+            raise
+        else:
+            print('%s started at %s\n\tLocal addr: %s\n\tRemote addr:%s' % (
+                self.__class__.__name__, time.ctime(time.time()),
+                localaddr, remoteaddr), file=DEBUGSTREAM)
+
+    def handle_accept(self):
+        # asyncore accepts one connection per wake-up; accepting what is
+        # queued (up to a bound, so other sockets still get served) keeps a
+        # burst of connections from waiting one loop turn each.
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            pair = self.accept()
+            if pair is None:
+                return
+            self.handle_accepted(*pair)
+
+    def handle_accepted(self, conn, addr):
+        print('Incoming connection from %s' % repr(addr), file=DEBUGSTREAM)
+        channel = self.channel_class(self,
+                                     conn,
+                                     addr,
+                                     self.data_size_limit,
+                                     self._map,
+                                     self.enable_SMTPUTF8,
+                                     self._decode_data)
+
+    # API for "doing something useful with the message"
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        """Handle one message; subclasses must override this.
+
+        peer: the client's address as returned by getpeername().
+        mailfrom: the envelope sender given in MAIL FROM.
+        rcpttos: the list of envelope recipients given in RCPT TO.
+        data: the message content, with dot-stuffing undone (RFC 5321
+        section 4.5.2) and line ends turned into newlines; bytes, or str
+        when the server was made with decode_data=True.
+
+        kwargs: empty with decode_data=True; otherwise ``mail_options`` and
+        ``rcpt_options``, the upper-cased parameters of the MAIL command and
+        of the last RCPT command (e.g. ['BODY=8BITMIME', 'SMTPUTF8']).
+
+        Return None to answer "250 OK", or a full reply line such as
+        "550 No such user" to answer that instead.
+        """
+        raise NotImplementedError
+
+
+class DebuggingServer(SMTPServer):
+
+    def _print_message_content(self, peer, data):
+        binary = not isinstance(data, str)
+        in_headers = True
+        for line in data.splitlines():
+            if in_headers and not line:
+                # The end of the headers: show who sent it.
+                peerheader = 'X-Peer: ' + peer[0]
+                if binary:
+                    peerheader = repr(peerheader.encode('utf-8'))
+                print(peerheader)
+                in_headers = False
+            print(repr(line) if binary else line)
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        print('---------- MESSAGE FOLLOWS ----------')
+        if kwargs:
+            if kwargs.get('mail_options'):
+                print('mail options: %s' % kwargs['mail_options'])
+            if kwargs.get('rcpt_options'):
+                print('rcpt options: %s\n' % kwargs['rcpt_options'])
+        self._print_message_content(peer, data)
+        print('------------ END MESSAGE ------------')
+
+
+class PureProxy(SMTPServer):
+    def __init__(self, *args, **kwargs):
+        if 'enable_SMTPUTF8' in kwargs and kwargs['enable_SMTPUTF8']:
+            raise ValueError("PureProxy does not support SMTPUTF8.")
+        super(PureProxy, self).__init__(*args, **kwargs)
+
+    # Deviation (e): the stdlib's signature lacked **kwargs, so every message
+    # on a default (decode_data=False) server raised TypeError (bpo-35788);
+    # it also could not handle bytes.
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        binary = not isinstance(data, str)
+        newline = b'\n' if binary else NEWLINE
+        peerheader = 'X-Peer: %s' % peer[0]
+        lines = data.split(newline)
+        # The X-Peer header goes after the last header line.
+        i = 0
+        for line in lines:
+            if not line:
+                break
+            i += 1
+        lines.insert(i, peerheader.encode('utf-8') if binary else peerheader)
+        data = newline.join(lines)
+        refused = self._deliver(mailfrom, rcpttos, data)
+        print('we got some refusals:', refused, file=DEBUGSTREAM)
+        if rcpttos and len(refused) >= len(set(rcpttos)):
+            # Every recipient was refused: answer with the upstream reply
+            # instead of a false 250 (deviation (e)).  When only some were
+            # refused the message was relayed, and 250 stands.
+            return _refusal_reply(refused)
+        return None
+
+    def _deliver(self, mailfrom, rcpttos, data):
+        import smtplib
+        refused = {}
+        if isinstance(data, bytes):
+            # smtplib sends bytes as they are: give it SMTP line ends.
+            data = data.replace(b'\r\n', b'\n').replace(b'\r', b'\n')
+            data = data.replace(b'\n', b'\r\n')
+        else:
+            data = data.encode('utf-8')
+            data = data.replace(b'\r\n', b'\n').replace(b'\r', b'\n')
+            data = data.replace(b'\n', b'\r\n')
+        try:
+            s = smtplib.SMTP()
+            s.connect(self._remoteaddr[0], self._remoteaddr[1])
+            try:
+                refused = s.sendmail(mailfrom, rcpttos, data)
+            finally:
+                s.quit()
+        except smtplib.SMTPRecipientsRefused as e:
+            print('got SMTPRecipientsRefused', file=DEBUGSTREAM)
+            refused = e.recipients
+        except (OSError, smtplib.SMTPException) as e:
+            print('got', e.__class__, file=DEBUGSTREAM)
+            # Every recipient counts as refused; keep the upstream code when
+            # there is one, -1 (no reply) otherwise.
+            errcode = getattr(e, 'smtp_code', -1)
+            errmsg = getattr(e, 'smtp_error', 'ignore')
+            for r in rcpttos:
+                refused[r] = (errcode, errmsg)
+        return refused
+
+
+def _refusal_reply(refused):
+    """The reply for a message that every recipient refused upstream: the
+    first upstream 4xx/5xx reply, or 451 when there was none (connection
+    failure), so the sender retries."""
+    for code, msg in refused.values():
+        if isinstance(code, int) and 400 <= code < 600:
+            if isinstance(msg, bytes):
+                msg = msg.decode('utf-8', 'replace')
+            text = ' '.join(str(msg).split())
+            return '%d %s' % (code, text or 'Error: relay refused')
+    return '451 Error: could not relay the message'
+
+
+class Options:
+    setuid = True
+    classname = 'PureProxy'
+    size_limit = None
+    enable_SMTPUTF8 = False
+
+
+# The stdlib's command-line options: (short, long) for getopt.
+_SHORTOPTS = 'nVhc:s:du'
+_LONGOPTS = ['class=', 'nosetuid', 'version', 'help', 'size=', 'debug',
+             'smtputf8']
+
+
+def _parseargs(argv, extra_longopts=()):
+    """Parse the stdlib's options plus ``extra_longopts`` (getopt long
+    option names).  Returns Options with the extra options, in order, as
+    ``options.extra``: a list of (option, value) pairs."""
+    global DEBUGSTREAM
+    try:
+        opts, args = getopt.getopt(argv, _SHORTOPTS,
+                                   _LONGOPTS + list(extra_longopts))
+    except getopt.error as e:
+        usage(1, e)
+
+    options = Options()
+    options.extra = []
+    for opt, arg in opts:
+        if opt in ('-h', '--help'):
+            usage(0)
+        elif opt in ('-V', '--version'):
+            print(__version__)
+            sys.exit(0)
+        elif opt in ('-n', '--nosetuid'):
+            options.setuid = False
+        elif opt in ('-c', '--class'):
+            options.classname = arg
+        elif opt in ('-d', '--debug'):
+            DEBUGSTREAM = sys.stderr
+        elif opt in ('-u', '--smtputf8'):
+            options.enable_SMTPUTF8 = True
+        elif opt in ('-s', '--size'):
+            try:
+                options.size_limit = int(arg)
+            except ValueError:
+                print('Invalid size: ' + arg, file=sys.stderr)
+                sys.exit(1)
+        else:
+            options.extra.append((opt, arg))
+
+    # The positional arguments: [localhost:localport [remotehost:remoteport]]
+    if len(args) < 1:
+        localspec = 'localhost:8025'
+        remotespec = 'localhost:25'
+    elif len(args) < 2:
+        localspec = args[0]
+        remotespec = 'localhost:25'
+    elif len(args) < 3:
+        localspec = args[0]
+        remotespec = args[1]
+    else:
+        usage(1, 'Invalid arguments: %s' % COMMASPACE.join(args))
+
+    options.localhost, options.localport = _hostport(localspec, 'local')
+    options.remotehost, options.remoteport = _hostport(remotespec, 'remote')
+    return options
+
+
+def _hostport(spec, which):
+    """Split "host:port" at the first colon, exiting through usage() with
+    the stdlib's messages when it is malformed."""
+    i = spec.find(':')
+    if i < 0:
+        usage(1, 'Bad %s spec: %s' % (which, spec))
+    try:
+        return spec[:i], int(spec[i+1:])
+    except ValueError:
+        usage(1, 'Bad %s port: %s' % (which, spec))
+
+
+def parseargs(argv=None):
+    """Parse the command line (``sys.argv[1:]`` by default) the way
+    ``python -m smtpd`` does; exits through usage() on errors."""
+    options = _parseargs(sys.argv[1:] if argv is None else argv)
+    del options.extra
+    return options
+
+
+if __name__ == '__main__':
+    from smtpd_compat.__main__ import main
+    main()

@@ -1,0 +1,162 @@
+"""``python -m smtpd_compat``: the stdlib's ``python -m smtpd`` command line,
+plus the long options of the opt-in capabilities.
+
+With only the stdlib's options it behaves as ``python -m smtpd`` did on
+Python 3.11 (same usage text, messages and exit codes; PureProxy by default;
+setuid to nobody unless -n), except that Ctrl-C and SIGTERM exit quietly
+with status 0.
+
+How a capability adds options, without this file naming its flags: a module
+listed in _CAPABILITIES may define
+
+``CLI_OPTIONS``
+    a sequence of ``(name, metavar, help)``: a getopt long option name
+    (``'tls-cert='`` takes a value, ``'smtps'`` does not), the value's
+    placeholder for help ('' for flags), and one line of help;
+``cli_configure(cli)``
+    called with the :class:`CLI` after parsing, in _CAPABILITIES order; it
+    reads ``cli.given`` and changes ``cli.mixins``, ``cli.server_kwargs`` or
+    ``cli.serve``, and calls ``cli.error(msg)`` for a bad combination.
+"""
+import importlib
+import signal
+import sys
+
+import smtpd_compat as _smtpd
+
+__all__ = ['main', 'CLI']
+
+# Capability modules consulted for options and classes, in this order.  A
+# module that does not exist (yet) is skipped.
+_CAPABILITIES = (
+    'loop', 'limits', 'proxy_protocol', 'shutdown', 'workers', 'tls', 'auth',
+    'delivery', 'relay', 'lmtp', 'extensions', 'controller',
+)
+
+
+def _capability_modules():
+    modules = []
+    for name in _CAPABILITIES:
+        fullname = 'smtpd_compat.' + name
+        try:
+            modules.append(importlib.import_module(fullname))
+        except ModuleNotFoundError as e:
+            if e.name != fullname:
+                raise
+    return modules
+
+
+class CLI:
+    """What ``python -m smtpd_compat`` is about to run; capabilities adjust it.
+
+    options: the parsed stdlib options (localhost, localport, remotehost,
+        remoteport, size_limit, classname, setuid, enable_SMTPUTF8).
+    given: the capability options given, long name without dashes and
+        '=' -> value ('' for flags; the last one wins when repeated).
+    server_class: the class named by -c.
+    mixins: classes put in front of server_class, first = outermost.
+    server_kwargs: keyword arguments for the server's constructor.
+    serve: callable(cli, server) that runs until shutdown.
+    """
+
+    def __init__(self, options, server_class):
+        self.options = options
+        self.given = {opt.lstrip('-'): value for opt, value in options.extra}
+        self.server_class = server_class
+        self.mixins = []
+        self.server_kwargs = {}
+        if options.enable_SMTPUTF8:
+            self.server_kwargs['enable_SMTPUTF8'] = True
+        self.serve = _serve
+
+    def error(self, msg):
+        """Exit with the usage text and ``msg``, status 1."""
+        _smtpd.usage(1, msg)
+
+    def make_server(self):
+        cls = self.server_class
+        if self.mixins:
+            cls = type(cls.__name__, tuple(self.mixins) + (cls,), {})
+        o = self.options
+        return cls((o.localhost, o.localport), (o.remotehost, o.remoteport),
+                   o.size_limit, **self.server_kwargs)
+
+
+def _resolve_class(classname, modules):
+    """A dotted name is imported; a bare one is looked up in smtpd_compat,
+    then in the capability modules."""
+    if '.' in classname:
+        modname, _, attr = classname.rpartition('.')
+        return getattr(importlib.import_module(modname), attr)
+    for mod in [_smtpd] + modules:
+        cls = getattr(mod, classname, None)
+        if cls is not None:
+            return cls
+    raise AttributeError("no class named %r in smtpd_compat" % classname)
+
+
+def _serve(cli, server):
+    loop = getattr(sys.modules.get('smtpd_compat.loop'), 'loop', None)
+    if loop is None:
+        loop = _smtpd.asyncore.loop
+    loop()
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _help_text(modules):
+    lines = []
+    for mod in modules:
+        for name, metavar, text in getattr(mod, 'CLI_OPTIONS', ()):
+            flag = '--' + name.rstrip('=')
+            if metavar:
+                flag += ' ' + metavar
+            lines.append('    %s\n        %s\n' % (flag, text))
+    if not lines:
+        return ''
+    return '\nsmtpd_compat options:\n\n' + '\n'.join(lines)
+
+
+def main(argv=None):
+    """Run the server as ``python -m smtpd_compat`` does; argv defaults to
+    ``sys.argv[1:]``."""
+    if argv is None:
+        argv = sys.argv[1:]
+    modules = _capability_modules()
+    longopts = [name for mod in modules
+                for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
+    _smtpd._usage_epilog = _help_text(modules)
+    options = _smtpd._parseargs(argv, longopts)
+    cli = CLI(options, _resolve_class(options.classname, modules))
+    for mod in modules:
+        configure = getattr(mod, 'cli_configure', None)
+        if configure is not None:
+            configure(cli)
+    server = cli.make_server()
+    if options.setuid:
+        try:
+            import pwd
+        except ImportError:
+            print('Cannot import module "pwd"; try running with -n option.',
+                  file=sys.stderr)
+            sys.exit(1)
+        nobody = pwd.getpwnam('nobody')[2]
+        try:
+            import os
+            os.setuid(nobody)
+        except PermissionError:
+            print('Cannot setuid "nobody"; try running with -n option.',
+                  file=sys.stderr)
+            sys.exit(1)
+    # SIGTERM ends the server like Ctrl-C: quietly, with status 0.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        cli.serve(cli, server)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == '__main__':
+    main()
