@@ -124,6 +124,10 @@ def main(argv=None):
     ``sys.argv[1:]``."""
     if argv is None:
         argv = sys.argv[1:]
+    if _smtpd.program == '-m':
+        # Imported by ``python -m`` before runpy set sys.argv[0] to the
+        # script's path: name the program the way the stdlib's usage did.
+        _smtpd.program = sys.argv[0]
     modules = _capability_modules()
     longopts = [name for mod in modules
                 for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
