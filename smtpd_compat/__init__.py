@@ -169,6 +169,8 @@ class SMTPChannel(asynchat.async_chat):
     DATA = 1
 
     command_size_limit = 512
+    # True while no byte of DATA content has arrived (see _handle_input).
+    _data_start = False
     # Kept as a class attribute for code that reads it; every channel gets
     # its own dict in __init__ (deviation (d)).
     command_size_limits = collections.defaultdict(lambda x=command_size_limit: x)
