@@ -1,0 +1,494 @@
+"""Run an SMTP server in a background thread, and catch mail in tests.
+
+:class:`Controller` owns one server, its own socket map and one thread.
+``start()`` binds in the caller's thread (so a bad address raises there) and
+returns once the loop thread is serving; ``stop()`` closes the listener and
+every open session and joins the thread.  Nothing is shared between two
+Controllers, so any number can run side by side.
+
+:class:`CapturingServer` records every message it receives in a
+:class:`Mailbox`, a thread-safe sequence of :class:`CapturedMessage` with a
+``wait_for(n, timeout)`` helper.  The ``smtpd`` pytest fixture
+(:mod:`smtpd_compat.pytest_plugin`) is a started Controller running one.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Type, Union
+
+import smtpd_compat as _smtpd
+
+__all__ = [
+    'Controller', 'CapturingServer', 'CapturedMessage', 'Mailbox',
+    'with_capture',
+]
+
+log = logging.getLogger('smtpd_compat.controller')
+
+# How long one loop pass may block.  stop() wakes the loop through the waker
+# socket, so this only bounds the delay if a wake-up byte were ever lost.
+_POLL_TIMEOUT = 1.0
+
+Handler = Callable[..., Optional[str]]
+
+
+# ---------------------------------------------------------------------------
+# Message capture
+
+class CapturedMessage:
+    """One message as the server received it.
+
+    ``peer``, ``mailfrom``, ``rcpttos`` and ``data`` are what
+    ``process_message`` was given; ``mail_options`` and ``rcpt_options`` the
+    MAIL and (last) RCPT parameters (empty lists with ``decode_data=True``,
+    where the stdlib does not pass them).
+
+    It also behaves like the parsed :class:`email.message.EmailMessage`
+    (``email.policy.default``): ``msg["Subject"]``, ``"To" in msg`` and every
+    attribute not listed above (``get_content()``, ``get_body()``,
+    ``get_all()`` ...) go to :attr:`message`.
+    """
+
+    def __init__(self, peer: Any, mailfrom: str, rcpttos: List[str],
+                 data: Union[bytes, str], mail_options: List[str],
+                 rcpt_options: List[str]) -> None:
+        self.peer = peer
+        self.mailfrom = mailfrom
+        self.rcpttos = list(rcpttos)
+        self.data = data
+        self.mail_options = list(mail_options)
+        self.rcpt_options = list(rcpt_options)
+        self._message = None
+
+    @property
+    def message(self):
+        """The parsed :class:`email.message.EmailMessage`.
+
+        Parsed on first use, in the caller's thread: the server thread never
+        pays for it, and a message the parser dislikes cannot disturb the
+        session that delivered it.
+        """
+        if self._message is None:
+            # Imported here: email.policy is not needed to run a server.
+            import email
+            import email.policy
+            if isinstance(self.data, str):
+                parsed = email.message_from_string(
+                    self.data, policy=email.policy.default)
+            else:
+                parsed = email.message_from_bytes(
+                    self.data, policy=email.policy.default)
+            self._message = parsed
+        return self._message
+
+    def __getitem__(self, name: str) -> Any:
+        return self.message[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.message
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this class does not define.  Private and
+        # dunder names are refused: copy/pickle probe for __setstate__ and
+        # friends, and must not set off a parse (or recurse on an instance
+        # whose __init__ has not run).
+        if name.startswith('_'):
+            raise AttributeError(name)
+        return getattr(self.message, name)
+
+    def __repr__(self) -> str:
+        return '<CapturedMessage from %r to %r, %d bytes>' % (
+            self.mailfrom, self.rcpttos, len(self.data))
+
+
+class Mailbox:
+    """A thread-safe, growing sequence of :class:`CapturedMessage`.
+
+    The server thread appends; tests read.  Indexing, ``len()`` and
+    iteration see a consistent snapshot.
+    """
+
+    def __init__(self) -> None:
+        self._messages: List[CapturedMessage] = []
+        self._changed = threading.Condition()
+
+    def append(self, message: CapturedMessage) -> None:
+        """Add a message and wake every :meth:`wait_for`."""
+        with self._changed:
+            self._messages.append(message)
+            self._changed.notify_all()
+
+    def clear(self) -> None:
+        """Forget every message received so far."""
+        with self._changed:
+            del self._messages[:]
+
+    def wait_for(self, n: int = 1, timeout: float = 5.0) -> List[CapturedMessage]:
+        """Block until at least ``n`` messages have arrived; return them all.
+
+        Raises :class:`TimeoutError` (naming how many did arrive) after
+        ``timeout`` seconds.  Not needed after a synchronous send such as
+        ``smtplib.SMTP.sendmail``: the server records a message before it
+        answers the end of DATA, so it is already here when sendmail returns.
+        """
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._messages) >= n,
+                                          timeout):
+                raise TimeoutError(
+                    'expected %d message(s) within %s s, got %d'
+                    % (n, timeout, len(self._messages)))
+            return list(self._messages)
+
+    def __getitem__(self, index):
+        with self._changed:
+            return self._messages[index]
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._messages)
+
+    def __iter__(self) -> Iterator[CapturedMessage]:
+        with self._changed:
+            return iter(list(self._messages))
+
+    def __repr__(self) -> str:
+        with self._changed:
+            return 'Mailbox(%r)' % (self._messages,)
+
+
+class CapturingServer(_smtpd.SMTPServer):
+    """An SMTPServer that records every message in :attr:`messages`.
+
+    Every message that reaches the end of DATA is recorded, then answered
+    with ``reply`` (None, the default, means "250 OK"; give e.g.
+    ``'550 No such user here'`` to test how a client handles refusals).
+    Takes the stdlib SMTPServer arguments; it cooperates with other server
+    classes and mixins (see :func:`with_capture`).
+    """
+
+    def __init__(self, *args: Any, reply: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        if reply is not None and not (
+                isinstance(reply, str) and reply[:3].isdigit()):
+            raise ValueError('reply must be None or a full SMTP reply line '
+                             'such as "550 No such user", not %r' % (reply,))
+        self.reply = reply
+        self.messages = Mailbox()
+        super().__init__(*args, **kwargs)
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        self.messages.append(CapturedMessage(
+            peer, mailfrom, rcpttos, data,
+            kwargs.get('mail_options') or [],
+            kwargs.get('rcpt_options') or []))
+        return self.reply
+
+
+def with_capture(server_class: type) -> type:
+    """``server_class`` with message capture in front of it.
+
+    Returns ``server_class`` itself when it already captures; otherwise a
+    subclass whose ``process_message`` records (instead of the original's)
+    and which takes CapturingServer's ``reply`` keyword besides the
+    original's.  Use it to catch mail on a TLS or AUTH server class.
+    """
+    if issubclass(server_class, CapturingServer):
+        return server_class
+    if not issubclass(server_class, _smtpd.SMTPServer):
+        raise TypeError('with_capture() needs an SMTPServer subclass, not %r'
+                        % (server_class,))
+    return type('Capturing' + server_class.__name__,
+                (CapturingServer, server_class), {})
+
+
+class _HandlerServer(_smtpd.SMTPServer):
+    """Hands every message to a plain callable (see Controller)."""
+
+    def __init__(self, *args: Any, handler: Handler, **kwargs: Any) -> None:
+        self.handler = handler
+        super().__init__(*args, **kwargs)
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        return self.handler(peer, mailfrom, rcpttos, data, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The controller
+
+class _Waker(_smtpd.asyncore.dispatcher):
+    """The read end of a socketpair, in the server's own map.
+
+    A byte written to the other end makes the loop's poll return at once:
+    start() uses it to learn the loop is polling, stop() to end a pass
+    without waiting for the poll timeout.
+    """
+
+    def __init__(self, sock: socket.socket, map: dict,
+                 woken: threading.Event) -> None:
+        super().__init__(sock, map=map)
+        self._woken = woken
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read(self) -> None:
+        try:
+            self.recv(4096)
+        except OSError:
+            pass
+        self._woken.set()
+
+    def handle_close(self) -> None:
+        self.close()
+
+    def handle_error(self) -> None:
+        # asyncore's default prints to stdout; a test helper must not.
+        log.exception('error in the controller wake-up channel')
+        self.close()
+
+
+def _default_loop():
+    """smtpd_compat.loop's loop when that capability exists, else asyncore's.
+    Both take (timeout, use_poll, map, count)."""
+    try:
+        from smtpd_compat import loop as loop_module
+    except ImportError:
+        return _smtpd.asyncore.loop
+    return loop_module.loop
+
+
+def _connectable(host: str) -> str:
+    """The address clients should dial to reach a server bound to ``host``:
+    the loopback address for a wildcard bind (dialling 0.0.0.0 works on
+    Linux only)."""
+    if host in ('', '0.0.0.0'):
+        return '127.0.0.1'
+    if host == '::':
+        return '::1'
+    return host
+
+
+class Controller:
+    """Run one SMTP server in a background thread.
+
+    ``handler`` is one of
+
+    * ``None``: a :class:`CapturingServer` (see :attr:`messages`);
+    * an :class:`smtpd_compat.SMTPServer` subclass (any server class: the
+      stdlib's, a capability's, your own);
+    * a plain callable, called as ``handler(peer, mailfrom, rcpttos, data,
+      **kwargs)`` like ``process_message`` and returning its reply (None
+      for "250 OK").  It runs in the server thread.
+
+    The server is built at :meth:`start` as ``server_class((hostname, port),
+    remoteaddr, map=<its own map>, **server_kwargs)``; ``server_kwargs`` are
+    the stdlib's (``data_size_limit``, ``enable_SMTPUTF8``,
+    ``decode_data``) and whatever the class adds.  ``port=0`` (the default)
+    lets the system choose a free port; read the real one from :attr:`port`
+    after start.  ``remoteaddr`` is the stdlib's second argument (only
+    PureProxy uses it).  ``ready_timeout`` bounds how long start() waits for
+    the thread to serve and stop() for it to end.  Use as a context manager,
+    or call start() and stop().
+    """
+
+    def __init__(self, handler: Union[None, type, Handler] = None,
+                 hostname: str = '127.0.0.1', port: int = 0, *,
+                 remoteaddr: Any = None, ready_timeout: float = 5.0,
+                 **server_kwargs: Any) -> None:
+        if handler is None:
+            server_class: type = CapturingServer
+        elif isinstance(handler, type):
+            if not issubclass(handler, _smtpd.asyncore.dispatcher):
+                raise TypeError('Controller needs an SMTPServer subclass or '
+                                'a callable, not the class %r' % (handler,))
+            server_class = handler
+        elif callable(handler):
+            server_class = _HandlerServer
+            server_kwargs['handler'] = handler
+        else:
+            raise TypeError('Controller needs an SMTPServer subclass or a '
+                            'callable, not %r' % (handler,))
+        self.server_class = server_class
+        self.server_kwargs = server_kwargs
+        self.remoteaddr = remoteaddr
+        self.ready_timeout = ready_timeout
+        self._bind = (hostname, port)
+        #: The running (or last) server instance; None before start().
+        self.server: Any = None
+        #: Where clients connect: hostname and the real port, set by start().
+        self.hostname: str = hostname
+        self.port: int = port
+        self._thread: Optional[threading.Thread] = None
+        self._wake_end: Optional[socket.socket] = None
+        self._stopping = threading.Event()
+        self._error: Optional[BaseException] = None
+        # Serialises start() and stop(), so two threads stopping at once
+        # join one thread once.
+        self._lock = threading.Lock()
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self) -> 'Controller':
+        """Bind, start the thread, and return once the server is serving.
+
+        Raises OSError naming the address when it cannot listen there, and
+        RuntimeError when already started.  After stop(), start() runs a new
+        server (on a new port when the port was 0).
+        """
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError('%r is already started' % (self,))
+            map: dict = {}
+            woken = threading.Event()
+            read_end, wake_end = socket.socketpair()
+            try:
+                wake_end.setblocking(False)
+                _Waker(read_end, map, woken)
+                server = self._make_server(map)
+            except BaseException:
+                read_end.close()
+                wake_end.close()
+                raise
+            self.server = server
+            host, port = server.socket.getsockname()[:2]
+            self.hostname, self.port = _connectable(host), port
+            self._wake_end = wake_end
+            self._error = None
+            self._stopping.clear()
+            loop = _default_loop()
+            thread = threading.Thread(
+                target=self._serve, args=(loop, map, woken),
+                name='smtpd_compat.Controller %s:%d' % (host, port),
+                daemon=True)
+            self._thread = thread
+            thread.start()
+            # The loop sets `woken` while handling this byte, which it can
+            # only do from a poll that also watches the listener: from here
+            # on a queued connection is accepted within one pass.  (No probe
+            # connection: it would reach the server's handle_accepted, and a
+            # PROXY-protocol or implicit-TLS server would not greet it.)
+            self._wake()
+            if not woken.wait(self.ready_timeout) or self._error is not None:
+                error = self._error
+                self._stop_locked()
+                if error is not None:
+                    raise RuntimeError('the server thread of %r failed'
+                                       % (self,)) from error
+                raise RuntimeError('the server thread of %r did not start '
+                                   'within %s s' % (self, self.ready_timeout))
+        return self
+
+    def _make_server(self, map: dict):
+        host, port = self._bind
+        try:
+            return self.server_class((host, port), self.remoteaddr, map=map,
+                                     **self.server_kwargs)
+        except OSError as e:
+            # The stdlib's message ("[Errno 98] Address already in use")
+            # does not say which address; a test log should.
+            raise OSError(e.errno, 'cannot listen on %s port %s: %s' % (
+                host, port, e.strerror or e)) from e
+
+    def _serve(self, loop, map: dict, woken: threading.Event) -> None:
+        # The server thread: the map belongs to it alone, so channels are
+        # closed here, never from the caller's thread mid-poll.
+        # poll has no FD_SETSIZE limit on how many sessions it watches.
+        use_poll = hasattr(select, 'poll')
+        try:
+            # `map` empties only if the listener closed itself; stop then
+            # rather than spin.
+            while map and not self._stopping.is_set():
+                loop(_POLL_TIMEOUT, use_poll, map, 1)
+        except BaseException as e:
+            self._error = e
+            log.exception('the server loop of %r failed', self)
+        finally:
+            _smtpd.asyncore.close_all(map=map, ignore_all=True)
+            map.clear()
+            # One more call, on the now empty map, returns at once; it lets
+            # a loop that keeps per-map state (smtpd_compat.loop keeps a
+            # selector) release it, so no descriptor outlives the server.
+            try:
+                loop(0, use_poll, map, 1)
+            except Exception:
+                log.exception('the server loop of %r failed on an empty map', self)
+            woken.set()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_end.send(b'\0')
+        except (BlockingIOError, OSError):
+            # A full buffer already holds a wake-up byte; a closed one means
+            # the loop is gone.
+            pass
+
+    def stop(self) -> None:
+        """Close the listener and every open session, and join the thread.
+
+        Idempotent, safe to call from several threads, and a no-op before
+        start().  Raises RuntimeError if the thread does not finish within
+        ``ready_timeout`` (e.g. a handler blocked forever).
+        """
+        with self._lock:
+            self._stop_locked()
+
+    def _stop_locked(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping.set()
+        self._wake()
+        if thread is threading.current_thread():
+            # stop() from a handler: the loop ends after this pass.
+            return
+        thread.join(self.ready_timeout)
+        if thread.is_alive():
+            raise RuntimeError('the server thread of %r did not stop within '
+                               '%s s' % (self, self.ready_timeout))
+        self._thread = None
+        self._wake_end.close()
+        self._wake_end = None
+
+    def __enter__(self) -> 'Controller':
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    # -- conveniences -------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """Same as :attr:`hostname`."""
+        return self.hostname
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        """``(hostname, port)``, e.g. for ``logging.handlers.SMTPHandler``."""
+        return (self.hostname, self.port)
+
+    @property
+    def messages(self) -> Mailbox:
+        """The captured messages (servers made by :func:`with_capture` or
+        :class:`CapturingServer` only)."""
+        mailbox = getattr(self.server, 'messages', None)
+        if not isinstance(mailbox, Mailbox):
+            raise AttributeError('%r does not capture messages (use '
+                                 'CapturingServer or with_capture())' % (self,))
+        return mailbox
+
+    def clear(self) -> None:
+        """Forget the captured messages."""
+        self.messages.clear()
+
+    def wait_for(self, n: int = 1, timeout: float = 5.0) -> List[CapturedMessage]:
+        """See :meth:`Mailbox.wait_for`."""
+        return self.messages.wait_for(n, timeout)
+
+    def __repr__(self) -> str:
+        state = 'running' if self._thread is not None else 'stopped'
+        return '<Controller %s %s:%s %s>' % (
+            self.server_class.__name__, self.hostname, self.port, state)
