@@ -1,0 +1,434 @@
+"""Timeouts and limits: what keeps one client from taking the server down.
+
+The stdlib's smtpd waits forever for a client and accepts any number of
+connections, recipients and errors.  :class:`LimitsServerMixin` (with its
+channel mixin :class:`LimitsChannelMixin`) adds, each as a keyword:
+
+=========================  ========  =========================================
+keyword                    default   on breach
+=========================  ========  =========================================
+``idle_timeout``           300 s     ``421 4.4.2`` and close (RFC 5321
+                                     §4.5.3.2.7: at least 5 minutes)
+``data_timeout``           300 s     ``421 4.4.2`` and close
+``min_data_rate``          500 B/s   (see below)
+``max_connections``        1000      ``421 4.7.0`` instead of the greeting
+``max_connections_per_ip`` 50        ``421 4.7.0`` instead of the greeting
+``max_recipients``         1000      ``452 4.5.3`` (RFC 5321 §4.5.3.1.10)
+``max_errors``             20        ``421 4.7.0`` and close
+``max_line_length``        512       the stdlib's ``500 Error: line too long``
+=========================  ========  =========================================
+
+``None`` switches a limit off.  The defaults are Postfix's (smtpd_timeout,
+smtpd_min_data_rate, smtpd_client_connection_count_limit,
+smtpd_recipient_limit, smtpd_hard_error_limit) where it has one.  The
+compat classes themselves (SMTPServer, DebuggingServer, ...) are unchanged:
+only a server that includes this mixin has limits.
+
+How the deadlines work (states of one connection):
+
+* waiting for a command: the deadline is ``idle_timeout`` after the last
+  complete command line (or the connection).  Bytes that do not complete a
+  line do not move it, so a client dripping one byte at a time is cut off.
+* in DATA: the deadline starts ``data_timeout`` after the 354 reply and
+  every N bytes received move it N / ``min_data_rate`` seconds later, never
+  beyond ``data_timeout`` from now (Postfix's rule).  A big message sent at
+  a steady, sane rate never times out; a trickle does.  With
+  ``min_data_rate=None`` any progress restarts the full ``data_timeout``.
+
+Each connection has one deadline and at most one timer on the loop of
+:mod:`smtpd_compat.loop` (``call_later``); moving the deadline later costs no
+timer operation (the timer, when it fires early, re-arms itself).  Timers
+run only under :func:`smtpd_compat.loop.loop`, not plain
+``asyncore.loop()``.
+
+Other capability modules use :meth:`LimitsChannelMixin.set_deadline` for
+their own phases (a TLS handshake, a PROXY header) and may override
+:meth:`LimitsChannelMixin.handle_timeout`.
+"""
+import collections
+import logging
+import time
+
+import smtpd_compat as _smtpd
+from smtpd_compat import loop as _loop
+from smtpd_compat.logging_ import SessionLogServerMixin, format_peer
+
+__all__ = [
+    'LimitsChannelMixin', 'LimitsServerMixin', 'LimitedServer',
+    'PRODUCTION_DEFAULTS', 'CLI_OPTIONS', 'cli_configure',
+]
+
+logger = logging.getLogger('smtpd_compat')
+
+PRODUCTION_DEFAULTS = {
+    'idle_timeout': 300.0,
+    'data_timeout': 300.0,
+    'min_data_rate': 500,
+    'max_connections': 1000,
+    'max_connections_per_ip': 50,
+    'max_recipients': 1000,
+    'max_errors': 20,
+    'max_line_length': 512,
+}
+
+_NUMBERS = ('idle_timeout', 'data_timeout', 'min_data_rate')
+
+
+class LimitsChannelMixin:
+    """Channel mixin enforcing the limits its server was built with (read
+    from ``self.smtp_server``, see :class:`LimitsServerMixin`)."""
+
+    close_reason = None
+    _deadline = None
+    _deadline_timer = None
+    _hanging_up = False
+    _limits_ip = None
+
+    def __init__(self, server, conn, addr, *args, **kwargs):
+        self._limits_errors = 0
+        self._limits_in_process = False
+        # Counted before the greeting can run, released by close().
+        server._limits_channels.add(self)
+        super().__init__(server, conn, addr, *args, **kwargs)
+        if not self.connected:
+            return
+        length = server.max_line_length
+        if length is not None:
+            self.command_size_limit = length
+            self.command_size_limits = collections.defaultdict(
+                lambda: length)
+        if self._deadline is None and not self._hanging_up:
+            self.set_deadline(server.idle_timeout)
+
+    # -- connection limits --------------------------------------------------
+
+    def _greet(self):
+        # At greeting time, not accept time: behind a PROXY-protocol
+        # balancer the client's address is only known now.
+        server = self.smtp_server
+        limit = server.max_connections_per_ip
+        ip = self.peer[0] if isinstance(self.peer, tuple) else self.peer
+        if limit is not None and server._limits_per_ip[ip] >= limit:
+            self.hang_up('421 4.7.0 %s Error: too many connections from '
+                         'your address' % self.fqdn,
+                         'too many connections from address')
+            return
+        server._limits_per_ip[ip] += 1
+        self._limits_ip = ip
+        super()._greet()
+
+    # -- deadlines ----------------------------------------------------------
+
+    def set_deadline(self, seconds):
+        """Arm this connection's deadline ``seconds`` from now (None
+        disarms it).  When it passes, :meth:`handle_timeout` runs.  For
+        other capabilities' phases too: a TLS engineer arms it before the
+        handshake and calls :meth:`reset_idle_deadline` after."""
+        if seconds is None:
+            self._deadline = None
+            return
+        when = time.monotonic() + seconds
+        self._deadline = when
+        timer = self._deadline_timer
+        if timer is not None and timer.when <= when:
+            return      # it fires first and re-arms for the new deadline
+        if timer is not None:
+            timer.cancel()
+        self._deadline_timer = _loop.call_later(
+            seconds, self._check_deadline, map=self._map)
+
+    def reset_idle_deadline(self):
+        """Arm the deadline for waiting for the next command."""
+        self.set_deadline(self.smtp_server.idle_timeout)
+
+    def _check_deadline(self):
+        self._deadline_timer = None
+        deadline = self._deadline
+        if deadline is None or not self.connected:
+            return
+        left = deadline - time.monotonic()
+        if left > 0:
+            self._deadline_timer = _loop.call_later(
+                left, self._check_deadline, map=self._map)
+            return
+        self._deadline = None
+        self.handle_timeout()
+
+    def handle_timeout(self):
+        """The deadline passed: answer ``421 4.4.2`` and close at once (a
+        client that does not read its replies must not hold the socket)."""
+        if self._hanging_up:
+            self.close()
+            return
+        self.close_reason = 'timeout'
+        self._hanging_up = True
+        self.push('421 4.4.2 %s Error: timeout exceeded' % self.fqdn)
+        self.close()
+
+    def hang_up(self, reply, reason):
+        """Send ``reply`` (a 421), ignore further input and close once it
+        is sent (or after a few seconds if the client does not read)."""
+        self.close_reason = reason
+        self.push(reply)
+        self._hanging_up = True
+        # Inside found_terminator this drops the rest of pipelined input.
+        self.ac_in_buffer = b''
+        self.close_when_done()
+        self.set_deadline(5.0)
+
+    # -- input --------------------------------------------------------------
+
+    def _handle_input(self, data):
+        if self._hanging_up:
+            return
+        super()._handle_input(data)
+
+    def collect_incoming_data(self, data):
+        if self.smtp_state == self.DATA and self._deadline is not None:
+            server = self.smtp_server
+            timeout = server.data_timeout
+            if timeout is not None:
+                now = time.monotonic()
+                if server.min_data_rate:
+                    # Progress buys time in proportion to its size, capped
+                    # at a full data_timeout from now (Postfix's rule).
+                    self._deadline = min(
+                        self._deadline + len(data) / server.min_data_rate,
+                        now + timeout)
+                else:
+                    self._deadline = now + timeout
+        super().collect_incoming_data(data)
+
+    def found_terminator(self):
+        before = self.smtp_state
+        super().found_terminator()
+        if self._hanging_up or not self.connected:
+            return
+        server = self.smtp_server
+        if self.smtp_state == self.DATA:
+            if before != self.DATA:
+                self.set_deadline(server.data_timeout
+                                  if server.data_timeout is not None
+                                  else server.idle_timeout)
+        else:
+            self.set_deadline(server.idle_timeout)
+
+    # -- recipients and errors ---------------------------------------------
+
+    def check_rcpt_parameters(self, params):
+        limit = self.smtp_server.max_recipients
+        if limit is not None and len(self.rcpttos) >= limit:
+            # RFC 5321 §4.5.3.1.10: "452 too many recipients"; the client
+            # sends the rest in another transaction.
+            return '452 4.5.3 Error: too many recipients'
+        return super().check_rcpt_parameters(params)
+
+    def _process_data(self, data):
+        self._limits_in_process = True
+        try:
+            super()._process_data(data)
+        finally:
+            self._limits_in_process = False
+
+    def push(self, msg):
+        super().push(msg)
+        if self._hanging_up:
+            return
+        if self._limits_in_process and msg[:1] == '2':
+            # A delivered message wipes the slate, as in Postfix: the limit
+            # is on errors made without delivering mail.
+            self._limits_errors = 0
+            return
+        limit = self.smtp_server.max_errors
+        if limit is not None and msg[:1] == '5':
+            self._limits_errors += 1
+            if self._limits_errors >= limit:
+                self.hang_up('421 4.7.0 %s Error: too many errors'
+                             % self.fqdn, 'too many errors')
+
+    # -- bookkeeping --------------------------------------------------------
+
+    def close(self):
+        timer = self._deadline_timer
+        if timer is not None:
+            self._deadline_timer = None
+            timer.cancel()
+        self._deadline = None
+        server = self.smtp_server
+        server._limits_channels.discard(self)
+        ip = self._limits_ip
+        if ip is not None:
+            self._limits_ip = None
+            counts = server._limits_per_ip
+            counts[ip] -= 1
+            if counts[ip] <= 0:
+                del counts[ip]
+        super().close()
+
+
+class LimitsServerMixin:
+    """Server mixin: timeouts and limits for every connection.
+
+    Keyword-only arguments (None switches one off; see the module docstring
+    for defaults and replies): ``idle_timeout``, ``data_timeout`` (seconds),
+    ``min_data_rate`` (bytes per second), ``max_connections``,
+    ``max_connections_per_ip``, ``max_recipients``, ``max_errors``,
+    ``max_line_length`` (bytes of a command line, CRLF excluded).  The
+    rest go to the next class.  Serve it with
+    :func:`smtpd_compat.loop.loop` so that the deadlines fire.
+    """
+
+    def __init__(self, *args,
+                 idle_timeout=PRODUCTION_DEFAULTS['idle_timeout'],
+                 data_timeout=PRODUCTION_DEFAULTS['data_timeout'],
+                 min_data_rate=PRODUCTION_DEFAULTS['min_data_rate'],
+                 max_connections=PRODUCTION_DEFAULTS['max_connections'],
+                 max_connections_per_ip=PRODUCTION_DEFAULTS[
+                     'max_connections_per_ip'],
+                 max_recipients=PRODUCTION_DEFAULTS['max_recipients'],
+                 max_errors=PRODUCTION_DEFAULTS['max_errors'],
+                 max_line_length=PRODUCTION_DEFAULTS['max_line_length'],
+                 **kwargs):
+        values = dict(idle_timeout=idle_timeout, data_timeout=data_timeout,
+                      min_data_rate=min_data_rate,
+                      max_connections=max_connections,
+                      max_connections_per_ip=max_connections_per_ip,
+                      max_recipients=max_recipients, max_errors=max_errors,
+                      max_line_length=max_line_length)
+        for name, value in values.items():
+            _check_limit(name, value)
+            setattr(self, name, value)
+        self._limits_channels = set()
+        self._limits_per_ip = collections.Counter()
+        super().__init__(*args, **kwargs)
+        base = self.channel_class
+        if not issubclass(base, LimitsChannelMixin):
+            self.channel_class = type('Limits' + base.__name__,
+                                      (LimitsChannelMixin, base), {})
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open on this server now."""
+        return len(self._limits_channels)
+
+    def handle_accepted(self, conn, addr):
+        limit = self.max_connections
+        if limit is not None and len(self._limits_channels) >= limit:
+            # Refused before any channel exists: the cheapest answer, so a
+            # flood costs the sessions in progress as little as possible.
+            fqdn = _smtpd._server_fqdn(self)
+            try:
+                conn.setblocking(False)
+                conn.send(('421 4.7.0 %s Error: too many connections\r\n'
+                           % fqdn).encode('ascii', 'replace'))
+            except OSError:
+                pass
+            conn.close()
+            logger.warning('refused %s: too many connections (%d)',
+                           format_peer(addr), limit)
+            return
+        super().handle_accepted(conn, addr)
+
+
+def _check_limit(name, value):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError('%s must be a number or None, not %r' % (name, value))
+    if name in _NUMBERS:
+        if not value > 0:
+            raise ValueError('%s must be positive, not %r' % (name, value))
+    elif not isinstance(value, int) or value < 1:
+        raise ValueError('%s must be a positive integer, not %r'
+                         % (name, value))
+
+
+class LimitedServer(SessionLogServerMixin, LimitsServerMixin,
+                    _smtpd.SMTPServer):
+    """An SMTPServer with the production limits and the session log on
+    (subclass it and override process_message)."""
+
+
+# -- command line ------------------------------------------------------------
+
+_CLI_LIMITS = (
+    ('idle-timeout', 'idle_timeout', float,
+     'Seconds to wait for a command before "421 4.4.2" (default 300).'),
+    ('data-timeout', 'data_timeout', float,
+     'Seconds DATA may stall before "421 4.4.2" (default 300).'),
+    ('min-data-rate', 'min_data_rate', float,
+     'Bytes/s of DATA that keep the DATA deadline from coming closer '
+     '(default 500; 0 = any progress resets it).'),
+    ('max-connections', 'max_connections', int,
+     'Concurrent connections before "421 4.7.0" (default 1000).'),
+    ('max-connections-per-ip', 'max_connections_per_ip', int,
+     'Concurrent connections per client address (default 50).'),
+    ('max-recipients', 'max_recipients', int,
+     'Recipients per message before "452 4.5.3" (default 1000).'),
+    ('max-errors', 'max_errors', int,
+     'Error replies before "421" and close (default 20).'),
+    ('max-line-length', 'max_line_length', int,
+     'Longest command line in bytes (default 512).'),
+)
+
+CLI_OPTIONS = (
+    ('production', '',
+     'Turn on every timeout and limit with its default, and the log lines '
+     '(also implied by any option below).'),
+) + tuple((flag + '=', 'N', text) for flag, _, _, text in _CLI_LIMITS) + (
+    ('backlog=', 'N', 'Listen backlog (default: the system maximum).'),
+    ('log-level=', 'LEVEL',
+     'Log to stderr at this level (INFO shows one line per connection and '
+     'message; default INFO with --production).'),
+)
+
+# Options of other modules that mean "production server": given any of
+# them, the limits come on with their defaults too.
+_HARDENING_FLAGS = ('production', 'workers', 'grace-period', 'proxy-protocol')
+
+
+def cli_configure(cli):
+    """Add the limits and the session log when any hardening option is
+    given; without one, the stdlib's behaviour is kept exactly."""
+    given = cli.given
+    ours = [flag for flag, _, _, _ in _CLI_LIMITS] + ['backlog', 'log-level']
+    if not any(flag in given for flag in ours + list(_HARDENING_FLAGS)):
+        return
+    kwargs = {}
+    for flag, keyword, kind, _ in _CLI_LIMITS:
+        if flag in given:
+            text = given[flag]
+            try:
+                value = kind(text)
+            except ValueError:
+                cli.error('Invalid --%s: %s' % (flag, text))
+            if value <= 0:
+                # 0 switches a limit off (min-data-rate: "no rate").
+                value = None
+            kwargs[keyword] = value
+    try:
+        for keyword, value in kwargs.items():
+            _check_limit(keyword, value)
+    except (TypeError, ValueError) as e:
+        cli.error(str(e))
+    if 'backlog' in given:
+        try:
+            cli.server_kwargs['backlog'] = int(given['backlog'])
+        except ValueError:
+            cli.error('Invalid --backlog: %s' % given['backlog'])
+    cli.server_kwargs.update(kwargs)
+    cli.mixins.append(SessionLogServerMixin)
+    cli.mixins.append(LimitsServerMixin)
+    level = given.get('log-level') or 'INFO'
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        cli.error('Invalid --log-level: %s' % level)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(
+            '%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s'))
+        logger.addHandler(handler)
+    logger.setLevel(numeric)
+    # Thousands of connections need more descriptors than the usual soft
+    # limit of 1024.
+    _loop.raise_fd_limit()

@@ -1,0 +1,101 @@
+"""One log line per connection and per message, on the ``smtpd_compat``
+logger.
+
+The stdlib's DEBUGSTREAM prints stay as they are (they are a debugging
+aid, off by default); these lines are for operators.  At INFO level:
+
+* ``connect from 192.0.2.7:51234`` (plus ``via 10.0.0.2:40000`` when a
+  PROXY-protocol balancer relayed it), when the greeting is due;
+* ``message from 192.0.2.7:51234: size=1234 recipients=2 reply='250 OK'``,
+  once per message handed to ``process_message``;
+* ``disconnect from 192.0.2.7:51234: messages=1 duration=0.42s`` (plus
+  ``reason=...`` when the server hung up: a timeout, a limit, shutdown).
+
+The module is named ``logging_`` so that it never shadows the stdlib's
+``logging``.  Nothing here configures handlers: the application (or
+``python -m smtpd_compat --log-level``) does.
+"""
+import logging
+import time
+
+__all__ = ['logger', 'SessionLogChannelMixin', 'SessionLogServerMixin',
+           'format_peer']
+
+logger = logging.getLogger('smtpd_compat')
+
+
+def format_peer(peer) -> str:
+    """``host:port`` for an address tuple (``[v6]:port`` for IPv6)."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        if ':' in host:
+            host = '[%s]' % host
+        return '%s:%s' % (host, peer[1])
+    return str(peer)
+
+
+class SessionLogChannelMixin:
+    """Channel mixin writing the connection and message lines.
+
+    ``close_reason`` (None by default) is added to the disconnect line;
+    other mixins set it before they hang up.
+    """
+
+    close_reason = None
+    _log_opened = None
+    _log_reply_pending = None
+
+    def _greet(self):
+        # Logged here rather than in __init__ so that a PROXY header (read
+        # before the greeting) has already replaced self.peer.
+        if self._log_opened is None:
+            self._log_opened = time.monotonic()
+            self._log_messages = 0
+            via = getattr(self, 'proxy_peer', None)
+            if via is not None and via != self.peer:
+                logger.info('connect from %s via %s', format_peer(self.peer),
+                            format_peer(via))
+            else:
+                logger.info('connect from %s', format_peer(self.peer))
+        super()._greet()
+
+    def _process_data(self, data):
+        # The next reply pushed is process_message's answer.
+        self._log_reply_pending = (len(data), len(self.rcpttos))
+        try:
+            super()._process_data(data)
+        finally:
+            self._log_reply_pending = None
+
+    def push(self, msg):
+        pending = self._log_reply_pending
+        if pending is not None:
+            self._log_reply_pending = None
+            self._log_messages += 1
+            logger.info('message from %s: size=%d recipients=%d reply=%r',
+                        format_peer(self.peer), pending[0], pending[1], msg)
+        super().push(msg)
+
+    def close(self):
+        opened = self._log_opened
+        if opened is not None:
+            self._log_opened = None
+            text = 'disconnect from %s: messages=%d duration=%.2fs' % (
+                format_peer(self.peer), self._log_messages,
+                time.monotonic() - opened)
+            if self.close_reason:
+                text += ' reason=%s' % self.close_reason
+            logger.info('%s', text)
+        super().close()
+
+
+class SessionLogServerMixin:
+    """Server mixin adding :class:`SessionLogChannelMixin` to its channels."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        base = self.channel_class
+        if not issubclass(base, SessionLogChannelMixin):
+            self.channel_class = type('SessionLog' + base.__name__,
+                                      (SessionLogChannelMixin, base), {})
+

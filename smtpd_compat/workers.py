@@ -1,0 +1,149 @@
+"""Several worker processes sharing one listening socket (POSIX only).
+
+The server is a single-threaded event loop: one process uses one core.
+:func:`run_workers` forks N children after the listening socket exists; they
+all accept from it (the kernel hands each new connection to one of them)
+and run their own loop.  The parent only supervises:
+
+* a worker that dies is replaced (at most one restart per second per slot
+  when a worker keeps dying at once, so a crash loop does not spin);
+* SIGTERM or SIGINT to the parent is passed on to every worker, which shuts
+  down gracefully (:mod:`smtpd_compat.shutdown`); the parent waits for
+  them and returns, so the process exits with status 0.
+
+A shared socket (rather than SO_REUSEPORT listeners) works with port 0 and
+everywhere fork exists; idle workers all wake on a new connection but only
+one accept() succeeds, the others see EAGAIN, which asyncore ignores.
+
+Limits such as ``max_connections`` are per worker.
+"""
+import logging
+import os
+import signal
+import sys
+import time
+
+__all__ = ['run_workers', 'CLI_OPTIONS', 'cli_configure']
+
+logger = logging.getLogger('smtpd_compat')
+
+# A worker that exits sooner than this after its start is restarted only
+# after the same delay.
+_MIN_LIFETIME = 1.0
+
+
+def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
+                ) -> None:
+    """Fork ``count`` workers that each call ``serve()`` and exit when it
+    returns; restart any that die until one of ``signals`` arrives, then
+    pass it on to the workers and wait for them.  Call from the main thread
+    once the listening socket is open."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError('count must be a positive integer, not %r'
+                         % (count,))
+    if not hasattr(os, 'fork'):
+        raise RuntimeError('workers need os.fork()')
+    children = {}      # pid -> (slot, start time)
+    stopping = []      # the signal that asked us to stop, once it came
+
+    def stop(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            logger.info('stopping %d workers', len(children))
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {signum: signal.signal(signum, stop) for signum in signals}
+
+    def spawn(slot):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(serve, previous)
+        children[pid] = (slot, time.monotonic())
+        if stopping:     # the signal came while we were forking
+            os.kill(pid, stopping[0])
+        logger.info('worker %d started, pid %d', slot, pid)
+
+    try:
+        for slot in range(count):
+            spawn(slot)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid not in children:
+                continue
+            slot, started = children.pop(pid)
+            if stopping:
+                continue
+            logger.warning('worker %d (pid %d) exited with status %d; '
+                           'restarting', slot, pid,
+                           os.waitstatus_to_exitcode(status)
+                           if hasattr(os, 'waitstatus_to_exitcode')
+                           else status)
+            lived = time.monotonic() - started
+            if lived < _MIN_LIFETIME:
+                time.sleep(_MIN_LIFETIME - lived)
+            if not stopping:
+                spawn(slot)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _child(serve, handlers):
+    # In the worker: the parent's handlers (fan-out) are not ours.  Restore
+    # what was there before run_workers; serve() installs its own.
+    code = 0
+    try:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        serve()
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        logger.exception('worker failed')
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            # Never return into the parent's code (its supervisor loop).
+            os._exit(code)
+
+
+CLI_OPTIONS = (
+    ('workers=', 'N',
+     'Run N worker processes sharing the listening socket; a dead worker '
+     'is restarted; SIGTERM stops them all gracefully.'),
+)
+
+
+def cli_configure(cli):
+    """Fork workers around the (graceful) serve of the other modules."""
+    if 'workers' not in cli.given:
+        return
+    text = cli.given['workers']
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        cli.error('Invalid --workers: %s' % text)
+    if not hasattr(os, 'fork'):
+        cli.error('--workers needs os.fork(), which this platform lacks')
+    inner = cli.serve
+
+    def serve(cli, server):
+        run_workers(count, lambda: inner(cli, server))
+
+    cli.serve = serve
