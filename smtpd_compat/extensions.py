@@ -1,0 +1,458 @@
+"""Opt-in ESMTP extensions for new server classes.
+
+PIPELINING (RFC 2920), CHUNKING and BINARYMIME (RFC 3030), DSN parameters
+(RFC 3461) and ENHANCEDSTATUSCODES (RFC 2034, codes from RFC 3463).  Each is
+advertised in the EHLO reply only when enabled; the stdlib classes never
+see any of this.
+
+Use :class:`ExtensionsMixin` in front of any server class (it composes
+:class:`ExtensionsChannelMixin` onto the server's channel class), or
+subclass :class:`ESMTPServer`::
+
+    class Server(ExtensionsMixin, MaildirServer):
+        pass
+
+    Server(('127.0.0.1', 8025), None, maildir='/srv/mail',
+           esmtp_extensions=('PIPELINING', 'CHUNKING', 'DSN'))
+
+The wire-format parsers (:func:`parse_bdat`, :func:`parse_notify`,
+:func:`parse_orcpt`, :func:`parse_ret`, :func:`parse_envid`,
+:func:`xtext_decode`) are pure functions that return a value or raise
+ValueError.
+"""
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+import smtpd_compat as _smtpd
+
+__all__ = [
+    'EXTENSIONS', 'ExtensionsMixin', 'ExtensionsChannelMixin', 'ESMTPServer',
+    'parse_bdat', 'parse_notify', 'parse_orcpt', 'parse_ret', 'parse_envid',
+    'xtext_decode', 'enhance_reply',
+]
+
+#: Every extension this module implements, in EHLO order.
+EXTENSIONS = ('PIPELINING', 'CHUNKING', 'BINARYMIME', 'DSN',
+              'ENHANCEDSTATUSCODES')
+
+
+# ---------------------------------------------------------------------------
+# Sans-IO parsers
+
+_DIGITS = re.compile(r'[0-9]{1,18}\Z')
+
+
+def parse_bdat(arg: Optional[str]) -> Tuple[int, bool]:
+    """Parse the argument of BDAT: ``chunk-size [SP "LAST"]`` (RFC 3030
+    section 2).  Returns ``(size, last)``; raises ValueError."""
+    parts = (arg or '').split()
+    if not 1 <= len(parts) <= 2 or not _DIGITS.match(parts[0]):
+        raise ValueError('BDAT needs a chunk size')
+    if len(parts) == 2 and parts[1].upper() != 'LAST':
+        raise ValueError('BDAT takes only LAST after the size')
+    return int(parts[0]), len(parts) == 2
+
+
+def xtext_decode(text: str) -> str:
+    """Decode RFC 3461 section 4 xtext: printable ASCII except "+" and "=",
+    with "+XX" (two upper-case hex digits) for any other octet."""
+    out = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == '+':
+            hexpair = text[i + 1:i + 3]
+            if len(hexpair) != 2 or not re.match(r'[0-9A-F]{2}\Z', hexpair):
+                raise ValueError('bad xtext escape')
+            out.append(chr(int(hexpair, 16)))
+            i += 3
+            continue
+        if not '!' <= c <= '~' or c == '=':
+            raise ValueError('character not allowed in xtext')
+        out.append(c)
+        i += 1
+    return ''.join(out)
+
+
+_NOTIFY_VALUES = ('SUCCESS', 'FAILURE', 'DELAY')
+
+
+def parse_notify(value: str) -> Tuple[str, ...]:
+    """NOTIFY=NEVER or a comma list of SUCCESS, FAILURE, DELAY (RFC 3461
+    section 4.1); returns the keywords upper-cased."""
+    items = value.upper().split(',')
+    if items == ['NEVER']:
+        return ('NEVER',)
+    if len(set(items)) != len(items) or not all(
+            item in _NOTIFY_VALUES for item in items):
+        raise ValueError('NOTIFY must be NEVER or SUCCESS, FAILURE, DELAY')
+    return tuple(items)
+
+
+def parse_orcpt(value: str) -> Tuple[str, str]:
+    """ORCPT=addr-type;xtext (RFC 3461 section 4.2, at most 500
+    characters); returns (addr-type, decoded address)."""
+    addr_type, semi, address = value.partition(';')
+    if (not semi or not address or len(value) > 500
+            or not re.match(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+\Z", addr_type)):
+        raise ValueError('ORCPT must be addr-type;address')
+    return addr_type, xtext_decode(address)
+
+
+def parse_ret(value: str) -> str:
+    """RET=FULL or RET=HDRS (RFC 3461 section 4.3)."""
+    value = value.upper()
+    if value not in ('FULL', 'HDRS'):
+        raise ValueError('RET must be FULL or HDRS')
+    return value
+
+
+def parse_envid(value: str) -> str:
+    """ENVID=xtext of at most 100 characters (RFC 3461 section 4.4);
+    returns it decoded."""
+    if len(value) > 100:
+        raise ValueError('ENVID is longer than 100 characters')
+    return xtext_decode(value)
+
+
+# ---------------------------------------------------------------------------
+# Enhanced status codes (RFC 3463)
+
+_HAS_ESC = re.compile(r'[245]\.[0-9]{1,3}\.[0-9]{1,3}( |\Z)')
+_REPLY = re.compile(r'([245])([0-9][0-9])([ -]|\Z)(.*)\Z', re.S)
+# Codes whose meaning does not depend on the command.
+_ESC_BY_CODE = {
+    '500': '5.5.2',   # syntax error, command unrecognised
+    '501': '5.5.4',   # invalid command arguments
+    '502': '5.5.1',   # invalid command
+    '503': '5.5.1',   # bad sequence of commands
+    '504': '5.5.4',
+    '552': '5.3.4',   # message too big for system
+    '555': '5.5.4',
+    '451': '4.3.0',   # other or undefined mail system status
+}
+_ESC_250_BY_VERB = {'MAIL': '2.1.0', 'RCPT': '2.1.5'}
+# RFC 2034 section 3: no enhanced code on the greeting or on the replies to
+# HELO and EHLO (nor LHLO, its LMTP twin).
+_PLAIN_VERBS = (None, 'HELO', 'EHLO', 'LHLO')
+
+
+def enhance_reply(line: str, verb: Optional[str] = None) -> str:
+    """Put an RFC 3463 enhanced status code after the reply code of a 2xx,
+    4xx or 5xx reply line that does not carry one yet.  ``verb`` is the
+    command being answered ('.' for the end of DATA); it picks 2.1.0 /
+    2.1.5 for MAIL / RCPT successes."""
+    m = _REPLY.match(line)
+    if not m or _HAS_ESC.match(m.group(4)):
+        return line
+    code = line[:3]
+    esc = _ESC_BY_CODE.get(code)
+    if esc is None:
+        esc = _ESC_250_BY_VERB.get(verb, '%s.0.0' % code[0]) \
+            if code[0] == '2' else '%s.0.0' % code[0]
+    text = m.group(4)
+    return '%s%s%s%s' % (code, m.group(3) or ' ', esc,
+                         ' ' + text if text else '')
+
+
+# ---------------------------------------------------------------------------
+# Channel side
+
+class _MessageMixin:
+    """The one path from a complete message to process_message and the
+    reply, shared by this module's, lmtp's and relay's channels.
+
+    Subclasses extend :meth:`_message_kwargs` (what process_message gets
+    besides the stdlib arguments) and :meth:`_reply_to_message` (how its
+    result is answered: LMTP answers once per recipient)."""
+
+    def _set_post_data_state(self):
+        super()._set_post_data_state()
+        # One entry per accepted recipient, parallel to rcpttos: the
+        # stdlib's rcpt_options keeps only the last RCPT's parameters.
+        self._recipient_options = []
+
+    # The stdlib upper-cases all MAIL and RCPT parameters and keeps no
+    # address for the hooks; the argument is kept so that they can recover
+    # both (ORCPT and ENVID values are case-sensitive xtext).
+    _command_arg = None
+
+    def smtp_MAIL(self, arg):
+        self._command_arg = arg
+        super().smtp_MAIL(arg)
+
+    def smtp_RCPT(self, arg):
+        self._command_arg = arg
+        count = len(self.rcpttos)
+        super().smtp_RCPT(arg)
+        if len(self.rcpttos) > count:
+            self._recipient_options.append(list(self.rcpt_options))
+
+    def _command_address(self, keyword):
+        """(address, {NAME: [values as written]}) of the MAIL ('FROM:')
+        or RCPT ('TO:') command being handled, parsed as the stdlib does."""
+        arg = self._strip_command_keyword(keyword, self._command_arg or '')
+        address, rest = self._getaddr(arg)
+        found = {}
+        for token in rest.split():
+            name, _, value = token.partition('=')
+            found.setdefault(name.upper(), []).append(value)
+        return address, found
+
+    def _message_kwargs(self) -> Dict[str, Any]:
+        if self._decode_data:
+            # Same rule as the stdlib: no keyword arguments at all then.
+            return {}
+        return {'mail_options': self.mail_options,
+                'rcpt_options': self.rcpt_options,
+                'recipient_options': self._recipient_options}
+
+    def _process_data(self, data):
+        self.received_data = data
+        rcpttos = self.rcpttos
+        status = self.smtp_server.process_message(
+            self.peer, self.mailfrom, rcpttos, data, **self._message_kwargs())
+        self._set_post_data_state()
+        self._reply_to_message(status, rcpttos)
+
+    def _reply_to_message(self, status, rcpttos):
+        self.push(status or '250 OK')
+
+
+class ExtensionsChannelMixin(_MessageMixin):
+    """Channel half of the extensions; reads the enabled set from
+    ``self.smtp_server.esmtp_extensions``.
+
+    States: COMMAND and DATA as in the stdlib, plus BDAT while the counted
+    bytes of a chunk are read.  A BDAT transaction runs from the first
+    accepted chunk to the LAST one; its chunks collect in ``_chunks`` (the
+    total checked against data_size_limit before a chunk is read, so memory
+    stays bounded).  A refused BDAT still has its chunk read and thrown
+    away: the client sent those bytes and they must not be taken as
+    commands (RFC 3030 section 2)."""
+
+    BDAT = 2
+    _verb = None   # the command being answered; None until the first one
+
+    def _enabled(self, name):
+        return name in getattr(self.smtp_server, 'esmtp_extensions', ())
+
+    def extra_ehlo_keywords(self):
+        keywords = super().extra_ehlo_keywords()
+        return keywords + [name for name in EXTENSIONS if self._enabled(name)]
+
+    @property
+    def _accepted_body_types(self):
+        types = super()._accepted_body_types
+        if self._enabled('BINARYMIME'):
+            types = tuple(types) + ('BINARYMIME',)
+        return types
+
+    def push(self, msg):
+        if self._verb not in _PLAIN_VERBS and self._enabled('ENHANCEDSTATUSCODES'):
+            msg = enhance_reply(msg, self._verb)
+        super().push(msg)
+
+    def _set_post_data_state(self):
+        super()._set_post_data_state()
+        self._chunks = []
+        self._bdat_size = 0
+        self._bdat_refusal = None
+        self._bdat_last = False
+        self._bdat_started = False
+
+    def found_terminator(self):
+        state = self.smtp_state
+        if state == self.BDAT:
+            self._end_chunk()
+            return
+        if state == self.COMMAND:
+            line = self._emptystring.join(self.received_lines)
+            self.received_lines = [line]
+            word = line[:16].split(None, 1)
+            verb = word[0] if word else ''
+            if isinstance(verb, bytes):
+                verb = verb.decode('ascii', 'replace')
+            self._verb = verb.upper()
+        else:
+            self._verb = '.'
+        super().found_terminator()
+
+    def collect_incoming_data(self, data):
+        if self.smtp_state != self.BDAT:
+            super().collect_incoming_data(data)
+        elif self._bdat_refusal is None:
+            self._chunks.append(data)
+
+    # DSN (RFC 3461)
+
+    def _take_dsn_params(self, params, options, keyword, parsers):
+        original = self._command_address(keyword)[1]
+        for name, parse in parsers:
+            if name not in params:
+                continue
+            del params[name]
+            values = original.get(name, [])
+            if len(values) != 1:
+                return '501 Error: duplicate %s parameter' % name
+            value = values[0]
+            try:
+                parse(value)
+            except ValueError as e:
+                return '501 Error: %s' % e
+            # Hand the value on as written (case matters in xtext).
+            prefix = name + '='
+            options[:] = [prefix + value if o.startswith(prefix) else o
+                          for o in options]
+        return None
+
+    def check_mail_parameters(self, params):
+        if self._enabled('DSN'):
+            refusal = self._take_dsn_params(
+                params, self.mail_options, 'FROM:',
+                (('RET', parse_ret), ('ENVID', parse_envid)))
+            if refusal:
+                return refusal
+        return super().check_mail_parameters(params)
+
+    def check_rcpt_parameters(self, params):
+        if self._enabled('DSN'):
+            refusal = self._take_dsn_params(
+                params, self.rcpt_options, 'TO:',
+                (('NOTIFY', parse_notify), ('ORCPT', parse_orcpt)))
+            if refusal:
+                return refusal
+        return super().check_rcpt_parameters(params)
+
+    # CHUNKING and BINARYMIME (RFC 3030)
+
+    def _binarymime(self):
+        return 'BODY=BINARYMIME' in (self.mail_options or ())
+
+    def smtp_DATA(self, arg):
+        if self.mailfrom and self._bdat_started:
+            # RFC 3030 section 2: DATA may not follow BDAT in a transaction.
+            self.push('503 Error: BDAT transaction in progress')
+            return
+        if self.mailfrom and self._binarymime():
+            # RFC 3030 section 3: a BINARYMIME body can only go by BDAT.
+            self.push('503 Error: BODY=BINARYMIME requires BDAT')
+            return
+        super().smtp_DATA(arg)
+
+    def smtp_BDAT(self, arg):
+        if not self._enabled('CHUNKING'):
+            self.push('500 Error: command "BDAT" not recognized')
+            return
+        try:
+            size, last = parse_bdat(arg)
+        except ValueError:
+            # Without a size the chunk cannot be skipped; nothing better
+            # than a syntax error is possible.
+            self.push('501 Syntax: BDAT chunk-size [LAST]')
+            return
+        refusal = None
+        if not self.seen_greeting:
+            refusal = '503 Error: send HELO first'
+        elif not self.mailfrom:
+            refusal = '503 Error: need MAIL command'
+        elif not self.rcpttos:
+            refusal = '503 Error: need RCPT command'
+        elif self.data_size_limit and \
+                self._bdat_size + size > self.data_size_limit:
+            refusal = '552 Error: Too much mail data'
+        self._bdat_refusal = refusal
+        self._bdat_last = last
+        if size == 0:
+            # An int terminator of 0 would mean "no terminator" to the
+            # reader: end the (empty) chunk right away.
+            self._end_chunk()
+        else:
+            self.smtp_state = self.BDAT
+            self.set_terminator(size)
+
+    def _end_chunk(self):
+        self.smtp_state = self.COMMAND
+        self.set_terminator(b'\r\n')
+        refusal = self._bdat_refusal
+        self._bdat_refusal = None
+        if refusal:
+            if refusal.startswith('552'):
+                # The message can no longer be complete: end the
+                # transaction, as DATA's 552 does.
+                self._set_post_data_state()
+            self.push(refusal)
+            return
+        chunk_size = sum(map(len, self._chunks)) - self._bdat_size
+        self._bdat_size += chunk_size
+        self._bdat_started = True
+        if not self._bdat_last:
+            self.push('250 OK %d octets received' % chunk_size)
+            return
+        data = b''.join(self._chunks)
+        self._chunks = []
+        if not self._binarymime():
+            # Same line ends as a DATA message hands to process_message;
+            # a BINARYMIME body is passed on untouched.  BDAT content is
+            # never dot-unstuffed (RFC 3030 section 2).
+            data = data.replace(b'\r\n', b'\n')
+        self._process_data(data)
+
+
+# ---------------------------------------------------------------------------
+# Server side
+
+class ExtensionsMixin:
+    """Server mixin: ``esmtp_extensions`` (keyword-only) names the
+    extensions to enable, from :data:`EXTENSIONS` (default: all).
+    BINARYMIME needs CHUNKING; CHUNKING needs decode_data=False."""
+
+    esmtp_extensions = frozenset()
+
+    def __init__(self, *args, esmtp_extensions=EXTENSIONS, **kwargs):
+        if isinstance(esmtp_extensions, str):
+            esmtp_extensions = esmtp_extensions.split(',')
+        enabled = frozenset(name.strip().upper() for name in esmtp_extensions)
+        unknown = enabled.difference(EXTENSIONS)
+        if unknown:
+            raise ValueError('unknown ESMTP extension(s): %s; known: %s'
+                             % (', '.join(sorted(unknown)), ', '.join(EXTENSIONS)))
+        if 'BINARYMIME' in enabled and 'CHUNKING' not in enabled:
+            raise ValueError('BINARYMIME needs CHUNKING (RFC 3030 section 3)')
+        decode_data = kwargs.get('decode_data', len(args) > 5 and args[5])
+        if 'CHUNKING' in enabled and decode_data:
+            raise ValueError('CHUNKING needs decode_data=False')
+        self.esmtp_extensions = enabled
+        base = self.channel_class
+        if not issubclass(base, ExtensionsChannelMixin):
+            self.channel_class = type('Extensions' + base.__name__,
+                                      (ExtensionsChannelMixin, base), {})
+        super().__init__(*args, **kwargs)
+
+
+class ESMTPServer(ExtensionsMixin, _smtpd.SMTPServer):
+    """An SMTPServer with the extensions enabled; override process_message.
+    process_message also gets ``recipient_options``: one list of RCPT
+    parameters per entry of rcpttos."""
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+CLI_OPTIONS = (
+    ('esmtp=', 'LIST',
+     'enable ESMTP extensions: "all" or a comma list of ' + ','.join(EXTENSIONS)),
+)
+
+
+def cli_configure(cli):
+    value = cli.given.get('esmtp')
+    if value is None:
+        return
+    names = EXTENSIONS if value.strip().lower() == 'all' else \
+        [n for n in value.split(',') if n.strip()]
+    unknown = {n.strip().upper() for n in names}.difference(EXTENSIONS)
+    if unknown:
+        cli.error('--esmtp: unknown extension(s) %s' % ', '.join(sorted(unknown)))
+    cli.mixins.append(ExtensionsMixin)
+    cli.server_kwargs['esmtp_extensions'] = tuple(names)

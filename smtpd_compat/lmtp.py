@@ -1,0 +1,134 @@
+"""LMTP, the Local Mail Transfer Protocol (RFC 2033).
+
+LMTP is SMTP for the last hop into a mail store, with two differences that
+matter: the client greets with LHLO (HELO and EHLO are not LMTP commands),
+and after the message the server answers once for every recipient it
+accepted, so one mailbox being over quota does not fail or duplicate the
+others.
+
+:class:`LMTPServer` listens on TCP or, with ``unix_socket=PATH``, on a UNIX
+socket.  Its ``process_message`` may return
+
+* None: every recipient gets 250;
+* a reply string: every recipient gets that reply;
+* a list with one entry (None or a reply) per entry of ``rcpttos``;
+* a dict mapping recipient address to None or a reply.  A recipient with
+  no entry gets ``451 4.3.0`` rather than a 250 nobody vouched for.
+
+It composes with :mod:`smtpd_compat.extensions` (PIPELINING, CHUNKING,
+ENHANCEDSTATUSCODES ...) and :mod:`smtpd_compat.delivery`.
+"""
+import logging
+import os
+import stat
+from typing import Optional
+
+import smtpd_compat as _smtpd
+from smtpd_compat.extensions import _MessageMixin
+
+__all__ = ['LMTPChannel', 'LMTPServer']
+
+log = logging.getLogger('smtpd_compat.lmtp')
+
+_NO_RESULT = '451 4.3.0 Error: no delivery result for this recipient'
+
+
+class LMTPChannel(_MessageMixin, _smtpd.SMTPChannel):
+    """An SMTPChannel speaking LMTP."""
+
+    def smtp_HELO(self, arg):
+        # RFC 2033 section 4.1: LHLO replaces HELO and EHLO.
+        self.push('500 Error: command "HELO" not recognized')
+
+    def smtp_EHLO(self, arg):
+        self.push('500 Error: command "EHLO" not recognized')
+
+    def smtp_LHLO(self, arg):
+        if not arg:
+            self.push('501 Syntax: LHLO hostname')
+            return
+        # Same reply and state as EHLO (RFC 2033 section 4.1).
+        super().smtp_EHLO(arg)
+
+    def smtp_HELP(self, arg):
+        if arg:
+            super().smtp_HELP(arg)
+        else:
+            self.push('250 Supported commands: LHLO MAIL RCPT DATA '
+                      'RSET NOOP QUIT VRFY')
+
+    def _reply_to_message(self, status, rcpttos):
+        # RFC 2033 section 4.2: one reply per accepted RCPT, in RCPT order.
+        for reply in _per_recipient(status, rcpttos):
+            self.push(reply)
+
+
+def _per_recipient(status, rcpttos):
+    """Expand process_message's result into one reply per recipient."""
+    if status is None or isinstance(status, str):
+        return [status or '250 <%s> OK' % r for r in rcpttos]
+    if isinstance(status, dict):
+        return [status[r] or '250 <%s> OK' % r if r in status else _NO_RESULT
+                for r in rcpttos]
+    results = list(status)
+    if len(results) != len(rcpttos):
+        # A programming error in process_message: claim nothing.
+        log.error('process_message returned %d results for %d recipients',
+                  len(results), len(rcpttos))
+        return [_NO_RESULT] * len(rcpttos)
+    return [result or '250 <%s> OK' % r for result, r in zip(results, rcpttos)]
+
+
+class LMTPServer(_smtpd.SMTPServer):
+    """An LMTP server; override process_message (see the module docs).
+
+    ``unix_socket``: listen on this filesystem path instead of
+    ``localaddr`` (an existing socket file there is replaced; any other
+    file is an error).  ``unix_socket_mode``: permissions for it."""
+
+    channel_class = LMTPChannel
+
+    def __init__(self, localaddr, remoteaddr, *args,
+                 unix_socket: Optional[str] = None,
+                 unix_socket_mode: Optional[int] = None, **kwargs):
+        if unix_socket is None:
+            super().__init__(localaddr, remoteaddr, *args, **kwargs)
+            return
+        path = os.fspath(unix_socket)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)   # left over from an earlier run
+        except FileNotFoundError:
+            pass
+        # SMTPServer binds what getaddrinfo(localaddr) names; a UNIX path
+        # is not an address it knows, so give it a harmless placeholder
+        # and swap the listening socket afterwards.
+        super().__init__(('127.0.0.1', 0), remoteaddr, *args, **kwargs)
+        self.del_channel()
+        self.socket.close()
+        self._localaddr = path
+        try:
+            self.create_socket(_smtpd.socket.AF_UNIX, _smtpd.socket.SOCK_STREAM)
+            self.bind(path)
+            if unix_socket_mode is not None:
+                os.chmod(path, unix_socket_mode)
+            self.listen(_smtpd._SOMAXCONN)
+        except BaseException:
+            self.close()
+            raise
+
+
+CLI_OPTIONS = (
+    ('lmtp-socket=', 'PATH',
+     'with -c LMTPServer (or a subclass): listen on this UNIX socket'),
+)
+
+
+def cli_configure(cli):
+    path = cli.given.get('lmtp-socket')
+    if path is None:
+        return
+    if not (isinstance(cli.server_class, type)
+            and issubclass(cli.server_class, LMTPServer)):
+        cli.error('--lmtp-socket needs -c LMTPServer or a subclass')
+    cli.server_kwargs['unix_socket'] = path

@@ -1,0 +1,165 @@
+"""A relay that tells the truth.
+
+:class:`RelayServer` forwards mail to the upstream server named by
+``remoteaddr``, mirroring the client's transaction on one upstream SMTP
+session (smtplib):
+
+* the client's MAIL opens the upstream session and sends MAIL there; the
+  client gets the upstream refusal if there is one;
+* each RCPT is sent upstream before it is answered, so a recipient the
+  upstream refuses is refused to the client, with the upstream's code and
+  text (a 550 stays a 550);
+* at the end of DATA (or BDAT LAST) the message goes upstream and the
+  client gets the upstream's reply to it;
+* a connection failure or time-out at any step answers
+  ``451 4.4.1`` so the sender retries.
+
+So a 250 to the client always means the upstream said 250 to the same
+thing.  The faithful :class:`smtpd_compat.PureProxy` stays as it was.
+Calls to the upstream block the event loop for up to ``relay_timeout``
+seconds each.
+"""
+import logging
+import smtplib
+from typing import Optional
+
+import smtpd_compat as _smtpd
+from smtpd_compat.extensions import _MessageMixin
+
+__all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE']
+
+log = logging.getLogger('smtpd_compat.relay')
+
+#: The reply when the upstream server cannot be reached or went away.
+UPSTREAM_UNAVAILABLE = '451 4.4.1 Error: upstream server unavailable'
+
+# Which upstream EHLO keyword a client parameter needs to be passed on.
+_FORWARD_IF = {'BODY': '8bitmime', 'SMTPUTF8': 'smtputf8', 'SIZE': 'size',
+               'RET': 'dsn', 'ENVID': 'dsn', 'NOTIFY': 'dsn', 'ORCPT': 'dsn'}
+
+
+def _reply(code: int, msg) -> str:
+    """An upstream reply as one reply line for our client."""
+    if isinstance(msg, bytes):
+        msg = msg.decode('utf-8', 'replace')
+    text = ' '.join(str(msg).split())
+    return '%d %s' % (code, text) if text else str(code)
+
+
+def _smtp_bytes(data) -> bytes:
+    """The message with CRLF line ends, as smtplib sends bytes as given."""
+    if isinstance(data, str):
+        data = data.encode('utf-8')
+    return data.replace(b'\r\n', b'\n').replace(b'\n', b'\r\n')
+
+
+def _upstream_error(exc) -> str:
+    if isinstance(exc, smtplib.SMTPResponseException) and \
+            400 <= exc.smtp_code < 600:
+        return _reply(exc.smtp_code, exc.smtp_error)
+    log.warning('upstream failure: %r', exc)
+    return UPSTREAM_UNAVAILABLE
+
+
+class RelayChannel(_MessageMixin, _smtpd.SMTPChannel):
+    """Mirrors the transaction on an upstream session (``_upstream``)."""
+
+    _upstream = None
+
+    def _forwarded(self, options):
+        s = self._upstream
+        return [o for o in options
+                if s.has_extn(_FORWARD_IF.get(o.partition('=')[0], '-'))]
+
+    def _close_upstream(self):
+        s, self._upstream = self._upstream, None
+        if s is not None:
+            try:
+                s.quit()
+            except (OSError, smtplib.SMTPException):
+                s.close()
+
+    def _set_post_data_state(self):
+        # Every end of a transaction (message done, RSET, new EHLO, 552)
+        # ends the upstream one too.
+        self._close_upstream()
+        super()._set_post_data_state()
+
+    def close(self):
+        self._close_upstream()
+        super().close()
+
+    def check_mail_parameters(self, params):
+        refusal = super().check_mail_parameters(params)
+        if refusal or params:
+            return refusal    # leftovers: the stdlib's 555, nothing sent
+        if 'BODY=BINARYMIME' in self.mail_options:
+            return '554 5.6.1 Error: cannot relay BINARYMIME content'
+        address = self._command_address('FROM:')[0]
+        server = self.smtp_server
+        self._close_upstream()
+        try:
+            self._upstream = smtplib.SMTP(timeout=server.relay_timeout)
+            host, port = server._remoteaddr
+            self._upstream.connect(host, port)
+            self._upstream.ehlo_or_helo_if_needed()
+            code, msg = self._upstream.mail(
+                address, self._forwarded(self.mail_options))
+        except (OSError, smtplib.SMTPException) as e:
+            self._close_upstream()
+            return _upstream_error(e)
+        if code != 250:
+            self._close_upstream()
+            return _reply(code, msg)
+        return None
+
+    def check_rcpt_parameters(self, params):
+        refusal = super().check_rcpt_parameters(params)
+        if refusal or params:
+            return refusal
+        if self._upstream is None:
+            return UPSTREAM_UNAVAILABLE
+        address = self._command_address('TO:')[0]
+        try:
+            code, msg = self._upstream.rcpt(
+                address, self._forwarded(self.rcpt_options))
+        except (OSError, smtplib.SMTPException) as e:
+            self._close_upstream()
+            return _upstream_error(e)
+        if code not in (250, 251):
+            return _reply(code, msg)
+        return None
+
+    def _message_kwargs(self):
+        kwargs = super()._message_kwargs()
+        kwargs['upstream'] = self._upstream
+        return kwargs
+
+
+class RelayServer(_smtpd.SMTPServer):
+    """Relays to ``remoteaddr``; ``relay_timeout`` (keyword-only, seconds)
+    bounds each upstream connect and reply."""
+
+    channel_class = RelayChannel
+
+    def __init__(self, *args, relay_timeout: float = 30.0, **kwargs):
+        if not relay_timeout or relay_timeout <= 0:
+            raise ValueError('relay_timeout must be a positive number')
+        self.relay_timeout = relay_timeout
+        super().__init__(*args, **kwargs)
+        if not isinstance(self._remoteaddr, tuple) or len(self._remoteaddr) != 2:
+            self.close()
+            raise ValueError('RelayServer needs remoteaddr=(host, port)')
+
+    def process_message(self, peer, mailfrom, rcpttos, data,
+                        upstream: Optional[smtplib.SMTP] = None, **kwargs):
+        """Send the message on ``upstream`` (the session holding this
+        transaction's MAIL and RCPTs) and return the upstream's reply.
+        Subclasses may change ``data`` and call super()."""
+        if upstream is None:
+            return UPSTREAM_UNAVAILABLE
+        try:
+            code, msg = upstream.data(_smtp_bytes(data))
+        except (OSError, smtplib.SMTPException) as e:
+            return _upstream_error(e)
+        return _reply(code, msg)
