@@ -1,0 +1,609 @@
+"""SMTP AUTH (RFC 4954) with the PLAIN (RFC 4616) and LOGIN mechanisms,
+opt-in.
+
+:class:`AuthServerMixin` takes an *authenticator*, a callable
+``authenticator(mechanism, login, password, channel) -> bool`` that you
+write (or :class:`FileAuthenticator`, which checks salted scrypt/PBKDF2
+hashes from a file).  Then
+
+* ``AUTH PLAIN LOGIN`` is advertised in the EHLO reply, but only on a TLS
+  session (:mod:`smtpd_compat.tls`) unless ``auth_allow_plaintext=True``:
+  on a plaintext session AUTH answers ``538 5.7.11``;
+* a successful AUTH sets ``channel.auth_user`` (the login); servers whose
+  ``auth_user_kwarg`` is true, such as :class:`SubmissionServer`, also get
+  it as ``process_message(..., auth_user=...)``;
+* ``auth_required=True`` answers MAIL with ``530 5.7.0 Authentication
+  required`` until the client has authenticated;
+* after ``auth_max_failures`` (3) rejected credentials the connection is
+  closed with 421.
+
+Secrets never reach DEBUGSTREAM or the log: the AUTH command's initial
+response and every line of an AUTH exchange are redacted before the core
+prints its ``Data:`` debug line.
+
+``python -m smtpd_compat.auth hash USER`` prints a ``USER:HASH`` line for
+an auth file (the password is read from the terminal or stdin).
+"""
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import sys
+from typing import Callable, Optional, Tuple
+
+import smtpd_compat as _smtpd
+
+__all__ = [
+    'AuthChannelMixin', 'AuthServerMixin', 'SubmissionServer',
+    'FileAuthenticator', 'hash_password', 'verify_password',
+    'decode_response', 'parse_plain', 'MECHANISMS',
+    'CLI_OPTIONS', 'cli_configure', 'main',
+]
+
+logger = logging.getLogger('smtpd_compat.auth')
+
+MECHANISMS = ('PLAIN', 'LOGIN')
+
+# RFC 4954 section 4: an AUTH command line (with its initial response) and
+# each line of the exchange may be up to 12288 octets; section 5: MAIL FROM
+# grows by 500 for the AUTH= parameter.
+_AUTH_LINE_LIMIT = 12288
+_MAIL_AUTH_PARAM_EXTRA = 500
+
+# The LOGIN mechanism's fixed challenges, "Username:" and "Password:".
+_LOGIN_USER = '334 VXNlcm5hbWU6'
+_LOGIN_PASSWORD = '334 UGFzc3dvcmQ6'
+
+_REDACTED = '***'
+
+
+# -- sans-IO payload parsing ---------------------------------------------
+
+def decode_response(text) -> bytes:
+    """Decode one client response of an AUTH exchange (a str or bytes
+    line without CRLF): ``=`` is the empty response (RFC 4954 section 4),
+    anything else must be strict base64.  Raises ValueError otherwise.
+    The ``*`` cancel is the caller's to recognise first."""
+    if isinstance(text, str):
+        try:
+            text = text.encode('ascii')
+        except UnicodeEncodeError:
+            raise ValueError('response is not base64') from None
+    text = text.strip()
+    if text == b'=':
+        return b''
+    if not text:
+        raise ValueError('empty response (send "=" for an empty one)')
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError('response is not base64') from None
+
+
+def parse_plain(payload: bytes) -> Tuple[str, str, str]:
+    """Split a decoded PLAIN message (RFC 4616 section 2:
+    ``[authzid] NUL authcid NUL passwd``, UTF-8) into (authzid, authcid,
+    password).  Raises ValueError when it is malformed."""
+    parts = payload.split(b'\0')
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise ValueError('malformed PLAIN message')
+    try:
+        authzid, authcid, password = (p.decode('utf-8') for p in parts)
+    except UnicodeDecodeError:
+        raise ValueError('PLAIN message is not UTF-8') from None
+    return authzid, authcid, password
+
+
+# -- password hashes -----------------------------------------------------
+#
+# An auth-file entry is "login:hash" with hash one of
+#   $scrypt$ln=<log2 N>,r=<r>,p=<p>$<salt hex>$<key hex>
+#   $pbkdf2-sha256$i=<iterations>$<salt hex>$<key hex>
+# Bounds keep a mistyped (or hostile) file from making one check take
+# minutes or gigabytes.
+
+_SCRYPT_DEFAULT = {'ln': 14, 'r': 8, 'p': 1}
+_PBKDF2_DEFAULT = {'i': 600000}
+_BOUNDS = {'ln': (1, 20), 'r': (1, 32), 'p': (1, 16), 'i': (1000, 10 ** 7)}
+_KEY_LEN = 32
+
+
+def _scrypt(password, salt, ln, r, p):
+    n = 1 << ln
+    # hashlib.scrypt refuses anything above maxmem (32 MiB by default); the
+    # algorithm needs 128 * r * (N + p) bytes.
+    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p,
+                          maxmem=128 * r * (n + p) + (1 << 20), dklen=_KEY_LEN)
+
+
+def _derive(scheme, params, password, salt):
+    password = password.encode('utf-8')
+    if scheme == 'scrypt':
+        return _scrypt(password, salt, params['ln'], params['r'], params['p'])
+    return hashlib.pbkdf2_hmac('sha256', password, salt, params['i'], _KEY_LEN)
+
+
+def _parse_hash(encoded):
+    """(scheme, params, salt, key) from an encoded hash; ValueError if it is
+    not one this module writes."""
+    fields = encoded.split('$')
+    if len(fields) != 5 or fields[0]:
+        raise ValueError('not a $scheme$params$salt$key hash')
+    _, scheme, param_text, salt_hex, key_hex = fields
+    expected = {'scrypt': _SCRYPT_DEFAULT,
+                'pbkdf2-sha256': _PBKDF2_DEFAULT}.get(scheme)
+    if expected is None:
+        raise ValueError('unknown hash scheme %r (scrypt or pbkdf2-sha256)'
+                         % scheme)
+    params = {}
+    for item in param_text.split(','):
+        name, _, value = item.partition('=')
+        if name not in expected or not value.isdigit():
+            raise ValueError('bad parameter %r for %s' % (item, scheme))
+        low, high = _BOUNDS[name]
+        if not low <= int(value) <= high:
+            raise ValueError('%s=%s is outside %d..%d' % (name, value, low, high))
+        params[name] = int(value)
+    if set(params) != set(expected):
+        raise ValueError('%s needs parameters %s' % (scheme, ','.join(expected)))
+    try:
+        salt, key = bytes.fromhex(salt_hex), bytes.fromhex(key_hex)
+    except ValueError:
+        raise ValueError('salt and key must be hex') from None
+    if len(salt) < 8 or len(key) != _KEY_LEN:
+        raise ValueError('salt too short or key of the wrong length')
+    return scheme, params, salt, key
+
+
+def hash_password(password: str, scheme: str = 'scrypt') -> str:
+    """A salted hash of ``password`` for an auth file: ``scheme`` is
+    'scrypt' (default) or 'pbkdf2-sha256' (for Pythons built without
+    scrypt)."""
+    if scheme == 'scrypt':
+        params = _SCRYPT_DEFAULT
+        param_text = 'ln=%(ln)d,r=%(r)d,p=%(p)d' % params
+    elif scheme in ('pbkdf2', 'pbkdf2-sha256'):
+        scheme, params = 'pbkdf2-sha256', _PBKDF2_DEFAULT
+        param_text = 'i=%(i)d' % params
+    else:
+        raise ValueError('unknown hash scheme %r' % (scheme,))
+    salt = os.urandom(16)
+    key = _derive(scheme, params, password, salt)
+    return '$%s$%s$%s$%s' % (scheme, param_text, salt.hex(), key.hex())
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """True if ``password`` matches the hash ``encoded`` (compared in
+    constant time).  Raises ValueError for a malformed hash."""
+    scheme, params, salt, key = _parse_hash(encoded)
+    return hmac.compare_digest(_derive(scheme, params, password, salt), key)
+
+
+class FileAuthenticator:
+    """An authenticator reading ``login:hash`` lines (blank lines and
+    ``#`` comments ignored) from ``path`` once, at construction; a bad line
+    raises ValueError naming it.  Make lines with
+    ``python -m smtpd_compat.auth hash LOGIN``."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._users = {}
+        with open(path, encoding='utf-8') as f:
+            for number, raw in enumerate(f, 1):
+                line = raw.strip()
+                if not line or line.startswith('#'):
+                    continue
+                # Hashes hold no colon, so a login may.
+                login, colon, encoded = line.rpartition(':')
+                if not colon or not login:
+                    raise ValueError('%s line %d: expected login:hash'
+                                     % (path, number))
+                try:
+                    _parse_hash(encoded)
+                except ValueError as e:
+                    raise ValueError('%s line %d: %s' % (path, number, e)) from None
+                self._users[login] = encoded
+        # Unknown logins are checked against this, so that the time taken
+        # does not tell which logins exist.
+        self._decoy = hash_password('')
+
+    def __call__(self, mechanism, login, password, channel) -> bool:
+        encoded = self._users.get(login)
+        if encoded is None:
+            verify_password(password, self._decoy)
+            return False
+        return verify_password(password, encoded)
+
+
+# -- the channel ---------------------------------------------------------
+
+class AuthChannelMixin:
+    """Channel mixin: the AUTH verb, MAIL's AUTH= parameter and the
+    auth_required gate.  Reads its configuration from the server
+    (``authenticator``, ``auth_mechanisms``, ``auth_required``,
+    ``auth_allow_plaintext``, ``auth_max_failures``, ``auth_user_kwarg``).
+    """
+
+    #: The login of the authenticated client, or None.
+    auth_user = None
+    _auth_failures = 0
+    # The exchange in progress: None, 'PLAIN' (waiting for the PLAIN
+    # message), 'LOGIN-USER' or 'LOGIN-PASSWORD'.
+    _auth_state = None
+    _auth_login = None
+    # An AUTH command's initial response, taken out of the line before the
+    # core's debug print (see found_terminator).
+    _auth_initial = None
+    _auth_closing = False
+
+    def _auth_offered(self):
+        return (getattr(self, 'tls_active', False)
+                or self.smtp_server.auth_allow_plaintext)
+
+    def extra_ehlo_keywords(self):
+        keywords = super().extra_ehlo_keywords()
+        if not self._auth_offered():
+            return keywords
+        # Called only for a successful EHLO, so the limits grow once per
+        # greeting, as the core grows MAIL's for SIZE.
+        self.command_size_limits['AUTH'] = _AUTH_LINE_LIMIT
+        self.command_size_limits['MAIL'] += _MAIL_AUTH_PARAM_EXTRA
+        return keywords + ['AUTH ' + ' '.join(self.smtp_server.auth_mechanisms)]
+
+    def readable(self):
+        # After the 421 nothing more is read: the connection is closing.
+        return not self._auth_closing and super().readable()
+
+    # -- keeping secrets out of the debug output ----------------------------
+
+    def found_terminator(self):
+        if self._auth_closing:
+            self.received_lines = []
+            return
+        if self._auth_state is not None and self.smtp_state == self.COMMAND:
+            sz, self.num_bytes = self.num_bytes, 0
+            line = self._take_line()
+            if _smtpd._debugging():
+                print('Data:', repr(_REDACTED), file=_smtpd.DEBUGSTREAM)
+            self._auth_continue(line, sz)
+            return
+        if self.smtp_state == self.COMMAND:
+            self._auth_hide_initial_response()
+        try:
+            super().found_terminator()
+        finally:
+            self._auth_initial = None
+
+    def _auth_hide_initial_response(self):
+        """If the pending command line is ``AUTH <mech> <response>``, keep
+        the response in ``_auth_initial`` and leave ``AUTH <mech> ***`` for
+        the core to print and dispatch (its line-length check still counts
+        the real line)."""
+        line = self._emptystring.join(self.received_lines)
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[0].upper() in ('AUTH', b'AUTH'):
+            self._auth_initial = parts[2].strip()
+            if isinstance(line, str):
+                self.received_lines = [' '.join((parts[0], parts[1], _REDACTED))]
+            else:
+                self.received_lines = [b' '.join((parts[0], parts[1],
+                                                  _REDACTED.encode()))]
+
+    # -- the verb -----------------------------------------------------------
+
+    def smtp_AUTH(self, arg):
+        server = self.smtp_server
+        initial, self._auth_initial = self._auth_initial, None
+        if not self.seen_greeting:
+            self.push('503 Error: send HELO first')
+            return
+        if not self.extended_smtp:
+            self.push('503 5.5.1 Error: send EHLO first')
+            return
+        if not getattr(self, 'tls_active', False):
+            if getattr(server, 'require_starttls', False):
+                self.push('530 5.7.0 Must issue a STARTTLS command first')
+                return
+            if not server.auth_allow_plaintext:
+                self.push('538 5.7.11 Encryption required for requested '
+                          'authentication mechanism')
+                return
+        if self.auth_user is not None:
+            self.push('503 5.5.1 Error: already authenticated')
+            return
+        if self.mailfrom:
+            # RFC 4954 section 4: not permitted during a mail transaction.
+            self.push('503 5.5.1 Error: AUTH not permitted during a mail '
+                      'transaction')
+            return
+        parts = arg.split() if arg else []
+        if not 1 <= len(parts) <= 2:
+            self.push('501 5.5.4 Syntax: AUTH mechanism [initial-response]')
+            return
+        mechanism = parts[0].upper()
+        if mechanism not in server.auth_mechanisms:
+            self.push('504 5.5.4 Unrecognized authentication type')
+            return
+        if len(parts) == 2 and initial is None:
+            initial = parts[1]
+        self._auth_state = 'PLAIN' if mechanism == 'PLAIN' else 'LOGIN-USER'
+        if initial is None:
+            # RFC 4954 section 4: PLAIN's challenge is empty ("334 ").
+            self.push('334 ' if mechanism == 'PLAIN' else _LOGIN_USER)
+        else:
+            self._auth_continue(initial, 0)
+
+    def _auth_continue(self, line, size):
+        """Take one client response (a continuation line, or the initial
+        response of the AUTH command)."""
+        if size > _AUTH_LINE_LIMIT:
+            self._auth_end('500 5.5.6 Authentication Exchange line is too long')
+            return
+        if line is None:    # not UTF-8 on a decode_data channel
+            self._auth_end('501 5.5.2 Cannot decode response')
+            return
+        if line.strip() in ('*', b'*'):
+            # RFC 4954 section 4: the client cancels the exchange.
+            self._auth_end('501 5.7.0 Authentication aborted')
+            return
+        try:
+            data = decode_response(line)
+            if self._auth_state == 'PLAIN':
+                authzid, login, password = parse_plain(data)
+                # Acting for another identity (authzid) is not supported:
+                # such a request fails like bad credentials.
+                if authzid and authzid != login:
+                    login = None
+            else:
+                text = data.decode('utf-8')
+        except (ValueError, UnicodeDecodeError):
+            self._auth_end('501 5.5.2 Cannot decode response')
+            return
+        if self._auth_state == 'LOGIN-USER':
+            self._auth_login = text
+            self._auth_state = 'LOGIN-PASSWORD'
+            self.push(_LOGIN_PASSWORD)
+            return
+        if self._auth_state == 'LOGIN-PASSWORD':
+            mechanism, login, password = 'LOGIN', self._auth_login, text
+        else:
+            mechanism = 'PLAIN'
+        self._auth_state = self._auth_login = None
+        self._auth_check(mechanism, login, password)
+
+    def _auth_end(self, reply):
+        self._auth_state = self._auth_login = None
+        self.push(reply)
+
+    def _auth_check(self, mechanism, login, password):
+        server = self.smtp_server
+        ok = False
+        if login is not None:
+            try:
+                ok = server.authenticator(mechanism, login, password, self)
+            except Exception:
+                # A bug in the authenticator, not the client's fault.  The
+                # traceback goes to the log; the password is not in it
+                # unless the authenticator puts it in its own message.
+                logger.exception('authenticator failed for %r', self.peer)
+                self.push('454 4.7.0 Temporary authentication failure')
+                return
+        if ok:
+            self.auth_user = login
+            logger.info('%r authenticated as %r (%s)', self.peer, login, mechanism)
+            print('auth user:', repr(login), file=_smtpd.DEBUGSTREAM)
+            self.push('235 2.7.0 Authentication successful')
+            return
+        self._auth_failures += 1
+        logger.info('%r failed AUTH %s (%d)', self.peer, mechanism,
+                    self._auth_failures)
+        if self._auth_failures >= server.auth_max_failures:
+            self.push('421 4.7.0 Too many failed authentication attempts, '
+                      'closing connection')
+            self._auth_closing = True
+            self.ac_in_buffer = b''     # ignore anything pipelined
+            self.close_when_done()
+            return
+        self.push('535 5.7.8 Authentication credentials invalid')
+
+    def _tls_reset_session(self):
+        # RFC 3207 section 4.2: nothing learnt before TLS survives it.
+        reset = getattr(super(), '_tls_reset_session', None)
+        if reset is not None:
+            reset()
+        self.auth_user = None
+        self._auth_state = self._auth_login = None
+
+    # -- mail commands ------------------------------------------------------
+
+    def smtp_MAIL(self, arg):
+        if self.smtp_server.auth_required and self.auth_user is None:
+            if (getattr(self.smtp_server, 'require_starttls', False)
+                    and not getattr(self, 'tls_active', False)):
+                self.push('530 5.7.0 Must issue a STARTTLS command first')
+            else:
+                self.push('530 5.7.0 Authentication required')
+            return
+        super().smtp_MAIL(arg)
+
+    def check_mail_parameters(self, params):
+        # RFC 4954 section 5: MAIL FROM's AUTH=<mailbox>|<> names who
+        # submitted the message at a previous hop.  It is accepted and not
+        # trusted (this server knows its client only through AUTH).
+        if self._auth_offered():
+            params.pop('AUTH', None)
+        return super().check_mail_parameters(params)
+
+    def _process_data(self, data):
+        server = self.smtp_server
+        if not server.auth_user_kwarg:
+            super()._process_data(data)
+            return
+        # The core calls process_message with a fixed set of keywords; for
+        # this one call, the server's process_message also gets auth_user.
+        # (An instance attribute shadows the method and is removed after.)
+        saved = server.__dict__.get('process_message')
+        server.process_message = functools.partial(
+            server.process_message, auth_user=self.auth_user)
+        try:
+            super()._process_data(data)
+        finally:
+            if saved is None:
+                del server.process_message
+            else:
+                server.process_message = saved
+
+
+class AuthServerMixin:
+    """Server mixin: SMTP AUTH.
+
+    Keyword-only arguments (the rest go to the next class):
+
+    authenticator
+        ``callable(mechanism, login, password, channel) -> bool``; required.
+        It runs in the event loop, so it should be quick.
+    auth_required
+        MAIL answers ``530 5.7.0 Authentication required`` until the client
+        has authenticated (a submission server, RFC 6409).
+    auth_allow_plaintext
+        also offer AUTH on sessions without TLS.  Needed when there is no
+        TLS at all; dangerous anywhere but a trusted network.
+    auth_mechanisms
+        a sequence from ``('PLAIN', 'LOGIN')``, advertised in that order.
+    auth_max_failures
+        rejected credentials after which the connection is closed with 421.
+
+    Set the class attribute ``auth_user_kwarg = True`` (as
+    :class:`SubmissionServer` does) to have process_message called with an
+    ``auth_user`` keyword argument (None when the client did not
+    authenticate).
+    """
+
+    auth_user_kwarg = False
+
+    def __init__(self, *args, authenticator: Callable = None,
+                 auth_required: bool = False, auth_allow_plaintext: bool = False,
+                 auth_mechanisms=MECHANISMS, auth_max_failures: int = 3,
+                 **kwargs):
+        if not callable(authenticator):
+            raise TypeError('authenticator must be a callable '
+                            '(mechanism, login, password, channel) -> bool, '
+                            'not %r' % (authenticator,))
+        if isinstance(auth_mechanisms, str):
+            auth_mechanisms = auth_mechanisms.split()
+        mechanisms = tuple(m.upper() for m in auth_mechanisms)
+        unknown = [m for m in mechanisms if m not in MECHANISMS]
+        if unknown or not mechanisms:
+            raise ValueError('auth_mechanisms must be taken from %s, not %r'
+                             % (MECHANISMS, auth_mechanisms))
+        if not isinstance(auth_max_failures, int) or auth_max_failures < 1:
+            raise ValueError('auth_max_failures must be a positive integer, '
+                             'not %r' % (auth_max_failures,))
+        self.authenticator = authenticator
+        self.auth_required = bool(auth_required)
+        self.auth_allow_plaintext = bool(auth_allow_plaintext)
+        self.auth_mechanisms = mechanisms
+        self.auth_max_failures = auth_max_failures
+        base = self.channel_class
+        if not issubclass(base, AuthChannelMixin):
+            self.channel_class = type('Auth' + base.__name__,
+                                      (AuthChannelMixin, base), {})
+        super().__init__(*args, **kwargs)
+        # Checked after super().__init__ so that a TLS mixin on either side
+        # of this one has set tls_context.
+        if getattr(self, 'tls_context', None) is None and not auth_allow_plaintext:
+            self.close()
+            raise ValueError('AUTH is only offered over TLS: add TLSServerMixin '
+                             'with a tls_context, or pass '
+                             'auth_allow_plaintext=True')
+
+
+def _submission_base():
+    from smtpd_compat.tls import TLSServerMixin
+    return TLSServerMixin
+
+
+class SubmissionServer(AuthServerMixin, _submission_base(), _smtpd.SMTPServer):
+    """A message submission server (RFC 6409 on port 587 with STARTTLS, or
+    RFC 8314 on port 465 with ``implicit_tls=True``): TLS and AUTH, with
+    ``auth_required=True`` by default.  Subclass it and override
+    ``process_message(self, peer, mailfrom, rcpttos, data, auth_user=None,
+    **kwargs)``."""
+
+    auth_user_kwarg = True
+
+    def __init__(self, *args, auth_required: bool = True, **kwargs):
+        super().__init__(*args, auth_required=auth_required, **kwargs)
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        raise NotImplementedError
+
+
+# -- command line --------------------------------------------------------
+
+CLI_OPTIONS = (
+    ('auth-file=', 'FILE',
+     'Offer AUTH PLAIN/LOGIN, checking "login:hash" lines from FILE '
+     '(make them with: python -m smtpd_compat.auth hash LOGIN).'),
+    ('auth-required', '', 'Refuse MAIL with 530 until the client has authenticated.'),
+    ('auth-allow-plaintext', '',
+     'Offer AUTH without TLS too (only on a trusted network).'),
+)
+
+
+def cli_configure(cli):
+    """Add AuthServerMixin when --auth-file is given; check the combination."""
+    given = cli.given
+    if 'auth-file' not in given:
+        for option in ('auth-required', 'auth-allow-plaintext'):
+            if option in given:
+                cli.error('--%s needs --auth-file' % option)
+        return
+    if 'tls-cert' not in given and 'auth-allow-plaintext' not in given:
+        cli.error('--auth-file needs --tls-cert (AUTH is offered only over '
+                  'TLS) or --auth-allow-plaintext')
+    try:
+        authenticator = FileAuthenticator(given['auth-file'])
+    except (OSError, ValueError) as e:
+        cli.error('Cannot use --auth-file: %s' % e)
+    cli.mixins.append(AuthServerMixin)
+    cli.server_kwargs.update(
+        authenticator=authenticator,
+        auth_required='auth-required' in given,
+        auth_allow_plaintext='auth-allow-plaintext' in given)
+
+
+def _read_password():
+    import getpass
+    if sys.stdin.isatty():
+        first = getpass.getpass('Password: ')
+        if getpass.getpass('Again: ') != first:
+            raise SystemExit('Passwords differ.')
+        return first
+    return sys.stdin.readline().rstrip('\r\n')
+
+
+def main(argv=None):
+    """``python -m smtpd_compat.auth hash [--pbkdf2] LOGIN``: print an
+    auth-file line for LOGIN, reading the password from the terminal (or
+    the first line of stdin)."""
+    import argparse
+    parser = argparse.ArgumentParser(prog='python -m smtpd_compat.auth')
+    commands = parser.add_subparsers(dest='command', required=True)
+    make = commands.add_parser('hash', help='print a login:hash line')
+    make.add_argument('login')
+    make.add_argument('--pbkdf2', action='store_true',
+                      help='PBKDF2-SHA256 instead of scrypt')
+    args = parser.parse_args(argv)
+    password = _read_password()
+    if not password:
+        raise SystemExit('Empty password refused.')
+    print('%s:%s' % (args.login, hash_password(
+        password, 'pbkdf2-sha256' if args.pbkdf2 else 'scrypt')))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,392 @@
+"""TLS for the asyncore channel: STARTTLS (RFC 3207) and implicit TLS
+(RFC 8314, the "submissions" port 465), opt-in.
+
+:class:`TLSServerMixin` takes an :class:`ssl.SSLContext` and either
+
+* offers ``STARTTLS`` in the EHLO reply while the session is plaintext
+  (optionally refusing mail commands until the client has used it:
+  ``require_starttls=True``), or
+* with ``implicit_tls=True``, starts the TLS handshake as soon as a
+  connection is accepted and sends the 220 greeting only once it is done.
+
+The handshake runs inside the asyncore loop: the socket is wrapped with
+``do_handshake_on_connect=False`` and ``do_handshake()`` is called again on
+every readable/writable event until it completes, so a client that stalls
+in the middle of its handshake holds up nobody else.  A failed handshake
+closes that connection only; the reason is logged on the
+``smtpd_compat.tls`` logger (and printed on DEBUGSTREAM), never as a
+traceback.
+
+``channel.tls_active`` tells whether the session is encrypted; the AUTH
+capability (:mod:`smtpd_compat.auth`) reads it.
+"""
+import logging
+import ssl
+from typing import Optional
+
+import smtpd_compat as _smtpd
+
+__all__ = [
+    'TLSChannelMixin', 'TLSServerMixin', 'TLSServer', 'server_context',
+    'CLI_OPTIONS', 'cli_configure',
+]
+
+logger = logging.getLogger('smtpd_compat.tls')
+
+# The states of a channel's transport (``_tls_phase``):
+#
+#   None         plaintext; STARTTLS not (yet) asked for
+#   'flush'      STARTTLS answered with 220; waiting until that reply has
+#                left the socket, reading nothing (RFC 3207 section 4: the
+#                client starts the handshake only after the 220, so every
+#                byte that could arrive now is pipelined plaintext)
+#   'handshake'  socket wrapped; do_handshake() driven by socket events
+#   'active'     handshake done; recv/send go through the SSL socket
+#
+# implicit TLS goes straight from None to 'handshake' in _greet().
+
+# Bound on how many times one read event drains plaintext that OpenSSL
+# already decrypted and holds (SSLSocket.pending()); no socket event would
+# announce it.  One TLS record is at most 16 KiB and each read asks for
+# ac_in_buffer_size (64 KiB), so one extra read is the usual maximum.
+_MAX_PENDING_READS = 16
+
+_TLS_ALREADY = '503 5.5.1 Error: TLS already active'
+_STARTTLS_FIRST = '530 5.7.0 Must issue a STARTTLS command first'
+
+
+def _debug(text):
+    print(text, file=_smtpd.DEBUGSTREAM)
+
+
+class TLSChannelMixin:
+    """Channel mixin: the STARTTLS verb and reading/writing through TLS.
+
+    Reads its configuration from the server: ``tls_context``,
+    ``implicit_tls``, ``require_starttls``, ``tls_handshake_timeout``.
+    """
+
+    _tls_phase = None
+    _tls_want_write = False
+    _tls_timer = None
+
+    @property
+    def tls_active(self) -> bool:
+        """True once the TLS handshake has completed on this session."""
+        return self._tls_phase == 'active'
+
+    # -- greeting and EHLO ------------------------------------------------
+
+    def _greet(self):
+        if self.smtp_server.implicit_tls and self._tls_phase is None:
+            # RFC 8314 section 3.3: TLS starts immediately on connect; the
+            # SMTP greeting is the first thing sent inside it.
+            self._tls_start()
+            return
+        super()._greet()
+
+    def extra_ehlo_keywords(self):
+        keywords = super().extra_ehlo_keywords()
+        # RFC 3207 section 4.2: STARTTLS is not advertised once TLS is on.
+        if self._tls_phase is None and not self.smtp_server.implicit_tls:
+            keywords = keywords + ['STARTTLS']
+        return keywords
+
+    # -- the verb ---------------------------------------------------------
+
+    def smtp_STARTTLS(self, arg):
+        if arg:
+            self.push('501 5.5.4 Syntax: STARTTLS')
+            return
+        if self._tls_phase is not None or self.smtp_server.implicit_tls:
+            self.push(_TLS_ALREADY)
+            return
+        if not self.seen_greeting:
+            self.push('503 Error: send HELO first')
+            return
+        # Anything the client sent after STARTTLS before the handshake is
+        # plaintext an attacker may have injected (the command-injection
+        # flaw of CVE-2011-0411 and kin): throw away what is buffered...
+        self.ac_in_buffer = b''
+        # ... and read nothing more until the socket is wrapped ('flush').
+        self._tls_phase = 'flush'
+        self.push('220 2.0.0 Ready to start TLS')
+
+    # require_starttls: RFC 3207 section 4 lets a server refuse mail
+    # commands on a plaintext session with 530.
+
+    def _tls_refused(self):
+        if self.smtp_server.require_starttls and not self.tls_active:
+            self.push(_STARTTLS_FIRST)
+            return True
+        return False
+
+    def smtp_MAIL(self, arg):
+        if not self._tls_refused():
+            super().smtp_MAIL(arg)
+
+    def smtp_RCPT(self, arg):
+        if not self._tls_refused():
+            super().smtp_RCPT(arg)
+
+    def smtp_DATA(self, arg):
+        if not self._tls_refused():
+            super().smtp_DATA(arg)
+
+    # -- switching the socket to TLS ---------------------------------------
+
+    def initiate_send(self):
+        super().initiate_send()
+        if self._tls_phase == 'flush' and not self.producer_fifo and self.connected:
+            self._tls_start()
+
+    def _tls_start(self):
+        """Wrap the socket (the 220 to STARTTLS has been sent, or the
+        connection is new on an implicit-TLS server) and begin the
+        handshake."""
+        try:
+            wrapped = self.smtp_server.tls_context.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as e:
+            self._tls_failed(e)
+            return
+        # Same file descriptor: set_socket() just rebinds the map entry.
+        self.set_socket(wrapped)
+        self.conn = wrapped
+        self._tls_phase = 'handshake'
+        timeout = self.smtp_server.tls_handshake_timeout
+        if timeout is not None:
+            from smtpd_compat import loop as _loop
+            self._tls_timer = _loop.call_later(
+                timeout, self._tls_expired, map=self._map)
+        self._tls_handshake()
+
+    def _tls_handshake(self):
+        """One step of the non-blocking handshake."""
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            self._tls_want_write = False
+            return
+        except ssl.SSLWantWriteError:
+            self._tls_want_write = True
+            return
+        except (OSError, ValueError) as e:
+            # SSLError (a non-TLS client, no shared cipher, ...), EOF or a
+            # reset: this connection only.
+            self._tls_failed(e)
+            return
+        self._tls_cancel_timer()
+        self._tls_phase = 'active'
+        self._tls_want_write = False
+        _debug('TLS established with %r: %s %s' % (
+            self.peer, self.socket.version(), self.socket.cipher()[0]))
+        if self.smtp_server.implicit_tls:
+            super()._greet()
+        else:
+            self._tls_reset_session()
+        # The client may already have sent its first command behind its
+        # Finished message, and OpenSSL may hold it decrypted.
+        if self.connected and self.socket.pending():
+            self.handle_read()
+
+    def _tls_reset_session(self):
+        """RFC 3207 section 4.2: after the handshake the server forgets
+        everything learnt from the client before it (greeting, envelope,
+        EHLO-raised limits); the client must send EHLO again.  Mixins that
+        keep more session state (AUTH) extend this and call super()."""
+        self._set_rset_state()
+        self.seen_greeting = ''
+        self.extended_smtp = False
+        self.command_size_limits.clear()
+        reset = getattr(super(), '_tls_reset_session', None)
+        if reset is not None:
+            reset()
+
+    def _tls_failed(self, error):
+        self._tls_cancel_timer()
+        logger.info('TLS handshake with %r failed: %s', self.peer, error)
+        _debug('TLS handshake with %r failed: %s' % (self.peer, error))
+        self.close()
+
+    def _tls_expired(self):
+        self._tls_timer = None
+        if self._tls_phase == 'handshake' and self.connected:
+            self._tls_failed('no handshake within %s seconds'
+                             % self.smtp_server.tls_handshake_timeout)
+
+    def _tls_cancel_timer(self):
+        if self._tls_timer is not None:
+            self._tls_timer.cancel()
+            self._tls_timer = None
+
+    def close(self):
+        self._tls_cancel_timer()
+        super().close()
+
+    # -- asyncore plumbing -------------------------------------------------
+
+    def readable(self):
+        if self._tls_phase == 'flush':
+            return False
+        return super().readable()
+
+    def writable(self):
+        if self._tls_phase == 'handshake':
+            return self._tls_want_write
+        return super().writable()
+
+    def handle_read(self):
+        if self._tls_phase == 'handshake':
+            self._tls_handshake()
+            return
+        super().handle_read()
+        # Plaintext that OpenSSL already decrypted raises no socket event.
+        for _ in range(_MAX_PENDING_READS):
+            if not (self._tls_phase == 'active' and self.connected
+                    and self.socket.pending() and self.readable()):
+                break
+            super().handle_read()
+
+    def handle_write(self):
+        if self._tls_phase == 'handshake':
+            self._tls_handshake()
+            return
+        super().handle_write()
+
+    def recv(self, buffer_size):
+        if self._tls_phase != 'active':
+            return super().recv(buffer_size)
+        try:
+            data = self.socket.recv(buffer_size)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            # Not a whole TLS record yet: the plain-socket equivalent of
+            # "nothing to read", which handle_read already ignores.
+            raise BlockingIOError
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            data = b''
+        except OSError as e:
+            logger.info('TLS read from %r failed: %s', self.peer, e)
+            data = b''
+        if not data:
+            self.handle_close()
+        return data
+
+    def send(self, data):
+        if self._tls_phase == 'handshake':
+            return 0    # replies wait until the handshake is done
+        if self._tls_phase != 'active':
+            return super().send(data)
+        try:
+            return self.socket.send(data)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return 0
+        except OSError as e:
+            logger.info('TLS write to %r failed: %s', self.peer, e)
+            self.handle_close()
+            return 0
+
+
+class TLSServerMixin:
+    """Server mixin: TLS on every accepted connection.
+
+    Keyword-only arguments (the rest go to the next class):
+
+    tls_context
+        an :class:`ssl.SSLContext` with the server's certificate and key
+        loaded (see :func:`server_context`); required.
+    implicit_tls
+        False (default): offer STARTTLS.  True: TLS from the first byte
+        (port 465, RFC 8314).
+    require_starttls
+        answer MAIL, RCPT, DATA (and AUTH) with ``530 5.7.0 Must issue a
+        STARTTLS command first`` until TLS is active.
+    tls_handshake_timeout
+        seconds a client gets to complete the handshake before the
+        connection is closed; None (default) for no limit.  Uses the timers
+        of :mod:`smtpd_compat.loop`, so it is only enforced when that loop
+        serves the map.
+    """
+
+    def __init__(self, *args, tls_context: ssl.SSLContext = None,
+                 implicit_tls: bool = False, require_starttls: bool = False,
+                 tls_handshake_timeout: Optional[float] = None, **kwargs):
+        if not isinstance(tls_context, ssl.SSLContext):
+            raise TypeError('tls_context must be an ssl.SSLContext holding '
+                            'the server certificate, not %r' % (tls_context,))
+        if implicit_tls and require_starttls:
+            raise ValueError('require_starttls has no meaning with '
+                             'implicit_tls=True (TLS is always on)')
+        if tls_handshake_timeout is not None and not tls_handshake_timeout > 0:
+            raise ValueError('tls_handshake_timeout must be a positive number '
+                             'of seconds or None, not %r'
+                             % (tls_handshake_timeout,))
+        self.tls_context = tls_context
+        self.implicit_tls = bool(implicit_tls)
+        self.require_starttls = bool(require_starttls)
+        self.tls_handshake_timeout = tls_handshake_timeout
+        base = self.channel_class
+        if not issubclass(base, TLSChannelMixin):
+            self.channel_class = type('TLS' + base.__name__,
+                                      (TLSChannelMixin, base), {})
+        super().__init__(*args, **kwargs)
+
+
+class TLSServer(TLSServerMixin, _smtpd.SMTPServer):
+    """An SMTPServer with STARTTLS or implicit TLS; subclass it and override
+    process_message."""
+
+
+def server_context(certfile: str, keyfile: Optional[str] = None) -> ssl.SSLContext:
+    """A server-side SSLContext with Python's default security settings
+    (TLS 1.2 or later, no compression, no renegotiation) and the given
+    certificate chain and private key loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= getattr(ssl, 'OP_NO_RENEGOTIATION', 0)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+CLI_OPTIONS = (
+    ('tls-cert=', 'FILE',
+     'PEM certificate chain (may also hold the key); enables STARTTLS.'),
+    ('tls-key=', 'FILE', 'PEM private key for --tls-cert.'),
+    ('smtps', '',
+     'Implicit TLS (RFC 8314, port 465) instead of STARTTLS; needs --tls-cert.'),
+    ('require-starttls', '',
+     'Refuse MAIL/RCPT/DATA/AUTH with 530 until the client has used STARTTLS.'),
+    ('tls-handshake-timeout=', 'SECONDS',
+     'Close connections that have not finished the TLS handshake in time.'),
+)
+
+
+def cli_configure(cli):
+    """Add TLSServerMixin when --tls-cert is given; check the combination."""
+    given = cli.given
+    if 'tls-cert' not in given:
+        for option in ('tls-key', 'smtps', 'require-starttls',
+                       'tls-handshake-timeout'):
+            if option in given:
+                cli.error('--%s needs --tls-cert' % option)
+        return
+    if 'smtps' in given and 'require-starttls' in given:
+        cli.error('--require-starttls has no meaning with --smtps')
+    timeout = None
+    if 'tls-handshake-timeout' in given:
+        try:
+            timeout = float(given['tls-handshake-timeout'])
+        except ValueError:
+            timeout = -1.0
+        if not timeout > 0:
+            cli.error('Invalid --tls-handshake-timeout: %s'
+                      % given['tls-handshake-timeout'])
+    try:
+        context = server_context(given['tls-cert'], given.get('tls-key') or None)
+    except (OSError, ssl.SSLError) as e:
+        cli.error('Cannot load --tls-cert/--tls-key: %s' % e)
+    cli.mixins.append(TLSServerMixin)
+    cli.server_kwargs.update(
+        tls_context=context, implicit_tls='smtps' in given,
+        require_starttls='require-starttls' in given,
+        tls_handshake_timeout=timeout)
