@@ -29,6 +29,9 @@ keyword the server class takes (``data_size_limit``, ``enable_SMTPUTF8``,
 ``decode_data``, ``reply``, and those of TLS, AUTH and other capability
 classes).  Markers on a class or module apply too; the closest wins per
 keyword, and parametrisation wins over markers.
+
+PYTEST_DONT_REWRITE: this module has no asserts to rewrite, and the marker
+spares a warning when it was imported before pytest loads it as a plugin.
 """
 # Nothing from smtpd_compat is imported at module level: pytest imports
 # every plugin at start-up, and a test session that never asks for `smtpd`

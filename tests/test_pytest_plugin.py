@@ -1,0 +1,252 @@
+"""The ``smtpd`` pytest fixture, used the way a project would use it.
+
+Small projects' test files run under pytester against the plugin; the
+plugin is loaded through its ``pytest11`` entry point when smtpd-compat is
+installed, and with ``-p`` from a checkout.
+"""
+import importlib.util
+import logging
+import logging.handlers
+import os
+import sys
+
+import pytest
+
+import smtpd_compat
+from smtpd_compat import pytest_plugin
+
+from conftest import REQUIRE_TOOLS
+
+pytest_plugins = ['pytester']
+
+# This module uses the fixture itself too.  Bound by assignment rather than
+# loaded as a plugin, which would clash with the entry point when installed.
+smtpd = pytest_plugin.smtpd
+
+PLUGIN = 'smtpd_compat.pytest_plugin'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(smtpd_compat.__file__)))
+
+
+def _entry_point_installed():
+    from importlib.metadata import entry_points
+    found = entry_points()
+    if hasattr(found, 'select'):
+        group = found.select(group='pytest11')
+    else:   # Python < 3.10: a dict of lists
+        group = found.get('pytest11', ())
+    return any(ep.value.strip() == PLUGIN for ep in group)
+
+
+# The inner runs load no plugin of this environment but the ones named
+# (pytest-benchmark, for one, warns under xdist), and are as strict as this
+# suite: any warning is an error.
+STRICT = ['-p', PLUGIN, '-W', 'error', '--strict-markers', '-p', 'no:cacheprovider']
+
+
+@pytest.fixture(autouse=True)
+def no_plugin_autoload(monkeypatch):
+    monkeypatch.setenv('PYTEST_DISABLE_PLUGIN_AUTOLOAD', '1')
+
+
+SEND = '''
+import smtplib
+
+def send(smtpd, message='Subject: hi\\r\\n\\r\\nbody\\r\\n', **kwargs):
+    with smtplib.SMTP(smtpd.host, smtpd.port, timeout=10) as client:
+        client.sendmail('app@example.org', ['user@example.org'], message,
+                        **kwargs)
+'''
+
+
+@pytest.fixture
+def subprocess_env(monkeypatch):
+    """Subprocess runs import this checkout's smtpd_compat."""
+    monkeypatch.setenv('PYTHONPATH', ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+
+
+def test_the_three_line_test(pytester):
+    pytester.makepyfile(SEND + '''
+def test_welcome_mail(smtpd):
+    send(smtpd, 'Subject: Welcome\\r\\n\\r\\nHello!\\r\\n')
+    assert smtpd.messages[0]["Subject"] == "Welcome"
+''')
+    result = pytester.runpytest(*STRICT)
+    result.assert_outcomes(passed=1)
+
+
+def test_fixture_api_and_isolation_between_tests(pytester):
+    pytester.makepyfile(SEND + '''
+import threading
+from smtpd_compat.controller import CapturedMessage
+
+ports = []
+
+def test_one(smtpd):
+    ports.append(smtpd.port)
+    send(smtpd)
+    send(smtpd, 'Subject: second\\r\\n\\r\\nx\\r\\n')
+    m = smtpd.messages[1]
+    assert isinstance(m, CapturedMessage)
+    assert (m.mailfrom, m.rcpttos, m["Subject"]) == (
+        'app@example.org', ['user@example.org'], 'second')
+    smtpd.clear()
+    assert len(smtpd.messages) == 0
+    threading.Thread(target=send, args=(smtpd,)).start()
+    assert smtpd.wait_for(1, timeout=10)[0]["Subject"] == "hi"
+
+def test_two_starts_empty_on_its_own_server(smtpd):
+    assert len(smtpd.messages) == 0
+    assert smtpd.host == '127.0.0.1' and smtpd.port > 0
+    assert smtpd.port not in ports
+''')
+    result = pytester.runpytest(*STRICT)
+    result.assert_outcomes(passed=2)
+
+
+def test_markers_configure_the_server(pytester):
+    pytester.makepyfile(SEND + '''
+import smtplib
+import pytest
+import smtpd_compat
+
+pytestmark = pytest.mark.smtpd(data_size_limit=1000)
+
+def test_module_marker_applies(smtpd):
+    assert smtpd.server.data_size_limit == 1000
+
+@pytest.mark.smtpd(decode_data=True)
+def test_decode_data(smtpd):
+    send(smtpd)
+    assert isinstance(smtpd.messages[0].data, str)
+
+@pytest.mark.smtpd(data_size_limit=100)
+def test_size_limit(smtpd):
+    with pytest.raises(smtplib.SMTPSenderRefused) as info:
+        send(smtpd, 'Subject: big\\r\\n\\r\\n' + 'x' * 200 + '\\r\\n')
+    assert info.value.smtp_code == 552
+    assert len(smtpd.messages) == 0
+
+@pytest.mark.smtpd(enable_SMTPUTF8=True)
+def test_smtputf8(smtpd):
+    send(smtpd, 'Subject: Grüße\\r\\n\\r\\nx\\r\\n'.encode(), mail_options=['SMTPUTF8'])
+    assert smtpd.messages[0]['Subject'] == 'Grüße'
+
+@pytest.mark.smtpd(reply='451 Try again later')
+def test_reply(smtpd):
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        send(smtpd)
+    assert info.value.smtp_code == 451
+
+@pytest.mark.smtpd(server_class=smtpd_compat.DebuggingServer)
+def test_server_class_gets_capture(smtpd):
+    assert isinstance(smtpd.server, smtpd_compat.DebuggingServer)
+    send(smtpd)
+    assert smtpd.messages[0]['Subject'] == 'hi'
+
+@pytest.mark.smtpd(decode_data=True, data_size_limit=2000)
+class TestClosestMarkerWins:
+    @pytest.mark.smtpd(data_size_limit=5000)
+    def test_merge(self, smtpd):
+        assert smtpd.server.data_size_limit == 5000
+        assert smtpd.server._decode_data is True
+
+@pytest.mark.parametrize('smtpd', [{}, {'decode_data': True}],
+                         indirect=True, ids=['bytes', 'str'])
+def test_parametrised(smtpd, request):
+    send(smtpd)
+    expected = str if request.node.callspec.id == 'str' else bytes
+    assert type(smtpd.messages[0].data) is expected
+    assert smtpd.server.data_size_limit == 1000   # marker still applies
+
+@pytest.mark.smtpd('positional')
+def test_bad_marker(smtpd):
+    pass
+''')
+    result = pytester.runpytest(*STRICT)
+    result.assert_outcomes(passed=9, errors=1)
+    result.stdout.fnmatch_lines(['*TypeError: @pytest.mark.smtpd takes keywords only*'])
+
+
+def test_marker_is_registered(pytester):
+    result = pytester.runpytest(*STRICT, '--markers')
+    result.stdout.fnmatch_lines(['@pytest.mark.smtpd(**kwargs): configure the smtpd fixture*'])
+
+
+@pytest.mark.skipif(not _entry_point_installed(),
+                    reason='smtpd-compat is not installed (a checkout)')
+def test_entry_point_loads_the_plugin(pytester, monkeypatch):
+    # What `pip install smtpd-compat` gives: no -p, no conftest.
+    monkeypatch.delenv('PYTEST_DISABLE_PLUGIN_AUTOLOAD')
+    pytester.makepyfile(SEND + '''
+def test_x(smtpd):
+    send(smtpd)
+    assert smtpd.messages[0]["Subject"] == "hi"
+''')
+    pytester.runpytest('-p', 'no:cacheprovider').assert_outcomes(passed=1)
+
+
+def test_startup_imports_nothing_heavy(pytester, subprocess_env):
+    # A fresh process: the plugin is loaded, the server code is not, until
+    # a test asks for the fixture.
+    pytester.makepyfile(SEND + '''
+import sys
+
+def test_a_not_loaded_yet():
+    assert 'smtpd_compat.controller' not in sys.modules
+
+def test_b_loaded_on_use(smtpd):
+    assert 'smtpd_compat.controller' in sys.modules
+''')
+    result = pytester.runpytest_subprocess(*STRICT, '-p', 'no:randomly')
+    result.assert_outcomes(passed=2)
+
+
+def test_under_xdist(pytester, subprocess_env):
+    if importlib.util.find_spec('xdist') is None:
+        message = 'pytest-xdist is not installed (it is in the test extra)'
+        if REQUIRE_TOOLS:
+            pytest.fail(message)
+        pytest.skip(message)
+    ran = pytester.mkdir('ran')
+    pytester.makepyfile(SEND + '''
+import os
+import pytest
+
+@pytest.mark.parametrize('n', range(8))
+def test_each_worker_has_its_own_server(smtpd, n):
+    send(smtpd, 'Subject: mail %%d\\r\\n\\r\\nx\\r\\n' %% n)
+    assert [m["Subject"] for m in smtpd.messages] == ['mail %%d' %% n]
+    # Record which process served it, to check that several workers did.
+    open(os.path.join(%r, '%%d-%%d' %% (n, os.getpid())), 'w').close()
+''' % str(ran))
+    result = pytester.runpytest_subprocess(*STRICT, '-p', 'xdist.plugin', '-n', '4')
+    result.assert_outcomes(passed=8)
+    done = [name.split('-') for name in os.listdir(str(ran))]
+    assert sorted(int(n) for n, pid in done) == list(range(8))
+    assert len({pid for n, pid in done}) > 1
+
+
+def test_logging_smtphandler_sends_real_mail(smtpd):
+    handler = logging.handlers.SMTPHandler(
+        mailhost=smtpd.address, fromaddr='app@example.org',
+        toaddrs=['ops@example.org'], subject='Alert from the app', timeout=10)
+    logger = logging.getLogger('test_pytest_plugin.alerts')
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.error('disk %s is full', '/var')
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    m = smtpd.messages[0]
+    assert m.mailfrom == 'app@example.org'
+    assert m.rcpttos == ['ops@example.org']
+    assert m['Subject'] == 'Alert from the app'
+    assert m['To'] == 'ops@example.org'
+    assert m.get_content().strip() == 'disk /var is full'
+
+
+def test_fixture_in_this_suite(smtpd):
+    # The plugin's fixture, bound above, is a started capturing Controller.
+    assert smtpd.server is not None and len(smtpd.messages) == 0
+    assert sys.modules['smtpd_compat.controller'].Controller is type(smtpd)
