@@ -1,0 +1,364 @@
+"""STARTTLS (RFC 3207) and implicit TLS (RFC 8314) over real loopback TLS,
+with certificates made at test time by trustme."""
+import io
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import smtpd_compat
+from smtpd_compat import tls
+from conftest import RecordingServer, recv_reply, require_tool
+
+trustme = pytest.importorskip('trustme')
+
+MESSAGE = b'Subject: hello\r\n\r\nover TLS\r\n'
+
+
+@pytest.fixture(scope='module')
+def certs(tmp_path_factory):
+    """(server context, client context, CA file, cert+key file)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert('127.0.0.1', 'localhost')
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    d = tmp_path_factory.mktemp('tls')
+    ca.cert_pem.write_to_path(str(d / 'ca.pem'))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(d / 'server.pem'))
+    return server_ctx, client_ctx, str(d / 'ca.pem'), str(d / 'server.pem')
+
+
+class TLSRecorder(tls.TLSServerMixin, RecordingServer):
+    pass
+
+
+@pytest.fixture
+def starttls_server(live_server, certs):
+    return live_server(TLSRecorder, tls_context=certs[0])
+
+
+@pytest.fixture
+def smtps_server(live_server, certs):
+    return live_server(TLSRecorder, tls_context=certs[0], implicit_tls=True)
+
+
+def send_line(sock, line):
+    sock.sendall(line + b'\r\n')
+    return recv_reply(sock)
+
+
+def starttls_raw(address, client_ctx):
+    """A raw client that has done EHLO, STARTTLS and the handshake."""
+    sock = socket.create_connection(address, timeout=5)
+    recv_reply(sock)
+    send_line(sock, b'EHLO me')
+    assert send_line(sock, b'STARTTLS') == b'220 2.0.0 Ready to start TLS\r\n'
+    return client_ctx.wrap_socket(sock, server_hostname='127.0.0.1')
+
+
+def test_starttls_advertised_only_before_tls_and_session_reset(starttls_server, certs):
+    with smtplib.SMTP(*starttls_server.address, timeout=5) as client:
+        code, text = client.ehlo('before')
+        assert b'STARTTLS' in text.split(b'\n')
+        client.starttls(context=certs[1])
+        # RFC 3207 4.2: the greeting is forgotten, EHLO must come again.
+        assert client.docmd('MAIL FROM:<a@example.com>')[0] == 503
+        code, text = client.ehlo('after')
+        assert code == 250 and b'STARTTLS' not in text
+        assert client.docmd('STARTTLS')[0] == 503
+        client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
+        assert isinstance(client.sock, ssl.SSLSocket)
+    (peer, mailfrom, rcpttos, data, kwargs), = starttls_server.server.messages
+    assert (mailfrom, rcpttos, data) == ('a@example.com', ['b@example.com'],
+                                         MESSAGE.replace(b'\r\n', b'\n')[:-1])
+
+
+def test_starttls_syntax_and_order(starttls_server, raw_client):
+    sock, greeting = raw_client(starttls_server.address)
+    assert send_line(sock, b'STARTTLS') == b'503 Error: send HELO first\r\n'
+    send_line(sock, b'EHLO me')
+    assert send_line(sock, b'STARTTLS now') == b'501 5.5.4 Syntax: STARTTLS\r\n'
+
+
+def test_implicit_tls_greets_inside_tls(smtps_server, certs):
+    with smtplib.SMTP_SSL(*smtps_server.address, context=certs[1],
+                          timeout=5) as client:
+        code, text = client.ehlo('me')
+        assert b'STARTTLS' not in text
+        assert client.docmd('STARTTLS')[0] == 503
+        client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
+    assert len(smtps_server.server.messages) == 1
+
+
+def test_implicit_tls_plaintext_client_gets_nothing_and_server_survives(
+        smtps_server, certs, capfd):
+    sock = socket.create_connection(smtps_server.address, timeout=5)
+    sock.sendall(b'EHLO plaintext\r\n')
+    # A failed handshake closes the connection; no 220 in clear text.
+    data = b''
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    assert b'220' not in data
+    sock.close()
+    with smtplib.SMTP_SSL(*smtps_server.address, context=certs[1],
+                          timeout=5) as client:
+        assert client.noop()[0] == 250
+    out, err = capfd.readouterr()
+    assert 'Traceback' not in out + err
+    assert out == ''
+
+
+def test_pipelined_commands_after_starttls_are_discarded(starttls_server, certs,
+                                                         monkeypatch):
+    debug = io.StringIO()
+    monkeypatch.setattr(smtpd_compat, 'DEBUGSTREAM', debug)
+    sock = socket.create_connection(starttls_server.address, timeout=5)
+    recv_reply(sock)
+    send_line(sock, b'EHLO me')
+    sock.sendall(b'STARTTLS\r\nMAIL FROM:<evil@example.com>\r\n'
+                 b'RCPT TO:<victim@example.com>\r\n')
+    # Exactly the 220, nothing for the injected commands.
+    assert recv_reply(sock) == b'220 2.0.0 Ready to start TLS\r\n'
+    tsock = certs[1].wrap_socket(sock, server_hostname='127.0.0.1')
+    # The injected MAIL left no state behind (and the greeting is gone).
+    assert send_line(tsock, b'RCPT TO:<x@example.com>') == \
+        b'503 Error: send HELO first\r\n'
+    send_line(tsock, b'EHLO me')
+    assert send_line(tsock, b'RCPT TO:<x@example.com>') == \
+        b'503 Error: need MAIL command\r\n'
+    tsock.close()
+    assert 'evil' not in debug.getvalue()
+    assert 'victim' not in debug.getvalue()
+
+
+def test_stalled_handshakes_do_not_block_others(live_server, certs):
+    for implicit in (True, False):
+        server = live_server(TLSRecorder, tls_context=certs[0],
+                             implicit_tls=implicit)
+        stalled = []
+        # One client says nothing at all, one sends half a ClientHello.
+        silent = socket.create_connection(server.address, timeout=5)
+        half = socket.create_connection(server.address, timeout=5)
+        if not implicit:
+            for s in (silent, half):
+                recv_reply(s)
+                send_line(s, b'EHLO stall')
+                assert send_line(s, b'STARTTLS').startswith(b'220')
+        stalled += [silent, half]
+        raw_hello = _client_hello()
+        half.sendall(raw_hello[:len(raw_hello) // 2])
+        if implicit:
+            client = smtplib.SMTP_SSL(*server.address, context=certs[1], timeout=5)
+        else:
+            client = smtplib.SMTP(*server.address, timeout=5)
+            client.starttls(context=certs[1])
+        client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
+        client.quit()
+        assert len(server.server.messages) == 1
+        for s in stalled:
+            s.close()
+
+
+def _client_hello():
+    """The bytes of a real TLS ClientHello."""
+    outgoing = ssl.MemoryBIO()
+    obj = ssl.create_default_context().wrap_bio(
+        ssl.MemoryBIO(), outgoing, server_hostname='localhost')
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def test_failed_starttls_handshake_closes_only_that_connection(
+        starttls_server, certs, capfd):
+    sock = socket.create_connection(starttls_server.address, timeout=5)
+    recv_reply(sock)
+    send_line(sock, b'EHLO me')
+    assert send_line(sock, b'STARTTLS').startswith(b'220')
+    sock.sendall(b'this is not TLS at all\r\n' * 4)
+    try:
+        rest = sock.recv(4096)
+    except ConnectionResetError:
+        rest = b''
+    assert not rest.startswith(b'2')
+    sock.close()
+    with smtplib.SMTP(*starttls_server.address, timeout=5) as client:
+        client.starttls(context=certs[1])
+        assert client.ehlo()[0] == 250
+    out, err = capfd.readouterr()
+    assert out == '' and 'Traceback' not in err
+
+
+def test_require_starttls(live_server, certs):
+    server = live_server(TLSRecorder, tls_context=certs[0],
+                         require_starttls=True)
+    refusal = (530, b'5.7.0 Must issue a STARTTLS command first')
+    with smtplib.SMTP(*server.address, timeout=5) as client:
+        client.ehlo()
+        assert client.docmd('MAIL FROM:<a@example.com>') == refusal
+        assert client.docmd('RCPT TO:<a@example.com>') == refusal
+        assert client.docmd('DATA') == refusal
+        client.starttls(context=certs[1])
+        client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
+    assert len(server.server.messages) == 1
+
+
+def test_big_message_and_pipelined_burst_over_tls(starttls_server, certs):
+    # Many commands in one TLS record, and a message larger than one
+    # record: input OpenSSL holds decrypted must be read without waiting
+    # for another socket event.
+    tsock = starttls_raw(starttls_server.address, certs[1])
+    send_line(tsock, b'EHLO me')
+    tsock.sendall(b'NOOP\r\n' * 40)
+    replies = b''
+    while replies.count(b'\r\n') < 40:
+        chunk = tsock.recv(65536)
+        assert chunk
+        replies += chunk
+    assert replies == b'250 OK\r\n' * 40
+    body = b''.join(b'line %06d ' % i + b'x' * 60 + b'\r\n' for i in range(20000))
+    send_line(tsock, b'MAIL FROM:<a@example.com>')
+    send_line(tsock, b'RCPT TO:<b@example.com>')
+    assert send_line(tsock, b'DATA').startswith(b'354')
+    tsock.sendall(body + b'.\r\n')
+    assert recv_reply(tsock) == b'250 OK\r\n'
+    tsock.close()
+    data = starttls_server.server.messages[0][3]
+    assert data == body.replace(b'\r\n', b'\n')[:-1]
+
+
+def test_handshake_timeout_with_loop_timers(certs):
+    loop = pytest.importorskip('smtpd_compat.loop')
+    map = {}
+    server = TLSRecorder(('127.0.0.1', 0), None, map=map, tls_context=certs[0],
+                         implicit_tls=True, tls_handshake_timeout=0.2)
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            loop.loop(timeout=0.05, map=map, count=1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        sock = socket.create_connection(server.socket.getsockname(), timeout=10)
+        sock.sendall(_client_hello()[:20])
+        try:
+            assert sock.recv(4096) == b''   # closed by the server
+        except ConnectionResetError:
+            pass
+        sock.close()
+    finally:
+        stop.set()
+        thread.join(5)
+        smtpd_compat.asyncore.close_all(map=map)
+
+
+@pytest.mark.parametrize('kwargs, error', [
+    ({}, TypeError),
+    ({'tls_context': 'cert.pem'}, TypeError),
+    ({'implicit_tls': True, 'require_starttls': True}, ValueError),
+    ({'tls_handshake_timeout': 0}, ValueError),
+], ids=['no-context', 'not-a-context', 'implicit+require', 'zero-timeout'])
+def test_bad_configuration_raises(certs, kwargs, error):
+    kwargs = dict(kwargs)
+    if 'tls_context' not in kwargs and kwargs:
+        kwargs['tls_context'] = certs[0]
+    with pytest.raises(error):
+        TLSRecorder(('127.0.0.1', 0), None, map={}, **kwargs)
+
+
+# -- independent clients and the command line --------------------------------
+
+def test_swaks_starttls_and_implicit(starttls_server, smtps_server):
+    swaks = require_tool('swaks')
+    for server, flag in ((starttls_server, '--tls'), (smtps_server, '--tlsc')):
+        result = subprocess.run(
+            [swaks, '--server', '%s:%d' % server.address, flag,
+             '--from', 'a@example.com', '--to', 'b@example.com',
+             '--helo', 'swaks.test'],
+            capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert len(server.server.messages) == 1
+        assert 'TLS started' in result.stdout
+
+
+def test_curl_ssl_reqd(starttls_server, certs):
+    curl = require_tool('curl')
+    result = subprocess.run(
+        [curl, '--ssl-reqd', '--cacert', certs[2], '-sS',
+         'smtp://127.0.0.1:%d' % starttls_server.port,
+         '--mail-from', 'a@example.com', '--mail-rcpt', 'b@example.com',
+         '-T', '-'], input=MESSAGE, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    (peer, mailfrom, rcpttos, data, kwargs), = starttls_server.server.messages
+    assert rcpttos == ['b@example.com'] and b'over TLS' in data
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port, proc):
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError('server did not start')
+
+
+@pytest.mark.parametrize('smtps', [False, True], ids=['starttls', 'smtps'])
+def test_cli(certs, python_path_env, smtps):
+    port = _free_port()
+    argv = [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'DebuggingServer',
+            '--tls-cert', certs[3], '127.0.0.1:%d' % port]
+    if smtps:
+        argv.insert(-1, '--smtps')
+    proc = subprocess.Popen(argv, env=python_path_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_port(port, proc)
+        if smtps:
+            client = smtplib.SMTP_SSL('127.0.0.1', port, context=certs[1], timeout=5)
+        else:
+            client = smtplib.SMTP('127.0.0.1', port, timeout=5)
+            client.starttls(context=certs[1])
+        client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
+        client.quit()
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    assert 'over TLS' in out
+    assert 'Traceback' not in out + err
+
+
+@pytest.mark.parametrize('args', [
+    ['--smtps'], ['--tls-key', 'x.pem'], ['--tls-cert', '/nonexistent.pem'],
+    ['--tls-cert', 'CERT', '--smtps', '--require-starttls'],
+], ids=['smtps-alone', 'key-alone', 'missing-file', 'smtps+require'])
+def test_cli_configuration_errors(certs, python_path_env, args):
+    args = [certs[3] if a == 'CERT' else a for a in args]
+    result = subprocess.run(
+        [sys.executable, '-m', 'smtpd_compat', '-n'] + args + ['127.0.0.1:0'],
+        env=python_path_env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
