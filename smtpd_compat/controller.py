@@ -41,10 +41,12 @@ Handler = Callable[..., Optional[str]]
 class CapturedMessage:
     """One message as the server received it.
 
-    ``peer``, ``mailfrom``, ``rcpttos`` and ``data`` are what
-    ``process_message`` was given; ``mail_options`` and ``rcpt_options`` the
-    MAIL and (last) RCPT parameters (empty lists with ``decode_data=True``,
-    where the stdlib does not pass them).
+    Made from the arguments of ``process_message``: ``peer``, ``mailfrom``,
+    ``rcpttos``, ``data``, and ``kwargs`` (every keyword it got).  From
+    those: ``mail_options`` and ``rcpt_options``, the MAIL and (last) RCPT
+    parameters (empty lists with ``decode_data=True``, where the stdlib
+    does not pass them), and ``auth_user``, the login of an authenticated
+    client (:mod:`smtpd_compat.auth`; None otherwise).
 
     It also behaves like the parsed :class:`email.message.EmailMessage`
     (``email.policy.default``): ``msg["Subject"]``, ``"To" in msg`` and every
@@ -53,14 +55,15 @@ class CapturedMessage:
     """
 
     def __init__(self, peer: Any, mailfrom: str, rcpttos: List[str],
-                 data: Union[bytes, str], mail_options: List[str],
-                 rcpt_options: List[str]) -> None:
+                 data: Union[bytes, str], **kwargs: Any) -> None:
         self.peer = peer
         self.mailfrom = mailfrom
         self.rcpttos = list(rcpttos)
         self.data = data
-        self.mail_options = list(mail_options)
-        self.rcpt_options = list(rcpt_options)
+        self.kwargs = kwargs
+        self.mail_options = list(kwargs.get('mail_options') or ())
+        self.rcpt_options = list(kwargs.get('rcpt_options') or ())
+        self.auth_user = kwargs.get('auth_user')
         self._message = None
 
     @property
@@ -179,11 +182,12 @@ class CapturingServer(_smtpd.SMTPServer):
         self.messages = Mailbox()
         super().__init__(*args, **kwargs)
 
+    # With smtpd_compat.auth's server mixin: also pass auth_user.
+    auth_user_kwarg = True
+
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
-        self.messages.append(CapturedMessage(
-            peer, mailfrom, rcpttos, data,
-            kwargs.get('mail_options') or [],
-            kwargs.get('rcpt_options') or []))
+        self.messages.append(
+            CapturedMessage(peer, mailfrom, rcpttos, data, **kwargs))
         return self.reply
 
 

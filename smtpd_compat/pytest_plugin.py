@@ -26,8 +26,12 @@ parametrisation with a dict of the same keywords::
 Keywords: ``server_class`` (an SMTPServer subclass, capture is added on top
 of it), ``hostname``, ``port``, ``remoteaddr``, ``ready_timeout``, and any
 keyword the server class takes (``data_size_limit``, ``enable_SMTPUTF8``,
-``decode_data``, ``reply``, and those of TLS, AUTH and other capability
-classes).  Markers on a class or module apply too; the closest wins per
+``decode_data``, ``reply``, and those of capability classes).  Giving
+``tls_context`` adds :class:`smtpd_compat.tls.TLSServerMixin`, giving
+``authenticator`` adds :class:`smtpd_compat.auth.AuthServerMixin` (unless
+the server class has them already); their other keywords
+(``implicit_tls``, ``auth_required``, ``auth_allow_plaintext`` ...) pass
+through.  Markers on a class or module apply too; the closest wins per
 keyword, and parametrisation wins over markers.
 
 PYTEST_DONT_REWRITE: this module has no asserts to rewrite, and the marker
@@ -69,6 +73,37 @@ def _options(request):
     return options
 
 
+# Keywords that bring a capability's server mixin along, so that
+# @pytest.mark.smtpd(tls_context=ctx) works without naming a server class.
+_MIXIN_KEYWORDS = (
+    ('authenticator', 'smtpd_compat.auth', 'AuthServerMixin'),
+    ('tls_context', 'smtpd_compat.tls', 'TLSServerMixin'),
+)
+
+
+def _server_class(options):
+    """The capturing server class for the fixture's keywords (pops
+    ``server_class``)."""
+    import importlib
+
+    import smtpd_compat
+    from smtpd_compat.controller import CapturingServer, with_capture
+
+    base = options.pop('server_class', None)
+    mixins = []
+    for keyword, module, name in _MIXIN_KEYWORDS:
+        if keyword in options:
+            mixin = getattr(importlib.import_module(module), name)
+            if base is None or not issubclass(base, mixin):
+                mixins.append(mixin)
+    if not mixins:
+        return with_capture(base or CapturingServer)
+    # Capture goes in front of the mixins (with_capture puts it first), so
+    # that its auth_user_kwarg, not AuthServerMixin's default, is seen.
+    base = base or smtpd_compat.SMTPServer
+    return with_capture(type(base.__name__, tuple(mixins) + (base,), {}))
+
+
 @pytest.fixture
 def smtpd(request):
     """A started Controller with a capturing SMTP server on a free port.
@@ -78,10 +113,10 @@ def smtpd(request):
     ``.data`` ...); ``smtpd.clear()``; ``smtpd.wait_for(n, timeout)`` for
     mail sent asynchronously.  Stopped after the test.
     """
-    from smtpd_compat.controller import CapturingServer, Controller, with_capture
+    from smtpd_compat.controller import Controller
 
     options = _options(request)
-    server_class = with_capture(options.pop('server_class', CapturingServer))
+    server_class = _server_class(options)
     controller = Controller(server_class, **options)
     controller.start()
     try:

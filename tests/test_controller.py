@@ -114,7 +114,7 @@ def test_mailbox_clear_and_wait_for_across_threads():
 
 def test_mailbox_iteration_is_a_snapshot():
     box = Mailbox()
-    box.append(CapturedMessage(None, 'a', ['b'], b'Subject: 1\n\n', [], []))
+    box.append(CapturedMessage(None, 'a', ['b'], b'Subject: 1\n\n'))
     seen = []
     for m in box:
         seen.append(m)
@@ -124,7 +124,7 @@ def test_mailbox_iteration_is_a_snapshot():
 
 
 def test_captured_message_private_names_and_copy():
-    m = CapturedMessage(None, 'a', ['b'], b'Subject: s\n\nbody\n', [], [])
+    m = CapturedMessage(None, 'a', ['b'], b'Subject: s\n\nbody\n')
     with pytest.raises(AttributeError):
         m._nothing
     assert copy.copy(m)['Subject'] == 's'

@@ -167,6 +167,55 @@ def test_bad_marker(smtpd):
     result.stdout.fnmatch_lines(['*TypeError: @pytest.mark.smtpd takes keywords only*'])
 
 
+def test_tls_and_auth_keywords(pytester):
+    pytest.importorskip('trustme')
+    pytester.makepyfile(SEND + '''
+import smtplib
+import ssl
+import pytest
+import trustme
+
+ca = trustme.CA()
+server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ca.issue_cert('127.0.0.1').configure_cert(server_context)
+client_context = ssl.create_default_context()
+ca.configure_trust(client_context)
+
+def check(mechanism, login, password, channel):
+    return (login, password) == ('ann', 's3cret')
+
+@pytest.mark.smtpd(tls_context=server_context)
+def test_starttls(smtpd):
+    with smtplib.SMTP(smtpd.host, smtpd.port, timeout=10) as client:
+        client.starttls(context=client_context)
+        client.sendmail('a@example.org', ['b@example.org'], 'Subject: tls\\r\\n\\r\\nx')
+    assert smtpd.messages[0]['Subject'] == 'tls'
+    assert smtpd.messages[0].auth_user is None
+
+@pytest.mark.smtpd(tls_context=server_context, authenticator=check,
+                   auth_required=True)
+def test_auth(smtpd):
+    with smtplib.SMTP(smtpd.host, smtpd.port, timeout=10) as client:
+        client.starttls(context=client_context)
+        with pytest.raises(smtplib.SMTPSenderRefused) as info:
+            client.sendmail('a@example.org', ['b@example.org'], 'Subject: no\\r\\n\\r\\nx')
+        assert info.value.smtp_code == 530
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login('ann', 'wrong')
+        client.login('ann', 's3cret')
+        client.sendmail('a@example.org', ['b@example.org'], 'Subject: auth\\r\\n\\r\\nx')
+    assert [m['Subject'] for m in smtpd.messages] == ['auth']
+    assert smtpd.messages[0].auth_user == 'ann'
+
+@pytest.mark.smtpd(authenticator=check)
+def test_auth_without_tls_is_a_configuration_error(smtpd):
+    pass
+''')
+    result = pytester.runpytest(*STRICT)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(['*ValueError: AUTH is only offered over TLS*'])
+
+
 def test_marker_is_registered(pytester):
     result = pytester.runpytest(*STRICT, '--markers')
     result.stdout.fnmatch_lines(['@pytest.mark.smtpd(**kwargs): configure the smtpd fixture*'])
