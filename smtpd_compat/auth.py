@@ -320,6 +320,8 @@ class AuthChannelMixin:
                       'transaction')
             return
         parts = arg.split() if arg else []
+        if initial is not None and len(initial.split()) != 1:
+            parts = []      # the hidden response held a space: bad syntax
         if not 1 <= len(parts) <= 2:
             self.push('501 5.5.4 Syntax: AUTH mechanism [initial-response]')
             return

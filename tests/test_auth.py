@@ -1,0 +1,417 @@
+"""SMTP AUTH (RFC 4954), PLAIN and LOGIN, over real loopback TLS."""
+import base64
+import io
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import pytest
+
+import smtpd_compat
+from smtpd_compat import auth
+from conftest import recv_reply, require_tool
+
+trustme = pytest.importorskip('trustme')
+
+USER, PASSWORD = 'alice', 'S3cret-p4ss'
+MESSAGE = b'Subject: hi\r\n\r\nauthenticated\r\n'
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+PLAIN_IR = b64(b'\0alice\0S3cret-p4ss')
+
+
+@pytest.fixture(scope='module')
+def certs(tmp_path_factory):
+    """(server context, client context, CA file, cert+key file)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert('127.0.0.1', 'localhost')
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    d = tmp_path_factory.mktemp('auth-tls')
+    ca.cert_pem.write_to_path(str(d / 'ca.pem'))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(d / 'server.pem'))
+    return server_ctx, client_ctx, str(d / 'ca.pem'), str(d / 'server.pem')
+
+
+def check(mechanism, login, password, channel):
+    return (login, password) == (USER, PASSWORD)
+
+
+class Submission(auth.SubmissionServer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.messages = []
+
+    def process_message(self, peer, mailfrom, rcpttos, data, auth_user=None,
+                        **kwargs):
+        self.messages.append((mailfrom, rcpttos, data, auth_user))
+
+
+@pytest.fixture
+def submission(live_server, certs):
+    return live_server(Submission, tls_context=certs[0], authenticator=check)
+
+
+def send_line(sock, line):
+    sock.sendall(line.encode() + b'\r\n')
+    return recv_reply(sock).decode()
+
+
+def tls_session(address, client_ctx):
+    """A raw client after EHLO, STARTTLS, handshake and EHLO again."""
+    sock = socket.create_connection(address, timeout=5)
+    recv_reply(sock)
+    send_line(sock, 'EHLO me')
+    assert send_line(sock, 'STARTTLS').startswith('220')
+    sock = client_ctx.wrap_socket(sock, server_hostname='127.0.0.1')
+    assert 'AUTH PLAIN LOGIN' in send_line(sock, 'EHLO me')
+    return sock
+
+
+# -- sans-IO parsers -----------------------------------------------------
+
+@pytest.mark.parametrize('line, expected', [
+    ('=', b''), (b'=', b''), ('YWJj', b'abc'), (b'YWJj', b'abc'),
+    ('YWJj ', b'abc'), ('', ValueError), ('!!!', ValueError),
+    ('YWJ', ValueError), ('YW Jj', ValueError), ('é', ValueError),
+], ids=['eq', 'eq-bytes', 'str', 'bytes', 'trailing-space', 'empty',
+        'not-base64', 'bad-padding', 'inner-space', 'non-ascii'])
+def test_decode_response(line, expected):
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            auth.decode_response(line)
+    else:
+        assert auth.decode_response(line) == expected
+
+
+@pytest.mark.parametrize('payload, expected', [
+    (b'\0u\0p', ('', 'u', 'p')),
+    (b'z\0u\0p', ('z', 'u', 'p')),
+    (b'\0j\xc3\xb6\0p\xc3\xa4', ('', 'j\xf6', 'p\xe4')),
+    (b'u\0p', ValueError), (b'\0\0p', ValueError), (b'\0u\0', ValueError),
+    (b'\0u\0p\0', ValueError), (b'\0u\0\xff', ValueError), (b'', ValueError),
+], ids=['plain', 'authzid', 'utf8', 'one-nul', 'no-login', 'no-password',
+        'three-nul', 'not-utf8', 'empty'])
+def test_parse_plain(payload, expected):
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            auth.parse_plain(payload)
+    else:
+        assert auth.parse_plain(payload) == expected
+
+
+@pytest.mark.parametrize('scheme', ['scrypt', 'pbkdf2-sha256'])
+def test_hash_roundtrip(scheme):
+    encoded = auth.hash_password(PASSWORD, scheme)
+    assert encoded.startswith('$%s$' % scheme)
+    assert PASSWORD not in encoded
+    assert auth.verify_password(PASSWORD, encoded)
+    assert not auth.verify_password(PASSWORD + 'x', encoded)
+    # Salted: the same password never hashes the same twice.
+    assert auth.hash_password(PASSWORD, scheme) != encoded
+
+
+@pytest.mark.parametrize('encoded', [
+    'S3cret', '$md5$x$y$z', '$scrypt$ln=30,r=8,p=1$' + '00' * 16 + '$' + '00' * 32,
+    '$scrypt$ln=14,r=8$' + '00' * 16 + '$' + '00' * 32,
+    '$pbkdf2-sha256$i=600000$zz$' + '00' * 32,
+], ids=['plain-text', 'unknown-scheme', 'huge-cost', 'missing-param', 'bad-hex'])
+def test_bad_hashes_are_refused(encoded):
+    with pytest.raises(ValueError):
+        auth.verify_password('x', encoded)
+
+
+def test_file_authenticator(tmp_path):
+    path = tmp_path / 'users'
+    path.write_text('# comment\n\n%s:%s\nbob:%s\n' % (
+        USER, auth.hash_password(PASSWORD), auth.hash_password('pw', 'pbkdf2')))
+    check_file = auth.FileAuthenticator(str(path))
+    assert check_file('PLAIN', USER, PASSWORD, None) is True
+    assert check_file('LOGIN', 'bob', 'pw', None) is True
+    assert check_file('PLAIN', USER, 'pw', None) is False
+    assert check_file('PLAIN', 'nobody', PASSWORD, None) is False
+    path.write_text('%s:%s\n' % (USER, PASSWORD))
+    with pytest.raises(ValueError, match='line 1'):
+        auth.FileAuthenticator(str(path))
+
+
+def test_hash_helper_command(python_path_env):
+    result = subprocess.run(
+        [sys.executable, '-m', 'smtpd_compat.auth', 'hash', USER],
+        input=PASSWORD + '\n', env=python_path_env, capture_output=True,
+        text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    login, _, encoded = result.stdout.strip().rpartition(':')
+    assert login == USER and PASSWORD not in result.stdout
+    assert auth.verify_password(PASSWORD, encoded)
+
+
+# -- live sessions -------------------------------------------------------
+
+@pytest.mark.parametrize('mechanism', ['PLAIN', 'LOGIN'])
+@pytest.mark.parametrize('initial_response', [True, False], ids=['ir', 'challenge'])
+def test_smtplib_login_delivers_with_auth_user(submission, certs, mechanism,
+                                               initial_response):
+    with smtplib.SMTP(*submission.address, timeout=5) as client:
+        client.starttls(context=certs[1])
+        client.ehlo()
+        client.user, client.password = USER, PASSWORD
+        code, text = client.auth(mechanism,
+                                 getattr(client, 'auth_' + mechanism.lower()),
+                                 initial_response_ok=initial_response)
+        assert (code, text) == (235, b'2.7.0 Authentication successful')
+        client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
+    assert submission.server.messages == [
+        ('a@example.com', ['b@example.com'], b'Subject: hi\n\nauthenticated',
+         USER)]
+
+
+@pytest.mark.parametrize('exchange', [
+    [('AUTH PLAIN', '334 '), (PLAIN_IR, '235 2.7.0')],
+    [('auth plain ' + PLAIN_IR, '235 2.7.0')],
+    [('AUTH login', '334 VXNlcm5hbWU6'), (b64(b'alice'), '334 UGFzc3dvcmQ6'),
+     (b64(PASSWORD.encode()), '235 2.7.0')],
+    [('AUTH LOGIN ' + b64(b'alice'), '334 UGFzc3dvcmQ6'),
+     (b64(PASSWORD.encode()), '235 2.7.0')],
+    [('AUTH PLAIN', '334 '), ('*', '501 5.7.0'), ('NOOP', '250 OK')],
+    [('AUTH LOGIN', '334 '), ('*', '501 5.7.0')],
+    [('AUTH PLAIN !!!notbase64', '501 5.5.2'), ('NOOP', '250 OK')],
+    [('AUTH PLAIN', '334 '), ('%%%', '501 5.5.2')],
+    [('AUTH PLAIN =', '501 5.5.2')],
+    [('AUTH LOGIN =', '334 UGFzc3dvcmQ6'), (b64(PASSWORD.encode()), '535 5.7.8')],
+    [('AUTH PLAIN ' + b64(b'bob\0alice\0S3cret-p4ss'), '535 5.7.8')],
+    [('AUTH CRAM-MD5', '504 5.5.4'), ('AUTH GSSAPI abc', '504 5.5.4')],
+    [('AUTH', '501 5.5.4'), ('AUTH PLAIN a b', '501 5.5.4')],
+    [('auth plain ' + PLAIN_IR, '235'), ('AUTH PLAIN ' + PLAIN_IR, '503 5.5.1')],
+    [('MAIL FROM:<a@example.com>', '530 5.7.0 Authentication required'),
+     ('AUTH PLAIN ' + PLAIN_IR, '235'),
+     ('MAIL FROM:<a@example.com> AUTH=<>', '250'),
+     ('AUTH PLAIN ' + PLAIN_IR, '503 5.5.1')],
+], ids=['plain-challenge', 'plain-ir-lowercase', 'login-challenge', 'login-ir',
+        'cancel-plain', 'cancel-login', 'bad-base64-ir', 'bad-base64-response',
+        'empty-plain', 'empty-login-name', 'authzid-refused', 'unknown-mech',
+        'syntax', 'already-authenticated', 'required-then-mail-auth-param'])
+def test_exchanges(submission, certs, exchange):
+    sock = tls_session(submission.address, certs[1])
+    for line, expected in exchange:
+        reply = send_line(sock, line)
+        assert reply.startswith(expected), (line, reply)
+        assert reply.endswith('\r\n') and reply.count('\r\n') == 1
+    sock.close()
+
+
+def test_third_failure_closes_with_421(submission, certs):
+    sock = tls_session(submission.address, certs[1])
+    bad = b64(b'\0alice\0wrong')
+    assert send_line(sock, 'AUTH PLAIN ' + bad).startswith('535 5.7.8')
+    assert send_line(sock, 'AUTH LOGIN ' + b64(b'alice')).startswith('334')
+    assert send_line(sock, b64(b'wrong')).startswith('535 5.7.8')
+    # Pipelined after the third failure: never executed.
+    sock.sendall(('AUTH PLAIN %s\r\nAUTH PLAIN %s\r\n' % (bad, PLAIN_IR)).encode())
+    assert recv_reply(sock).startswith(b'421 4.7.0')
+    assert sock.recv(100) == b''
+    sock.close()
+
+
+def test_auth_needs_tls(submission, raw_client):
+    sock, _ = raw_client(submission.address)
+    assert 'AUTH' not in send_line(sock, 'EHLO me')
+    assert send_line(sock, 'AUTH PLAIN ' + PLAIN_IR).startswith('538 5.7.11')
+    assert send_line(sock, 'MAIL FROM:<a@example.com>').startswith('530 5.7.0')
+
+
+def test_require_starttls_answers_auth_with_530(live_server, certs, raw_client):
+    server = live_server(Submission, tls_context=certs[0], authenticator=check,
+                         require_starttls=True)
+    sock, _ = raw_client(server.address)
+    send_line(sock, 'EHLO me')
+    assert send_line(sock, 'AUTH PLAIN ' + PLAIN_IR) == \
+        '530 5.7.0 Must issue a STARTTLS command first\r\n'
+
+
+def test_auth_forgotten_after_starttls(live_server, certs):
+    server = live_server(Submission, tls_context=certs[0], authenticator=check,
+                         auth_allow_plaintext=True)
+    with smtplib.SMTP(*server.address, timeout=5) as client:
+        client.ehlo()
+        assert b'AUTH PLAIN LOGIN' in client.ehlo_resp
+        client.login(USER, PASSWORD)
+        client.starttls(context=certs[1])
+        client.ehlo()
+        # RFC 3207 4.2: the identity learnt before TLS is gone.
+        assert client.docmd('MAIL FROM:<a@example.com>')[0] == 530
+
+
+def test_implicit_tls_auth(live_server, certs):
+    server = live_server(Submission, tls_context=certs[0], authenticator=check,
+                         implicit_tls=True)
+    with smtplib.SMTP_SSL(*server.address, context=certs[1], timeout=5) as client:
+        client.login(USER, PASSWORD)
+        client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
+    assert server.server.messages[0][3] == USER
+
+
+def test_broken_authenticator_gives_454(live_server, certs, capfd):
+    def broken(*args):
+        raise RuntimeError('database down')
+
+    server = live_server(Submission, tls_context=certs[0], authenticator=broken)
+    sock = tls_session(server.address, certs[1])
+    assert send_line(sock, 'AUTH PLAIN ' + PLAIN_IR).startswith('454 4.7.0')
+    assert send_line(sock, 'NOOP') == '250 OK\r\n'
+    sock.close()
+    out, err = capfd.readouterr()
+    assert out == '' and PASSWORD not in err
+
+
+def test_channel_debug_output_is_redacted(live_server, certs, monkeypatch):
+    debug = io.StringIO()
+    monkeypatch.setattr(smtpd_compat, 'DEBUGSTREAM', debug)
+    server = live_server(Submission, tls_context=certs[0], authenticator=check)
+    sock = tls_session(server.address, certs[1])
+    send_line(sock, 'AUTH PLAIN ' + PLAIN_IR)
+    sock.close()
+    sock = tls_session(server.address, certs[1])
+    send_line(sock, 'AUTH LOGIN ' + b64(USER.encode()))
+    send_line(sock, b64(PASSWORD.encode()))
+    sock.close()
+    time.sleep(0.1)
+    text = debug.getvalue()
+    assert "Data: b'AUTH PLAIN ***'" in text
+    for secret in (PASSWORD, PLAIN_IR, b64(PASSWORD.encode())):
+        assert secret not in text
+
+
+@pytest.mark.parametrize('kwargs, error', [
+    ({}, TypeError),
+    ({'authenticator': 'alice:pw'}, TypeError),
+    ({'authenticator': check, 'auth_mechanisms': ['CRAM-MD5']}, ValueError),
+    ({'authenticator': check, 'auth_max_failures': 0}, ValueError),
+], ids=['no-authenticator', 'not-callable', 'unknown-mechanism', 'zero-failures'])
+def test_bad_configuration_raises(certs, kwargs, error):
+    with pytest.raises(error):
+        Submission(('127.0.0.1', 0), None, map={}, tls_context=certs[0], **kwargs)
+
+
+def test_auth_without_tls_must_be_explicit():
+    class Plain(auth.AuthServerMixin, smtpd_compat.SMTPServer):
+        pass
+
+    with pytest.raises(ValueError, match='auth_allow_plaintext'):
+        Plain(('127.0.0.1', 0), None, map={}, authenticator=check)
+    server = Plain(('127.0.0.1', 0), None, map={}, authenticator=check,
+                   auth_allow_plaintext=True)
+    server.close()
+
+
+# -- independent clients and the command line ------------------------------
+
+@pytest.mark.parametrize('mechanism', ['PLAIN', 'LOGIN'])
+@pytest.mark.parametrize('implicit', [False, True], ids=['tls', 'tlsc'])
+def test_swaks(live_server, certs, mechanism, implicit):
+    swaks = require_tool('swaks')
+    server = live_server(Submission, tls_context=certs[0], authenticator=check,
+                         implicit_tls=implicit)
+    base = [swaks, '--server', '%s:%d' % server.address,
+            '--tlsc' if implicit else '--tls', '--auth', mechanism,
+            '--from', 'a@example.com', '--to', 'b@example.com',
+            '--helo', 'swaks.test', '--auth-user', USER]
+    ok = subprocess.run(base + ['--auth-password', PASSWORD],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert '235 2.7.0 Authentication successful' in ok.stdout
+    assert [m[3] for m in server.server.messages] == [USER]
+    bad = subprocess.run(base + ['--auth-password', 'wrong'],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0
+    assert '535 5.7.8' in bad.stdout
+    assert len(server.server.messages) == 1
+
+
+def test_curl_auth(submission, certs):
+    curl = require_tool('curl')
+    result = subprocess.run(
+        [curl, '--ssl-reqd', '--cacert', certs[2], '-sS',
+         'smtp://127.0.0.1:%d' % submission.port, '--user',
+         '%s:%s' % (USER, PASSWORD), '--mail-from', 'a@example.com',
+         '--mail-rcpt', 'b@example.com', '-T', '-'],
+        input=MESSAGE, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert submission.server.messages[0][3] == USER
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_cli_with_debug_never_shows_credentials(certs, tmp_path, python_path_env):
+    users = tmp_path / 'users'
+    users.write_text('%s:%s\n' % (USER, auth.hash_password(PASSWORD)))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'smtpd_compat', '-n', '-d', '-c', 'DebuggingServer',
+         '--tls-cert', certs[3], '--auth-file', str(users), '--auth-required',
+         '127.0.0.1:%d' % port],
+        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        for mechanism in ('PLAIN', 'LOGIN'):
+            for initial_response in (True, False):
+                with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
+                    client.starttls(context=certs[1])
+                    client.ehlo()
+                    client.user, client.password = USER, PASSWORD
+                    client.auth(mechanism,
+                                getattr(client, 'auth_' + mechanism.lower()),
+                                initial_response_ok=initial_response)
+                    client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
+        with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
+            client.starttls(context=certs[1])
+            client.ehlo()
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login(USER, PASSWORD + 'x')
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    output = out + err
+    assert output.count("auth user: 'alice'") == 4
+    assert "Data: b'AUTH PLAIN ***'" in output      # debugging was on
+    for secret in (PASSWORD, PASSWORD + 'x', PLAIN_IR, b64(PASSWORD.encode()),
+                   b64((PASSWORD + 'x').encode()),
+                   b64(b'\0alice\0' + (PASSWORD + 'x').encode())):
+        assert secret not in output
+    assert 'Traceback' not in output
+
+
+@pytest.mark.parametrize('args', [
+    ['--auth-required'], ['--auth-file', 'USERS'],
+    ['--auth-file', '/nonexistent', '--auth-allow-plaintext'],
+], ids=['required-alone', 'file-without-tls', 'missing-file'])
+def test_cli_configuration_errors(tmp_path, python_path_env, args):
+    users = tmp_path / 'users'
+    users.write_text('')
+    args = [str(users) if a == 'USERS' else a for a in args]
+    result = subprocess.run(
+        [sys.executable, '-m', 'smtpd_compat', '-n'] + args + ['127.0.0.1:0'],
+        env=python_path_env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
