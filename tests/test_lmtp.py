@@ -1,0 +1,200 @@
+"""LMTP (smtpd_compat.lmtp, RFC 2033): LHLO, one reply per recipient,
+TCP and UNIX sockets, composition with extensions and Maildir delivery."""
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import LiveServer, recv_reply, require_tool
+from smtpd_compat.delivery import MaildirServer
+from smtpd_compat.extensions import ExtensionsMixin
+from smtpd_compat.lmtp import LMTPServer
+
+
+class Recorder(LMTPServer):
+    result = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.messages = []
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        self.messages.append((mailfrom, list(rcpttos), data))
+        return self.result
+
+
+def read_lines(sock, count, timeout=5.0):
+    sock.settimeout(timeout)
+    data = b''
+    while data.count(b'\r\n') < count:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data.decode().splitlines()
+
+
+def test_lhlo_replaces_helo_and_ehlo(live_server, raw_client):
+    live = live_server(Recorder)
+    sock, greeting = raw_client(live.address)
+    assert greeting.startswith(b'220 ')
+    sock.sendall(b'HELO x\r\nEHLO x\r\nLHLO\r\nMAIL FROM:<a@x>\r\n')
+    assert read_lines(sock, 4) == [
+        '500 Error: command "HELO" not recognized',
+        '500 Error: command "EHLO" not recognized',
+        '501 Syntax: LHLO hostname',
+        '503 Error: send HELO first']
+    sock.sendall(b'LHLO client.example\r\n')
+    reply = recv_reply(sock).decode()
+    assert reply.startswith('250-') and reply.endswith('250 HELP\r\n')
+    assert '250-8BITMIME' in reply
+    sock.sendall(b'LHLO again\r\n')
+    assert recv_reply(sock) == b'503 Duplicate HELO/EHLO\r\n'
+
+
+RESULTS = [
+    (None, ['250 <a@x> OK', '250 <b@x> OK', '250 <c@x> OK']),
+    ('452 4.2.2 Mailbox full', ['452 4.2.2 Mailbox full'] * 3),
+    ([None, '550 5.1.1 No such user', '452 4.2.2 Over quota'],
+     ['250 <a@x> OK', '550 5.1.1 No such user', '452 4.2.2 Over quota']),
+    ({'a@x': None, 'b@x': '554 5.7.1 Refused'},
+     ['250 <a@x> OK', '554 5.7.1 Refused',
+      '451 4.3.0 Error: no delivery result for this recipient']),
+    ([None], ['451 4.3.0 Error: no delivery result for this recipient'] * 3),
+]
+
+
+@pytest.mark.parametrize('result, expected', RESULTS,
+                         ids=['none', 'string', 'list', 'dict-missing-one',
+                              'wrong-length'])
+def test_one_reply_per_recipient(live_server, raw_client, result, expected, caplog):
+    live = live_server(Recorder)
+    live.server.result = result
+    sock, _ = raw_client(live.address)
+    sock.sendall(b'LHLO c\r\n')
+    recv_reply(sock)
+    # A refused RCPT (bad syntax) gets no reply after DATA.
+    sock.sendall(b'MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\n'
+                 b'RCPT TO:\r\nRCPT TO:<c@x>\r\nDATA\r\nhello\r\n.\r\nNOOP\r\n')
+    lines = read_lines(sock, 6 + len(expected) + 1)
+    assert lines[3].startswith('501 ')
+    assert lines[6:] == expected + ['250 OK']
+    assert live.server.messages == [('s@x', ['a@x', 'b@x', 'c@x'], b'hello')]
+
+
+def test_smtplib_lmtp_over_tcp(live_server):
+    live = live_server(Recorder)
+    with smtplib.LMTP(*live.address, timeout=5) as client:
+        assert client.sendmail('a@x', ['b@x'], b'Subject: t\r\n\r\nx\r\n') == {}
+    assert live.server.messages[0][1] == ['b@x']
+
+
+@pytest.fixture
+def unix_server(tmp_path):
+    started = []
+
+    def start(server_class, **kwargs):
+        path = str(tmp_path / 'lmtp.sock')
+        map = {}
+        server = server_class(None, None, map=map, unix_socket=path, **kwargs)
+        # LiveServer.__init__ wants (host, port) from getsockname(); set up
+        # the same fields for a path.
+        live = LiveServer.__new__(LiveServer)
+        live.server, live.map, live.host, live.port = server, map, path, None
+        live._stop = threading.Event()
+        live._thread = threading.Thread(target=live._run, daemon=True)
+        live._thread.start()
+        started.append(live)
+        return live, path
+
+    yield start
+    for live in started:
+        live.stop()
+
+
+def test_unix_socket_with_smtplib(unix_server):
+    live, path = unix_server(Recorder, unix_socket_mode=0o660)
+    assert os.stat(path).st_mode & 0o777 == 0o660
+    with smtplib.LMTP(path, timeout=5) as client:
+        client.sendmail('a@x', ['b@x'], b'over unix\r\n')
+    assert live.server.messages == [('a@x', ['b@x'], b'over unix')]
+
+
+def test_unix_socket_replaces_stale_socket_only(tmp_path):
+    path = str(tmp_path / 'sock')
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+    server = Recorder(None, None, map={}, unix_socket=path)
+    server.close()
+    regular = str(tmp_path / 'file')
+    open(regular, 'w').close()
+    with pytest.raises(OSError):
+        Recorder(None, None, map={}, unix_socket=regular)
+    assert os.path.isfile(regular)
+
+
+def test_swaks_lmtp_over_unix_socket(unix_server):
+    swaks = require_tool('swaks')
+    live, path = unix_server(Recorder)
+    live.server.result = [None, '550 5.1.1 No such user']
+    result = subprocess.run(
+        [swaks, '--socket', path, '--protocol', 'LMTP', '--from', 'a@example.com',
+         '--to', 'b@example.com,c@example.com'],
+        capture_output=True, text=True, timeout=30)
+    # swaks reports the per-recipient 550 as a failure
+    assert '250 <b@example.com> OK' in result.stdout, result.stdout
+    assert '550 5.1.1 No such user' in result.stdout
+    assert live.server.messages[0][1] == ['b@example.com', 'c@example.com']
+
+
+def test_smtp_source_lmtp(live_server):
+    smtp_source = require_tool('smtp-source')
+    live = live_server(Recorder)
+    result = subprocess.run(
+        [smtp_source, '-L', '-s', '2', '-m', '40', '-r', '2',
+         '-t', 'rcpt@example.com', '%s:%d' % live.address],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(live.server.messages) == 40
+    assert all(len(m[1]) == 2 for m in live.server.messages)
+
+
+def test_lmtp_with_chunking_and_enhanced_codes(live_server, raw_client):
+    class Server(ExtensionsMixin, Recorder):
+        pass
+    live = live_server(Server)
+    live.server.result = {'a@x': None, 'b@x': '550 No such user'}
+    sock, _ = raw_client(live.address)
+    sock.sendall(b'LHLO c\r\n')
+    assert b'250-CHUNKING' in recv_reply(sock)
+    sock.sendall(b'MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\n'
+                 b'BDAT 3\r\nab\nBDAT 2 LAST\r\n.\n')
+    assert read_lines(sock, 6) == [
+        '250 2.1.0 OK', '250 2.1.5 OK', '250 2.1.5 OK',
+        '250 2.0.0 OK 3 octets received',
+        '250 2.0.0 <a@x> OK', '550 5.0.0 No such user']
+    assert live.server.messages[0][2] == b'ab\n.\n'
+
+
+def test_lmtp_into_maildir(live_server, tmp_path):
+    class LocalDelivery(MaildirServer, LMTPServer):
+        pass
+    maildir = str(tmp_path / 'md')
+    live = live_server(LocalDelivery, maildir=maildir)
+    with smtplib.LMTP(*live.address, timeout=5) as client:
+        client.sendmail('a@x', ['b@x'], b'Subject: lda\r\n\r\nstored\r\n')
+    (name,) = os.listdir(os.path.join(maildir, 'new'))
+    with open(os.path.join(maildir, 'new', name), 'rb') as f:
+        assert f.read() == b'Subject: lda\n\nstored'
+
+
+def test_cli_lmtp_socket_needs_lmtp_class(python_path_env, tmp_path):
+    result = subprocess.run(
+        [sys.executable, '-m', 'smtpd_compat', '-n', '--lmtp-socket',
+         str(tmp_path / 's')], env=python_path_env, capture_output=True, timeout=30)
+    assert result.returncode == 1
+    assert b'--lmtp-socket needs -c LMTPServer' in result.stderr
