@@ -300,6 +300,8 @@ class LimitsServerMixin:
             setattr(self, name, value)
         self._limits_channels = set()
         self._limits_per_ip = collections.Counter()
+        self._limits_refused = 0
+        self._limits_refused_logged = -1e9
         super().__init__(*args, **kwargs)
         base = self.channel_class
         if not issubclass(base, LimitsChannelMixin):
@@ -324,8 +326,15 @@ class LimitsServerMixin:
             except OSError:
                 pass
             conn.close()
-            logger.warning('refused %s: too many connections (%d)',
-                           format_peer(addr), limit)
+            self._limits_refused += 1
+            now = time.monotonic()
+            if now >= self._limits_refused_logged + 1.0:
+                # At most one line a second: a flood must not flood the log.
+                logger.warning('refused %d connection(s), last from %s: '
+                               'too many connections (%d)',
+                               self._limits_refused, format_peer(addr), limit)
+                self._limits_refused = 0
+                self._limits_refused_logged = now
             return
         super().handle_accepted(conn, addr)
 

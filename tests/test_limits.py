@@ -1,0 +1,436 @@
+"""Timeouts, connection/recipient/error/line limits and the session log,
+on live loopback servers driven by smtpd_compat.loop (whose timers fire
+the deadlines)."""
+import logging
+import selectors
+import smtplib
+import socket
+import threading
+import time
+
+import pytest
+
+import smtpd_compat
+from smtpd_compat import loop as sloop
+from smtpd_compat.__main__ import CLI
+from smtpd_compat.limits import (
+    LimitedServer, LimitsServerMixin, PRODUCTION_DEFAULTS, cli_configure)
+from smtpd_compat.logging_ import SessionLogServerMixin
+
+from conftest import RecordingServer, recv_reply
+
+
+class Limited(LimitsServerMixin, RecordingServer):
+    pass
+
+
+class Runner:
+    """A server on its own map, served by smtpd_compat.loop in a thread."""
+
+    def __init__(self, server_class, **kwargs):
+        self.map = {}
+        self.server = server_class(('127.0.0.1', 0), ('127.0.0.1', 9),
+                                   map=self.map, **kwargs)
+        self.address = self.server.socket.getsockname()[:2]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set() and self.map:
+            sloop.loop(timeout=0.05, map=self.map, count=1)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+        smtpd_compat.asyncore.close_all(map=self.map)
+
+
+@pytest.fixture
+def serve():
+    runners = []
+
+    def start(server_class=Limited, **kwargs):
+        runner = Runner(server_class, **kwargs)
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        runner.stop()
+
+
+@pytest.fixture
+def connect():
+    socks = []
+
+    def open_(address, source='127.0.0.1', greet=True):
+        sock = socket.socket()
+        socks.append(sock)
+        sock.settimeout(5)
+        sock.bind((source, 0))
+        sock.connect(address)
+        return sock, (recv_reply(sock) if greet else None)
+
+    yield open_
+    for sock in socks:
+        sock.close()
+
+
+def read_to_eof(sock, timeout=5.0):
+    sock.settimeout(timeout)
+    data = b''
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def command(sock, line):
+    sock.sendall(line + b'\r\n')
+    return recv_reply(sock)
+
+
+# -- timeouts ----------------------------------------------------------------
+
+def test_idle_timeout_sends_421_and_closes(serve, connect):
+    runner = serve(idle_timeout=0.3)
+    sock, greeting = connect(runner.address)
+    assert greeting.startswith(b'220 ')
+    rest = read_to_eof(sock)
+    assert rest.startswith(b'421 4.4.2 ')
+    assert b'timeout exceeded' in rest
+    assert runner.server.connection_count == 0
+
+
+def test_idle_timeout_is_reset_by_commands_not_by_bytes(serve, connect):
+    runner = serve(idle_timeout=0.6)
+    sock, _ = connect(runner.address)
+    # Complete commands keep the session alive past the timeout...
+    for _ in range(4):
+        time.sleep(0.25)
+        assert command(sock, b'NOOP').startswith(b'250 ')
+    # ...a line dripped byte by byte does not.
+    started = time.monotonic()
+    reply = b''
+    sock.settimeout(0.2)
+    for _ in range(50):          # at most ~10 s
+        try:
+            sock.sendall(b'N')
+            chunk = sock.recv(100)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        reply += chunk
+        if b'421' in reply:
+            break
+    assert reply.startswith(b'421 4.4.2 ')
+    assert time.monotonic() - started < 5
+
+
+def test_data_timeout_uses_minimum_rate(serve, connect):
+    runner = serve(data_timeout=0.8, min_data_rate=2000)
+    fast, _ = connect(runner.address)
+    slow, _ = connect(runner.address)
+    for sock in (fast, slow):
+        for line in (b'HELO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>'):
+            assert command(sock, line).startswith(b'250')
+        assert command(sock, b'DATA').startswith(b'354')
+    # The fast client sends 1000 bytes per 0.1 s (10 kB/s, well above the
+    # minimum) for longer than data_timeout; the slow one 10 bytes (100
+    # B/s).  A fixed total timeout would cut both; a per-read timeout
+    # neither.
+    slow.settimeout(0.01)
+    slow_reply = b''
+    for _ in range(20):
+        fast.sendall(b'x' * 998 + b'\r\n')
+        try:
+            slow.sendall(b'y' * 8 + b'\r\n')
+        except OSError:
+            pass
+        try:
+            slow_reply += slow.recv(100)
+        except socket.timeout:
+            pass
+        time.sleep(0.1)
+    assert command(fast, b'.').startswith(b'250 ')
+    assert len(runner.server.messages) == 1
+    # 20 lines of 998 bytes; the last line end belongs to the terminator.
+    assert len(runner.server.messages[0][3]) == 20 * 999 - 1
+    slow_reply += read_to_eof(slow)
+    assert slow_reply.startswith(b'421 4.4.2 ')
+
+
+def test_data_timeout_without_rate_is_reset_by_progress(serve, connect):
+    runner = serve(data_timeout=0.5, min_data_rate=None, idle_timeout=0.5)
+    sock, _ = connect(runner.address)
+    for line in (b'HELO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>'):
+        command(sock, line)
+    assert command(sock, b'DATA').startswith(b'354')
+    for _ in range(8):           # 1.6 s in all, 0.2 s apart
+        sock.sendall(b'z\r\n')
+        time.sleep(0.2)
+    assert command(sock, b'.').startswith(b'250 ')
+
+
+def test_set_deadline_hook_for_other_phases(serve, connect):
+    runner = serve(idle_timeout=30)
+    sock, _ = connect(runner.address)
+    channel = next(c for c in list(runner.map.values())
+                   if isinstance(c, smtpd_compat.SMTPChannel))
+    # What a TLS handshake would do: a short deadline of its own.
+    sloop.call_later(0, channel.set_deadline, 0.2, map=runner.map)
+    assert read_to_eof(sock).startswith(b'421 4.4.2 ')
+
+
+# -- connection limits -------------------------------------------------------
+
+def test_max_connections(serve, connect):
+    runner = serve(max_connections=2, max_connections_per_ip=None)
+    a, ga = connect(runner.address)
+    b, gb = connect(runner.address)
+    c, gc = connect(runner.address)
+    assert ga.startswith(b'220 ') and gb.startswith(b'220 ')
+    assert gc.startswith(b'421 4.7.0 ') and b'too many connections' in gc
+    assert read_to_eof(c) == b''
+    command(a, b'QUIT')
+    read_to_eof(a)
+    deadline = time.monotonic() + 5
+    while runner.server.connection_count > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    d, gd = connect(runner.address)
+    assert gd.startswith(b'220 ')
+
+
+def test_max_connections_per_ip(serve, connect):
+    runner = serve(max_connections_per_ip=2)
+    connect(runner.address)
+    connect(runner.address)
+    third, greeting = connect(runner.address)
+    assert greeting.startswith(b'421 4.7.0 ')
+    assert b'from your address' in greeting
+    # Another address is not affected (127.0.0.2 is loopback too).
+    other, greeting = connect(runner.address, source='127.0.0.2')
+    assert greeting.startswith(b'220 ')
+
+
+def test_flood_beyond_limit_does_not_stall_session(serve, connect):
+    runner = serve(max_connections=3, max_connections_per_ip=None)
+    client = smtplib.SMTP(*runner.address, timeout=10)
+    client.ehlo()
+    flood = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(runner.address, timeout=5)
+            flood.append(s)
+        refused = 0
+        for n, s in enumerate(flood):
+            if n < 2:
+                assert recv_reply(s).startswith(b'220 ')
+                continue
+            data = read_to_eof(s)
+            if n >= 2:
+                assert data.startswith(b'421 4.7.0 '), (n, data)
+                refused += 1
+        assert refused == 298
+        # The session that was already going completes normally.
+        client.sendmail('a@b', ['c@d'], b'Subject: x\r\n\r\nbody\r\n')
+        client.quit()
+    finally:
+        for s in flood:
+            s.close()
+    assert len(runner.server.messages) == 1
+
+
+def test_slowloris_2000_dripping_sockets(serve, connect):
+    """2,000 attacker sockets drip bytes; a normal client still delivers,
+    and the idle timeout then closes every attacker socket."""
+    n = 2000
+    if sloop.raise_fd_limit(2 * n + 200) < 2 * n + 200:
+        pytest.skip('cannot raise the open file limit for 4,000 sockets')
+    runner = serve(idle_timeout=3.0, max_connections=None,
+                   max_connections_per_ip=None)
+    attackers = []
+    sel = selectors.DefaultSelector()
+    received = {}
+    try:
+        started = time.monotonic()
+        for _ in range(n):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(runner.address)
+            attackers.append(s)
+        for s in attackers:
+            sel.register(s, selectors.EVENT_READ)
+            received[s] = b''
+        # Drip: one byte of a never-ending EHLO line per socket per round.
+        for drip in b'EHL':
+            for s in attackers:
+                try:
+                    s.send(bytes([drip]))
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        # Meanwhile, a normal client delivers.
+        client = smtplib.SMTP(*runner.address, timeout=10)
+        client.sendmail('a@b', ['c@d'], b'Subject: hi\r\n\r\nbody\r\n')
+        client.quit()
+        assert len(runner.server.messages) == 1
+        assert time.monotonic() - started < 3.0   # before any idle timeout
+        # Then every attacker gets the timeout reply and EOF.
+        closed = 0
+        deadline = time.monotonic() + 20
+        while closed < n and time.monotonic() < deadline:
+            for key, _ in sel.select(0.5):
+                s = key.fileobj
+                try:
+                    chunk = s.recv(4096)
+                except OSError:
+                    chunk = b''
+                received[s] += chunk
+                if not chunk:
+                    sel.unregister(s)
+                    closed += 1
+        assert closed == n
+        assert all(b'421 4.4.2 ' in data for data in received.values())
+    finally:
+        sel.close()
+        for s in attackers:
+            s.close()
+
+
+# -- recipients, errors, line length -----------------------------------------
+
+def test_max_recipients(serve, connect):
+    runner = serve(max_recipients=2)
+    sock, _ = connect(runner.address)
+    command(sock, b'EHLO c')
+    command(sock, b'MAIL FROM:<a@b>')
+    assert command(sock, b'RCPT TO:<r1@x>').startswith(b'250 ')
+    assert command(sock, b'RCPT TO:<r2@x>').startswith(b'250 ')
+    assert command(sock, b'RCPT TO:<r3@x>') == (
+        b'452 4.5.3 Error: too many recipients\r\n')
+    assert command(sock, b'DATA').startswith(b'354')
+    assert command(sock, b'x\r\n.').startswith(b'250 ')
+    assert runner.server.messages[0][2] == ['r1@x', 'r2@x']
+    # The limit is per message.
+    command(sock, b'MAIL FROM:<a@b>')
+    assert command(sock, b'RCPT TO:<r4@x>').startswith(b'250 ')
+
+
+def test_max_errors_hangs_up_and_ignores_pipelined_input(serve, connect):
+    runner = serve(max_errors=3)
+    sock, _ = connect(runner.address)
+    assert command(sock, b'BOGUS1').startswith(b'500 ')
+    assert command(sock, b'BOGUS2').startswith(b'500 ')
+    sock.sendall(b'BOGUS3\r\nNOOP\r\nNOOP\r\n')
+    rest = read_to_eof(sock)
+    assert rest.startswith(b'500 ')
+    assert rest.split(b'\r\n')[1].startswith(b'421 4.7.0 ')
+    assert b'too many errors' in rest
+    assert b'250' not in rest
+
+
+def test_errors_reset_after_delivered_message(serve, connect):
+    runner = serve(max_errors=2)
+    sock, _ = connect(runner.address)
+    command(sock, b'HELO c')
+    assert command(sock, b'BOGUS').startswith(b'500 ')
+    for line in (b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>', b'DATA'):
+        command(sock, line)
+    assert command(sock, b'x\r\n.').startswith(b'250 ')
+    assert command(sock, b'BOGUS').startswith(b'500 ')
+    assert command(sock, b'NOOP').startswith(b'250 ')
+
+
+def test_max_line_length(serve, connect):
+    runner = serve(max_line_length=64)
+    sock, _ = connect(runner.address)
+    assert command(sock, b'NOOP ' + b'x' * 100) == (
+        b'500 Error: line too long\r\n')
+    assert command(sock, b'HELO ' + b'h' * 50).startswith(b'250 ')
+
+
+# -- configuration, stdlib defaults, log, CLI --------------------------------
+
+@pytest.mark.parametrize('kwargs', [
+    {'max_errors': 0}, {'max_connections': -1}, {'idle_timeout': 0},
+    {'max_recipients': 1.5}, {'min_data_rate': 'fast'},
+    {'max_line_length': True},
+], ids=lambda kw: next(iter(kw)))
+def test_bad_configuration_raises(kwargs):
+    with pytest.raises((TypeError, ValueError)):
+        Limited(('127.0.0.1', 0), ('127.0.0.1', 9), map={}, **kwargs)
+
+
+def test_stdlib_server_has_no_limits(live_server, raw_client):
+    server = live_server(RecordingServer)
+    sock, _ = raw_client(server.address)
+    for _ in range(25):
+        assert command(sock, b'BOGUS').startswith(b'500 ')
+    assert command(sock, b'NOOP').startswith(b'250 ')
+    assert not hasattr(server.server, 'max_errors')
+
+
+def test_production_defaults_on_new_class():
+    server = LimitedServer(('127.0.0.1', 0), ('127.0.0.1', 9), map={})
+    try:
+        for name, value in PRODUCTION_DEFAULTS.items():
+            assert getattr(server, name) == value
+        assert server.idle_timeout >= 300     # RFC 5321 §4.5.3.2.7
+    finally:
+        server.close()
+
+
+def test_session_log_lines(serve, caplog):
+    class Logged(SessionLogServerMixin, Limited):
+        pass
+    caplog.set_level(logging.INFO, logger='smtpd_compat')
+    runner = serve(Logged)
+    client = smtplib.SMTP(*runner.address, timeout=10)
+    client.sendmail('a@b', ['c@d', 'e@f'], b'Subject: x\r\n\r\n12345\r\n')
+    client.quit()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        messages = [r.getMessage() for r in caplog.records
+                    if r.name == 'smtpd_compat']
+        if any(m.startswith('disconnect') for m in messages):
+            break
+        time.sleep(0.02)
+    assert any(m.startswith('connect from 127.0.0.1:') for m in messages)
+    assert any('size=17 recipients=2' in m and "reply='250 OK'" in m
+               for m in messages), messages
+    assert any(m.startswith('disconnect from 127.0.0.1:') and
+               'messages=1' in m for m in messages)
+
+
+def make_cli(argv):
+    from smtpd_compat.__main__ import _capability_modules
+    modules = _capability_modules()
+    longopts = [name for mod in modules
+                for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
+    options = smtpd_compat._parseargs(argv, longopts)
+    return CLI(options, smtpd_compat.DebuggingServer)
+
+
+def test_cli_stdlib_invocation_adds_nothing():
+    cli = make_cli(['-n', '127.0.0.1:0'])
+    cli_configure(cli)
+    assert cli.mixins == [] and cli.server_kwargs == {}
+
+
+def test_cli_flags_turn_on_defaults_and_overrides():
+    cli = make_cli(['-n', '--max-recipients', '5', '--idle-timeout=7',
+                    '127.0.0.1:0'])
+    try:
+        cli_configure(cli)
+        assert LimitsServerMixin in cli.mixins
+        assert SessionLogServerMixin in cli.mixins
+        assert cli.server_kwargs == {'max_recipients': 5, 'idle_timeout': 7.0}
+    finally:
+        logging.getLogger('smtpd_compat').handlers.clear()
+        logging.getLogger('smtpd_compat').setLevel(logging.NOTSET)
