@@ -322,8 +322,11 @@ class Controller:
         self._bind = (hostname, port)
         #: The running (or last) server instance; None before start().
         self.server: Any = None
-        #: Where clients connect: hostname and the real port, set by start().
+        #: The address clients connect to (set by start(); the loopback
+        #: address when bound to a wildcard address).
         self.hostname: str = hostname
+        #: The port clients connect to: the real one after start(), also
+        #: when 0 was asked for.
         self.port: int = port
         self._thread: Optional[threading.Thread] = None
         self._wake_end: Optional[socket.socket] = None
