@@ -1,0 +1,138 @@
+"""Graceful shutdown: SIGTERM to a real server process during uploads."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import recv_reply
+
+if not hasattr(signal, 'SIGTERM') or sys.platform == 'win32':
+    pytest.skip('POSIX signals needed', allow_module_level=True)
+
+# A server class that appends each message to a file before answering 250
+# (what a real delivery does), importable by the subprocess.
+SPOOL_SERVER = '''
+import os
+import smtpd_compat
+
+class SpoolServer(smtpd_compat.SMTPServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        with open(os.environ['SPOOL'], 'ab') as f:
+            f.write(data + b'\\n--END--\\n')
+            f.flush()
+            os.fsync(f.fileno())
+'''
+
+
+@pytest.fixture
+def start_server(tmp_path, python_path_env):
+    (tmp_path / 'spoolserver.py').write_text(SPOOL_SERVER)
+    procs = []
+
+    def start(*flags):
+        spool = tmp_path / 'spool'
+        env = dict(python_path_env, SPOOL=str(spool))
+        env['PYTHONPATH'] = str(tmp_path) + os.pathsep + env['PYTHONPATH']
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        with open(tmp_path / 'stderr', 'w') as err:
+            proc = subprocess.Popen(
+                [sys.executable, '-m', 'smtpd_compat', '-n', '-c',
+                 'spoolserver.SpoolServer'] + list(flags)
+                + ['127.0.0.1:%d' % port],
+                env=env, stdout=subprocess.DEVNULL, stderr=err)
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, (tmp_path / 'stderr').read_text()
+            try:
+                socket.create_connection(('127.0.0.1', port), 1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        return proc, ('127.0.0.1', port), spool
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def open_transaction(address):
+    sock = socket.create_connection(address, timeout=10)
+    assert recv_reply(sock).startswith(b'220 ')
+    for line in (b'HELO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>'):
+        sock.sendall(line + b'\r\n')
+        assert recv_reply(sock).startswith(b'250')
+    sock.sendall(b'DATA\r\n')
+    assert recv_reply(sock).startswith(b'354')
+    return sock
+
+
+def read_to_eof(sock, timeout=10):
+    sock.settimeout(timeout)
+    data = b''
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_sigterm_during_data_loses_nothing(start_server):
+    proc, address, spool = start_server('--grace-period', '10')
+    uploading = open_transaction(address)
+    uploading.sendall(b'Subject: in flight\r\n\r\nfirst half\r\n')
+    idle = socket.create_connection(address, timeout=10)
+    assert recv_reply(idle).startswith(b'220 ')
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    # The idle session is told at once and closed.
+    goodbye = read_to_eof(idle)
+    assert goodbye.startswith(b'421 4.3.2 ')
+    idle.close()
+    # No new connections once the shutdown began.
+    with pytest.raises(OSError):
+        socket.create_connection(address, timeout=2).close()
+    # The upload in DATA finishes: 250, then 421.
+    uploading.sendall(b'second half\r\n.\r\n')
+    rest = read_to_eof(uploading)
+    uploading.close()
+    assert rest.startswith(b'250 OK\r\n421 4.3.2 '), rest
+    assert proc.wait(15) == 0
+    assert spool.read_bytes() == (
+        b'Subject: in flight\n\nfirst half\nsecond half\n--END--\n')
+
+
+def test_grace_period_expires_with_421_nothing_half_delivered(start_server):
+    proc, address, spool = start_server('--grace-period', '0.5')
+    stalled = open_transaction(address)
+    stalled.sendall(b'Subject: never finished\r\n\r\npartial')
+    time.sleep(0.2)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    reply = read_to_eof(stalled)
+    stalled.close()
+    assert reply.startswith(b'421 4.3.2 ')
+    assert proc.wait(15) == 0
+    assert time.monotonic() - started < 10
+    assert not spool.exists()          # no 250, no delivery
+
+
+def test_sigint_is_graceful_too(start_server):
+    proc, address, spool = start_server('--production', '--grace-period', '5')
+    uploading = open_transaction(address)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    uploading.sendall(b'Subject: x\r\n\r\nbody\r\n.\r\n')
+    assert read_to_eof(uploading).startswith(b'250 OK\r\n421 ')
+    uploading.close()
+    assert proc.wait(15) == 0
+    assert b'--END--' in spool.read_bytes()
