@@ -130,6 +130,14 @@ class RelayChannel(_MessageMixin, _smtpd.SMTPChannel):
             return _reply(code, msg)
         return None
 
+    def smtp_DATA(self, arg):
+        if self.seen_greeting and self.rcpttos and self._upstream is None:
+            # The upstream session was lost after some RCPTs: say so now
+            # rather than take a message that cannot go anywhere.
+            self.push(UPSTREAM_UNAVAILABLE)
+            return
+        super().smtp_DATA(arg)
+
     def _message_kwargs(self):
         kwargs = super()._message_kwargs()
         kwargs['upstream'] = self._upstream

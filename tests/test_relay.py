@@ -1,0 +1,190 @@
+"""The truthful relay (smtpd_compat.relay): upstream refusals reach the
+client, connection failures are 4xx, and 250 means the upstream took it.
+The upstream is another of our servers on port 0."""
+import smtplib
+import socket
+import time
+
+import pytest
+
+from conftest import RecordingServer
+from smtpd_compat import SMTPChannel
+from smtpd_compat.extensions import ESMTPServer, ExtensionsMixin
+from smtpd_compat.relay import RelayServer, UPSTREAM_UNAVAILABLE
+
+
+class PickyChannel(SMTPChannel):
+    """Refuses some senders and recipients, as a real MTA would."""
+
+    def smtp_MAIL(self, arg):
+        if arg and 'blocked@' in arg:
+            self.push('553 5.7.1 <blocked@x>: Sender address rejected')
+            return
+        super().smtp_MAIL(arg)
+
+    def smtp_RCPT(self, arg):
+        if arg and 'refused@' in arg:
+            self.push('550 5.1.1 <refused@x>: Recipient address rejected')
+            return
+        if arg and 'later@' in arg:
+            self.push('450 4.2.0 <later@x>: Greylisted, try later')
+            return
+        super().smtp_RCPT(arg)
+
+
+class Upstream(RecordingServer):
+    channel_class = PickyChannel
+
+
+@pytest.fixture
+def upstream(live_server):
+    return live_server(Upstream)
+
+
+@pytest.fixture
+def relay(live_server, upstream):
+    return live_server(RelayServer, remoteaddr=upstream.address, relay_timeout=5)
+
+
+def test_one_refused_recipient_gets_the_upstream_550(relay, upstream):
+    # The issue's "done when": 550 for that recipient, not 250.
+    with smtplib.SMTP(*relay.address, timeout=10) as client:
+        refused = client.sendmail('a@x', ['ok@x', 'refused@x', 'ok2@x'],
+                                  b'Subject: relayed\r\n\r\n.dot\r\nbody\r\n')
+    assert refused == {'refused@x': (550, b'5.1.1 <refused@x>: Recipient address rejected')}
+    (peer, mailfrom, rcpttos, data, kwargs), = upstream.server.messages
+    assert (mailfrom, rcpttos) == ('a@x', ['ok@x', 'ok2@x'])
+    assert data == b'Subject: relayed\n\n.dot\nbody'
+
+
+def test_all_refused_means_no_message(relay, upstream):
+    with smtplib.SMTP(*relay.address, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
+            client.sendmail('a@x', ['refused@x', 'later@x'], b'x\r\n')
+    assert info.value.recipients == {
+        'refused@x': (550, b'5.1.1 <refused@x>: Recipient address rejected'),
+        'later@x': (450, b'4.2.0 <later@x>: Greylisted, try later')}
+    assert upstream.server.messages == []
+
+
+def test_sender_refusal_passed_on(relay, upstream):
+    with smtplib.SMTP(*relay.address, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPSenderRefused) as info:
+            client.sendmail('blocked@x', ['ok@x'], b'x\r\n')
+    assert info.value.smtp_code == 553
+    assert upstream.server.messages == []
+
+
+def test_upstream_data_reply_passed_on(relay, upstream):
+    upstream.server.reply = '554 5.7.1 Message rejected as spam'
+    with smtplib.SMTP(*relay.address, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail('a@x', ['ok@x'], b'x\r\n')
+        assert (info.value.smtp_code, info.value.smtp_error) == (
+            554, b'5.7.1 Message rejected as spam')
+        upstream.server.reply = None
+        client.ehlo_or_helo_if_needed()
+        client.mail('a@x')
+        client.rcpt('ok@x')
+        # the upstream's own 250 text
+        assert client.data(b'y\r\n') == (250, b'OK')
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_upstream_down_is_451(live_server):
+    relay = live_server(RelayServer, remoteaddr=('127.0.0.1', closed_port()),
+                        relay_timeout=2)
+    with smtplib.SMTP(*relay.address, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPSenderRefused) as info:
+            client.sendmail('a@x', ['ok@x'], b'x\r\n')
+    assert (info.value.smtp_code, info.value.smtp_error) == (
+        451, UPSTREAM_UNAVAILABLE[4:].encode())
+
+
+def test_silent_upstream_times_out_with_451(live_server):
+    # Accepts the connection (backlog) but never greets.
+    with socket.socket() as mute:
+        mute.bind(('127.0.0.1', 0))
+        mute.listen(5)
+        relay = live_server(RelayServer, remoteaddr=mute.getsockname(),
+                            relay_timeout=0.5)
+        start = time.monotonic()
+        with smtplib.SMTP(*relay.address, timeout=10) as client:
+            client.ehlo()
+            code, msg = client.mail('a@x')
+        assert code == 451
+        assert time.monotonic() - start < 5
+
+
+def test_upstream_gone_mid_transaction(live_server, upstream):
+    relay = live_server(RelayServer, remoteaddr=upstream.address, relay_timeout=5)
+    with smtplib.SMTP(*relay.address, timeout=10) as client:
+        client.ehlo()
+        assert client.mail('a@x')[0] == 250
+        assert client.rcpt('ok@x')[0] == 250
+        # Drop the upstream's side of the session.
+        for channel in list(upstream.map.values()):
+            if channel is not upstream.server:
+                channel.close()
+        code, _ = client.rcpt('ok2@x')
+        assert code == 451
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.data(b'x\r\n')
+        assert 400 <= info.value.smtp_code < 500
+    assert upstream.server.messages == []
+
+
+def test_rset_abandons_upstream_transaction(relay, upstream):
+    with smtplib.SMTP(*relay.address, timeout=10) as client:
+        client.ehlo()
+        client.mail('first@x')
+        client.rcpt('ok@x')
+        client.rset()
+        client.sendmail('second@x', ['ok@x'], b'second\r\n')
+    assert [m[1] for m in upstream.server.messages] == ['second@x']
+
+
+class DSNUpstream(ESMTPServer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.messages = []
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        self.messages.append((mailfrom, rcpttos, data, kwargs))
+
+
+def test_dsn_and_bdat_through_the_relay(live_server):
+    upstream = live_server(DSNUpstream)
+
+    class Relay(ExtensionsMixin, RelayServer):
+        pass
+    relay = live_server(Relay, remoteaddr=upstream.address, relay_timeout=5)
+    sock = socket.create_connection(relay.address, timeout=5)
+    with sock:
+        sock.recv(1024)
+        sock.sendall(b'EHLO c\r\n')
+        time.sleep(0.1)
+        sock.recv(4096)
+        sock.sendall(b'MAIL FROM:<a@x> RET=HDRS ENVID=Id+2B1\r\n'
+                     b'RCPT TO:<b@x> NOTIFY=FAILURE ORCPT=rfc822;B@X\r\n'
+                     b'BDAT 5 LAST\r\nhello')
+        data = b''
+        while data.count(b'\r\n') < 3:
+            data += sock.recv(4096)
+    assert data.decode().splitlines()[-1].startswith('250 2.0.0')
+    (mailfrom, rcpttos, body, kwargs), = upstream.server.messages
+    assert (mailfrom, rcpttos, body) == ('a@x', ['b@x'], b'hello')
+    assert kwargs['mail_options'] == ['RET=HDRS', 'ENVID=Id+2B1']
+    assert kwargs['recipient_options'] == [['NOTIFY=FAILURE', 'ORCPT=rfc822;B@X']]
+
+
+def test_bad_configuration():
+    with pytest.raises(ValueError):
+        RelayServer(('127.0.0.1', 0), None, map={})
+    with pytest.raises(ValueError):
+        RelayServer(('127.0.0.1', 0), ('127.0.0.1', 25), map={}, relay_timeout=0)
