@@ -1,0 +1,105 @@
+"""--workers N: forked workers share the listening socket, a killed worker
+is replaced, SIGTERM stops them all."""
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from smtpd_compat.workers import run_workers
+
+if not hasattr(os, 'fork'):
+    pytest.skip('workers need fork()', allow_module_level=True)
+
+
+class Lines:
+    """Collects a subprocess's stderr lines in a thread."""
+
+    def __init__(self, stream):
+        self.lines = []
+        self._stream = stream
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        for line in self._stream:
+            self.lines.append(line)
+
+    def wait_for(self, pattern, count=1, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in (re.search(pattern, line)
+                                 for line in list(self.lines)) if m]
+            if len(found) >= count:
+                return found
+            time.sleep(0.02)
+        raise AssertionError('%r x%d not in %s' % (pattern, count,
+                                                    ''.join(self.lines)))
+
+    def close(self):
+        self._thread.join(10)
+        self._stream.close()
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too.
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().split(') ')[1][0] != 'Z'
+    except OSError:
+        return True
+
+
+def test_workers_restart_and_stop(python_path_env):
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'DebuggingServer',
+         '--workers', '2', '--grace-period', '2', '127.0.0.1:%d' % port],
+        env=python_path_env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    log = Lines(proc.stderr)
+    try:
+        started = log.wait_for(r'worker (\d) started, pid (\d+)', 2)
+        pids = {int(m.group(1)): int(m.group(2)) for m in started}
+        assert len(set(pids.values())) == 2 and proc.pid not in pids.values()
+        os.kill(pids[0], signal.SIGKILL)
+        restarted = log.wait_for(r'worker 0 started, pid (\d+)', 2)
+        new_pid = int(restarted[-1].group(1))
+        assert new_pid != pids[0]
+        assert any('restarting' in line for line in log.lines)
+        # The workers serve: several sessions, each handled by one of them.
+        handled = set()
+        for _ in range(6):
+            client = smtplib.SMTP('127.0.0.1', port, timeout=10)
+            client.sendmail('a@b', ['c@d'], b'Subject: w\r\n\r\nbody\r\n')
+            client.quit()
+        for m in log.wait_for(r'smtpd_compat\[(\d+)\] INFO message from', 6):
+            handled.add(int(m.group(1)))
+        assert handled <= {new_pid, pids[1]}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert not alive(new_pid) and not alive(pids[1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_run_workers_validates_count():
+    with pytest.raises(ValueError):
+        run_workers(0, lambda: None)
+    with pytest.raises(ValueError):
+        run_workers(True, lambda: None)
