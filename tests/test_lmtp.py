@@ -15,6 +15,12 @@ from smtpd_compat.extensions import ExtensionsMixin
 from smtpd_compat.lmtp import LMTPServer
 
 
+def lmtp_client(*address):
+    # smtplib.LMTP takes a timeout from Python 3.9 on.
+    kwargs = {'timeout': 5} if sys.version_info >= (3, 9) else {}
+    return smtplib.LMTP(*address, **kwargs)
+
+
 class Recorder(LMTPServer):
     result = None
 
@@ -87,7 +93,7 @@ def test_one_reply_per_recipient(live_server, raw_client, result, expected, capl
 
 def test_smtplib_lmtp_over_tcp(live_server):
     live = live_server(Recorder)
-    with smtplib.LMTP(*live.address, timeout=5) as client:
+    with lmtp_client(*live.address) as client:
         assert client.sendmail('a@x', ['b@x'], b'Subject: t\r\n\r\nx\r\n') == {}
     assert live.server.messages[0][1] == ['b@x']
 
@@ -118,7 +124,7 @@ def unix_server(tmp_path):
 def test_unix_socket_with_smtplib(unix_server):
     live, path = unix_server(Recorder, unix_socket_mode=0o660)
     assert os.stat(path).st_mode & 0o777 == 0o660
-    with smtplib.LMTP(path, timeout=5) as client:
+    with lmtp_client(path) as client:
         client.sendmail('a@x', ['b@x'], b'over unix\r\n')
     assert live.server.messages == [('a@x', ['b@x'], b'over unix')]
 
@@ -185,7 +191,7 @@ def test_lmtp_into_maildir(live_server, tmp_path):
         pass
     maildir = str(tmp_path / 'md')
     live = live_server(LocalDelivery, maildir=maildir)
-    with smtplib.LMTP(*live.address, timeout=5) as client:
+    with lmtp_client(*live.address) as client:
         client.sendmail('a@x', ['b@x'], b'Subject: lda\r\n\r\nstored\r\n')
     (name,) = os.listdir(os.path.join(maildir, 'new'))
     with open(os.path.join(maildir, 'new', name), 'rb') as f:
