@@ -28,13 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(smtpd_compat.__file__)))
 
 
 def _entry_point_installed():
-    from importlib.metadata import entry_points
-    found = entry_points()
-    if hasattr(found, 'select'):
-        group = found.select(group='pytest11')
-    else:   # Python < 3.10: a dict of lists
-        group = found.get('pytest11', ())
-    return any(ep.value.strip() == PLUGIN for ep in group)
+    # Every distribution, as pytest loads plugins (a checkout's egg-info on
+    # sys.path does not hide an installed copy from pytest).
+    from importlib.metadata import distributions
+    return any(ep.group == 'pytest11' and ep.value.strip() == PLUGIN
+               for dist in distributions() for ep in dist.entry_points)
 
 
 # The inner runs load no plugin of this environment but the ones named
