@@ -61,6 +61,7 @@ import collections
 import errno
 import getopt
 import os
+import re
 import socket
 import sys
 import time
@@ -152,6 +153,18 @@ def _server_fqdn(server):
             fqdn = server._smtpd_compat_fqdn = socket.getfqdn()
         return fqdn
     return socket.getfqdn()
+
+
+# Speed fix (same results): MAIL/RCPT arguments of the plain forms
+# "<local@domain>" (optionally followed by spaces and parameters) and
+# "local@domain" (alone), with dot-atoms made of letters, digits and _+=-,
+# are split by this expression instead of the email package's parser, which
+# costs ~30 us per call.  For these inputs both give the same (address,
+# rest); everything else still goes to the parser.  tests/test_loop.py
+# compares the two on a table and on generated inputs.
+_DOT_ATOM_ADDR = r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_ADDR = re.compile(r"<(%s)>(?: +(?=[!-'*-~])|\Z)|(%s)\Z"
+                         % (_DOT_ATOM_ADDR, _DOT_ATOM_ADDR))
 
 
 class _Pending(bytes):
@@ -600,6 +613,9 @@ class SMTPChannel(asynchat.async_chat):
     def _getaddr(self, arg):
         if not arg:
             return '', ''
+        plain = _PLAIN_ADDR.match(arg)    # speed fix, see _PLAIN_ADDR
+        if plain is not None:
+            return plain.group(1) or plain.group(2), arg[plain.end():]
         try:
             if arg.lstrip().startswith('<'):
                 address, rest = get_angle_addr(arg)
