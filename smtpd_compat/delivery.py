@@ -125,8 +125,8 @@ _FROM_LINE = re.compile(rb'^(>*From )', re.M)
 
 
 def mboxrd_quote(data: bytes) -> bytes:
-    """mboxrd quoting: one more ">" before every line matching
-    ``>*From `` so that readers can undo it exactly."""
+    """mboxrd quoting: one more ">" before every line that starts with
+    "From " after any number of ">", so that readers can undo it exactly."""
     return _FROM_LINE.sub(rb'>\1', data)
 
 
