@@ -35,6 +35,7 @@ import sys
 from typing import Callable, Optional, Tuple
 
 import smtpd_compat as _smtpd
+from smtpd_compat.tls import TLSServerMixin
 
 __all__ = [
     'AuthChannelMixin', 'AuthServerMixin', 'SubmissionServer',
@@ -523,12 +524,7 @@ class AuthServerMixin:
                              'auth_allow_plaintext=True')
 
 
-def _submission_base():
-    from smtpd_compat.tls import TLSServerMixin
-    return TLSServerMixin
-
-
-class SubmissionServer(AuthServerMixin, _submission_base(), _smtpd.SMTPServer):
+class SubmissionServer(AuthServerMixin, TLSServerMixin, _smtpd.SMTPServer):
     """A message submission server (RFC 6409 on port 587 with STARTTLS, or
     RFC 8314 on port 465 with ``implicit_tls=True``): TLS and AUTH, with
     ``auth_required=True`` by default.  Subclass it and override

@@ -25,6 +25,7 @@ import ssl
 from typing import Optional
 
 import smtpd_compat as _smtpd
+from smtpd_compat import loop as _loop
 
 __all__ = [
     'TLSChannelMixin', 'TLSServerMixin', 'TLSServer', 'server_context',
@@ -156,7 +157,6 @@ class TLSChannelMixin:
         self._tls_phase = 'handshake'
         timeout = self.smtp_server.tls_handshake_timeout
         if timeout is not None:
-            from smtpd_compat import loop as _loop
             self._tls_timer = _loop.call_later(
                 timeout, self._tls_expired, map=self._map)
         self._tls_handshake()
