@@ -56,6 +56,7 @@ from smtpd_compat.logging_ import SessionLogServerMixin, format_peer
 __all__ = [
     'LimitsChannelMixin', 'LimitsServerMixin', 'LimitedServer',
     'PRODUCTION_DEFAULTS', 'CLI_OPTIONS', 'cli_configure',
+    'hardening_requested',
 ]
 
 logger = logging.getLogger('smtpd_compat')
@@ -393,15 +394,22 @@ CLI_OPTIONS = (
 
 # Options of other modules that mean "production server": given any of
 # them, the limits come on with their defaults too.
-_HARDENING_FLAGS = ('production', 'workers', 'grace-period', 'proxy-protocol')
+_HARDENING_FLAGS = ('production', 'workers', 'grace-period', 'proxy-protocol',
+                    'backlog', 'log-level') + tuple(
+                        flag for flag, _, _, _ in _CLI_LIMITS)
+
+
+def hardening_requested(given) -> bool:
+    """True when the command line (``cli.given``) asks for a production
+    server: then limits, session log and graceful shutdown all come on."""
+    return any(flag in given for flag in _HARDENING_FLAGS)
 
 
 def cli_configure(cli):
     """Add the limits and the session log when any hardening option is
     given; without one, the stdlib's behaviour is kept exactly."""
     given = cli.given
-    ours = [flag for flag, _, _, _ in _CLI_LIMITS] + ['backlog', 'log-level']
-    if not any(flag in given for flag in ours + list(_HARDENING_FLAGS)):
+    if not hardening_requested(given):
         return
     kwargs = {}
     for flag, keyword, kind, _ in _CLI_LIMITS:

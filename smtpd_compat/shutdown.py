@@ -139,16 +139,13 @@ CLI_OPTIONS = (
     ('grace-period=', 'SECONDS',
      'On SIGTERM/SIGINT stop accepting, let messages in DATA finish for up '
      'to this long, then 421 the rest and exit 0 (default 30 with '
-     '--production or --workers).'),
+     '--production or any other hardening option).'),
 )
-
-# Options that ask for a production server; they bring graceful shutdown.
-_PRODUCTION_FLAGS = ('production', 'workers', 'grace-period')
-
 
 def cli_configure(cli):
     """Serve with graceful shutdown when a production option is given."""
-    if not any(flag in cli.given for flag in _PRODUCTION_FLAGS):
+    from smtpd_compat.limits import hardening_requested
+    if not hardening_requested(cli.given):
         return
     grace = DEFAULT_GRACE_PERIOD
     if 'grace-period' in cli.given:

@@ -281,22 +281,26 @@ def test_haproxy_send_proxy_v1_and_v2(tmp_path, python_path_env):
         wait_for_port(front, hap)
         # Connect from 127.0.0.2: the servers only ever see 127.0.0.1
         # (haproxy), so X-Peer: 127.0.0.2 can only come from the header.
-        for i in range(2):
+        # Round robin is per haproxy thread, so send until both servers
+        # (one fed v1 headers, one v2) have had a message; at most 10.
+        texts = ['', '']
+        for i in range(10):
             client = smtplib.SMTP(timeout=10,
                                   source_address=('127.0.0.2', 0))
             client.connect('127.0.0.1', front)
             client.sendmail('a@example.com', ['b@example.com'],
                             'Subject: via haproxy %d\r\n\r\nbody\r\n' % i)
             client.quit()
-        deadline = time.monotonic() + 10
-        texts = ['', '']
-        while time.monotonic() < deadline:
-            for n, out in enumerate(outs[:2]):
-                out.seek(0)
-                texts[n] = out.read()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                for n, out in enumerate(outs[:2]):
+                    out.seek(0)
+                    texts[n] = out.read()
+                if sum(t.count('END MESSAGE') for t in texts) > i:
+                    break
+                time.sleep(0.02)
             if all('END MESSAGE' in t for t in texts):
                 break
-            time.sleep(0.05)
     finally:
         for proc in procs:
             proc.terminate()
