@@ -28,8 +28,8 @@ __all__ = [
 
 log = logging.getLogger('smtpd_compat.controller')
 
-# How long one loop pass may block.  stop() wakes the loop through the waker
-# socket, so this only bounds the delay if a wake-up byte were ever lost.
+# How long one poll may block.  Nothing waits for it to run out: stop() and
+# start() wake the loop through the waker socket.
 _POLL_TIMEOUT = 1.0
 
 Handler = Callable[..., Optional[str]]
@@ -225,15 +225,18 @@ class _HandlerServer(_smtpd.SMTPServer):
 class _Waker(_smtpd.asyncore.dispatcher):
     """The read end of a socketpair, in the server's own map.
 
-    A byte written to the other end makes the loop's poll return at once:
-    start() uses it to learn the loop is polling, stop() to end a pass
-    without waiting for the poll timeout.
+    A byte written to the other end makes the loop's poll return at once.
+    start() writes one to learn that the loop is polling; stop() sets
+    `stopping` and writes one, and the waker then closes every dispatcher
+    in the map (itself included), which ends the loop: it returns when the
+    map is empty.  So sessions are closed by the thread that serves them.
     """
 
     def __init__(self, sock: socket.socket, map: dict,
-                 woken: threading.Event) -> None:
+                 woken: threading.Event, stopping: threading.Event) -> None:
         super().__init__(sock, map=map)
         self._woken = woken
+        self._stopping = stopping
 
     def writable(self) -> bool:
         return False
@@ -244,6 +247,8 @@ class _Waker(_smtpd.asyncore.dispatcher):
         except OSError:
             pass
         self._woken.set()
+        if self._stopping.is_set():
+            _smtpd.asyncore.close_all(map=self._map, ignore_all=True)
 
     def handle_close(self) -> None:
         self.close()
@@ -353,7 +358,7 @@ class Controller:
             read_end, wake_end = socket.socketpair()
             try:
                 wake_end.setblocking(False)
-                _Waker(read_end, map, woken)
+                _Waker(read_end, map, woken, self._stopping)
                 server = self._make_server(map)
             except BaseException:
                 read_end.close()
@@ -400,19 +405,18 @@ class Controller:
                 host, port, e.strerror or e)) from e
 
     def _serve(self, loop, map: dict, woken: threading.Event) -> None:
-        # The server thread: the map belongs to it alone, so channels are
-        # closed here, never from the caller's thread mid-poll.
-        # poll has no FD_SETSIZE limit on how many sessions it watches.
+        # The server thread.  The loop runs until the map is empty, which
+        # the waker brings about on stop(); one loop() call for the whole
+        # life keeps what smtpd_compat.loop learns between wake-ups.
+        # poll (for asyncore's loop) has no FD_SETSIZE limit.
         use_poll = hasattr(select, 'poll')
         try:
-            # `map` empties only if the listener closed itself; stop then
-            # rather than spin.
-            while map and not self._stopping.is_set():
-                loop(_POLL_TIMEOUT, use_poll, map, 1)
+            loop(_POLL_TIMEOUT, use_poll, map)
         except BaseException as e:
             self._error = e
             log.exception('the server loop of %r failed', self)
         finally:
+            # After a failure: close what the loop left open.
             _smtpd.asyncore.close_all(map=map, ignore_all=True)
             map.clear()
             # One more call, on the now empty map, returns at once; it lets
