@@ -1,0 +1,42 @@
+"""A discarding SMTP server for the benchmarks: ``sink.py IMPL PORTFILE``.
+
+IMPL is ``ours`` (smtpd_compat under smtpd_compat.loop.loop), ``ours-asyncore``
+(smtpd_compat under plain asyncore.loop) or ``stdlib`` (CPython's smtpd,
+Python <= 3.11).  Binds 127.0.0.1 port 0, writes the port to PORTFILE and
+serves until killed.  process_message keeps nothing, so what is measured is
+the protocol handling.
+"""
+import os
+import sys
+import warnings
+
+impl, portfile = sys.argv[1], sys.argv[2]
+if impl == 'stdlib':
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        import asyncore
+        import smtpd
+else:
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
+    import smtpd_compat as smtpd
+    asyncore = smtpd.asyncore
+
+
+class Sink(smtpd.SMTPServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        return None
+
+
+server = Sink(('127.0.0.1', 0), None)
+with open(portfile + '.tmp', 'w') as f:
+    f.write(str(server.socket.getsockname()[1]))
+os.replace(portfile + '.tmp', portfile)
+try:
+    if impl == 'ours':
+        from smtpd_compat.loop import loop, raise_fd_limit
+        raise_fd_limit()
+        loop()
+    else:
+        asyncore.loop()
+except KeyboardInterrupt:
+    pass

@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""Benchmark smtpd_compat against CPython 3.11's smtpd and aiosmtpd.
+
+    python3.11 benchmarks/run.py [--rounds 3] [--scale 1.0] [--time-limit 6]
+
+Each server runs in its own process on 127.0.0.1 (a fresh one per workload
+and round, so peak RSS belongs to one workload) and is driven by Postfix's
+smtp-source when installed, by benchmarks/loadgen.py otherwise.  Servers
+are interleaved (A B C A B C ...) over the rounds; the table shows medians
+and ratios.  Writes benchmarks/results/latest.md (+ a timestamped copy) and
+chart.png; ``--docs`` also copies both into docs/.  Only processes started
+here are stopped, by their pid.  See benchmarks/README.md.
+"""
+import argparse
+import datetime
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+
+import loadgen  # noqa: E402
+from smtpd_compat.loop import raise_fd_limit  # noqa: E402
+
+MIB = 1024 * 1024
+
+# name: (title, unit, higher is better)
+WORKLOADS = {
+    'W1': ('20 persistent sessions, 1 KB messages', 'msg/s', True),
+    'W2': ('20 parallel clients, new connection per message', 'msg/s', True),
+    'W2s': ('5 parallel clients, new connection per message', 'msg/s', True),
+    'W3': ('4 sessions, 8 MiB messages', 'MiB/s', True),
+    'W4': ('100 recipients per message, 5 sessions', 'msg/s', True),
+    'EHLO': ('first EHLO reply latency (median)', 'ms', False),
+    'smtplib': ('one smtplib client, 1 KB messages', 'msg/s', True),
+    'W5': ('idle connections held; fresh transaction (median)', 'ms', False),
+}
+
+
+class Server:
+    """One peer: how to start it."""
+
+    def __init__(self, name, argv, note=''):
+        self.name = name
+        self.argv = argv
+        self.note = note
+
+    def start(self, tmpdir):
+        portfile = os.path.join(tmpdir, self.name + '.port')
+        if os.path.exists(portfile):
+            os.unlink(portfile)
+        if self.argv[0] == 'smtp-sink':
+            return self._start_sink()
+        proc = subprocess.Popen(self.argv + [portfile],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        while not os.path.exists(portfile):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop(proc)
+                raise RuntimeError('%s did not start: %s' % (
+                    self.name, proc.stderr.read().decode(errors='replace')[-500:]))
+            time.sleep(0.02)
+        with open(portfile) as f:
+            return proc, int(f.read())
+
+    def _start_sink(self):
+        import socket
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        argv = [shutil.which('smtp-sink')]
+        if os.geteuid() == 0:
+            argv += ['-u', 'nobody']
+        proc = subprocess.Popen(argv + ['127.0.0.1:%d' % port, '4096'],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        return proc, port
+
+
+def stop(proc):
+    """Stop a process this script started (by its pid only)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def proc_status(pid, field):
+    """A /proc/<pid>/status field in MiB (VmHWM, VmRSS), or None."""
+    try:
+        with open('/proc/%d/status' % pid) as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def find_servers(args):
+    here = os.path.join(HERE, 'peers')
+    servers, notes = [], []
+    servers.append(Server('ours', [args.python, os.path.join(here, 'sink.py'), 'ours']))
+    stdlib_py = shutil.which(args.stdlib_python) if args.stdlib_python else None
+    if stdlib_py and subprocess.call(
+            [stdlib_py, '-W', 'ignore', '-c', 'import smtpd'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0:
+        servers.append(Server('stdlib', [stdlib_py, os.path.join(here, 'sink.py'), 'stdlib']))
+    else:
+        notes.append('stdlib smtpd skipped: no %s with smtpd' % args.stdlib_python)
+    aio = args.aiosmtpd_python
+    if aio and shutil.which(aio) and subprocess.call(
+            [shutil.which(aio), '-c', 'import aiosmtpd'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0:
+        version = subprocess.run(
+            [shutil.which(aio), '-c', 'import aiosmtpd; print(aiosmtpd.__version__)'],
+            capture_output=True, text=True).stdout.strip()
+        servers.append(Server('aiosmtpd', [shutil.which(aio), os.path.join(here, 'aiosmtpd_sink.py')],
+                              note=version))
+    else:
+        notes.append('aiosmtpd skipped: set --aiosmtpd-python or '
+                     'SMTPD_COMPAT_AIOSMTPD_PYTHON to an interpreter that has it')
+    if args.smtp_sink and shutil.which('smtp-sink'):
+        servers.append(Server('smtp-sink', ['smtp-sink'], note='C ceiling'))
+    return servers, notes
+
+
+def run_one(workload, server, proc, port, args):
+    """Run one workload against a started server; returns a dict."""
+    s = args.scale
+    tl = args.time_limit
+    source = loadgen.smtp_source if (loadgen.SMTP_SOURCE and not args.python_loadgen) \
+        else loadgen.python_source
+    n = lambda x: max(1, int(x * s))   # noqa: E731
+    if workload == 'W1':
+        done, t = source(port, 20, n(6000), 1024, persistent=True, time_limit=tl)
+        value = done / t
+    elif workload in ('W2', 'W2s'):
+        sessions = 20 if workload == 'W2' else 5
+        done, t = source(port, sessions, n(1500), 1024, persistent=False, time_limit=tl)
+        value = done / t
+    elif workload == 'W3':
+        done, t = source(port, 4, n(24), 8 * MIB, persistent=True, time_limit=tl)
+        value = done * 8 / t
+    elif workload == 'W4':
+        done, t = source(port, 5, n(400), 1024, rcpts=100, persistent=True, time_limit=tl)
+        value = done / t
+    elif workload == 'EHLO':
+        value = loadgen.ehlo_latency(port, probes=n(30), time_limit=tl)
+    elif workload == 'smtplib':
+        value = loadgen.smtplib_run(port, n(1500), time_limit=tl)
+    elif workload == 'W5':
+        return run_idle(server, proc, port, args)
+    rss = proc_status(proc.pid, 'VmHWM')
+    alive = proc.poll() is None
+    return {'value': value, 'rss': rss, 'ok': alive}
+
+
+def run_idle(server, proc, port, args):
+    alive = lambda: proc.poll() is None   # noqa: E731
+    socks, greeted = loadgen.hold_idle(port, args.idle, time_limit=max(20, args.time_limit * 3),
+                                       alive=alive)
+    try:
+        samples = [loadgen.transaction_ms(port) for _ in range(5)] if alive() else [None]
+        ok = alive() and None not in samples and greeted >= args.idle
+        rss = proc_status(proc.pid, 'VmRSS')
+        value = statistics.median(samples) if None not in samples else float('nan')
+    finally:
+        for sk in socks:
+            sk.close()
+    return {'value': value, 'rss': rss, 'ok': ok, 'held': greeted}
+
+
+def fmt(x, digits=None):
+    if x is None or x != x:
+        return '—'
+    if digits is None:
+        digits = 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 2
+    return '{:,.{}f}'.format(x, digits)
+
+
+def summarise(results, servers, workloads):
+    """{workload: {server: {'value', 'rss', 'ok', ...}}} of medians."""
+    table = {}
+    for w in workloads:
+        table[w] = {}
+        for srv in servers:
+            runs = results.get((w, srv.name), [])
+            if not runs:
+                continue
+            vals = [r['value'] for r in runs if r['value'] == r['value']]
+            rss = [r['rss'] for r in runs if r['rss'] is not None]
+            row = {
+                'value': statistics.median(vals) if vals else float('nan'),
+                'rss': max(rss) if rss else None,
+                'ok': all(r['ok'] for r in runs),
+                'n': len(runs),
+            }
+            if w == 'W5':
+                row['held'] = min(r['held'] for r in runs)
+            table[w][srv.name] = row
+    return table
+
+
+def ratio(table, w, a, b):
+    ra, rb = table[w].get(a), table[w].get(b)
+    if not ra or not rb or ra['value'] != ra['value'] or rb['value'] != rb['value']:
+        return None
+    if not rb['ok'] or not ra['ok'] or not ra['value'] or not rb['value']:
+        return None
+    higher = WORKLOADS[w][2]
+    return ra['value'] / rb['value'] if higher else rb['value'] / ra['value']
+
+
+def markdown(table, servers, workloads, meta):
+    names = [s.name for s in servers]
+    lines = ['# smtpd_compat benchmark', '', meta, '',
+             '| workload | unit | ' + ' | '.join(names)
+             + ' | ours / stdlib | ours / aiosmtpd | peak RSS MiB (' + ', '.join(names) + ') |',
+             '|' + '---|' * (len(names) + 5)]
+    for w in workloads:
+        title, unit, _ = WORKLOADS[w]
+        cells = []
+        for n in names:
+            row = table[w].get(n)
+            if row is None:
+                cells.append('—')
+            elif w == 'W5':
+                if row['ok']:
+                    cells.append('%s held, %s ms' % (fmt(row['held'], 0), fmt(row['value'])))
+                else:
+                    cells.append('**failed** (%s greeted)' % fmt(row['held'], 0))
+            else:
+                cells.append(fmt(row['value']) + ('' if row['ok'] else ' (died)'))
+        rs = []
+        for other in ('stdlib', 'aiosmtpd'):
+            r = ratio(table, w, 'ours', other)
+            if w == 'W5' and r is None and table[w].get('ours', {}).get('ok') \
+                    and other in table[w]:
+                rs.append('∞ (it failed)' if not table[w][other]['ok'] else '—')
+            else:
+                rs.append('—' if r is None else '%.2f×' % r)
+        rss = ', '.join(fmt(table[w][n]['rss'], 0) if n in table[w] else '—' for n in names)
+        lines.append('| %s: %s | %s | %s | %s | %s |' % (
+            w, title, unit, ' | '.join(cells), ' | '.join(rs), rss))
+    lines += ['', 'Ratios are "times better" (for ms: the other\'s time / ours). '
+              'W5 RSS is the server\'s RSS while holding the idle connections; '
+              'other RSS figures are the peak (VmHWM) of the server process.', '']
+    return '\n'.join(lines)
+
+
+def chart(table, servers, workloads, path):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    others = [s.name for s in servers if s.name != 'stdlib']
+    ws = [w for w in workloads if w != 'W5' and 'stdlib' in table[w]]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(1, len(others))
+    for i, name in enumerate(others):
+        vals = []
+        for w in ws:
+            r = ratio(table, w, name, 'stdlib')
+            vals.append(r if r else 0)
+        xs = [j + i * width for j in range(len(ws))]
+        ax.bar(xs, vals, width, label=name)
+    ax.axhline(1.0, color='black', linewidth=0.8)
+    ax.set_yscale('log')
+    ax.set_xticks([j + width * (len(others) - 1) / 2 for j in range(len(ws))])
+    ax.set_xticklabels(ws)
+    ax.set_ylabel('times the stdlib smtpd (log scale, higher is better)')
+    ax.set_title('SMTP server throughput and latency relative to Python 3.11 smtpd')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--scale', type=float, default=1.0,
+                   help='multiply every message count (0.01 for a smoke run)')
+    p.add_argument('--time-limit', type=float, default=6.0,
+                   help='seconds allowed per workload run')
+    p.add_argument('--idle', type=int, default=10000, help='W5 connections')
+    p.add_argument('--workloads', default=','.join(WORKLOADS))
+    p.add_argument('--servers', default='ours,stdlib,aiosmtpd,smtp-sink')
+    p.add_argument('--python', default=sys.executable, help='interpreter for ours')
+    p.add_argument('--stdlib-python', default='python3.11')
+    p.add_argument('--aiosmtpd-python',
+                   default=os.environ.get('SMTPD_COMPAT_AIOSMTPD_PYTHON',
+                                          '/tmp/aiosmtpd-venv/bin/python'))
+    p.add_argument('--no-smtp-sink', dest='smtp_sink', action='store_false')
+    p.add_argument('--python-loadgen', action='store_true',
+                   help='use the built-in load generator even if smtp-source exists')
+    p.add_argument('--out', default=os.path.join(HERE, 'results'))
+    p.add_argument('--docs', action='store_true',
+                   help='also copy the table and chart into docs/')
+    args = p.parse_args(argv)
+
+    # Each idle connection is one fd here and one in the server (children
+    # inherit the raised limit).
+    raise_fd_limit()
+    workloads = [w for w in args.workloads.split(',') if w]
+    for w in workloads:
+        if w not in WORKLOADS:
+            p.error('unknown workload %r' % w)
+    wanted = args.servers.split(',')
+    servers, notes = find_servers(args)
+    servers = [s for s in servers if s.name in wanted]
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix='smtpd-bench-') as tmpdir:
+        for rnd in range(args.rounds):
+            for w in workloads:
+                for srv in servers:
+                    if w == 'W5' and srv.name == 'smtp-sink':
+                        continue    # smtp-sink closes idle sessions itself
+                    proc, port = srv.start(tmpdir)
+                    try:
+                        r = run_one(w, srv, proc, port, args)
+                    except Exception as e:   # a peer that falls over is a result
+                        r = {'value': float('nan'), 'rss': None, 'ok': False, 'held': 0,
+                             'error': repr(e)}
+                    finally:
+                        stop(proc)
+                    results.setdefault((w, srv.name), []).append(r)
+                    print('round %d %-7s %-9s %s' % (rnd + 1, w, srv.name,
+                          {k: (round(v, 2) if isinstance(v, float) else v)
+                           for k, v in r.items()}), flush=True)
+    elapsed = time.monotonic() - started
+    table = summarise(results, servers, workloads)
+    gen = 'smtp-source' if loadgen.SMTP_SOURCE and not args.python_loadgen else 'python loadgen'
+    cmd = 'python%d.%d benchmarks/run.py %s' % (sys.version_info[:2] + (' '.join(argv if argv is not None else sys.argv[1:]),))
+    meta = ('Command: `%s`  \nDate: %s; load generator: %s; %d round(s), medians; '
+            'servers: %s; %d CPUs; took %.0f s.%s' % (
+                cmd.strip(), datetime.datetime.now().strftime('%Y-%m-%d %H:%M'), gen,
+                args.rounds, ', '.join('%s%s' % (s.name, ' ' + s.note if s.note else '')
+                                       for s in servers),
+                os.cpu_count(), elapsed,
+                ''.join('  \nNote: ' + n for n in notes)))
+    md = markdown(table, servers, workloads, meta)
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    for name in ('latest.md', 'results-%s.md' % stamp):
+        with open(os.path.join(args.out, name), 'w') as f:
+            f.write(md)
+    png = os.path.join(args.out, 'chart.png')
+    drew = chart(table, servers, workloads, png)
+    print(md)
+    if args.docs:
+        static = os.path.join(ROOT, 'docs', '_static')
+        os.makedirs(static, exist_ok=True)
+        if drew:
+            shutil.copy(png, os.path.join(static, 'performance.png'))
+        shutil.copy(os.path.join(args.out, 'latest.md'),
+                    os.path.join(static, 'performance-results.md'))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
