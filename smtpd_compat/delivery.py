@@ -226,9 +226,9 @@ class MboxServer(_StoringServer):
 # Command line
 
 CLI_OPTIONS = (
-    ('maildir=', 'DIR', 'with -c MaildirServer: the Maildir to deliver into'),
-    ('mbox=', 'FILE', 'with -c MboxServer: the mbox file to append to'),
-    ('mbox-dotlock', '', 'with -c MboxServer: also take FILE.lock'),
+    ('maildir=', 'DIR', 'With -c MaildirServer: the Maildir to deliver into (tmp/, new/, cur/ are created).'),
+    ('mbox=', 'FILE', 'With -c MboxServer: the mbox file to append to (mboxrd, fcntl-locked).'),
+    ('mbox-dotlock', '', 'With --mbox: also take the dot-lock FILE.lock while appending.'),
 )
 
 

@@ -441,7 +441,8 @@ class ESMTPServer(ExtensionsMixin, _smtpd.SMTPServer):
 
 CLI_OPTIONS = (
     ('esmtp=', 'LIST',
-     'enable ESMTP extensions: "all" or a comma list of ' + ','.join(EXTENSIONS)),
+     'Enable ESMTP extensions: "all" or a comma list of '
+     + ','.join(EXTENSIONS) + '.'),
 )
 
 

@@ -120,7 +120,7 @@ class LMTPServer(_smtpd.SMTPServer):
 
 CLI_OPTIONS = (
     ('lmtp-socket=', 'PATH',
-     'with -c LMTPServer (or a subclass): listen on this UNIX socket'),
+     'With -c LMTPServer (or a subclass): listen on this UNIX socket instead of TCP.'),
 )
 
 

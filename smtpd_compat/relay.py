@@ -171,3 +171,25 @@ class RelayServer(_smtpd.SMTPServer):
         except (OSError, smtplib.SMTPException) as e:
             return _upstream_error(e)
         return _reply(code, msg)
+
+
+CLI_OPTIONS = (
+    ('relay-timeout=', 'SECONDS',
+     'With -c RelayServer: how long to wait for the upstream server (default 30).'),
+)
+
+
+def cli_configure(cli):
+    value = cli.given.get('relay-timeout')
+    if value is None:
+        return
+    if not (isinstance(cli.server_class, type)
+            and issubclass(cli.server_class, RelayServer)):
+        cli.error('--relay-timeout needs -c RelayServer or a subclass')
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = 0
+    if not timeout > 0:
+        cli.error('--relay-timeout: not a positive number: %s' % value)
+    cli.server_kwargs['relay_timeout'] = timeout

@@ -2,6 +2,7 @@
 (smtpd_compat.extensions): parser tables, then live sessions."""
 import smtplib
 import subprocess
+import sys
 
 import pytest
 
@@ -390,3 +391,12 @@ def test_swaks_pipelining(live_server):
     (mailfrom, rcpttos, data, _), = live.server.messages
     assert rcpttos == ['b@example.com', 'c@example.com']
     assert b'piped' in data
+
+
+def test_cli_unknown_extension(python_path_env):
+    result = subprocess.run(
+        [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'DebuggingServer',
+         '--esmtp', 'pipelining,turbo'],
+        env=python_path_env, capture_output=True, timeout=30)
+    assert result.returncode == 1
+    assert b'--esmtp: unknown extension(s) TURBO' in result.stderr

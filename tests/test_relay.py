@@ -3,11 +3,14 @@ client, connection failures are 4xx, and 250 means the upstream took it.
 The upstream is another of our servers on port 0."""
 import smtplib
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
 from conftest import RecordingServer
+from test_delivery import free_port, wait_for_port
 from smtpd_compat import SMTPChannel
 from smtpd_compat.extensions import ESMTPServer, ExtensionsMixin
 from smtpd_compat.relay import RelayServer, UPSTREAM_UNAVAILABLE
@@ -188,3 +191,30 @@ def test_bad_configuration():
         RelayServer(('127.0.0.1', 0), None, map={})
     with pytest.raises(ValueError):
         RelayServer(('127.0.0.1', 0), ('127.0.0.1', 25), map={}, relay_timeout=0)
+
+
+def test_cli_relay(upstream, python_path_env):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'RelayServer',
+         '--relay-timeout', '5', '127.0.0.1:%d' % port,
+         '%s:%d' % upstream.address],
+        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(proc, port).close()
+        with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
+            refused = client.sendmail('a@x', ['ok@x', 'refused@x'], b'cli\r\n')
+        assert list(refused) == ['refused@x'] and refused['refused@x'][0] == 550
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert [m[2] for m in upstream.server.messages] == [['ok@x']]
+
+
+def test_cli_relay_timeout_errors(python_path_env):
+    for args, message in ((['--relay-timeout', '3'], b'needs -c RelayServer'),
+                          (['-c', 'RelayServer', '--relay-timeout', '-1'],
+                           b'not a positive number')):
+        result = subprocess.run([sys.executable, '-m', 'smtpd_compat', '-n'] + args,
+                                env=python_path_env, capture_output=True, timeout=30)
+        assert result.returncode == 1 and message in result.stderr
