@@ -520,18 +520,23 @@ class SMTPChannel(asynchat.async_chat):
         process_message and answer with its reply."""
         self.received_data = data
         args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
-        kwargs = {}
-        if not self._decode_data:
-            kwargs = {
-                'mail_options': self.mail_options,
-                'rcpt_options': self.rcpt_options,
-            }
-        status = self.smtp_server.process_message(*args, **kwargs)
+        status = self.smtp_server.process_message(*args,
+                                                  **self._message_kwargs())
         self._set_post_data_state()
         if not status:
             self.push('250 OK')
         else:
             self.push(status)
+
+    def _message_kwargs(self):
+        """The keyword arguments for process_message: none with
+        decode_data=True, else mail_options and rcpt_options."""
+        if self._decode_data:
+            return {}
+        return {
+            'mail_options': self.mail_options,
+            'rcpt_options': self.rcpt_options,
+        }
 
     def _unstuff(self, content):
         """Undo dot-stuffing (RFC 5321 section 4.5.2: a leading dot on any
