@@ -37,6 +37,9 @@ def send(controller, message=MESSAGE, mailfrom='ann@example.org',
 def open_fds():
     return set(os.listdir('/proc/self/fd'))
 
+# Leak checks compare with `<=`: no thread or descriptor may be added; one
+# that another test's leftover closes meanwhile must not fail this one.
+
 
 # -- capture -----------------------------------------------------------------
 
@@ -210,8 +213,8 @@ def test_loop_failure_surfaces_in_start(monkeypatch):
     with pytest.raises(RuntimeError, match='failed') as info:
         c.start()
     assert isinstance(info.value.__cause__, ZeroDivisionError)
-    assert set(threading.enumerate()) == threads
-    assert open_fds() == fds
+    assert set(threading.enumerate()) <= threads
+    assert open_fds() <= fds
 
 
 # -- addresses and errors ----------------------------------------------------
@@ -257,8 +260,8 @@ def test_bind_error_raises_in_caller_with_address():
             Controller(port=port).start()
         assert info.value.errno == errno.EADDRINUSE
         assert '127.0.0.1 port %d' % port in str(info.value)
-        assert open_fds() == fds
-    assert set(threading.enumerate()) == threads
+        assert open_fds() <= fds
+    assert set(threading.enumerate()) <= threads
 
 
 def test_unassigned_address_raises_with_address():
@@ -274,7 +277,7 @@ def test_bad_server_configuration_raises_in_caller():
         Controller(decode_data=True, enable_SMTPUTF8=True).start()
     with pytest.raises(TypeError):
         Controller(no_such_keyword=1).start()
-    assert open_fds() == fds
+    assert open_fds() <= fds
 
 
 # -- life cycle and races ----------------------------------------------------
@@ -326,7 +329,7 @@ def test_concurrent_stop_from_many_threads():
     for t in stoppers:
         t.join(10)
     assert errors == []
-    assert set(threading.enumerate()) == threads_before
+    assert set(threading.enumerate()) <= threads_before
 
 
 def test_stop_closes_open_sessions():
@@ -423,8 +426,8 @@ def test_200_start_stop_cycles_leak_no_thread_or_socket():
         if i % 50 == 0:
             send(c)
         c.stop()
-    assert set(threading.enumerate()) == threads
-    assert open_fds() == fds
+    assert set(threading.enumerate()) <= threads
+    assert open_fds() <= fds
 
 
 @pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='needs /proc/self/fd')
@@ -442,5 +445,5 @@ def test_plain_asyncore_loop_when_the_loop_module_is_missing(monkeypatch):
             assert c.messages[0]['Subject'] == 'Quarterly report'
         with session:
             assert session.recv(100) == b''     # closed by stop()
-    assert set(threading.enumerate()) == threads
-    assert open_fds() == fds
+    assert set(threading.enumerate()) <= threads
+    assert open_fds() <= fds
