@@ -455,5 +455,6 @@ def cli_configure(cli):
     unknown = {n.strip().upper() for n in names}.difference(EXTENSIONS)
     if unknown:
         cli.error('--esmtp: unknown extension(s) %s' % ', '.join(sorted(unknown)))
-    cli.mixins.append(ExtensionsMixin)
+    if not issubclass(cli.server_class, ExtensionsMixin):
+        cli.mixins.append(ExtensionsMixin)
     cli.server_kwargs['esmtp_extensions'] = tuple(names)

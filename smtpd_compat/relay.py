@@ -26,12 +26,14 @@ from typing import Optional
 import smtpd_compat as _smtpd
 from smtpd_compat.extensions import _MessageMixin
 
-__all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE']
+__all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE',
+           'CANNOT_FORWARD_ADDRESS']
 
 log = logging.getLogger('smtpd_compat.relay')
 
 #: The reply when the upstream server cannot be reached or went away.
 UPSTREAM_UNAVAILABLE = '451 4.4.1 Error: upstream server unavailable'
+CANNOT_FORWARD_ADDRESS = '553 5.6.7 Error: this address cannot be passed upstream'
 
 # Which upstream EHLO keyword a client parameter needs to be passed on.
 _FORWARD_IF = {'BODY': '8bitmime', 'SMTPUTF8': 'smtputf8', 'SIZE': 'size',
@@ -57,6 +59,10 @@ def _upstream_error(exc) -> str:
     if isinstance(exc, smtplib.SMTPResponseException) and \
             400 <= exc.smtp_code < 600:
         return _reply(exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, ValueError):
+        # smtplib refuses to send the address (non-ASCII without SMTPUTF8
+        # upstream, or a stray CR/LF): retrying would not help.
+        return CANNOT_FORWARD_ADDRESS
     log.warning('upstream failure: %r', exc)
     return UPSTREAM_UNAVAILABLE
 
@@ -105,7 +111,7 @@ class RelayChannel(_MessageMixin, _smtpd.SMTPChannel):
             self._upstream.ehlo_or_helo_if_needed()
             code, msg = self._upstream.mail(
                 address, self._forwarded(self.mail_options))
-        except (OSError, smtplib.SMTPException) as e:
+        except (OSError, smtplib.SMTPException, ValueError) as e:
             self._close_upstream()
             return _upstream_error(e)
         if code != 250:
@@ -123,6 +129,8 @@ class RelayChannel(_MessageMixin, _smtpd.SMTPChannel):
         try:
             code, msg = self._upstream.rcpt(
                 address, self._forwarded(self.rcpt_options))
+        except ValueError as e:
+            return _upstream_error(e)   # this address only; session intact
         except (OSError, smtplib.SMTPException) as e:
             self._close_upstream()
             return _upstream_error(e)

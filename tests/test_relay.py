@@ -9,11 +9,12 @@ import time
 
 import pytest
 
-from conftest import RecordingServer
+from conftest import RecordingServer, recv_reply
 from test_delivery import free_port, wait_for_port
 from smtpd_compat import SMTPChannel
 from smtpd_compat.extensions import ESMTPServer, ExtensionsMixin
-from smtpd_compat.relay import RelayServer, UPSTREAM_UNAVAILABLE
+from smtpd_compat.relay import (
+    CANNOT_FORWARD_ADDRESS, RelayServer, UPSTREAM_UNAVAILABLE)
 
 
 class PickyChannel(SMTPChannel):
@@ -218,3 +219,22 @@ def test_cli_relay_timeout_errors(python_path_env):
         result = subprocess.run([sys.executable, '-m', 'smtpd_compat', '-n'] + args,
                                 env=python_path_env, capture_output=True, timeout=30)
         assert result.returncode == 1 and message in result.stderr
+
+
+def test_address_smtplib_cannot_send_is_refused(relay, upstream, raw_client):
+    sock, _ = raw_client(relay.address)
+    sock.sendall(b'EHLO c\r\nMAIL FROM:<a@x>\r\n'
+                 + 'RCPT TO:<j\u00fcrgen@x>\r\n'.encode('utf-8')
+                 + b'RCPT TO:<ok@x>\r\nDATA\r\n')
+    sock.settimeout(5)
+    data = b''
+    while not data.endswith(b'354 End data with <CR><LF>.<CR><LF>\r\n'):
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    lines = data.decode().splitlines()
+    assert lines[-4:] == ['250 OK', CANNOT_FORWARD_ADDRESS,
+                          '250 OK', '354 End data with <CR><LF>.<CR><LF>']
+    sock.sendall(b'x\r\n.\r\n')
+    assert recv_reply(sock).startswith(b'250')
+    assert [m[2] for m in upstream.server.messages] == [['ok@x']]
