@@ -200,12 +200,11 @@ class _MessageMixin:
         return address, found
 
     def _message_kwargs(self) -> Dict[str, Any]:
-        if self._decode_data:
-            # Same rule as the stdlib: no keyword arguments at all then.
-            return {}
-        return {'mail_options': self.mail_options,
-                'rcpt_options': self.rcpt_options,
-                'recipient_options': self._recipient_options}
+        kwargs = super()._message_kwargs()
+        if not self._decode_data:
+            # (decode_data=True servers get no stdlib keywords either.)
+            kwargs['recipient_options'] = self._recipient_options
+        return kwargs
 
     def _process_data(self, data):
         self.received_data = data

@@ -400,3 +400,21 @@ def test_cli_unknown_extension(python_path_env):
         env=python_path_env, capture_output=True, timeout=30)
     assert result.returncode == 1
     assert b'--esmtp: unknown extension(s) TURBO' in result.stderr
+
+
+def test_other_mixins_keywords_survive(live_server, raw_client):
+    # Another capability's channel adds a keyword for process_message;
+    # the extensions channel keeps it (cooperative _message_kwargs).
+    class TaggingChannel(extensions._smtpd.SMTPChannel):
+        def _message_kwargs(self):
+            kwargs = super()._message_kwargs()
+            kwargs['tag'] = 'from-another-mixin'
+            return kwargs
+
+    class Tagged(Recorder):
+        channel_class = TaggingChannel
+    live = live_server(Tagged)
+    _, replies = bdat_session(raw_client, live, [b'abc'])
+    (_, _, _, kwargs), = live.server.messages
+    assert kwargs['tag'] == 'from-another-mixin'
+    assert kwargs['recipient_options'] == [[]]
