@@ -1,7 +1,8 @@
 """A discarding SMTP server for the benchmarks: ``sink.py IMPL PORTFILE``.
 
 IMPL is ``ours`` (smtpd_compat under smtpd_compat.loop.loop), ``ours-asyncore``
-(smtpd_compat under plain asyncore.loop) or ``stdlib`` (CPython's smtpd,
+(smtpd_compat under plain asyncore.loop), ``ours-nagle`` (ours without
+TCP_NODELAY, to measure what it buys) or ``stdlib`` (CPython's smtpd,
 Python <= 3.11).  Binds 127.0.0.1 port 0, writes the port to PORTFILE and
 serves until killed.  process_message keeps nothing, so what is measured is
 the protocol handling.
@@ -20,6 +21,8 @@ else:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
     import smtpd_compat as smtpd
     asyncore = smtpd.asyncore
+    if impl == 'ours-nagle':
+        smtpd._TCP_NODELAY = None
 
 
 class Sink(smtpd.SMTPServer):
@@ -32,7 +35,7 @@ with open(portfile + '.tmp', 'w') as f:
     f.write(str(server.socket.getsockname()[1]))
 os.replace(portfile + '.tmp', portfile)
 try:
-    if impl == 'ours':
+    if impl in ('ours', 'ours-nagle'):
         from smtpd_compat.loop import loop, raise_fd_limit
         raise_fd_limit()
         loop()
