@@ -519,10 +519,18 @@ class SMTPChannel(asynchat.async_chat):
         """Hand a complete message (already unstuffed) to
         process_message and answer with its reply."""
         self.received_data = data
-        args = (self.peer, self.mailfrom, self.rcpttos, self.received_data)
+        # Kept for the reply: _set_post_data_state() empties rcpttos.
+        rcpttos = self.rcpttos
+        args = (self.peer, self.mailfrom, rcpttos, self.received_data)
         status = self.smtp_server.process_message(*args,
                                                   **self._message_kwargs())
         self._set_post_data_state()
+        self._reply_to_message(status, rcpttos)
+
+    def _reply_to_message(self, status, rcpttos):
+        """Answer the end of DATA with process_message's result ``status``
+        for the envelope's recipients ``rcpttos``: the string itself, or
+        250 OK for None.  (LMTP overrides this to answer per recipient.)"""
         if not status:
             self.push('250 OK')
         else:

@@ -26,7 +26,6 @@ an auth file (the password is read from the terminal or stdin).
 """
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
 import logging
@@ -440,24 +439,13 @@ class AuthChannelMixin:
             params.pop('AUTH', None)
         return super().check_mail_parameters(params)
 
-    def _process_data(self, data):
-        server = self.smtp_server
-        if not server.auth_user_kwarg:
-            super()._process_data(data)
-            return
-        # The core calls process_message with a fixed set of keywords; for
-        # this one call, the server's process_message also gets auth_user.
-        # (An instance attribute shadows the method and is removed after.)
-        saved = server.__dict__.get('process_message')
-        server.process_message = functools.partial(
-            server.process_message, auth_user=self.auth_user)
-        try:
-            super()._process_data(data)
-        finally:
-            if saved is None:
-                del server.process_message
-            else:
-                server.process_message = saved
+    def _message_kwargs(self):
+        kwargs = super()._message_kwargs()
+        # Only servers that declare it accept the keyword (a stdlib-style
+        # process_message would raise TypeError on it).
+        if self.smtp_server.auth_user_kwarg:
+            kwargs['auth_user'] = self.auth_user
+        return kwargs
 
 
 class AuthServerMixin:

@@ -159,12 +159,13 @@ def enhance_reply(line: str, verb: Optional[str] = None) -> str:
 # Channel side
 
 class _MessageMixin:
-    """The one path from a complete message to process_message and the
-    reply, shared by this module's, lmtp's and relay's channels.
-
-    Subclasses extend :meth:`_message_kwargs` (what process_message gets
-    besides the stdlib arguments) and :meth:`_reply_to_message` (how its
-    result is answered: LMTP answers once per recipient)."""
+    """What this module's, lmtp's and relay's channels add to the core's
+    message path: each recipient's own RCPT parameters (passed to
+    process_message as ``recipient_options``) and the MAIL/RCPT argument as
+    written.  The path itself is the core's ``_process_data``; channels
+    extend its hooks :meth:`_message_kwargs` (what process_message gets
+    besides the stdlib arguments) and ``_reply_to_message`` (how its result
+    is answered: LMTP answers once per recipient)."""
 
     def _set_post_data_state(self):
         super()._set_post_data_state()
@@ -205,17 +206,6 @@ class _MessageMixin:
             # (decode_data=True servers get no stdlib keywords either.)
             kwargs['recipient_options'] = self._recipient_options
         return kwargs
-
-    def _process_data(self, data):
-        self.received_data = data
-        rcpttos = self.rcpttos
-        status = self.smtp_server.process_message(
-            self.peer, self.mailfrom, rcpttos, data, **self._message_kwargs())
-        self._set_post_data_state()
-        self._reply_to_message(status, rcpttos)
-
-    def _reply_to_message(self, status, rcpttos):
-        self.push(status or '250 OK')
 
 
 class ExtensionsChannelMixin(_MessageMixin):
