@@ -6,8 +6,12 @@ socket map in a background thread, and talk to them with real clients.
 import os
 import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import threading
+import time
+from typing import NamedTuple
 
 import pytest
 
@@ -31,23 +35,37 @@ def require_tool(name):
 
 
 class LiveServer:
-    """A server instance running its own socket map in a daemon thread."""
+    """A server instance running its own socket map in a daemon thread.
 
-    def __init__(self, server, map):
+    The map is served by ``asyncore.loop`` (what legacy code runs), or with
+    ``use_timers=True`` by ``smtpd_compat.loop.loop``, the only loop in
+    which timers (``smtpd_compat.loop.call_later``: idle timeouts,
+    handshake deadlines, ...) fire."""
+
+    def __init__(self, server, map, use_timers=False):
         self.server = server
         self.map = map
-        self.host, self.port = server.socket.getsockname()[:2]
+        name = server.socket.getsockname()
+        if isinstance(name, tuple):
+            self.host, self.port = name[:2]
+        else:                   # an AF_UNIX socket: its path
+            self.host, self.port = name, None
+        if use_timers:
+            from smtpd_compat import loop as timer_loop
+            self._loop, self._timeout = timer_loop.loop, 0.05
+        else:
+            self._loop, self._timeout = smtpd_compat.asyncore.loop, 0.01
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self):
         while not self._stop.is_set() and self.map:
-            smtpd_compat.asyncore.loop(timeout=0.01, map=self.map, count=1)
+            self._loop(timeout=self._timeout, map=self.map, count=1)
 
     def stop(self):
         self._stop.set()
-        self._thread.join(5)
+        self._thread.join(10)
         smtpd_compat.asyncore.close_all(map=self.map)
 
     @property
@@ -58,13 +76,16 @@ class LiveServer:
 @pytest.fixture
 def live_server():
     """Factory: ``live_server(ServerClass, **kwargs)`` starts the server on
-    127.0.0.1 port 0 and returns a LiveServer; all are stopped at teardown."""
+    127.0.0.1 port 0 (or ``localaddr``) and returns a LiveServer; all are
+    stopped at teardown.  ``use_timers=True`` serves it with
+    smtpd_compat.loop instead of asyncore.loop (see LiveServer)."""
     started = []
 
-    def start(server_class, remoteaddr=('127.0.0.1', 9), **kwargs):
+    def start(server_class, remoteaddr=('127.0.0.1', 9), *,
+              localaddr=('127.0.0.1', 0), use_timers=False, **kwargs):
         map = {}
-        server = server_class(('127.0.0.1', 0), remoteaddr, map=map, **kwargs)
-        live = LiveServer(server, map)
+        server = server_class(localaddr, remoteaddr, map=map, **kwargs)
+        live = LiveServer(server, map, use_timers=use_timers)
         started.append(live)
         return live
 
@@ -125,6 +146,103 @@ def raw_client():
     yield connect
     for sock in socks:
         sock.close()
+
+
+class TLSCerts(NamedTuple):
+    server_context: ssl.SSLContext
+    client_context: ssl.SSLContext
+    ca_file: str
+    cert_file: str      # certificate chain and private key, PEM
+
+
+@pytest.fixture(scope='module')
+def tls_certs(tmp_path_factory):
+    """A TLSCerts for 127.0.0.1 and localhost, issued at test time by a
+    trustme CA that client_context (and ca_file) trusts; skips without
+    trustme."""
+    trustme = pytest.importorskip('trustme')
+    ca = trustme.CA()
+    cert = ca.issue_cert('127.0.0.1', 'localhost')
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    d = tmp_path_factory.mktemp('tls')
+    ca.cert_pem.write_to_path(str(d / 'ca.pem'))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(d / 'server.pem'))
+    return TLSCerts(server_ctx, client_ctx, str(d / 'ca.pem'), str(d / 'server.pem'))
+
+
+def free_ports(count):
+    """``count`` distinct TCP ports free on 127.0.0.1 (bound all at once so
+    none repeats), for servers started in another process."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(('127.0.0.1', 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1."""
+    return free_ports(1)[0]
+
+
+def wait_for_port(proc, port, timeout=30.0):
+    """Wait until 127.0.0.1:``port`` accepts connections; fail (with the
+    process's output when it was piped) if ``proc`` exits first or after
+    ``timeout`` seconds (generous: interpreter start-up on a loaded CI
+    machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail('process exited with %r before port %d was open: '
+                        'stdout %r, stderr %r' % (proc.returncode, port, out, err))
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                out, err = proc.communicate()
+                pytest.fail('port %d not open after %ss: stdout %r, stderr %r'
+                            % (port, timeout, out, err))
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def cli_server(python_path_env):
+    """Factory: ``cli_server(*args, env=None, remoteaddr=None, **popen)``
+    runs ``python -m smtpd_compat -n ARGS 127.0.0.1:PORT [REMOTEADDR]``
+    (stdout and stderr piped as text unless ``popen`` says otherwise),
+    waits until it listens and returns ``(proc, port)``.  Processes still
+    running at teardown are killed."""
+    procs = []
+
+    def start(*args, env=None, remoteaddr=None, **popen):
+        port = free_port()
+        argv = [sys.executable, '-m', 'smtpd_compat', '-n'] + list(args)
+        argv.append('127.0.0.1:%d' % port)
+        if remoteaddr is not None:
+            argv.append('%s:%d' % tuple(remoteaddr))
+        popen.setdefault('stdout', subprocess.PIPE)
+        popen.setdefault('stderr', subprocess.PIPE)
+        popen.setdefault('text', True)
+        proc = subprocess.Popen(argv, env=python_path_env if env is None else env,
+                                **popen)
+        procs.append(proc)
+        wait_for_port(proc, port)
+        return proc, port
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 @pytest.fixture

@@ -3,18 +3,14 @@ import base64
 import io
 import smtplib
 import socket
-import ssl
 import subprocess
 import sys
-import time
 
 import pytest
 
 import smtpd_compat
 from smtpd_compat import auth
 from conftest import recv_reply, require_tool
-
-trustme = pytest.importorskip('trustme')
 
 USER, PASSWORD = 'alice', 'S3cret-p4ss'
 MESSAGE = b'Subject: hi\r\n\r\nauthenticated\r\n'
@@ -25,21 +21,6 @@ def b64(data):
 
 
 PLAIN_IR = b64(b'\0alice\0S3cret-p4ss')
-
-
-@pytest.fixture(scope='module')
-def certs(tmp_path_factory):
-    """(server context, client context, CA file, cert+key file)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert('127.0.0.1', 'localhost')
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    d = tmp_path_factory.mktemp('auth-tls')
-    ca.cert_pem.write_to_path(str(d / 'ca.pem'))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(d / 'server.pem'))
-    return server_ctx, client_ctx, str(d / 'ca.pem'), str(d / 'server.pem')
 
 
 def check(mechanism, login, password, channel):
@@ -57,8 +38,9 @@ class Submission(auth.SubmissionServer):
 
 
 @pytest.fixture
-def submission(live_server, certs):
-    return live_server(Submission, tls_context=certs[0], authenticator=check)
+def submission(live_server, tls_certs):
+    return live_server(Submission, tls_context=tls_certs.server_context,
+                       authenticator=check)
 
 
 def send_line(sock, line):
@@ -159,10 +141,10 @@ def test_hash_helper_command(python_path_env):
 
 @pytest.mark.parametrize('mechanism', ['PLAIN', 'LOGIN'])
 @pytest.mark.parametrize('initial_response', [True, False], ids=['ir', 'challenge'])
-def test_smtplib_login_delivers_with_auth_user(submission, certs, mechanism,
+def test_smtplib_login_delivers_with_auth_user(submission, tls_certs, mechanism,
                                                initial_response):
     with smtplib.SMTP(*submission.address, timeout=5) as client:
-        client.starttls(context=certs[1])
+        client.starttls(context=tls_certs.client_context)
         client.ehlo()
         client.user, client.password = USER, PASSWORD
         code, text = client.auth(mechanism,
@@ -200,8 +182,8 @@ def test_smtplib_login_delivers_with_auth_user(submission, certs, mechanism,
         'cancel-plain', 'cancel-login', 'bad-base64-ir', 'bad-base64-response',
         'empty-plain', 'empty-login-name', 'authzid-refused', 'unknown-mech',
         'syntax', 'already-authenticated', 'required-then-mail-auth-param'])
-def test_exchanges(submission, certs, exchange):
-    sock = tls_session(submission.address, certs[1])
+def test_exchanges(submission, tls_certs, exchange):
+    sock = tls_session(submission.address, tls_certs.client_context)
     for line, expected in exchange:
         reply = send_line(sock, line)
         assert reply.startswith(expected), (line, reply)
@@ -209,8 +191,8 @@ def test_exchanges(submission, certs, exchange):
     sock.close()
 
 
-def test_third_failure_closes_with_421(submission, certs):
-    sock = tls_session(submission.address, certs[1])
+def test_third_failure_closes_with_421(submission, tls_certs):
+    sock = tls_session(submission.address, tls_certs.client_context)
     bad = b64(b'\0alice\0wrong')
     assert send_line(sock, 'AUTH PLAIN ' + bad).startswith('535 5.7.8')
     assert send_line(sock, 'AUTH LOGIN ' + b64(b'alice')).startswith('334')
@@ -229,43 +211,45 @@ def test_auth_needs_tls(submission, raw_client):
     assert send_line(sock, 'MAIL FROM:<a@example.com>').startswith('530 5.7.0')
 
 
-def test_require_starttls_answers_auth_with_530(live_server, certs, raw_client):
-    server = live_server(Submission, tls_context=certs[0], authenticator=check,
-                         require_starttls=True)
+def test_require_starttls_answers_auth_with_530(live_server, tls_certs, raw_client):
+    server = live_server(Submission, tls_context=tls_certs.server_context,
+                         authenticator=check, require_starttls=True)
     sock, _ = raw_client(server.address)
     send_line(sock, 'EHLO me')
     assert send_line(sock, 'AUTH PLAIN ' + PLAIN_IR) == \
         '530 5.7.0 Must issue a STARTTLS command first\r\n'
 
 
-def test_auth_forgotten_after_starttls(live_server, certs):
-    server = live_server(Submission, tls_context=certs[0], authenticator=check,
-                         auth_allow_plaintext=True)
+def test_auth_forgotten_after_starttls(live_server, tls_certs):
+    server = live_server(Submission, tls_context=tls_certs.server_context,
+                         authenticator=check, auth_allow_plaintext=True)
     with smtplib.SMTP(*server.address, timeout=5) as client:
         client.ehlo()
         assert b'AUTH PLAIN LOGIN' in client.ehlo_resp
         client.login(USER, PASSWORD)
-        client.starttls(context=certs[1])
+        client.starttls(context=tls_certs.client_context)
         client.ehlo()
         # RFC 3207 4.2: the identity learnt before TLS is gone.
         assert client.docmd('MAIL FROM:<a@example.com>')[0] == 530
 
 
-def test_implicit_tls_auth(live_server, certs):
-    server = live_server(Submission, tls_context=certs[0], authenticator=check,
-                         implicit_tls=True)
-    with smtplib.SMTP_SSL(*server.address, context=certs[1], timeout=5) as client:
+def test_implicit_tls_auth(live_server, tls_certs):
+    server = live_server(Submission, tls_context=tls_certs.server_context,
+                         authenticator=check, implicit_tls=True)
+    with smtplib.SMTP_SSL(*server.address, context=tls_certs.client_context,
+                          timeout=5) as client:
         client.login(USER, PASSWORD)
         client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
     assert server.server.messages[0][3] == USER
 
 
-def test_broken_authenticator_gives_454(live_server, certs, capfd):
+def test_broken_authenticator_gives_454(live_server, tls_certs, capfd):
     def broken(*args):
         raise RuntimeError('database down')
 
-    server = live_server(Submission, tls_context=certs[0], authenticator=broken)
-    sock = tls_session(server.address, certs[1])
+    server = live_server(Submission, tls_context=tls_certs.server_context,
+                         authenticator=broken)
+    sock = tls_session(server.address, tls_certs.client_context)
     assert send_line(sock, 'AUTH PLAIN ' + PLAIN_IR).startswith('454 4.7.0')
     assert send_line(sock, 'NOOP') == '250 OK\r\n'
     sock.close()
@@ -273,18 +257,19 @@ def test_broken_authenticator_gives_454(live_server, certs, capfd):
     assert out == '' and PASSWORD not in err
 
 
-def test_channel_debug_output_is_redacted(live_server, certs, monkeypatch):
+def test_channel_debug_output_is_redacted(live_server, tls_certs, monkeypatch):
     debug = io.StringIO()
     monkeypatch.setattr(smtpd_compat, 'DEBUGSTREAM', debug)
-    server = live_server(Submission, tls_context=certs[0], authenticator=check)
-    sock = tls_session(server.address, certs[1])
+    server = live_server(Submission, tls_context=tls_certs.server_context,
+                         authenticator=check)
+    sock = tls_session(server.address, tls_certs.client_context)
     send_line(sock, 'AUTH PLAIN ' + PLAIN_IR)
     sock.close()
-    sock = tls_session(server.address, certs[1])
+    sock = tls_session(server.address, tls_certs.client_context)
     send_line(sock, 'AUTH LOGIN ' + b64(USER.encode()))
     send_line(sock, b64(PASSWORD.encode()))
     sock.close()
-    time.sleep(0.1)
+    # Each line is written to DEBUGSTREAM before its reply was sent.
     text = debug.getvalue()
     assert "Data: b'AUTH PLAIN ***'" in text
     for secret in (PASSWORD, PLAIN_IR, b64(PASSWORD.encode())):
@@ -297,9 +282,10 @@ def test_channel_debug_output_is_redacted(live_server, certs, monkeypatch):
     ({'authenticator': check, 'auth_mechanisms': ['CRAM-MD5']}, ValueError),
     ({'authenticator': check, 'auth_max_failures': 0}, ValueError),
 ], ids=['no-authenticator', 'not-callable', 'unknown-mechanism', 'zero-failures'])
-def test_bad_configuration_raises(certs, kwargs, error):
+def test_bad_configuration_raises(tls_certs, kwargs, error):
     with pytest.raises(error):
-        Submission(('127.0.0.1', 0), None, map={}, tls_context=certs[0], **kwargs)
+        Submission(('127.0.0.1', 0), None, map={},
+                   tls_context=tls_certs.server_context, **kwargs)
 
 
 def test_auth_without_tls_must_be_explicit():
@@ -317,10 +303,10 @@ def test_auth_without_tls_must_be_explicit():
 
 @pytest.mark.parametrize('mechanism', ['PLAIN', 'LOGIN'])
 @pytest.mark.parametrize('implicit', [False, True], ids=['tls', 'tlsc'])
-def test_swaks(live_server, certs, mechanism, implicit):
+def test_swaks(live_server, tls_certs, mechanism, implicit):
     swaks = require_tool('swaks')
-    server = live_server(Submission, tls_context=certs[0], authenticator=check,
-                         implicit_tls=implicit)
+    server = live_server(Submission, tls_context=tls_certs.server_context,
+                         authenticator=check, implicit_tls=implicit)
     base = [swaks, '--server', '%s:%d' % server.address,
             '--tlsc' if implicit else '--tls', '--auth', mechanism,
             '--from', 'a@example.com', '--to', 'b@example.com',
@@ -337,10 +323,10 @@ def test_swaks(live_server, certs, mechanism, implicit):
     assert len(server.server.messages) == 1
 
 
-def test_curl_auth(submission, certs):
+def test_curl_auth(submission, tls_certs):
     curl = require_tool('curl')
     result = subprocess.run(
-        [curl, '--ssl-reqd', '--cacert', certs[2], '-sS',
+        [curl, '--ssl-reqd', '--cacert', tls_certs.ca_file, '-sS',
          'smtp://127.0.0.1:%d' % submission.port, '--user',
          '%s:%s' % (USER, PASSWORD), '--mail-from', 'a@example.com',
          '--mail-rcpt', 'b@example.com', '-T', '-'],
@@ -349,35 +335,17 @@ def test_curl_auth(submission, certs):
     assert submission.server.messages[0][3] == USER
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def test_cli_with_debug_never_shows_credentials(certs, tmp_path, python_path_env):
+def test_cli_with_debug_never_shows_credentials(tls_certs, tmp_path, cli_server):
     users = tmp_path / 'users'
     users.write_text('%s:%s\n' % (USER, auth.hash_password(PASSWORD)))
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'smtpd_compat', '-n', '-d', '-c', 'DebuggingServer',
-         '--tls-cert', certs[3], '--auth-file', str(users), '--auth-required',
-         '127.0.0.1:%d' % port],
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    proc, port = cli_server(
+        '-d', '-c', 'DebuggingServer', '--tls-cert', tls_certs.cert_file,
+        '--auth-file', str(users), '--auth-required')
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline
-            try:
-                socket.create_connection(('127.0.0.1', port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         for mechanism in ('PLAIN', 'LOGIN'):
             for initial_response in (True, False):
                 with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
-                    client.starttls(context=certs[1])
+                    client.starttls(context=tls_certs.client_context)
                     client.ehlo()
                     client.user, client.password = USER, PASSWORD
                     client.auth(mechanism,
@@ -385,7 +353,7 @@ def test_cli_with_debug_never_shows_credentials(certs, tmp_path, python_path_env
                                 initial_response_ok=initial_response)
                     client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
         with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
-            client.starttls(context=certs[1])
+            client.starttls(context=tls_certs.client_context)
             client.ehlo()
             with pytest.raises(smtplib.SMTPAuthenticationError):
                 client.login(USER, PASSWORD + 'x')

@@ -6,8 +6,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
@@ -15,24 +13,7 @@ import smtpd_compat
 from smtpd_compat import tls
 from conftest import RecordingServer, recv_reply, require_tool
 
-trustme = pytest.importorskip('trustme')
-
 MESSAGE = b'Subject: hello\r\n\r\nover TLS\r\n'
-
-
-@pytest.fixture(scope='module')
-def certs(tmp_path_factory):
-    """(server context, client context, CA file, cert+key file)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert('127.0.0.1', 'localhost')
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    d = tmp_path_factory.mktemp('tls')
-    ca.cert_pem.write_to_path(str(d / 'ca.pem'))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(d / 'server.pem'))
-    return server_ctx, client_ctx, str(d / 'ca.pem'), str(d / 'server.pem')
 
 
 class TLSRecorder(tls.TLSServerMixin, RecordingServer):
@@ -40,13 +21,14 @@ class TLSRecorder(tls.TLSServerMixin, RecordingServer):
 
 
 @pytest.fixture
-def starttls_server(live_server, certs):
-    return live_server(TLSRecorder, tls_context=certs[0])
+def starttls_server(live_server, tls_certs):
+    return live_server(TLSRecorder, tls_context=tls_certs.server_context)
 
 
 @pytest.fixture
-def smtps_server(live_server, certs):
-    return live_server(TLSRecorder, tls_context=certs[0], implicit_tls=True)
+def smtps_server(live_server, tls_certs):
+    return live_server(TLSRecorder, tls_context=tls_certs.server_context,
+                       implicit_tls=True)
 
 
 def send_line(sock, line):
@@ -63,11 +45,11 @@ def starttls_raw(address, client_ctx):
     return client_ctx.wrap_socket(sock, server_hostname='127.0.0.1')
 
 
-def test_starttls_advertised_only_before_tls_and_session_reset(starttls_server, certs):
+def test_starttls_advertised_only_before_tls_and_session_reset(starttls_server, tls_certs):
     with smtplib.SMTP(*starttls_server.address, timeout=5) as client:
         code, text = client.ehlo('before')
         assert b'STARTTLS' in text.split(b'\n')
-        client.starttls(context=certs[1])
+        client.starttls(context=tls_certs.client_context)
         # RFC 3207 4.2: the greeting is forgotten, EHLO must come again.
         assert client.docmd('MAIL FROM:<a@example.com>')[0] == 503
         code, text = client.ehlo('after')
@@ -87,8 +69,8 @@ def test_starttls_syntax_and_order(starttls_server, raw_client):
     assert send_line(sock, b'STARTTLS now') == b'501 5.5.4 Syntax: STARTTLS\r\n'
 
 
-def test_implicit_tls_greets_inside_tls(smtps_server, certs):
-    with smtplib.SMTP_SSL(*smtps_server.address, context=certs[1],
+def test_implicit_tls_greets_inside_tls(smtps_server, tls_certs):
+    with smtplib.SMTP_SSL(*smtps_server.address, context=tls_certs.client_context,
                           timeout=5) as client:
         code, text = client.ehlo('me')
         assert b'STARTTLS' not in text
@@ -98,7 +80,7 @@ def test_implicit_tls_greets_inside_tls(smtps_server, certs):
 
 
 def test_implicit_tls_plaintext_client_gets_nothing_and_server_survives(
-        smtps_server, certs, capfd):
+        smtps_server, tls_certs, capfd):
     sock = socket.create_connection(smtps_server.address, timeout=5)
     sock.sendall(b'EHLO plaintext\r\n')
     # A failed handshake closes the connection; no 220 in clear text.
@@ -113,7 +95,7 @@ def test_implicit_tls_plaintext_client_gets_nothing_and_server_survives(
         data += chunk
     assert b'220' not in data
     sock.close()
-    with smtplib.SMTP_SSL(*smtps_server.address, context=certs[1],
+    with smtplib.SMTP_SSL(*smtps_server.address, context=tls_certs.client_context,
                           timeout=5) as client:
         assert client.noop()[0] == 250
     out, err = capfd.readouterr()
@@ -121,7 +103,7 @@ def test_implicit_tls_plaintext_client_gets_nothing_and_server_survives(
     assert out == ''
 
 
-def test_pipelined_commands_after_starttls_are_discarded(starttls_server, certs,
+def test_pipelined_commands_after_starttls_are_discarded(starttls_server, tls_certs,
                                                          monkeypatch):
     debug = io.StringIO()
     monkeypatch.setattr(smtpd_compat, 'DEBUGSTREAM', debug)
@@ -132,7 +114,7 @@ def test_pipelined_commands_after_starttls_are_discarded(starttls_server, certs,
                  b'RCPT TO:<victim@example.com>\r\n')
     # Exactly the 220, nothing for the injected commands.
     assert recv_reply(sock) == b'220 2.0.0 Ready to start TLS\r\n'
-    tsock = certs[1].wrap_socket(sock, server_hostname='127.0.0.1')
+    tsock = tls_certs.client_context.wrap_socket(sock, server_hostname='127.0.0.1')
     # The injected MAIL left no state behind (and the greeting is gone).
     assert send_line(tsock, b'RCPT TO:<x@example.com>') == \
         b'503 Error: send HELO first\r\n'
@@ -144,9 +126,9 @@ def test_pipelined_commands_after_starttls_are_discarded(starttls_server, certs,
     assert 'victim' not in debug.getvalue()
 
 
-def test_stalled_handshakes_do_not_block_others(live_server, certs):
+def test_stalled_handshakes_do_not_block_others(live_server, tls_certs):
     for implicit in (True, False):
-        server = live_server(TLSRecorder, tls_context=certs[0],
+        server = live_server(TLSRecorder, tls_context=tls_certs.server_context,
                              implicit_tls=implicit)
         stalled = []
         # One client says nothing at all, one sends half a ClientHello.
@@ -161,10 +143,11 @@ def test_stalled_handshakes_do_not_block_others(live_server, certs):
         raw_hello = _client_hello()
         half.sendall(raw_hello[:len(raw_hello) // 2])
         if implicit:
-            client = smtplib.SMTP_SSL(*server.address, context=certs[1], timeout=5)
+            client = smtplib.SMTP_SSL(*server.address,
+                                      context=tls_certs.client_context, timeout=5)
         else:
             client = smtplib.SMTP(*server.address, timeout=5)
-            client.starttls(context=certs[1])
+            client.starttls(context=tls_certs.client_context)
         client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
         client.quit()
         assert len(server.server.messages) == 1
@@ -183,7 +166,7 @@ def _client_hello():
 
 
 def test_failed_starttls_handshake_closes_only_that_connection(
-        starttls_server, certs, capfd):
+        starttls_server, tls_certs, capfd):
     sock = socket.create_connection(starttls_server.address, timeout=5)
     recv_reply(sock)
     send_line(sock, b'EHLO me')
@@ -196,14 +179,14 @@ def test_failed_starttls_handshake_closes_only_that_connection(
     assert not rest.startswith(b'2')
     sock.close()
     with smtplib.SMTP(*starttls_server.address, timeout=5) as client:
-        client.starttls(context=certs[1])
+        client.starttls(context=tls_certs.client_context)
         assert client.ehlo()[0] == 250
     out, err = capfd.readouterr()
     assert out == '' and 'Traceback' not in err
 
 
-def test_require_starttls(live_server, certs):
-    server = live_server(TLSRecorder, tls_context=certs[0],
+def test_require_starttls(live_server, tls_certs):
+    server = live_server(TLSRecorder, tls_context=tls_certs.server_context,
                          require_starttls=True)
     refusal = (530, b'5.7.0 Must issue a STARTTLS command first')
     with smtplib.SMTP(*server.address, timeout=5) as client:
@@ -211,16 +194,16 @@ def test_require_starttls(live_server, certs):
         assert client.docmd('MAIL FROM:<a@example.com>') == refusal
         assert client.docmd('RCPT TO:<a@example.com>') == refusal
         assert client.docmd('DATA') == refusal
-        client.starttls(context=certs[1])
+        client.starttls(context=tls_certs.client_context)
         client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
     assert len(server.server.messages) == 1
 
 
-def test_big_message_and_pipelined_burst_over_tls(starttls_server, certs):
+def test_big_message_and_pipelined_burst_over_tls(starttls_server, tls_certs):
     # Many commands in one TLS record, and a message larger than one
     # record: input OpenSSL holds decrypted must be read without waiting
     # for another socket event.
-    tsock = starttls_raw(starttls_server.address, certs[1])
+    tsock = starttls_raw(starttls_server.address, tls_certs.client_context)
     send_line(tsock, b'EHLO me')
     tsock.sendall(b'NOOP\r\n' * 40)
     replies = b''
@@ -240,31 +223,17 @@ def test_big_message_and_pipelined_burst_over_tls(starttls_server, certs):
     assert data == body.replace(b'\r\n', b'\n')[:-1]
 
 
-def test_handshake_timeout_with_loop_timers(certs):
-    loop = pytest.importorskip('smtpd_compat.loop')
-    map = {}
-    server = TLSRecorder(('127.0.0.1', 0), None, map=map, tls_context=certs[0],
-                         implicit_tls=True, tls_handshake_timeout=0.2)
-    stop = threading.Event()
-
-    def run():
-        while not stop.is_set():
-            loop.loop(timeout=0.05, map=map, count=1)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+def test_handshake_timeout_with_loop_timers(live_server, tls_certs):
+    live = live_server(TLSRecorder, None, tls_context=tls_certs.server_context,
+                       implicit_tls=True, tls_handshake_timeout=0.2,
+                       use_timers=True)
+    sock = socket.create_connection(live.address, timeout=10)
+    sock.sendall(_client_hello()[:20])
     try:
-        sock = socket.create_connection(server.socket.getsockname(), timeout=10)
-        sock.sendall(_client_hello()[:20])
-        try:
-            assert sock.recv(4096) == b''   # closed by the server
-        except ConnectionResetError:
-            pass
-        sock.close()
-    finally:
-        stop.set()
-        thread.join(5)
-        smtpd_compat.asyncore.close_all(map=map)
+        assert sock.recv(4096) == b''   # closed by the server
+    except ConnectionResetError:
+        pass
+    sock.close()
 
 
 @pytest.mark.parametrize('kwargs, error', [
@@ -273,10 +242,10 @@ def test_handshake_timeout_with_loop_timers(certs):
     ({'implicit_tls': True, 'require_starttls': True}, ValueError),
     ({'tls_handshake_timeout': 0}, ValueError),
 ], ids=['no-context', 'not-a-context', 'implicit+require', 'zero-timeout'])
-def test_bad_configuration_raises(certs, kwargs, error):
+def test_bad_configuration_raises(tls_certs, kwargs, error):
     kwargs = dict(kwargs)
     if 'tls_context' not in kwargs and kwargs:
-        kwargs['tls_context'] = certs[0]
+        kwargs['tls_context'] = tls_certs.server_context
     with pytest.raises(error):
         TLSRecorder(('127.0.0.1', 0), None, map={}, **kwargs)
 
@@ -296,10 +265,10 @@ def test_swaks_starttls_and_implicit(starttls_server, smtps_server):
         assert 'TLS started' in result.stdout
 
 
-def test_curl_ssl_reqd(starttls_server, certs):
+def test_curl_ssl_reqd(starttls_server, tls_certs):
     curl = require_tool('curl')
     result = subprocess.run(
-        [curl, '--ssl-reqd', '--cacert', certs[2], '-sS',
+        [curl, '--ssl-reqd', '--cacert', tls_certs.ca_file, '-sS',
          'smtp://127.0.0.1:%d' % starttls_server.port,
          '--mail-from', 'a@example.com', '--mail-rcpt', 'b@example.com',
          '-T', '-'], input=MESSAGE, capture_output=True, timeout=30)
@@ -308,40 +277,17 @@ def test_curl_ssl_reqd(starttls_server, certs):
     assert rcpttos == ['b@example.com'] and b'over TLS' in data
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port, proc):
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError('server did not start')
-
-
 @pytest.mark.parametrize('smtps', [False, True], ids=['starttls', 'smtps'])
-def test_cli(certs, python_path_env, smtps):
-    port = _free_port()
-    argv = [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'DebuggingServer',
-            '--tls-cert', certs[3], '127.0.0.1:%d' % port]
-    if smtps:
-        argv.insert(-1, '--smtps')
-    proc = subprocess.Popen(argv, env=python_path_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def test_cli(tls_certs, cli_server, smtps):
+    proc, port = cli_server('-c', 'DebuggingServer', '--tls-cert', tls_certs.cert_file,
+                            *(['--smtps'] if smtps else []))
     try:
-        _wait_for_port(port, proc)
         if smtps:
-            client = smtplib.SMTP_SSL('127.0.0.1', port, context=certs[1], timeout=5)
+            client = smtplib.SMTP_SSL('127.0.0.1', port,
+                                      context=tls_certs.client_context, timeout=5)
         else:
             client = smtplib.SMTP('127.0.0.1', port, timeout=5)
-            client.starttls(context=certs[1])
+            client.starttls(context=tls_certs.client_context)
         client.sendmail('a@example.com', ['b@example.com'], MESSAGE)
         client.quit()
     finally:
@@ -355,8 +301,8 @@ def test_cli(certs, python_path_env, smtps):
     ['--smtps'], ['--tls-key', 'x.pem'], ['--tls-cert', '/nonexistent.pem'],
     ['--tls-cert', 'CERT', '--smtps', '--require-starttls'],
 ], ids=['smtps-alone', 'key-alone', 'missing-file', 'smtps+require'])
-def test_cli_configuration_errors(certs, python_path_env, args):
-    args = [certs[3] if a == 'CERT' else a for a in args]
+def test_cli_configuration_errors(tls_certs, python_path_env, args):
+    args = [tls_certs.cert_file if a == 'CERT' else a for a in args]
     result = subprocess.run(
         [sys.executable, '-m', 'smtpd_compat', '-n'] + args + ['127.0.0.1:0'],
         env=python_path_env, capture_output=True, text=True, timeout=30)
