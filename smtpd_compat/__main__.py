@@ -96,10 +96,12 @@ def _resolve_class(classname, modules):
 
 
 def _serve(cli, server):
-    loop = getattr(sys.modules.get('smtpd_compat.loop'), 'loop', None)
-    if loop is None:
-        loop = _smtpd.asyncore.loop
-    loop()
+    """Serve with smtpd_compat's epoll loop (asyncore.loop's select() stops
+    at 1,024 descriptors), with the open-files limit raised to the hard
+    limit so that many connections can be held."""
+    from smtpd_compat import loop
+    loop.raise_fd_limit()
+    loop.loop()
 
 
 def _terminate(signum, frame):
