@@ -132,6 +132,17 @@ def recv_reply(sock, timeout=5.0):
             return data
 
 
+def read_to_eof(sock, timeout=10.0):
+    """Everything a raw socket receives until the peer closes it."""
+    sock.settimeout(timeout)
+    data = b''
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 @pytest.fixture
 def raw_client():
     """Factory: ``raw_client(address)`` opens a TCP socket, reads the

@@ -5,11 +5,9 @@ import os
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -89,30 +87,6 @@ def test_invalid_size(python_path_env):
     assert (out.returncode, out.stdout, out.stderr) == (1, '', 'Invalid size: lots\n')
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _start(env, *args):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'smtpd_compat', '-n'] + list(args) + ['127.0.0.1:%d' % port],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=1).close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out, err = proc.communicate()
-                pytest.fail('server did not start: %r %r' % (out, err))
-            time.sleep(0.05)
-
-
 def _stop(proc, sig=signal.SIGTERM):
     proc.send_signal(sig)
     try:
@@ -126,8 +100,8 @@ MESSAGE = b'From: a@example.org\r\nSubject: cli\r\n\r\nbody line\r\n.leading dot
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
-def test_debugging_server_prints_message_and_exits_quietly(python_path_env, sig):
-    proc, port = _start(python_path_env, '-c', 'DebuggingServer')
+def test_debugging_server_prints_message_and_exits_quietly(cli_server, sig):
+    proc, port = cli_server('-c', 'DebuggingServer')
     with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
         # Like the stdlib's CLI, no SIZE unless -s is given (the server gets
         # data_size_limit=None), so smtplib sends no MAIL options.
@@ -148,8 +122,8 @@ def test_debugging_server_prints_message_and_exits_quietly(python_path_env, sig)
         "------------ END MESSAGE ------------\n")
 
 
-def test_smtputf8_flag(python_path_env):
-    proc, port = _start(python_path_env, '-u', '-c', 'DebuggingServer')
+def test_smtputf8_flag(cli_server):
+    proc, port = cli_server('-u', '-c', 'DebuggingServer')
     with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
         code, text = client.ehlo()
         assert b'SMTPUTF8' in text
@@ -157,16 +131,16 @@ def test_smtputf8_flag(python_path_env):
     assert proc.returncode == 0
 
 
-def test_size_flag(python_path_env):
-    proc, port = _start(python_path_env, '-s', '1000', '-c', 'DebuggingServer')
+def test_size_flag(cli_server):
+    proc, port = cli_server('-s', '1000', '-c', 'DebuggingServer')
     with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
         client.ehlo()
         assert client.esmtp_features['size'] == '1000'
     _stop(proc)
 
 
-def test_debug_flag_writes_to_stderr(python_path_env):
-    proc, port = _start(python_path_env, '-d', '-c', 'DebuggingServer')
+def test_debug_flag_writes_to_stderr(cli_server):
+    proc, port = cli_server('-d', '-c', 'DebuggingServer')
     with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
         client.noop()
     out, err = _stop(proc)
@@ -175,7 +149,7 @@ def test_debug_flag_writes_to_stderr(python_path_env):
     assert 'Incoming connection from' in err
 
 
-def test_dotted_class_name(python_path_env, tmp_path):
+def test_dotted_class_name(python_path_env, cli_server, tmp_path):
     (tmp_path / 'my_cli_server.py').write_text(textwrap.dedent('''
         import smtpd_compat
 
@@ -186,7 +160,7 @@ def test_dotted_class_name(python_path_env, tmp_path):
     '''))
     env = dict(python_path_env)
     env['PYTHONPATH'] = str(tmp_path) + os.pathsep + env['PYTHONPATH']
-    proc, port = _start(env, '-c', 'my_cli_server.Shouting')
+    proc, port = cli_server('-c', 'my_cli_server.Shouting', env=env)
     with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
         client.ehlo()
         client.mail('a@b')

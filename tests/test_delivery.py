@@ -152,39 +152,18 @@ def test_done_when_bdat_and_dsn_arrive_byte_exact(live_server, tmp_path):
     assert binary in read_new(maildir)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(proc, port, deadline=10.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            return socket.create_connection(('127.0.0.1', port), timeout=1)
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail('server did not start listening')
-
-
-def test_cli_maildir_with_extensions(tmp_path, python_path_env):
+def test_cli_maildir_with_extensions(tmp_path, cli_server):
     maildir = str(tmp_path / 'md')
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'MaildirServer',
-         '--maildir', maildir, '--esmtp', 'all', '127.0.0.1:%d' % port],
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, port = cli_server('-c', 'MaildirServer', '--maildir', maildir,
+                            '--esmtp', 'all')
     try:
-        wait_for_port(proc, port).close()
         replies = send_bdat_with_dsn(('127.0.0.1', port), BDAT_MESSAGE)
         assert replies[-2] == '250 2.0.0 OK'
         assert read_new(maildir) == [BDAT_MESSAGE.replace(b'\r\n', b'\n')]
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=10)
-    assert out == b''
+    assert out == ''
 
 
 @pytest.mark.parametrize('args, message', [

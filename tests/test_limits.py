@@ -5,7 +5,6 @@ import logging
 import selectors
 import smtplib
 import socket
-import threading
 import time
 
 import pytest
@@ -17,47 +16,21 @@ from smtpd_compat.limits import (
     LimitedServer, LimitsServerMixin, PRODUCTION_DEFAULTS, cli_configure)
 from smtpd_compat.logging_ import SessionLogServerMixin
 
-from conftest import RecordingServer, recv_reply
+from conftest import RecordingServer, read_to_eof, recv_reply
 
 
 class Limited(LimitsServerMixin, RecordingServer):
     pass
 
 
-class Runner:
-    """A server on its own map, served by smtpd_compat.loop in a thread."""
-
-    def __init__(self, server_class, **kwargs):
-        self.map = {}
-        self.server = server_class(('127.0.0.1', 0), ('127.0.0.1', 9),
-                                   map=self.map, **kwargs)
-        self.address = self.server.socket.getsockname()[:2]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set() and self.map:
-            sloop.loop(timeout=0.05, map=self.map, count=1)
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join(10)
-        smtpd_compat.asyncore.close_all(map=self.map)
-
-
 @pytest.fixture
-def serve():
-    runners = []
-
+def serve(live_server):
+    """Factory: a live server (Limited by default) served by
+    smtpd_compat.loop, whose timers drive the timeouts."""
     def start(server_class=Limited, **kwargs):
-        runner = Runner(server_class, **kwargs)
-        runners.append(runner)
-        return runner
+        return live_server(server_class, use_timers=True, **kwargs)
 
-    yield start
-    for runner in runners:
-        runner.stop()
+    return start
 
 
 @pytest.fixture
@@ -75,16 +48,6 @@ def connect():
     yield open_
     for sock in socks:
         sock.close()
-
-
-def read_to_eof(sock, timeout=5.0):
-    sock.settimeout(timeout)
-    data = b''
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
 
 
 def command(sock, line):

@@ -5,11 +5,10 @@ import smtplib
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
-from conftest import LiveServer, recv_reply, require_tool
+from conftest import recv_reply, require_tool
 from smtpd_compat.delivery import MaildirServer
 from smtpd_compat.extensions import ExtensionsMixin
 from smtpd_compat.lmtp import LMTPServer
@@ -99,26 +98,14 @@ def test_smtplib_lmtp_over_tcp(live_server):
 
 
 @pytest.fixture
-def unix_server(tmp_path):
-    started = []
-
+def unix_server(tmp_path, live_server):
     def start(server_class, **kwargs):
         path = str(tmp_path / 'lmtp.sock')
-        map = {}
-        server = server_class(None, None, map=map, unix_socket=path, **kwargs)
-        # LiveServer.__init__ wants (host, port) from getsockname(); set up
-        # the same fields for a path.
-        live = LiveServer.__new__(LiveServer)
-        live.server, live.map, live.host, live.port = server, map, path, None
-        live._stop = threading.Event()
-        live._thread = threading.Thread(target=live._run, daemon=True)
-        live._thread.start()
-        started.append(live)
+        live = live_server(server_class, None, localaddr=None,
+                           unix_socket=path, **kwargs)
         return live, path
 
-    yield start
-    for live in started:
-        live.stop()
+    return start
 
 
 def test_unix_socket_with_smtplib(unix_server):

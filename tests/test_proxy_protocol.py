@@ -2,7 +2,6 @@
 and a real haproxy in front of two server processes."""
 import os
 import re
-import select
 import smtplib
 import socket
 import struct
@@ -17,7 +16,8 @@ from smtpd_compat.proxy_protocol import (
     V2_SIGNATURE, ProxyHeader, ProxyProtocolError, ProxyProtocolServerMixin,
     parse_proxy_header)
 
-from conftest import RecordingServer, recv_reply, require_tool
+from conftest import (
+    RecordingServer, free_ports, recv_reply, require_tool, wait_for_port)
 
 
 def v2(cmd=1, fam=0x11, addresses=b'', tlvs=b''):
@@ -229,31 +229,6 @@ def example_haproxy_cfg():
     return '\n'.join(lines[start:]).strip() + '\n'
 
 
-def free_ports(n):
-    """n distinct free ports (all bound at once, so none repeats)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(('127.0.0.1', 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def wait_for_port(port, proc, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError('process exited: %r' % proc.returncode)
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError('port %d never opened' % port)
-
-
 def test_haproxy_send_proxy_v1_and_v2(tmp_path, python_path_env):
     haproxy = require_tool('haproxy')
     front, p1, p2 = free_ports(3)
@@ -276,14 +251,14 @@ def test_haproxy_send_proxy_v1_and_v2(tmp_path, python_path_env):
                  '127.0.0.1:%d' % port],
                 stdout=out, stderr=subprocess.STDOUT, env=env))
         for port, proc in zip((p1, p2), procs):
-            wait_for_port(port, proc)
+            wait_for_port(proc, port)
         hap_out = open(tmp_path / 'haproxy.out', 'w+')
         outs.append(hap_out)
         hap = subprocess.Popen([haproxy, '-db', '-f',
                                 str(tmp_path / 'haproxy.cfg')],
                                stdout=hap_out, stderr=subprocess.STDOUT)
         procs.append(hap)
-        wait_for_port(front, hap)
+        wait_for_port(hap, front)
         # Connect from 127.0.0.2: the servers only ever see 127.0.0.1
         # (haproxy), so X-Peer: 127.0.0.2 can only come from the header.
         # Round robin is per haproxy thread, so send until both servers

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from conftest import RecordingServer, recv_reply
-from test_delivery import free_port, wait_for_port
 from smtpd_compat import SMTPChannel
 from smtpd_compat.extensions import ESMTPServer, ExtensionsMixin
 from smtpd_compat.relay import (
@@ -170,16 +169,17 @@ def test_dsn_and_bdat_through_the_relay(live_server):
     relay = live_server(Relay, remoteaddr=upstream.address, relay_timeout=5)
     sock = socket.create_connection(relay.address, timeout=5)
     with sock:
-        sock.recv(1024)
+        recv_reply(sock)
         sock.sendall(b'EHLO c\r\n')
-        time.sleep(0.1)
-        sock.recv(4096)
+        recv_reply(sock)
         sock.sendall(b'MAIL FROM:<a@x> RET=HDRS ENVID=Id+2B1\r\n'
                      b'RCPT TO:<b@x> NOTIFY=FAILURE ORCPT=rfc822;B@X\r\n'
                      b'BDAT 5 LAST\r\nhello')
         data = b''
         while data.count(b'\r\n') < 3:
-            data += sock.recv(4096)
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
     assert data.decode().splitlines()[-1].startswith('250 2.0.0')
     (mailfrom, rcpttos, body, kwargs), = upstream.server.messages
     assert (mailfrom, rcpttos, body) == ('a@x', ['b@x'], b'hello')
@@ -194,15 +194,10 @@ def test_bad_configuration():
         RelayServer(('127.0.0.1', 0), ('127.0.0.1', 25), map={}, relay_timeout=0)
 
 
-def test_cli_relay(upstream, python_path_env):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'RelayServer',
-         '--relay-timeout', '5', '127.0.0.1:%d' % port,
-         '%s:%d' % upstream.address],
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def test_cli_relay(upstream, cli_server):
+    proc, port = cli_server('-c', 'RelayServer', '--relay-timeout', '5',
+                            remoteaddr=upstream.address)
     try:
-        wait_for_port(proc, port).close()
         with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
             refused = client.sendmail('a@x', ['ok@x', 'refused@x'], b'cli\r\n')
         assert list(refused) == ['refused@x'] and refused['refused@x'][0] == 550

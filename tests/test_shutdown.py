@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import recv_reply
+from conftest import read_to_eof, recv_reply
 
 if not hasattr(signal, 'SIGTERM') or sys.platform == 'win32':
     pytest.skip('POSIX signals needed', allow_module_level=True)
@@ -29,40 +29,22 @@ class SpoolServer(smtpd_compat.SMTPServer):
 
 
 @pytest.fixture
-def start_server(tmp_path, python_path_env):
+def start_server(tmp_path, python_path_env, cli_server):
     (tmp_path / 'spoolserver.py').write_text(SPOOL_SERVER)
-    procs = []
 
     def start(*flags):
         spool = tmp_path / 'spool'
         env = dict(python_path_env, SPOOL=str(spool))
         env['PYTHONPATH'] = str(tmp_path) + os.pathsep + env['PYTHONPATH']
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            port = s.getsockname()[1]
+        # stderr to a file (kept in tmp_path): a pipe nobody reads could
+        # fill up and stall the server.
         with open(tmp_path / 'stderr', 'w') as err:
-            proc = subprocess.Popen(
-                [sys.executable, '-m', 'smtpd_compat', '-n', '-c',
-                 'spoolserver.SpoolServer'] + list(flags)
-                + ['127.0.0.1:%d' % port],
-                env=env, stdout=subprocess.DEVNULL, stderr=err)
-        procs.append(proc)
-        deadline = time.monotonic() + 10
-        while True:
-            assert proc.poll() is None, (tmp_path / 'stderr').read_text()
-            try:
-                socket.create_connection(('127.0.0.1', port), 1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            proc, port = cli_server('-c', 'spoolserver.SpoolServer', *flags,
+                                    env=env, stdout=subprocess.DEVNULL,
+                                    stderr=err)
         return proc, ('127.0.0.1', port), spool
 
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    return start
 
 
 def open_transaction(address):
@@ -76,14 +58,16 @@ def open_transaction(address):
     return sock
 
 
-def read_to_eof(sock, timeout=10):
-    sock.settimeout(timeout)
-    data = b''
+def wait_until_refused(address, timeout=10.0):
+    """Wait until the server stopped listening: its shutdown has begun."""
+    deadline = time.monotonic() + timeout
     while True:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return data
-        data += chunk
+        try:
+            socket.create_connection(address, timeout=1).close()
+        except OSError:
+            return
+        assert time.monotonic() < deadline, 'server still listening'
+        time.sleep(0.02)
 
 
 def test_sigterm_during_data_loses_nothing(start_server):
@@ -92,7 +76,6 @@ def test_sigterm_during_data_loses_nothing(start_server):
     uploading.sendall(b'Subject: in flight\r\n\r\nfirst half\r\n')
     idle = socket.create_connection(address, timeout=10)
     assert recv_reply(idle).startswith(b'220 ')
-    time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     # The idle session is told at once and closed.
     goodbye = read_to_eof(idle)
@@ -115,7 +98,6 @@ def test_grace_period_expires_with_421_nothing_half_delivered(start_server):
     proc, address, spool = start_server('--grace-period', '0.5')
     stalled = open_transaction(address)
     stalled.sendall(b'Subject: never finished\r\n\r\npartial')
-    time.sleep(0.2)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     reply = read_to_eof(stalled)
@@ -130,7 +112,8 @@ def test_sigint_is_graceful_too(start_server):
     proc, address, spool = start_server('--production', '--grace-period', '5')
     uploading = open_transaction(address)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    # The body must arrive after the shutdown began.
+    wait_until_refused(address)
     uploading.sendall(b'Subject: x\r\n\r\nbody\r\n.\r\n')
     assert read_to_eof(uploading).startswith(b'250 OK\r\n421 ')
     uploading.close()

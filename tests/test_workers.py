@@ -4,7 +4,6 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ import time
 import pytest
 
 from smtpd_compat.workers import run_workers
+from conftest import free_port
 
 if not hasattr(os, 'fork'):
     pytest.skip('workers need fork()', allow_module_level=True)
@@ -61,9 +61,7 @@ def alive(pid):
 
 
 def test_workers_restart_and_stop(python_path_env):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'DebuggingServer',
          '--workers', '2', '--grace-period', '2', '127.0.0.1:%d' % port],
