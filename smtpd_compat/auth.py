@@ -31,7 +31,7 @@ import hmac
 import logging
 import os
 import sys
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import smtpd_compat as _smtpd
 from smtpd_compat.tls import TLSServerMixin

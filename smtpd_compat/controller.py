@@ -17,7 +17,7 @@ import logging
 import select
 import socket
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import smtpd_compat as _smtpd
 

@@ -21,7 +21,7 @@ The wire-format parsers (:func:`parse_bdat`, :func:`parse_notify`,
 ValueError.
 """
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import smtpd_compat as _smtpd
 

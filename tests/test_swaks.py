@@ -1,8 +1,6 @@
 """Debian's swaks as an independent SMTP client."""
 import subprocess
 
-import pytest
-
 import smtpd_compat
 from conftest import RecordingServer, require_tool
 

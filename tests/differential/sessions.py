@@ -4,7 +4,6 @@ sessions and a seeded random session generator.
 A session is (server keyword arguments, list of writes); each write is the
 bytes of one ``sendall`` (several commands in one write = pipelining).
 """
-import random
 
 __all__ = ['SCRIPTED', 'random_session', 'CONFIGS']
 
