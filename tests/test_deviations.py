@@ -39,6 +39,16 @@ def _stdlib_recording_server():
     return StdlibRecordingServer
 
 
+def _recording_server(module):
+    """The recording server class on ``module`` ('ours' or 'stdlib': skips
+    where there is no stdlib smtpd)."""
+    if module == 'ours':
+        return RecordingServer
+    if not HAVE_STDLIB_SMTPD:
+        pytest.skip('no stdlib smtpd on this Python')
+    return _stdlib_recording_server()
+
+
 def _session(raw_client, live, lines):
     """Send each line, return the list of replies (b'' once closed)."""
     sock, greeting = raw_client(live.address)
@@ -219,12 +229,7 @@ def _mail_line(length):
 
 @pytest.mark.parametrize('module', ['ours', 'stdlib'])
 def test_d_command_size_limits_per_connection(live_server, raw_client, module):
-    if module == 'stdlib':
-        if not HAVE_STDLIB_SMTPD:
-            pytest.skip('no stdlib smtpd on this Python')
-        server_class = _stdlib_recording_server()
-    else:
-        server_class = RecordingServer
+    server_class = _recording_server(module)
     live = live_server(server_class)
     a, _ = _session(raw_client, live, ['EHLO a'])
     # A second connection used to clear the shared dict: A's MAIL limit fell
@@ -347,14 +352,10 @@ class CountingSocketModule:
 @pytest.mark.parametrize('module', ['ours', 'stdlib'])
 def test_f_getfqdn_once_per_server(live_server, raw_client, monkeypatch, module):
     fake = CountingSocketModule()
-    if module == 'stdlib':
-        if not HAVE_STDLIB_SMTPD:
-            pytest.skip('no stdlib smtpd on this Python')
-        monkeypatch.setattr(_stdlib(), 'socket', fake)
-        live = live_server(_stdlib_recording_server())
-    else:
-        monkeypatch.setattr(smtpd_compat, 'socket', fake)
-        live = live_server(RecordingServer)
+    server_class = _recording_server(module)
+    monkeypatch.setattr(_stdlib() if module == 'stdlib' else smtpd_compat,
+                        'socket', fake)
+    live = live_server(server_class)
     for _ in range(3):
         sock, greeting = raw_client(live.address)
         assert greeting.startswith(b'220 mx.example.test ')
@@ -367,12 +368,7 @@ def test_f_getfqdn_once_per_server(live_server, raw_client, monkeypatch, module)
 
 @pytest.mark.parametrize('module', ['ours', 'stdlib'])
 def test_g_552_ends_the_transaction(live_server, raw_client, module):
-    if module == 'stdlib':
-        if not HAVE_STDLIB_SMTPD:
-            pytest.skip('no stdlib smtpd on this Python')
-        server_class = _stdlib_recording_server()
-    else:
-        server_class = RecordingServer
+    server_class = _recording_server(module)
     live = live_server(server_class, data_size_limit=50)
     sock, replies = _session(raw_client, live, ENVELOPE + ['DATA'])
     sock.sendall(b'x' * 100 + b'\r\n.\r\n')
