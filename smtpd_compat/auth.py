@@ -34,6 +34,7 @@ import sys
 from typing import Callable, Tuple
 
 import smtpd_compat as _smtpd
+from smtpd_compat._compose import add_channel_mixin
 from smtpd_compat.tls import TLSServerMixin
 
 __all__ = [
@@ -498,10 +499,7 @@ class AuthServerMixin:
         self.auth_allow_plaintext = bool(auth_allow_plaintext)
         self.auth_mechanisms = mechanisms
         self.auth_max_failures = auth_max_failures
-        base = self.channel_class
-        if not issubclass(base, AuthChannelMixin):
-            self.channel_class = type('Auth' + base.__name__,
-                                      (AuthChannelMixin, base), {})
+        add_channel_mixin(self, AuthChannelMixin)
         super().__init__(*args, **kwargs)
         # Checked after super().__init__ so that a TLS mixin on either side
         # of this one has set tls_context.

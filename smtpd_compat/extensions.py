@@ -24,6 +24,7 @@ import re
 from typing import Any, Dict, Optional, Tuple
 
 import smtpd_compat as _smtpd
+from smtpd_compat._compose import add_channel_mixin
 
 __all__ = [
     'EXTENSIONS', 'ExtensionsMixin', 'ExtensionsChannelMixin', 'ESMTPServer',
@@ -412,10 +413,7 @@ class ExtensionsMixin:
         if 'CHUNKING' in enabled and decode_data:
             raise ValueError('CHUNKING needs decode_data=False')
         self.esmtp_extensions = enabled
-        base = self.channel_class
-        if not issubclass(base, ExtensionsChannelMixin):
-            self.channel_class = type('Extensions' + base.__name__,
-                                      (ExtensionsChannelMixin, base), {})
+        add_channel_mixin(self, ExtensionsChannelMixin)
         super().__init__(*args, **kwargs)
 
 

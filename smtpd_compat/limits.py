@@ -50,6 +50,7 @@ import logging
 import time
 
 import smtpd_compat as _smtpd
+from smtpd_compat._compose import add_channel_mixin
 from smtpd_compat import loop as _loop
 from smtpd_compat.logging_ import SessionLogServerMixin, format_peer
 
@@ -304,10 +305,7 @@ class LimitsServerMixin:
         self._limits_refused = 0
         self._limits_refused_logged = -1e9
         super().__init__(*args, **kwargs)
-        base = self.channel_class
-        if not issubclass(base, LimitsChannelMixin):
-            self.channel_class = type('Limits' + base.__name__,
-                                      (LimitsChannelMixin, base), {})
+        add_channel_mixin(self, LimitsChannelMixin)
 
     @property
     def connection_count(self) -> int:

@@ -18,6 +18,8 @@ The module is named ``logging_`` so that it never shadows the stdlib's
 import logging
 import time
 
+from smtpd_compat._compose import add_channel_mixin
+
 __all__ = ['logger', 'SessionLogChannelMixin', 'SessionLogServerMixin',
            'format_peer']
 
@@ -94,8 +96,5 @@ class SessionLogServerMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        base = self.channel_class
-        if not issubclass(base, SessionLogChannelMixin):
-            self.channel_class = type('SessionLog' + base.__name__,
-                                      (SessionLogChannelMixin, base), {})
+        add_channel_mixin(self, SessionLogChannelMixin)
 

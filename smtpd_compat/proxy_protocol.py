@@ -26,6 +26,7 @@ import struct
 from typing import NamedTuple, Optional, Tuple
 
 import smtpd_compat as _smtpd
+from smtpd_compat._compose import add_channel_mixin
 
 __all__ = [
     'ProxyHeader', 'ProxyProtocolError', 'parse_proxy_header',
@@ -294,10 +295,7 @@ class ProxyProtocolServerMixin:
         # Composed after super().__init__ so that this mixin ends up outermost
         # in the channel class, ahead of mixins composed by inner server
         # mixins (they must see the peer this one sets).
-        base = self.channel_class
-        if not issubclass(base, ProxyProtocolChannelMixin):
-            self.channel_class = type('ProxyProtocol' + base.__name__,
-                                      (ProxyProtocolChannelMixin, base), {})
+        add_channel_mixin(self, ProxyProtocolChannelMixin)
 
 
 class ProxyProtocolServer(ProxyProtocolServerMixin, _smtpd.SMTPServer):

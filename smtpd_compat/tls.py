@@ -25,6 +25,7 @@ import ssl
 from typing import Optional
 
 import smtpd_compat as _smtpd
+from smtpd_compat._compose import add_channel_mixin
 from smtpd_compat import loop as _loop
 
 __all__ = [
@@ -325,10 +326,7 @@ class TLSServerMixin:
         self.implicit_tls = bool(implicit_tls)
         self.require_starttls = bool(require_starttls)
         self.tls_handshake_timeout = tls_handshake_timeout
-        base = self.channel_class
-        if not issubclass(base, TLSChannelMixin):
-            self.channel_class = type('TLS' + base.__name__,
-                                      (TLSChannelMixin, base), {})
+        add_channel_mixin(self, TLSChannelMixin)
         super().__init__(*args, **kwargs)
 
 
