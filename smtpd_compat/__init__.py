@@ -710,6 +710,20 @@ class SMTPChannel(asynchat.async_chat):
         else:
             self.push('501 Syntax: VRFY <address>')
 
+    def _path_argument(self, keyword, arg, syntaxerr):
+        """(address, parameter text) of a MAIL FROM: or RCPT TO: argument;
+        (None, None) after answering ``syntaxerr`` when there is no address,
+        or parameters on a session that did not start with EHLO."""
+        if arg is None:
+            self.push(syntaxerr)
+            return None, None
+        arg = self._strip_command_keyword(keyword, arg)
+        address, params = self._getaddr(arg)
+        if not address or (params and not self.extended_smtp):
+            self.push(syntaxerr)
+            return None, None
+        return address, params
+
     def smtp_MAIL(self, arg):
         if not self.seen_greeting:
             self.push('503 Error: send HELO first')
@@ -719,16 +733,8 @@ class SMTPChannel(asynchat.async_chat):
         syntaxerr = '501 Syntax: MAIL FROM: <address>'
         if self.extended_smtp:
             syntaxerr += ' [SP <mail-parameters>]'
-        if arg is None:
-            self.push(syntaxerr)
-            return
-        arg = self._strip_command_keyword('FROM:', arg)
-        address, params = self._getaddr(arg)
-        if not address:
-            self.push(syntaxerr)
-            return
-        if not self.extended_smtp and params:
-            self.push(syntaxerr)
+        address, params = self._path_argument('FROM:', arg, syntaxerr)
+        if address is None:
             return
         if self.mailfrom:
             self.push('503 Error: nested MAIL command')
@@ -785,16 +791,8 @@ class SMTPChannel(asynchat.async_chat):
         syntaxerr = '501 Syntax: RCPT TO: <address>'
         if self.extended_smtp:
             syntaxerr += ' [SP <mail-parameters>]'
-        if arg is None:
-            self.push(syntaxerr)
-            return
-        arg = self._strip_command_keyword('TO:', arg)
-        address, params = self._getaddr(arg)
-        if not address:
-            self.push(syntaxerr)
-            return
-        if not self.extended_smtp and params:
-            self.push(syntaxerr)
+        address, params = self._path_argument('TO:', arg, syntaxerr)
+        if address is None:
             return
         self.rcpt_options = params.upper().split()
         params = self._getparams(self.rcpt_options)
