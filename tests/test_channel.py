@@ -318,3 +318,40 @@ def test_subclass_adds_a_verb(make_channel):
 
     channel, conn, server = make_channel(channel_class=Channel)
     assert talk(channel, conn, b'xhello you\r\n') == b'250 hello you\r\n'
+
+
+class BufferPeekingChannel(smtpd_compat.SMTPChannel):
+    """Records what ``ac_in_buffer`` holds while each line is handled, and
+    throws away the rest of the input after a NOOP with an argument (the
+    way STARTTLS must drop pipelined plaintext)."""
+
+    def found_terminator(self):
+        self.seen_buffers = getattr(self, 'seen_buffers', [])
+        self.seen_buffers.append(bytes(self.ac_in_buffer))
+        super().found_terminator()
+
+    def smtp_NOOP(self, arg):
+        super().smtp_NOOP(arg)
+        if arg == 'discard':
+            self.ac_in_buffer = b''
+
+
+def test_buffer_reads_empty_while_a_line_is_handled(make_channel):
+    # Documented in docs/deviations.rst ("Subclass notes"): the rest of the
+    # read is held by handle_read, not in ac_in_buffer.
+    channel, conn, server = make_channel(channel_class=BufferPeekingChannel)
+    assert talk(channel, conn, b'NOOP\r\nNOOP\r\nNO') == b'250 OK\r\n250 OK\r\n'
+    assert channel.seen_buffers == [b'', b'']
+    # As in asynchat, an incomplete line is collected, not kept buffered.
+    assert channel.ac_in_buffer == b''
+    assert channel.received_lines == [b'NO']
+    assert talk(channel, conn, b'OP\r\n') == b'250 OK\r\n'
+
+
+def test_assigning_the_buffer_drops_the_rest_of_the_input(make_channel):
+    channel, conn, server = make_channel(channel_class=BufferPeekingChannel)
+    sent = talk(channel, conn, b'NOOP discard\r\nHELO evil\r\nMAIL FROM:<e@x>\r\n')
+    assert sent == b'501 Syntax: NOOP\r\n'
+    assert channel.seen_greeting == ''
+    assert channel.ac_in_buffer == b''
+    assert talk(channel, conn, b'HELO good\r\n') == b'250 mx.test\r\n'
