@@ -64,8 +64,9 @@ logger = logging.getLogger('smtpd_compat')
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
-# Errors a handler must not swallow; the same set asyncore re-raises.
-_RERAISED = (KeyboardInterrupt, SystemExit)
+# Errors a handler must not swallow; the same set asyncore re-raises
+# (legacy code raises asyncore.ExitNow from a handler to leave the loop).
+_RERAISED = (KeyboardInterrupt, SystemExit, _smtpd.asyncore.ExitNow)
 
 
 class TimerHandle:

@@ -121,6 +121,24 @@ def test_timer_exception_logged_loop_survives(caplog):
                for r in caplog.records)
 
 
+def test_exitnow_from_a_handler_leaves_the_loop_as_in_asyncore():
+    map = {}
+    server = RecordingServer(('127.0.0.1', 0), None, map=map)
+
+    def handle_accept():
+        raise smtpd_compat.asyncore.ExitNow
+    server.handle_accept = handle_accept
+    client = socket.create_connection(server.socket.getsockname()[:2])
+    try:
+        with pytest.raises(smtpd_compat.asyncore.ExitNow):
+            loop(timeout=1, map=map)
+        assert server in map.values()      # not closed by handle_error
+    finally:
+        client.close()
+        server.close()
+        loop(map=map, count=1)
+
+
 def test_keyboard_interrupt_from_timer_propagates():
     map = {}
     server = RecordingServer(('127.0.0.1', 0), None, map=map)
