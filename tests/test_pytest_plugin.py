@@ -224,6 +224,12 @@ def test_marker_is_registered(pytester):
 def test_entry_point_loads_the_plugin(pytester, monkeypatch):
     # What `pip install smtpd-compat` gives: no -p, no conftest.
     monkeypatch.delenv('PYTEST_DISABLE_PLUGIN_AUTOLOAD')
+    # Under `pytest -n` this process is an xdist worker; the inner run is
+    # not, but would read it from the environment (pytest-benchmark then
+    # warns, and warnings are errors here).
+    for name in ('PYTEST_XDIST_WORKER', 'PYTEST_XDIST_WORKER_COUNT',
+                 'PYTEST_XDIST_TESTRUNUID'):
+        monkeypatch.delenv(name, raising=False)
     pytester.makepyfile(SEND + '''
 def test_x(smtpd):
     send(smtpd)
