@@ -68,11 +68,12 @@ def test_idle_timeout_sends_421_and_closes(serve, connect):
 
 
 def test_idle_timeout_is_reset_by_commands_not_by_bytes(serve, connect):
-    runner = serve(idle_timeout=0.6)
+    # Timings leave each gap a second of slack for a loaded machine.
+    runner = serve(idle_timeout=1.5)
     sock, _ = connect(runner.address)
-    # Complete commands keep the session alive past the timeout...
-    for _ in range(4):
-        time.sleep(0.25)
+    # Complete commands keep the session alive past the timeout (2.1 s)...
+    for _ in range(6):
+        time.sleep(0.35)
         assert command(sock, b'NOOP').startswith(b'250 ')
     # ...a line dripped byte by byte does not.
     started = time.monotonic()
@@ -96,7 +97,8 @@ def test_idle_timeout_is_reset_by_commands_not_by_bytes(serve, connect):
 
 
 def test_data_timeout_uses_minimum_rate(serve, connect):
-    runner = serve(data_timeout=0.8, min_data_rate=2000)
+    # (data_timeout leaves the fast client ~1.4 s of slack between sends.)
+    runner = serve(data_timeout=1.5, min_data_rate=2000)
     fast, _ = connect(runner.address)
     slow, _ = connect(runner.address)
     for sock in (fast, slow):
@@ -109,7 +111,7 @@ def test_data_timeout_uses_minimum_rate(serve, connect):
     # neither.
     slow.settimeout(0.01)
     slow_reply = b''
-    for _ in range(20):
+    for _ in range(25):          # >= 2.5 s, longer than data_timeout
         fast.sendall(b'x' * 998 + b'\r\n')
         try:
             slow.sendall(b'y' * 8 + b'\r\n')
@@ -122,19 +124,19 @@ def test_data_timeout_uses_minimum_rate(serve, connect):
         time.sleep(0.1)
     assert command(fast, b'.').startswith(b'250 ')
     assert len(runner.server.messages) == 1
-    # 20 lines of 998 bytes; the last line end belongs to the terminator.
-    assert len(runner.server.messages[0][3]) == 20 * 999 - 1
+    # 25 lines of 998 bytes; the last line end belongs to the terminator.
+    assert len(runner.server.messages[0][3]) == 25 * 999 - 1
     slow_reply += read_to_eof(slow)
     assert slow_reply.startswith(b'421 4.4.2 ')
 
 
 def test_data_timeout_without_rate_is_reset_by_progress(serve, connect):
-    runner = serve(data_timeout=0.5, min_data_rate=None, idle_timeout=0.5)
+    runner = serve(data_timeout=1.5, min_data_rate=None, idle_timeout=1.5)
     sock, _ = connect(runner.address)
     for line in (b'HELO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>'):
         command(sock, line)
     assert command(sock, b'DATA').startswith(b'354')
-    for _ in range(8):           # 1.6 s in all, 0.2 s apart
+    for _ in range(12):          # 2.4 s in all, 0.2 s apart (1.3 s slack)
         sock.sendall(b'z\r\n')
         time.sleep(0.2)
     assert command(sock, b'.').startswith(b'250 ')
