@@ -63,7 +63,7 @@ def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(serve, previous)
+            _child(serve, previous, stopping)
         children[pid] = (slot, time.monotonic())
         if stopping:     # the signal came while we were forking
             os.kill(pid, stopping[0])
@@ -97,14 +97,20 @@ def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
             signal.signal(signum, handler)
 
 
-def _child(serve, handlers):
+def _child(serve, handlers, stopping=()):
     # In the worker: the parent's handlers (fan-out) are not ours.  Restore
     # what was there before run_workers; serve() installs its own.
     code = 0
     try:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        serve()
+        # A stop signal that came between fork() and the restore above ran
+        # the parent's handler copied by fork (it marks our copy of
+        # ``stopping``) and is gone: serving now would ignore it and the
+        # parent would wait for us forever.  (The parent sends exactly such a
+        # signal to a worker it is forking while a stop arrives.)
+        if not stopping:
+            serve()
     except KeyboardInterrupt:
         pass
     except SystemExit as e:

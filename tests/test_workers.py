@@ -101,3 +101,48 @@ def test_run_workers_validates_count():
         run_workers(0, lambda: None)
     with pytest.raises(ValueError):
         run_workers(True, lambda: None)
+
+
+STOP_WHILE_FORKING = '''
+import os, signal, sys
+from smtpd_compat import workers
+
+workers._MIN_LIFETIME = 0
+forks = []
+real_fork = os.fork
+
+
+def fork():
+    forks.append(1)
+    pid = real_fork()
+    if pid == 0 and len(forks) == 1:
+        # The stop signal reaches the first worker before it has restored
+        # its own handlers (raise_signal runs the handler at once).
+        signal.raise_signal(signal.SIGTERM)
+    return pid
+
+
+os.fork = fork
+
+
+def serve():
+    with open(sys.argv[1], 'a') as f:
+        f.write('served by worker %d\\n' % len(forks))
+    os.kill(os.getppid(), signal.SIGTERM)
+
+
+workers.run_workers(1, serve)
+'''
+
+
+def test_stop_signal_between_fork_and_handler_setup_is_not_lost(
+        tmp_path, python_path_env):
+    # Without the check, worker 1 took the signal in the parent's copied
+    # handler and went on serving: in the CLI it would serve forever while
+    # the stopping parent waits for it.
+    out = tmp_path / 'served'
+    proc = subprocess.run([sys.executable, '-c', STOP_WHILE_FORKING, str(out)],
+                          env=python_path_env, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == 'served by worker 2\n'
