@@ -31,7 +31,9 @@ class Lines:
         for line in self._stream:
             self.lines.append(line)
 
-    def wait_for(self, pattern, count=1, timeout=10):
+    def wait_for(self, pattern, count=1, timeout=30):
+        # (Generous: the first wait includes interpreter start-up and two
+        # forks on a loaded CI machine; a pass returns as soon as it is seen.)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = [m for m in (re.search(pattern, line)
