@@ -19,6 +19,7 @@ listed in _CAPABILITIES may define
     ``cli.serve``, and calls ``cli.error(msg)`` for a bad combination.
 """
 import importlib
+import os
 import signal
 import sys
 
@@ -140,29 +141,34 @@ def main(argv=None):
         configure = getattr(mod, 'cli_configure', None)
         if configure is not None:
             configure(cli)
-    server = cli.make_server()
-    if options.setuid:
-        try:
-            import pwd
-        except ImportError:
-            print('Cannot import module "pwd"; try running with -n option.',
-                  file=sys.stderr)
-            sys.exit(1)
-        nobody = pwd.getpwnam('nobody')[2]
-        try:
-            import os
-            os.setuid(nobody)
-        except PermissionError:
-            print('Cannot setuid "nobody"; try running with -n option.',
-                  file=sys.stderr)
-            sys.exit(1)
-    # SIGTERM ends the server like Ctrl-C: quietly, with status 0.
+    # SIGTERM ends the server like Ctrl-C: quietly, with status 0 -- from
+    # before the port is bound, so that no signal finds the default action.
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        server = cli.make_server()
+        if options.setuid:
+            _become_nobody()
         cli.serve(cli, server)
     except KeyboardInterrupt:
         pass
 
+
+def _become_nobody():
+    """setuid to the user nobody, exiting with the stdlib's messages when
+    that is impossible."""
+    try:
+        import pwd
+    except ImportError:
+        print('Cannot import module "pwd"; try running with -n option.',
+              file=sys.stderr)
+        sys.exit(1)
+    nobody = pwd.getpwnam('nobody')[2]
+    try:
+        os.setuid(nobody)
+    except PermissionError:
+        print('Cannot setuid "nobody"; try running with -n option.',
+              file=sys.stderr)
+        sys.exit(1)
 
 if __name__ == '__main__':
     main()
