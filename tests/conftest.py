@@ -34,6 +34,17 @@ def require_tool(name):
     return path
 
 
+# Server configurations the channel and differential tests run sessions
+# under: name -> keyword arguments for SMTPServer/SMTPChannel.
+CONFIGS = {
+    'default': {},
+    'decode': {'decode_data': True},
+    'utf8': {'enable_SMTPUTF8': True},
+    'small': {'data_size_limit': 64},
+    'nolimit': {'data_size_limit': 0},
+}
+
+
 class LiveServer:
     """A server instance running its own socket map in a daemon thread.
 

@@ -9,13 +9,7 @@ import pytest
 
 import smtpd_compat
 
-CONFIGS = {
-    'default': {},
-    'decode': {'decode_data': True},
-    'utf8': {'enable_SMTPUTF8': True},
-    'small': {'data_size_limit': 64},
-    'nolimit': {'data_size_limit': 0},
-}
+from conftest import CONFIGS
 
 
 class FakeConn:

@@ -5,15 +5,9 @@ A session is (server keyword arguments, list of writes); each write is the
 bytes of one ``sendall`` (several commands in one write = pipelining).
 """
 
-__all__ = ['SCRIPTED', 'random_session', 'CONFIGS']
+from conftest import CONFIGS
 
-CONFIGS = {
-    'default': {},
-    'decode': {'decode_data': True},
-    'utf8': {'enable_SMTPUTF8': True},
-    'small': {'data_size_limit': 64},
-    'nolimit': {'data_size_limit': 0},
-}
+__all__ = ['SCRIPTED', 'random_session', 'CONFIGS']
 
 
 def _w(*lines):
