@@ -74,6 +74,13 @@ class CLI:
         """Exit with the usage text and ``msg``, status 1."""
         _smtpd.usage(1, msg)
 
+    def require_class(self, base, option):
+        """Exit with an error unless -c named ``base`` or a subclass: for
+        options that only mean something to that class."""
+        if not (isinstance(self.server_class, type)
+                and issubclass(self.server_class, base)):
+            self.error('--%s needs -c %s or a subclass' % (option, base.__name__))
+
     def make_server(self):
         cls = self.server_class
         if self.mixins:

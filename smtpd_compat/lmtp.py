@@ -128,7 +128,5 @@ def cli_configure(cli):
     path = cli.given.get('lmtp-socket')
     if path is None:
         return
-    if not (isinstance(cli.server_class, type)
-            and issubclass(cli.server_class, LMTPServer)):
-        cli.error('--lmtp-socket needs -c LMTPServer or a subclass')
+    cli.require_class(LMTPServer, 'lmtp-socket')
     cli.server_kwargs['unix_socket'] = path

@@ -191,9 +191,7 @@ def cli_configure(cli):
     value = cli.given.get('relay-timeout')
     if value is None:
         return
-    if not (isinstance(cli.server_class, type)
-            and issubclass(cli.server_class, RelayServer)):
-        cli.error('--relay-timeout needs -c RelayServer or a subclass')
+    cli.require_class(RelayServer, 'relay-timeout')
     try:
         timeout = float(value)
     except ValueError:
