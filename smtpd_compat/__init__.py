@@ -60,6 +60,7 @@ import codecs
 import collections
 import errno
 import getopt
+import logging
 import os
 import re
 import socket
@@ -92,6 +93,18 @@ _TCP_NODELAY = getattr(socket, 'TCP_NODELAY', None)
 
 # How many connections one wake-up of the listening socket may accept.
 _ACCEPTS_PER_WAKEUP = 64
+
+# Flow control: a channel stops reading while more than this many bytes of
+# replies wait to be sent (see SMTPChannel.readable).
+_OUTPUT_HIGH_WATER = 65536
+
+# accept() errors that mean "out of descriptors or memory for now": the
+# listening socket pauses for _ACCEPT_PAUSE seconds instead of dying
+# (deviation (h)).
+_ACCEPT_RESOURCE_ERRORS = frozenset(
+    getattr(errno, name) for name in ('EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM')
+    if hasattr(errno, name))
+_ACCEPT_PAUSE = 0.25
 
 
 class Devnull:
@@ -345,6 +358,39 @@ class SMTPChannel(asynchat.async_chat):
             data = text.encode(encoding, 'backslashreplace')
         asynchat.async_chat.push(self, data)
 
+    # Flow control (invisible on the wire: the same bytes, in the same
+    # order).  The stdlib read on however many replies a client left
+    # unread, so 18 MB of pipelined HELP that is never read grew the
+    # server by hundreds of MiB.  Here a channel stops reading while more
+    # than _OUTPUT_HIGH_WATER bytes of replies are queued; the client's
+    # further input waits in the kernel (TCP then slows the client down).
+    # One read can still queue the replies to everything it holds, so the
+    # queue stays within ~1 MB of replies per 64 KiB read.
+    _reading_paused = False
+
+    def readable(self):
+        fifo = self.producer_fifo
+        if len(fifo) > 1 and self.connected:
+            try:
+                queued = sum(map(len, fifo))
+            except TypeError:
+                # A producer or close_when_done's None: not plain replies.
+                queued = 0
+            if queued > _OUTPUT_HIGH_WATER:
+                self._reading_paused = True
+                return False
+        return asynchat.async_chat.readable(self)
+
+    def handle_write(self):
+        asynchat.async_chat.handle_write(self)
+        if self._reading_paused and self.readable():
+            # Reading resumes.  Input may already be waiting where no
+            # socket event announces it (plaintext a TLS layer decrypted
+            # before the pause): read once now; on a plain socket with
+            # nothing there this costs one EAGAIN.
+            self._reading_paused = False
+            self.handle_read()
+
     def set_terminator(self, term):
         # Remember when DATA content starts, so that an empty message
         # (".\r\n" right after the 354 reply) can be recognised: see
@@ -543,11 +589,18 @@ class SMTPChannel(asynchat.async_chat):
         self.received_data = data
         # Kept for the reply: _set_post_data_state() empties rcpttos.
         rcpttos = self.rcpttos
-        args = (self.peer, self.mailfrom, rcpttos, self.received_data)
-        status = self.smtp_server.process_message(*args,
-                                                  **self._message_kwargs())
+        status = self._call_process_message(
+            self.peer, self.mailfrom, rcpttos, self.received_data)
         self._set_post_data_state()
         self._reply_to_message(status, rcpttos)
+
+    def _call_process_message(self, peer, mailfrom, rcpttos, data):
+        """Call the server's process_message with the keywords of
+        _message_kwargs() and return its result.  (Capability channels
+        wrap this to turn an exception into a 451 reply; here, as in the
+        stdlib, it propagates.)"""
+        return self.smtp_server.process_message(
+            peer, mailfrom, rcpttos, data, **self._message_kwargs())
 
     def _reply_to_message(self, status, rcpttos):
         """Answer the end of DATA with process_message's result ``status``
@@ -892,10 +945,52 @@ class SMTPServer(asyncore.dispatcher):
         # queued (up to a bound, so other sockets still get served) keeps a
         # burst of connections from waiting one loop turn each.
         for _ in range(_ACCEPTS_PER_WAKEUP):
-            pair = self.accept()
+            try:
+                pair = self.accept()
+            except OSError as e:
+                if e.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise
+                self._pause_accepting(e)
+                return
             if pair is None:
                 return
             self.handle_accepted(*pair)
+
+    # Deviation (h): when accept() fails for want of descriptors (EMFILE,
+    # ENFILE) or kernel memory (ENOBUFS, ENOMEM), asyncore's handle_error
+    # closed the *listening* socket and the stdlib served nobody ever
+    # again.  Here the server stops accepting for _ACCEPT_PAUSE seconds
+    # (the pending connections wait in the listen backlog) and then tries
+    # again; every other accept() error is still the stdlib's.
+    _accept_resume = 0.0
+
+    def readable(self):
+        if self._accept_resume:
+            if time.monotonic() < self._accept_resume:
+                return False
+            self._accept_resume = 0.0
+        return asyncore.dispatcher.readable(self)
+
+    def _pause_accepting(self, error):
+        now = time.monotonic()
+        self._accept_resume = now + _ACCEPT_PAUSE
+        if now >= getattr(self, '_accept_error_logged', -1e9) + 10.0:
+            # At most one line per 10 s: a flood must not flood the log.
+            self._accept_error_logged = now
+            logging.getLogger('smtpd_compat').warning(
+                'accept() failed on %s: %s; not accepting for %.2f s',
+                self._localaddr, error, _ACCEPT_PAUSE)
+        # smtpd_compat.loop asks readable() only after a handler or timer
+        # of this dispatcher ran: a timer bound to it does.  (Looked up,
+        # not imported: this module never imports its capabilities; under
+        # asyncore.loop readable() is asked on every pass anyway.)
+        event_loop = sys.modules.get('smtpd_compat.loop')
+        if event_loop is not None:
+            event_loop.call_later(_ACCEPT_PAUSE, self._resume_accepting,
+                                  map=self._map)
+
+    def _resume_accepting(self):
+        self._accept_resume = 0.0
 
     def handle_accepted(self, conn, addr):
         if _debugging():
@@ -1003,15 +1098,23 @@ class PureProxy(SMTPServer):
         except smtplib.SMTPRecipientsRefused as e:
             print('got SMTPRecipientsRefused', file=DEBUGSTREAM)
             refused = e.recipients
-        except (OSError, smtplib.SMTPException) as e:
+        except (OSError, smtplib.SMTPException, UnicodeError) as e:
             print('got', e.__class__, file=DEBUGSTREAM)
             # Every recipient counts as refused; keep the upstream code when
             # there is one, -1 (no reply) otherwise.
             errcode = getattr(e, 'smtp_code', -1)
             errmsg = getattr(e, 'smtp_error', 'ignore')
+            if isinstance(e, UnicodeError):
+                # Deviation (e): smtplib sends commands in ASCII, so a
+                # non-ASCII address cannot go upstream (the stdlib's channel
+                # crashed on this).  Retrying will not help: a 5xx.
+                errcode, errmsg = 553, _NON_ASCII_RELAY
             for r in rcpttos:
                 refused[r] = (errcode, errmsg)
         return refused
+
+
+_NON_ASCII_RELAY = 'Error: cannot relay a non-ASCII address'
 
 
 def _refusal_reply(refused):

@@ -23,6 +23,7 @@ import time
 from typing import Optional, Union
 
 import smtpd_compat as _smtpd
+from smtpd_compat.extensions import MessageErrorsChannelMixin
 
 __all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED']
 
@@ -55,6 +56,11 @@ def _fsync_dir(path: str) -> None:
 
 class _StoringServer(_smtpd.SMTPServer):
     """process_message = store(); any OSError becomes STORE_FAILED."""
+
+    # Any other exception from process_message: 451 and a logged
+    # traceback, the session goes on (see MessageErrorsChannelMixin).
+    channel_class = type('StoringChannel', (MessageErrorsChannelMixin,
+                                            _smtpd.SMTPChannel), {})
 
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         """Store the message; None (250) once it is on disk, else the 451

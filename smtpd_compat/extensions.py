@@ -20,16 +20,21 @@ The wire-format parsers (:func:`parse_bdat`, :func:`parse_notify`,
 :func:`xtext_decode`) are pure functions that return a value or raise
 ValueError.
 """
+import logging
 import re
 from typing import Any, Dict, Optional, Tuple
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat.logging_ import format_peer
+
+_log = logging.getLogger('smtpd_compat')
 
 __all__ = [
     'EXTENSIONS', 'ExtensionsMixin', 'ExtensionsChannelMixin', 'ESMTPServer',
     'parse_bdat', 'parse_notify', 'parse_orcpt', 'parse_ret', 'parse_envid',
-    'xtext_decode', 'enhance_reply',
+    'xtext_decode', 'enhance_reply', 'MessageErrorsChannelMixin',
+    'INTERNAL_ERROR',
 ]
 
 #: Every extension this module implements, in EHLO order.
@@ -159,7 +164,32 @@ def enhance_reply(line: str, verb: Optional[str] = None) -> str:
 # ---------------------------------------------------------------------------
 # Channel side
 
-class _MessageMixin:
+class MessageErrorsChannelMixin:
+    """The message layer's safety net for capability channels: an
+    exception raised by ``process_message`` (or by the delivery code a
+    capability calls it through) is logged with its traceback on the
+    ``smtpd_compat`` logger and answered ``451 4.3.0`` (RFC 3463: other
+    or undefined mail system status; the client retries later); the
+    transaction ends and the session goes on.  The compat classes keep
+    the stdlib's behaviour (the exception propagates, asyncore prints it
+    and drops the connection), so only capability channels include this:
+    every channel of this module, lmtp, relay, limits and delivery."""
+
+    def _call_process_message(self, peer, mailfrom, rcpttos, data):
+        try:
+            return super()._call_process_message(peer, mailfrom, rcpttos, data)
+        except Exception:
+            _log.exception('process_message failed for a message from %s '
+                           '(%d recipient(s)); answered 451',
+                           format_peer(peer), len(rcpttos))
+            return INTERNAL_ERROR
+
+
+#: The reply to a message whose process_message raised.
+INTERNAL_ERROR = '451 4.3.0 Error: internal server error'
+
+
+class _MessageMixin(MessageErrorsChannelMixin):
     """What this module's, lmtp's and relay's channels add to the core's
     message path: each recipient's own RCPT parameters (passed to
     process_message as ``recipient_options``) and the MAIL/RCPT argument as
@@ -209,6 +239,21 @@ class _MessageMixin:
         return kwargs
 
 
+# How much longer DSN parameters may make MAIL and RCPT lines (see
+# extra_ehlo_keywords): RFC 3461's 100 and 500 characters of ENVID and
+# ORCPT values, plus " ENVID=" and " RET=HDRS", " ORCPT=" and
+# " NOTIFY=SUCCESS,FAILURE,DELAY".
+_DSN_MAIL_EXTRA = 100 + len(' ENVID=') + len(' RET=HDRS')
+_DSN_RCPT_EXTRA = 500 + len(' ORCPT=') + len(' NOTIFY=SUCCESS,FAILURE,DELAY')
+
+# The reply to a BDAT whose size cannot be parsed.  The chunk's length is
+# unknown, so its bytes cannot be skipped; read as commands they could
+# carry a whole smuggled transaction.  The stream is out of step: answer
+# and close (RFC 5321 section 3.8: 421 before closing).
+_BDAT_OUT_OF_STEP = ('421 4.5.0 %s Error: BDAT needs a chunk size, '
+                     'closing connection')
+
+
 class ExtensionsChannelMixin(_MessageMixin):
     """Channel half of the extensions; reads the enabled set from
     ``self.smtp_server.esmtp_extensions``.
@@ -219,7 +264,10 @@ class ExtensionsChannelMixin(_MessageMixin):
     total checked against data_size_limit before a chunk is read, so memory
     stays bounded).  A refused BDAT still has its chunk read and thrown
     away: the client sent those bytes and they must not be taken as
-    commands (RFC 3030 section 2)."""
+    commands (RFC 3030 section 2); a BDAT whose size cannot be parsed
+    closes the connection, since its chunk cannot be skipped.  The cost
+    of a chunk does not depend on how many came before it (the received
+    count is kept, not recomputed), so n chunks cost O(n)."""
 
     BDAT = 2
     _verb = None   # the command being answered; None until the first one
@@ -229,6 +277,14 @@ class ExtensionsChannelMixin(_MessageMixin):
 
     def extra_ehlo_keywords(self):
         keywords = super().extra_ehlo_keywords()
+        if self._enabled('DSN'):
+            # RFC 3461 section 4: the DSN parameters lengthen MAIL by up to
+            # 100 characters (ENVID) and RCPT by up to 500 (ORCPT), plus
+            # their names and RET/NOTIFY.  Called once per successful EHLO,
+            # as the core grows MAIL's limit for SIZE.
+            limits = self.command_size_limits
+            limits['MAIL'] += _DSN_MAIL_EXTRA
+            limits['RCPT'] += _DSN_RCPT_EXTRA
         return keywords + [name for name in EXTENSIONS if self._enabled(name)]
 
     @property
@@ -246,6 +302,7 @@ class ExtensionsChannelMixin(_MessageMixin):
     def _set_post_data_state(self):
         super()._set_post_data_state()
         self._chunks = []
+        self._chunk_received = 0
         self._bdat_size = 0
         self._bdat_refusal = None
         self._bdat_last = False
@@ -273,6 +330,7 @@ class ExtensionsChannelMixin(_MessageMixin):
             super().collect_incoming_data(data)
         elif self._bdat_refusal is None:
             self._chunks.append(data)
+            self._chunk_received += len(data)
 
     # DSN (RFC 3461)
 
@@ -337,9 +395,7 @@ class ExtensionsChannelMixin(_MessageMixin):
         try:
             size, last = parse_bdat(arg)
         except ValueError:
-            # Without a size the chunk cannot be skipped; nothing better
-            # than a syntax error is possible.
-            self.push('501 Syntax: BDAT chunk-size [LAST]')
+            self._close_out_of_step()
             return
         refusal = None
         if not self.seen_greeting:
@@ -353,6 +409,7 @@ class ExtensionsChannelMixin(_MessageMixin):
             refusal = '552 Error: Too much mail data'
         self._bdat_refusal = refusal
         self._bdat_last = last
+        self._chunk_received = 0
         if size == 0:
             # An int terminator of 0 would mean "no terminator" to the
             # reader: end the (empty) chunk right away.
@@ -360,6 +417,29 @@ class ExtensionsChannelMixin(_MessageMixin):
         else:
             self.smtp_state = self.BDAT
             self.set_terminator(size)
+
+    _out_of_step = False
+
+    def _close_out_of_step(self):
+        reply = _BDAT_OUT_OF_STEP % self.fqdn
+        hang_up = getattr(self, 'hang_up', None)
+        if hang_up is not None:
+            # The limits (or the shared session state) know how to hang up.
+            hang_up(reply, 'BDAT out of step')
+            return
+        self.push(reply)
+        self._out_of_step = True
+        # Inside found_terminator this drops the rest of the input read.
+        self.ac_in_buffer = b''
+        self.close_when_done()
+
+    def readable(self):
+        return not self._out_of_step and super().readable()
+
+    def _handle_input(self, data):
+        if self._out_of_step:
+            return
+        super()._handle_input(data)
 
     def _end_chunk(self):
         self.smtp_state = self.COMMAND
@@ -373,7 +453,8 @@ class ExtensionsChannelMixin(_MessageMixin):
                 self._set_post_data_state()
             self.push(refusal)
             return
-        chunk_size = sum(map(len, self._chunks)) - self._bdat_size
+        chunk_size = self._chunk_received
+        self._chunk_received = 0
         self._bdat_size += chunk_size
         self._bdat_started = True
         if not self._bdat_last:

@@ -16,11 +16,20 @@ keyword                    default   on breach
 ``max_recipients``         1000      ``452 4.5.3`` (RFC 5321 §4.5.3.1.10)
 ``max_errors``             20        ``421 4.7.0`` and close
 ``max_line_length``        512       the stdlib's ``500 Error: line too long``
+``max_junk_commands``      100       ``421 4.7.0`` and close
+``data_size_limit``        10240000  ``552`` (advertised with SIZE, RFC 1870)
 =========================  ========  =========================================
+
+Junk commands are NOOP, RSET, VRFY, EXPN, HELP and ETRN; the count (like
+the error count) starts again after each delivered message.
+``data_size_limit`` is the stdlib's own argument: given as None (or left
+out), the production default applies; 0 means no limit.  It bounds DATA
+and BDAT alike, and a message over it is not kept in memory.
 
 ``None`` switches a limit off.  The defaults are Postfix's (smtpd_timeout,
 smtpd_min_data_rate, smtpd_client_connection_count_limit,
-smtpd_recipient_limit, smtpd_hard_error_limit) where it has one.  The
+smtpd_recipient_limit, smtpd_hard_error_limit, smtpd_junk_command_limit, message_size_limit)
+where it has one.  The
 compat classes themselves (SMTPServer, DebuggingServer, ...) are unchanged:
 only a server that includes this mixin has limits.
 
@@ -52,6 +61,7 @@ import time
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import add_channel_mixin
 from smtpd_compat import loop as _loop
+from smtpd_compat.extensions import MessageErrorsChannelMixin
 from smtpd_compat.logging_ import SessionLogServerMixin, format_peer
 
 __all__ = [
@@ -71,12 +81,24 @@ PRODUCTION_DEFAULTS = {
     'max_recipients': 1000,
     'max_errors': 20,
     'max_line_length': 512,
+    'max_junk_commands': 100,
+    'data_size_limit': 10240000,
 }
+
+# Commands that move no mail: more than max_junk_commands of them without
+# a delivered message and the client is hung up on (Postfix's
+# smtpd_junk_command_limit counts NOOP, VRFY, ETRN and RSET).
+_JUNK_VERBS = frozenset(('NOOP', 'RSET', 'VRFY', 'EXPN', 'HELP', 'ETRN'))
+
+# Descriptors kept free for everything that is not a client connection
+# (listening sockets, log files, deliveries, an upstream connection) when
+# the command line fits max_connections to the descriptor limit.
+_FD_RESERVE = 64
 
 _NUMBERS = ('idle_timeout', 'data_timeout', 'min_data_rate')
 
 
-class LimitsChannelMixin:
+class LimitsChannelMixin(MessageErrorsChannelMixin):
     """Channel mixin enforcing the limits its server was built with (read
     from ``self.smtp_server``, see :class:`LimitsServerMixin`)."""
 
@@ -88,6 +110,7 @@ class LimitsChannelMixin:
 
     def __init__(self, server, conn, addr, *args, **kwargs):
         self._limits_errors = 0
+        self._limits_junk = 0
         self._limits_in_process = False
         # Counted before the greeting can run, released by close().
         server._limits_channels.add(self)
@@ -203,6 +226,14 @@ class LimitsChannelMixin:
 
     def found_terminator(self):
         before = self.smtp_state
+        limit = getattr(self.smtp_server, 'max_junk_commands', None)
+        if limit is not None and before == self.COMMAND and self._is_junk():
+            self._limits_junk += 1
+            if self._limits_junk > limit:
+                self.received_lines = []
+                self.hang_up('421 4.7.0 %s Error: too many junk commands'
+                             % self.fqdn, 'too many junk commands')
+                return
         super().found_terminator()
         if self._hanging_up or not self.connected:
             return
@@ -214,6 +245,22 @@ class LimitsChannelMixin:
                                   else server.idle_timeout)
         else:
             self.set_deadline(server.idle_timeout)
+
+    def _is_junk(self):
+        """True when the command line in received_lines is a junk verb."""
+        lines = self.received_lines
+        if len(lines) != 1:
+            line = self._emptystring.join(lines)
+            self.received_lines = [line]
+        else:
+            line = lines[0]
+        word = line[:6].split(None, 1)
+        if not word:
+            return False
+        verb = word[0]
+        if isinstance(verb, bytes):
+            verb = verb.decode('ascii', 'replace')
+        return verb.upper() in _JUNK_VERBS
 
     # -- recipients and errors ---------------------------------------------
 
@@ -238,8 +285,9 @@ class LimitsChannelMixin:
             return
         if self._limits_in_process and msg[:1] == '2':
             # A delivered message wipes the slate, as in Postfix: the limit
-            # is on errors made without delivering mail.
+            # is on errors (and junk) without delivering mail.
             self._limits_errors = 0
+            self._limits_junk = 0
             return
         limit = self.smtp_server.max_errors
         if limit is not None and msg[:1] == '5':
@@ -275,8 +323,11 @@ class LimitsServerMixin:
     for defaults and replies): ``idle_timeout``, ``data_timeout`` (seconds),
     ``min_data_rate`` (bytes per second), ``max_connections``,
     ``max_connections_per_ip``, ``max_recipients``, ``max_errors``,
-    ``max_line_length`` (bytes of a command line, CRLF excluded).  The
-    rest go to the next class.  Serve it with
+    ``max_line_length`` (bytes of a command line, CRLF excluded),
+    ``max_junk_commands``.  The stdlib's ``data_size_limit`` (third
+    positional argument or keyword) defaults to 10,240,000 bytes here
+    when it is left out or None; 0 switches it off.  The rest go to the
+    next class.  Serve it with
     :func:`smtpd_compat.loop.loop` so that the deadlines fire.
     """
 
@@ -290,13 +341,15 @@ class LimitsServerMixin:
                  max_recipients=PRODUCTION_DEFAULTS['max_recipients'],
                  max_errors=PRODUCTION_DEFAULTS['max_errors'],
                  max_line_length=PRODUCTION_DEFAULTS['max_line_length'],
+                 max_junk_commands=PRODUCTION_DEFAULTS['max_junk_commands'],
                  **kwargs):
         values = dict(idle_timeout=idle_timeout, data_timeout=data_timeout,
                       min_data_rate=min_data_rate,
                       max_connections=max_connections,
                       max_connections_per_ip=max_connections_per_ip,
                       max_recipients=max_recipients, max_errors=max_errors,
-                      max_line_length=max_line_length)
+                      max_line_length=max_line_length,
+                      max_junk_commands=max_junk_commands)
         for name, value in values.items():
             _check_limit(name, value)
             setattr(self, name, value)
@@ -304,6 +357,15 @@ class LimitsServerMixin:
         self._limits_per_ip = collections.Counter()
         self._limits_refused = 0
         self._limits_refused_logged = -1e9
+        # The stdlib's SMTPServer(localaddr, remoteaddr, data_size_limit,
+        # ...): None (the command line without -s) or absent means the
+        # production default, so that memory per message is bounded.
+        default_size = PRODUCTION_DEFAULTS['data_size_limit']
+        if len(args) > 2:
+            if args[2] is None:
+                args = args[:2] + (default_size,) + args[3:]
+        elif kwargs.get('data_size_limit') is None:
+            kwargs['data_size_limit'] = default_size
         super().__init__(*args, **kwargs)
         add_channel_mixin(self, LimitsChannelMixin)
 
@@ -377,12 +439,16 @@ _CLI_LIMITS = (
      'Error replies before "421" and close (default 20).'),
     ('max-line-length', 'max_line_length', int,
      'Longest command line in bytes (default 512).'),
+    ('max-junk-commands', 'max_junk_commands', int,
+     'NOOP/RSET/VRFY/EXPN/HELP/ETRN commands without a delivered message '
+     'before "421 4.7.0" and close (default 100).'),
 )
 
 CLI_OPTIONS = (
     ('production', '',
      'Turn on every timeout and limit with its default, and the log lines '
-     '(also implied by any option below).'),
+     '(also implied by any option below); the message size limit becomes '
+     '10240000 bytes unless -s gives another (-s 0: none).'),
 ) + tuple((flag + '=', 'N', text) for flag, _, _, text in _CLI_LIMITS) + (
     ('backlog=', 'N', 'Listen backlog (default: the system maximum).'),
     ('log-level=', 'LEVEL',
@@ -446,4 +512,21 @@ def cli_configure(cli):
     logger.setLevel(numeric)
     # Thousands of connections need more descriptors than the usual soft
     # limit of 1024.
-    _loop.raise_fd_limit()
+    soft = _loop.raise_fd_limit()
+    _fit_connections_to_descriptors(cli.server_kwargs, soft)
+
+
+def _fit_connections_to_descriptors(kwargs, soft):
+    """Lower max_connections (in ``kwargs``, else the default) so that
+    the connections and a reserve fit in ``soft`` descriptors: a server
+    that runs out of them refuses with 421 instead of failing accept()."""
+    if soft is None or soft < 0:
+        return
+    wanted = kwargs.get('max_connections',
+                        PRODUCTION_DEFAULTS['max_connections'])
+    room = max(1, soft - min(_FD_RESERVE, soft // 4))
+    if wanted is None or wanted > room:
+        if wanted is not None or 'max_connections' in kwargs:
+            logger.warning('max_connections lowered from %s to %d: the '
+                           'descriptor limit is %d', wanted, room, soft)
+        kwargs['max_connections'] = room

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import RecordingServer, recv_reply, require_tool
+from conftest import RecordingServer, read_to_eof, recv_reply, require_tool
 from smtpd_compat import extensions
 from smtpd_compat.extensions import (
     ESMTPServer, EXTENSIONS, enhance_reply, parse_bdat, parse_envid,
@@ -267,15 +267,47 @@ def test_bdat_out_of_sequence(live_server, raw_client):
     live = live_server(Recorder)
     sock, _ = session(raw_client, live)
     sock.sendall(b'BDAT 6 LAST\r\nNOOP\r\nMAIL FROM:<a@x>\r\nBDAT 4\r\nNOOP'
-                 b'RCPT TO:<b@x>\r\nBDAT 3\r\nabcDATA\r\nBDAT nope\r\n'
+                 b'RCPT TO:<b@x>\r\nBDAT 3\r\nabcDATA\r\n'
                  b'BDAT 3 LAST\r\ndef')
-    assert read_replies(sock, 8) == [
+    assert read_replies(sock, 7) == [
         '503 5.5.1 Error: need MAIL command', '250 2.1.0 OK',
         '503 5.5.1 Error: need RCPT command', '250 2.1.5 OK',
         '250 2.0.0 OK 3 octets received',
-        '503 5.5.1 Error: BDAT transaction in progress',
-        '501 5.5.4 Syntax: BDAT chunk-size [LAST]', '250 2.0.0 OK']
+        '503 5.5.1 Error: BDAT transaction in progress', '250 2.0.0 OK']
     assert [m[2] for m in live.server.messages] == [b'abcdef']
+
+
+SMUGGLED = (b'MAIL FROM:<evil@x>\r\nRCPT TO:<victim@x>\r\nDATA\r\n'
+            b'Subject: smuggled\r\n\r\nforged\r\n.\r\n')
+
+
+@pytest.mark.parametrize('bdat', [
+    b'BDAT 0x20 LAST', b'BDAT -1', b'BDAT', b'BDAT 1e3 LAST', b'BDAT 5 MORE',
+    b'BDAT 9999999999999999999 LAST',
+], ids=['hex', 'negative', 'no-size', 'exponent', 'bad-keyword', 'too-long'])
+@pytest.mark.parametrize('limits', [False, True], ids=['plain', 'limits'])
+def test_bdat_unparsable_size_closes(live_server, raw_client, bdat, limits):
+    # RFC 3030 section 2: the chunk follows the command and is exactly
+    # chunk-size octets.  Without a size its end is unknown: read as
+    # commands, its bytes delivered a whole smuggled transaction.
+    if limits:
+        from smtpd_compat.limits import LimitsServerMixin
+
+        class Server(LimitsServerMixin, Recorder):
+            pass
+    else:
+        Server = Recorder
+    live = live_server(Server, use_timers=limits)
+    sock, _ = session(raw_client, live)
+    sock.sendall(b'MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n' + bdat + b'\r\n'
+                 + SMUGGLED + b'QUIT\r\n')
+    rest = read_to_eof(sock)
+    replies = rest.decode().split('\r\n')
+    assert replies[:2] == ['250 2.1.0 OK', '250 2.1.5 OK']
+    assert replies[2].startswith('421 4.5.0 ')
+    assert 'BDAT' in replies[2]
+    assert replies[3:] == ['']      # nothing after it: closed
+    assert live.server.messages == []
 
 
 def test_binarymime_passes_bytes_untouched(live_server, raw_client):
