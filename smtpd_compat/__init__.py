@@ -497,6 +497,13 @@ class SMTPChannel(asynchat.async_chat):
             return
         elif limit:
             self.num_bytes += len(data)
+            if self.num_bytes > limit and self.smtp_state == self.DATA:
+                # The message is over the limit, so the answer will be 552
+                # whatever follows: keep none of it (the stdlib kept up to
+                # the limit, and joined it at the end, only to throw it
+                # away).
+                self.received_lines = []
+                return
         if self._decode_data:
             if self._bad_utf8:
                 return
@@ -506,8 +513,24 @@ class SMTPChannel(asynchat.async_chat):
                 # Deviation (c): remembered and answered with an error
                 # reply once the line or message is complete.
                 self._bad_utf8 = True
+        elif self.smtp_state == self.DATA:
+            # Speed fix: message content is unstuffed as it arrives, while
+            # the client is still sending, instead of all at once after the
+            # final dot (see _unstuff_piece).
+            self.received_lines.append(self._unstuff_piece(data))
         else:
             self.received_lines.append(data)
+
+    def _unstuff_piece(self, data):
+        """_unstuff for one piece of DATA content (bytes).  The same result
+        as unstuffing the whole message: the reader never ends a piece with
+        a possible start of the terminator (CR, CRLF, CRLF dot), so no
+        CRLF and no CRLF-dot is split between two pieces."""
+        if not self.received_lines and data[:1] == b'.':
+            data = data[1:]     # the first line's dot
+        if b'.' in data:
+            data = data.replace(b'\r\n.', b'\r\n')
+        return data.replace(b'\r\n', b'\n')
 
     def _take_line(self):
         """Join and clear received_lines.  Returns None if the input was
@@ -581,7 +604,9 @@ class SMTPChannel(asynchat.async_chat):
                 self.push('554 Error: message data is not valid UTF-8')
                 self._set_post_data_state()
                 return
-            self._process_data(self._unstuff(line))
+            if self._decode_data:
+                line = self._unstuff(line)
+            self._process_data(line)
 
     def _process_data(self, data):
         """Hand a complete message (already unstuffed) to
