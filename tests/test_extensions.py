@@ -450,3 +450,100 @@ def test_other_mixins_keywords_survive(live_server, raw_client):
     (_, _, _, kwargs), = live.server.messages
     assert kwargs['tag'] == 'from-another-mixin'
     assert kwargs['recipient_options'] == [[]]
+
+
+# ---------------------------------------------------------------------------
+# DSN parameters may make command lines longer (RFC 3461 section 4)
+
+def test_longest_orcpt_fits_the_rcpt_line(live_server, raw_client):
+    live = live_server(Recorder, esmtp_extensions=('DSN',))
+    sock, _ = session(raw_client, live)
+    orcpt = 'rfc822;' + 'o' * 481 + '@example.org'     # 500 characters
+    assert len(orcpt) == 500
+    local = 'r' * 64
+    rcpt = ('RCPT TO:<%s@example.org> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=%s'
+            % (local, orcpt))
+    envid = 'e' * 100
+    sock.sendall(b'MAIL FROM:<a@x> RET=HDRS ENVID=' + envid.encode() + b'\r\n'
+                 + rcpt.encode() + b'\r\n')
+    assert read_replies(sock, 2) == ['250 OK', '250 OK']
+    # Still bounded: a line longer than any legal one is refused.
+    sock.sendall(rcpt.encode() + b' X=' + b'y' * 600 + b'\r\n')
+    assert read_replies(sock, 1) == ['500 Error: line too long']
+
+
+def test_without_dsn_rcpt_limit_unchanged(live_server, raw_client):
+    live = live_server(Recorder, esmtp_extensions=('PIPELINING',))
+    sock, _ = session(raw_client, live)
+    sock.sendall(b'MAIL FROM:<a@x>\r\nRCPT TO:<b@x> ORCPT=rfc822;'
+                 + b'o' * 499 + b'\r\n')
+    assert read_replies(sock, 2) == ['250 OK', '500 Error: line too long']
+
+
+# ---------------------------------------------------------------------------
+# An exception in process_message of a capability class
+
+def _exploding(base, delegate=True):
+    class Exploding(base):
+        def process_message(self, peer, mailfrom, rcpttos, data, **kw):
+            if b'boom' in data:
+                raise ValueError('boom')
+            if not delegate:
+                return None
+            return super().process_message(peer, mailfrom, rcpttos, data, **kw)
+    return Exploding
+
+
+def _classes(tmp_path):
+    from smtpd_compat.delivery import MaildirServer
+    from smtpd_compat.lmtp import LMTPServer
+    return {
+        'esmtp': (_exploding(Recorder), {}, b'EHLO', '250 2.0.0 OK'),
+        'maildir': (_exploding(MaildirServer),
+                    {'maildir': str(tmp_path / 'md')}, b'EHLO', '250 OK'),
+        'lmtp': (_exploding(LMTPServer, delegate=False), {}, b'LHLO',
+                 '250 <b@x> OK'),
+    }
+
+
+@pytest.mark.parametrize('kind', ['esmtp', 'maildir', 'lmtp'])
+def test_exception_in_process_message_is_451(live_server, raw_client, tmp_path,
+                                             caplog, capsys, kind):
+    import logging
+    caplog.set_level(logging.ERROR, logger='smtpd_compat')
+    server_class, kwargs, hello, ok = _classes(tmp_path)[kind]
+    live = live_server(server_class, **kwargs)
+    sock, _ = raw_client(live.address)
+    sock.sendall(hello + b' c\r\n')
+    recv_reply(sock)
+    for body in (b'boom', b'fine'):
+        sock.sendall(b'MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n')
+        read_replies(sock, 3)
+        sock.sendall(body + b'\r\n.\r\n')
+        reply, = read_replies(sock, 1)
+        if body == b'boom':
+            assert reply.startswith('451 4.3.0 '), reply
+        elif ok is not None:
+            assert reply == ok
+    # The session goes on.
+    sock.sendall(b'NOOP\r\n')
+    assert read_replies(sock, 1)[0].startswith('250 ')
+    records = [r for r in caplog.records if r.exc_info]
+    assert len(records) == 1 and records[0].exc_info[0] is ValueError
+    assert 'Traceback' not in capsys.readouterr().out
+
+
+def test_compat_class_exception_still_propagates(live_server, raw_client, capsys):
+    # The stdlib's behaviour is kept for the compat classes: asyncore
+    # reports the exception and drops the connection.
+    class Plain(RecordingServer):
+        def process_message(self, *args, **kwargs):
+            raise ValueError('boom')
+    live = live_server(Plain)
+    sock, _ = raw_client(live.address)
+    sock.sendall(b'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n')
+    read_replies(sock, 4)
+    sock.sendall(b'x\r\n.\r\n')
+    sock.settimeout(5)
+    assert sock.recv(100) == b''
+    assert 'ValueError' in capsys.readouterr().out
