@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import read_to_eof, recv_reply
+from conftest import recv_reply
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith('linux'), reason='reads /proc/PID/status')
@@ -113,21 +113,71 @@ def test_pipelined_commands_never_read(cli_server, args):
     assert proc.poll() is None
 
 
-@pytest.mark.parametrize('loop_name', ['asyncore', 'smtpd_compat'])
-def test_flow_control_resumes_when_replies_are_read(live_server, loop_name):
+@pytest.mark.parametrize('loop_name, use_tls', [
+    ('asyncore', False), ('smtpd_compat', False), ('smtpd_compat', True),
+], ids=['asyncore', 'smtpd_compat', 'implicit-tls'])
+def test_flow_control_resumes_when_replies_are_read(live_server, request,
+                                                    loop_name, use_tls):
     # Reading stops while replies queue up and must start again once the
-    # client reads them: every command is answered, in order.
+    # client reads them: every command is answered, in order.  Over TLS,
+    # input already decrypted when reading stopped raises no socket event.
+    import smtpd_compat
     from conftest import RecordingServer
-    live = live_server(RecordingServer, use_timers=loop_name == 'smtpd_compat')
-    sock = socket.create_connection(live.address, timeout=10)
+
+    class Channel(smtpd_compat.SMTPChannel):
+        paused = 0
+
+        def __init__(self, server, conn, *args, **kwargs):
+            # Small kernel buffers, so that the replies queue up here.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            super().__init__(server, conn, *args, **kwargs)
+
+        def readable(self):
+            readable = super().readable()
+            if not readable:
+                Channel.paused += 1
+            return readable
+
+    class Counting(RecordingServer):
+        channel_class = Channel
+
+    server_class, kwargs = Counting, {}
+    if use_tls:
+        from smtpd_compat.tls import TLSServerMixin
+        certs = request.getfixturevalue('tls_certs')
+
+        class server_class(TLSServerMixin, Counting):
+            pass
+        kwargs = {'tls_context': certs.server_context, 'implicit_tls': True}
+    live = live_server(server_class, use_timers=loop_name == 'smtpd_compat',
+                       **kwargs)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.settimeout(10)
+    sock.connect(live.address)
+    if use_tls:
+        sock = certs.client_context.wrap_socket(sock,
+                                                server_hostname='127.0.0.1')
     try:
         recv_reply(sock)
-        count = 20000           # ~1.5 MB of replies, far over the bound
-        sock.sendall(b'HELO x\r\n' + b'HELP\r\n' * count + b'QUIT\r\n')
-        time.sleep(0.3)         # let the queue fill up, then read it all
-        data = read_to_eof(sock, timeout=30)
+        count = 20000           # 1.5 MB of replies, far over the bound
+        # Sent from a thread: once reading stops, the rest of it can only
+        # go when the replies are read.
+        sender = threading.Thread(target=sock.sendall, args=(
+            b'HELO x\r\n' + b'HELP\r\n' * count + b'QUIT\r\n',))
+        sender.start()
+        time.sleep(0.5)         # let the queue fill up, then read it all
+        pieces = []
+        while True:
+            piece = sock.recv(1 << 16)
+            if not piece:
+                break
+            pieces.append(piece)
+        data = b''.join(pieces)
+        sender.join(10)
     finally:
         sock.close()
+    assert Channel.paused      # the flow control did stop reading
     lines = data.split(b'\r\n')
     assert lines[0].startswith(b'250 ')
     assert lines[1:count + 1] == [lines[1]] * count
