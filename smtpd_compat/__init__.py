@@ -367,8 +367,8 @@ class SMTPChannel(asynchat.async_chat):
     # server by hundreds of MiB.  Here a channel stops reading while more
     # than _OUTPUT_HIGH_WATER bytes of replies are queued; the client's
     # further input waits in the kernel (TCP then slows the client down).
-    # One read can still queue the replies to everything it holds, so the
-    # queue stays within ~1 MB of replies per 64 KiB read.
+    # One read can still queue the replies to everything it holds: with
+    # commands read 4 KiB at a time (handle_read), ~100 KB at most.
     _reading_paused = False
 
     def readable(self):
