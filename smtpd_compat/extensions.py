@@ -178,6 +178,8 @@ class MessageErrorsChannelMixin:
     def _call_process_message(self, peer, mailfrom, rcpttos, data):
         try:
             return super()._call_process_message(peer, mailfrom, rcpttos, data)
+        except _smtpd.asyncore.ExitNow:
+            raise       # leaves the loop, as the stdlib lets it
         except Exception:
             _log.exception('process_message failed for a message from %s '
                            '(%d recipient(s)); answered 451',

@@ -28,10 +28,10 @@ and BDAT alike, and a message over it is not kept in memory.
 
 ``None`` switches a limit off.  The defaults are Postfix's (smtpd_timeout,
 smtpd_min_data_rate, smtpd_client_connection_count_limit,
-smtpd_recipient_limit, smtpd_hard_error_limit, smtpd_junk_command_limit, message_size_limit)
-where it has one.  The
-compat classes themselves (SMTPServer, DebuggingServer, ...) are unchanged:
-only a server that includes this mixin has limits.
+smtpd_recipient_limit, smtpd_hard_error_limit, smtpd_junk_command_limit,
+message_size_limit) where it has one.  The compat classes themselves
+(SMTPServer, DebuggingServer, ...) are unchanged: only a server that
+includes this mixin has limits.
 
 How the deadlines work (states of one connection):
 
@@ -526,7 +526,6 @@ def _fit_connections_to_descriptors(kwargs, soft):
                         PRODUCTION_DEFAULTS['max_connections'])
     room = max(1, soft - min(_FD_RESERVE, soft // 4))
     if wanted is None or wanted > room:
-        if wanted is not None or 'max_connections' in kwargs:
-            logger.warning('max_connections lowered from %s to %d: the '
-                           'descriptor limit is %d', wanted, room, soft)
+        logger.warning('max_connections lowered from %s to %d: the '
+                       'descriptor limit is %d', wanted, room, soft)
         kwargs['max_connections'] = room
