@@ -23,11 +23,11 @@ import time
 from typing import Optional, Union
 
 import smtpd_compat as _smtpd
-from smtpd_compat.extensions import MessageErrorsChannelMixin
+from smtpd_compat._compose import CapabilityServerMixin
 
 __all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED']
 
-log = logging.getLogger('smtpd_compat.delivery')
+log = logging.getLogger(__name__)
 
 #: The reply for a message that could not be stored; the sender retries.
 STORE_FAILED = '451 4.3.0 Error: could not store the message'
@@ -54,13 +54,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class _StoringServer(_smtpd.SMTPServer):
+class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """process_message = store(); any OSError becomes STORE_FAILED."""
-
-    # Any other exception from process_message: 451 and a logged
-    # traceback, the session goes on (see MessageErrorsChannelMixin).
-    channel_class = type('StoringChannel', (MessageErrorsChannelMixin,
-                                            _smtpd.SMTPChannel), {})
 
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         """Store the message; None (250) once it is on disk, else the 451

@@ -20,21 +20,18 @@ The wire-format parsers (:func:`parse_bdat`, :func:`parse_notify`,
 :func:`xtext_decode`) are pure functions that return a value or raise
 ValueError.
 """
-import logging
 import re
 from typing import Any, Dict, Optional, Tuple
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
-from smtpd_compat.logging_ import format_peer
-
-_log = logging.getLogger('smtpd_compat')
+from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.message import MessageChannelMixin
+from smtpd_compat.session import LAYERS
 
 __all__ = [
     'EXTENSIONS', 'ExtensionsMixin', 'ExtensionsChannelMixin', 'ESMTPServer',
     'parse_bdat', 'parse_notify', 'parse_orcpt', 'parse_ret', 'parse_envid',
-    'xtext_decode', 'enhance_reply', 'MessageErrorsChannelMixin',
-    'INTERNAL_ERROR',
+    'xtext_decode', 'enhance_reply',
 ]
 
 #: Every extension this module implements, in EHLO order.
@@ -164,83 +161,6 @@ def enhance_reply(line: str, verb: Optional[str] = None) -> str:
 # ---------------------------------------------------------------------------
 # Channel side
 
-class MessageErrorsChannelMixin:
-    """The message layer's safety net for capability channels: an
-    exception raised by ``process_message`` (or by the delivery code a
-    capability calls it through) is logged with its traceback on the
-    ``smtpd_compat`` logger and answered ``451 4.3.0`` (RFC 3463: other
-    or undefined mail system status; the client retries later); the
-    transaction ends and the session goes on.  The compat classes keep
-    the stdlib's behaviour (the exception propagates, asyncore prints it
-    and drops the connection), so only capability channels include this:
-    every channel of this module, lmtp, relay, limits and delivery."""
-
-    def _call_process_message(self, peer, mailfrom, rcpttos, data):
-        try:
-            return super()._call_process_message(peer, mailfrom, rcpttos, data)
-        except _smtpd.asyncore.ExitNow:
-            raise       # leaves the loop, as the stdlib lets it
-        except Exception:
-            _log.exception('process_message failed for a message from %s '
-                           '(%d recipient(s)); answered 451',
-                           format_peer(peer), len(rcpttos))
-            return INTERNAL_ERROR
-
-
-#: The reply to a message whose process_message raised.
-INTERNAL_ERROR = '451 4.3.0 Error: internal server error'
-
-
-class _MessageMixin(MessageErrorsChannelMixin):
-    """What this module's, lmtp's and relay's channels add to the core's
-    message path: each recipient's own RCPT parameters (passed to
-    process_message as ``recipient_options``) and the MAIL/RCPT argument as
-    written.  The path itself is the core's ``_process_data``; channels
-    extend its hooks :meth:`_message_kwargs` (what process_message gets
-    besides the stdlib arguments) and ``_reply_to_message`` (how its result
-    is answered: LMTP answers once per recipient)."""
-
-    def _set_post_data_state(self):
-        super()._set_post_data_state()
-        # One entry per accepted recipient, parallel to rcpttos: the
-        # stdlib's rcpt_options keeps only the last RCPT's parameters.
-        self._recipient_options = []
-
-    # The stdlib upper-cases all MAIL and RCPT parameters and keeps no
-    # address for the hooks; the argument is kept so that they can recover
-    # both (ORCPT and ENVID values are case-sensitive xtext).
-    _command_arg = None
-
-    def smtp_MAIL(self, arg):
-        self._command_arg = arg
-        super().smtp_MAIL(arg)
-
-    def smtp_RCPT(self, arg):
-        self._command_arg = arg
-        count = len(self.rcpttos)
-        super().smtp_RCPT(arg)
-        if len(self.rcpttos) > count:
-            self._recipient_options.append(list(self.rcpt_options))
-
-    def _command_address(self, keyword):
-        """(address, {NAME: [values as written]}) of the MAIL ('FROM:')
-        or RCPT ('TO:') command being handled, parsed as the stdlib does."""
-        arg = self._strip_command_keyword(keyword, self._command_arg or '')
-        address, rest = self._getaddr(arg)
-        found = {}
-        for token in rest.split():
-            name, _, value = token.partition('=')
-            found.setdefault(name.upper(), []).append(value)
-        return address, found
-
-    def _message_kwargs(self) -> Dict[str, Any]:
-        kwargs = super()._message_kwargs()
-        if not self._decode_data:
-            # (decode_data=True servers get no stdlib keywords either.)
-            kwargs['recipient_options'] = self._recipient_options
-        return kwargs
-
-
 # How much longer DSN parameters may make MAIL and RCPT lines (see
 # extra_ehlo_keywords): RFC 3461's 100 and 500 characters of ENVID and
 # ORCPT values, plus " ENVID=" and " RET=HDRS", " ORCPT=" and
@@ -256,7 +176,7 @@ _BDAT_OUT_OF_STEP = ('421 4.5.0 %s Error: BDAT needs a chunk size, '
                      'closing connection')
 
 
-class ExtensionsChannelMixin(_MessageMixin):
+class ExtensionsChannelMixin(MessageChannelMixin):
     """Channel half of the extensions; reads the enabled set from
     ``self.smtp_server.esmtp_extensions``.
 
@@ -271,6 +191,8 @@ class ExtensionsChannelMixin(_MessageMixin):
     of a chunk does not depend on how many came before it (the received
     count is kept, not recomputed), so n chunks cost O(n)."""
 
+    layer = LAYERS['extensions']
+    capability_name = 'Extensions'
     BDAT = 2
     _verb = None   # the command being answered; None until the first one
 
@@ -288,6 +210,13 @@ class ExtensionsChannelMixin(_MessageMixin):
             limits['MAIL'] += _DSN_MAIL_EXTRA
             limits['RCPT'] += _DSN_RCPT_EXTRA
         return keywords + [name for name in EXTENSIONS if self._enabled(name)]
+
+    def receiving_message(self):
+        # A BDAT transaction is one message from its first chunk to its
+        # LAST: limits keep the data deadline and graceful shutdown lets it
+        # finish, between chunks as well as inside one.
+        return (self.smtp_state == self.BDAT or self._bdat_started
+                or super().receiving_message())
 
     @property
     def _accepted_body_types(self):
@@ -420,28 +349,10 @@ class ExtensionsChannelMixin(_MessageMixin):
             self.smtp_state = self.BDAT
             self.set_terminator(size)
 
-    _out_of_step = False
-
     def _close_out_of_step(self):
-        reply = _BDAT_OUT_OF_STEP % self.fqdn
-        hang_up = getattr(self, 'hang_up', None)
-        if hang_up is not None:
-            # The limits (or the shared session state) know how to hang up.
-            hang_up(reply, 'BDAT out of step')
-            return
-        self.push(reply)
-        self._out_of_step = True
-        # Inside found_terminator this drops the rest of the input read.
-        self.ac_in_buffer = b''
-        self.close_when_done()
-
-    def readable(self):
-        return not self._out_of_step and super().readable()
-
-    def _handle_input(self, data):
-        if self._out_of_step:
-            return
-        super()._handle_input(data)
+        # hang_up (the shared session state) drops the rest of the input
+        # already read and reads nothing more.
+        self.hang_up(_BDAT_OUT_OF_STEP % self.fqdn, 'BDAT out of step')
 
     def _end_chunk(self):
         self.smtp_state = self.COMMAND
@@ -475,14 +386,18 @@ class ExtensionsChannelMixin(_MessageMixin):
 # ---------------------------------------------------------------------------
 # Server side
 
-class ExtensionsMixin:
+class ExtensionsMixin(CapabilityServerMixin):
     """Server mixin: ``esmtp_extensions`` (keyword-only) names the
-    extensions to enable, from :data:`EXTENSIONS` (default: all).
+    extensions to enable, from :data:`EXTENSIONS` (default: the server
+    class's ``esmtp_extensions`` attribute if it has one, else all).
     BINARYMIME needs CHUNKING; CHUNKING needs decode_data=False."""
 
-    esmtp_extensions = frozenset()
+    channel_mixin = ExtensionsChannelMixin
 
-    def __init__(self, *args, esmtp_extensions=EXTENSIONS, **kwargs):
+    def __init__(self, *args, esmtp_extensions=UNSET, **kwargs):
+        esmtp_extensions = settings(
+            self, {'esmtp_extensions': esmtp_extensions},
+            {'esmtp_extensions': EXTENSIONS})['esmtp_extensions']
         if isinstance(esmtp_extensions, str):
             esmtp_extensions = esmtp_extensions.split(',')
         enabled = frozenset(name.strip().upper() for name in esmtp_extensions)
@@ -496,7 +411,6 @@ class ExtensionsMixin:
         if 'CHUNKING' in enabled and decode_data:
             raise ValueError('CHUNKING needs decode_data=False')
         self.esmtp_extensions = enabled
-        add_channel_mixin(self, ExtensionsChannelMixin)
         super().__init__(*args, **kwargs)
 
 
