@@ -384,6 +384,12 @@ class SMTPChannel(asynchat.async_chat):
                 return False
         return asynchat.async_chat.readable(self)
 
+    # Capability channels (smtpd_compat.session) send the replies to one
+    # read together, several queued replies per send(); the compat channel
+    # sends each reply as it is pushed, as the stdlib did (code that
+    # inspects each send(), such as CPython's own tests, sees the same
+    # calls).
+    _batch_replies = False
     # True while handle_read processes a read: initiate_send waits.
     _batching = False
 
@@ -391,7 +397,8 @@ class SMTPChannel(asynchat.async_chat):
         if self._batching:
             return      # handle_read sends once the read is processed
         fifo = self.producer_fifo
-        if len(fifo) > 1 and type(fifo[0]) is bytes and type(fifo[1]) is bytes:
+        if self._batch_replies and len(fifo) > 1 and \
+                type(fifo[0]) is bytes and type(fifo[1]) is bytes:
             # Several queued replies go out in one send(): asynchat sends
             # one queued item per call.
             limit = self.ac_out_buffer_size
@@ -409,10 +416,8 @@ class SMTPChannel(asynchat.async_chat):
         """Send what is queued, as far as the socket takes it; the rest
         goes out from handle_write."""
         fifo = self.producer_fifo
-        for _ in range(16):
+        while fifo and self.connected:
             count = len(fifo)
-            if not count or not self.connected:
-                return
             self.initiate_send()
             if len(fifo) >= count:
                 return      # a partial send (or none): wait for writable
@@ -472,6 +477,9 @@ class SMTPChannel(asynchat.async_chat):
             return
         if isinstance(data, str) and self.use_encoding:
             data = bytes(data, self.encoding)
+        if not self._batch_replies:
+            self._handle_input(data)
+            return
         # Speed fix (same bytes on the wire): the replies to everything in
         # this read are queued and sent together afterwards, not with one
         # send() each (60,000 pipelined one-byte BDAT chunks spent most of

@@ -98,6 +98,8 @@ class SessionStateMixin:
     """
 
     layer = LAYERS['state']
+    # The replies to one read go out together (see SMTPChannel.handle_read).
+    _batch_replies = True
 
     #: True once the server has said its last reply.
     closing = False
