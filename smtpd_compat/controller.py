@@ -491,6 +491,18 @@ class Controller:
                                  'CapturingServer or with_capture())' % (self,))
         return mailbox
 
+    @property
+    def web_url(self) -> str:
+        """The web inbox's URL (servers with
+        :class:`smtpd_compat.web.WebInboxServerMixin` only, e.g. the
+        ``web=('127.0.0.1', 0)`` keyword of the ``smtpd`` fixture)."""
+        url = getattr(self.server, 'web_url', None)
+        if url is None:
+            raise AttributeError('%r has no web inbox (give web=(host, port) '
+                                 'or use smtpd_compat.web.WebInboxServerMixin)'
+                                 % (self,))
+        return url
+
     def clear(self) -> None:
         """Forget the captured messages."""
         self.messages.clear()

@@ -28,8 +28,10 @@ of it), ``hostname``, ``port``, ``remoteaddr``, ``ready_timeout``, and any
 keyword the server class takes (``data_size_limit``, ``enable_SMTPUTF8``,
 ``decode_data``, ``reply``, and those of capability classes).  Giving
 ``tls_context`` adds :class:`smtpd_compat.tls.TLSServerMixin`, giving
-``authenticator`` adds :class:`smtpd_compat.auth.AuthServerMixin` (unless
-the server class has them already); their other keywords
+``authenticator`` adds :class:`smtpd_compat.auth.AuthServerMixin`, giving
+``web`` (e.g. ``('127.0.0.1', 0)``) adds the web inbox
+(:class:`smtpd_compat.web.WebInboxServerMixin`; its URL is
+``smtpd.web_url``) (unless the server class has them already); their other keywords
 (``implicit_tls``, ``auth_required``, ``auth_allow_plaintext`` ...) pass
 through.  Markers on a class or module apply too; the closest wins per
 keyword, and parametrisation wins over markers.
@@ -78,6 +80,7 @@ def _options(request):
 _MIXIN_KEYWORDS = (
     ('authenticator', 'smtpd_compat.auth', 'AuthServerMixin'),
     ('tls_context', 'smtpd_compat.tls', 'TLSServerMixin'),
+    ('web', 'smtpd_compat.web', 'WebInboxServerMixin'),
 )
 
 
