@@ -1570,7 +1570,8 @@ _PAGE_JS = r"""'use strict';
     list.replaceChildren();
     (m.Attachments || []).concat(m.Inline || []).forEach(function (a) {
       var li = el('li');
-      var link = el('a', null, (a.FileName || a.ContentType + ' ' + a.PartID) + ' (' + size(a.Size) + ')');
+      var name = a.FileName || (a.ContentID ? 'inline ' : 'part ') + a.ContentType;
+      var link = el('a', null, name + ' (' + size(a.Size) + ')');
       link.href = '/api/v1/message/' + id + '/part/' + encodeURIComponent(a.PartID) + '?dl=1';
       link.title = a.ContentType;
       li.appendChild(link);
