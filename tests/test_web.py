@@ -23,10 +23,14 @@ import smtpd_compat
 from smtpd_compat import web
 from smtpd_compat.controller import Controller, with_capture
 from smtpd_compat.delivery import MaildirServer
-from smtpd_compat.pytest_plugin import smtpd  # noqa: F811 (the fixture)
+from smtpd_compat import pytest_plugin
 from smtpd_compat.web import Inbox, WebInboxServer, WebInboxServerMixin
 
 from conftest import free_port, wait_for_port
+
+# The plugin's fixture (the package need not be installed for its entry
+# point to register it).
+smtpd = pytest_plugin.smtpd
 
 PNG = base64.b64decode(
     'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGA'
