@@ -99,9 +99,15 @@ def message(subject, html=None, sender='Ann Example <ann@example.org>',
 
 
 def wait_until(predicate, timeout=10.0, step=0.02):
+    """Poll ``predicate`` until true; an element that went stale (the
+    list re-renders when the inbox changes) means "not yet"."""
+    from selenium.common.exceptions import StaleElementReferenceException
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -213,7 +219,9 @@ def test_search_keyboard_and_delete(browser, inbox):
     browser.set_window_size(1280, 800)
     browser.get(inbox.web_url)
     wait_until(lambda: len(rows(browser)) == 3)
-    subjects = lambda: [r.find_element(By.CSS_SELECTOR, '.subj').text for r in rows(browser)]  # noqa: E731
+    subjects = lambda: browser.execute_script(  # noqa: E731
+        'return Array.from(document.querySelectorAll("#list a.row .subj"),'
+        ' function (e) { return e.textContent; })')
     assert subjects() == ['Third one', 'Second one', 'First one']
 
     body = browser.find_element(By.TAG_NAME, 'body')
