@@ -311,9 +311,8 @@ def _parse(raw: bytes, max_parse_bytes: int):
 
 
 def _header_text(value: Any) -> str:
-    """A header value as text; a header the parser cannot decode is shown
-    as received.  Line breaks never survive (they would be new header
-    lines wherever the value is written)."""
+    """A value as one line of text: line breaks never survive (they would
+    be new header lines wherever the value is written)."""
     try:
         text = str(value)
     except Exception:
@@ -321,48 +320,60 @@ def _header_text(value: Any) -> str:
     return re.sub(r'[\r\n]+[ \t]*', ' ', text)
 
 
-def _get(msg, name: str) -> Optional[Any]:
+# Header values are decoded from their raw form with email.header and
+# email.utils: the same result as policy.default's header objects for mail
+# as it is sent, several times faster (listing 1,000 messages parses 1,000
+# header sections), and a value they cannot decode is shown as received.
+
+def _raw_headers(msg) -> Dict[str, List[str]]:
+    """Lower-cased header name -> its raw values, in order."""
+    headers: Dict[str, List[str]] = {}
+    for name, value in msg.raw_items():
+        headers.setdefault(name.lower(), []).append(value)
+    return headers
+
+
+def _unfold(value: str) -> str:
+    if not isinstance(value, str):
+        value = str(value)
+    if any('\udc80' <= c <= '\udcff' for c in value):
+        # 8-bit bytes in a header (RFC 6532 allows UTF-8 there): the
+        # parser kept them as surrogate escapes.
+        value = value.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')
+    # RFC 5322 section 2.2.3: unfolding removes the line breaks.
+    return _header_text(value).strip()
+
+
+def _decode_words(text: str) -> str:
+    """``text`` with its RFC 2047 encoded words decoded."""
+    if '=?' not in text:
+        return text
+    import email.header
     try:
-        return msg[name]
+        return _header_text(email.header.make_header(
+            email.header.decode_header(text)))
     except Exception:
-        # The policy's parser choked on it: the value as received.
-        for key, value in msg.raw_items():
-            if key.lower() == name.lower():
-                return value
-        return None
+        return text
 
 
-def _get_all(msg, name: str) -> List[Any]:
-    try:
-        return list(msg.get_all(name) or ())
-    except Exception:
-        # A header the policy's parser chokes on: fall back to the raw
-        # value for every header of that name.
-        return [v for k, v in msg.raw_items() if k.lower() == name.lower()]
+def _header_value(headers: Dict[str, List[str]], name: str) -> str:
+    """The first ``name`` header, decoded; '' when there is none."""
+    values = headers.get(name.lower())
+    return _decode_words(_unfold(values[0])) if values else ''
 
 
-def _addresses(msg, name: str) -> List[Dict[str, str]]:
+def _addresses(headers: Dict[str, List[str]], name: str) -> List[Dict[str, str]]:
     """Every address in every ``name`` header, as Mailpit's Address."""
     import email.utils
-    result = []
-    for value in _get_all(msg, name):
-        addresses = None
-        try:
-            addresses = value.addresses
-        except Exception:
-            pass
-        if addresses is not None:
-            for a in addresses:
-                try:
-                    result.append({'Name': _header_text(a.display_name),
-                                   'Address': _header_text(a.addr_spec)})
-                except Exception:
-                    pass
-        else:
-            for name_, addr in email.utils.getaddresses([_header_text(value)]):
-                if name_ or addr:
-                    result.append({'Name': name_, 'Address': addr})
-    return result
+    values = [_unfold(v) for v in headers.get(name.lower(), ())]
+    if not values:
+        return []
+    try:
+        pairs = email.utils.getaddresses(values)
+    except Exception:
+        pairs = []
+    return [{'Name': _decode_words(display), 'Address': address}
+            for display, address in pairs if display or address]
 
 
 def _iso(timestamp: float) -> str:
@@ -370,10 +381,11 @@ def _iso(timestamp: float) -> str:
         timestamp, datetime.timezone.utc).isoformat(timespec='milliseconds')
 
 
-def _date(msg, received: float) -> str:
-    value = _get(msg, 'Date')
+def _date(headers: Dict[str, List[str]], received: float) -> str:
+    import email.utils
+    value = _header_value(headers, 'Date')
     try:
-        dt = value.datetime
+        dt = email.utils.parsedate_to_datetime(value)
     except Exception:
         dt = None
     if dt is None:
@@ -511,7 +523,7 @@ def _details(stored: StoredMessage, msg) -> Dict[str, Any]:
             disposition = part.get_content_disposition()
         except Exception:
             disposition = None
-        content_id = _header_text(_get(part, 'Content-ID') or '').strip().strip('<>')
+        content_id = _header_value(_raw_headers(part), 'Content-ID').strip('<> ')
         try:
             filename = part.get_filename() or ''
         except Exception:
@@ -526,9 +538,10 @@ def _details(stored: StoredMessage, msg) -> Dict[str, Any]:
         parts[part_id] = part
         (inline if content_id and disposition != 'attachment'
          else attachments).append(info)
-    to = _addresses(msg, 'To')
-    cc = _addresses(msg, 'Cc')
-    bcc = _addresses(msg, 'Bcc')
+    headers = _raw_headers(msg)
+    to = _addresses(headers, 'To')
+    cc = _addresses(headers, 'Cc')
+    bcc = _addresses(headers, 'Bcc')
     # Envelope recipients named in no header were Bcc'd (Mailpit lists
     # them so too).
     named = {a['Address'].lower() for a in to + cc + bcc}
@@ -536,19 +549,19 @@ def _details(stored: StoredMessage, msg) -> Dict[str, Any]:
         if rcpt.lower() not in named:
             named.add(rcpt.lower())
             bcc.append({'Name': '', 'Address': rcpt})
-    senders = _addresses(msg, 'From')
-    return_path = _addresses(msg, 'Return-Path')
+    senders = _addresses(headers, 'From')
+    return_path = _addresses(headers, 'Return-Path')
     return {
-        'MessageID': _header_text(_get(msg, 'Message-ID') or '').strip().strip('<>'),
+        'MessageID': _header_value(headers, 'Message-ID').strip('<> '),
         'From': senders[0] if senders else None,
         'To': to,
         'Cc': cc,
         'Bcc': bcc,
-        'ReplyTo': _addresses(msg, 'Reply-To'),
+        'ReplyTo': _addresses(headers, 'Reply-To'),
         'ReturnPath': (return_path[0]['Address'] if return_path
                        else stored.mailfrom),
-        'Subject': _header_text(_get(msg, 'Subject') or ''),
-        'Date': _date(msg, stored.received),
+        'Subject': _header_value(headers, 'Subject'),
+        'Date': _date(headers, stored.received),
         'Tags': [],
         'Text': text,
         'HTML': markup,
@@ -944,10 +957,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         msg = self.inbox.parsed(self._message(id)).msg
         headers: Dict[str, List[str]] = {}
         for name, value in msg.raw_items():
-            try:
-                text = _header_text(msg.policy.header_fetch_parse(name, value))
-            except Exception:
-                text = _header_text(value)
+            text = _decode_words(_unfold(value))
             # Go's canonical form (textproto.CanonicalMIMEHeaderKey), as
             # Mailpit returns the keys: Message-Id, Content-Type.
             key = '-'.join(w[:1].upper() + w[1:].lower() for w in name.split('-'))
@@ -1240,7 +1250,6 @@ class WebInboxServerMixin:
         process_message.__doc__ = inner.__doc__
         self.process_message = process_message
         self.web_server.start()
-        print('Web inbox at %s' % self.web_url, file=sys.stderr, flush=True)
         log.info('web inbox at %s', self.web_url)
 
     def close(self) -> None:
@@ -1269,22 +1278,31 @@ CLI_OPTIONS = (
 
 
 def cli_configure(cli) -> None:
-    """``--web [HOST:]PORT``: put the inbox in front of the -c class."""
-    if 'web' not in cli.given:
-        # -c WebInboxServer alone serves on DEFAULT_ADDRESS.
+    """``--web [HOST:]PORT``: put the inbox in front of the -c class, and
+    say where the page is on stderr once the server is up."""
+    has_inbox = isinstance(cli.server_class, type) and issubclass(
+        cli.server_class, WebInboxServerMixin)
+    if 'web' in cli.given:
+        try:
+            address = parse_address(cli.given['web'])
+        except (TypeError, ValueError) as e:
+            cli.error('Invalid --web: %s' % (e,))
+        if 'workers' in cli.given:
+            # Each forked worker would keep its own inbox, invisible to the
+            # one page the parent serves.
+            cli.error('--web cannot be combined with --workers')
+        if not has_inbox:
+            cli.mixins.append(WebInboxServerMixin)
+        cli.server_kwargs['web'] = address
+    elif not has_inbox:
         return
-    try:
-        address = parse_address(cli.given['web'])
-    except (TypeError, ValueError) as e:
-        cli.error('Invalid --web: %s' % (e,))
-    if 'workers' in cli.given:
-        # Each forked worker would keep its own inbox, invisible to the
-        # one page the parent serves.
-        cli.error('--web cannot be combined with --workers')
-    if not (isinstance(cli.server_class, type)
-            and issubclass(cli.server_class, WebInboxServerMixin)):
-        cli.mixins.append(WebInboxServerMixin)
-    cli.server_kwargs['web'] = address
+    inner = cli.serve
+
+    def serve(cli, server):
+        print('Web inbox at %s' % server.web_url, file=sys.stderr, flush=True)
+        inner(cli, server)
+
+    cli.serve = serve
 
 
 # ---------------------------------------------------------------------------

@@ -250,6 +250,22 @@ def test_headers_raw_and_latest(w):
     assert (status, text) == (200, b'body')
 
 
+def test_header_decoding(w):
+    # Encoded words in names and subjects (RFC 2047), raw UTF-8 headers
+    # (RFC 6532), folded lines (RFC 5322 section 2.2.3).
+    w.send('From: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <joerg@example.org>\r\n'
+           'To: "Zo\u00eb, Team" <zoe@example.org>, plain@example.org\r\n'
+           'Subject: a folded\r\n  =?iso-8859-1?q?s=FCbject?= line\r\n'
+           '\r\nbody\r\n'.encode('utf-8'))
+    m = w.json('/api/v1/messages')['messages'][0]
+    assert m['From'] == {'Name': 'J\u00f6rg M\u00fcller', 'Address': 'joerg@example.org'}
+    assert m['To'] == [{'Name': 'Zo\u00eb, Team', 'Address': 'zoe@example.org'},
+                       {'Name': '', 'Address': 'plain@example.org'}]
+    assert m['Subject'] == 'a folded s\u00fcbject line'
+    headers = w.json('/api/v1/message/latest/headers')
+    assert headers['Subject'] == ['a folded s\u00fcbject line']
+
+
 def test_not_found_and_empty_inbox(w):
     assert w.request('/api/v1/message/latest')[0] == 404
     assert w.request('/api/v1/message/nosuchid')[0] == 404
