@@ -29,7 +29,6 @@ The API follows Mailpit's OpenAPI description (paths, field names, ``latest``
 as an ID), for the routes test tools use; see docs/web.rst for the table.
 """
 import datetime
-import html
 import http.server
 import json
 import logging
@@ -1244,7 +1243,12 @@ class WebInboxServerMixin:
         def process_message(peer, mailfrom, rcpttos, data, **kw):
             status = inner(peer, mailfrom, rcpttos, data, **kw)
             if _accepted(status):
-                self.inbox.add(data, mailfrom, rcpttos, peer)
+                try:
+                    self.inbox.add(data, mailfrom, rcpttos, peer)
+                except Exception:
+                    # The message is delivered already: a fault in the
+                    # inbox must not turn that into an error for the client.
+                    log.exception('web inbox: cannot record a message')
             return status
 
         process_message.__doc__ = inner.__doc__

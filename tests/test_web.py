@@ -637,6 +637,17 @@ def test_refused_messages_are_not_recorded(inbox_web):
     assert w.json('/api/v1/messages')['total'] == 0
 
 
+def test_an_inbox_fault_does_not_fail_the_delivery(inbox_web, caplog):
+    class BrokenInbox(Inbox):
+        def add(self, *args, **kwargs):
+            raise RuntimeError('inbox broke')
+
+    w = inbox_web(AnsweringServer, inbox=BrokenInbox())
+    w.send(make_message(subject='delivered anyway'))      # 250, no raise
+    assert b'delivered anyway' in w.controller.server.seen
+    assert 'cannot record a message' in caplog.text
+
+
 def test_debugging_server_still_prints(inbox_web, capsys):
     cls = type('WebDebugging', (WebInboxServerMixin, smtpd_compat.DebuggingServer), {})
     w = inbox_web(cls)

@@ -275,6 +275,27 @@ def test_phone_width(browser, inbox):
         browser.set_window_size(1280, 800)
 
 
+def test_a_thousand_messages_page_shows_the_newest_hundred(browser, inbox):
+    from selenium.webdriver.common.by import By
+    store = inbox.server.inbox
+    for i in range(1000):
+        store.add(b'From: bulk@example.org\nSubject: bulk %d\n\nbody\n' % i,
+                  'bulk@example.org', ['b@example.org'])
+    started = time.monotonic()
+    browser.get(inbox.web_url)
+    wait_until(lambda: len(rows(browser)) == 100, timeout=30)
+    shown = time.monotonic() - started
+    print('page with 1,000 messages shown after %.3f s' % shown)
+    assert browser.find_element(By.ID, 'count').text.startswith('1000 messages')
+    first = browser.execute_script(
+        'return document.querySelector("#list a.row .subj").textContent')
+    assert first == 'bulk 999'
+    more = browser.find_element(By.ID, 'more')
+    assert more.is_displayed()
+    more.click()
+    wait_until(lambda: len(rows(browser)) == 200)
+
+
 def test_docs_screenshot(browser, inbox):
     """Saves the docs screenshot when SMTPD_COMPAT_WEB_SCREENSHOT names a
     file; otherwise only checks the page renders a message."""
