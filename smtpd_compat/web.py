@@ -1515,6 +1515,9 @@ _PAGE_JS = r"""'use strict';
     $('empty').textContent = state.query ? 'No messages match this search.'
       : 'No messages yet. Send mail to the SMTP server and it shows here.';
     $('more').hidden = data.messages_count <= data.messages.length;
+    // The whole inbox is listed: a message shown but no longer listed was
+    // deleted (here or elsewhere).
+    state.complete = !state.query && $('more').hidden;
     $('count').textContent = (state.query ? data.messages_count + ' of ' : '') +
       data.total + ' message' + (data.total === 1 ? '' : 's') +
       (data.unread ? ', ' + data.unread + ' unread' : '');
@@ -1528,7 +1531,13 @@ _PAGE_JS = r"""'use strict';
       if (s.version !== state.version) {
         state.version = s.version;
         return loadList().then(function () {
-          if (state.current && state.message === null) showMessage(state.current);
+          if (!state.current) return;
+          if (state.message === null) showMessage(state.current);
+          else if (state.complete && state.ids.indexOf(state.current) < 0) {
+            state.message = false;
+            $('message').hidden = true;
+            $('gone').hidden = false;
+          }
         });
       }
     }).catch(function () {}).then(function () {
@@ -1583,7 +1592,7 @@ _PAGE_JS = r"""'use strict';
     meta.replaceChildren();
     [['From', addr(m.From)], ['To', addrs(m.To)], ['Cc', addrs(m.Cc)],
      ['Bcc', addrs(m.Bcc)], ['Reply-To', addrs(m.ReplyTo)],
-     ['Date', new Date(m.Date).toString()], ['Size', size(m.Size)]].forEach(function (f) {
+     ['Date', new Date(m.Date).toLocaleString()], ['Size', size(m.Size)]].forEach(function (f) {
       if (!f[1]) return;
       meta.appendChild(el('dt', null, f[0]));
       meta.appendChild(el('dd', null, f[1]));

@@ -702,6 +702,23 @@ def test_web_port_in_use_is_a_clear_error():
         blocker.close()
 
 
+def test_ipv6_loopback_address():
+    if not socket.has_ipv6:
+        pytest.skip('no IPv6')
+    inbox = Inbox()
+    inbox.add(b'Subject: six\n\nx\n', 'a@x', ['b@x'])
+    try:
+        server = web.WebServer(('::1', 0), inbox).start()
+    except OSError as e:
+        pytest.skip('cannot bind ::1: %s' % e)
+    try:
+        assert server.url.startswith('http://[::1]:')
+        with urllib.request.urlopen(server.url + 'api/v1/message/latest', timeout=30) as r:
+            assert json.load(r)['Subject'] == 'six'
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize('text, expected', [
     ('8025', ('127.0.0.1', 8025)),
     (':8025', ('127.0.0.1', 8025)),

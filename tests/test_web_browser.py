@@ -207,6 +207,12 @@ def test_view_url_reloads_and_tabs_show_text_headers_raw(browser, inbox):
     wait_until(lambda: 'Subject: Tabs' in browser.find_element(By.ID, 'raw').text)
     href = browser.find_element(By.ID, 'download').get_attribute('href')
     assert href.endswith('/raw?dl=1')
+    # Deleted elsewhere (another tab, a test's API call): the open view
+    # says so within a poll.
+    inbox.server.inbox.clear()
+    gone = browser.find_element(By.ID, 'gone')
+    wait_until(gone.is_displayed)
+    assert not browser.find_element(By.ID, 'message').is_displayed()
 
 
 def test_search_keyboard_and_delete(browser, inbox):
