@@ -470,7 +470,10 @@ class _TextOfHTML(HTMLParser):
         self._skipping = 0
 
     def handle_starttag(self, tag, attrs):
-        if tag in self._SKIP:
+        if tag == 'body':
+            # An unclosed <head> ends here, as browsers parse it.
+            self._skipping = 0
+        elif tag in self._SKIP:
             self._skipping += 1
         elif tag in self._BLOCK:
             self.parts.append('\n')

@@ -228,6 +228,17 @@ def test_html_only_message_gets_text_from_html(w):
     assert w.json('/api/v1/messages')['messages'][0]['Snippet'] == 'First&para Second'
 
 
+@pytest.mark.parametrize('markup, text', [
+    ('<p>a</p><p>b</p>', 'a\nb'),
+    ('<html><head><title>t</title><body>unclosed head</body>', 'unclosed head'),
+    ('<script>var x = "<p>";</script>visible', 'visible'),
+    ('x &lt;y&gt; &amp; &#233;', 'x <y> & \u00e9'),
+    ('<p>stray</b></i></div>', 'stray'),
+], ids=['blocks', 'unclosed-head', 'script', 'entities', 'stray-end-tags'])
+def test_html_to_text(markup, text):
+    assert web.html_to_text(markup) == text
+
+
 def test_headers_raw_and_latest(w):
     raw = (b'From: a@example.org\r\nTo: b@example.org\r\nSubject: one\r\n'
            b'Message-ID: <x@y>\r\nX-Custom: 1\r\nX-Custom: 2\r\n\r\nbody\r\n')
