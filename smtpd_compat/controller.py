@@ -295,7 +295,9 @@ class Controller:
     The server is built at :meth:`start` as ``server_class((hostname, port),
     remoteaddr, map=<its own map>, **server_kwargs)``; ``server_kwargs`` are
     the stdlib's (``data_size_limit``, ``enable_SMTPUTF8``,
-    ``decode_data``) and whatever the class adds.  ``port=0`` (the default)
+    ``decode_data``) and whatever the class adds; ``web=(host, port)`` also
+    shows the messages in a web inbox (:mod:`smtpd_compat.web`, see
+    :attr:`web_url`).  ``port=0`` (the default)
     lets the system choose a free port; read the real one from :attr:`port`
     after start.  ``remoteaddr`` is the stdlib's second argument (only
     PureProxy uses it).  ``ready_timeout`` bounds how long start() waits for
@@ -320,6 +322,12 @@ class Controller:
         else:
             raise TypeError('Controller needs an SMTPServer subclass or a '
                             'callable, not %r' % (handler,))
+        if server_kwargs.get('web') is not None:
+            # web=(host, port) brings the web inbox along (smtpd_compat.web).
+            from smtpd_compat.web import WebInboxServerMixin
+            if not issubclass(server_class, WebInboxServerMixin):
+                server_class = type(server_class.__name__,
+                                    (WebInboxServerMixin, server_class), {})
         self.server_class = server_class
         self.server_kwargs = server_kwargs
         self.remoteaddr = remoteaddr

@@ -80,7 +80,6 @@ def _options(request):
 _MIXIN_KEYWORDS = (
     ('authenticator', 'smtpd_compat.auth', 'AuthServerMixin'),
     ('tls_context', 'smtpd_compat.tls', 'TLSServerMixin'),
-    ('web', 'smtpd_compat.web', 'WebInboxServerMixin'),
 )
 
 

@@ -1203,7 +1203,8 @@ class WebInboxServerMixin:
 
     ``web``
         where the page listens: ``(host, port)``, ``'[HOST:]PORT'`` or a
-        port; default ``('127.0.0.1', 8025)``; port 0 picks a free one.
+        port; default the class attribute ``web_address`` if the class
+        has one, else ``('127.0.0.1', 8025)``; port 0 picks a free one.
     ``inbox``
         an :class:`Inbox` to record into (e.g. shared by two servers);
         default a new one with ``web_max_messages`` (1,000) and

@@ -759,6 +759,15 @@ def test_pytest_fixture_exposes_the_inbox(smtpd):
         assert json.load(r)['Subject'] == 'fixture'
 
 
+def test_controller_web_keyword_adds_the_inbox():
+    with Controller(web=('127.0.0.1', 0)) as c:
+        with smtplib.SMTP(c.hostname, c.port) as client:
+            client.sendmail('a@example.org', ['b@example.org'], 'Subject: ctl\r\n\r\nx\r\n')
+        assert c.messages[0]['Subject'] == 'ctl'        # still captures
+        with urllib.request.urlopen(c.web_url + 'api/v1/message/latest') as r:
+            assert json.load(r)['Subject'] == 'ctl'
+
+
 def test_controller_without_web_says_so():
     with Controller() as c:
         with pytest.raises(AttributeError, match='no web inbox'):
