@@ -47,7 +47,7 @@ from smtpd_compat._version import VERSION
 
 __all__ = [
     'Inbox', 'StoredMessage', 'WebInboxServerMixin', 'WebInboxServer',
-    'WebServer', 'parse_address', 'DEFAULT_ADDRESS',
+    'WebServer', 'parse_address', 'html_to_text', 'DEFAULT_ADDRESS',
     'CLI_OPTIONS', 'cli_configure',
 ]
 
