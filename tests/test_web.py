@@ -618,6 +618,42 @@ def test_http_side_does_not_block_smtp(inbox_web):
         stalled.close()
 
 
+def test_reading_while_mail_arrives(inbox_web):
+    # The SMTP thread appends while HTTP threads list, search and open
+    # messages: every answer is consistent and nothing is lost.
+    import threading
+    w = inbox_web()
+    errors, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                data = w.json('/api/v1/messages?limit=20')
+                assert data['count'] == len(data['messages']) <= 20
+                w.json('/api/v1/search?query=subject:load')
+                if data['messages']:
+                    w.json('/api/v1/message/%s' % data['messages'][-1]['ID'])
+            except Exception as e:     # reported after the run
+                errors.append(e)
+                return
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        with smtplib.SMTP(w.controller.hostname, w.controller.port, timeout=60) as c:
+            for i in range(200):
+                c.sendmail('a@example.org', ['b@example.org'],
+                           'Subject: load %d\r\n\r\nx\r\n' % i)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(60)
+    assert errors == []
+    data = w.json('/api/v1/search?query=subject:load&limit=1000')
+    assert data['messages_count'] == 200
+
+
 # ---------------------------------------------------------------------------
 # the library API: composition with other server classes
 
