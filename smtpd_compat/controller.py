@@ -324,10 +324,9 @@ class Controller:
                             'callable, not %r' % (handler,))
         if server_kwargs.get('web') is not None:
             # web=(host, port) brings the web inbox along (smtpd_compat.web).
+            from smtpd_compat._compose import compose_server
             from smtpd_compat.web import WebInboxServerMixin
-            if not issubclass(server_class, WebInboxServerMixin):
-                server_class = type(server_class.__name__,
-                                    (WebInboxServerMixin, server_class), {})
+            server_class = compose_server(server_class, [WebInboxServerMixin])
         self.server_class = server_class
         self.server_kwargs = server_kwargs
         self.remoteaddr = remoteaddr

@@ -43,6 +43,7 @@ from html.parser import HTMLParser
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import smtpd_compat as _smtpd
+from smtpd_compat._compose import UNSET, settings
 from smtpd_compat._version import VERSION
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
     'CLI_OPTIONS', 'cli_configure',
 ]
 
-log = logging.getLogger('smtpd_compat.web')
+log = logging.getLogger(__name__)
 
 #: Where the inbox listens when no address is given (Mailpit's port).
 DEFAULT_ADDRESS = ('127.0.0.1', 8025)
@@ -1214,22 +1215,28 @@ class WebInboxServerMixin:
     :attr:`web_url`.  A message is recorded after the server's own
     ``process_message`` accepted it (returned None or a 2xx reply), so
     DebuggingServer still prints and MaildirServer still stores first;
-    this holds whatever order the bases are listed in and whether or not
-    a subclass's ``process_message`` calls ``super()``.  Closing the
-    server stops the web page.
+    this holds wherever it sits among the other capability mixins and
+    whether or not a subclass's ``process_message`` calls ``super()``.
+    Closing the server stops the web page.  It adds no channel layer.
     """
 
-    def __init__(self, *args: Any, web: Any = None, inbox: Optional[Inbox] = None,
-                 web_max_messages: Optional[int] = None,
-                 web_max_bytes: Optional[int] = None, **kwargs: Any) -> None:
-        address = parse_address(web if web is not None
-                                else getattr(self, 'web_address', None))
+    # The prefix of composed class names (smtpd_compat._compose).
+    capability_name = 'WebInbox'
+
+    def __init__(self, *args: Any, web: Any = UNSET, inbox: Optional[Inbox] = None,
+                 web_max_messages: Any = UNSET, web_max_bytes: Any = UNSET,
+                 **kwargs: Any) -> None:
+        # A keyword not given: the user's class attribute, else the default.
+        values = settings(
+            self,
+            {'web_address': web, 'web_max_messages': web_max_messages,
+             'web_max_bytes': web_max_bytes},
+            {'web_address': DEFAULT_ADDRESS, 'web_max_messages': _MAX_MESSAGES,
+             'web_max_bytes': _MAX_BYTES})
+        address = parse_address(values['web_address'])
         if inbox is None:
-            inbox = Inbox(
-                max_messages=web_max_messages if web_max_messages is not None
-                else getattr(self, 'web_max_messages', _MAX_MESSAGES),
-                max_bytes=web_max_bytes if web_max_bytes is not None
-                else getattr(self, 'web_max_bytes', _MAX_BYTES))
+            inbox = Inbox(max_messages=values['web_max_messages'],
+                          max_bytes=values['web_max_bytes'])
         self.inbox = inbox
         super().__init__(*args, **kwargs)
         try:

@@ -5,6 +5,7 @@ the CLI, and a Mailpit client library (when installed).
 The browser tests are in test_web_browser.py.
 """
 import base64
+import itertools
 import json
 import os
 import smtplib
@@ -26,7 +27,7 @@ from smtpd_compat.delivery import MaildirServer
 from smtpd_compat import pytest_plugin
 from smtpd_compat.web import Inbox, WebInboxServer, WebInboxServerMixin
 
-from conftest import free_port, wait_for_port
+from conftest import free_port, recv_reply, wait_for_port
 
 # The plugin's fixture (the package need not be installed for its entry
 # point to register it).
@@ -657,6 +658,11 @@ def test_reading_while_mail_arrives(inbox_web):
 # ---------------------------------------------------------------------------
 # the library API: composition with other server classes
 
+class Sink(smtpd_compat.SMTPServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        return None
+
+
 class AnsweringServer(WebInboxServerMixin, smtpd_compat.SMTPServer):
     """A user's own server: its process_message does not call super()."""
 
@@ -693,6 +699,36 @@ def test_an_inbox_fault_does_not_fail_the_delivery(inbox_web, caplog):
     w.send(make_message(subject='delivered anyway'))      # 250, no raise
     assert b'delivered anyway' in w.controller.server.seen
     assert 'cannot record a message' in caplog.text
+
+
+@pytest.mark.parametrize('order', list(itertools.permutations(range(3))),
+                         ids=lambda o: ''.join(map(str, o)))
+def test_composes_with_other_capabilities_in_any_order(inbox_web, raw_client, order):
+    # With the limits and extensions layers, in every order of the three
+    # mixins: a BDAT message (RFC 3030) reaches the inbox like a DATA one,
+    # and the channel class is the same.
+    from smtpd_compat.extensions import ExtensionsMixin
+    from smtpd_compat.limits import LimitsServerMixin
+    mixins = [WebInboxServerMixin, LimitsServerMixin, ExtensionsMixin]
+    cls = type('Composed', tuple(mixins[i] for i in order) + (Sink,), {})
+    w = inbox_web(cls, max_recipients=5)
+    sock, greeting = raw_client(w.controller.address)
+    body = b'Subject: chunked\r\n\r\nvia BDAT\r\n'
+    for command in (b'EHLO x', b'MAIL FROM:<a@example.org>', b'RCPT TO:<b@example.org>'):
+        sock.sendall(command + b'\r\n')
+        assert recv_reply(sock).startswith(b'250')
+    sock.sendall(b'BDAT %d LAST\r\n' % len(body) + body)
+    assert recv_reply(sock).startswith(b'250')
+    w.send(make_message(subject='via DATA'))
+    assert [m['Subject'] for m in w.json('/api/v1/messages')['messages']] == [
+        'via DATA', 'chunked']
+    # The channel class is the one every order builds.
+    reference = type('Reference', tuple(mixins) + (Sink,), {})(
+        ('127.0.0.1', 0), None, web=('127.0.0.1', 0), map={})
+    try:
+        assert w.controller.server.channel_class is reference.channel_class
+    finally:
+        reference.close()
 
 
 def test_debugging_server_still_prints(inbox_web, capsys):
