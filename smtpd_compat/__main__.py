@@ -118,14 +118,13 @@ _stopping = False
 
 def _terminate(signum, frame):
     """SIGTERM/SIGINT handler: the first signal ends the server like
-    Ctrl-C did (a KeyboardInterrupt that main() catches); any later one is
-    ignored, so that a second signal arriving while the first unwinds (or
-    after a graceful shutdown has restored this handler) cannot raise
-    again: no traceback, and no exit status 130."""
-    global _stopping
+    Ctrl-C did (a KeyboardInterrupt that main() catches); later ones are
+    ignored, so that a second signal arriving while the first unwinds
+    cannot raise again: no traceback, and no exit status 130."""
     if _stopping:
+        # Already tripped before the SIG_IGN below took effect.
         return
-    _stopping = True
+    _ignore_stop_signals()
     raise KeyboardInterrupt
 
 
@@ -141,10 +140,16 @@ def _handle_stop_signals():
 
 
 def _ignore_stop_signals():
-    # Serving is over: a signal from now on (the interpreter is on its way
-    # out) must not raise where nothing catches it.
+    """From now on the process is stopping: SIGTERM and SIGINT (where
+    _terminate handles them) are ignored.  SIG_IGN rather than a quiet
+    Python handler: at finalization Python resets the signals it handles
+    to their default action, and a late SIGTERM would then kill the
+    process (status -15) on its way out."""
     global _stopping
     _stopping = True
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is _terminate:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _help_text(modules):
