@@ -217,12 +217,14 @@ def _become_nobody(server=None):
     entry = pwd.getpwnam('nobody')
     uid, gid = entry.pw_uid, entry.pw_gid
     try:
-        for path in getattr(server, 'created_paths', ()):
-            os.chown(path, uid, gid, follow_symlinks=False)
-        # Groups first: only root may change them, so after setuid it
-        # would be too late.
-        os.setgroups([])
-        os.setgid(gid)
+        if os.geteuid() == 0:
+            for path in getattr(server, 'created_paths', ()):
+                os.chown(path, uid, gid, follow_symlinks=False)
+            # Groups first: only root may change them, so after setuid it
+            # would be too late.  (Not root: as in the stdlib, only the
+            # setuid, which succeeds for nobody itself.)
+            os.setgroups([])
+            os.setgid(gid)
         os.setuid(uid)
     except PermissionError:
         print('Cannot setuid "nobody"; try running with -n option.',
