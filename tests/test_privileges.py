@@ -130,6 +130,15 @@ def ids_of(pid):
     return fields['Uid'], fields['Gid'], fields['Groups']
 
 
+def wait_until_nobody(proc, uid, timeout=30.0):
+    """Wait until the server process has switched to ``uid``."""
+    deadline = time.monotonic() + timeout
+    while ids_of(proc.pid)[0] != [str(uid)] * 4:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, 'still not uid %d' % uid
+        time.sleep(0.05)
+
+
 def stop(proc):
     proc.terminate()
     out, err = proc.communicate(timeout=15)
@@ -152,6 +161,8 @@ def test_root_without_n_delivers_as_nobody(nobody_env, root_server, store):
     cls = 'MaildirServer' if store == 'maildir' else 'MboxServer'
     proc = root_server('-c', cls, '--' + store, target, '127.0.0.1:%d' % port)
     wait_for_port(proc, port)
+    # (The port is bound before the switch: wait for it.)
+    wait_until_nobody(proc, uid)
     # The process is nobody through and through: no root group left over.
     uids, gids, groups = ids_of(proc.pid)
     assert uids == [str(uid)] * 4 and gids == [str(gid)] * 4
@@ -194,11 +205,8 @@ def test_lmtp_socket_mode_lets_a_non_root_client_in(nobody_env, root_server):
     proc = root_server('-c', 'LMTPServer', '--maildir', maildir,
                        '--lmtp-socket', path, '--lmtp-socket-mode', '666',
                        '127.0.0.1:0')
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path) or not ids_of(proc.pid)[0] == [str(uid)] * 4:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, 'no socket at %s' % path
-        time.sleep(0.05)
+    wait_until_nobody(proc, uid)
+    assert os.path.exists(path)
     st = os.lstat(path)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o666
     assert (st.st_uid, st.st_gid) == (uid, gid)
