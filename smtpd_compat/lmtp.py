@@ -16,7 +16,10 @@ socket.  Its ``process_message`` may return
   no entry gets ``451 4.3.0`` rather than a 250 nobody vouched for.
 
 It composes with :mod:`smtpd_compat.extensions` (PIPELINING, CHUNKING,
-ENHANCEDSTATUSCODES ...) and :mod:`smtpd_compat.delivery`.
+ENHANCEDSTATUSCODES ...) and :mod:`smtpd_compat.delivery`.  On the
+command line, ``-c LMTPServer`` needs ``--maildir`` or ``--mbox`` (it is
+then composed with MaildirServer or MboxServer): LMTPServer's own
+process_message stores nothing.
 """
 import logging
 import os

@@ -314,3 +314,28 @@ def test_cli_lmtp_socket_needs_lmtp_class(python_path_env, tmp_path):
          str(tmp_path / 's')], env=python_path_env, capture_output=True, timeout=30)
     assert result.returncode == 1
     assert b'--lmtp-socket needs -c LMTPServer' in result.stderr
+
+
+def test_cli_lmtp_subclass_with_its_own_store_needs_no_maildir(cli_server, tmp_path,
+                                                              python_path_env):
+    (tmp_path / 'mylmtp.py').write_text(
+        'from smtpd_compat.lmtp import LMTPServer\n'
+        'class Store(LMTPServer):\n'
+        '    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):\n'
+        '        return {rcpttos[0]: None}\n')
+    env = dict(python_path_env)
+    env['PYTHONPATH'] = str(tmp_path) + os.pathsep + env['PYTHONPATH']
+    proc, port = cli_server('-c', 'mylmtp.Store', env=env)
+    sock = socket.create_connection(('127.0.0.1', port), timeout=5)
+    with sock:
+        assert recv_reply(sock).startswith(b'220')
+        sock.sendall(b'LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\n'
+                     b'DATA\r\n')
+        data = b''
+        while b'354 ' not in data:
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        sock.sendall(b'x\r\n.\r\n')
+        assert read_lines(sock, 2) == [
+            '250 <b@x> OK', '451 4.3.0 Error: no delivery result for this recipient']
