@@ -339,7 +339,10 @@ class MboxServer(_StoringServer):
 
     def format_entry(self, mailfrom: Optional[str], data: bytes) -> bytes:
         """The mbox entry: "From " line, quoted message, blank line."""
-        sender = re.sub(r'\s', '_', mailfrom or '') or 'MAILER-DAEMON'
+        # The core gives a null reverse-path (MAIL FROM:<>) as '<>'.
+        if mailfrom == '<>':
+            mailfrom = ''
+        sender = re.sub(r'[\s\x00-\x1f\x7f]', '_', mailfrom or '') or 'MAILER-DAEMON'
         head = 'From %s %s\n' % (sender, time.asctime(time.gmtime()))
         body = mboxrd_quote(data)
         if not body.endswith(b'\n'):

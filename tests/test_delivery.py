@@ -321,6 +321,17 @@ def test_mbox_delivery(live_server, tmp_path):
     assert os.stat(mbox).st_mode & 0o777 == 0o600
 
 
+def test_mbox_null_sender_is_mailer_daemon(live_server, tmp_path):
+    mbox = str(tmp_path / 'mbox')
+    live = live_server(MboxServer, mbox=mbox)
+    with smtplib.SMTP(*live.address, timeout=5) as client:
+        client.sendmail('<>', ['b@x'], b'Subject: bounce\r\n\r\nx\r\n')
+    with open(mbox, 'rb') as f:
+        from_line, _, entry = f.read().partition(b'\n')
+    assert from_line.startswith(b'From MAILER-DAEMON ')
+    assert entry.startswith(b'Return-Path: <>\n')
+
+
 def test_mbox_write_error_truncates(live_server, tmp_path, monkeypatch):
     mbox = str(tmp_path / 'mbox')
     live = live_server(MboxServer, mbox=mbox)
