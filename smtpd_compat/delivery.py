@@ -36,12 +36,13 @@ import time
 from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.session import LAYERS
 
 __all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED',
            'Session', 'TraceChannelMixin', 'trace_headers', 'line_end']
 
-log = logging.getLogger('smtpd_compat.delivery')
+log = logging.getLogger(__name__)
 
 #: The reply for a message that could not be stored; the sender retries.
 STORE_FAILED = '451 4.3.0 Error: could not store the message'
@@ -113,7 +114,8 @@ class TraceChannelMixin:
     ``session``.  Calls super() in ``_message_kwargs`` (so it composes
     with every other mixin that adds keywords)."""
 
-    layer = 70      # the message layer (see _compose)
+    layer = LAYERS['message']
+    capability_name = 'Trace'
 
     def trace_session(self) -> Session:
         # RFC 3848: ESMTP/LMTP + S when TLS protects the session, + A when
@@ -220,16 +222,14 @@ def trace_headers(mailfrom: Optional[str], rcpttos: Sequence[str],
 # ---------------------------------------------------------------------------
 # The servers
 
-class _StoringServer(_smtpd.SMTPServer):
+class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """process_message = trace headers + store(); any OSError becomes
     STORE_FAILED."""
 
+    channel_mixin = TraceChannelMixin
+
     #: Put Return-Path: and Received: in front of each stored message.
     add_trace_headers = True
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        add_channel_mixin(self, TraceChannelMixin)
 
     def process_message(self, peer, mailfrom, rcpttos, data,
                         session: Optional[Session] = None, **kwargs):

@@ -31,14 +31,15 @@ import smtplib
 from typing import Optional
 
 import smtpd_compat as _smtpd
+from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.delivery import (Session, TraceChannelMixin, line_end,
                                    trace_headers)
-from smtpd_compat.extensions import _MessageMixin
+from smtpd_compat.message import MessageChannelMixin
 
 __all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE',
            'CANNOT_FORWARD_ADDRESS', 'crlf_only']
 
-log = logging.getLogger('smtpd_compat.relay')
+log = logging.getLogger(__name__)
 
 #: The reply when the upstream server cannot be reached or went away.
 UPSTREAM_UNAVAILABLE = '451 4.4.1 Error: upstream server unavailable'
@@ -88,7 +89,7 @@ def _upstream_error(exc) -> str:
     return UPSTREAM_UNAVAILABLE
 
 
-class RelayChannel(TraceChannelMixin, _MessageMixin, _smtpd.SMTPChannel):
+class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
     """Mirrors the transaction on an upstream session (``_upstream``);
     process_message also gets the ``session`` for the Received: line."""
 
@@ -174,7 +175,7 @@ class RelayChannel(TraceChannelMixin, _MessageMixin, _smtpd.SMTPChannel):
         return kwargs
 
 
-class RelayServer(_smtpd.SMTPServer):
+class RelayServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """Relays to ``remoteaddr``; ``relay_timeout`` (keyword-only, seconds)
     bounds each upstream connect and reply."""
 
