@@ -300,8 +300,9 @@ class TLSServerMixin(CapabilityServerMixin):
         STARTTLS command first`` until TLS is active.
     tls_handshake_timeout
         seconds a client gets to complete the handshake before the
-        connection is closed; None (default) for no limit.  Uses the timers
-        of :mod:`smtpd_compat.loop`, so it is only enforced when that loop
+        connection is closed; None (default): the server's idle timeout
+        when it has limits, else no limit.  A phase ('tls') of the
+        connection's one deadline; enforced when :mod:`smtpd_compat.loop`
         serves the map.
     """
 
