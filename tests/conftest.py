@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from typing import NamedTuple
 
 import pytest
@@ -20,10 +21,13 @@ import smtpd_compat
 # Imported once, up front: cryptography (under trustme) is a PyO3 module that
 # cannot be initialised twice in one process, and pytester's in-process runs
 # drop modules first imported during them from sys.modules.
-try:
-    import trustme as _trustme
-except ImportError:
-    _trustme = None
+with warnings.catch_warnings():
+    # cryptography warns about old Pythons (3.8) when imported.
+    warnings.simplefilter('ignore')
+    try:
+        import trustme as _trustme
+    except ImportError:
+        _trustme = None
 
 # CI sets this so that a test needing an outside tool fails instead of
 # skipping when the tool is missing (a CI run can never pass by skipping).
