@@ -1143,12 +1143,18 @@ _LONGOPTS = ['class=', 'nosetuid', 'version', 'help', 'size=', 'debug',
 def _parseargs(argv, extra_longopts=()):
     """Parse the stdlib's options plus ``extra_longopts`` (getopt long
     option names).  Returns Options with the extra options, in order, as
-    ``options.extra``: a list of (option, value) pairs."""
+    ``options.extra``: a list of (option, value) pairs.  An error in an
+    extra option raises getopt.GetoptError for the caller to report; the
+    stdlib's errors exit through usage() as in the stdlib."""
     global DEBUGSTREAM
+    longopts = _LONGOPTS + list(extra_longopts)
+    if extra_longopts:
+        argv = _spell_out_stdlib_prefixes(argv, longopts)
     try:
-        opts, args = getopt.getopt(argv, _SHORTOPTS,
-                                   _LONGOPTS + list(extra_longopts))
+        opts, args = getopt.getopt(argv, _SHORTOPTS, longopts)
     except getopt.error as e:
+        if _names_extra_option(e, extra_longopts):
+            raise
         usage(1, e)
 
     options = Options()
@@ -1194,9 +1200,67 @@ def _parseargs(argv, extra_longopts=()):
     return options
 
 
+def _spell_out_stdlib_prefixes(argv, longopts):
+    """getopt accepts any unique prefix of a long option.  So that added
+    options do not make a prefix the stdlib accepted ambiguous (``--smtp``
+    meant --smtputf8 before --smtps existed), a long option that is not a
+    full name and is a prefix of exactly one stdlib option is spelled out.
+    Walks the arguments as getopt does (up to "--" or the first operand)."""
+    names = [o.rstrip('=') for o in longopts]
+    stdlib = [o.rstrip('=') for o in _LONGOPTS]
+    takes_value = [c for c, nxt in zip(_SHORTOPTS, _SHORTOPTS[1:] + ' ')
+                   if nxt == ':' and c != ':']
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == '--' or not arg.startswith('-') or arg == '-':
+            break
+        if arg.startswith('--'):
+            name, eq, value = arg[2:].partition('=')
+            if name and name not in names:
+                matches = [o for o in stdlib if o.startswith(name)]
+                if len(matches) == 1:
+                    name = matches[0]
+                    args[i] = '--' + name + eq + value
+            matches = [o for o in longopts if o.rstrip('=') == name] or \
+                [o for o in longopts if o.startswith(name)]
+            if len(matches) == 1 and matches[0].endswith('=') and not eq:
+                i += 1      # the value is the next argument
+        else:
+            for j, char in enumerate(arg[1:], 2):
+                if char in takes_value:
+                    if j == len(arg):
+                        i += 1    # the value is the next argument
+                    break
+        i += 1
+    return args
+
+
+def _names_extra_option(error, extra_longopts):
+    """True when a getopt error is about one of ``extra_longopts`` (named
+    in full, or by a prefix that matches none of the stdlib's)."""
+    if not extra_longopts or not error.opt or not error.msg.startswith('option --'):
+        return False
+    extra = [o.rstrip('=') for o in extra_longopts]
+    stdlib = [o.rstrip('=') for o in _LONGOPTS]
+    return (any(o.startswith(error.opt) for o in extra)
+            and not any(o.startswith(error.opt) for o in stdlib))
+
+
 def _hostport(spec, which):
     """Split "host:port" at the first colon, exiting through usage() with
-    the stdlib's messages when it is malformed."""
+    the stdlib's messages when it is malformed.  "[address]:port" with an
+    IPv6 address (such as [::1]:8025) is taken too: the stdlib refused it
+    (its first colon is inside the brackets: Bad ... port), so no form the
+    stdlib accepted changes meaning."""
+    if spec.startswith('['):
+        close = spec.find(']:')
+        if close > 1 and ':' in spec[1:close]:
+            try:
+                return spec[1:close], int(spec[close + 2:])
+            except ValueError:
+                pass    # the stdlib's message below
     i = spec.find(':')
     if i < 0:
         usage(1, 'Bad %s spec: %s' % (which, spec))
