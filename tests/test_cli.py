@@ -493,3 +493,23 @@ def test_ipv6_listen_and_relay(python_path_env):
     sink_out = outs[0][0]
     assert "b'X-Peer: ::1'" in sink_out and "b'body line'" in sink_out
     assert all(proc.returncode == 0 for proc in procs)
+
+
+def test_required_keywords_are_checked_before_building(capsys, monkeypatch):
+    # A keyword-only argument that a capability class requires and no option
+    # set is reported before the constructor runs (a TypeError raised at
+    # the call would be a traceback in a user's subclass).
+    from smtpd_compat.__main__ import CLI
+    from smtpd_compat.delivery import MaildirServer
+
+    class Sub(MaildirServer):
+        pass
+
+    monkeypatch.setattr(smtpd_compat, 'program', '/x/smtpd_compat/__main__.py')
+    cli = CLI(smtpd_compat._parseargs(['-c', 'Sub', '127.0.0.1:0']), Sub)
+    with pytest.raises(SystemExit) as exit_:
+        cli.make_server()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [PROGRAM + ': -c Sub needs maildir=, which none of the options given sets',
+                   POINTER]
