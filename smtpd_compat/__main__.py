@@ -83,7 +83,8 @@ class CLI:
     given: the capability options given, long name without dashes and
         '=' -> value ('' for flags; the last one wins when repeated).
     server_class: the class named by -c.
-    mixins: classes put in front of server_class, first = outermost.
+    mixins: capability server mixins to add to server_class (in any order:
+        composition puts them in their layers).
     server_kwargs: keyword arguments for the server's constructor.
     serve: callable(cli, server) that runs until shutdown.
     """
@@ -114,9 +115,8 @@ class CLI:
         """Build the server.  A class that cannot be built from the options
         given is a CLI error (see _configuration_error), never a traceback;
         exceptions from the user's own code still propagate."""
-        cls = self.server_class
-        if self.mixins:
-            cls = type(cls.__name__, tuple(self.mixins) + (cls,), {})
+        from smtpd_compat._compose import compose_server
+        cls = compose_server(self.server_class, self.mixins)
         missing = [name for name in _required_keywords(cls)
                    if name not in self.server_kwargs]
         if missing:
