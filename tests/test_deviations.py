@@ -438,3 +438,31 @@ def test_b_lmtp_escapes_every_recipients_reply(live_server, raw_client):
         got += recv_reply(sock)
     assert got == (b'550 c@d r\\xe9fus\\xe9\r\n550 e@f r\\xe9fus\\xe9\r\n'
                    b'250 OK\r\n')
+
+
+@pytest.mark.parametrize('line', ['MAIL FROM:<a@', 'F\u00dc x'], ids=['parser', 'echo'])
+def test_b_answered_line_moves_the_idle_deadline(live_server, raw_client, line):
+    # The answer is given where the exception leaves the user's channel
+    # class, so the limits' work after each line (a new idle deadline)
+    # still runs for a line that crashed 3.11.
+    import time
+
+    from smtpd_compat.limits import LimitsServerMixin
+
+    class Limited(LimitsServerMixin, RecordingServer):
+        pass
+
+    live = live_server(Limited, idle_timeout=300, use_timers=True)
+    sock, _ = _session(raw_client, live, ['HELO c'])
+    channel, = [c for c in live.map.values() if isinstance(c, smtpd_compat.SMTPChannel)]
+    # Let the server finish with HELO (its deadline is set after the reply
+    # went out), then the only thing that can move the deadline past
+    # sent_at + idle_timeout is handling the line.
+    time.sleep(0.5)
+    sent_at = time.monotonic()
+    sock.sendall(line.encode() + b'\r\n')
+    assert recv_reply(sock).startswith(b'50')
+    give_up = time.monotonic() + 5
+    while channel._deadline < sent_at + 300 and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert channel._deadline >= sent_at + 300
