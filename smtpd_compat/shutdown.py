@@ -17,7 +17,11 @@ until a stop signal arrives, then:
 
 The signal handler only sets a flag; process_message is never interrupted,
 so no message is half delivered, and every 250 was sent after
-process_message returned.
+process_message returned.  A second or third stop signal while the shutdown
+runs (an impatient operator, a supervisor repeating SIGTERM) sets the same
+flag again: it changes nothing, prints nothing, and the exit status stays 0.
+(``python -m smtpd_compat`` ignores stop signals once serve_gracefully has
+returned; see ``_terminate`` in ``__main__``.)
 """
 import logging
 import signal
