@@ -53,6 +53,7 @@ from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat import loop as _loop
 from smtpd_compat.session import LAYERS
 from smtpd_compat.logging_ import SessionLogServerMixin, format_peer
+from smtpd_compat.production import hardening_requested
 
 __all__ = [
     'LimitsChannelMixin', 'LimitsServerMixin', 'LimitedServer',
@@ -316,33 +317,25 @@ _CLI_LIMITS = (
 
 CLI_OPTIONS = (
     ('production', '',
-     'Turn on every timeout and limit with its default, and the log lines '
-     '(also implied by any option below).'),
+     'Production mode: every timeout and limit below with its default, the '
+     'session log and graceful shutdown (also implied by any option below '
+     'but --log-level).'),
 ) + tuple((flag + '=', 'N', text) for flag, _, _, text in _CLI_LIMITS) + (
     ('backlog=', 'N', 'Listen backlog (default: the system maximum).'),
     ('log-level=', 'LEVEL',
      'Log to stderr at this level (INFO shows one line per connection and '
-     'message; default INFO with --production).'),
+     'message; default INFO in production mode).  Does not switch on '
+     'production mode.'),
 )
 
-# Options of other modules that mean "production server": given any of
-# them, the limits come on with their defaults too.
-_HARDENING_FLAGS = ('production', 'workers', 'grace-period', 'proxy-protocol',
-                    'backlog', 'log-level') + tuple(
-                        flag for flag, _, _, _ in _CLI_LIMITS)
-
-
-def hardening_requested(given) -> bool:
-    """True when the command line (``cli.given``) asks for a production
-    server: then limits, session log and graceful shutdown all come on."""
-    return any(flag in given for flag in _HARDENING_FLAGS)
-
-
 def cli_configure(cli):
-    """Add the limits and the session log when any hardening option is
-    given; without one, the stdlib's behaviour is kept exactly."""
+    """Add the limits and the session log in production mode (the rule is
+    smtpd_compat.production's), only the session log with --log-level alone;
+    without either, the stdlib's behaviour is kept exactly."""
     given = cli.given
     if not hardening_requested(given):
+        if 'log-level' in given:
+            _configure_logging(cli, given['log-level'])
         return
     kwargs = {}
     for flag, keyword, kind, _ in _CLI_LIMITS:
@@ -367,9 +360,16 @@ def cli_configure(cli):
         except ValueError:
             cli.error('Invalid --backlog: %s' % given['backlog'])
     cli.server_kwargs.update(kwargs)
-    cli.mixins.append(SessionLogServerMixin)
+    _configure_logging(cli, given.get('log-level') or 'INFO')
     cli.mixins.append(LimitsServerMixin)
-    level = given.get('log-level') or 'INFO'
+    # Thousands of connections need more descriptors than the usual soft
+    # limit of 1024.
+    _loop.raise_fd_limit()
+
+
+def _configure_logging(cli, level):
+    """The session log, and the package's log lines on stderr at ``level``."""
+    cli.mixins.append(SessionLogServerMixin)
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         cli.error('Invalid --log-level: %s' % level)
@@ -381,6 +381,3 @@ def cli_configure(cli):
             '%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s'))
         root.addHandler(handler)
     root.setLevel(numeric)
-    # Thousands of connections need more descriptors than the usual soft
-    # limit of 1024.
-    _loop.raise_fd_limit()
