@@ -14,7 +14,6 @@ partial message is left where a mail reader would see it.  Delivery is
 synchronous: the event loop waits for the disk (and, for mbox, the lock).
 """
 import errno
-import fcntl
 import itertools
 import logging
 import os
@@ -23,6 +22,11 @@ import time
 from typing import Optional, Union
 
 import smtpd_compat as _smtpd
+
+try:
+    import fcntl
+except ImportError:     # Windows: no POSIX locks, so no MboxServer there
+    fcntl = None
 
 __all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED']
 
@@ -145,6 +149,12 @@ class MboxServer(_StoringServer):
         self.mbox = os.fspath(mbox)
         self.dotlock = dotlock
         self.lock_timeout = lock_timeout
+        if fcntl is None:
+            # Appending without a lock could interleave with a mail reader
+            # or another writer and corrupt the mbox; refuse to start.
+            raise RuntimeError('MboxServer needs POSIX file locks (the fcntl '
+                               'module), which this platform lacks; use '
+                               'MaildirServer instead')
         # Fail at start-up, not at the first message, if it cannot be made.
         os.close(os.open(self.mbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
                          0o600))
@@ -244,6 +254,9 @@ def cli_configure(cli):
             cli.error('--%s needs -c %s' % (option, server_class.__name__))
         if value is not None:
             cli.server_kwargs[keyword] = value
+    if 'mbox' in cli.given and fcntl is None:
+        cli.error('--mbox needs POSIX file locks (the fcntl module), which '
+                  'this platform lacks; use -c MaildirServer --maildir DIR')
     if 'mbox-dotlock' in cli.given:
         if 'mbox' not in cli.given:
             cli.error('--mbox-dotlock needs --mbox')
