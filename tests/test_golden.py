@@ -80,7 +80,7 @@ def test_recording_is_complete():
         kinds[s['kind']] = kinds.get(s['kind'], 0) + 1
     assert GOLDEN['recorded_with'].startswith('CPython 3.11.')
     assert kinds['scripted'] >= 60 and kinds['random'] >= 200
-    assert kinds['debugging'] == 3 and kinds['reply'] == 1
+    assert kinds['debugging'] == 3 and kinds['reply'] == 2
     # Every scripted session of the live differential table was recorded
     # (re-run record.py after adding one).
     from sessions import SCRIPTED
@@ -92,13 +92,20 @@ def test_session(key):
     session = SESSIONS[key]
     theirs = stdlib_result(session['result'])
     mine = replay(session)
-    expected = _EXPECTED_DEVIATION.get(session['name'], '') if session['kind'] == 'scripted' else ''
+    expected = _EXPECTED_DEVIATION.get(session['name'], '')
+    if session['name'] == 'process-message-non-ascii':
+        # The stdlib raised UnicodeEncodeError in push() and dropped the
+        # connection; ours sends the reply with the non-ASCII escaped, and
+        # the session goes on.
+        expected = 'b/c'
+        assert theirs.errors and theirs.closed
+        assert mine.replies[4:] == [b'550 D\\xe9sol\\xe9\r\n', b'250 OK\r\n']
+    elif session['kind'] == 'reply':
+        assert mine.replies[4] == session['reply'].encode('ascii') + b'\r\n'
     assert compare(theirs, mine) == expected
     if session['server_class'] == 'DebuggingServer':
         assert 'MESSAGE FOLLOWS' in mine.stdout
         assert mine.stdout == theirs.stdout
-    if session['kind'] == 'reply':
-        assert mine.replies[4] == b'550 No thanks\r\n'
 
 
 def test_random_sessions():
