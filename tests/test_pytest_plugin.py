@@ -25,6 +25,8 @@ smtpd = pytest_plugin.smtpd_compat_server
 
 PLUGIN = 'smtpd_compat.pytest_plugin'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(smtpd_compat.__file__)))
+# The checkout this file belongs to (what the smtpdfix venv installs).
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _entry_point_installed():
@@ -446,7 +448,7 @@ def smtpdfix_venv(tmp_path_factory):
     if fetched.returncode:
         _unavailable('cannot install smtpdfix from PyPI: %s' % fetched.stdout[-500:])
     # No network from here on: a failure to install this checkout is a bug.
-    built = subprocess.run(pip + ['--no-deps', '--no-build-isolation', ROOT],
+    built = subprocess.run(pip + ['--no-deps', '--no-build-isolation', CHECKOUT],
                            cwd=str(home), **run)
     assert built.returncode == 0, built.stdout
     return python
