@@ -115,10 +115,15 @@ def _is_fixture(obj):
 
 
 def _other_providers(config):
-    """Names of the registered plugins, other than this one, that define
-    a fixture named ``smtpd``."""
+    """Names of the registered plugins (or their distributions), other
+    than this one, that define a fixture named ``smtpd``."""
     owners = []
     this = sys.modules[__name__]
+    # Name a plugin by its distribution where it has one ("smtpdfix", not
+    # its entry point's name "smtpd").
+    dists = {}
+    for plugin, dist in config.pluginmanager.list_plugin_distinfo():
+        dists[id(plugin)] = getattr(dist, 'project_name', None)
     for name, plugin in config.pluginmanager.list_name_plugin():
         if plugin is None or plugin is this or isinstance(plugin, _SmtpdAlias):
             continue
@@ -127,7 +132,7 @@ def _other_providers(config):
         except Exception:       # a plugin object with a strict __getattr__
             continue
         if candidate is not None and _is_fixture(candidate):
-            owners.append(str(name))
+            owners.append(str(dists.get(id(plugin)) or name))
     return owners
 
 

@@ -84,7 +84,8 @@ def test_recording_is_complete():
     # Every scripted session of the live differential table was recorded
     # (re-run record.py after adding one).
     from sessions import SCRIPTED
-    assert {s['name'] for s in GOLDEN['sessions'] if s['kind'] == 'scripted'} == set(SCRIPTED)
+    recorded = {s['name'] for s in GOLDEN['sessions'] if s['kind'] == 'scripted'}
+    assert recorded == set(SCRIPTED), 'run python3.11 tests/golden/record.py'
 
 
 @pytest.mark.parametrize('key', sorted(k for k in SESSIONS if not k.startswith('random/')))

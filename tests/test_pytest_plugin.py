@@ -470,7 +470,7 @@ def test_smtpdfix_keeps_its_smtpd_fixture(smtpdfix_venv, tmp_path):
     result = _run_project(smtpdfix_venv, tmp_path, SMTPDFIX_PROJECT)
     assert result.returncode == 0, result.stdout
     assert '2 passed' in result.stdout
-    assert 'smtpd_compat: fixture smtpd_compat_server ("smtpd" is smtpd\'s)' in result.stdout
+    assert 'smtpd_compat: fixture smtpd_compat_server ("smtpd" is smtpdfix\'s)' in result.stdout
 
 
 def test_smtpd_is_ours_again_without_smtpdfix(smtpdfix_venv, tmp_path):
