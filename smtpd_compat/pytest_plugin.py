@@ -56,14 +56,16 @@ __all__ = ['smtpd_compat_server']
 
 _MARKER_HELP = (
     'smtpd(**kwargs): configure the smtpd (smtpd_compat_server) fixture: '
-    'server_class, hostname, '
-    'port, remoteaddr, ready_timeout, and the server class keywords '
+    'server_class, hostname, port, remoteaddr, ready_timeout, and the '
+    'server class keywords '
     '(data_size_limit, enable_SMTPUTF8, decode_data, reply, ...)')
 
 
 _ALIAS = 'smtpd'
 _ALIAS_MODES = ('auto', 'always', 'never')
 _ALIAS_PLUGIN = 'smtpd_compat.smtpd_alias'
+# The plugins found to provide their own "smtpd", for the report header.
+_OWNERS_KEY = pytest.StashKey()
 
 
 def pytest_addoption(parser):
@@ -97,9 +99,6 @@ def pytest_report_header(config):
         return ('smtpd_compat: fixture smtpd_compat_server ("smtpd" is %s\'s)'
                 % owners[0])
     return None
-
-
-_OWNERS_KEY = pytest.StashKey()
 
 
 def _is_fixture(obj):
