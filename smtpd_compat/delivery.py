@@ -50,6 +50,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _fsync_dir(path: str) -> None:
     # A rename is durable only once the directory holding it is synced.
+    if os.name == 'nt':
+        # Windows cannot open a directory as a file; NTFS journals the
+        # rename itself.
+        return
     fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
     try:
         os.fsync(fd)
@@ -103,8 +107,10 @@ class MaildirServer(_StoringServer):
         tmp = os.path.join(self.maildir, 'tmp', name)
         newdir = os.path.join(self.maildir, 'new')
         new = os.path.join(newdir, name)
+        # O_BINARY (Windows): no newline translation of the message.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                     | getattr(os, 'O_CLOEXEC', 0), 0o600)
+                     | getattr(os, 'O_CLOEXEC', 0) | getattr(os, 'O_BINARY', 0),
+                     0o600)
         moved = False
         try:
             try:

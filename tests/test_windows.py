@@ -58,6 +58,29 @@ def test_debugging_server_runs_and_prints_a_message(python_path_env):
     assert proc.returncode == 0, err
 
 
+def test_maildir_delivery_works_without_posix_modules(python_path_env, tmp_path):
+    # The alternative the mbox error message points to.
+    port = free_port()
+    maildir = tmp_path / 'Maildir'
+    proc = subprocess.Popen(
+        _argv('-n', '-c', 'MaildirServer', '--maildir', str(maildir),
+              '127.0.0.1:%d' % port),
+        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        wait_for_port(proc, port)
+        with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
+            client.sendmail('a@example.org', ['b@example.org'],
+                            'Subject: stored\r\n\r\nline one\r\nline two\r\n')
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    stored, = (maildir / 'new').iterdir()
+    # As process_message gets it: line ends as in the stdlib, bytes as sent.
+    assert stored.read_bytes() == b'Subject: stored\n\nline one\nline two'
+
+
 @pytest.mark.parametrize('args,message', [
     (['-n', '-c', 'MboxServer', '--mbox', 'x.mbox'],
      '--mbox needs POSIX file locks (the fcntl module)'),
