@@ -22,6 +22,7 @@ import time
 from typing import Optional, Union
 
 import smtpd_compat as _smtpd
+from smtpd_compat._compose import CapabilityServerMixin
 
 try:
     import fcntl
@@ -30,7 +31,7 @@ except ImportError:     # Windows: no POSIX locks, so no MboxServer there
 
 __all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED']
 
-log = logging.getLogger('smtpd_compat.delivery')
+log = logging.getLogger(__name__)
 
 #: The reply for a message that could not be stored; the sender retries.
 STORE_FAILED = '451 4.3.0 Error: could not store the message'
@@ -61,7 +62,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class _StoringServer(_smtpd.SMTPServer):
+class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """process_message = store(); any OSError becomes STORE_FAILED."""
 
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):

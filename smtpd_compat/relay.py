@@ -24,12 +24,13 @@ import smtplib
 from typing import Optional
 
 import smtpd_compat as _smtpd
-from smtpd_compat.extensions import _MessageMixin
+from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.message import MessageChannelMixin
 
 __all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE',
            'CANNOT_FORWARD_ADDRESS']
 
-log = logging.getLogger('smtpd_compat.relay')
+log = logging.getLogger(__name__)
 
 #: The reply when the upstream server cannot be reached or went away.
 UPSTREAM_UNAVAILABLE = '451 4.4.1 Error: upstream server unavailable'
@@ -67,7 +68,7 @@ def _upstream_error(exc) -> str:
     return UPSTREAM_UNAVAILABLE
 
 
-class RelayChannel(_MessageMixin, _smtpd.SMTPChannel):
+class RelayChannel(MessageChannelMixin, _smtpd.SMTPChannel):
     """Mirrors the transaction on an upstream session (``_upstream``)."""
 
     _upstream = None
@@ -152,7 +153,7 @@ class RelayChannel(_MessageMixin, _smtpd.SMTPChannel):
         return kwargs
 
 
-class RelayServer(_smtpd.SMTPServer):
+class RelayServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """Relays to ``remoteaddr``; ``relay_timeout`` (keyword-only, seconds)
     bounds each upstream connect and reply."""
 
