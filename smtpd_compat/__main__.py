@@ -56,6 +56,7 @@ _CAPABILITIES = (
     ('extensions', 'ESMTP extensions'),
     ('controller', 'Controller'),
     ('web', 'Web inbox'),
+    ('_version', 'Package'),
 )
 _TITLES = dict(_CAPABILITIES)
 

@@ -4,19 +4,19 @@ The stdlib's smtpd waits forever for a client and accepts any number of
 connections, recipients and errors.  :class:`LimitsServerMixin` (with its
 channel mixin :class:`LimitsChannelMixin`) adds, each as a keyword:
 
-=========================  ========  =========================================
-keyword                    default   on breach
-=========================  ========  =========================================
-``idle_timeout``           300 s     ``421 4.4.2`` and close (RFC 5321
-                                     §4.5.3.2.7: at least 5 minutes)
-``data_timeout``           300 s     ``421 4.4.2`` and close
-``min_data_rate``          500 B/s   (see below)
-``max_connections``        1000      ``421 4.7.0`` instead of the greeting
-``max_connections_per_ip`` 50        ``421 4.7.0`` instead of the greeting
-``max_recipients``         1000      ``452 4.5.3`` (RFC 5321 §4.5.3.1.10)
-``max_errors``             20        ``421 4.7.0`` and close
-``max_line_length``        512       the stdlib's ``500 Error: line too long``
-=========================  ========  =========================================
+===========================  ========  =========================================
+keyword                      default   on breach
+===========================  ========  =========================================
+``idle_timeout``             300 s     ``421 4.4.2`` and close (RFC 5321
+                                       §4.5.3.2.7: at least 5 minutes)
+``data_timeout``             300 s     ``421 4.4.2`` and close
+``min_data_rate``            500 B/s   (see below)
+``max_connections``          1000      ``421 4.7.0`` instead of the greeting
+``max_connections_per_ip``   50        ``421 4.7.0`` instead of the greeting
+``max_recipients``           1000      ``452 4.5.3`` (RFC 5321 §4.5.3.1.10)
+``max_errors``               20        ``421 4.7.0`` and close
+``max_line_length``          512       the stdlib's ``500 Error: line too long``
+===========================  ========  =========================================
 
 ``None`` switches a limit off.  The defaults are Postfix's (smtpd_timeout,
 smtpd_min_data_rate, smtpd_client_connection_count_limit,
