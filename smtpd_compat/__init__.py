@@ -205,6 +205,11 @@ class SMTPChannel(asynchat.async_chat):
     command_size_limit = 512
     # True while no byte of DATA content has arrived (see _handle_input).
     _data_start = False
+    # Hook for capabilities that wait for work done off the loop thread
+    # (smtpd_compat.threads): while True, _handle_input splits no further
+    # lines and keeps the rest in ac_in_buffer; _handle_input(b'') resumes.
+    # Never set by this module, so the stdlib's behaviour is unchanged.
+    _input_paused = False
     # Kept as a class attribute for code that reads it; every channel gets
     # its own dict in __init__ (deviation (d)).
     command_size_limits = collections.defaultdict(lambda x=command_size_limit: x)
@@ -383,7 +388,7 @@ class SMTPChannel(asynchat.async_chat):
         collect = self.collect_incoming_data
         calling = False
         try:
-            while pos < end:
+            while pos < end and not self._input_paused:
                 terminator = self.get_terminator()
                 if not terminator:
                     # No terminator: everything is content.

@@ -31,7 +31,7 @@ __all__ = ['main', 'CLI']
 # module that does not exist (yet) is skipped.
 _CAPABILITIES = (
     'loop', 'limits', 'proxy_protocol', 'shutdown', 'workers', 'tls', 'auth',
-    'delivery', 'relay', 'lmtp', 'extensions', 'controller',
+    'delivery', 'relay', 'lmtp', 'threads', 'extensions', 'controller',
 )
 
 

@@ -10,8 +10,11 @@ lock (plus, optionally, a ``FILE.lock`` dot-lock), fsyncs it, and on any
 error cuts the file back to its old length.
 
 On any write error the client gets ``451 4.3.0`` (try again later) and no
-partial message is left where a mail reader would see it.  Delivery is
-synchronous: the event loop waits for the disk (and, for mbox, the lock).
+partial message is left where a mail reader would see it.  Delivery runs
+in the server's worker threads (:mod:`smtpd_compat.threads`): the session
+waits for the disk (and, for mbox, the lock) to answer, the event loop and
+the other sessions do not.  So ``process_message`` and ``store`` (and a
+subclass's overrides of them) must be thread-safe.
 """
 import errno
 import fcntl
@@ -23,6 +26,8 @@ import time
 from typing import Optional, Union
 
 import smtpd_compat as _smtpd
+from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat.threads import OffloadChannelMixin
 
 __all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED']
 
@@ -54,7 +59,16 @@ def _fsync_dir(path: str) -> None:
 
 
 class _StoringServer(_smtpd.SMTPServer):
-    """process_message = store(); any OSError becomes STORE_FAILED."""
+    """process_message = store(); any OSError becomes STORE_FAILED.
+    process_message runs in the server's worker threads."""
+
+    # fsync and lock waits must not stop the loop (smtpd_compat.threads).
+    offload_process_message = True
+    channel_mixin = OffloadChannelMixin
+
+    def __init__(self, *args, **kwargs):
+        add_channel_mixin(self, OffloadChannelMixin)
+        super().__init__(*args, **kwargs)
 
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         """Store the message; None (250) once it is on disk, else the 451

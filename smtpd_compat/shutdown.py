@@ -78,7 +78,7 @@ class GracefulShutdown:
             for obj in list(map.values()):
                 if not isinstance(obj, _smtpd.SMTPChannel):
                     continue
-                if obj.smtp_state == obj.DATA and obj.connected:
+                if (obj.smtp_state == obj.DATA or getattr(obj, 'waiting', False)) and obj.connected:
                     waiting = True
                 else:
                     self._goodbye(obj)
