@@ -298,10 +298,22 @@ class OffloadChannelMixin:
 
     def _offload_gone(self):
         fd = self._fileno
-        return (not self.connected or fd is None
-                or self._map.get(fd) is not self
+        if (not self.connected or fd is None or self._map.get(fd) is not self
                 or getattr(self, 'closing', False)
-                or getattr(self, '_hanging_up', False))
+                or getattr(self, '_hanging_up', False)):
+            return True
+        # The channel read nothing while it waited, so a client that reset
+        # the connection meanwhile is only known by the socket's pending
+        # error.  (A client that merely closed its side may still read the
+        # replies to what it pipelined: it is answered as usual.)
+        try:
+            error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except (OSError, AttributeError, TypeError):
+            return False
+        if error:
+            self.close()
+            return True
+        return False
 
     def _offload_done(self, then, dropped, ok, value):
         # On the loop thread, from the waker.
