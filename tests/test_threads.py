@@ -18,8 +18,10 @@ from conftest import RecordingServer, read_to_eof, recv_reply
 import smtpd_compat
 from smtpd_compat import threads
 from smtpd_compat.auth import AuthServerMixin, FileAuthenticator, hash_password
-from smtpd_compat.delivery import MboxServer
+from smtpd_compat.delivery import MaildirServer, MboxServer
 from smtpd_compat.extensions import ExtensionsMixin
+from smtpd_compat.limits import LimitedServer
+from smtpd_compat.lmtp import LMTPServer
 from smtpd_compat.relay import RelayServer
 from smtpd_compat.shutdown import GracefulShutdown
 
@@ -499,3 +501,67 @@ def test_cli_bad_threads_value(python_path_env, value):
 def test_bad_pool_size_raises(value):
     with pytest.raises(ValueError):
         SlowServer(('127.0.0.1', 0), None, map={}, process_message_threads=value)
+
+
+# -- with the other capabilities -------------------------------------------
+
+class SlowLimited(LimitedServer):
+    """Production limits and the session log, with a slow threaded handler."""
+
+    def process_message(self, *args, **kwargs):
+        time.sleep(2.0)
+
+
+def test_server_work_does_not_count_as_client_idleness(live_server, caplog):
+    caplog.set_level(logging.INFO, logger='smtpd_compat')
+    live = live_server(type('S', (threads.ThreadedServerMixin, SlowLimited), {}),
+                       use_timers=True, idle_timeout=1.0)
+    with socket.create_connection(live.address, timeout=10) as sock:
+        recv_reply(sock)
+        start = time.monotonic()
+        # The handler takes 2 s, twice the idle timeout: still answered.
+        sock.sendall(b'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
+                     b'x\r\n.\r\n')
+        assert replies(sock, 5)[-1] == '250 OK'
+        answered = time.monotonic()
+        # Then the idle deadline runs again, from the answer.
+        assert read_to_eof(sock).startswith(b'421 4.4.2 ')
+        closed = time.monotonic()
+    assert answered - start >= 2.0
+    assert closed - answered >= 0.9
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum('message from' in m and "reply='250 OK'" in m for m in messages) == 1
+
+
+class SlowLMTP(LMTPServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        time.sleep(0.3)
+        return {r: None if r.startswith('ok') else '452 4.2.2 Over quota'
+                for r in rcpttos}
+
+
+def test_lmtp_threaded_per_recipient_replies_in_order(live_server):
+    live = live_server(type('S', (threads.ThreadedServerMixin, SlowLMTP), {}))
+    with socket.create_connection(live.address, timeout=10) as sock:
+        recv_reply(sock)
+        sock.sendall(b'LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<ok@x>\r\n'
+                     b'RCPT TO:<full@x>\r\nDATA\r\nx\r\n.\r\nNOOP\r\nQUIT\r\n')
+        got = replies(sock, 9)
+    assert got[1:] == ['250 OK', '250 OK', '250 OK', '354 End data with <CR><LF>.<CR><LF>',
+                       '250 <ok@x> OK', '452 4.2.2 Over quota', '250 OK', '221 Bye']
+
+
+def test_lmtp_into_maildir_is_offloaded(live_server, tmp_path):
+    class Local(MaildirServer, LMTPServer):
+        def store(self, mailfrom, data):
+            self.stored_in = threading.current_thread().name
+            super().store(mailfrom, data)
+
+    live = live_server(Local, maildir=str(tmp_path / 'md'))
+    with socket.create_connection(live.address, timeout=10) as sock:
+        recv_reply(sock)
+        sock.sendall(b'LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n'
+                     b'RCPT TO:<c@x>\r\nDATA\r\nx\r\n.\r\n')
+        assert replies(sock, 7)[-2:] == ['250 <b@x> OK', '250 <c@x> OK']
+    assert live.server.stored_in.startswith('smtpd_compat')
+    assert len(os.listdir(tmp_path / 'md' / 'new')) == 1
