@@ -102,8 +102,9 @@ class _Job:
 
 class _Waker(_smtpd.asyncore.dispatcher):
     """The read end of a socketpair in one socket map; workers post
-    finished jobs and write a byte to the other end.  Exists while jobs of
-    its map are in flight, then closes (so it never keeps a loop alive)."""
+    finished jobs and write a byte to the other end.  Made when the first
+    job of its map is submitted; closes itself when no job is in flight and
+    it is alone in the map, so that it never keeps a loop running."""
 
     def __init__(self, map):
         rsock, self._wsock = socket.socketpair()
@@ -127,6 +128,11 @@ class _Waker(_smtpd.asyncore.dispatcher):
                 pass    # buffer full: the loop is going to wake anyway
 
     def readable(self):
+        # Asked again whenever the loop looks at everyone: once nothing
+        # but this waker is left in the map, leave it, so the loop ends.
+        if self.pending <= 0 and len(self._map) <= 1:
+            self.close()
+            return False
         return True
 
     def writable(self):
@@ -148,7 +154,7 @@ class _Waker(_smtpd.asyncore.dispatcher):
                 raise
             except BaseException:
                 logger.exception('error handing back the result of %r', job.done)
-        if self.pending <= 0 and not finished:
+        if self.pending <= 0 and len(self._map) <= 1:
             self.close()
 
     def handle_close(self):

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import RecordingServer, read_to_eof, recv_reply
 import smtpd_compat
+import smtpd_compat.loop
 from smtpd_compat import threads
 from smtpd_compat.auth import AuthServerMixin, FileAuthenticator, hash_password
 from smtpd_compat.delivery import MaildirServer, MboxServer
@@ -206,17 +207,36 @@ def test_saturated_pool_queues_in_order(live_server, caplog):
     assert len(saturated) == 1
 
 
-def test_waker_leaves_the_map_when_idle(live_server):
-    live = live_server(SlowServer)
-    with smtplib.SMTP(*live.address, timeout=10) as client:
-        client.sendmail('a@x', ['b@x'], b'x\r\n')
-        # (It closes right after handing back the result.)
-        deadline = time.monotonic() + 5
-        while any(isinstance(d, threads._Waker) for d in list(live.map.values())):
-            assert time.monotonic() < deadline, 'the waker stayed in the map'
-            time.sleep(0.01)
-        assert client.noop()[0] == 250
-    # So a loop over this map still ends once the server is closed.
+class ClosingChannel(smtpd_compat.SMTPChannel):
+    def smtp_QUIT(self, arg):
+        self.smtp_server.close()     # on the loop thread
+        super().smtp_QUIT(arg)
+
+
+@pytest.mark.parametrize('use_timers', [False, True], ids=['asyncore', 'smtpd_compat.loop'])
+def test_loop_ends_when_only_the_waker_is_left(use_timers):
+    # The waker stays in the map between jobs (no socketpair per message),
+    # but never keeps a loop running on its own.
+    class Server(SlowServer):
+        channel_class = ClosingChannel
+        delay = 0
+
+    map = {}
+    server = Server(('127.0.0.1', 0), None, map=map)
+    run = smtpd_compat.loop.loop if use_timers else smtpd_compat.asyncore.loop
+    runner = threading.Thread(target=run, kwargs={'timeout': 0.05, 'map': map})
+    runner.start()
+    try:
+        with smtplib.SMTP(*server.socket.getsockname(), timeout=10) as client:
+            client.sendmail('a@x', ['b@x'], b'x\r\n')
+            assert any(isinstance(d, threads._Waker) for d in list(map.values()))
+        runner.join(10)
+        assert not runner.is_alive(), 'the loop did not end'
+        assert map == {}
+    finally:
+        if runner.is_alive():
+            smtpd_compat.asyncore.close_all(map=map)
+            runner.join(10)
 
 
 # -- shutdown -------------------------------------------------------------
