@@ -42,10 +42,11 @@ shared state of the server only under a lock.  See docs/threads.rst.
 import collections
 import logging
 import os
+import queue
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import weakref
 from typing import Any, Callable, Optional, Sequence
 
 import smtpd_compat as _smtpd
@@ -113,19 +114,22 @@ class _Waker(_smtpd.asyncore.dispatcher):
         self._finished = collections.deque()
         self._lock = threading.Lock()
         self._closed = False
+        self._signalled = False
         self._pid = os.getpid()
         self.pending = 0          # jobs submitted and not yet delivered
 
     def post(self, job):
-        """From any thread: queue a finished job and wake the loop."""
+        """From any thread: queue a finished job and wake the loop (one
+        byte per wake-up, however many jobs finish meanwhile)."""
         self._finished.append(job)
         with self._lock:
-            if self._closed:
+            if self._closed or self._signalled:
                 return
+            self._signalled = True
             try:
                 self._wsock.send(b'\0')
             except OSError:
-                pass    # buffer full: the loop is going to wake anyway
+                pass    # closed under us: nobody waits for the result
 
     def readable(self):
         # Asked again whenever the loop looks at everyone: once nothing
@@ -140,10 +144,12 @@ class _Waker(_smtpd.asyncore.dispatcher):
 
     def handle_read(self):
         try:
-            while self.socket.recv(4096):
-                pass
+            self.socket.recv(4096)
         except OSError:
             pass
+        # Reset before draining: a job queued from now on sends a new byte.
+        with self._lock:
+            self._signalled = False
         finished = self._finished
         while finished:
             job = finished.popleft()
@@ -187,19 +193,52 @@ def _waker_for(map):
 
 # -- the pool -----------------------------------------------------------------
 
+def _work(jobs):
+    # A worker thread: run jobs until the None that stops it.
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        job()
+        job = None
+
+
+def _stop_workers(jobs, count):
+    for _ in range(count):
+        jobs.put(None)
+
+
 class WorkerPool:
-    """A bounded pool of worker threads for one server.  Use
-    :func:`server_pool` to get a server's; call from the loop thread."""
+    """A bounded pool of worker threads for one server, started as work
+    comes.  Use :func:`server_pool` to get a server's; call from the loop
+    thread.  The threads are daemon threads: at interpreter exit, work
+    still running is abandoned (its client never got a reply, so it
+    retries); graceful shutdown waits for it first."""
 
     def __init__(self, threads: int = DEFAULT_THREADS, name: str = 'smtpd_compat'):
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError('threads must be a positive integer, not %r'
                              % (threads,))
         self.threads = threads
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self.name = name
+        self._jobs = queue.SimpleQueue()
+        self._started = 0
         self._pid = os.getpid()
         self.in_flight = 0
         self._saturated_logged = -1e9
+        # Collected with its server: the threads stop too.
+        self._finalizer = weakref.finalize(self, _stop_workers, self._jobs, 0)
+
+    def _put(self, job, busy):
+        if self._started < min(busy, self.threads):
+            self._started += 1
+            thread = threading.Thread(target=_work, args=(self._jobs,), daemon=True,
+                                      name='%s-worker-%d' % (self.name, self._started))
+            thread.start()
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _stop_workers, self._jobs,
+                                               self._started)
+        self._jobs.put(job)
 
     def submit(self, fn: Callable, args: Sequence, done: Callable,
                map: Optional[dict] = None) -> None:
@@ -222,12 +261,7 @@ class WorkerPool:
                 logger.warning('worker pool saturated: %d jobs for %d threads '
                                '(the rest wait in order)', self.in_flight,
                                self.threads)
-        try:
-            self._executor.submit(job.run)
-        except BaseException:
-            waker.pending -= 1
-            self.in_flight -= 1
-            raise
+        self._put(job.run, self.in_flight)
 
     def submit_detached(self, fn: Callable, args: Sequence = ()) -> None:
         """Run ``fn(*args)`` on a worker when nobody waits for the result
@@ -237,11 +271,11 @@ class WorkerPool:
                 fn(*args)
             except Exception:
                 logger.exception('error in background work %r', fn)
-        self._executor.submit(run)
+        self._put(run, self.in_flight + 1)
 
-    def shutdown(self, wait: bool = False) -> None:
-        """Stop the threads once the queued work is done."""
-        self._executor.shutdown(wait=wait)
+    def shutdown(self) -> None:
+        """Stop the threads once the work queued so far is done."""
+        self._finalizer()
 
 
 def server_pool(server) -> WorkerPool:
