@@ -72,6 +72,23 @@ PROCESSING_FAILED = '451 4.3.0 Error: local error in processing'
 # Errors that must leave the loop, as asyncore lets them.
 _RERAISED = (KeyboardInterrupt, SystemExit, _smtpd.asyncore.ExitNow)
 
+# Which process made a pool or a waker: a forked worker process
+# (smtpd_compat.workers) makes its own instead of using its parent's.
+# Kept up to date here rather than asked of the kernel for every job.
+_pid = os.getpid()
+
+
+def _forked():
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_forked)
+    _pid_now = lambda: _pid      # noqa: E731
+else:
+    _pid_now = os.getpid
+
 
 # -- the waker --------------------------------------------------------------
 
@@ -115,7 +132,7 @@ class _Waker(_smtpd.asyncore.dispatcher):
         self._lock = threading.Lock()
         self._closed = False
         self._signalled = False
-        self._pid = os.getpid()
+        self._pid = _pid_now()
         self.pending = 0          # jobs submitted and not yet delivered
 
     def post(self, job):
@@ -186,7 +203,7 @@ _wakers = {}
 
 def _waker_for(map):
     waker = _wakers.get(id(map))
-    if waker is None or waker._closed or waker._pid != os.getpid():
+    if waker is None or waker._closed or waker._pid != _pid_now():
         waker = _wakers[id(map)] = _Waker(map)
     return waker
 
@@ -223,7 +240,7 @@ class WorkerPool:
         self.name = name
         self._jobs = queue.SimpleQueue()
         self._started = 0
-        self._pid = os.getpid()
+        self._pid = _pid_now()
         self.in_flight = 0
         self._saturated_logged = -1e9
         # Collected with its server: the threads stop too.
@@ -282,7 +299,7 @@ def server_pool(server) -> WorkerPool:
     """The worker pool of ``server``, made on first use with
     ``server.offload_threads`` threads (default :data:`DEFAULT_THREADS`)."""
     pool = server.__dict__.get('_smtpd_compat_pool')
-    if pool is None or pool._pid != os.getpid():   # new, or a forked worker
+    if pool is None or pool._pid != _pid_now():   # new, or a forked worker
         threads = getattr(server, 'offload_threads', None) or DEFAULT_THREADS
         pool = server._smtpd_compat_pool = WorkerPool(threads)
     return pool
