@@ -44,6 +44,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -63,6 +64,10 @@ logger = logging.getLogger('smtpd_compat.threads')
 
 #: Threads per server pool unless ``server.offload_threads`` says otherwise.
 DEFAULT_THREADS = 8
+#: How much nicer (lower CPU priority) worker threads are than the loop
+#: thread, on Linux: when handlers compete for the CPU (password hashes of
+#: a brute-force attack), the loop thread still answers everyone at once.
+WORKER_NICENESS = 10
 #: Seconds between two "pool saturated" log lines.
 SATURATION_LOG_INTERVAL = 10.0
 #: The reply when a threaded process_message raised (RFC 5321 §4.2.3:
@@ -212,6 +217,15 @@ def _waker_for(map):
 
 def _work(jobs):
     # A worker thread: run jobs until the None that stops it.
+    if sys.platform.startswith('linux') and hasattr(threading, 'get_native_id'):
+        # Linux schedules threads as tasks: this thread's own priority
+        # (elsewhere the id would name a process).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           min(19, os.getpriority(os.PRIO_PROCESS, 0)
+                               + WORKER_NICENESS))
+        except OSError:
+            pass
     while True:
         job = jobs.get()
         if job is None:
