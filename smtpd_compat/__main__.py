@@ -55,7 +55,8 @@ class CLI:
     given: the capability options given, long name without dashes and
         '=' -> value ('' for flags; the last one wins when repeated).
     server_class: the class named by -c.
-    mixins: classes put in front of server_class, first = outermost.
+    mixins: capability server mixins to add to server_class (in any order:
+        composition puts them in their layers).
     server_kwargs: keyword arguments for the server's constructor.
     serve: callable(cli, server) that runs until shutdown.
     """
@@ -82,9 +83,8 @@ class CLI:
             self.error('--%s needs -c %s or a subclass' % (option, base.__name__))
 
     def make_server(self):
-        cls = self.server_class
-        if self.mixins:
-            cls = type(cls.__name__, tuple(self.mixins) + (cls,), {})
+        from smtpd_compat._compose import compose_server
+        cls = compose_server(self.server_class, self.mixins)
         o = self.options
         return cls((o.localhost, o.localport), (o.remotehost, o.remoteport),
                    o.size_limit, **self.server_kwargs)

@@ -34,7 +34,8 @@ import sys
 from typing import Callable, Tuple
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.tls import TLSServerMixin
 
@@ -45,7 +46,7 @@ __all__ = [
     'CLI_OPTIONS', 'cli_configure', 'main',
 ]
 
-logger = logging.getLogger('smtpd_compat.auth')
+logger = logging.getLogger(__name__)
 
 MECHANISMS = ('PLAIN', 'LOGIN')
 
@@ -229,6 +230,8 @@ class AuthChannelMixin(OffloadChannelMixin):
     ``auth_allow_plaintext``, ``auth_max_failures``, ``auth_user_kwarg``).
     """
 
+    layer = LAYERS['auth']
+    capability_name = 'Auth'
     #: The login of the authenticated client, or None.
     auth_user = None
     _auth_failures = 0
@@ -239,7 +242,6 @@ class AuthChannelMixin(OffloadChannelMixin):
     # An AUTH command's initial response, taken out of the line before the
     # core's debug print (see found_terminator).
     _auth_initial = None
-    _auth_closing = False
 
     def _auth_offered(self):
         return (getattr(self, 'tls_active', False)
@@ -255,16 +257,9 @@ class AuthChannelMixin(OffloadChannelMixin):
         self.command_size_limits['MAIL'] += _MAIL_AUTH_PARAM_EXTRA
         return keywords + ['AUTH ' + ' '.join(self.smtp_server.auth_mechanisms)]
 
-    def readable(self):
-        # After the 421 nothing more is read: the connection is closing.
-        return not self._auth_closing and super().readable()
-
     # -- keeping secrets out of the debug output ----------------------------
 
     def found_terminator(self):
-        if self._auth_closing:
-            self.received_lines = []
-            return
         if self._auth_state is not None and self.smtp_state == self.COMMAND:
             sz, self.num_bytes = self.num_bytes, 0
             line = self._take_line()
@@ -336,7 +331,8 @@ class AuthChannelMixin(OffloadChannelMixin):
         self._auth_state = 'PLAIN' if mechanism == 'PLAIN' else 'LOGIN-USER'
         if initial is None:
             # RFC 4954 section 4: PLAIN's challenge is empty ("334 ").
-            self.push('334 ' if mechanism == 'PLAIN' else _LOGIN_USER)
+            self._auth_challenge('334 ' if mechanism == 'PLAIN'
+                                 else _LOGIN_USER)
         else:
             self._auth_continue(initial, 0)
 
@@ -369,17 +365,28 @@ class AuthChannelMixin(OffloadChannelMixin):
         if self._auth_state == 'LOGIN-USER':
             self._auth_login = text
             self._auth_state = 'LOGIN-PASSWORD'
-            self.push(_LOGIN_PASSWORD)
+            self._auth_challenge(_LOGIN_PASSWORD)
             return
         if self._auth_state == 'LOGIN-PASSWORD':
             mechanism, login, password = 'LOGIN', self._auth_login, text
         else:
             mechanism = 'PLAIN'
         self._auth_state = self._auth_login = None
+        self.reset_idle_deadline()
         self._auth_check(mechanism, login, password)
+
+    def _auth_challenge(self, challenge):
+        """Send a 334 challenge.  The client's answer is awaited under the
+        connection's deadline in the 'auth' phase (the server's
+        ``auth_timeout``, else its idle timeout)."""
+        server = self.smtp_server
+        self.set_deadline(getattr(server, 'auth_timeout', None)
+                          or getattr(server, 'idle_timeout', None), 'auth')
+        self.push(challenge)
 
     def _auth_end(self, reply):
         self._auth_state = self._auth_login = None
+        self.reset_idle_deadline()
         self.push(reply)
 
     def _auth_check(self, mechanism, login, password):
@@ -414,11 +421,8 @@ class AuthChannelMixin(OffloadChannelMixin):
         logger.info('%r failed AUTH %s (%d)', self.peer, mechanism,
                     self._auth_failures)
         if self._auth_failures >= server.auth_max_failures:
-            self.push('421 4.7.0 Too many failed authentication attempts, '
-                      'closing connection')
-            self._auth_closing = True
-            self.ac_in_buffer = b''     # ignore anything pipelined
-            self.close_when_done()
+            self.hang_up('421 4.7.0 Too many failed authentication attempts, '
+                         'closing connection', 'too many failed AUTH')
             return
         self.push('535 5.7.8 Authentication credentials invalid')
 
@@ -454,12 +458,12 @@ class AuthChannelMixin(OffloadChannelMixin):
         kwargs = super()._message_kwargs()
         # Only servers that declare it accept the keyword (a stdlib-style
         # process_message would raise TypeError on it).
-        if self.smtp_server.auth_user_kwarg:
+        if getattr(self.smtp_server, 'auth_user_kwarg', False):
             kwargs['auth_user'] = self.auth_user
         return kwargs
 
 
-class AuthServerMixin:
+class AuthServerMixin(CapabilityServerMixin):
     """Server mixin: SMTP AUTH.
 
     Keyword-only arguments (the rest go to the next class):
@@ -482,10 +486,11 @@ class AuthServerMixin:
     Set the class attribute ``auth_user_kwarg = True`` (as
     :class:`SubmissionServer` does) to have process_message called with an
     ``auth_user`` keyword argument (None when the client did not
-    authenticate).
+    authenticate).  (The mixin defines no default for it, so a class
+    attribute anywhere in the server's bases is seen, whatever their order.)
     """
 
-    auth_user_kwarg = False
+    channel_mixin = AuthChannelMixin
 
     def __init__(self, *args, authenticator: Callable = None,
                  auth_required: bool = False, auth_allow_plaintext: bool = False,
@@ -510,7 +515,6 @@ class AuthServerMixin:
         self.auth_allow_plaintext = bool(auth_allow_plaintext)
         self.auth_mechanisms = mechanisms
         self.auth_max_failures = auth_max_failures
-        add_channel_mixin(self, AuthChannelMixin)
         super().__init__(*args, **kwargs)
         # Checked after super().__init__ so that a TLS mixin on either side
         # of this one has set tls_context.

@@ -26,7 +26,7 @@ __all__ = [
     'with_capture',
 ]
 
-log = logging.getLogger('smtpd_compat.controller')
+log = logging.getLogger(__name__)
 
 # How long one poll may block.  Nothing waits for it to run out: stop() and
 # start() wake the loop through the waker socket.

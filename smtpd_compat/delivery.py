@@ -26,12 +26,12 @@ import time
 from typing import Optional, Union
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.threads import OffloadChannelMixin
 
 __all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED']
 
-log = logging.getLogger('smtpd_compat.delivery')
+log = logging.getLogger(__name__)
 
 #: The reply for a message that could not be stored; the sender retries.
 STORE_FAILED = '451 4.3.0 Error: could not store the message'
@@ -58,17 +58,13 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class _StoringServer(_smtpd.SMTPServer):
+class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """process_message = store(); any OSError becomes STORE_FAILED.
     process_message runs in the server's worker threads."""
 
     # fsync and lock waits must not stop the loop (smtpd_compat.threads).
     offload_process_message = True
     channel_mixin = OffloadChannelMixin
-
-    def __init__(self, *args, **kwargs):
-        add_channel_mixin(self, OffloadChannelMixin)
-        super().__init__(*args, **kwargs)
 
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
         """Store the message; None (250) once it is on disk, else the 451

@@ -24,16 +24,17 @@ import stat
 from typing import Optional
 
 import smtpd_compat as _smtpd
-from smtpd_compat.extensions import _MessageMixin
+from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.message import MessageChannelMixin
 
 __all__ = ['LMTPChannel', 'LMTPServer']
 
-log = logging.getLogger('smtpd_compat.lmtp')
+log = logging.getLogger(__name__)
 
 _NO_RESULT = '451 4.3.0 Error: no delivery result for this recipient'
 
 
-class LMTPChannel(_MessageMixin, _smtpd.SMTPChannel):
+class LMTPChannel(MessageChannelMixin, _smtpd.SMTPChannel):
     """An SMTPChannel speaking LMTP."""
 
     def smtp_HELO(self, arg):
@@ -79,7 +80,7 @@ def _per_recipient(status, rcpttos):
     return [result or '250 <%s> OK' % r for result, r in zip(results, rcpttos)]
 
 
-class LMTPServer(_smtpd.SMTPServer):
+class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """An LMTP server; override process_message (see the module docs).
 
     ``unix_socket``: listen on this filesystem path instead of

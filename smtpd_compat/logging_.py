@@ -18,12 +18,13 @@ The module is named ``logging_`` so that it never shadows the stdlib's
 import logging
 import time
 
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.session import LAYERS
 
 __all__ = ['logger', 'SessionLogChannelMixin', 'SessionLogServerMixin',
            'format_peer']
 
-logger = logging.getLogger('smtpd_compat')
+logger = logging.getLogger(__name__)
 
 
 def format_peer(peer) -> str:
@@ -39,11 +40,13 @@ def format_peer(peer) -> str:
 class SessionLogChannelMixin:
     """Channel mixin writing the connection and message lines.
 
-    ``close_reason`` (None by default) is added to the disconnect line;
-    other mixins set it before they hang up.
+    ``close_reason`` (the shared state's, None by default) is added to the
+    disconnect line.  It sits inside the PROXY layer, so both lines name the
+    client the header announced.
     """
 
-    close_reason = None
+    layer = LAYERS['session_log']
+    capability_name = 'SessionLog'
     _log_opened = None
     _log_reply_pending = None
 
@@ -91,10 +94,7 @@ class SessionLogChannelMixin:
         super().close()
 
 
-class SessionLogServerMixin:
+class SessionLogServerMixin(CapabilityServerMixin):
     """Server mixin adding :class:`SessionLogChannelMixin` to its channels."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        add_channel_mixin(self, SessionLogChannelMixin)
-
+    channel_mixin = SessionLogChannelMixin

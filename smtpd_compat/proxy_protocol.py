@@ -26,7 +26,8 @@ import struct
 from typing import NamedTuple, Optional, Tuple
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.session import LAYERS
 
 __all__ = [
     'ProxyHeader', 'ProxyProtocolError', 'parse_proxy_header',
@@ -34,7 +35,7 @@ __all__ = [
     'ProxyProtocolServer', 'V2_SIGNATURE', 'CLI_OPTIONS', 'cli_configure',
 ]
 
-logger = logging.getLogger('smtpd_compat')
+logger = logging.getLogger(__name__)
 
 # The twelve bytes that open a version 2 header: chosen by the spec so that
 # they can never begin a valid text protocol exchange.
@@ -229,11 +230,16 @@ class ProxyProtocolChannelMixin:
     an UNKNOWN/UNSPEC family ``self.peer`` stays the TCP peer.  Bytes that
     follow the header in the same read are SMTP input.
 
-    Put this mixin in front of any mixin that looks at ``self.peer`` in its
-    own ``_greet()`` (per-address limits, logging), so that they see the
-    client's address.
+    Its layer is the outermost, so every other capability (per-address
+    limits, the session log) sees the client's address in its own
+    ``_greet()``.  Until the header is complete the connection's deadline
+    is in the 'proxy' phase (``proxy_header_timeout``): when it passes the
+    connection is closed without an SMTP reply, which only the balancer
+    would read.
     """
 
+    layer = LAYERS['proxy']
+    capability_name = 'Proxy'
     proxy_header = None
 
     def _greet(self):
@@ -241,6 +247,10 @@ class ProxyProtocolChannelMixin:
             # Hold the greeting until _handle_input has read the header.
             self.proxy_peer = self.peer
             self._proxy_buffer = b''
+            server = self.smtp_server
+            self.set_deadline(getattr(server, 'proxy_header_timeout', None)
+                              or getattr(server, 'idle_timeout', None),
+                              'proxy')
             return
         super()._greet()
 
@@ -262,6 +272,7 @@ class ProxyProtocolChannelMixin:
             return
         self._proxy_buffer = b''
         self.proxy_header = header
+        self.reset_idle_deadline()
         if (header.command == 'PROXY' and isinstance(header.source, tuple)
                 and header.family in ('TCP4', 'TCP6')):
             self.peer = header.source
@@ -282,20 +293,21 @@ def _format_peer(peer):
     return repr(peer)
 
 
-class ProxyProtocolServerMixin:
+class ProxyProtocolServerMixin(CapabilityServerMixin):
     """Server mixin: every connection starts with a PROXY v1 or v2 header.
+    Its channel mixin is the outermost layer whatever the order of the
+    server's bases, so the other capabilities see the client's address.
 
-    Put it first among the server's bases (``class S(ProxyProtocolServerMixin,
-    LimitsServerMixin, SMTPServer)``): its channel mixin then comes first
-    too, so that other mixins see the client's real address.
+    ``proxy_header_timeout`` (keyword-only, seconds, default 10): how long
+    a connection may take to send its header before it is closed.
     """
 
-    def __init__(self, *args, **kwargs):
+    channel_mixin = ProxyProtocolChannelMixin
+
+    def __init__(self, *args, proxy_header_timeout=UNSET, **kwargs):
+        settings(self, {'proxy_header_timeout': proxy_header_timeout},
+                 {'proxy_header_timeout': 10.0})
         super().__init__(*args, **kwargs)
-        # Composed after super().__init__ so that this mixin ends up outermost
-        # in the channel class, ahead of mixins composed by inner server
-        # mixins (they must see the peer this one sets).
-        add_channel_mixin(self, ProxyProtocolChannelMixin)
 
 
 class ProxyProtocolServer(ProxyProtocolServerMixin, _smtpd.SMTPServer):
@@ -312,6 +324,6 @@ CLI_OPTIONS = (
 
 
 def cli_configure(cli):
-    """Put the PROXY mixin outermost when --proxy-protocol is given."""
+    """Add the PROXY mixin when --proxy-protocol is given."""
     if 'proxy-protocol' in cli.given:
-        cli.mixins.insert(0, ProxyProtocolServerMixin)
+        cli.mixins.append(ProxyProtocolServerMixin)

@@ -87,6 +87,7 @@ def _server_class(options):
     import importlib
 
     import smtpd_compat
+    from smtpd_compat._compose import compose_server
     from smtpd_compat.controller import CapturingServer, with_capture
 
     base = options.pop('server_class', None)
@@ -98,10 +99,8 @@ def _server_class(options):
                 mixins.append(mixin)
     if not mixins:
         return with_capture(base or CapturingServer)
-    # Capture goes in front of the mixins (with_capture puts it first), so
-    # that its auth_user_kwarg, not AuthServerMixin's default, is seen.
     base = base or smtpd_compat.SMTPServer
-    return with_capture(type(base.__name__, tuple(mixins) + (base,), {}))
+    return with_capture(compose_server(base, mixins))
 
 
 @pytest.fixture

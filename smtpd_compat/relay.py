@@ -26,13 +26,14 @@ import smtplib
 from typing import Optional
 
 import smtpd_compat as _smtpd
-from smtpd_compat.extensions import _MessageMixin
+from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.threads import OffloadChannelMixin, server_pool
 
 __all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE',
            'CANNOT_FORWARD_ADDRESS']
 
-log = logging.getLogger('smtpd_compat.relay')
+log = logging.getLogger(__name__)
 
 #: The reply when the upstream server cannot be reached or went away.
 UPSTREAM_UNAVAILABLE = '451 4.4.1 Error: upstream server unavailable'
@@ -123,7 +124,7 @@ class _Deferred(Exception):
         self.fn, self.args = fn, args
 
 
-class RelayChannel(OffloadChannelMixin, _MessageMixin, _smtpd.SMTPChannel):
+class RelayChannel(MessageChannelMixin, _smtpd.SMTPChannel):
     """Mirrors the transaction on an upstream session (``_upstream``).
 
     MAIL and RCPT (states of one command): the first run of smtp_MAIL /
@@ -133,6 +134,8 @@ class RelayChannel(OffloadChannelMixin, _MessageMixin, _smtpd.SMTPChannel):
     stored in ``_relay_verdict`` the command runs again from the top and
     check_*_parameters returns the verdict, so the core and the other
     mixins answer exactly as they would have without the wait.
+    ``offload`` and ``waiting`` come from OffloadChannelMixin, which
+    RelayServer composes in (``channel_mixin``).
     """
 
     _upstream = None
@@ -243,11 +246,12 @@ class RelayChannel(OffloadChannelMixin, _MessageMixin, _smtpd.SMTPChannel):
         return kwargs
 
 
-class RelayServer(_smtpd.SMTPServer):
+class RelayServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """Relays to ``remoteaddr``; ``relay_timeout`` (keyword-only, seconds)
     bounds each upstream connect and reply."""
 
     channel_class = RelayChannel
+    channel_mixin = OffloadChannelMixin
     # The message goes upstream from a worker thread (smtpd_compat.threads).
     offload_process_message = True
 

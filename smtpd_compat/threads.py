@@ -52,7 +52,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import UNSET, CapabilityServerMixin
+from smtpd_compat.session import LAYERS
 
 __all__ = [
     'OffloadChannelMixin', 'ThreadedServerMixin', 'WorkerPool',
@@ -334,7 +335,9 @@ class OffloadChannelMixin:
     process_message in the pool too.
     """
 
-    layer = 55
+    layer = LAYERS['threads']
+    # Not a capability users name: composed classes keep their names.
+    capability_name = ''
 
     #: True while work for this channel is in flight: nothing is read or
     #: processed, and graceful shutdown waits for it.
@@ -478,10 +481,12 @@ def _call_process_message(process_message, args, kwargs):
 
 # -- the server side ----------------------------------------------------------
 
-class ThreadedServerMixin:
+class ThreadedServerMixin(CapabilityServerMixin):
     """Server mixin: run ``process_message`` in a pool of
-    ``process_message_threads`` worker threads (keyword-only), so a slow
-    handler (a database, an HTTP call) does not stop the other sessions.
+    ``process_message_threads`` worker threads (keyword-only; default the
+    class attribute ``offload_threads`` if your class sets one, else
+    :data:`DEFAULT_THREADS`), so a slow handler (a database, an HTTP call)
+    does not stop the other sessions.
 
     The handler must then be thread-safe: it may use its arguments freely,
     but shared state (the server's attributes, a database connection) only
@@ -491,8 +496,10 @@ class ThreadedServerMixin:
 
     channel_mixin = OffloadChannelMixin
 
-    def __init__(self, *args, process_message_threads: int = DEFAULT_THREADS,
-                 **kwargs):
+    def __init__(self, *args, process_message_threads: int = UNSET, **kwargs):
+        if process_message_threads is UNSET:
+            process_message_threads = getattr(type(self), 'offload_threads',
+                                              DEFAULT_THREADS)
         if (not isinstance(process_message_threads, int)
                 or isinstance(process_message_threads, bool)
                 or process_message_threads < 1):
@@ -500,7 +507,6 @@ class ThreadedServerMixin:
                              'integer, not %r' % (process_message_threads,))
         self.offload_threads = process_message_threads
         self.offload_process_message = True
-        add_channel_mixin(self, OffloadChannelMixin)
         super().__init__(*args, **kwargs)
 
 
