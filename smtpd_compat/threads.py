@@ -322,8 +322,8 @@ def server_pool(server) -> WorkerPool:
 
 # -- the channel side ---------------------------------------------------------
 
-class _Unset:
-    pass
+# _offload_outcome when no outcome is being answered.
+_NO_OUTCOME = object()
 
 
 class OffloadChannelMixin:
@@ -343,7 +343,7 @@ class OffloadChannelMixin:
     #: processed, and graceful shutdown waits for it.
     waiting = False
     # process_message's outcome while _process_data runs again to answer it.
-    _offload_outcome = _Unset
+    _offload_outcome = _NO_OUTCOME
 
     def offload(self, fn: Callable, args: Sequence,
                 then: Callable[[bool, Any], None],
@@ -373,8 +373,7 @@ class OffloadChannelMixin:
     def _offload_gone(self):
         fd = self._fileno
         if (not self.connected or fd is None or self._map.get(fd) is not self
-                or getattr(self, 'closing', False)
-                or getattr(self, '_hanging_up', False)):
+                or getattr(self, 'closing', False)):
             return True
         # The channel read nothing while it waited, so a client that reset
         # the connection meanwhile is only known by the socket's pending
@@ -441,7 +440,7 @@ class OffloadChannelMixin:
         # when its outcome is there _process_data runs again, from the
         # outside in, and answers with it.
         outcome = self._offload_outcome
-        if outcome is _Unset:
+        if outcome is _NO_OUTCOME:
             if not getattr(self.smtp_server, 'offload_process_message', False):
                 super()._process_data(data)
                 return
@@ -453,7 +452,7 @@ class OffloadChannelMixin:
                          lambda ok, value: self._message_done(data, ok, value),
                          self._message_dropped)
             return
-        self._offload_outcome = _Unset
+        self._offload_outcome = _NO_OUTCOME
         ok, status = outcome
         if not ok:
             logger.error('process_message failed for %r', self.peer,
@@ -468,7 +467,7 @@ class OffloadChannelMixin:
         try:
             self._process_data(data)
         finally:
-            self._offload_outcome = _Unset
+            self._offload_outcome = _NO_OUTCOME
 
     def _message_dropped(self, ok, value):
         """process_message finished for a connection that has closed
