@@ -56,7 +56,7 @@ from smtpd_compat._compose import UNSET, CapabilityServerMixin
 from smtpd_compat.session import LAYERS
 
 __all__ = [
-    'OffloadChannelMixin', 'ThreadedServerMixin', 'WorkerPool',
+    'OffloadChannelMixin', 'OffloadServerMixin', 'ThreadedServerMixin', 'WorkerPool',
     'server_pool', 'DEFAULT_THREADS', 'PROCESSING_FAILED',
     'CLI_OPTIONS', 'cli_configure',
 ]
@@ -480,7 +480,17 @@ def _call_process_message(process_message, args, kwargs):
 
 # -- the server side ----------------------------------------------------------
 
-class ThreadedServerMixin(CapabilityServerMixin):
+class OffloadServerMixin(CapabilityServerMixin):
+    """Server mixin for servers whose own ``process_message`` blocks (the
+    delivery and relay servers): it runs in the worker pool.  A subclass
+    may set ``offload_process_message = False`` to run it on the loop
+    thread again."""
+
+    channel_mixin = OffloadChannelMixin
+    offload_process_message = True
+
+
+class ThreadedServerMixin(OffloadServerMixin):
     """Server mixin: run ``process_message`` in a pool of
     ``process_message_threads`` worker threads (keyword-only; default the
     class attribute ``offload_threads`` if your class sets one, else
@@ -492,8 +502,6 @@ class ThreadedServerMixin(CapabilityServerMixin):
     under a lock, and never the channel or the loop.  An exception it
     raises is logged and answered ``451 4.3.0``.
     """
-
-    channel_mixin = OffloadChannelMixin
 
     def __init__(self, *args, process_message_threads: int = UNSET, **kwargs):
         if process_message_threads is UNSET:
