@@ -38,6 +38,9 @@ class SlowServer(threads.ThreadedServerMixin, RecordingServer):
     delay = 0.3
 
     def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        started = getattr(self, 'started', None)
+        if started is not None:
+            started.set()
         time.sleep(self.delay)
         if b'boom' in data:
             raise RuntimeError('handler bug')
@@ -203,8 +206,9 @@ def test_saturated_pool_queues_in_order(live_server, caplog):
         assert mine == [b'%d-%d' % (n, i) for i in range(per_client)]
     assert len(live.server.threads_seen) == 2
     saturated = [r for r in caplog.records if 'saturated' in r.getMessage()]
-    # Rate-limited: one line for the whole burst.
-    assert len(saturated) == 1
+    # Rate-limited: one line for the whole burst (two if a loaded machine
+    # stretched it past the interval), not one per queued job.
+    assert 1 <= len(saturated) <= 2
 
 
 class ClosingChannel(smtpd_compat.SMTPChannel):
@@ -241,7 +245,11 @@ def test_loop_ends_when_only_the_waker_is_left(use_timers):
 
 # -- shutdown -------------------------------------------------------------
 
+check_started = threading.Event()
+
+
 def slow_check(mechanism, login, password, channel):
+    check_started.set()
     time.sleep(1.0)
     return password == 'right'
 
@@ -265,8 +273,9 @@ def test_shutdown_waits_for_work_in_flight():
             recv_reply(sock)
             # AUTH PLAIN \0user\0right: the check is in flight (COMMAND
             # state, not DATA) when the shutdown begins.
+            check_started.clear()
             sock.sendall(b"AUTH PLAIN AHVzZXIAcmlnaHQ=\r\n")
-            time.sleep(0.3)
+            assert check_started.wait(10)
             shutdown.request()
             data = read_to_eof(sock)
     finally:
@@ -280,6 +289,7 @@ def test_shutdown_waits_for_a_threaded_message():
     map = {}
     server = SlowServer(('127.0.0.1', 0), None, map=map)
     server.delay = 1.0
+    server.started = threading.Event()
     address = server.socket.getsockname()
     shutdown = GracefulShutdown(map, grace_period=10)
     runner = threading.Thread(target=shutdown.run)
@@ -290,7 +300,7 @@ def test_shutdown_waits_for_a_threaded_message():
             sock.sendall(b'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
                          b'x\r\n.\r\n')
             assert replies(sock, 4)[-1].startswith('354')
-            time.sleep(0.2)
+            assert server.started.wait(10)
             shutdown.request()
             data = read_to_eof(sock)
     finally:
@@ -419,9 +429,16 @@ with open(sys.argv[1], 'ab') as f:
 '''
 
 
+class SignallingMbox(MboxServer):
+    def store(self, mailfrom, data):
+        self.storing.set()
+        super().store(mailfrom, data)
+
+
 def test_mbox_lock_held_elsewhere_does_not_stall_others(live_server, tmp_path):
     mbox = tmp_path / 'mbox'
-    live = live_server(MboxServer, mbox=str(mbox), lock_timeout=10)
+    live = live_server(SignallingMbox, mbox=str(mbox), lock_timeout=10)
+    live.server.storing = threading.Event()
     locker = subprocess.Popen([sys.executable, '-c', LOCKER, str(mbox), '2'],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -435,7 +452,8 @@ def test_mbox_lock_held_elsewhere_does_not_stall_others(live_server, tmp_path):
 
         t = threading.Thread(target=sender)
         t.start()
-        time.sleep(0.3)
+        assert live.server.storing.wait(10)
+        time.sleep(0.1)
         assert t.is_alive()         # waiting for the lock
         assert connect_noop(live.address) < FAST
         t.join(20)
