@@ -451,6 +451,7 @@ class AuthChannelMixin:
             self.received_lines = []
             return
         if self.smtp_state != self.COMMAND:
+            self._auth_redact_line = False
             super().found_terminator()
             return
         self._auth_redact_line = self._auth_pipelined > 0
@@ -471,7 +472,9 @@ class AuthChannelMixin:
         long, refused, accepted), count the responses that may follow it."""
         if self._auth_state is not None:
             return
-        words = self._emptystring.join(self.received_lines).split(None, 2)
+        line = self._emptystring.join(self.received_lines)
+        self.received_lines = [line]    # joined once, not again by the core
+        words = line.split(None, 2)
         if not words or words[0].upper() not in ('AUTH', b'AUTH'):
             return
         mechanism = words[1].upper() if len(words) > 1 else ''
