@@ -9,6 +9,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import warnings
 
 import pytest
 
@@ -23,10 +24,14 @@ pytest_plugins = ['pytester']
 # first imported while its fixture is active, and cryptography (under
 # trustme) imported a second time in one process no longer matches its
 # compiled half ("curve must be an EllipticCurve instance" in later tests).
-try:
-    import trustme  # noqa: F401
-except ImportError:
-    trustme = None
+# (Warnings ignored as pytest.importorskip does: cryptography warns about
+# old Pythons on import.)
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    try:
+        import trustme
+    except ImportError:
+        trustme = None
 
 # This module uses the fixture itself too.  Bound by assignment rather than
 # loaded as a plugin, which would clash with the entry point when installed.
