@@ -32,7 +32,7 @@ __all__ = ['main', 'CLI']
 # module that does not exist (yet) is skipped.
 _CAPABILITIES = (
     'loop', 'limits', 'proxy_protocol', 'shutdown', 'workers', 'tls', 'auth',
-    'delivery', 'relay', 'lmtp', 'extensions', 'controller',
+    'delivery', 'relay', 'lmtp', 'extensions', 'controller', 'web',
 )
 
 
@@ -56,7 +56,8 @@ class CLI:
     given: the capability options given, long name without dashes and
         '=' -> value ('' for flags; the last one wins when repeated).
     server_class: the class named by -c.
-    mixins: classes put in front of server_class, first = outermost.
+    mixins: capability server mixins to add to server_class (in any order:
+        composition puts them in their layers).
     server_kwargs: keyword arguments for the server's constructor.
     serve: callable(cli, server) that runs until shutdown.
     """
@@ -83,9 +84,8 @@ class CLI:
             self.error('--%s needs -c %s or a subclass' % (option, base.__name__))
 
     def make_server(self):
-        cls = self.server_class
-        if self.mixins:
-            cls = type(cls.__name__, tuple(self.mixins) + (cls,), {})
+        from smtpd_compat._compose import compose_server
+        cls = compose_server(self.server_class, self.mixins)
         o = self.options
         return cls((o.localhost, o.localport), (o.remotehost, o.remoteport),
                    o.size_limit, **self.server_kwargs)
@@ -113,8 +113,44 @@ def _serve(cli, server):
     loop.loop()
 
 
+# Set once a stop signal has been acted on (or serving is over).
+_stopping = False
+
+
 def _terminate(signum, frame):
+    """SIGTERM/SIGINT handler: the first signal ends the server like
+    Ctrl-C did (a KeyboardInterrupt that main() catches); later ones are
+    ignored, so that a second signal arriving while the first unwinds
+    cannot raise again: no traceback, and no exit status 130."""
+    if _stopping:
+        # Already tripped before the SIG_IGN below took effect.
+        return
+    _ignore_stop_signals()
     raise KeyboardInterrupt
+
+
+def _handle_stop_signals():
+    global _stopping
+    _stopping = False
+    signal.signal(signal.SIGTERM, _terminate)
+    # Only where Python's own Ctrl-C handler is in place: a SIGINT ignored
+    # by the parent (a background job of a non-interactive shell) stays
+    # ignored.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _terminate)
+
+
+def _ignore_stop_signals():
+    """From now on the process is stopping: SIGTERM and SIGINT (where
+    _terminate handles them) are ignored.  SIG_IGN rather than a quiet
+    Python handler: at finalization Python resets the signals it handles
+    to their default action, and a late SIGTERM would then kill the
+    process (status -15) on its way out."""
+    global _stopping
+    _stopping = True
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is _terminate:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 # -- SIGHUP: reload certificates and the auth file -------------------------
@@ -194,37 +230,56 @@ def main(argv=None):
         configure = getattr(mod, 'cli_configure', None)
         if configure is not None:
             configure(cli)
-    # SIGTERM ends the server like Ctrl-C: quietly, with status 0 -- from
-    # before the port is bound, so that no signal finds the default action.
-    signal.signal(signal.SIGTERM, _terminate)
-    if hasattr(signal, 'SIGHUP'):
-        signal.signal(signal.SIGHUP, _request_reload)
     try:
+        # SIGTERM ends the server like Ctrl-C: quietly, with status 0 --
+        # from before the port is bound, so that no signal finds the
+        # default action.
+        _handle_stop_signals()
+        if hasattr(signal, 'SIGHUP'):
+            signal.signal(signal.SIGHUP, _request_reload)
         server = cli.make_server()
         _install_reload(server)
         if options.setuid:
-            _become_nobody()
+            _become_nobody(server)
         cli.serve(cli, server)
     except KeyboardInterrupt:
         pass
+    finally:
+        _ignore_stop_signals()
 
 
-def _become_nobody():
+def _become_nobody(server=None):
     """setuid to the user nobody, exiting with the stdlib's messages when
-    that is impossible."""
+    that is impossible.
+
+    Before that, hand ``nobody`` what the server created as root at start
+    (``server.created_paths``: Maildir directories, an mbox file, an LMTP
+    socket), so that it can still deliver (RFC 5321 section 6.1: a 250 is
+    a promise to deliver), and drop root's supplementary groups and group
+    id too: setuid alone leaves the process in group 0."""
     try:
         import pwd
     except ImportError:
         print('Cannot import module "pwd"; try running with -n option.',
               file=sys.stderr)
         sys.exit(1)
-    nobody = pwd.getpwnam('nobody')[2]
+    entry = pwd.getpwnam('nobody')
+    uid, gid = entry.pw_uid, entry.pw_gid
     try:
-        os.setuid(nobody)
+        if os.geteuid() == 0:
+            for path in getattr(server, 'created_paths', ()):
+                os.chown(path, uid, gid, follow_symlinks=False)
+            # Groups first: only root may change them, so after setuid it
+            # would be too late.  (Not root: as in the stdlib, only the
+            # setuid, which succeeds for nobody itself.)
+            os.setgroups([])
+            os.setgid(gid)
+        os.setuid(uid)
     except PermissionError:
         print('Cannot setuid "nobody"; try running with -n option.',
               file=sys.stderr)
         sys.exit(1)
+
 
 if __name__ == '__main__':
     main()

@@ -44,8 +44,9 @@ import time
 from typing import Callable, Tuple
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin, UNSET
 from smtpd_compat.logging_ import format_peer, safe
+from smtpd_compat.session import LAYERS
 from smtpd_compat.tls import TLSServerMixin
 
 __all__ = [
@@ -55,7 +56,7 @@ __all__ = [
     'CLI_OPTIONS', 'cli_configure', 'main',
 ]
 
-logger = logging.getLogger('smtpd_compat.auth')
+logger = logging.getLogger(__name__)
 
 MECHANISMS = ('PLAIN', 'LOGIN')
 
@@ -70,9 +71,6 @@ _LOGIN_USER = '334 VXNlcm5hbWU6'
 _LOGIN_PASSWORD = '334 UGFzc3dvcmQ6'
 
 _REDACTED = '***'
-
-# "Keyword not given" (None is a value: no throttling).
-_DEFAULT = object()
 
 
 # -- sans-IO payload parsing ---------------------------------------------
@@ -408,6 +406,8 @@ class AuthChannelMixin:
     ``auth_allow_plaintext``, ``auth_max_failures``, ``auth_user_kwarg``).
     """
 
+    layer = LAYERS['auth']
+    capability_name = 'Auth'
     #: The login of the authenticated client, or None.
     auth_user = None
     _auth_failures = 0
@@ -415,7 +415,6 @@ class AuthChannelMixin:
     # message), 'LOGIN-USER' or 'LOGIN-PASSWORD'.
     _auth_state = None
     _auth_login = None
-    _auth_closing = False
     # Redaction (what -d prints): how many of the next command lines may be
     # responses the client sent for its last AUTH command without waiting
     # for our answer (LOGIN: user and password; PLAIN: the message; one
@@ -440,14 +439,10 @@ class AuthChannelMixin:
         self.command_size_limits['MAIL'] += _MAIL_AUTH_PARAM_EXTRA
         return keywords + ['AUTH ' + ' '.join(self.smtp_server.auth_mechanisms)]
 
-    def readable(self):
-        # After the 421 nothing more is read: the connection is closing.
-        return not self._auth_closing and super().readable()
-
     # -- keeping secrets out of the debug output ----------------------------
 
     def found_terminator(self):
-        if self._auth_closing:
+        if self.closing:
             self.received_lines = []
             return
         if self.smtp_state != self.COMMAND:
@@ -532,7 +527,8 @@ class AuthChannelMixin:
         self._auth_state = 'PLAIN' if mechanism == 'PLAIN' else 'LOGIN-USER'
         if len(parts) == 1:
             # RFC 4954 section 4: PLAIN's challenge is empty ("334 ").
-            self.push('334 ' if mechanism == 'PLAIN' else _LOGIN_USER)
+            self._auth_challenge('334 ' if mechanism == 'PLAIN'
+                                 else _LOGIN_USER)
         else:
             self._auth_continue(parts[1], 0)
 
@@ -565,17 +561,28 @@ class AuthChannelMixin:
         if self._auth_state == 'LOGIN-USER':
             self._auth_login = text
             self._auth_state = 'LOGIN-PASSWORD'
-            self.push(_LOGIN_PASSWORD)
+            self._auth_challenge(_LOGIN_PASSWORD)
             return
         if self._auth_state == 'LOGIN-PASSWORD':
             mechanism, login, password = 'LOGIN', self._auth_login, text
         else:
             mechanism = 'PLAIN'
         self._auth_state = self._auth_login = None
+        self.reset_idle_deadline()
         self._auth_check(mechanism, login, password)
+
+    def _auth_challenge(self, challenge):
+        """Send a 334 challenge.  The client's answer is awaited under the
+        connection's deadline in the 'auth' phase (the server's
+        ``auth_timeout``, else its idle timeout)."""
+        server = self.smtp_server
+        self.set_deadline(getattr(server, 'auth_timeout', None)
+                          or getattr(server, 'idle_timeout', None), 'auth')
+        self.push(challenge)
 
     def _auth_end(self, reply):
         self._auth_state = self._auth_login = None
+        self.reset_idle_deadline()
         self.push(reply)
 
     def _auth_check(self, mechanism, login, password):
@@ -626,11 +633,8 @@ class AuthChannelMixin:
                     mechanism, safe(login), self._auth_failures,
                     ' (throttled)' if throttled else '')
         if self._auth_failures >= self.smtp_server.auth_max_failures:
-            self.push('421 4.7.0 Too many failed authentication attempts, '
-                      'closing connection')
-            self._auth_closing = True
-            self.ac_in_buffer = b''     # ignore anything pipelined
-            self.close_when_done()
+            self.hang_up('421 4.7.0 Too many failed authentication attempts, '
+                         'closing connection', 'too many failed AUTH')
             return
         if throttled:
             # RFC 4954 section 6: a temporary failure; try later.
@@ -671,12 +675,12 @@ class AuthChannelMixin:
         kwargs = super()._message_kwargs()
         # Only servers that declare it accept the keyword (a stdlib-style
         # process_message would raise TypeError on it).
-        if self.smtp_server.auth_user_kwarg:
+        if getattr(self.smtp_server, 'auth_user_kwarg', False):
             kwargs['auth_user'] = self.auth_user
         return kwargs
 
 
-class AuthServerMixin:
+class AuthServerMixin(CapabilityServerMixin):
     """Server mixin: SMTP AUTH.
 
     Keyword-only arguments (the rest go to the next class):
@@ -706,15 +710,16 @@ class AuthServerMixin:
     Set the class attribute ``auth_user_kwarg = True`` (as
     :class:`SubmissionServer` does) to have process_message called with an
     ``auth_user`` keyword argument (None when the client did not
-    authenticate).
+    authenticate).  (The mixin defines no default for it, so a class
+    attribute anywhere in the server's bases is seen, whatever their order.)
     """
 
-    auth_user_kwarg = False
+    channel_mixin = AuthChannelMixin
 
     def __init__(self, *args, authenticator: Callable = None,
                  auth_required: bool = False, auth_allow_plaintext: bool = False,
                  auth_mechanisms=MECHANISMS, auth_max_failures: int = 3,
-                 auth_throttle=_DEFAULT, **kwargs):
+                 auth_throttle=UNSET, **kwargs):
         if not callable(authenticator):
             raise TypeError('authenticator must be a callable '
                             '(mechanism, login, password, channel) -> bool, '
@@ -734,12 +739,12 @@ class AuthServerMixin:
         self.auth_allow_plaintext = bool(auth_allow_plaintext)
         self.auth_mechanisms = mechanisms
         self.auth_max_failures = auth_max_failures
-        if auth_throttle is _DEFAULT:
-            auth_throttle = getattr(self, 'auth_throttle', _DEFAULT)
-            if auth_throttle is _DEFAULT:
+        if auth_throttle is UNSET:
+            # A class attribute wins; else each server gets its own.
+            auth_throttle = getattr(type(self), 'auth_throttle', UNSET)
+            if auth_throttle is UNSET:
                 auth_throttle = AuthThrottle()
         self.auth_throttle = auth_throttle or None
-        add_channel_mixin(self, AuthChannelMixin)
         super().__init__(*args, **kwargs)
         # Checked after super().__init__ so that a TLS mixin on either side
         # of this one has set tls_context.

@@ -24,7 +24,9 @@ import re
 from typing import Any, Dict, Optional, Tuple
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.message import MessageChannelMixin
+from smtpd_compat.session import LAYERS
 
 __all__ = [
     'EXTENSIONS', 'ExtensionsMixin', 'ExtensionsChannelMixin', 'ESMTPServer',
@@ -159,57 +161,7 @@ def enhance_reply(line: str, verb: Optional[str] = None) -> str:
 # ---------------------------------------------------------------------------
 # Channel side
 
-class _MessageMixin:
-    """What this module's, lmtp's and relay's channels add to the core's
-    message path: each recipient's own RCPT parameters (passed to
-    process_message as ``recipient_options``) and the MAIL/RCPT argument as
-    written.  The path itself is the core's ``_process_data``; channels
-    extend its hooks :meth:`_message_kwargs` (what process_message gets
-    besides the stdlib arguments) and ``_reply_to_message`` (how its result
-    is answered: LMTP answers once per recipient)."""
-
-    def _set_post_data_state(self):
-        super()._set_post_data_state()
-        # One entry per accepted recipient, parallel to rcpttos: the
-        # stdlib's rcpt_options keeps only the last RCPT's parameters.
-        self._recipient_options = []
-
-    # The stdlib upper-cases all MAIL and RCPT parameters and keeps no
-    # address for the hooks; the argument is kept so that they can recover
-    # both (ORCPT and ENVID values are case-sensitive xtext).
-    _command_arg = None
-
-    def smtp_MAIL(self, arg):
-        self._command_arg = arg
-        super().smtp_MAIL(arg)
-
-    def smtp_RCPT(self, arg):
-        self._command_arg = arg
-        count = len(self.rcpttos)
-        super().smtp_RCPT(arg)
-        if len(self.rcpttos) > count:
-            self._recipient_options.append(list(self.rcpt_options))
-
-    def _command_address(self, keyword):
-        """(address, {NAME: [values as written]}) of the MAIL ('FROM:')
-        or RCPT ('TO:') command being handled, parsed as the stdlib does."""
-        arg = self._strip_command_keyword(keyword, self._command_arg or '')
-        address, rest = self._getaddr(arg)
-        found = {}
-        for token in rest.split():
-            name, _, value = token.partition('=')
-            found.setdefault(name.upper(), []).append(value)
-        return address, found
-
-    def _message_kwargs(self) -> Dict[str, Any]:
-        kwargs = super()._message_kwargs()
-        if not self._decode_data:
-            # (decode_data=True servers get no stdlib keywords either.)
-            kwargs['recipient_options'] = self._recipient_options
-        return kwargs
-
-
-class ExtensionsChannelMixin(_MessageMixin):
+class ExtensionsChannelMixin(MessageChannelMixin):
     """Channel half of the extensions; reads the enabled set from
     ``self.smtp_server.esmtp_extensions``.
 
@@ -221,6 +173,8 @@ class ExtensionsChannelMixin(_MessageMixin):
     away: the client sent those bytes and they must not be taken as
     commands (RFC 3030 section 2)."""
 
+    layer = LAYERS['extensions']
+    capability_name = 'Extensions'
     BDAT = 2
     _verb = None   # the command being answered; None until the first one
 
@@ -230,6 +184,13 @@ class ExtensionsChannelMixin(_MessageMixin):
     def extra_ehlo_keywords(self):
         keywords = super().extra_ehlo_keywords()
         return keywords + [name for name in EXTENSIONS if self._enabled(name)]
+
+    def receiving_message(self):
+        # A BDAT transaction is one message from its first chunk to its
+        # LAST: limits keep the data deadline and graceful shutdown lets it
+        # finish, between chunks as well as inside one.
+        return (self.smtp_state == self.BDAT or self._bdat_started
+                or super().receiving_message())
 
     @property
     def _accepted_body_types(self):
@@ -392,14 +353,18 @@ class ExtensionsChannelMixin(_MessageMixin):
 # ---------------------------------------------------------------------------
 # Server side
 
-class ExtensionsMixin:
+class ExtensionsMixin(CapabilityServerMixin):
     """Server mixin: ``esmtp_extensions`` (keyword-only) names the
-    extensions to enable, from :data:`EXTENSIONS` (default: all).
+    extensions to enable, from :data:`EXTENSIONS` (default: the server
+    class's ``esmtp_extensions`` attribute if it has one, else all).
     BINARYMIME needs CHUNKING; CHUNKING needs decode_data=False."""
 
-    esmtp_extensions = frozenset()
+    channel_mixin = ExtensionsChannelMixin
 
-    def __init__(self, *args, esmtp_extensions=EXTENSIONS, **kwargs):
+    def __init__(self, *args, esmtp_extensions=UNSET, **kwargs):
+        esmtp_extensions = settings(
+            self, {'esmtp_extensions': esmtp_extensions},
+            {'esmtp_extensions': EXTENSIONS})['esmtp_extensions']
         if isinstance(esmtp_extensions, str):
             esmtp_extensions = esmtp_extensions.split(',')
         enabled = frozenset(name.strip().upper() for name in esmtp_extensions)
@@ -413,7 +378,6 @@ class ExtensionsMixin:
         if 'CHUNKING' in enabled and decode_data:
             raise ValueError('CHUNKING needs decode_data=False')
         self.esmtp_extensions = enabled
-        add_channel_mixin(self, ExtensionsChannelMixin)
         super().__init__(*args, **kwargs)
 
 

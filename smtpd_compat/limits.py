@@ -29,29 +29,29 @@ How the deadlines work (states of one connection):
 * waiting for a command: the deadline is ``idle_timeout`` after the last
   complete command line (or the connection).  Bytes that do not complete a
   line do not move it, so a client dripping one byte at a time is cut off.
-* in DATA: the deadline starts ``data_timeout`` after the 354 reply and
-  every N bytes received move it N / ``min_data_rate`` seconds later, never
-  beyond ``data_timeout`` from now (Postfix's rule).  A big message sent at
-  a steady, sane rate never times out; a trickle does.  With
+* receiving a message (DATA content, or a BDAT transaction from its first
+  chunk to its LAST): the deadline starts ``data_timeout`` after the 354
+  reply (or the first BDAT) and every N bytes received move it
+  N / ``min_data_rate`` seconds later, never beyond ``data_timeout`` from
+  now (Postfix's rule).  A big message sent at a steady, sane rate never
+  times out, by DATA or by BDAT alike; a trickle does.  With
   ``min_data_rate=None`` any progress restarts the full ``data_timeout``.
 
-Each connection has one deadline and at most one timer on the loop of
-:mod:`smtpd_compat.loop` (``call_later``); moving the deadline later costs no
-timer operation (the timer, when it fires early, re-arms itself).  Timers
-run only under :func:`smtpd_compat.loop.loop`, not plain
+The deadline is the connection's one deadline, kept by
+:class:`smtpd_compat.session.SessionStateMixin` (phases 'idle' and 'data'
+here); other capabilities arm it for their own phases (a PROXY header, a
+TLS handshake, an AUTH exchange), and this mixin leaves those alone.
+Timers run only under :func:`smtpd_compat.loop.loop`, not plain
 ``asyncore.loop()``.
-
-Other capability modules use :meth:`LimitsChannelMixin.set_deadline` for
-their own phases (a TLS handshake, a PROXY header) and may override
-:meth:`LimitsChannelMixin.handle_timeout`.
 """
 import collections
 import logging
 import time
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat import loop as _loop
+from smtpd_compat.session import LAYERS
 from smtpd_compat.logging_ import SessionLogServerMixin, format_peer
 
 __all__ = [
@@ -60,7 +60,7 @@ __all__ = [
     'hardening_requested',
 ]
 
-logger = logging.getLogger('smtpd_compat')
+logger = logging.getLogger(__name__)
 
 PRODUCTION_DEFAULTS = {
     'idle_timeout': 300.0,
@@ -78,12 +78,13 @@ _NUMBERS = ('idle_timeout', 'data_timeout', 'min_data_rate')
 
 class LimitsChannelMixin:
     """Channel mixin enforcing the limits its server was built with (read
-    from ``self.smtp_server``, see :class:`LimitsServerMixin`)."""
+    from ``self.smtp_server``, see :class:`LimitsServerMixin`).  The
+    deadline itself, "closing" and "receiving a message" are the shared
+    state of :class:`smtpd_compat.session.SessionStateMixin`; this mixin
+    decides which deadline applies when."""
 
-    close_reason = None
-    _deadline = None
-    _deadline_timer = None
-    _hanging_up = False
+    layer = LAYERS['limits']
+    capability_name = 'Limits'
     _limits_ip = None
 
     def __init__(self, server, conn, addr, *args, **kwargs):
@@ -99,121 +100,65 @@ class LimitsChannelMixin:
             self.command_size_limit = length
             self.command_size_limits = collections.defaultdict(
                 lambda: length)
-        if self._deadline is None and not self._hanging_up:
+        if self.deadline is None and not self.closing:
+            # Unless an outer phase (a PROXY header, a TLS handshake) has
+            # armed its own deadline already.
             self.set_deadline(server.idle_timeout)
 
     # -- connection limits --------------------------------------------------
 
     def _greet(self):
         # At greeting time, not accept time: behind a PROXY-protocol
-        # balancer the client's address is only known now.
-        server = self.smtp_server
-        limit = server.max_connections_per_ip
-        ip = self.peer[0] if isinstance(self.peer, tuple) else self.peer
-        if limit is not None and server._limits_per_ip[ip] >= limit:
-            self.hang_up('421 4.7.0 %s Error: too many connections from '
-                         'your address' % self.fqdn,
-                         'too many connections from address')
-            return
-        server._limits_per_ip[ip] += 1
-        self._limits_ip = ip
+        # balancer the client's address is only known now (the PROXY layer
+        # sits outside this one and calls the greeting once the header is
+        # read).  Counted once, whatever calls the greeting.
+        if self._limits_ip is None:
+            server = self.smtp_server
+            limit = server.max_connections_per_ip
+            ip = self.peer[0] if isinstance(self.peer, tuple) else self.peer
+            if limit is not None and server._limits_per_ip[ip] >= limit:
+                self.hang_up('421 4.7.0 %s Error: too many connections from '
+                             'your address' % self.fqdn,
+                             'too many connections from address')
+                return
+            server._limits_per_ip[ip] += 1
+            self._limits_ip = ip
         super()._greet()
 
     # -- deadlines ----------------------------------------------------------
 
-    def set_deadline(self, seconds):
-        """Arm this connection's deadline ``seconds`` from now (None
-        disarms it).  When it passes, :meth:`handle_timeout` runs.  For
-        other capabilities' phases too: a TLS engineer arms it before the
-        handshake and calls :meth:`reset_idle_deadline` after."""
-        if seconds is None:
-            self._deadline = None
-            return
-        when = time.monotonic() + seconds
-        self._deadline = when
-        timer = self._deadline_timer
-        if timer is not None and timer.when <= when:
-            return      # it fires first and re-arms for the new deadline
-        if timer is not None:
-            timer.cancel()
-        self._deadline_timer = _loop.call_later(
-            seconds, self._check_deadline, map=self._map)
-
-    def reset_idle_deadline(self):
-        """Arm the deadline for waiting for the next command."""
-        self.set_deadline(self.smtp_server.idle_timeout)
-
-    def _check_deadline(self):
-        self._deadline_timer = None
-        deadline = self._deadline
-        if deadline is None or not self.connected:
-            return
-        left = deadline - time.monotonic()
-        if left > 0:
-            self._deadline_timer = _loop.call_later(
-                left, self._check_deadline, map=self._map)
-            return
-        self._deadline = None
-        self.handle_timeout()
-
-    def handle_timeout(self):
-        """The deadline passed: answer ``421 4.4.2`` and close at once (a
-        client that does not read its replies must not hold the socket)."""
-        if self._hanging_up:
-            self.close()
-            return
-        self.close_reason = 'timeout'
-        self._hanging_up = True
-        self.push('421 4.4.2 %s Error: timeout exceeded' % self.fqdn)
-        self.close()
-
-    def hang_up(self, reply, reason):
-        """Send ``reply`` (a 421), ignore further input and close once it
-        is sent (or after a few seconds if the client does not read)."""
-        self.close_reason = reason
-        self.push(reply)
-        self._hanging_up = True
-        # Inside found_terminator this drops the rest of pipelined input.
-        self.ac_in_buffer = b''
-        self.close_when_done()
-        self.set_deadline(5.0)
-
-    # -- input --------------------------------------------------------------
-
-    def _handle_input(self, data):
-        if self._hanging_up:
-            return
-        super()._handle_input(data)
+    def _data_deadline(self):
+        server = self.smtp_server
+        self.set_deadline(server.data_timeout if server.data_timeout is not None
+                          else server.idle_timeout, 'data')
 
     def collect_incoming_data(self, data):
-        if self.smtp_state == self.DATA and self._deadline is not None:
-            server = self.smtp_server
-            timeout = server.data_timeout
+        if self.deadline_phase == 'data' and self.receiving_message():
+            timeout = self.smtp_server.data_timeout
             if timeout is not None:
                 now = time.monotonic()
-                if server.min_data_rate:
+                rate = self.smtp_server.min_data_rate
+                if rate:
                     # Progress buys time in proportion to its size, capped
                     # at a full data_timeout from now (Postfix's rule).
-                    self._deadline = min(
-                        self._deadline + len(data) / server.min_data_rate,
-                        now + timeout)
+                    self.extend_deadline(min(
+                        self.deadline + len(data) / rate, now + timeout))
                 else:
-                    self._deadline = now + timeout
+                    self.extend_deadline(now + timeout)
         super().collect_incoming_data(data)
 
     def found_terminator(self):
-        before = self.smtp_state
         super().found_terminator()
-        if self._hanging_up or not self.connected:
+        if self.closing or not self.connected or self.waiting:
             return
-        server = self.smtp_server
-        if self.smtp_state == self.DATA:
-            if before != self.DATA:
-                self.set_deadline(server.data_timeout
-                                  if server.data_timeout is not None
-                                  else server.idle_timeout)
+        phase = self.deadline_phase
+        if phase not in (None, 'idle', 'data'):
+            return      # another capability's phase (an AUTH exchange ...)
+        if self.receiving_message():
+            if phase != 'data':
+                self._data_deadline()
         else:
-            self.set_deadline(server.idle_timeout)
+            self.set_deadline(self.smtp_server.idle_timeout)
 
     # -- recipients and errors ---------------------------------------------
 
@@ -234,7 +179,7 @@ class LimitsChannelMixin:
 
     def push(self, msg):
         super().push(msg)
-        if self._hanging_up:
+        if self.closing:
             return
         if self._limits_in_process and msg[:1] == '2':
             # A delivered message wipes the slate, as in Postfix: the limit
@@ -251,11 +196,6 @@ class LimitsChannelMixin:
     # -- bookkeeping --------------------------------------------------------
 
     def close(self):
-        timer = self._deadline_timer
-        if timer is not None:
-            self._deadline_timer = None
-            timer.cancel()
-        self._deadline = None
         server = self.smtp_server
         server._limits_channels.discard(self)
         ip = self._limits_ip
@@ -268,44 +208,39 @@ class LimitsChannelMixin:
         super().close()
 
 
-class LimitsServerMixin:
+class LimitsServerMixin(CapabilityServerMixin):
     """Server mixin: timeouts and limits for every connection.
 
     Keyword-only arguments (None switches one off; see the module docstring
     for defaults and replies): ``idle_timeout``, ``data_timeout`` (seconds),
     ``min_data_rate`` (bytes per second), ``max_connections``,
     ``max_connections_per_ip``, ``max_recipients``, ``max_errors``,
-    ``max_line_length`` (bytes of a command line, CRLF excluded).  The
-    rest go to the next class.  Serve it with
-    :func:`smtpd_compat.loop.loop` so that the deadlines fire.
+    ``max_line_length`` (bytes of a command line, CRLF excluded).  A
+    keyword not given takes the value of the class attribute of the same
+    name when the server's class defines one, else the default.  The rest
+    go to the next class.  Serve it with :func:`smtpd_compat.loop.loop` so
+    that the deadlines fire.
     """
 
-    def __init__(self, *args,
-                 idle_timeout=PRODUCTION_DEFAULTS['idle_timeout'],
-                 data_timeout=PRODUCTION_DEFAULTS['data_timeout'],
-                 min_data_rate=PRODUCTION_DEFAULTS['min_data_rate'],
-                 max_connections=PRODUCTION_DEFAULTS['max_connections'],
-                 max_connections_per_ip=PRODUCTION_DEFAULTS[
-                     'max_connections_per_ip'],
-                 max_recipients=PRODUCTION_DEFAULTS['max_recipients'],
-                 max_errors=PRODUCTION_DEFAULTS['max_errors'],
-                 max_line_length=PRODUCTION_DEFAULTS['max_line_length'],
-                 **kwargs):
-        values = dict(idle_timeout=idle_timeout, data_timeout=data_timeout,
-                      min_data_rate=min_data_rate,
-                      max_connections=max_connections,
-                      max_connections_per_ip=max_connections_per_ip,
-                      max_recipients=max_recipients, max_errors=max_errors,
-                      max_line_length=max_line_length)
-        for name, value in values.items():
+    channel_mixin = LimitsChannelMixin
+
+    def __init__(self, *args, idle_timeout=UNSET, data_timeout=UNSET,
+                 min_data_rate=UNSET, max_connections=UNSET,
+                 max_connections_per_ip=UNSET, max_recipients=UNSET,
+                 max_errors=UNSET, max_line_length=UNSET, **kwargs):
+        given = dict(idle_timeout=idle_timeout, data_timeout=data_timeout,
+                     min_data_rate=min_data_rate,
+                     max_connections=max_connections,
+                     max_connections_per_ip=max_connections_per_ip,
+                     max_recipients=max_recipients, max_errors=max_errors,
+                     max_line_length=max_line_length)
+        for name, value in settings(self, given, PRODUCTION_DEFAULTS).items():
             _check_limit(name, value)
-            setattr(self, name, value)
         self._limits_channels = set()
         self._limits_per_ip = collections.Counter()
         self._limits_refused = 0
         self._limits_refused_logged = -1e9
         super().__init__(*args, **kwargs)
-        add_channel_mixin(self, LimitsChannelMixin)
 
     @property
     def connection_count(self) -> int:
@@ -438,12 +373,14 @@ def cli_configure(cli):
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         cli.error('Invalid --log-level: %s' % level)
-    if not logger.handlers:
+    # The package's logger: every module logs below it (smtpd_compat.*).
+    root = logging.getLogger('smtpd_compat')
+    if not root.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(
             '%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s'))
-        logger.addHandler(handler)
-    logger.setLevel(numeric)
+        root.addHandler(handler)
+    root.setLevel(numeric)
     # Thousands of connections need more descriptors than the usual soft
     # limit of 1024.
     _loop.raise_fd_limit()

@@ -24,12 +24,13 @@ import logging
 import re
 import time
 
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.session import LAYERS
 
 __all__ = ['logger', 'SessionLogChannelMixin', 'SessionLogServerMixin',
            'format_peer', 'safe']
 
-logger = logging.getLogger('smtpd_compat')
+logger = logging.getLogger(__name__)
 
 # What safe() escapes: the C0 controls (CR, LF, TAB, ESC, ...), DEL, the
 # C1 controls, the backslash itself (so that an escape in the log always
@@ -86,11 +87,13 @@ def format_peer(peer) -> str:
 class SessionLogChannelMixin:
     """Channel mixin writing the connection and message lines.
 
-    ``close_reason`` (None by default) is added to the disconnect line;
-    other mixins set it before they hang up.
+    ``close_reason`` (the shared state's, None by default) is added to the
+    disconnect line.  It sits inside the PROXY layer, so both lines name the
+    client the header announced.
     """
 
-    close_reason = None
+    layer = LAYERS['session_log']
+    capability_name = 'SessionLog'
     _log_opened = None
     _log_reply_pending = None
 
@@ -140,10 +143,7 @@ class SessionLogChannelMixin:
         super().close()
 
 
-class SessionLogServerMixin:
+class SessionLogServerMixin(CapabilityServerMixin):
     """Server mixin adding :class:`SessionLogChannelMixin` to its channels."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        add_channel_mixin(self, SessionLogChannelMixin)
-
+    channel_mixin = SessionLogChannelMixin

@@ -60,7 +60,7 @@ import smtpd_compat as _smtpd
 __all__ = ['loop', 'call_later', 'TimerHandle', 'update', 'run_timers',
            'raise_fd_limit']
 
-logger = logging.getLogger('smtpd_compat')
+logger = logging.getLogger(__name__)
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE

@@ -41,8 +41,9 @@ import time
 from typing import NamedTuple, Optional, Tuple
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
+from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat.logging_ import format_peer, safe
+from smtpd_compat.session import LAYERS
 
 __all__ = [
     'ProxyHeader', 'ProxyProtocolError', 'parse_proxy_header',
@@ -51,7 +52,7 @@ __all__ = [
     'parse_networks', 'CLI_OPTIONS', 'cli_configure',
 ]
 
-logger = logging.getLogger('smtpd_compat')
+logger = logging.getLogger(__name__)
 
 # The twelve bytes that open a version 2 header: chosen by the spec so that
 # they can never begin a valid text protocol exchange.
@@ -295,11 +296,16 @@ class ProxyProtocolChannelMixin:
     that follow the header are left in the socket for whoever reads next
     (the SMTP reader, or OpenSSL with implicit TLS).
 
-    Put this mixin in front of any mixin that looks at ``self.peer`` in its
-    own ``_greet()`` (per-address limits, logging), so that they see the
-    client's address.
+    Its layer is the outermost, so every other capability (per-address
+    limits, the session log) sees the client's address in its own
+    ``_greet()``.  Until the header is complete the connection's deadline
+    is in the 'proxy' phase (``proxy_header_timeout``): when it passes the
+    connection is closed without an SMTP reply, which only the balancer
+    would read.
     """
 
+    layer = LAYERS['proxy']
+    capability_name = 'Proxy'
     proxy_header = None
     _proxy_buffer = b''
 
@@ -307,6 +313,10 @@ class ProxyProtocolChannelMixin:
         if self.proxy_header is None:
             # Hold the greeting until handle_read has read the header.
             self.proxy_peer = self.peer
+            server = self.smtp_server
+            self.set_deadline(getattr(server, 'proxy_header_timeout', None)
+                              or getattr(server, 'idle_timeout', None),
+                              'proxy')
             return
         super()._greet()
 
@@ -379,6 +389,7 @@ class ProxyProtocolChannelMixin:
     def _proxy_accept(self, header):
         self._proxy_buffer = b''
         self.proxy_header = header
+        self.reset_idle_deadline()
         if (header.command == 'PROXY' and isinstance(header.source, tuple)
                 and header.family in ('TCP4', 'TCP6')):
             # Validated by the parser: an address ipaddress accepted, no
@@ -387,26 +398,25 @@ class ProxyProtocolChannelMixin:
         _smtpd_debug('PROXY header: %r' % (header,))
         self._greet()
 
-    def handle_timeout(self, *args, **kwargs):
-        if self.proxy_header is None and self.connected:
-            # The deadline passed before the header was complete: the peer
-            # is a balancer, not an SMTP client; a 421 would reach nobody
-            # who can read it.
+    def handle_timeout(self, phase):
+        if phase == 'proxy' and self.proxy_header is None:
+            # The session closes it without a reply: the peer is a
+            # balancer, a 421 would reach nobody who can read it.
             logger.warning('PROXY header from %s incomplete at the '
                            'deadline; closing', format_peer(self.peer))
-            self.close()
-            return
-        super().handle_timeout(*args, **kwargs)
+        super().handle_timeout(phase)
 
 
 def _smtpd_debug(text):
     print(text, file=_smtpd.DEBUGSTREAM)
 
 
-class ProxyProtocolServerMixin:
+class ProxyProtocolServerMixin(CapabilityServerMixin):
     """Server mixin: every connection starts with a PROXY v1 or v2 header.
+    Its channel mixin is the outermost layer whatever the order of the
+    server's bases, so the other capabilities see the client's address.
 
-    Keyword-only argument (the rest go to the next class):
+    Keyword-only arguments (the rest go to the next class):
 
     proxy_trusted
         the balancers whose headers are honoured: comma-separated CIDRs or
@@ -415,24 +425,24 @@ class ProxyProtocolServerMixin:
         :data:`DEFAULT_TRUSTED` (loopback).  A connection from any other
         address is closed unread.  ``self.proxy_trusted`` holds the parsed
         networks.
-
-    Put it first among the server's bases (``class S(ProxyProtocolServerMixin,
-    LimitsServerMixin, SMTPServer)``): its channel mixin then comes first
-    too, so that other mixins see the client's real address.
+    proxy_header_timeout
+        seconds (default 10) a connection may take to send its header
+        before it is closed.
     """
 
-    def __init__(self, *args, proxy_trusted=None, **kwargs):
-        if proxy_trusted is None:
-            proxy_trusted = getattr(self, 'proxy_trusted', DEFAULT_TRUSTED)
+    channel_mixin = ProxyProtocolChannelMixin
+
+    def __init__(self, *args, proxy_header_timeout=UNSET, proxy_trusted=UNSET,
+                 **kwargs):
+        settings(self, {'proxy_header_timeout': proxy_header_timeout,
+                        'proxy_trusted': proxy_trusted},
+                 {'proxy_header_timeout': 10.0,
+                  'proxy_trusted': DEFAULT_TRUSTED})
         # A bad value is a configuration mistake: raise before binding.
-        self.proxy_trusted = parse_networks(proxy_trusted)
+        self.proxy_trusted = parse_networks(self.proxy_trusted)
         self._proxy_refused = 0
         self._proxy_refused_logged = -1e9
         super().__init__(*args, **kwargs)
-        # Composed after super().__init__ so that this mixin ends up outermost
-        # in the channel class, ahead of mixins composed by inner server
-        # mixins (they must see the peer this one sets).
-        add_channel_mixin(self, ProxyProtocolChannelMixin)
 
     def handle_accepted(self, conn, addr):
         if _trusted(addr, self.proxy_trusted):
@@ -468,7 +478,7 @@ CLI_OPTIONS = (
 
 
 def cli_configure(cli):
-    """Put the PROXY mixin outermost when --proxy-protocol is given."""
+    """Add the PROXY mixin when --proxy-protocol is given."""
     given = cli.given
     if 'proxy-protocol' not in given:
         if 'proxy-trusted' in given:
@@ -480,4 +490,4 @@ def cli_configure(cli):
         except ValueError as e:
             cli.error('Invalid --proxy-trusted: %s' % e)
         cli.server_kwargs['proxy_trusted'] = trusted
-    cli.mixins.insert(0, ProxyProtocolServerMixin)
+    cli.mixins.append(ProxyProtocolServerMixin)

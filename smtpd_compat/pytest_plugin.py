@@ -28,8 +28,10 @@ of it), ``hostname``, ``port``, ``remoteaddr``, ``ready_timeout``, and any
 keyword the server class takes (``data_size_limit``, ``enable_SMTPUTF8``,
 ``decode_data``, ``reply``, and those of capability classes).  Giving
 ``tls_context`` adds :class:`smtpd_compat.tls.TLSServerMixin`, giving
-``authenticator`` adds :class:`smtpd_compat.auth.AuthServerMixin` (unless
-the server class has them already); their other keywords
+``authenticator`` adds :class:`smtpd_compat.auth.AuthServerMixin`, giving
+``web`` (e.g. ``('127.0.0.1', 0)``) adds the web inbox
+(:class:`smtpd_compat.web.WebInboxServerMixin`; its URL is
+``smtpd.web_url``) (unless the server class has them already); their other keywords
 (``implicit_tls``, ``auth_required``, ``auth_allow_plaintext`` ...) pass
 through.  Markers on a class or module apply too; the closest wins per
 keyword, and parametrisation wins over markers.
@@ -87,6 +89,7 @@ def _server_class(options):
     import importlib
 
     import smtpd_compat
+    from smtpd_compat._compose import compose_server
     from smtpd_compat.controller import CapturingServer, with_capture
 
     base = options.pop('server_class', None)
@@ -98,10 +101,8 @@ def _server_class(options):
                 mixins.append(mixin)
     if not mixins:
         return with_capture(base or CapturingServer)
-    # Capture goes in front of the mixins (with_capture puts it first), so
-    # that its auth_user_kwarg, not AuthServerMixin's default, is seen.
     base = base or smtpd_compat.SMTPServer
-    return with_capture(type(base.__name__, tuple(mixins) + (base,), {}))
+    return with_capture(compose_server(base, mixins))
 
 
 @pytest.fixture

@@ -17,7 +17,11 @@ until a stop signal arrives, then:
 
 The signal handler only sets a flag; process_message is never interrupted,
 so no message is half delivered, and every 250 was sent after
-process_message returned.
+process_message returned.  A second or third stop signal while the shutdown
+runs (an impatient operator, a supervisor repeating SIGTERM) sets the same
+flag again: it changes nothing, prints nothing, and the exit status stays 0.
+(``python -m smtpd_compat`` ignores stop signals once serve_gracefully has
+returned; see ``_terminate`` in ``__main__``.)
 """
 import logging
 import signal
@@ -25,11 +29,12 @@ import time
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
+from smtpd_compat.session import busy
 
 __all__ = ['serve_gracefully', 'GracefulShutdown', 'DEFAULT_GRACE_PERIOD',
            'CLI_OPTIONS', 'cli_configure']
 
-logger = logging.getLogger('smtpd_compat')
+logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE_PERIOD = 30.0
 # How often the loop looks at the stop flag: a signal interrupts the wait
@@ -78,7 +83,9 @@ class GracefulShutdown:
             for obj in list(map.values()):
                 if not isinstance(obj, _smtpd.SMTPChannel):
                     continue
-                if obj.smtp_state == obj.DATA and obj.connected:
+                # Receiving a message (DATA or a BDAT transaction), or
+                # waiting for its delivery to finish off the loop thread.
+                if obj.connected and busy(obj):
                     waiting = True
                 else:
                     self._goodbye(obj)
@@ -100,6 +107,13 @@ class GracefulShutdown:
         if getattr(channel, '_shutdown_said', False):
             return
         channel._shutdown_said = True
+        reply = '421 4.3.2 %s Error: server shutting down' % channel.fqdn
+        if hasattr(channel, 'hang_up'):
+            # A capability channel: the shared "closing" state.
+            if channel.connected and not channel.closing:
+                channel.hang_up(reply, 'shutdown')
+            return
+        # A compat channel has no such state: the same by hand.
         channel.close_reason = 'shutdown'
         # Read nothing more: a command after the 421 must not be processed.
         channel.readable = _never
@@ -107,8 +121,7 @@ class GracefulShutdown:
         if not channel.connected:
             return
         try:
-            channel.push('421 4.3.2 %s Error: server shutting down'
-                         % channel.fqdn)
+            channel.push(reply)
         except Exception:      # a channel broken in some way: just close it
             logger.exception('while saying goodbye to %r', channel)
             channel.close()

@@ -25,16 +25,16 @@ import ssl
 from typing import Optional
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import add_channel_mixin
-from smtpd_compat import loop as _loop
+from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.logging_ import format_peer, safe
+from smtpd_compat.session import LAYERS
 
 __all__ = [
     'TLSChannelMixin', 'TLSServerMixin', 'TLSServer', 'server_context',
     'CLI_OPTIONS', 'cli_configure',
 ]
 
-logger = logging.getLogger('smtpd_compat.tls')
+logger = logging.getLogger(__name__)
 
 # The states of a channel's transport (``_tls_phase``):
 #
@@ -69,9 +69,10 @@ class TLSChannelMixin:
     ``implicit_tls``, ``require_starttls``, ``tls_handshake_timeout``.
     """
 
+    layer = LAYERS['tls']
+    capability_name = 'TLS'
     _tls_phase = None
     _tls_want_write = False
-    _tls_timer = None
 
     @property
     def tls_active(self) -> bool:
@@ -157,10 +158,11 @@ class TLSChannelMixin:
         self.set_socket(wrapped)
         self.conn = wrapped
         self._tls_phase = 'handshake'
-        timeout = self.smtp_server.tls_handshake_timeout
-        if timeout is not None:
-            self._tls_timer = _loop.call_later(
-                timeout, self._tls_expired, map=self._map)
+        # The connection's one deadline covers the handshake: its own
+        # timeout, else the idle timeout of a server with limits.
+        server = self.smtp_server
+        self.set_deadline(server.tls_handshake_timeout
+                          or getattr(server, 'idle_timeout', None), 'tls')
         self._tls_handshake()
 
     def _tls_handshake(self):
@@ -178,9 +180,9 @@ class TLSChannelMixin:
             # reset: this connection only.
             self._tls_failed(e)
             return
-        self._tls_cancel_timer()
         self._tls_phase = 'active'
         self._tls_want_write = False
+        self.reset_idle_deadline()
         _debug('TLS established with %r: %s %s' % (
             self.peer, self.socket.version(), self.socket.cipher()[0]))
         if self.smtp_server.implicit_tls:
@@ -206,26 +208,20 @@ class TLSChannelMixin:
             reset()
 
     def _tls_failed(self, error):
-        self._tls_cancel_timer()
         logger.info('TLS handshake with %s failed: %s', format_peer(self.peer),
                     safe(error))
         _debug('TLS handshake with %r failed: %s' % (self.peer, error))
         self.close()
 
-    def _tls_expired(self):
-        self._tls_timer = None
-        if self._tls_phase == 'handshake' and self.connected:
+    def handle_timeout(self, phase):
+        if phase == 'tls' and self._tls_phase == 'handshake' and self.connected:
+            self.close_reason = 'tls handshake timeout'
             self._tls_failed('no handshake within %s seconds'
-                             % self.smtp_server.tls_handshake_timeout)
-
-    def _tls_cancel_timer(self):
-        if self._tls_timer is not None:
-            self._tls_timer.cancel()
-            self._tls_timer = None
-
-    def close(self):
-        self._tls_cancel_timer()
-        super().close()
+                             % (self.smtp_server.tls_handshake_timeout
+                                or getattr(self.smtp_server, 'idle_timeout',
+                                           None)))
+            return
+        super().handle_timeout(phase)
 
     # -- asyncore plumbing -------------------------------------------------
 
@@ -292,7 +288,7 @@ class TLSChannelMixin:
             return 0
 
 
-class TLSServerMixin:
+class TLSServerMixin(CapabilityServerMixin):
     """Server mixin: TLS on every accepted connection.
 
     Keyword-only arguments (the rest go to the next class):
@@ -312,10 +308,13 @@ class TLSServerMixin:
         STARTTLS command first`` until TLS is active.
     tls_handshake_timeout
         seconds a client gets to complete the handshake before the
-        connection is closed; None (default) for no limit.  Uses the timers
-        of :mod:`smtpd_compat.loop`, so it is only enforced when that loop
+        connection is closed; None (default): the server's idle timeout
+        when it has limits, else no limit.  A phase ('tls') of the
+        connection's one deadline; enforced when :mod:`smtpd_compat.loop`
         serves the map.
     """
+
+    channel_mixin = TLSChannelMixin
 
     def __init__(self, *args, tls_context: ssl.SSLContext = None,
                  implicit_tls: bool = False, require_starttls: bool = False,
@@ -344,7 +343,6 @@ class TLSServerMixin:
         self.implicit_tls = bool(implicit_tls)
         self.require_starttls = bool(require_starttls)
         self.tls_handshake_timeout = tls_handshake_timeout
-        add_channel_mixin(self, TLSChannelMixin)
         super().__init__(*args, **kwargs)
 
     def reload(self) -> None:

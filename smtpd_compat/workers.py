@@ -25,7 +25,7 @@ import time
 
 __all__ = ['run_workers', 'CLI_OPTIONS', 'cli_configure']
 
-logger = logging.getLogger('smtpd_compat')
+logger = logging.getLogger(__name__)
 
 # A worker that exits sooner than this after its start is restarted only
 # after the same delay.

@@ -85,7 +85,7 @@ def test_workers_restart_and_stop(python_path_env):
             client = smtplib.SMTP('127.0.0.1', port, timeout=10)
             client.sendmail('a@b', ['c@d'], b'Subject: w\r\n\r\nbody\r\n')
             client.quit()
-        for m in log.wait_for(r'smtpd_compat\[(\d+)\] INFO message from', 6):
+        for m in log.wait_for(r'smtpd_compat[.\w]*\[(\d+)\] INFO message from', 6):
             handled.add(int(m.group(1)))
         assert handled <= {new_pid, pids[1]}
         proc.send_signal(signal.SIGTERM)
