@@ -163,7 +163,7 @@ class Mailbox:
 
 
 class CapturingServer(_smtpd.SMTPServer):
-    """An SMTPServer that records every message in :attr:`messages`.
+    """An SMTPServer that records every message in ``messages``.
 
     Every message that reaches the end of DATA is recorded, then answered
     with ``reply`` (None, the default, means "250 OK"; give e.g.

@@ -26,7 +26,6 @@ them to ``nobody`` before it drops root.
 """
 import email.utils
 import errno
-import fcntl
 import ipaddress
 import itertools
 import logging
@@ -38,6 +37,11 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Union
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.session import LAYERS
+
+try:
+    import fcntl
+except ImportError:     # Windows: no POSIX locks, so no MboxServer there
+    fcntl = None
 
 __all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED',
            'Session', 'TraceChannelMixin', 'trace_headers', 'line_end']
@@ -62,6 +66,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _fsync_dir(path: str) -> None:
     # A rename is durable only once the directory holding it is synced.
+    if os.name == 'nt':
+        # Windows cannot open a directory as a file; NTFS journals the
+        # rename itself.
+        return
     fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
     try:
         os.fsync(fd)
@@ -283,8 +291,10 @@ class MaildirServer(_StoringServer):
         tmp = os.path.join(self.maildir, 'tmp', name)
         newdir = os.path.join(self.maildir, 'new')
         new = os.path.join(newdir, name)
+        # O_BINARY (Windows): no newline translation of the message.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                     | getattr(os, 'O_CLOEXEC', 0), 0o600)
+                     | getattr(os, 'O_CLOEXEC', 0) | getattr(os, 'O_BINARY', 0),
+                     0o600)
         moved = False
         try:
             try:
@@ -329,6 +339,12 @@ class MboxServer(_StoringServer):
         self.mbox = os.fspath(mbox)
         self.dotlock = dotlock
         self.lock_timeout = lock_timeout
+        if fcntl is None:
+            # Appending without a lock could interleave with a mail reader
+            # or another writer and corrupt the mbox; refuse to start.
+            raise RuntimeError('MboxServer needs POSIX file locks (the fcntl '
+                               'module), which this platform lacks; use '
+                               'MaildirServer instead')
         # Fail at start-up, not at the first message, if it cannot be made.
         existed = os.path.exists(self.mbox)
         os.close(os.open(self.mbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
@@ -447,6 +463,9 @@ def cli_configure(cli):
         elif not named(server_class):
             cli.error('--%s needs -c %s' % (option, server_class.__name__))
         cli.server_kwargs[option] = value
+    if 'mbox' in cli.given and fcntl is None:
+        cli.error('--mbox needs POSIX file locks (the fcntl module), which '
+                  'this platform lacks; use -c MaildirServer --maildir DIR')
     if 'mbox-dotlock' in cli.given:
         if 'mbox' not in cli.given:
             cli.error('--mbox-dotlock needs --mbox')

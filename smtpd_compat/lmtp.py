@@ -67,7 +67,13 @@ class LMTPChannel(MessageChannelMixin, _smtpd.SMTPChannel):
     def _reply_to_message(self, status, rcpttos):
         # RFC 2033 section 4.2: one reply per accepted RCPT, in RCPT order.
         for reply in _per_recipient(status, rcpttos):
-            self.push(reply)
+            try:
+                self.push(reply)
+            except UnicodeEncodeError as err:
+                # Every recipient gets its reply, non-ASCII escaped
+                # (deviation (b) would answer only the first).
+                if not self._answer_escaped(err):
+                    raise
 
 
 def _per_recipient(status, rcpttos):

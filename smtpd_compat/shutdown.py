@@ -151,13 +151,13 @@ def serve_gracefully(map: dict = None,
 CLI_OPTIONS = (
     ('grace-period=', 'SECONDS',
      'On SIGTERM/SIGINT stop accepting, let messages in DATA finish for up '
-     'to this long, then 421 the rest and exit 0 (default 30 with '
-     '--production or any other hardening option).'),
+     'to this long, then 421 the rest and exit 0 (default 30 in '
+     'production mode).'),
 )
 
 def cli_configure(cli):
     """Serve with graceful shutdown when a production option is given."""
-    from smtpd_compat.limits import hardening_requested
+    from smtpd_compat.production import hardening_requested
     if not hardening_requested(cli.given):
         return
     grace = DEFAULT_GRACE_PERIOD
