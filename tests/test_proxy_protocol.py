@@ -422,12 +422,16 @@ def test_incomplete_header_closed_without_reply_at_deadline(live_server, caplog)
                   RecordingServer):
         pass
 
-    server = live_server(Limited, idle_timeout=0.5, use_timers=True)
+    server = live_server(Limited, proxy_header_timeout=0.5, use_timers=True)
+    assert server.server.proxy_header_timeout == 0.5
     sock = socket.create_connection(server.address, timeout=10)
     with sock:
         sock.sendall(b'PROXY TCP4 192.0.2.7 ')
+        started = time.monotonic()
         # No "421 ... timeout" is sent to the balancer: just a close.
         assert sock.recv(100) == b''
+        # The header's own deadline, not the 300 s idle timeout.
+        assert time.monotonic() - started < 8
     assert any('incomplete' in r.getMessage() for r in caplog.records)
 
 
