@@ -368,7 +368,9 @@ class AuthThrottle:
             for key in keys:
                 count, entry = self._recent_failures(key, now)
                 if count >= self.max_failures:
-                    if now < entry[1]:
+                    # Spaced from the last answered check, and from the
+                    # failure that reached the limit: one a second at most.
+                    if now < max(entry[1], entry[0][-1] + self.interval):
                         return False
                     limited.append(entry)
             for entry in limited:

@@ -403,7 +403,12 @@ def test_throttle_per_address_and_login():
         assert throttle.allow('192.0.2.1', 'alice')
         throttle.record('192.0.2.1', 'alice', False)
         clock.now += 0.01
-    # Over the limit: one check now, then none until a second has passed.
+    # Over the limit: no check until a second after the last failure...
+    assert not throttle.allow('192.0.2.1', 'bob')
+    clock.now += 0.9
+    assert not throttle.allow('192.0.2.1', 'bob')
+    clock.now += 0.2
+    # ... then one, and none until a second has passed again.
     assert throttle.allow('192.0.2.1', 'bob')
     throttle.record('192.0.2.1', 'bob', False)
     assert not throttle.allow('192.0.2.1', 'bob')
@@ -411,11 +416,15 @@ def test_throttle_per_address_and_login():
     # Another address is unaffected, even for the attacked login...
     assert throttle.allow('192.0.2.2', 'alice')
     throttle.record('192.0.2.2', 'alice', True)
-    # ... unless it has failed itself: then alice's own limit applies.
+    # ... unless it has failed itself: then alice's own limit applies
+    # (one check a second for her, from all such addresses together).
     throttle.record('192.0.2.3', 'carol', False)
-    assert throttle.allow('192.0.2.3', 'alice')      # alice's one a second
+    assert throttle.allow('192.0.2.3', 'alice')
     assert not throttle.allow('192.0.2.3', 'alice')
+    assert throttle.allow('192.0.2.4', 'alice')     # a clean address
     assert throttle.allow('192.0.2.3', 'carol')
+    clock.now += 1.0
+    assert throttle.allow('192.0.2.3', 'alice')
     clock.now += 1.0
     assert throttle.allow('192.0.2.1', 'alice')
     assert not throttle.allow('192.0.2.1', 'alice')
@@ -431,6 +440,8 @@ def test_throttle_ipv6_counts_the_slash64_and_entries_are_bounded():
                                  max_entries=50)
     throttle.record('2001:db8:1:2::1', 'x', False)
     throttle.record('2001:db8:1:2:ffff::9', 'y', False)
+    assert not throttle.allow('2001:db8:1:2::77', 'z')
+    clock.now += 5
     assert throttle.allow('2001:db8:1:2::77', 'z')
     assert not throttle.allow('2001:db8:1:2::78', 'z')
     assert throttle.allow('2001:db8:1:3::1', 'z')
@@ -504,9 +515,11 @@ def test_throttled_reply_text(live_server, tls_certs):
     sock = tls_session(server.address, tls_certs.client_context)
     with sock:
         assert send_line(sock, 'AUTH PLAIN ' + b64(b'\0alice\0x')).startswith('535')
-        assert send_line(sock, 'AUTH PLAIN ' + b64(b'\0alice\0y')).startswith('535')
+        # Not checked (not even the right password) for a minute.
         assert send_line(sock, 'AUTH PLAIN ' + PLAIN_IR) == (
             '454 4.7.0 Temporary authentication failure, try again later\r\n')
+        assert send_line(sock, 'NOOP') == '250 OK\r\n'
+
     # auth_throttle=None switches it off.
     server = live_server(Submission, tls_context=tls_certs.server_context,
                          authenticator=check, auth_throttle=None)
