@@ -317,11 +317,12 @@ class AuthThrottle:
     have themselves failed within the window: a distributed guesser is
     slowed down on the login it attacks, while its owner, from an address
     that has not failed, still logs in at once.  At most ``max_entries``
-    addresses and logins are remembered (the oldest are forgotten first).
+    addresses and logins are remembered (the oldest are forgotten first;
+    about 1.1 KB each, so some 23 MB at worst with the default).
     """
 
     def __init__(self, max_failures: int = 10, window: float = 300.0,
-                 interval: float = 1.0, max_entries: int = 100000,
+                 interval: float = 1.0, max_entries: int = 20000,
                  clock=time.monotonic):
         if not isinstance(max_failures, int) or max_failures < 1:
             raise ValueError('max_failures must be a positive integer')
@@ -348,6 +349,12 @@ class AuthThrottle:
             return ('address', str(ipaddress.ip_network(text + '/64', False)))
         return ('address', str(getattr(ip, 'ipv4_mapped', None) or ip))
 
+    @staticmethod
+    def _login_key(login):
+        # A digest, not the login: a client may send logins of 12 KB.
+        return ('login', hashlib.sha256(
+            login.encode('utf-8', 'surrogatepass')).digest()[:16])
+
     def _recent_failures(self, key, now):
         entry = self._entries.get(key)
         if entry is None:
@@ -363,7 +370,7 @@ class AuthThrottle:
         with self._lock:
             failed, entry = self._recent_failures(keys[0], now)
             if failed and login is not None:
-                keys.append(('login', login))
+                keys.append(self._login_key(login))
             limited = []
             for key in keys:
                 count, entry = self._recent_failures(key, now)
@@ -384,7 +391,7 @@ class AuthThrottle:
         now = self._clock()
         keys = [self._address_key(address)]
         if login is not None:
-            keys.append(('login', login))
+            keys.append(self._login_key(login))
         with self._lock:
             entries = self._entries
             for key in keys:
