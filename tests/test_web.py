@@ -31,7 +31,7 @@ from conftest import free_port, recv_reply, wait_for_port
 
 # The plugin's fixture (the package need not be installed for its entry
 # point to register it).
-smtpd = pytest_plugin.smtpd
+smtpd_compat_server = pytest_plugin.smtpd_compat_server
 
 PNG = base64.b64decode(
     'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGA'
@@ -822,8 +822,10 @@ def test_parse_address_rejects(text):
         web.parse_address(text)
 
 
-@pytest.mark.parametrize('smtpd', [{'web': ('127.0.0.1', 0)}], indirect=True)
-def test_pytest_fixture_exposes_the_inbox(smtpd):
+@pytest.mark.parametrize('smtpd_compat_server', [{'web': ('127.0.0.1', 0)}],
+                         indirect=True)
+def test_pytest_fixture_exposes_the_inbox(smtpd_compat_server):
+    smtpd = smtpd_compat_server
     with smtplib.SMTP(smtpd.host, smtpd.port) as client:
         client.sendmail('a@example.org', ['b@example.org'], 'Subject: fixture\r\n\r\nx\r\n')
     assert smtpd.messages[0]['Subject'] == 'fixture'
