@@ -200,6 +200,11 @@ class SMTPChannel(asynchat.async_chat):
     command_size_limit = 512
     # True while no byte of DATA content has arrived (see _handle_input).
     _data_start = False
+    # Hook for capabilities that wait for work done off the loop thread
+    # (smtpd_compat.threads): while True, _handle_input splits no further
+    # lines and keeps the rest in ac_in_buffer; _handle_input(b'') resumes.
+    # Never set by this module, so the stdlib's behaviour is unchanged.
+    _input_paused = False
 
     # Deviations (b) and (c), as subclasses see them.  Where the stdlib
     # raised for client input, the core raises the same exception from the
@@ -435,7 +440,7 @@ class SMTPChannel(asynchat.async_chat):
         calling = False
         dispatching, self._in_dispatch = self._in_dispatch, True
         try:
-            while pos < end:
+            while pos < end and not self._input_paused:
                 terminator = self.get_terminator()
                 if not terminator:
                     # No terminator: everything is content.

@@ -47,6 +47,7 @@ import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin, UNSET
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
+from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.tls import TLSServerMixin
 
 __all__ = [
@@ -318,7 +319,7 @@ class AuthThrottle:
     slowed down on the login it attacks, while its owner, from an address
     that has not failed, still logs in at once.  At most ``max_entries``
     addresses and logins are remembered (the oldest are forgotten first;
-    about 1.1 KB each, so some 23 MB at worst with the default).
+    about 1.3 KB each, so some 26 MB at worst with the default).
     """
 
     def __init__(self, max_failures: int = 10, window: float = 300.0,
@@ -334,8 +335,11 @@ class AuthThrottle:
         self.max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> [deque of failure times (the last max_failures), time of
-        # the next check allowed once over the limit]
+        # key -> deque of the times of its last failures.  A
+        # check is counted as a failure when it is allowed, before its
+        # outcome is known, and withdrawn if it succeeds: checks run in
+        # worker threads, and a burst of concurrent guesses must not all
+        # pass while none has failed yet.
         self._entries = collections.OrderedDict()
 
     @staticmethod
@@ -355,60 +359,61 @@ class AuthThrottle:
         return ('login', hashlib.sha256(
             login.encode('utf-8', 'surrogatepass')).digest()[:16])
 
-    def _recent_failures(self, key, now):
-        entry = self._entries.get(key)
-        if entry is None:
-            return 0, None
-        since = now - self.window
-        return sum(1 for t in entry[0] if t > since), entry
-
-    def allow(self, address, login) -> bool:
-        """May a password from ``address`` for ``login`` be checked now?
-        (False: answer 454 without checking.)"""
-        now = self._clock()
-        keys = [self._address_key(address)]
-        with self._lock:
-            failed, entry = self._recent_failures(keys[0], now)
-            if failed and login is not None:
-                keys.append(self._login_key(login))
-            limited = []
-            for key in keys:
-                count, entry = self._recent_failures(key, now)
-                if count >= self.max_failures:
-                    # Spaced from the last answered check, and from the
-                    # failure that reached the limit: one a second at most.
-                    if now < max(entry[1], entry[0][-1] + self.interval):
-                        return False
-                    limited.append(entry)
-            for entry in limited:
-                entry[1] = now + self.interval
-            return True
-
-    def record(self, address, login, ok: bool) -> None:
-        """Note the outcome of a check made after :meth:`allow`."""
-        if ok:
-            return
-        now = self._clock()
+    def _keys(self, address, login):
         keys = [self._address_key(address)]
         if login is not None:
             keys.append(self._login_key(login))
+        return keys
+
+    def allow(self, address, login) -> bool:
+        """May a password from ``address`` for ``login`` be checked now?
+        False: answer 454 without checking.  True: the check is counted as
+        a failure until :meth:`record` says it succeeded."""
+        now = self._clock()
+        since = now - self.window
+        keys = self._keys(address, login)
         with self._lock:
             entries = self._entries
+            times = entries.get(keys[0])
+            # The login's own limit binds only addresses that have failed.
+            limited = keys if times and times[-1] > since else keys[:1]
+            for key in limited:
+                times = entries.get(key)
+                if (times is not None and len(times) >= self.max_failures
+                        and times[-self.max_failures] > since
+                        and now < times[-1] + self.interval):
+                    # Over the limit: one check an interval, counted from
+                    # the last failure or allowed check.
+                    return False
             for key in keys:
-                entry = entries.get(key)
-                if entry is None:
-                    entry = entries[key] = [
-                        collections.deque(maxlen=self.max_failures), 0.0]
+                times = entries.get(key)
+                if times is None:
+                    # Room for counts withdrawn later (see record()).
+                    times = entries[key] = collections.deque(
+                        maxlen=2 * self.max_failures)
                 else:
                     entries.move_to_end(key)
-                entry[0].append(now)
+                times.append(now)
             while len(entries) > self.max_entries:
                 entries.popitem(last=False)
+            return True
+
+    def record(self, address, login, ok) -> None:
+        """The outcome of a check :meth:`allow` let through: True (or None,
+        no verdict: the authenticator failed) withdraws the failure counted
+        in advance; False leaves it."""
+        if ok is False:
+            return
+        with self._lock:
+            for key in self._keys(address, login):
+                times = self._entries.get(key)
+                if times:
+                    times.pop()
 
 
 # -- the channel ---------------------------------------------------------
 
-class AuthChannelMixin:
+class AuthChannelMixin(OffloadChannelMixin):
     """Channel mixin: the AUTH verb, MAIL's AUTH= parameter and the
     auth_required gate.  Reads its configuration from the server
     (``authenticator``, ``auth_mechanisms``, ``auth_required``,
@@ -598,37 +603,44 @@ class AuthChannelMixin:
         """Check the credentials and answer (the throttle first: a
         throttled guess is answered 454 without looking at it)."""
         throttle = self.smtp_server.auth_throttle
-        address = self.peer[0] if isinstance(self.peer, tuple) else self.peer
-        if throttle and not throttle.allow(address, login):
+        if throttle and not throttle.allow(self._auth_address(), login):
             self._auth_result(mechanism, login, 'throttled')
             return
-        ok = self._auth_verify(mechanism, login, password)
-        if throttle and ok is not None:
-            throttle.record(address, login, ok)
-        self._auth_result(mechanism, login, ok)
-
-    def _auth_verify(self, mechanism, login, password):
-        """The authenticator's verdict: True, False, or None when it
-        failed.  May run on any thread (it reads only the server)."""
         if login is None:
-            return False
-        try:
-            return bool(self.smtp_server.authenticator(
-                mechanism, login, password, self))
-        except Exception:
+            self._auth_verdict(mechanism, login, True, False)
+            return
+        # The check may take long (a deliberately slow hash, or a user's
+        # authenticator asking a database): it runs in the server's worker
+        # threads while this session reads nothing more (smtpd_compat.threads).
+        self.offload(self.smtp_server.authenticator,
+                     (mechanism, login, password, self),
+                     lambda done, ok: self._auth_verdict(mechanism, login, done, ok))
+
+    def _auth_address(self):
+        # The client's address (the PROXY header's behind a balancer).
+        return self.peer[0] if isinstance(self.peer, tuple) else self.peer
+
+    def _auth_verdict(self, mechanism, login, done, ok):
+        """The authenticator's answer ``ok`` (``done`` False: it raised
+        ``ok``)."""
+        throttle = self.smtp_server.auth_throttle
+        if not done:
+            if throttle:
+                throttle.record(self._auth_address(), login, None)
             # A bug in the authenticator, not the client's fault.  The
             # traceback goes to the log; the password is not in it
             # unless the authenticator puts it in its own message.
-            logger.exception('authenticator failed for %s',
-                             format_peer(self.peer))
-            return None
-
-    def _auth_result(self, mechanism, login, ok):
-        """Answer the client: ok is True, False, None (authenticator
-        error) or 'throttled'.  Runs on the loop thread."""
-        if ok is None:
+            logger.error('authenticator failed for %s', format_peer(self.peer),
+                         exc_info=ok)
             self.push('454 4.7.0 Temporary authentication failure')
             return
+        ok = bool(ok)
+        if throttle:
+            throttle.record(self._auth_address(), login, ok)
+        self._auth_result(mechanism, login, ok)
+
+    def _auth_result(self, mechanism, login, ok):
+        """Answer the client: ``ok`` is True, False or 'throttled'."""
         if ok is True:
             self.auth_user = login
             logger.info('%s authenticated as %s (%s)', format_peer(self.peer),
@@ -696,9 +708,11 @@ class AuthServerMixin(CapabilityServerMixin):
 
     authenticator
         ``callable(mechanism, login, password, channel) -> bool``; required.
-        It runs in the event loop, so it should be quick.  It should take
-        the same time for unknown logins as for known ones (as
-        :class:`FileAuthenticator` does), or the timing tells which exist.
+        It runs in the server's worker threads (:mod:`smtpd_compat.threads`),
+        so it may be slow, but must be thread-safe and only read ``channel``.
+        It should take the same time for unknown logins as for known ones
+        (as :class:`FileAuthenticator` does), or the timing tells which
+        exist.
     auth_required
         MAIL answers ``530 5.7.0 Authentication required`` until the client
         has authenticated (a submission server, RFC 6409).

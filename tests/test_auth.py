@@ -395,13 +395,18 @@ class FakeClock:
         return self.now
 
 
+def fail(throttle, address, login):
+    """One guess let through and failed."""
+    assert throttle.allow(address, login)
+    throttle.record(address, login, False)
+
+
 def test_throttle_per_address_and_login():
     clock = FakeClock()
     throttle = auth.AuthThrottle(max_failures=10, window=300, interval=1.0,
                                  clock=clock)
     for i in range(10):
-        assert throttle.allow('192.0.2.1', 'alice')
-        throttle.record('192.0.2.1', 'alice', False)
+        fail(throttle, '192.0.2.1', 'alice')
         clock.now += 0.01
     # Over the limit: no check until a second after the last failure...
     assert not throttle.allow('192.0.2.1', 'bob')
@@ -409,8 +414,7 @@ def test_throttle_per_address_and_login():
     assert not throttle.allow('192.0.2.1', 'bob')
     clock.now += 0.2
     # ... then one, and none until a second has passed again.
-    assert throttle.allow('192.0.2.1', 'bob')
-    throttle.record('192.0.2.1', 'bob', False)
+    fail(throttle, '192.0.2.1', 'bob')
     assert not throttle.allow('192.0.2.1', 'bob')
     assert not throttle.allow('192.0.2.1', 'alice')
     # Another address is unaffected, even for the attacked login...
@@ -418,7 +422,8 @@ def test_throttle_per_address_and_login():
     throttle.record('192.0.2.2', 'alice', True)
     # ... unless it has failed itself: then alice's own limit applies
     # (one check a second for her, from all such addresses together).
-    throttle.record('192.0.2.3', 'carol', False)
+    fail(throttle, '192.0.2.3', 'carol')
+    clock.now += 1.0
     assert throttle.allow('192.0.2.3', 'alice')
     assert not throttle.allow('192.0.2.3', 'alice')
     assert throttle.allow('192.0.2.4', 'alice')     # a clean address
@@ -431,23 +436,43 @@ def test_throttle_per_address_and_login():
     # The window passes: forgotten.
     clock.now += 301
     for _ in range(3):
-        assert throttle.allow('192.0.2.1', 'alice')
+        fail(throttle, '192.0.2.1', 'alice')
+
+
+def test_throttle_counts_checks_in_flight():
+    # Checks run in worker threads: guesses sent at once over many
+    # connections are counted when they are let through, not when they
+    # fail, so a burst cannot all pass before the first failure.
+    clock = FakeClock()
+    throttle = auth.AuthThrottle(max_failures=10, clock=clock)
+    allowed = sum(throttle.allow('192.0.2.9', 'alice') for _ in range(100))
+    assert allowed == 10
+    # A success (or an authenticator error) withdraws its count.
+    throttle = auth.AuthThrottle(max_failures=2, clock=clock)
+    for _ in range(5):
+        assert throttle.allow('192.0.2.9', 'alice')
+        throttle.record('192.0.2.9', 'alice', True)
+        assert throttle.allow('192.0.2.9', 'alice')
+        throttle.record('192.0.2.9', 'alice', None)
 
 
 def test_throttle_ipv6_counts_the_slash64_and_entries_are_bounded():
     clock = FakeClock()
     throttle = auth.AuthThrottle(max_failures=2, interval=5, clock=clock,
                                  max_entries=50)
-    throttle.record('2001:db8:1:2::1', 'x', False)
-    throttle.record('2001:db8:1:2:ffff::9', 'y', False)
+    fail(throttle, '2001:db8:1:2::1', 'x')
+    fail(throttle, '2001:db8:1:2:ffff::9', 'y')
     assert not throttle.allow('2001:db8:1:2::77', 'z')
     clock.now += 5
     assert throttle.allow('2001:db8:1:2::77', 'z')
     assert not throttle.allow('2001:db8:1:2::78', 'z')
     assert throttle.allow('2001:db8:1:3::1', 'z')
     for i in range(200):
-        throttle.record('10.0.%d.%d' % (i // 250, i % 250), 'u%d' % i, False)
+        fail(throttle, '10.0.%d.%d' % (i // 250, i % 250), 'u%d' % i)
     assert len(throttle._entries) <= 50
+    # A login of 12 KB is kept as a short digest.
+    fail(throttle, '10.9.9.9', 'x' * 12000)
+    assert all(len(repr(key)) < 100 for key in throttle._entries)
 
 
 def test_throttle_is_thread_safe():
@@ -456,7 +481,7 @@ def test_throttle_is_thread_safe():
 
     def work(n):
         for i in range(500):
-            throttle.allow('192.0.2.%d' % n, 'user%d' % (i % 7))
+            assert throttle.allow('192.0.2.%d' % n, 'user%d' % (i % 7))
             throttle.record('192.0.2.%d' % n, 'user%d' % (i % 7), False)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
@@ -465,7 +490,8 @@ def test_throttle_is_thread_safe():
     for t in threads:
         t.join()
     entries = throttle._entries
-    assert sum(len(e[0]) for k, e in entries.items() if k[0] == 'address') == 2000
+    assert sum(len(e) for k, e in entries.items() if k[0] == 'address') == 2000
+    assert sum(len(e) for k, e in entries.items() if k[0] == 'login') == 2000
 
 
 def auth_attempt(address, client_ctx, password, source='127.0.0.1'):

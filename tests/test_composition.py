@@ -123,10 +123,11 @@ def test_every_order_builds_the_same_channel_class(base):
     layers = [c.__dict__['layer'] for c in added]
     assert layers == sorted(layers) and added[-1] is SessionStateMixin
     names = [c.__name__ for c in _capability_mro(channel)]
-    assert names[:6] == [
+    # (AUTH checks run in worker threads: the threads layer comes with it.)
+    assert names[:7] == [
         'ProxyProtocolChannelMixin', 'SessionLogChannelMixin',
         'LimitsChannelMixin', 'TLSChannelMixin', 'AuthChannelMixin',
-        'ExtensionsChannelMixin']
+        'OffloadChannelMixin', 'ExtensionsChannelMixin']
     assert SessionStateMixin in channel.__mro__
     # Tracebacks name the user's module, not the composing one.
     assert channel.__module__ == channel._composed_base.__module__
