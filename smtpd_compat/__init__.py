@@ -713,11 +713,17 @@ class SMTPChannel(asynchat.async_chat):
             return None
         return line
 
+    def _debug_line(self, line):
+        """Print a received line (or message) on DEBUGSTREAM, as the
+        stdlib's found_terminator did; the AUTH capability overrides it to
+        print secrets as ``***``."""
+        print('Data:', repr(line), file=DEBUGSTREAM)
+
     # Implementation of base class abstract method
     def found_terminator(self):
         line = self._take_line()
         if _debugging():
-            print('Data:', repr(line), file=DEBUGSTREAM)
+            self._debug_line(line)
         if self.smtp_state == self.COMMAND:
             sz, self.num_bytes = self.num_bytes, 0
             if not line:

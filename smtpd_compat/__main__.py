@@ -29,6 +29,7 @@ Which options switch on production mode is smtpd_compat.production's rule.
 import getopt
 import importlib
 import inspect
+import logging
 import os
 import signal
 import sys
@@ -276,6 +277,51 @@ def _ignore_stop_signals():
             signal.signal(signum, signal.SIG_IGN)
 
 
+# -- SIGHUP: reload certificates and the auth file -------------------------
+#
+# logrotate and ``systemctl reload`` send SIGHUP, whose default action would
+# end the process.  The handler only raises a flag; a timer on the server's
+# loop looks at it once a second and runs the reloads there, between
+# events, so no file is read inside a signal handler and no connection is
+# interrupted halfway through a handler.  Each ``reload()`` keeps what it
+# had when the new files are bad, and raises; that is logged.
+
+_RELOAD_CHECK = 1.0
+_reload_wanted = []
+
+
+def _request_reload(signum, frame):
+    _reload_wanted.append(signum)
+
+
+def _reload_all(server):
+    """Call every ``reload()`` the server offers: its own (TLSServerMixin:
+    the certificate) and its authenticator's (FileAuthenticator)."""
+    logger = logging.getLogger('smtpd_compat')
+    for target in (server, getattr(server, 'authenticator', None)):
+        reload = getattr(target, 'reload', None)
+        if not callable(reload):
+            continue
+        try:
+            reload()
+        except Exception as e:
+            logger.error('SIGHUP: %s.reload() failed, keeping what was '
+                         'loaded: %s', type(target).__name__, e)
+
+
+def _install_reload(server):
+    """Reload on SIGHUP while ``server``'s loop runs."""
+    from smtpd_compat import loop
+
+    def check():
+        if _reload_wanted:
+            del _reload_wanted[:]
+            _reload_all(server)
+        loop.call_later(_RELOAD_CHECK, check, map=server._map)
+
+    loop.call_later(_RELOAD_CHECK, check, map=server._map)
+
+
 def _help_text(modules):
     """smtpd_compat's options for the help, after the stdlib's text: one
     group per capability module, wrapped to _WIDTH columns."""
@@ -333,7 +379,10 @@ def main(argv=None):
         # from before the port is bound, so that no signal finds the
         # default action.
         _handle_stop_signals()
+        if hasattr(signal, 'SIGHUP'):
+            signal.signal(signal.SIGHUP, _request_reload)
         server = cli.make_server()
+        _install_reload(server)
         if options.setuid:
             _become_nobody(server)
         cli.serve(cli, server)

@@ -18,30 +18,41 @@ hashes from a file).  Then
   closed with 421.
 
 Secrets never reach DEBUGSTREAM or the log: the AUTH command's initial
-response and every line of an AUTH exchange are redacted before the core
-prints its ``Data:`` debug line.
+response, every line of an AUTH exchange, and the lines a client may have
+sent for an AUTH it did not wait on (even one answered 503 or 538) are
+printed as ``***`` in the core's ``Data:`` debug line.
+
+Password guessing is slowed down across connections by the server's
+:class:`AuthThrottle` (after 10 failures from one address, one check a
+second, ``454 4.7.0`` for the rest).
 
 ``python -m smtpd_compat.auth hash USER`` prints a ``USER:HASH`` line for
 an auth file (the password is read from the terminal or stdin).
 """
 import base64
 import binascii
+import collections
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
+import re
 import sys
+import threading
+import time
 from typing import Callable, Tuple
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat._compose import CapabilityServerMixin, UNSET
+from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.tls import TLSServerMixin
 
 __all__ = [
     'AuthChannelMixin', 'AuthServerMixin', 'SubmissionServer',
-    'FileAuthenticator', 'hash_password', 'verify_password',
+    'FileAuthenticator', 'AuthThrottle', 'hash_password', 'verify_password',
     'decode_response', 'parse_plain', 'MECHANISMS',
     'CLI_OPTIONS', 'cli_configure', 'main',
 ]
@@ -102,16 +113,29 @@ def parse_plain(payload: bytes) -> Tuple[str, str, str]:
 
 # -- password hashes -----------------------------------------------------
 #
-# An auth-file entry is "login:hash" with hash one of
+# An auth-file entry is "login:hash" with hash one of this module's
 #   $scrypt$ln=<log2 N>,r=<r>,p=<p>$<salt hex>$<key hex>
 #   $pbkdf2-sha256$i=<iterations>$<salt hex>$<key hex>
-# Bounds keep a mistyped (or hostile) file from making one check take
-# minutes or gigabytes.
+# or one of passlib's (passlib.hash.scrypt and pbkdf2_sha256), which use
+# the same prefixes with base64 fields:
+#   $scrypt$ln=<log2 N>,r=<r>,p=<p>$<salt b64>$<key b64>
+#   $pbkdf2-sha256$<rounds>$<salt ab64>$<key ab64>
+# (ab64 is base64 with "." for "+", no padding; the salt is used as the
+# decoded bytes).  A 64-hex-digit key tells ours from passlib's 43 base64
+# characters.  Bounds keep a mistyped (or hostile) file from making one
+# check take minutes or gigabytes.
 
 _SCRYPT_DEFAULT = {'ln': 14, 'r': 8, 'p': 1}
 _PBKDF2_DEFAULT = {'i': 600000}
 _BOUNDS = {'ln': (1, 20), 'r': (1, 32), 'p': (1, 16), 'i': (1000, 10 ** 7)}
 _KEY_LEN = 32
+_HEX_KEY = re.compile(r'[0-9a-fA-F]{%d}' % (2 * _KEY_LEN))
+_B64_FIELD = re.compile(r'[A-Za-z0-9+/.]+')
+
+
+def _have_scrypt() -> bool:
+    # hashlib.scrypt needs OpenSSL 1.1+; some builds lack it.
+    return hasattr(hashlib, 'scrypt')
 
 
 def _scrypt(password, salt, ln, r, p):
@@ -129,18 +153,27 @@ def _derive(scheme, params, password, salt):
     return hashlib.pbkdf2_hmac('sha256', password, salt, params['i'], _KEY_LEN)
 
 
+def _b64_field(text):
+    if not _B64_FIELD.fullmatch(text):
+        raise ValueError('salt and key must be hex or base64')
+    text = text.replace('.', '+')
+    return base64.b64decode(text + '=' * (-len(text) % 4))
+
+
 def _parse_hash(encoded):
     """(scheme, params, salt, key) from an encoded hash; ValueError if it is
-    not one this module writes."""
+    not one this module reads."""
     fields = encoded.split('$')
     if len(fields) != 5 or fields[0]:
         raise ValueError('not a $scheme$params$salt$key hash')
-    _, scheme, param_text, salt_hex, key_hex = fields
+    _, scheme, param_text, salt_text, key_text = fields
     expected = {'scrypt': _SCRYPT_DEFAULT,
                 'pbkdf2-sha256': _PBKDF2_DEFAULT}.get(scheme)
     if expected is None:
         raise ValueError('unknown hash scheme %r (scrypt or pbkdf2-sha256)'
                          % scheme)
+    if scheme == 'pbkdf2-sha256' and param_text.isdigit():
+        param_text = 'i=' + param_text      # passlib: the bare rounds
     params = {}
     for item in param_text.split(','):
         name, _, value = item.partition('=')
@@ -153,11 +186,17 @@ def _parse_hash(encoded):
     if set(params) != set(expected):
         raise ValueError('%s needs parameters %s' % (scheme, ','.join(expected)))
     try:
-        salt, key = bytes.fromhex(salt_hex), bytes.fromhex(key_hex)
-    except ValueError:
-        raise ValueError('salt and key must be hex') from None
+        if _HEX_KEY.fullmatch(key_text):
+            salt, key = bytes.fromhex(salt_text), bytes.fromhex(key_text)
+        else:
+            salt, key = _b64_field(salt_text), _b64_field(key_text)
+    except (ValueError, binascii.Error):
+        raise ValueError('salt and key must be hex or base64') from None
     if len(salt) < 8 or len(key) != _KEY_LEN:
         raise ValueError('salt too short or key of the wrong length')
+    if scheme == 'scrypt' and not _have_scrypt():
+        raise ValueError('scrypt hashes need hashlib.scrypt, which this '
+                         'Python lacks (OpenSSL < 1.1); use pbkdf2-sha256')
     return scheme, params, salt, key
 
 
@@ -166,6 +205,9 @@ def hash_password(password: str, scheme: str = 'scrypt') -> str:
     'scrypt' (default) or 'pbkdf2-sha256' (for Pythons built without
     scrypt)."""
     if scheme == 'scrypt':
+        if not _have_scrypt():
+            raise ValueError('this Python has no hashlib.scrypt (OpenSSL < '
+                             '1.1): use scheme pbkdf2-sha256')
         params = _SCRYPT_DEFAULT
         param_text = 'ln=%(ln)d,r=%(r)d,p=%(p)d' % params
     elif scheme in ('pbkdf2', 'pbkdf2-sha256'):
@@ -181,44 +223,192 @@ def hash_password(password: str, scheme: str = 'scrypt') -> str:
 def verify_password(password: str, encoded: str) -> bool:
     """True if ``password`` matches the hash ``encoded`` (compared in
     constant time).  Raises ValueError for a malformed hash."""
-    scheme, params, salt, key = _parse_hash(encoded)
+    return _verify(password, _parse_hash(encoded))
+
+
+def _verify(password, parsed):
+    scheme, params, salt, key = parsed
     return hmac.compare_digest(_derive(scheme, params, password, salt), key)
+
+
+def _read_auth_file(path):
+    """{login: parsed hash} from an auth file; ValueError naming the line
+    for a bad one (OSError if it cannot be read)."""
+    users = {}
+    with open(path, encoding='utf-8') as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith('#'):
+                continue
+            # Hashes hold no colon, so a login may.
+            login, colon, encoded = line.rpartition(':')
+            if not colon or not login:
+                raise ValueError('%s line %d: expected login:hash'
+                                 % (path, number))
+            try:
+                users[login] = _parse_hash(encoded)
+            except ValueError as e:
+                raise ValueError('%s line %d: %s' % (path, number, e)) from None
+    return users
 
 
 class FileAuthenticator:
     """An authenticator reading ``login:hash`` lines (blank lines and
-    ``#`` comments ignored) from ``path`` once, at construction; a bad line
-    raises ValueError naming it.  Make lines with
-    ``python -m smtpd_compat.auth hash LOGIN``."""
+    ``#`` comments ignored) from ``path`` at construction and on
+    :meth:`reload`; a bad line raises ValueError naming it.  Make lines
+    with ``python -m smtpd_compat.auth hash LOGIN`` (or passlib).
+
+    Unknown and known logins take the same time: an unknown login is
+    checked against a decoy entry of the same scheme and parameters as a
+    real entry, picked by a keyed hash of the login, so that unknown
+    logins are spread over the file's kinds of hash as the real ones are
+    and the same login always costs the same.  The decoys derive nothing
+    when they are made (no scrypt is called for a pbkdf2-only file).
+    Thread-safe: a check reads one consistent snapshot of the file."""
 
     def __init__(self, path: str):
         self.path = path
-        self._users = {}
-        with open(path, encoding='utf-8') as f:
-            for number, raw in enumerate(f, 1):
-                line = raw.strip()
-                if not line or line.startswith('#'):
-                    continue
-                # Hashes hold no colon, so a login may.
-                login, colon, encoded = line.rpartition(':')
-                if not colon or not login:
-                    raise ValueError('%s line %d: expected login:hash'
-                                     % (path, number))
-                try:
-                    _parse_hash(encoded)
-                except ValueError as e:
-                    raise ValueError('%s line %d: %s' % (path, number, e)) from None
-                self._users[login] = encoded
-        # Unknown logins are checked against this, so that the time taken
-        # does not tell which logins exist.
-        self._decoy = hash_password('')
+        self._state = self._load()
+
+    def _load(self):
+        users = _read_auth_file(self.path)
+        kinds = [(scheme, tuple(sorted(params.items())))
+                 for scheme, params, _, _ in users.values()]
+        if not kinds:
+            # An empty file: unknown logins still cost a real check.
+            kinds = [('pbkdf2-sha256', tuple(sorted(_PBKDF2_DEFAULT.items())))]
+        decoys = {kind: (kind[0], dict(kind[1]), os.urandom(16),
+                         os.urandom(_KEY_LEN)) for kind in set(kinds)}
+        # Sorted so that the order (and which kind a login maps to) does
+        # not depend on which login came first.
+        return users, [decoys[kind] for kind in sorted(kinds)], os.urandom(32)
+
+    def reload(self) -> None:
+        """Read the file again.  On any error (unreadable file, bad line)
+        the entries in use are kept and the error is raised."""
+        state = self._load()
+        self._state = state     # one assignment: checks see old or new
+        logger.info('reloaded the auth file %s (%d logins)', safe(self.path),
+                    len(state[0]))
 
     def __call__(self, mechanism, login, password, channel) -> bool:
-        encoded = self._users.get(login)
-        if encoded is None:
-            verify_password(password, self._decoy)
+        users, decoys, key = self._state
+        parsed = users.get(login)
+        if parsed is None:
+            digest = hmac.new(key, login.encode('utf-8', 'surrogatepass'),
+                              hashlib.sha256).digest()
+            decoy = decoys[int.from_bytes(digest[:8], 'big') % len(decoys)]
+            _verify(password, decoy)
             return False
-        return verify_password(password, encoded)
+        return _verify(password, parsed)
+
+
+# -- throttling password guesses ----------------------------------------
+
+class AuthThrottle:
+    """Limits password guessing across connections (RFC 4954 section 9
+    asks servers to slow down guessers); shared by every channel of a
+    server, safe to call from any thread.
+
+    After ``max_failures`` failed checks within ``window`` seconds from one
+    client address (an IPv6 address counts with its /64, which one host
+    commonly holds), at most one check per ``interval`` seconds is made for
+    that address; the others are answered ``454 4.7.0`` without looking at
+    the password.  The same holds per login, but only for addresses that
+    have themselves failed within the window: a distributed guesser is
+    slowed down on the login it attacks, while its owner, from an address
+    that has not failed, still logs in at once.  At most ``max_entries``
+    addresses and logins are remembered (the oldest are forgotten first;
+    about 1.3 KB each, so some 26 MB at worst with the default).
+    """
+
+    def __init__(self, max_failures: int = 10, window: float = 300.0,
+                 interval: float = 1.0, max_entries: int = 20000,
+                 clock=time.monotonic):
+        if not isinstance(max_failures, int) or max_failures < 1:
+            raise ValueError('max_failures must be a positive integer')
+        if not window > 0 or not interval > 0 or max_entries < 1:
+            raise ValueError('window, interval and max_entries must be positive')
+        self.max_failures = max_failures
+        self.window = window
+        self.interval = interval
+        self.max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> deque of the times of its last failures.  A
+        # check is counted as a failure when it is allowed, before its
+        # outcome is known, and withdrawn if it succeeds: checks run in
+        # worker threads, and a burst of concurrent guesses must not all
+        # pass while none has failed yet.
+        self._entries = collections.OrderedDict()
+
+    @staticmethod
+    def _address_key(address):
+        text = str(address).split('%', 1)[0]
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return ('address', text)
+        if ip.version == 6 and ip.ipv4_mapped is None:
+            return ('address', str(ipaddress.ip_network(text + '/64', False)))
+        return ('address', str(getattr(ip, 'ipv4_mapped', None) or ip))
+
+    @staticmethod
+    def _login_key(login):
+        # A digest, not the login: a client may send logins of 12 KB.
+        return ('login', hashlib.sha256(
+            login.encode('utf-8', 'surrogatepass')).digest()[:16])
+
+    def _keys(self, address, login):
+        keys = [self._address_key(address)]
+        if login is not None:
+            keys.append(self._login_key(login))
+        return keys
+
+    def allow(self, address, login) -> bool:
+        """May a password from ``address`` for ``login`` be checked now?
+        False: answer 454 without checking.  True: the check is counted as
+        a failure until :meth:`record` says it succeeded."""
+        now = self._clock()
+        since = now - self.window
+        keys = self._keys(address, login)
+        with self._lock:
+            entries = self._entries
+            times = entries.get(keys[0])
+            # The login's own limit binds only addresses that have failed.
+            limited = keys if times and times[-1] > since else keys[:1]
+            for key in limited:
+                times = entries.get(key)
+                if (times is not None and len(times) >= self.max_failures
+                        and times[-self.max_failures] > since
+                        and now < times[-1] + self.interval):
+                    # Over the limit: one check an interval, counted from
+                    # the last failure or allowed check.
+                    return False
+            for key in keys:
+                times = entries.get(key)
+                if times is None:
+                    # Room for counts withdrawn later (see record()).
+                    times = entries[key] = collections.deque(
+                        maxlen=2 * self.max_failures)
+                else:
+                    entries.move_to_end(key)
+                times.append(now)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+            return True
+
+    def record(self, address, login, ok) -> None:
+        """The outcome of a check :meth:`allow` let through: True (or None,
+        no verdict: the authenticator failed) withdraws the failure counted
+        in advance; False leaves it."""
+        if ok is False:
+            return
+        with self._lock:
+            for key in self._keys(address, login):
+                times = self._entries.get(key)
+                if times:
+                    times.pop()
 
 
 # -- the channel ---------------------------------------------------------
@@ -239,9 +429,15 @@ class AuthChannelMixin(OffloadChannelMixin):
     # message), 'LOGIN-USER' or 'LOGIN-PASSWORD'.
     _auth_state = None
     _auth_login = None
-    # An AUTH command's initial response, taken out of the line before the
-    # core's debug print (see found_terminator).
-    _auth_initial = None
+    # Redaction (what -d prints): how many of the next command lines may be
+    # responses the client sent for its last AUTH command without waiting
+    # for our answer (LOGIN: user and password; PLAIN: the message; one
+    # fewer with an initial response), and whether the current one is.
+    # Counted for every AUTH line, accepted or refused (a client may send
+    # its credentials behind an AUTH answered 503 or 538): such lines are
+    # printed as '***' and still get their ordinary replies.
+    _auth_pipelined = 0
+    _auth_redact_line = False
 
     def _auth_offered(self):
         return (getattr(self, 'tls_active', False)
@@ -260,40 +456,58 @@ class AuthChannelMixin(OffloadChannelMixin):
     # -- keeping secrets out of the debug output ----------------------------
 
     def found_terminator(self):
-        if self._auth_state is not None and self.smtp_state == self.COMMAND:
+        if self.closing:
+            self.received_lines = []
+            return
+        if self.smtp_state != self.COMMAND:
+            self._auth_redact_line = False
+            super().found_terminator()
+            return
+        self._auth_redact_line = self._auth_pipelined > 0
+        if self._auth_pipelined:
+            self._auth_pipelined -= 1
+        self._auth_count_pipelined()
+        if self._auth_state is not None:
             sz, self.num_bytes = self.num_bytes, 0
             line = self._take_line()
             if _smtpd._debugging():
                 print('Data:', repr(_REDACTED), file=_smtpd.DEBUGSTREAM)
             self._auth_continue(line, sz)
             return
-        if self.smtp_state == self.COMMAND:
-            self._auth_hide_initial_response()
-        try:
-            super().found_terminator()
-        finally:
-            self._auth_initial = None
+        super().found_terminator()
 
-    def _auth_hide_initial_response(self):
-        """If the pending command line is ``AUTH <mech> <response>``, keep
-        the response in ``_auth_initial`` and leave ``AUTH <mech> ***`` for
-        the core to print and dispatch (its line-length check still counts
-        the real line)."""
+    def _auth_count_pipelined(self):
+        """If the pending line is an AUTH command (whatever its fate: too
+        long, refused, accepted), count the responses that may follow it."""
+        if self._auth_state is not None:
+            return
         line = self._emptystring.join(self.received_lines)
-        parts = line.split(None, 2)
-        if len(parts) == 3 and parts[0].upper() in ('AUTH', b'AUTH'):
-            self._auth_initial = parts[2].strip()
-            if isinstance(line, str):
-                self.received_lines = [' '.join((parts[0], parts[1], _REDACTED))]
-            else:
-                self.received_lines = [b' '.join((parts[0], parts[1],
-                                                  _REDACTED.encode()))]
+        self.received_lines = [line]    # joined once, not again by the core
+        words = line.split(None, 2)
+        if not words or words[0].upper() not in ('AUTH', b'AUTH'):
+            return
+        mechanism = words[1].upper() if len(words) > 1 else ''
+        count = 2 if mechanism in ('LOGIN', b'LOGIN') else 1
+        self._auth_pipelined = count - (len(words) > 2)
+
+    def _debug_line(self, line):
+        # The core's "Data:" print: an initial response, or a line that may
+        # be a pipelined credential, becomes '***'.
+        if self._auth_redact_line:
+            line = _REDACTED if isinstance(line, str) else _REDACTED.encode()
+        elif line:
+            words = line.split(None, 2)
+            if len(words) == 3 and words[0].upper() in ('AUTH', b'AUTH'):
+                if isinstance(line, str):
+                    line = ' '.join((words[0], words[1], _REDACTED))
+                else:
+                    line = b' '.join((words[0], words[1], _REDACTED.encode()))
+        super()._debug_line(line)
 
     # -- the verb -----------------------------------------------------------
 
     def smtp_AUTH(self, arg):
         server = self.smtp_server
-        initial, self._auth_initial = self._auth_initial, None
         if not self.seen_greeting:
             self.push('503 Error: send HELO first')
             return
@@ -317,8 +531,6 @@ class AuthChannelMixin(OffloadChannelMixin):
                       'transaction')
             return
         parts = arg.split() if arg else []
-        if initial is not None and len(initial.split()) != 1:
-            parts = []      # the hidden response held a space: bad syntax
         if not 1 <= len(parts) <= 2:
             self.push('501 5.5.4 Syntax: AUTH mechanism [initial-response]')
             return
@@ -326,15 +538,13 @@ class AuthChannelMixin(OffloadChannelMixin):
         if mechanism not in server.auth_mechanisms:
             self.push('504 5.5.4 Unrecognized authentication type')
             return
-        if len(parts) == 2 and initial is None:
-            initial = parts[1]
         self._auth_state = 'PLAIN' if mechanism == 'PLAIN' else 'LOGIN-USER'
-        if initial is None:
+        if len(parts) == 1:
             # RFC 4954 section 4: PLAIN's challenge is empty ("334 ").
             self._auth_challenge('334 ' if mechanism == 'PLAIN'
                                  else _LOGIN_USER)
         else:
-            self._auth_continue(initial, 0)
+            self._auth_continue(parts[1], 0)
 
     def _auth_continue(self, line, size):
         """Take one client response (a continuation line, or the initial
@@ -390,6 +600,12 @@ class AuthChannelMixin(OffloadChannelMixin):
         self.push(reply)
 
     def _auth_check(self, mechanism, login, password):
+        """Check the credentials and answer (the throttle first: a
+        throttled guess is answered 454 without looking at it)."""
+        throttle = self.smtp_server.auth_throttle
+        if throttle and not throttle.allow(self._auth_address(), login):
+            self._auth_result(mechanism, login, 'throttled')
+            return
         if login is None:
             self._auth_verdict(mechanism, login, True, False)
             return
@@ -400,29 +616,51 @@ class AuthChannelMixin(OffloadChannelMixin):
                      (mechanism, login, password, self),
                      lambda done, ok: self._auth_verdict(mechanism, login, done, ok))
 
+    def _auth_address(self):
+        # The client's address (the PROXY header's behind a balancer).
+        return self.peer[0] if isinstance(self.peer, tuple) else self.peer
+
     def _auth_verdict(self, mechanism, login, done, ok):
         """The authenticator's answer ``ok`` (``done`` False: it raised
         ``ok``)."""
-        server = self.smtp_server
+        throttle = self.smtp_server.auth_throttle
         if not done:
+            if throttle:
+                throttle.record(self._auth_address(), login, None)
             # A bug in the authenticator, not the client's fault.  The
             # traceback goes to the log; the password is not in it
             # unless the authenticator puts it in its own message.
-            logger.error('authenticator failed for %r', self.peer, exc_info=ok)
+            logger.error('authenticator failed for %s', format_peer(self.peer),
+                         exc_info=ok)
             self.push('454 4.7.0 Temporary authentication failure')
             return
-        if ok:
+        ok = bool(ok)
+        if throttle:
+            throttle.record(self._auth_address(), login, ok)
+        self._auth_result(mechanism, login, ok)
+
+    def _auth_result(self, mechanism, login, ok):
+        """Answer the client: ``ok`` is True, False or 'throttled'."""
+        if ok is True:
             self.auth_user = login
-            logger.info('%r authenticated as %r (%s)', self.peer, login, mechanism)
+            logger.info('%s authenticated as %s (%s)', format_peer(self.peer),
+                        safe(login), mechanism)
             print('auth user:', repr(login), file=_smtpd.DEBUGSTREAM)
             self.push('235 2.7.0 Authentication successful')
             return
         self._auth_failures += 1
-        logger.info('%r failed AUTH %s (%d)', self.peer, mechanism,
-                    self._auth_failures)
-        if self._auth_failures >= server.auth_max_failures:
+        throttled = ok == 'throttled'
+        logger.info('%s failed AUTH %s as %s (%d)%s', format_peer(self.peer),
+                    mechanism, safe(login), self._auth_failures,
+                    ' (throttled)' if throttled else '')
+        if self._auth_failures >= self.smtp_server.auth_max_failures:
             self.hang_up('421 4.7.0 Too many failed authentication attempts, '
                          'closing connection', 'too many failed AUTH')
+            return
+        if throttled:
+            # RFC 4954 section 6: a temporary failure; try later.
+            self.push('454 4.7.0 Temporary authentication failure, '
+                      'try again later')
             return
         self.push('535 5.7.8 Authentication credentials invalid')
 
@@ -472,6 +710,9 @@ class AuthServerMixin(CapabilityServerMixin):
         ``callable(mechanism, login, password, channel) -> bool``; required.
         It runs in the server's worker threads (:mod:`smtpd_compat.threads`),
         so it may be slow, but must be thread-safe and only read ``channel``.
+        It should take the same time for unknown logins as for known ones
+        (as :class:`FileAuthenticator` does), or the timing tells which
+        exist.
     auth_required
         MAIL answers ``530 5.7.0 Authentication required`` until the client
         has authenticated (a submission server, RFC 6409).
@@ -482,6 +723,12 @@ class AuthServerMixin(CapabilityServerMixin):
         a sequence from ``('PLAIN', 'LOGIN')``, advertised in that order.
     auth_max_failures
         rejected credentials after which the connection is closed with 421.
+    auth_throttle
+        an :class:`AuthThrottle` shared by all connections (default: a new
+        one with its defaults: after 10 failures in 5 minutes from one
+        address, one check a second); None or False switches throttling
+        off.  A class attribute of that name is used when the keyword is
+        not given.
 
     Set the class attribute ``auth_user_kwarg = True`` (as
     :class:`SubmissionServer` does) to have process_message called with an
@@ -495,7 +742,7 @@ class AuthServerMixin(CapabilityServerMixin):
     def __init__(self, *args, authenticator: Callable = None,
                  auth_required: bool = False, auth_allow_plaintext: bool = False,
                  auth_mechanisms=MECHANISMS, auth_max_failures: int = 3,
-                 **kwargs):
+                 auth_throttle=UNSET, **kwargs):
         if not callable(authenticator):
             raise TypeError('authenticator must be a callable '
                             '(mechanism, login, password, channel) -> bool, '
@@ -515,6 +762,12 @@ class AuthServerMixin(CapabilityServerMixin):
         self.auth_allow_plaintext = bool(auth_allow_plaintext)
         self.auth_mechanisms = mechanisms
         self.auth_max_failures = auth_max_failures
+        if auth_throttle is UNSET:
+            # A class attribute wins; else each server gets its own.
+            auth_throttle = getattr(type(self), 'auth_throttle', UNSET)
+            if auth_throttle is UNSET:
+                auth_throttle = AuthThrottle()
+        self.auth_throttle = auth_throttle or None
         super().__init__(*args, **kwargs)
         # Checked after super().__init__ so that a TLS mixin on either side
         # of this one has set tls_context.
@@ -595,13 +848,14 @@ def main(argv=None):
     make = commands.add_parser('hash', help='print a login:hash line')
     make.add_argument('login')
     make.add_argument('--pbkdf2', action='store_true',
-                      help='PBKDF2-SHA256 instead of scrypt')
+                      help='PBKDF2-SHA256 instead of scrypt (the default '
+                      'where hashlib has no scrypt)')
     args = parser.parse_args(argv)
     password = _read_password()
     if not password:
         raise SystemExit('Empty password refused.')
-    print('%s:%s' % (args.login, hash_password(
-        password, 'pbkdf2-sha256' if args.pbkdf2 else 'scrypt')))
+    scheme = 'pbkdf2-sha256' if args.pbkdf2 or not _have_scrypt() else 'scrypt'
+    print('%s:%s' % (args.login, hash_password(password, scheme)))
 
 
 if __name__ == '__main__':

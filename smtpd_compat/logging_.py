@@ -11,30 +11,77 @@ aid, off by default); these lines are for operators.  At INFO level:
 * ``disconnect from 192.0.2.7:51234: messages=1 duration=0.42s`` (plus
   ``reason=...`` when the server hung up: a timeout, a limit, shutdown).
 
+Every field that comes from a client (an EHLO name, an address, PROXY
+data, an AUTH login, a reply echoing them) goes through :func:`safe` before
+it reaches a log line, so that a line is always one line: a client cannot
+forge another log line with CR, LF or an escape sequence of its own.
+
 The module is named ``logging_`` so that it never shadows the stdlib's
 ``logging``.  Nothing here configures handlers: the application (or
 ``python -m smtpd_compat --log-level``) does.
 """
 import logging
+import re
 import time
 
 from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.session import LAYERS
 
 __all__ = ['logger', 'SessionLogChannelMixin', 'SessionLogServerMixin',
-           'format_peer']
+           'format_peer', 'safe']
 
 logger = logging.getLogger(__name__)
 
+# What safe() escapes: the C0 controls (CR, LF, TAB, ESC, ...), DEL, the
+# C1 controls, the backslash itself (so that an escape in the log always
+# means an escaped byte, never a client's literal "\n"), and any other
+# character Python does not call printable (line and paragraph separators
+# U+2028/U+2029, which some log viewers break lines at, format characters,
+# unassigned code points).  The space stays as it is.
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f\\]|[^\x00-\x7e]')
+
+
+def _escape(match):
+    char = match.group()
+    if char == '\\':
+        return '\\\\'
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if 0xdc80 <= code <= 0xdcff:
+        # A byte that was not UTF-8 (see safe()): shown as that byte.
+        return '\\x%02x' % (code - 0xdc00)
+    if code <= 0xff:
+        return '\\x%02x' % code
+    if code <= 0xffff:
+        return '\\u%04x' % code
+    return '\\U%08x' % code
+
+
+def safe(value) -> str:
+    """``value`` as text for one log field: ``str(value)`` (bytes are
+    decoded as UTF-8) with every control or non-printable character, and
+    the backslash, written as a backslash escape (``\\n``, ``\\x1b``,
+    ``\\u2028``, ``\\\\``; a byte that is not UTF-8 as ``\\xNN``).  The
+    result is one line without control characters, whatever a client
+    sent."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode('utf-8', 'surrogateescape')
+    else:
+        value = str(value)
+    return _UNSAFE.sub(_escape, value)
+
 
 def format_peer(peer) -> str:
-    """``host:port`` for an address tuple (``[v6]:port`` for IPv6)."""
+    """``host:port`` for an address tuple (``[v6]:port`` for IPv6),
+    escaped with :func:`safe` (an AF_UNIX peer is a path, a PROXY header
+    may carry anything)."""
     if isinstance(peer, tuple) and len(peer) >= 2:
-        host = str(peer[0])
+        host = safe(peer[0])
         if ':' in host:
             host = '[%s]' % host
-        return '%s:%s' % (host, peer[1])
-    return str(peer)
+        return '%s:%s' % (host, safe(peer[1]))
+    return safe(peer)
 
 
 class SessionLogChannelMixin:
@@ -77,8 +124,10 @@ class SessionLogChannelMixin:
         if pending is not None:
             self._log_reply_pending = None
             self._log_messages += 1
-            logger.info('message from %s: size=%d recipients=%d reply=%r',
-                        format_peer(self.peer), pending[0], pending[1], msg)
+            # The reply may echo client text (an address in a refusal).
+            logger.info("message from %s: size=%d recipients=%d reply='%s'",
+                        format_peer(self.peer), pending[0], pending[1],
+                        safe(msg))
         super().push(msg)
 
     def close(self):
@@ -89,7 +138,7 @@ class SessionLogChannelMixin:
                 format_peer(self.peer), self._log_messages,
                 time.monotonic() - opened)
             if self.close_reason:
-                text += ' reason=%s' % self.close_reason
+                text += ' reason=%s' % safe(self.close_reason)
             logger.info('%s', text)
         super().close()
 

@@ -13,26 +13,43 @@ is (HAProxy's "PROXY protocol" specification).  This module has
   ``channel.peer`` (and so ``process_message``'s ``peer``) the original
   client and keep the balancer's address as ``channel.proxy_peer``.
 
-A connection whose header is missing or malformed is closed without a
-reply (the peer is not an SMTP client we can talk to) and a warning is
-logged on the ``smtpd_compat`` logger.
+A connection whose header is missing, malformed or incomplete when the
+connection's deadline passes is closed without a reply (the peer is not an
+SMTP client we can talk to) and a warning is logged on the
+``smtpd_compat`` logger.
 
-Only enable this behind a balancer you control: whoever can connect
-directly can claim any address.
+Whoever can send the header can claim any address, so a header is only
+honoured from the balancers named by ``proxy_trusted`` (default: loopback,
+``127.0.0.0/8`` and ``::1/128``).  A connection from any other address is
+closed at once, before anything is read or counted, and logged (at most one
+line a second, with the number refused since the last one, so that a flood
+cannot flood the log).  A connection over an AF_UNIX socket is local and
+always trusted (its file permissions decide who may connect).
+
+Only the header's own bytes are taken from the socket: the parser is shown
+what the kernel holds with ``MSG_PEEK`` and exactly the header's length is
+then read.  Whatever the client sent behind it in the same segment (with
+implicit TLS, its ClientHello) stays in the kernel for the next reader,
+which may be OpenSSL rather than this module.
 """
 import ipaddress
 import logging
+import re
+import socket
 import struct
+import time
 from typing import NamedTuple, Optional, Tuple
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 
 __all__ = [
     'ProxyHeader', 'ProxyProtocolError', 'parse_proxy_header',
     'ProxyProtocolChannelMixin', 'ProxyProtocolServerMixin',
-    'ProxyProtocolServer', 'V2_SIGNATURE', 'CLI_OPTIONS', 'cli_configure',
+    'ProxyProtocolServer', 'V2_SIGNATURE', 'DEFAULT_TRUSTED',
+    'parse_networks', 'CLI_OPTIONS', 'cli_configure',
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,25 +157,35 @@ def _parse_v1(data):
     elif family == 'TCP6':
         kind = ipaddress.IPv6Address
     else:
-        raise ProxyProtocolError('unknown PROXY v1 family %r' % family)
+        raise ProxyProtocolError('unknown PROXY v1 family %s' % safe(family))
     return ProxyHeader(1, 'PROXY', family,
                        (_v1_address(kind, src), _v1_port(sport)),
                        (_v1_address(kind, dst), _v1_port(dport)), length)
 
 
+# An address in a v1 line is digits, dots and colons, nothing else: on
+# Python 3.9+ ipaddress also accepts an IPv6 scope id ("fe80::1%eth0"),
+# and a scope id may hold any character, a line feed included.  The spec
+# has no scope ids; a header carrying one is refused.
+_V1_ADDRESS = re.compile(r'[0-9A-Fa-f:.]{2,45}')
+
+
 def _v1_address(kind, text):
+    if _V1_ADDRESS.fullmatch(text) is None:
+        raise ProxyProtocolError('bad address %s in PROXY v1 line'
+                                 % safe(text))
     try:
         return str(kind(text))
     except ValueError:
-        raise ProxyProtocolError('bad address %r in PROXY v1 line'
-                                 % text) from None
+        raise ProxyProtocolError('bad address %s in PROXY v1 line'
+                                 % safe(text)) from None
 
 
 def _v1_port(text):
     # Decimal, 0-65535, no sign, no leading zero (the spec's form).
     if (not text.isdigit() or not text.isascii() or len(text) > 5
             or (len(text) > 1 and text[0] == '0') or int(text) > 65535):
-        raise ProxyProtocolError('bad port %r in PROXY v1 line' % text)
+        raise ProxyProtocolError('bad port %s in PROXY v1 line' % safe(text))
     return int(text)
 
 
@@ -225,6 +252,44 @@ def _v2_tlvs(rest):
 # length its 16-bit field can state.  Input is never buffered beyond this.
 _MAX_HEADER = _V2_FIXED + 0xFFFF
 
+#: The balancers trusted by default: this host only.
+DEFAULT_TRUSTED = ('127.0.0.0/8', '::1/128')
+
+
+def parse_networks(spec) -> tuple:
+    """The networks in ``spec``: a string of comma-separated CIDRs
+    (``'10.0.0.0/8,2001:db8::/32'``; a bare address is a /32 or /128) or
+    an iterable of such strings or :mod:`ipaddress` network objects.
+    Raises ValueError for anything that is not a network."""
+    if isinstance(spec, str):
+        spec = [part.strip() for part in spec.split(',')]
+    networks = []
+    for item in spec:
+        if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            networks.append(item)
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except (TypeError, ValueError) as e:
+            raise ValueError('not a network (CIDR): %r (%s)' % (item, e)) from None
+    if not networks:
+        raise ValueError('no trusted network given')
+    return tuple(networks)
+
+
+def _trusted(addr, networks) -> bool:
+    """True if the TCP peer ``addr`` lies in one of ``networks``."""
+    if not isinstance(addr, tuple):
+        return True     # AF_UNIX: a local process
+    try:
+        # The kernel may report a link-local peer with its scope.
+        ip = ipaddress.ip_address(str(addr[0]).split('%', 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, 'ipv4_mapped', None)
+    return any(ip in net or (mapped is not None and mapped in net)
+               for net in networks)
+
 
 class ProxyProtocolChannelMixin:
     """Channel mixin: read a PROXY header before any SMTP.
@@ -233,8 +298,9 @@ class ProxyProtocolChannelMixin:
     back through the ``_greet()`` hook) and no SMTP command is read.  Then
     ``self.proxy_peer`` is the balancer's address (the TCP peer) and
     ``self.peer`` the client's as the header states; for a LOCAL command or
-    an UNKNOWN/UNSPEC family ``self.peer`` stays the TCP peer.  Bytes that
-    follow the header in the same read are SMTP input.
+    an UNKNOWN/UNSPEC family ``self.peer`` stays the TCP peer.  The bytes
+    that follow the header are left in the socket for whoever reads next
+    (the SMTP reader, or OpenSSL with implicit TLS).
 
     Its layer is the outermost, so every other capability (per-address
     limits, the session log) sees the client's address in its own
@@ -247,12 +313,12 @@ class ProxyProtocolChannelMixin:
     layer = LAYERS['proxy']
     capability_name = 'Proxy'
     proxy_header = None
+    _proxy_buffer = b''
 
     def _greet(self):
         if self.proxy_header is None:
-            # Hold the greeting until _handle_input has read the header.
+            # Hold the greeting until handle_read has read the header.
             self.proxy_peer = self.peer
-            self._proxy_buffer = b''
             server = self.smtp_server
             self.set_deadline(getattr(server, 'proxy_header_timeout', None)
                               or getattr(server, 'idle_timeout', None),
@@ -260,43 +326,95 @@ class ProxyProtocolChannelMixin:
             return
         super()._greet()
 
+    def handle_read(self):
+        if self.proxy_header is not None:
+            super().handle_read()
+            return
+        sock = self.socket
+        held = self._proxy_buffer
+        try:
+            # Look without taking: only the header's bytes are ours.
+            peeked = sock.recv(_MAX_HEADER - len(held), socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.handle_close()
+            return
+        if not peeked:
+            self.handle_close()     # the peer left before its header
+            return
+        try:
+            header = parse_proxy_header((held + peeked)[:_MAX_HEADER])
+        except ProxyProtocolError as e:
+            # Take what was seen, so that closing sends a FIN, not a reset.
+            try:
+                sock.recv(len(peeked))
+            except OSError:
+                pass
+            self._proxy_refuse(e)
+            return
+        # Incomplete: every byte seen belongs to the header, take them all
+        # (leaving them would make the socket readable forever).
+        want = len(peeked) if header is None else header.length - len(held)
+        try:
+            taken = sock.recv(want)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.handle_close()
+            return
+        self._proxy_buffer = held + taken
+        if header is not None and len(taken) == want:
+            self._proxy_accept(header)
+
     def _handle_input(self, data):
+        # Bytes handed over by other code (not read by handle_read above):
+        # the header is taken from them, the rest is SMTP input.
         if self.proxy_header is not None:
             super()._handle_input(data)
             return
         buf = self._proxy_buffer + data
+        self._proxy_buffer = buf
         try:
             header = parse_proxy_header(buf[:_MAX_HEADER])
         except ProxyProtocolError as e:
-            logger.warning('PROXY protocol error from %s: %s; closing',
-                           _format_peer(self.peer), e)
-            self._proxy_buffer = b''
-            self.close()
+            self._proxy_refuse(e)
             return
-        if header is None:
-            self._proxy_buffer = buf
-            return
+        if header is not None:
+            self._proxy_accept(header)
+            rest = buf[header.length:]
+            if rest and self.connected:
+                super()._handle_input(rest)
+
+    def _proxy_refuse(self, error):
+        logger.warning('PROXY protocol error from %s: %s; closing',
+                       format_peer(self.peer), error)
+        self._proxy_buffer = b''
+        self.close()
+
+    def _proxy_accept(self, header):
         self._proxy_buffer = b''
         self.proxy_header = header
         self.reset_idle_deadline()
         if (header.command == 'PROXY' and isinstance(header.source, tuple)
                 and header.family in ('TCP4', 'TCP6')):
+            # Validated by the parser: an address ipaddress accepted, no
+            # scope id, nothing that could break a log line or X-Peer.
             self.peer = header.source
         _smtpd_debug('PROXY header: %r' % (header,))
         self._greet()
-        rest = buf[header.length:]
-        if rest and self.connected:
-            super()._handle_input(rest)
+
+    def handle_timeout(self, phase):
+        if phase == 'proxy' and self.proxy_header is None:
+            # The session closes it without a reply: the peer is a
+            # balancer, a 421 would reach nobody who can read it.
+            logger.warning('PROXY header from %s incomplete at the '
+                           'deadline; closing', format_peer(self.peer))
+        super().handle_timeout(phase)
 
 
 def _smtpd_debug(text):
     print(text, file=_smtpd.DEBUGSTREAM)
-
-
-def _format_peer(peer):
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return '%s:%s' % (peer[0], peer[1])
-    return repr(peer)
 
 
 class ProxyProtocolServerMixin(CapabilityServerMixin):
@@ -304,16 +422,49 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
     Its channel mixin is the outermost layer whatever the order of the
     server's bases, so the other capabilities see the client's address.
 
-    ``proxy_header_timeout`` (keyword-only, seconds, default 10): how long
-    a connection may take to send its header before it is closed.
+    Keyword-only arguments (the rest go to the next class):
+
+    proxy_trusted
+        the balancers whose headers are honoured: comma-separated CIDRs or
+        an iterable of them (see :func:`parse_networks`).  Default: the
+        class attribute ``proxy_trusted`` if the class sets one, else
+        :data:`DEFAULT_TRUSTED` (loopback).  A connection from any other
+        address is closed unread.  ``self.proxy_trusted`` holds the parsed
+        networks.
+    proxy_header_timeout
+        seconds (default 10) a connection may take to send its header
+        before it is closed.
     """
 
     channel_mixin = ProxyProtocolChannelMixin
 
-    def __init__(self, *args, proxy_header_timeout=UNSET, **kwargs):
-        settings(self, {'proxy_header_timeout': proxy_header_timeout},
-                 {'proxy_header_timeout': 10.0})
+    def __init__(self, *args, proxy_header_timeout=UNSET, proxy_trusted=UNSET,
+                 **kwargs):
+        settings(self, {'proxy_header_timeout': proxy_header_timeout,
+                        'proxy_trusted': proxy_trusted},
+                 {'proxy_header_timeout': 10.0,
+                  'proxy_trusted': DEFAULT_TRUSTED})
+        # A bad value is a configuration mistake: raise before binding.
+        self.proxy_trusted = parse_networks(self.proxy_trusted)
+        self._proxy_refused = 0
+        self._proxy_refused_logged = -1e9
         super().__init__(*args, **kwargs)
+
+    def handle_accepted(self, conn, addr):
+        if _trusted(addr, self.proxy_trusted):
+            super().handle_accepted(conn, addr)
+            return
+        # Not a balancer of ours: whatever it would claim, it is not served
+        # (and not counted under a claimed address by per-address limits).
+        conn.close()
+        self._proxy_refused += 1
+        now = time.monotonic()
+        if now >= self._proxy_refused_logged + 1.0:
+            logger.warning('refused %d connection(s) not from a trusted '
+                           'PROXY balancer, last from %s',
+                           self._proxy_refused, format_peer(addr))
+            self._proxy_refused = 0
+            self._proxy_refused_logged = now
 
 
 class ProxyProtocolServer(ProxyProtocolServerMixin, _smtpd.SMTPServer):
@@ -326,10 +477,23 @@ CLI_OPTIONS = (
      'Expect a PROXY protocol (v1 or v2) header on every connection, as sent '
      'by HAProxy\'s send-proxy / send-proxy-v2; X-Peer shows the original '
      'client.'),
+    ('proxy-trusted=', 'CIDR[,CIDR...]',
+     'Balancers allowed to send the PROXY header; connections from anywhere '
+     'else are closed (default 127.0.0.0/8,::1/128).'),
 )
 
 
 def cli_configure(cli):
     """Add the PROXY mixin when --proxy-protocol is given."""
-    if 'proxy-protocol' in cli.given:
-        cli.mixins.append(ProxyProtocolServerMixin)
+    given = cli.given
+    if 'proxy-protocol' not in given:
+        if 'proxy-trusted' in given:
+            cli.error('--proxy-trusted needs --proxy-protocol')
+        return
+    if 'proxy-trusted' in given:
+        try:
+            trusted = parse_networks(given['proxy-trusted'])
+        except ValueError as e:
+            cli.error('Invalid --proxy-trusted: %s' % e)
+        cli.server_kwargs['proxy_trusted'] = trusted
+    cli.mixins.append(ProxyProtocolServerMixin)

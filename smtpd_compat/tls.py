@@ -26,6 +26,7 @@ from typing import Optional
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 
 __all__ = [
@@ -207,7 +208,8 @@ class TLSChannelMixin:
             reset()
 
     def _tls_failed(self, error):
-        logger.info('TLS handshake with %r failed: %s', self.peer, error)
+        logger.info('TLS handshake with %s failed: %s', format_peer(self.peer),
+                    safe(error))
         _debug('TLS handshake with %r failed: %s' % (self.peer, error))
         self.close()
 
@@ -263,7 +265,8 @@ class TLSChannelMixin:
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             data = b''
         except OSError as e:
-            logger.info('TLS read from %r failed: %s', self.peer, e)
+            logger.info('TLS read from %s failed: %s', format_peer(self.peer),
+                        safe(e))
             data = b''
         if not data:
             self.handle_close()
@@ -279,7 +282,8 @@ class TLSChannelMixin:
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
         except OSError as e:
-            logger.info('TLS write to %r failed: %s', self.peer, e)
+            logger.info('TLS write to %s failed: %s', format_peer(self.peer),
+                        safe(e))
             self.handle_close()
             return 0
 
@@ -291,7 +295,11 @@ class TLSServerMixin(CapabilityServerMixin):
 
     tls_context
         an :class:`ssl.SSLContext` with the server's certificate and key
-        loaded (see :func:`server_context`); required.
+        loaded (see :func:`server_context`); or, instead of it,
+    tls_certfile, tls_keyfile
+        the PEM files to build it from with :func:`server_context`; they
+        are remembered, so that :meth:`reload` (``SIGHUP`` on the command
+        line) can read them again after the certificate was renewed.
     implicit_tls
         False (default): offer STARTTLS.  True: TLS from the first byte
         (port 465, RFC 8314).
@@ -310,10 +318,20 @@ class TLSServerMixin(CapabilityServerMixin):
 
     def __init__(self, *args, tls_context: ssl.SSLContext = None,
                  implicit_tls: bool = False, require_starttls: bool = False,
-                 tls_handshake_timeout: Optional[float] = None, **kwargs):
+                 tls_handshake_timeout: Optional[float] = None,
+                 tls_certfile: Optional[str] = None,
+                 tls_keyfile: Optional[str] = None, **kwargs):
+        if tls_certfile is not None:
+            if tls_context is not None:
+                raise TypeError('give tls_context or tls_certfile, not both')
+            tls_context = server_context(tls_certfile, tls_keyfile)
+        elif tls_keyfile is not None:
+            raise TypeError('tls_keyfile needs tls_certfile')
         if not isinstance(tls_context, ssl.SSLContext):
             raise TypeError('tls_context must be an ssl.SSLContext holding '
                             'the server certificate, not %r' % (tls_context,))
+        self.tls_certfile = tls_certfile
+        self.tls_keyfile = tls_keyfile
         if implicit_tls and require_starttls:
             raise ValueError('require_starttls has no meaning with '
                              'implicit_tls=True (TLS is always on)')
@@ -326,6 +344,22 @@ class TLSServerMixin(CapabilityServerMixin):
         self.require_starttls = bool(require_starttls)
         self.tls_handshake_timeout = tls_handshake_timeout
         super().__init__(*args, **kwargs)
+
+    def reload(self) -> None:
+        """Build a new SSLContext from ``tls_certfile``/``tls_keyfile`` (a
+        renewed certificate) for the connections accepted from now on;
+        sessions already encrypted keep theirs.  If the files cannot be
+        loaded the context in use is kept and the error (OSError or
+        ssl.SSLError) is raised.  Without remembered files (the server was
+        given a ``tls_context``) there is nothing to reload: a no-op."""
+        if self.tls_certfile is None:
+            return
+        context = server_context(self.tls_certfile, self.tls_keyfile)
+        # One assignment: a handshake that starts now uses either context
+        # whole (_tls_start reads the attribute once).
+        self.tls_context = context
+        logger.info('reloaded the TLS certificate from %s',
+                    safe(self.tls_certfile))
 
 
 class TLSServer(TLSServerMixin, _smtpd.SMTPServer):
@@ -377,12 +411,16 @@ def cli_configure(cli):
         if not timeout > 0:
             cli.error('Invalid --tls-handshake-timeout: %s'
                       % given['tls-handshake-timeout'])
+    certfile, keyfile = given['tls-cert'], given.get('tls-key') or None
     try:
-        context = server_context(given['tls-cert'], given.get('tls-key') or None)
+        # Loaded here too so that a bad file is a usage error, not a
+        # traceback from the constructor.
+        server_context(certfile, keyfile)
     except (OSError, ssl.SSLError) as e:
         cli.error('Cannot load --tls-cert/--tls-key: %s' % e)
     cli.mixins.append(TLSServerMixin)
     cli.server_kwargs.update(
-        tls_context=context, implicit_tls='smtps' in given,
+        tls_certfile=certfile, tls_keyfile=keyfile,
+        implicit_tls='smtps' in given,
         require_starttls='require-starttls' in given,
         tls_handshake_timeout=timeout)

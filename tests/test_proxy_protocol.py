@@ -17,7 +17,8 @@ from smtpd_compat.proxy_protocol import (
     parse_proxy_header)
 
 from conftest import (
-    RecordingServer, free_ports, recv_reply, require_tool, wait_for_port)
+    RecordingServer, free_ports, read_to_eof, recv_reply, require_tool,
+    wait_for_port)
 
 
 def v2(cmd=1, fam=0x11, addresses=b'', tlvs=b''):
@@ -296,3 +297,303 @@ def test_haproxy_send_proxy_v1_and_v2(tmp_path, python_path_env):
     for text in texts:
         assert "b'X-Peer: 127.0.0.2'" in text, text
         assert re.search(r"Subject: via haproxy \d", text)
+
+
+# -- scope ids and log hygiene (issue 12, finding 2) ---------------------------
+
+@pytest.mark.parametrize('data', [
+    b'PROXY TCP6 fe80::2%\nFAKE\tlog\tline ::1 1 2\r\n',
+    b'PROXY TCP6 fe80::2%eth0 ::1 1 2\r\n',
+    b'PROXY TCP6 ::1 fe80::2%25 1 2\r\n',
+    b'PROXY TCP4 1.2.3.4%x 5.6.7.8 1 2\r\n',
+    b'PROXY TCP6 ::ffff:1.2.3.4\x1b ::1 1 2\r\n',
+], ids=['lf-in-scope', 'scope', 'dst-scope', 'v4-scope', 'escape'])
+def test_parse_refuses_scope_ids_and_controls(data):
+    # ipaddress accepts "fe80::2%<anything>" on Python 3.9+: the parser
+    # must not rely on it alone.
+    with pytest.raises(ProxyProtocolError) as info:
+        parse_proxy_header(data)
+    message = str(info.value)
+    assert '\n' not in message and '\t' not in message and '\x1b' not in message
+
+
+def test_live_forged_scope_never_reaches_log_or_x_peer(live_server, caplog):
+    class Debugging(ProxyProtocolServerMixin, smtpd_compat.DebuggingServer):
+        pass
+
+    server = live_server(Debugging)
+    sock = socket.create_connection(server.address, timeout=5)
+    with sock:
+        sock.sendall(b'PROXY TCP6 fe80::2%\nFAKE\tlog\tline ::1 1 2\r\n')
+        assert sock.recv(100) == b''        # refused, nothing served
+    lines = [r.getMessage() for r in caplog.records]
+    assert any('PROXY protocol error' in line for line in lines)
+    assert not any('\n' in line or '\t' in line for line in lines), lines
+
+
+# -- trusted balancers (issue 12, finding 1) -----------------------------------
+
+def test_parse_networks():
+    from smtpd_compat.proxy_protocol import parse_networks
+    nets = parse_networks('10.0.0.0/8, 2001:db8::/32,192.0.2.1')
+    assert [str(n) for n in nets] == ['10.0.0.0/8', '2001:db8::/32',
+                                      '192.0.2.1/32']
+    for bad in ('', '10.0.0.1/8', 'example.com', '10.0.0.0/33'):
+        with pytest.raises(ValueError):
+            parse_networks(bad)
+    with pytest.raises(ValueError):
+        ProxiedServer(('127.0.0.1', 0), None, proxy_trusted='nonsense')
+
+
+def test_untrusted_peer_is_refused_and_never_counted(live_server, caplog):
+    from smtpd_compat.limits import LimitsServerMixin
+
+    class Limited(ProxyProtocolServerMixin, LimitsServerMixin,
+                  RecordingServer):
+        pass
+
+    # Only 127.0.0.2 is the balancer; 127.0.0.1 is "a client on the
+    # internet" that connects directly.
+    server = live_server(Limited, proxy_trusted=['127.0.0.2/32'],
+                         max_connections_per_ip=2)
+    claim = b'PROXY TCP4 192.0.2.99 198.51.100.1 1234 25\r\n'
+    started = time.monotonic()
+    for _ in range(20):
+        sock = socket.create_connection(server.address, timeout=5)
+        with sock:
+            sock.sendall(claim)
+            try:
+                assert sock.recv(100) == b''    # closed, never greeted
+            except ConnectionResetError:
+                pass
+    refusals = [r.getMessage() for r in caplog.records
+                if 'not from a trusted PROXY balancer' in r.getMessage()]
+    # Rate limited: at most one line a second (the first at once), naming
+    # the direct peer, not the claim.
+    elapsed = time.monotonic() - started
+    assert 1 <= len(refusals) <= elapsed + 1, (refusals, elapsed)
+    assert len(refusals) < 20
+    assert '127.0.0.1' in refusals[0] and '192.0.2.99' not in refusals[0]
+    # The victim's own connections through the balancer are not locked out
+    # by the five claims; the limit counts the client address the header
+    # gives, after it is accepted.
+    socks = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(server.address, timeout=5,
+                                            source_address=('127.0.0.2', 0))
+            socks.append(sock)
+            sock.sendall(claim)
+            socks_reply = recv_reply(sock)
+            if len(socks) <= 2:
+                assert socks_reply.startswith(b'220 '), socks_reply
+            else:
+                assert socks_reply.startswith(b'421 4.7.0'), socks_reply
+        # Another client behind the same balancer is counted apart.
+        sock = socket.create_connection(server.address, timeout=5,
+                                        source_address=('127.0.0.2', 0))
+        socks.append(sock)
+        sock.sendall(b'PROXY TCP4 192.0.2.100 198.51.100.1 1234 25\r\n')
+        assert recv_reply(sock).startswith(b'220 ')
+    finally:
+        for sock in socks:
+            sock.close()
+    assert server.server.proxy_trusted == (
+        __import__('ipaddress').ip_network('127.0.0.2/32'),)
+
+
+def test_default_trusts_loopback_only():
+    from smtpd_compat.proxy_protocol import _trusted, DEFAULT_TRUSTED, parse_networks
+    nets = parse_networks(DEFAULT_TRUSTED)
+    assert _trusted(('127.0.0.1', 1), nets)
+    assert _trusted(('127.9.9.9', 1), nets)
+    assert _trusted(('::1', 1, 0, 0), nets)
+    assert _trusted(('::ffff:127.0.0.1', 1, 0, 0), nets)
+    assert not _trusted(('192.0.2.1', 1), nets)
+    assert not _trusted(('::ffff:192.0.2.1', 1, 0, 0), nets)
+    assert not _trusted(('fe80::1%eth0', 1, 0, 2), nets)
+    assert _trusted('', nets)          # AF_UNIX
+
+
+def test_incomplete_header_closed_without_reply_at_deadline(live_server, caplog):
+    from smtpd_compat.limits import LimitsServerMixin
+
+    class Limited(ProxyProtocolServerMixin, LimitsServerMixin,
+                  RecordingServer):
+        pass
+
+    server = live_server(Limited, proxy_header_timeout=0.5, use_timers=True)
+    assert server.server.proxy_header_timeout == 0.5
+    sock = socket.create_connection(server.address, timeout=10)
+    with sock:
+        sock.sendall(b'PROXY TCP4 192.0.2.7 ')
+        started = time.monotonic()
+        # No "421 ... timeout" is sent to the balancer: just a close.
+        assert sock.recv(100) == b''
+        # The header's own deadline, not the 300 s idle timeout.
+        assert time.monotonic() - started < 8
+    assert any('incomplete' in r.getMessage() for r in caplog.records)
+
+
+def test_cli_proxy_trusted(cli_server, python_path_env):
+    # 127.0.0.2 is trusted, 127.0.0.1 is not.
+    proc, port = cli_server('-c', 'DebuggingServer', '--proxy-protocol',
+                            '--proxy-trusted', '127.0.0.2/32,2001:db8::/32')
+    sock = socket.create_connection(('127.0.0.1', port), timeout=5,
+                                    source_address=('127.0.0.2', 0))
+    with sock:
+        sock.sendall(b'PROXY TCP4 192.0.2.7 198.51.100.1 1234 25\r\n')
+        assert recv_reply(sock).startswith(b'220 ')
+    sock = socket.create_connection(('127.0.0.1', port), timeout=5)
+    with sock:
+        sock.sendall(b'PROXY TCP4 192.0.2.7 198.51.100.1 1234 25\r\n')
+        try:
+            assert sock.recv(100) == b''
+        except ConnectionResetError:
+            pass
+    for args, message in [
+            (['--proxy-trusted', '10.0.0.0/8'], 'needs --proxy-protocol'),
+            (['--proxy-protocol', '--proxy-trusted', '10.0.0.1/8'],
+             'Invalid --proxy-trusted')]:
+        result = subprocess.run(
+            [sys.executable, '-m', 'smtpd_compat', '-n'] + args
+            + ['127.0.0.1:%d' % free_ports(1)[0]],
+            env=python_path_env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and message in result.stderr, result
+
+
+# -- PROXY header and ClientHello in one segment (issue 12, finding 3) ---------
+
+def _tls_through_header(address, client_context, header, while_open):
+    """Send ``header`` and the ClientHello in ONE sendall, finish the
+    handshake by pumping memory BIOs, read the server's greeting inside TLS,
+    call ``while_open()`` and return the greeting."""
+    import ssl
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context.wrap_bio(incoming, outgoing,
+                                  server_hostname='localhost')
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    assert hello[:1] == b'\x16'        # a TLS handshake record
+    sock = socket.create_connection(address, timeout=5)
+    with sock:
+        sock.sendall(header + hello)
+        done = False
+        while not done:
+            data = sock.recv(65536)
+            assert data, 'server closed during the handshake'
+            incoming.write(data)
+            try:
+                tls.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                pass
+            pending = outgoing.read()
+            if pending:
+                sock.sendall(pending)
+        greeting = b''
+        while not greeting.endswith(b'\r\n'):
+            try:
+                greeting += tls.read(4096)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            data = sock.recv(65536)
+            assert data, 'server closed before greeting'
+            incoming.write(data)
+        while_open()
+        return greeting
+
+
+@pytest.mark.parametrize('header', [
+    b'PROXY TCP4 192.0.2.7 198.51.100.1 51234 465\r\n',
+    v2(addresses=V4_ADDR),
+], ids=['v1', 'v2'])
+def test_header_and_client_hello_in_one_segment(live_server, tls_certs, header):
+    from smtpd_compat.tls import TLSServerMixin
+
+    class Smtps(ProxyProtocolServerMixin, TLSServerMixin, RecordingServer):
+        pass
+
+    server = live_server(Smtps, tls_context=tls_certs.server_context,
+                         implicit_tls=True)
+    peers = []
+
+    def while_open():
+        peers.extend(c.peer for c in list(server.map.values())
+                     if isinstance(c, smtpd_compat.SMTPChannel))
+
+    greeting = _tls_through_header(server.address, tls_certs.client_context,
+                                   header, while_open)
+    assert greeting.startswith(b'220 ')
+    assert peers == [('192.0.2.7', 51234)]
+
+
+def test_header_then_smtp_in_one_segment_still_works(live_server):
+    # Without TLS the bytes behind the header are read as SMTP as before
+    # (they stay in the socket for the next read).
+    server = live_server(ProxiedServer)
+    sock = socket.create_connection(server.address, timeout=5)
+    with sock:
+        sock.sendall(b'PROXY TCP4 192.0.2.7 198.51.100.1 51234 25\r\n'
+                     b'HELO c\r\nQUIT\r\n')
+        data = read_to_eof(sock)
+    assert data.startswith(b'220 ') and b'\r\n250 ' in data
+    assert data.endswith(b'221 Bye\r\n')
+
+
+def test_haproxy_send_proxy_with_implicit_tls(tmp_path, python_path_env, tls_certs):
+    haproxy = require_tool('haproxy')
+    front, back = free_ports(2)
+    (tmp_path / 'haproxy.cfg').write_text(
+        'global\n    maxconn 100\n'
+        'defaults\n    mode tcp\n    timeout connect 5s\n'
+        '    timeout client 30s\n    timeout server 30s\n'
+        'frontend smtps\n    bind 127.0.0.1:%d\n    default_backend s\n'
+        'backend s\n    server s1 127.0.0.1:%d send-proxy\n' % (front, back))
+    env = dict(python_path_env, PYTHONUNBUFFERED='1')
+    out = open(tmp_path / 'server.out', 'w+')
+    procs = []
+    try:
+        server = subprocess.Popen(
+            [sys.executable, '-m', 'smtpd_compat', '-n', '-c',
+             'DebuggingServer', '--proxy-protocol', '--smtps',
+             '--tls-cert', tls_certs.cert_file, '127.0.0.1:%d' % back],
+            stdout=out, stderr=subprocess.STDOUT, env=env)
+        procs.append(server)
+        wait_for_port(server, back)
+        hap = subprocess.Popen([haproxy, '-db', '-f',
+                                str(tmp_path / 'haproxy.cfg')],
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        procs.append(hap)
+        wait_for_port(hap, front)
+        # The client's ClientHello goes out at once, so haproxy often has
+        # it before its backend connection is up and sends it with the
+        # header; either way the handshake must complete.
+        for i in range(3):
+            client = smtplib.SMTP_SSL('127.0.0.1', front, timeout=10,
+                                      context=tls_certs.client_context,
+                                      source_address=('127.0.0.3', 0))
+            client.sendmail('a@example.com', ['b@example.com'],
+                            'Subject: tls via haproxy %d\r\n\r\nbody\r\n' % i)
+            client.quit()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            out.seek(0)
+            text = out.read()
+            if text.count('END MESSAGE') >= 3:
+                break
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        out.close()
+    assert text.count("b'X-Peer: 127.0.0.3'") == 3, text

@@ -308,3 +308,151 @@ def test_cli_configuration_errors(tls_certs, python_path_env, args):
         env=python_path_env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert 'Traceback' not in result.stderr
+
+
+# -- reloading the certificate (issue 12, item 10: SIGHUP) ---------------------
+
+@pytest.fixture(scope='module')
+def two_certs(tmp_path_factory):
+    """A CA trusted by ``client``, two certificates it issued for
+    127.0.0.1 (PEM with key) and their DER forms."""
+    trustme = pytest.importorskip('trustme')
+    ca = trustme.CA()
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    d = tmp_path_factory.mktemp('reload')
+    pems, ders = [], []
+    for n in range(2):
+        cert = ca.issue_cert('127.0.0.1', 'localhost')
+        path = d / ('cert%d.pem' % n)
+        cert.private_key_and_cert_chain_pem.write_to_path(str(path))
+        pems.append(path.read_bytes())
+        ders.append(ssl.PEM_cert_to_DER_cert(
+            cert.cert_chain_pems[0].bytes().decode()))
+    return client, pems, ders
+
+
+def served_cert(address, client_ctx, smtps=False):
+    sock = socket.create_connection(address, timeout=10)
+    with sock:
+        if not smtps:
+            recv_reply(sock)
+            send_line(sock, b'EHLO me')
+            assert send_line(sock, b'STARTTLS').startswith(b'220')
+        with client_ctx.wrap_socket(sock, server_hostname='127.0.0.1') as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def test_reload_serves_new_certificate_keeps_sessions(live_server, two_certs,
+                                                      tmp_path):
+    client, pems, ders = two_certs
+    path = tmp_path / 'server.pem'
+    path.write_bytes(pems[0])
+    server = live_server(TLSRecorder, tls_certfile=str(path))
+    assert served_cert(server.address, client) == ders[0]
+    session = starttls_raw(server.address, client)       # stays open
+    path.write_bytes(pems[1])
+    server.server.reload()
+    assert served_cert(server.address, client) == ders[1]
+    # The session encrypted before the reload goes on with its own.
+    assert send_line(session, b'EHLO me').startswith(b'250')
+    assert session.getpeercert(binary_form=True) == ders[0]
+    session.close()
+    # A broken file: the error is raised and the last good one is kept.
+    path.write_bytes(b'-----BEGIN CERTIFICATE-----\nbroken\n')
+    with pytest.raises((OSError, ssl.SSLError)):
+        server.server.reload()
+    assert served_cert(server.address, client) == ders[1]
+
+
+def test_reload_without_files_is_a_no_op(live_server, tls_certs):
+    server = live_server(TLSRecorder, tls_context=tls_certs.server_context)
+    server.server.reload()
+    assert server.server.tls_context is tls_certs.server_context
+    with pytest.raises(TypeError):
+        TLSRecorder(('127.0.0.1', 0), None, map={},
+                    tls_context=tls_certs.server_context,
+                    tls_certfile=tls_certs.cert_file)
+
+
+def wait_until(predicate, timeout=20.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def login_code(port, client_ctx, password):
+    with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
+        client.starttls(context=client_ctx)
+        client.ehlo()
+        try:
+            return client.login('alice', password)[0]
+        except smtplib.SMTPAuthenticationError as e:
+            return e.smtp_code
+
+
+def test_cli_sighup_reloads_certificate_and_auth_file(two_certs, tmp_path,
+                                                      cli_server):
+    import signal
+    from smtpd_compat import auth
+    client, pems, ders = two_certs
+    cert, users = tmp_path / 'server.pem', tmp_path / 'users'
+    cert.write_bytes(pems[0])
+    users.write_text('alice:%s\n' % auth.hash_password('old', 'pbkdf2'))
+    errors = open(tmp_path / 'stderr', 'w+')
+    proc, port = cli_server('-c', 'DebuggingServer', '--tls-cert', str(cert),
+                            '--auth-file', str(users), stderr=errors)
+    try:
+        assert served_cert(('127.0.0.1', port), client) == ders[0]
+        assert login_code(port, client, 'old') == 235
+        # Renewed files, then SIGHUP (logrotate, systemctl reload).
+        cert.write_bytes(pems[1])
+        users.write_text('alice:%s\n' % auth.hash_password('new', 'pbkdf2'))
+        proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: served_cert(('127.0.0.1', port), client)
+                          == ders[1])
+        assert login_code(port, client, 'new') == 235
+        assert login_code(port, client, 'old') == 535
+        # Broken files: both kept, and the log says why.
+        cert.write_bytes(b'not a certificate\n')
+        users.write_text('alice:plaintext-password\n')
+        proc.send_signal(signal.SIGHUP)
+
+        def logged():
+            errors.seek(0)
+            return errors.read().count('reload() failed') >= 2
+        assert wait_until(logged)
+        assert proc.poll() is None
+        assert served_cert(('127.0.0.1', port), client) == ders[1]
+        assert login_code(port, client, 'new') == 235
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+        errors.seek(0)
+        text = errors.read()
+        errors.close()
+    assert 'line 1' in text and 'Traceback' not in text
+    assert 'plaintext-password' not in text
+
+
+@pytest.mark.parametrize('args', [[], ['--production']],
+                         ids=['stdlib-options', 'production'])
+def test_cli_sighup_does_not_kill(cli_server, args):
+    import signal
+    import time
+    proc, port = cli_server('-c', 'DebuggingServer', *args)
+    try:
+        for _ in range(2):
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.3)
+        assert proc.poll() is None
+        with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
+            assert client.noop()[0] == 250
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    assert 'Traceback' not in out + err

@@ -1,0 +1,81 @@
+"""Log hygiene: whatever a client sends, a log line stays one line without
+control characters (issue 12, finding 2)."""
+import logging
+import socket
+
+import pytest
+
+from smtpd_compat.limits import LimitedServer
+from smtpd_compat.logging_ import format_peer, safe
+from smtpd_compat.proxy_protocol import ProxyProtocolServerMixin
+
+from conftest import RecordingServer, read_to_eof, recv_reply
+
+# Every character a client could use to end a line or move the cursor.
+CONTROLS = [chr(c) for c in list(range(0x20)) + list(range(0x7f, 0xa0))] + [
+    '\u2028', '\u2029', '\u200e', '\ufeff']
+
+
+@pytest.mark.parametrize('value, expected', [
+    ('plain text', 'plain text'),
+    ('a\r\nFAKE line', 'a\\x0d\\x0aFAKE line'),
+    ('tab\there', 'tab\\x09here'),
+    ('\x1b[31mred', '\\x1b[31mred'),
+    ('del\x7f c1\x85', 'del\\x7f c1\\x85'),
+    ('back\\slash', 'back\\\\slash'),
+    ('caf\xe9 \u65e5\u672c', 'caf\xe9 \u65e5\u672c'),
+    ('sep\u2028x\u2029', 'sep\\u2028x\\u2029'),
+    (b'bytes\n\xff\xc3\xa9', 'bytes\\x0a\\xff\xe9'),
+    (('fe80::2', 25), "('fe80::2', 25)"),
+    (None, 'None'),
+], ids=['plain', 'crlf', 'tab', 'escape', 'del-c1', 'backslash', 'unicode',
+        'separators', 'bytes', 'tuple', 'none'])
+def test_safe(value, expected):
+    assert safe(value) == expected
+
+
+def test_safe_leaves_nothing_that_breaks_a_line():
+    text = safe(''.join(CONTROLS) + 'x')
+    assert text.isprintable() and text.endswith('x')
+    # Distinct inputs stay distinct: a literal "\x0a" typed by a client is
+    # not confused with a line feed.
+    assert safe('\\x0a') != safe('\n')
+
+
+def test_format_peer():
+    assert format_peer(('192.0.2.1', 25)) == '192.0.2.1:25'
+    assert format_peer(('2001:db8::1', 25, 0, 0)) == '[2001:db8::1]:25'
+    assert format_peer('/run/smtp\n.sock') == '/run/smtp\\x0a.sock'
+    assert format_peer(('fe80::2%\nFAKE', 1)) == '[fe80::2%\\x0aFAKE]:1'
+
+
+class ProxiedLimited(ProxyProtocolServerMixin, LimitedServer):
+    process_message = RecordingServer.process_message
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.messages = []
+
+
+def test_hostile_session_logs_one_line_per_record(live_server, caplog):
+    caplog.set_level(logging.DEBUG)
+    server = live_server(ProxiedLimited, max_errors=None)
+    server.server.reply = '550 refused <a\x1b[2J\rFAKE@x>'
+    hostile = [
+        b'PROXY TCP4 192.0.2.7 198.51.100.1 1234 25\r\n',
+        b'EHLO evil\x0bhost\x1b[31m\xc2\x85\r\n',
+        b'MAIL FROM:<a\nFAKE: line@b>\r\n',
+        b'MAIL FROM:<x\x1b]0;t\x07@b>\r\n',
+        b'RSET\r\n', b'MAIL FROM:<ok@b>\r\n',
+        b'RCPT TO:<r\xe2\x80\xa8@b>\r\n', b'RCPT TO:<ok@b>\r\n',
+        b'DATA\r\n', b'Subject: \x1b\r\n\r\nbody\r\n.\r\n', b'QUIT\r\n',
+    ]
+    sock = socket.create_connection(server.address, timeout=5)
+    with sock:
+        sock.sendall(b''.join(hostile))
+        replies = read_to_eof(sock)
+    server.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("reply='550 refused" in m for m in messages), (messages, replies)
+    for message in messages:
+        assert message.isprintable(), repr(message)
