@@ -61,7 +61,7 @@ import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat import loop as _loop
 from smtpd_compat.session import LAYERS
-from smtpd_compat.logging_ import SessionLogServerMixin, format_peer
+from smtpd_compat.logging_ import LogEvery, SessionLogServerMixin, format_peer
 from smtpd_compat.production import hardening_requested
 
 __all__ = [
@@ -293,8 +293,7 @@ class LimitsServerMixin(CapabilityServerMixin):
             _check_limit(name, value)
         self._limits_channels = set()
         self._limits_per_ip = collections.Counter()
-        self._limits_refused = 0
-        self._limits_refused_logged = -1e9
+        self._limits_refused = LogEvery(1.0)
         # The stdlib's SMTPServer(localaddr, remoteaddr, data_size_limit,
         # ...): None (the command line without -s) or absent means the
         # production default, so that memory per message is bounded.
@@ -324,15 +323,11 @@ class LimitsServerMixin(CapabilityServerMixin):
             except OSError:
                 pass
             conn.close()
-            self._limits_refused += 1
-            now = time.monotonic()
-            if now >= self._limits_refused_logged + 1.0:
-                # At most one line a second: a flood must not flood the log.
+            refused = self._limits_refused.count()
+            if refused:
                 logger.warning('refused %d connection(s), last from %s: '
                                'too many connections (%d)',
-                               self._limits_refused, format_peer(addr), limit)
-                self._limits_refused = 0
-                self._limits_refused_logged = now
+                               refused, format_peer(addr), limit)
             return
         super().handle_accepted(conn, addr)
 

@@ -28,6 +28,7 @@ from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.session import LAYERS
 
 __all__ = ['logger', 'SessionLogChannelMixin', 'SessionLogServerMixin',
+           'LogEvery',
            'format_peer', 'safe']
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,27 @@ def safe(value) -> str:
         value = str(value)
     return _UNSAFE.sub(_escape, value)
 
+
+
+class LogEvery:
+    """Counts events that a flood could repeat and says when to log them: at
+    most once per ``interval`` seconds, with how many happened since the
+    last line, so that a flood never floods the log."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self._count = 0
+        self._last = -1e9
+
+    def count(self) -> int:
+        """Count one event.  Returns how many to report now (this one and
+        those held back since the last report), or 0 inside the interval."""
+        self._count += 1
+        now = time.monotonic()
+        if now < self._last + self.interval:
+            return 0
+        count, self._count, self._last = self._count, 0, now
+        return count
 
 def format_peer(peer) -> str:
     """``host:port`` for an address tuple (``[v6]:port`` for IPv6),

@@ -37,12 +37,11 @@ import logging
 import re
 import socket
 import struct
-import time
 from typing import NamedTuple, Optional, Tuple
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
-from smtpd_compat.logging_ import format_peer, safe
+from smtpd_compat.logging_ import LogEvery, format_peer, safe
 from smtpd_compat.session import LAYERS
 
 __all__ = [
@@ -446,8 +445,7 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
                   'proxy_trusted': DEFAULT_TRUSTED})
         # A bad value is a configuration mistake: raise before binding.
         self.proxy_trusted = parse_networks(self.proxy_trusted)
-        self._proxy_refused = 0
-        self._proxy_refused_logged = -1e9
+        self._proxy_refused = LogEvery(1.0)
         super().__init__(*args, **kwargs)
 
     def handle_accepted(self, conn, addr):
@@ -457,14 +455,11 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
         # Not a balancer of ours: whatever it would claim, it is not served
         # (and not counted under a claimed address by per-address limits).
         conn.close()
-        self._proxy_refused += 1
-        now = time.monotonic()
-        if now >= self._proxy_refused_logged + 1.0:
+        refused = self._proxy_refused.count()
+        if refused:
             logger.warning('refused %d connection(s) not from a trusted '
                            'PROXY balancer, last from %s',
-                           self._proxy_refused, format_peer(addr))
-            self._proxy_refused = 0
-            self._proxy_refused_logged = now
+                           refused, format_peer(addr))
 
 
 class ProxyProtocolServer(ProxyProtocolServerMixin, _smtpd.SMTPServer):

@@ -53,6 +53,7 @@ from typing import Any, Callable, Optional, Sequence
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
 from smtpd_compat._compose import UNSET, CapabilityServerMixin
+from smtpd_compat.logging_ import LogEvery
 from smtpd_compat.session import LAYERS
 
 __all__ = [
@@ -257,7 +258,7 @@ class WorkerPool:
         self._started = 0
         self._pid = _pid_now()
         self.in_flight = 0
-        self._saturated_logged = -1e9
+        self._saturated = LogEvery(SATURATION_LOG_INTERVAL)
         # Collected with its server: the threads stop too.
         self._finalizer = weakref.finalize(self, _stop_workers, self._jobs, 0)
 
@@ -286,13 +287,10 @@ class WorkerPool:
         job = _Job(fn, tuple(args), finished, waker)
         waker.pending += 1
         self.in_flight += 1
-        if self.in_flight > self.threads:
-            now = time.monotonic()
-            if now - self._saturated_logged >= SATURATION_LOG_INTERVAL:
-                self._saturated_logged = now
-                logger.warning('worker pool saturated: %d jobs for %d threads '
-                               '(the rest wait in order)', self.in_flight,
-                               self.threads)
+        if self.in_flight > self.threads and self._saturated.count():
+            logger.warning('worker pool saturated: %d jobs for %d threads '
+                           '(the rest wait in order)', self.in_flight,
+                           self.threads)
         self._put(job.run, self.in_flight)
 
     def submit_detached(self, fn: Callable, args: Sequence = ()) -> None:

@@ -232,3 +232,16 @@ def random_session(rng):
         else:
             writes.append(chunk)
     return config, writes
+
+
+# Sessions whose DebuggingServer output is compared (one per configuration
+# that changes how it prints).
+DEBUG_SESSIONS = [
+    ('default', ['EHLO a', 'MAIL FROM:<a@b> BODY=8BITMIME', 'RCPT TO:<c@d>',
+                 'DATA', 'Subject: x\r\nFrom: y\r\n\r\nbody\r\n..dot\r\n.',
+                 'MAIL FROM:<e@f>', 'RCPT TO:<g@h>', 'DATA', 'no headers\r\n.']),
+    ('decode', ['HELO a', 'MAIL FROM:<a@b>', 'RCPT TO:<c@d>', 'DATA',
+                'Subject: \u00fc\r\n\r\nb\u00f6dy\r\n.']),
+    ('utf8', ['EHLO a', 'MAIL FROM:<\u00fc@b> SMTPUTF8', 'RCPT TO:<c@d>', 'DATA',
+              'Subject: \u00fc\r\n\r\n\u00fc\r\n.']),
+]

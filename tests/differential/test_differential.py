@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import smtpd_compat  # noqa: E402
 from compare import compare, run_both  # noqa: E402
 from harness import stdlib_smtpd  # noqa: E402
-from sessions import SCRIPTED, random_session  # noqa: E402
+from sessions import DEBUG_SESSIONS, SCRIPTED, random_session  # noqa: E402
 
 STDLIB = stdlib_smtpd()
 pytestmark = pytest.mark.skipif(
@@ -50,19 +50,10 @@ def test_scripted(name):
     assert compare(theirs, mine) == _EXPECTED_DEVIATION.get(name, '')
 
 
-_DEBUG_SESSIONS = [
-    ('default', ['EHLO a', 'MAIL FROM:<a@b> BODY=8BITMIME', 'RCPT TO:<c@d>',
-                 'DATA', 'Subject: x\r\nFrom: y\r\n\r\nbody\r\n..dot\r\n.',
-                 'MAIL FROM:<e@f>', 'RCPT TO:<g@h>', 'DATA', 'no headers\r\n.']),
-    ('decode', ['HELO a', 'MAIL FROM:<a@b>', 'RCPT TO:<c@d>', 'DATA',
-                'Subject: \u00fc\r\n\r\nb\u00f6dy\r\n.']),
-    ('utf8', ['EHLO a', 'MAIL FROM:<\u00fc@b> SMTPUTF8', 'RCPT TO:<c@d>', 'DATA',
-              'Subject: \u00fc\r\n\r\n\u00fc\r\n.']),
-]
 
 
-@pytest.mark.parametrize('config,lines', _DEBUG_SESSIONS,
-                         ids=[c for c, _ in _DEBUG_SESSIONS])
+@pytest.mark.parametrize('config,lines', DEBUG_SESSIONS,
+                         ids=[c for c, _ in DEBUG_SESSIONS])
 def test_debugging_server_stdout(config, lines):
     writes = [l.encode('utf-8') + b'\r\n' for l in lines]
     theirs, mine = run_both(STDLIB, smtpd_compat, config, writes,

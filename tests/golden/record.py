@@ -28,23 +28,13 @@ TESTS = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(TESTS, 'differential'), TESTS, os.path.dirname(TESTS)]
 
 from harness import Driver, stdlib_smtpd  # noqa: E402
-from sessions import CONFIGS, SCRIPTED, random_session  # noqa: E402
+from sessions import (CONFIGS, DEBUG_SESSIONS, SCRIPTED,  # noqa: E402
+                      random_session)
 
 FQDN = 'golden.example'
 PATH = os.path.join(HERE, 'transcripts.json')
 FORMAT = 1
 
-# The sessions of tests/differential/test_differential.py that are not in
-# sessions.py, written out here so that recording needs no pytest.
-DEBUG_SESSIONS = [
-    ('default', ['EHLO a', 'MAIL FROM:<a@b> BODY=8BITMIME', 'RCPT TO:<c@d>',
-                 'DATA', 'Subject: x\r\nFrom: y\r\n\r\nbody\r\n..dot\r\n.',
-                 'MAIL FROM:<e@f>', 'RCPT TO:<g@h>', 'DATA', 'no headers\r\n.']),
-    ('decode', ['HELO a', 'MAIL FROM:<a@b>', 'RCPT TO:<c@d>', 'DATA',
-                'Subject: \u00fc\r\n\r\nb\u00f6dy\r\n.']),
-    ('utf8', ['EHLO a', 'MAIL FROM:<\u00fc@b> SMTPUTF8', 'RCPT TO:<c@d>', 'DATA',
-              'Subject: \u00fc\r\n\r\n\u00fc\r\n.']),
-]
 REPLY_SESSION = [b'HELO a\r\n', b'MAIL FROM:<a@b>\r\n', b'RCPT TO:<c@d>\r\n',
                  b'DATA\r\n', b'x\r\n.\r\n', b'NOOP\r\n']
 # process_message's return value as the reply; the non-ASCII one made the
