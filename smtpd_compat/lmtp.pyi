@@ -38,7 +38,8 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
         **kwargs: Any,
     ) -> None: ...
     # LMTP answers per recipient, so process_message may return more than
-    # the one reply SMTPServer's may.
+    # the one reply SMTPServer's may (a subclass returning a list or dict
+    # needs the same ignore: mypy checks it against SMTPServer too).
     def process_message(  # type: ignore[override]
         self, peer: _smtpd._Address, mailfrom: str, rcpttos: list[str], data: bytes | str, **kwargs: Any
     ) -> _LMTPStatus: ...

@@ -1,0 +1,21 @@
+# Types of ``import smtpd`` on Python 3.12+, where this distribution's
+# top-level smtpd.py makes the name refer to the smtpd_compat module itself
+# (the same module object).  Installed as the stub-only package smtpd-stubs
+# (PEP 561), since py.typed can only mark a package, not the single-module
+# smtpd.py.  On 3.11 and older, mypy uses typeshed's stub of the standard
+# library's smtpd (the standard library's stubs take precedence), which is
+# the module ``import smtpd`` gives there.
+from smtpd_compat import *
+from smtpd_compat import (
+    COMMASPACE as COMMASPACE,
+    DATA_SIZE_DEFAULT as DATA_SIZE_DEFAULT,
+    DEBUGSTREAM as DEBUGSTREAM,
+    NEWLINE as NEWLINE,
+    Devnull as Devnull,
+    Options as Options,
+    __all__ as __all__,
+    __version__ as __version__,
+    parseargs as parseargs,
+    program as program,
+    usage as usage,
+)
