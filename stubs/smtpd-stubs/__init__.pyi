@@ -5,14 +5,17 @@
 # smtpd.py.  On 3.11 and older, mypy uses typeshed's stub of the standard
 # library's smtpd (the standard library's stubs take precedence), which is
 # the module ``import smtpd`` gives there.
-from smtpd_compat import *
 from smtpd_compat import (
     COMMASPACE as COMMASPACE,
     DATA_SIZE_DEFAULT as DATA_SIZE_DEFAULT,
     DEBUGSTREAM as DEBUGSTREAM,
     NEWLINE as NEWLINE,
+    DebuggingServer as DebuggingServer,
     Devnull as Devnull,
     Options as Options,
+    PureProxy as PureProxy,
+    SMTPChannel as SMTPChannel,
+    SMTPServer as SMTPServer,
     __all__ as __all__,
     __version__ as __version__,
     parseargs as parseargs,
