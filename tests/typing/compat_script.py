@@ -60,7 +60,7 @@ class Submission(SubmissionServer):
 
 
 class Watchful(SessionStateMixin, smtpd_compat.SMTPChannel):
-    def smtp_NOOP(self, arg: Optional[str]) -> None:
+    def smtp_NOOP(self, arg: str) -> None:
         if self.receiving_message():
             return
         self.set_deadline(30.0, 'idle')

@@ -33,6 +33,9 @@ channel.push(b'250 OK')  # E: arg-type
 smtpd.SMTPChannel(server, conn, None, data_size_limit='big')  # E: arg-type
 smtpd.SMTPChannel(conn, server, None)  # E: arg-type
 channel.smtp_HELO(42)  # E: arg-type
+channel.smtp_HELO(None)  # E: arg-type
+channel.peer = 8025  # E: assignment
+channel.received_lines = [1]  # E: list-item
 channel.collect_incoming_data('text')  # E: arg-type
 
 # process_message: (peer, mailfrom, rcpttos: list, data) -> str or None.
