@@ -171,21 +171,16 @@ _PLAIN_ADDR = re.compile(r"<(%s)>(?: +(?=[!-'*-~])|\Z)|(%s)\Z"
 
 def _parse_address(arg):
     """(address, rest of arg) for a MAIL/RCPT/VRFY argument, split by the
-    email package's parser as the stdlib did; ('', '') when it finds none."""
-    try:
-        if arg.lstrip().startswith('<'):
-            address, rest = get_angle_addr(arg)
-        else:
-            address, rest = get_addr_spec(arg)
-        if not address:
-            return address, rest
-        return address.addr_spec, rest
-    except Exception:
-        # Deviation (b): the parser raises HeaderParseError, IndexError or
-        # AttributeError on malformed input such as "<a@"; the stdlib let
-        # that drop the connection.  No address is the answer its callers
-        # already turn into the syntax error reply.
-        return '', ''
+    email package's parser as the stdlib did.  Raises what the parser
+    raises on malformed input such as "<a@" (HeaderParseError, IndexError,
+    AttributeError): see deviation (b) in SMTPChannel._getaddr."""
+    if arg.lstrip().startswith('<'):
+        address, rest = get_angle_addr(arg)
+    else:
+        address, rest = get_addr_spec(arg)
+    if not address:
+        return address, rest
+    return address.addr_spec, rest
 
 
 class _Pending(bytes):
@@ -205,6 +200,24 @@ class SMTPChannel(asynchat.async_chat):
     command_size_limit = 512
     # True while no byte of DATA content has arrived (see _handle_input).
     _data_start = False
+
+    # Deviations (b) and (c), as subclasses see them.  Where the stdlib
+    # raised for client input, the core raises the same exception from the
+    # same method, so an override that catches it behaves as on 3.11.
+    # Before raising, the core notes in _on_escape what to answer instead:
+    # (exception, answer), the answer being a reply line, a callable, or
+    # None until the caller names one.  Only if that exception escapes to
+    # _handle_input -- where the stdlib's reached asyncore, which printed a
+    # traceback and dropped the connection -- is the answer given; the
+    # session then goes on (see _answer_escaped).
+    _on_escape = None
+    # True while _handle_input hands input to collect_incoming_data and
+    # found_terminator: the only place where an exception can escape to an
+    # answer (see push).
+    _in_dispatch = False
+    # Deviation (c): set once a chunk had to be decoded incrementally and
+    # ended inside a character, so the next chunks go on from there.
+    _utf8_pending = False
     # Kept as a class attribute for code that reads it; every channel gets
     # its own dict in __init__ (deviation (d)).
     command_size_limits = collections.defaultdict(lambda x=command_size_limit: x)
@@ -233,8 +246,8 @@ class SMTPChannel(asynchat.async_chat):
             self._linesep = '\r\n'
             self._dotsep = '.'
             self._newline = NEWLINE
-            # Deviation (c): chunks are decoded incrementally, so a UTF-8
-            # character split across two reads decodes correctly.
+            # Deviation (c): for chunks the stdlib could not decode on
+            # their own (see collect_incoming_data).
             self._decoder = codecs.getincrementaldecoder('utf-8')()
         else:
             self._emptystring = b''
@@ -338,12 +351,47 @@ class SMTPChannel(asynchat.async_chat):
         encoding = 'utf-8' if self.require_SMTPUTF8 else 'ascii'
         try:
             data = text.encode(encoding)
-        except UnicodeEncodeError:
+        except UnicodeEncodeError as err:
             # Deviation (b): a reply echoing non-ASCII client text on a
             # session without SMTPUTF8 raised here and dropped the
-            # connection.  Send the same reply with the text escaped.
-            data = text.encode(encoding, 'backslashreplace')
+            # connection.  The answer is the same reply with that text
+            # escaped (\xNN).  While input is handled the stdlib's
+            # exception is raised first (see _on_escape); elsewhere (timers,
+            # callbacks of capabilities: code the stdlib did not have) the
+            # escaped reply goes out at once.
+            escaped = msg.encode(encoding, 'backslashreplace').decode(encoding)
+            if self._in_dispatch:
+                self._on_escape = (err, escaped)
+                raise
+            data = (escaped + '\r\n').encode(encoding)
         asynchat.async_chat.push(self, data)
+
+    def _answer_escaped(self, err):
+        """Give the answer noted for ``err`` (see _on_escape) and return
+        True; False when ``err`` is not an exception the core raised for
+        client input, which then propagates as in the stdlib."""
+        noted = self._on_escape
+        if noted is None or noted[0] is not err or noted[1] is None:
+            return False
+        self._on_escape = None
+        answer = noted[1]
+        try:
+            if callable(answer):
+                answer()
+            else:
+                self.push(answer)
+        except Exception as again:
+            # The answer may echo client text that push must escape
+            # ("502 Could not VRFY <arg>").
+            if not self._answer_escaped(again):
+                raise
+        return True
+
+    def _answer_if_escapes(self, err, answer):
+        """Name ``answer`` for an exception that _getaddr noted."""
+        noted = self._on_escape
+        if noted is not None and noted[0] is err:
+            self._on_escape = (err, answer)
 
     def set_terminator(self, term):
         # Remember when DATA content starts, so that an empty message
@@ -380,8 +428,12 @@ class SMTPChannel(asynchat.async_chat):
         buf = self.ac_in_buffer + data if self.ac_in_buffer else data
         pos = 0
         end = len(buf)
-        collect = self.collect_incoming_data
+        # Only a decode_data channel's collect_incoming_data raises for
+        # client input (deviation (c)).
+        collect = (self._collect_answering if self._decode_data
+                   else self.collect_incoming_data)
         calling = False
+        dispatching, self._in_dispatch = self._in_dispatch, True
         try:
             while pos < end:
                 terminator = self.get_terminator()
@@ -431,14 +483,32 @@ class SMTPChannel(asynchat.async_chat):
                     pos = index + skip
                 self.ac_in_buffer = _PENDING
                 calling = True
-                self.found_terminator()
+                try:
+                    self.found_terminator()
+                except Exception as err:
+                    # Where the stdlib's exception reached asyncore.
+                    if not self._answer_escaped(err):
+                        raise
                 calling = False
                 if self.ac_in_buffer is not _PENDING:
                     buf, pos, end = self.ac_in_buffer, 0, len(self.ac_in_buffer)
         finally:
+            self._in_dispatch = dispatching
+            if self._on_escape is not None:
+                # One a subclass caught: nothing escaped.
+                self._on_escape = None
             # After an exception from found_terminator, keep a buffer it set.
             if not calling or self.ac_in_buffer is _PENDING:
                 self.ac_in_buffer = buf[pos:] if pos < end else b''
+
+    def _collect_answering(self, data):
+        """collect_incoming_data, for _handle_input on a decode_data
+        channel: answers the stdlib's UnicodeDecodeError if it escapes."""
+        try:
+            self.collect_incoming_data(data)
+        except UnicodeDecodeError as err:
+            if not self._answer_escaped(err):
+                raise
 
     # Implementation of base class abstract method
     def collect_incoming_data(self, data):
@@ -452,31 +522,48 @@ class SMTPChannel(asynchat.async_chat):
         elif limit:
             self.num_bytes += len(data)
         if self._decode_data:
-            if self._bad_utf8:
+            if self._utf8_pending or self._bad_utf8:
+                self._decode_incrementally(data)
                 return
             try:
-                self.received_lines.append(self._decoder.decode(data))
-            except UnicodeDecodeError:
-                # Deviation (c): remembered and answered with an error
-                # reply once the line or message is complete.
-                self._bad_utf8 = True
+                text = str(data, 'utf-8')
+            except UnicodeDecodeError as err:
+                # Deviation (c): the stdlib decoded each chunk on its own
+                # and raised here for one that is not UTF-8 by itself: bytes
+                # that are not UTF-8, or a character split between two
+                # reads.  A subclass that catches this drops the chunk, as
+                # on 3.11.  If it escapes, the chunk is decoded
+                # incrementally instead: a split character comes out right,
+                # anything else is answered when the line or message ends.
+                self._on_escape = (
+                    err, lambda: self._decode_incrementally(data))
+                raise
+            self.received_lines.append(text)
         else:
             self.received_lines.append(data)
 
+    def _decode_incrementally(self, data):
+        """Deviation (c): decode ``data`` as the continuation of the chunks
+        before it; remember bytes that are not UTF-8 (see _take_line)."""
+        if self._bad_utf8:
+            return
+        try:
+            self.received_lines.append(self._decoder.decode(data))
+        except UnicodeDecodeError:
+            self._bad_utf8 = True
+            return
+        self._utf8_pending = bool(self._decoder.getstate()[0])
+
     def _take_line(self):
         """Join and clear received_lines.  Returns None if the input was
-        not valid UTF-8 on a decode_data channel."""
+        not valid UTF-8 on a decode_data channel (deviation (c); a
+        character cut off by the end of the line is not UTF-8 either)."""
         line = self._emptystring.join(self.received_lines)
         self.received_lines = []
-        if self._decode_data:
-            try:
-                line += self._decoder.decode(b'', True)
-            except UnicodeDecodeError:
-                self._bad_utf8 = True
+        if self._bad_utf8 or self._utf8_pending:
+            self._bad_utf8 = self._utf8_pending = False
             self._decoder.reset()
-            if self._bad_utf8:
-                self._bad_utf8 = False
-                return None
+            return None
         return line
 
     # Implementation of base class abstract method
@@ -494,9 +581,10 @@ class SMTPChannel(asynchat.async_chat):
             if not self._decode_data:
                 try:
                     line = str(line, 'utf-8')
-                except UnicodeDecodeError:
-                    self.push('500 Error: bad syntax')
-                    return
+                except UnicodeDecodeError as err:
+                    # Deviation (b): raised in the stdlib (see _on_escape).
+                    self._on_escape = (err, '500 Error: bad syntax')
+                    raise
             i = line.find(' ')
             if i < 0:
                 command = line.upper()
@@ -651,7 +739,16 @@ class SMTPChannel(asynchat.async_chat):
         plain = _PLAIN_ADDR.match(arg)    # speed fix, see _PLAIN_ADDR
         if plain is not None:
             return plain.group(1) or plain.group(2), arg[plain.end():]
-        return _parse_address(arg)
+        try:
+            return _parse_address(arg)
+        except Exception as err:
+            # Deviation (b): the parser raises HeaderParseError, IndexError
+            # or AttributeError on malformed input such as "<a@", and the
+            # stdlib let that drop the connection.  Raised as there; the
+            # caller names its syntax error reply as the answer should it
+            # escape (see _on_escape).
+            self._on_escape = (err, None)
+            raise
 
     def _getparams(self, params):
         # Return params as dictionary. Return None if not all parameters
@@ -701,7 +798,11 @@ class SMTPChannel(asynchat.async_chat):
 
     def smtp_VRFY(self, arg):
         if arg:
-            address, params = self._getaddr(arg)
+            try:
+                address, params = self._getaddr(arg)
+            except Exception as err:
+                self._answer_if_escapes(err, '502 Could not VRFY %s' % arg)
+                raise
             if address:
                 self.push('252 Cannot VRFY user, but will accept message '
                           'and attempt delivery')
@@ -718,7 +819,11 @@ class SMTPChannel(asynchat.async_chat):
             self.push(syntaxerr)
             return None, None
         arg = self._strip_command_keyword(keyword, arg)
-        address, params = self._getaddr(arg)
+        try:
+            address, params = self._getaddr(arg)
+        except Exception as err:
+            self._answer_if_escapes(err, syntaxerr)
+            raise
         if not address or (params and not self.extended_smtp):
             self.push(syntaxerr)
             return None, None
@@ -758,13 +863,20 @@ class SMTPChannel(asynchat.async_chat):
                 return
         size = params.pop('SIZE', None)
         if size:
-            # Deviation (b): "SIZE" without a value (True here) and digits
-            # that int() rejects (such as superscripts) raised in the stdlib.
-            size = _size_value(size)
-            if size is None:
+            try:
+                digits = size.isdigit()
+                too_big = (digits and bool(self.data_size_limit)
+                           and int(size) > self.data_size_limit)
+            except (AttributeError, ValueError) as err:
+                # Deviation (b): "SIZE" without a value (True here) and
+                # digits that int() rejects (such as superscripts) raised
+                # in the stdlib (see _on_escape).
+                self._on_escape = (err, syntaxerr)
+                raise
+            if not digits:
                 self.push(syntaxerr)
                 return
-            elif self.data_size_limit and size > self.data_size_limit:
+            elif too_big:
                 self.push('552 Error: message size exceeds fixed maximum message size')
                 return
         refusal = self.check_mail_parameters(params)
@@ -836,18 +948,6 @@ class SMTPChannel(asynchat.async_chat):
     # Commands that have not been implemented
     def smtp_EXPN(self, arg):
         self.push('502 EXPN not implemented')
-
-
-def _size_value(size):
-    """The integer value of a MAIL SIZE parameter, or None if it is not a
-    number.  Accepts exactly what the stdlib's ``isdigit()`` then ``int()``
-    accepted without raising."""
-    if not isinstance(size, str) or not size.isdigit():
-        return None
-    try:
-        return int(size)
-    except ValueError:
-        return None
 
 
 class SMTPServer(asyncore.dispatcher):
@@ -1043,12 +1143,18 @@ _LONGOPTS = ['class=', 'nosetuid', 'version', 'help', 'size=', 'debug',
 def _parseargs(argv, extra_longopts=()):
     """Parse the stdlib's options plus ``extra_longopts`` (getopt long
     option names).  Returns Options with the extra options, in order, as
-    ``options.extra``: a list of (option, value) pairs."""
+    ``options.extra``: a list of (option, value) pairs.  An error in an
+    extra option raises getopt.GetoptError for the caller to report; the
+    stdlib's errors exit through usage() as in the stdlib."""
     global DEBUGSTREAM
+    longopts = _LONGOPTS + list(extra_longopts)
+    if extra_longopts:
+        argv = _spell_out_stdlib_prefixes(argv, longopts)
     try:
-        opts, args = getopt.getopt(argv, _SHORTOPTS,
-                                   _LONGOPTS + list(extra_longopts))
+        opts, args = getopt.getopt(argv, _SHORTOPTS, longopts)
     except getopt.error as e:
+        if _names_extra_option(e, extra_longopts):
+            raise
         usage(1, e)
 
     options = Options()
@@ -1094,9 +1200,67 @@ def _parseargs(argv, extra_longopts=()):
     return options
 
 
+def _spell_out_stdlib_prefixes(argv, longopts):
+    """getopt accepts any unique prefix of a long option.  So that added
+    options do not make a prefix the stdlib accepted ambiguous (``--smtp``
+    meant --smtputf8 before --smtps existed), a long option that is not a
+    full name and is a prefix of exactly one stdlib option is spelled out.
+    Walks the arguments as getopt does (up to "--" or the first operand)."""
+    names = [o.rstrip('=') for o in longopts]
+    stdlib = [o.rstrip('=') for o in _LONGOPTS]
+    takes_value = [c for c, nxt in zip(_SHORTOPTS, _SHORTOPTS[1:] + ' ')
+                   if nxt == ':' and c != ':']
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == '--' or not arg.startswith('-') or arg == '-':
+            break
+        if arg.startswith('--'):
+            name, eq, value = arg[2:].partition('=')
+            if name and name not in names:
+                matches = [o for o in stdlib if o.startswith(name)]
+                if len(matches) == 1:
+                    name = matches[0]
+                    args[i] = '--' + name + eq + value
+            matches = [o for o in longopts if o.rstrip('=') == name] or \
+                [o for o in longopts if o.startswith(name)]
+            if len(matches) == 1 and matches[0].endswith('=') and not eq:
+                i += 1      # the value is the next argument
+        else:
+            for j, char in enumerate(arg[1:], 2):
+                if char in takes_value:
+                    if j == len(arg):
+                        i += 1    # the value is the next argument
+                    break
+        i += 1
+    return args
+
+
+def _names_extra_option(error, extra_longopts):
+    """True when a getopt error is about one of ``extra_longopts`` (named
+    in full, or by a prefix that matches none of the stdlib's)."""
+    if not extra_longopts or not error.opt or not error.msg.startswith('option --'):
+        return False
+    extra = [o.rstrip('=') for o in extra_longopts]
+    stdlib = [o.rstrip('=') for o in _LONGOPTS]
+    return (any(o.startswith(error.opt) for o in extra)
+            and not any(o.startswith(error.opt) for o in stdlib))
+
+
 def _hostport(spec, which):
     """Split "host:port" at the first colon, exiting through usage() with
-    the stdlib's messages when it is malformed."""
+    the stdlib's messages when it is malformed.  "[address]:port" with an
+    IPv6 address (such as [::1]:8025) is taken too: the stdlib refused it
+    (its first colon is inside the brackets: Bad ... port), so no form the
+    stdlib accepted changes meaning."""
+    if spec.startswith('['):
+        close = spec.find(']:')
+        if close > 1 and ':' in spec[1:close]:
+            try:
+                return spec[1:close], int(spec[close + 2:])
+            except ValueError:
+                pass    # the stdlib's message below
     i = spec.find(':')
     if i < 0:
         usage(1, 'Bad %s spec: %s' % (which, spec))

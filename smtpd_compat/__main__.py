@@ -4,7 +4,13 @@ plus the long options of the opt-in capabilities.
 With only the stdlib's options it behaves as ``python -m smtpd`` did on
 Python 3.11 (same usage text, messages and exit codes; PureProxy by default;
 setuid to nobody unless -n), except that Ctrl-C and SIGTERM exit quietly
-with status 0.
+with status 0, ``[host]:port`` addresses (IPv6) are accepted, and a server
+class that cannot be built from the options given is a short error instead
+of a traceback.
+
+Errors in smtpd_compat's own options print a short message and a pointer
+to ``-h`` (:meth:`CLI.error`), not the usage text; the stdlib's option
+errors keep the stdlib's usage text and message.
 
 How a capability adds options, without this file naming its flags: a module
 listed in _CAPABILITIES may define
@@ -17,27 +23,51 @@ listed in _CAPABILITIES may define
     called with the :class:`CLI` after parsing, in _CAPABILITIES order; it
     reads ``cli.given`` and changes ``cli.mixins``, ``cli.server_kwargs`` or
     ``cli.serve``, and calls ``cli.error(msg)`` for a bad combination.
+
+Which options switch on production mode is smtpd_compat.production's rule.
 """
+import getopt
 import importlib
+import inspect
 import os
 import signal
 import sys
+import textwrap
 
 import smtpd_compat as _smtpd
+from smtpd_compat.production import RULE as _PRODUCTION_RULE
 
 __all__ = ['main', 'CLI']
 
-# Capability modules consulted for options and classes, in this order.  A
-# module that does not exist (yet) is skipped.
+# Capability modules consulted for options and classes, in this order, with
+# the heading of their options in the help text.  A module that does not
+# exist (yet) is skipped.
 _CAPABILITIES = (
-    'loop', 'limits', 'proxy_protocol', 'shutdown', 'workers', 'tls', 'auth',
-    'delivery', 'relay', 'lmtp', 'extensions', 'controller',
+    ('loop', 'Event loop'),
+    ('limits', 'Production mode and limits'),
+    ('proxy_protocol', 'PROXY protocol'),
+    ('shutdown', 'Graceful shutdown'),
+    ('workers', 'Workers'),
+    ('tls', 'TLS'),
+    ('auth', 'AUTH'),
+    ('delivery', 'Delivery'),
+    ('relay', 'Relay'),
+    ('lmtp', 'LMTP'),
+    ('extensions', 'ESMTP extensions'),
+    ('controller', 'Controller'),
+    ('web', 'Web inbox'),
+    ('_version', 'Package'),
 )
+_TITLES = dict(_CAPABILITIES)
+
+# The help text's width (the stdlib's own text fits it, bar the Usage line
+# that holds the program's path).
+_WIDTH = 79
 
 
 def _capability_modules():
     modules = []
-    for name in _CAPABILITIES:
+    for name, _ in _CAPABILITIES:
         fullname = 'smtpd_compat.' + name
         try:
             modules.append(importlib.import_module(fullname))
@@ -72,8 +102,9 @@ class CLI:
         self.serve = _serve
 
     def error(self, msg):
-        """Exit with the usage text and ``msg``, status 1."""
-        _smtpd.usage(1, msg)
+        """Exit with status 1 after a short message on stderr: ``msg`` and
+        a pointer to the help (not the whole usage text)."""
+        _short_error(msg)
 
     def require_class(self, base, option):
         """Exit with an error unless -c named ``base`` or a subclass: for
@@ -83,24 +114,108 @@ class CLI:
             self.error('--%s needs -c %s or a subclass' % (option, base.__name__))
 
     def make_server(self):
+        """Build the server.  A class that cannot be built from the options
+        given is a CLI error (see _configuration_error), never a traceback;
+        exceptions from the user's own code still propagate."""
         from smtpd_compat._compose import compose_server
         cls = compose_server(self.server_class, self.mixins)
+        missing = [name for name in _required_keywords(cls)
+                   if name not in self.server_kwargs]
+        if missing:
+            self.error('-c %s needs %s, which none of the options given sets'
+                       % (self.options.classname, ', '.join(
+                           '%s=' % name for name in missing)))
         o = self.options
-        return cls((o.localhost, o.localport), (o.remotehost, o.remoteport),
-                   o.size_limit, **self.server_kwargs)
+        try:
+            return cls((o.localhost, o.localport), (o.remotehost, o.remoteport),
+                       o.size_limit, **self.server_kwargs)
+        except (TypeError, ValueError) as e:
+            if not _configuration_error(e):
+                raise
+            self.error('-c %s cannot be built from these options: %s'
+                       % (self.options.classname, e))
+
+
+def _program():
+    """How the user ran us, for messages: ``python -m smtpd_compat`` (or
+    ``python -m smtpd`` through the top-level shim), else the script's name."""
+    name = os.path.basename(_smtpd.program or '')
+    if name in ('', '-m', '-c', '__main__.py'):
+        return 'python -m smtpd_compat'
+    if name == 'smtpd.py':
+        return 'python -m smtpd'
+    return name
+
+
+def _short_error(msg):
+    """An error in smtpd_compat's own options or in the class they build:
+    two lines on stderr, exit status 1."""
+    program = _program()
+    print('%s: %s' % (program, msg), file=sys.stderr)
+    print("Try '%s -h' for help." % program, file=sys.stderr)
+    sys.exit(1)
+
+
+def _in_package(filename):
+    here = os.path.dirname(os.path.abspath(_smtpd.__file__))
+    return os.path.dirname(os.path.abspath(filename)) == here
+
+
+def _configuration_error(exc):
+    """True when a TypeError/ValueError from building the server comes from
+    smtpd_compat itself -- a constructor refusing its arguments, or the call
+    in make_server not matching the class -- rather than from the user's
+    own code, whose exceptions keep their traceback."""
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return _in_package(tb.tb_frame.f_code.co_filename)
+
+
+def _required_keywords(cls):
+    """Keyword-only arguments without a default in the __init__ methods of
+    ``cls``, as far as its MRO stays in smtpd_compat (a user's __init__ may
+    supply them itself)."""
+    required = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get('__init__')
+        if init is None:
+            continue
+        code = getattr(init, '__code__', None)
+        if code is None or not _in_package(code.co_filename):
+            break
+        for param in inspect.signature(init).parameters.values():
+            if (param.kind is param.KEYWORD_ONLY and param.default is param.empty
+                    and param.name not in required):
+                required.append(param.name)
+    return required
 
 
 def _resolve_class(classname, modules):
     """A dotted name is imported; a bare one is looked up in smtpd_compat,
-    then in the capability modules."""
+    then in the capability modules.  A name that finds no class is a CLI
+    error; an exception raised by the imported module itself propagates."""
     if '.' in classname:
         modname, _, attr = classname.rpartition('.')
-        return getattr(importlib.import_module(modname), attr)
-    for mod in [_smtpd] + modules:
-        cls = getattr(mod, classname, None)
-        if cls is not None:
-            return cls
-    raise AttributeError("no class named %r in smtpd_compat" % classname)
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (modname + '.').startswith(e.name + '.'):
+                raise
+            _short_error('-c %s: no module named %r' % (classname, e.name))
+        cls = getattr(module, attr, None)
+    else:
+        cls = None
+        for mod in [_smtpd] + modules:
+            cls = getattr(mod, classname, None)
+            if cls is not None:
+                break
+    if cls is None:
+        _short_error('-c %s: no such class (a bare name is looked up in '
+                     'smtpd_compat and its capability modules)' % classname)
+    if not isinstance(cls, type):
+        _short_error('-c %s: not a class' % classname)
+    return cls
 
 
 def _serve(cli, server):
@@ -112,21 +227,73 @@ def _serve(cli, server):
     loop.loop()
 
 
+# Set once a stop signal has been acted on (or serving is over).
+_stopping = False
+
+
 def _terminate(signum, frame):
+    """SIGTERM/SIGINT handler: the first signal ends the server like
+    Ctrl-C did (a KeyboardInterrupt that main() catches); later ones are
+    ignored, so that a second signal arriving while the first unwinds
+    cannot raise again: no traceback, and no exit status 130."""
+    if _stopping:
+        # Already tripped before the SIG_IGN below took effect.
+        return
+    _ignore_stop_signals()
     raise KeyboardInterrupt
 
 
+def _handle_stop_signals():
+    global _stopping
+    _stopping = False
+    signal.signal(signal.SIGTERM, _terminate)
+    # Only where Python's own Ctrl-C handler is in place: a SIGINT ignored
+    # by the parent (a background job of a non-interactive shell) stays
+    # ignored.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _terminate)
+
+
+def _ignore_stop_signals():
+    """From now on the process is stopping: SIGTERM and SIGINT (where
+    _terminate handles them) are ignored.  SIG_IGN rather than a quiet
+    Python handler: at finalization Python resets the signals it handles
+    to their default action, and a late SIGTERM would then kill the
+    process (status -15) on its way out."""
+    global _stopping
+    _stopping = True
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is _terminate:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def _help_text(modules):
-    lines = []
+    """smtpd_compat's options for the help, after the stdlib's text: one
+    group per capability module, wrapped to _WIDTH columns."""
+    def fill(text, indent):
+        return textwrap.fill(text, _WIDTH, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
+    groups = []
     for mod in modules:
-        for name, metavar, text in getattr(mod, 'CLI_OPTIONS', ()):
-            flag = '--' + name.rstrip('=')
+        options = getattr(mod, 'CLI_OPTIONS', ())
+        if not options:
+            continue
+        name = mod.__name__.rpartition('.')[2]
+        lines = ['%s (smtpd_compat.%s):' % (_TITLES.get(name, name), name), '']
+        for option, metavar, text in options:
+            flag = '--' + option.rstrip('=')
             if metavar:
                 flag += ' ' + metavar
-            lines.append('    %s\n        %s\n' % (flag, text))
-    if not lines:
+            lines += ['    ' + flag, fill(text, ' ' * 8), '']
+        groups.append('\n'.join(lines))
+    if not groups:
         return ''
-    return '\nsmtpd_compat options:\n\n' + '\n'.join(lines)
+    intro = '\n\n'.join(fill(text, '') for text in (
+        'smtpd_compat options (long options only; an error in one of them '
+        'prints a short message and exits with status 1).  An IPv6 address '
+        'is written in brackets: [::1]:8025.', _PRODUCTION_RULE)) + '\n'
+    return '\n' + intro + '\n' + '\n'.join(groups).rstrip('\n')
 
 
 def main(argv=None):
@@ -142,40 +309,63 @@ def main(argv=None):
     longopts = [name for mod in modules
                 for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
     _smtpd._usage_epilog = _help_text(modules)
-    options = _smtpd._parseargs(argv, longopts)
+    try:
+        options = _smtpd._parseargs(argv, longopts)
+    except getopt.GetoptError as e:
+        # Only errors in our options come here (see _parseargs).
+        _short_error(e.msg)
     cli = CLI(options, _resolve_class(options.classname, modules))
     for mod in modules:
         configure = getattr(mod, 'cli_configure', None)
         if configure is not None:
             configure(cli)
-    # SIGTERM ends the server like Ctrl-C: quietly, with status 0 -- from
-    # before the port is bound, so that no signal finds the default action.
-    signal.signal(signal.SIGTERM, _terminate)
     try:
+        # SIGTERM ends the server like Ctrl-C: quietly, with status 0 --
+        # from before the port is bound, so that no signal finds the
+        # default action.
+        _handle_stop_signals()
         server = cli.make_server()
         if options.setuid:
-            _become_nobody()
+            _become_nobody(server)
         cli.serve(cli, server)
     except KeyboardInterrupt:
         pass
+    finally:
+        _ignore_stop_signals()
 
 
-def _become_nobody():
+def _become_nobody(server=None):
     """setuid to the user nobody, exiting with the stdlib's messages when
-    that is impossible."""
+    that is impossible.
+
+    Before that, hand ``nobody`` what the server created as root at start
+    (``server.created_paths``: Maildir directories, an mbox file, an LMTP
+    socket), so that it can still deliver (RFC 5321 section 6.1: a 250 is
+    a promise to deliver), and drop root's supplementary groups and group
+    id too: setuid alone leaves the process in group 0."""
     try:
         import pwd
     except ImportError:
         print('Cannot import module "pwd"; try running with -n option.',
               file=sys.stderr)
         sys.exit(1)
-    nobody = pwd.getpwnam('nobody')[2]
+    entry = pwd.getpwnam('nobody')
+    uid, gid = entry.pw_uid, entry.pw_gid
     try:
-        os.setuid(nobody)
+        if os.geteuid() == 0:
+            for path in getattr(server, 'created_paths', ()):
+                os.chown(path, uid, gid, follow_symlinks=False)
+            # Groups first: only root may change them, so after setuid it
+            # would be too late.  (Not root: as in the stdlib, only the
+            # setuid, which succeeds for nobody itself.)
+            os.setgroups([])
+            os.setgid(gid)
+        os.setuid(uid)
     except PermissionError:
         print('Cannot setuid "nobody"; try running with -n option.',
               file=sys.stderr)
         sys.exit(1)
+
 
 if __name__ == '__main__':
     main()

@@ -163,7 +163,7 @@ class Mailbox:
 
 
 class CapturingServer(_smtpd.SMTPServer):
-    """An SMTPServer that records every message in :attr:`messages`.
+    """An SMTPServer that records every message in ``messages``.
 
     Every message that reaches the end of DATA is recorded, then answered
     with ``reply`` (None, the default, means "250 OK"; give e.g.
@@ -295,7 +295,9 @@ class Controller:
     The server is built at :meth:`start` as ``server_class((hostname, port),
     remoteaddr, map=<its own map>, **server_kwargs)``; ``server_kwargs`` are
     the stdlib's (``data_size_limit``, ``enable_SMTPUTF8``,
-    ``decode_data``) and whatever the class adds.  ``port=0`` (the default)
+    ``decode_data``) and whatever the class adds; ``web=(host, port)`` also
+    shows the messages in a web inbox (:mod:`smtpd_compat.web`, see
+    :attr:`web_url`).  ``port=0`` (the default)
     lets the system choose a free port; read the real one from :attr:`port`
     after start.  ``remoteaddr`` is the stdlib's second argument (only
     PureProxy uses it).  ``ready_timeout`` bounds how long start() waits for
@@ -320,6 +322,11 @@ class Controller:
         else:
             raise TypeError('Controller needs an SMTPServer subclass or a '
                             'callable, not %r' % (handler,))
+        if server_kwargs.get('web') is not None:
+            # web=(host, port) brings the web inbox along (smtpd_compat.web).
+            from smtpd_compat._compose import compose_server
+            from smtpd_compat.web import WebInboxServerMixin
+            server_class = compose_server(server_class, [WebInboxServerMixin])
         self.server_class = server_class
         self.server_kwargs = server_kwargs
         self.remoteaddr = remoteaddr
@@ -490,6 +497,18 @@ class Controller:
             raise AttributeError('%r does not capture messages (use '
                                  'CapturingServer or with_capture())' % (self,))
         return mailbox
+
+    @property
+    def web_url(self) -> str:
+        """The web inbox's URL (servers with
+        :class:`smtpd_compat.web.WebInboxServerMixin` only, e.g. the
+        ``web=('127.0.0.1', 0)`` keyword of the ``smtpd`` fixture)."""
+        url = getattr(self.server, 'web_url', None)
+        if url is None:
+            raise AttributeError('%r has no web inbox (give web=(host, port) '
+                                 'or use smtpd_compat.web.WebInboxServerMixin)'
+                                 % (self,))
+        return url
 
     def clear(self) -> None:
         """Forget the captured messages."""

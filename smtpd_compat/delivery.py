@@ -12,20 +12,39 @@ error cuts the file back to its old length.
 On any write error the client gets ``451 4.3.0`` (try again later) and no
 partial message is left where a mail reader would see it.  Delivery is
 synchronous: the event loop waits for the disk (and, for mbox, the lock).
+
+Both add the trace headers a delivering server owes the message (RFC 5321
+section 4.4): ``Return-Path:`` with the envelope sender and a ``Received:``
+line saying who handed it over, how and when.  :func:`trace_headers` builds
+them (the relay uses it for its ``Received:`` line); the channel supplies
+what only it knows (HELO name, TLS, AUTH) as the ``session`` keyword of
+process_message, a :class:`Session`.
+
+Paths a server creates at start-up are listed in its ``created_paths``, so
+that ``python -m smtpd_compat`` (running as root without ``-n``) can hand
+them to ``nobody`` before it drops root.
 """
+import email.utils
 import errno
-import fcntl
+import ipaddress
 import itertools
 import logging
 import os
 import re
 import time
-from typing import Optional, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.session import LAYERS
 
-__all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED']
+try:
+    import fcntl
+except ImportError:     # Windows: no POSIX locks, so no MboxServer there
+    fcntl = None
+
+__all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED',
+           'Session', 'TraceChannelMixin', 'trace_headers', 'line_end']
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +66,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _fsync_dir(path: str) -> None:
     # A rename is durable only once the directory holding it is synced.
+    if os.name == 'nt':
+        # Windows cannot open a directory as a file; NTFS journals the
+        # rename itself.
+        return
     fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
     try:
         os.fsync(fd)
@@ -54,14 +77,182 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
-    """process_message = store(); any OSError becomes STORE_FAILED."""
+def _make_dirs(path: str, mode: int) -> List[str]:
+    """os.makedirs(path, mode, exist_ok=True); returns the directories it
+    created, outermost first."""
+    missing = []
+    head = os.path.abspath(path)
+    while not os.path.isdir(head):
+        missing.append(head)
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+    os.makedirs(path, mode=mode, exist_ok=True)
+    return missing[::-1]
 
-    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+
+def _record_created(server, paths: Sequence[str]) -> None:
+    # An instance attribute, shared by every class in a composed server
+    # (e.g. MaildirServer + LMTPServer's socket).
+    vars(server).setdefault('created_paths', []).extend(paths)
+
+
+# ---------------------------------------------------------------------------
+# Trace headers (RFC 5321 section 4.4)
+
+class Session(NamedTuple):
+    """What the channel knew about the client when the message ended; the
+    ``session`` keyword of process_message on the delivering servers."""
+
+    #: The HELO/EHLO/LHLO argument as the client sent it ('' if none).
+    helo: str
+    #: ``channel.peer``: (address, port) for TCP, anything else for a
+    #: UNIX socket.
+    peer: Any
+    #: The RFC 3848 transmission type: SMTP, ESMTP, ESMTPS, ESMTPA,
+    #: ESMTPSA, LMTP, LMTPS, LMTPA or LMTPSA.
+    protocol: str
+    #: This server's host name (``channel.fqdn``).
+    fqdn: str
+
+
+class TraceChannelMixin:
+    """Channel mixin: passes a :class:`Session` to process_message as
+    ``session``.  Calls super() in ``_message_kwargs`` (so it composes
+    with every other mixin that adds keywords)."""
+
+    layer = LAYERS['message']
+    capability_name = 'Trace'
+
+    def trace_session(self) -> Session:
+        # RFC 3848: ESMTP/LMTP + S when TLS protects the session, + A when
+        # the client authenticated.  A plain HELO session has no suffixes.
+        base = getattr(self, 'transmission_type', None) or (
+            'ESMTP' if self.extended_smtp else 'SMTP')
+        if base != 'SMTP':
+            if getattr(self, 'tls_active', False):
+                base += 'S'
+            if getattr(self, 'auth_user', None) is not None:
+                base += 'A'
+        return Session(self.seen_greeting or '', self.peer, base, self.fqdn)
+
+    def _message_kwargs(self):
+        kwargs = super()._message_kwargs()
+        kwargs['session'] = self.trace_session()
+        return kwargs
+
+
+_UNSAFE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]')
+
+
+def _clean(text, limit: int) -> str:
+    """A client-supplied value made safe for a header: every control
+    character (CR, LF, TAB, NUL, C1, the Unicode line separators) becomes
+    '?', so it can never start a new header line, and the length is
+    bounded (RFC 5322 section 2.1.1: lines of at most 998 characters)."""
+    if isinstance(text, bytes):
+        text = text.decode('utf-8', 'replace')
+    text = _UNSAFE.sub('?', str(text))
+    if len(text) > limit:
+        text = text[:limit] + '...'
+    return text
+
+
+def _tcp_info(peer) -> Optional[str]:
+    """Postfix's ``unknown [192.0.2.1]`` (no reverse DNS lookup: it would
+    block the loop) for a TCP peer, None for anything else."""
+    if not (isinstance(peer, tuple) and peer):
+        return None
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split('%', 1)[0])
+    except ValueError:
+        return 'unknown [%s]' % _clean(peer[0], 64)
+    if address.version == 6:
+        # RFC 5321 section 4.1.3: an IPv6 address literal is tagged.
+        return 'unknown [IPv6:%s]' % address.compressed
+    return 'unknown [%s]' % address
+
+
+def line_end(data: bytes) -> bytes:
+    """The line end ``data`` uses: CRLF if its first line ends so, else a
+    newline (what the core hands process_message)."""
+    i = data.find(b'\n')
+    return b'\r\n' if i > 0 and data[i - 1:i] == b'\r' else b'\n'
+
+
+def trace_headers(mailfrom: Optional[str], rcpttos: Sequence[str],
+                  session: Optional[Session], *, return_path: bool = True,
+                  linesep: bytes = b'\n', message_id: Optional[str] = None,
+                  date: Optional[str] = None) -> bytes:
+    """The ``Return-Path:`` (unless ``return_path`` is false) and
+    ``Received:`` headers to put in front of a message, as UTF-8 bytes
+    with ``linesep`` line ends (RFC 5321 section 4.4)::
+
+        Return-Path: <sender@example.com>
+        Received: from HELO (unknown [192.0.2.1])
+                by FQDN (smtpd-compat) with ESMTPS id 3F2A...
+                for <rcpt@example.com>; Mon, 30 Nov 2026 03:30:00 +0000
+
+    The recipient is named only for a single-recipient message (as
+    Postfix does: naming them all would reveal Bcc recipients to each
+    other).  Everything from the client is cleaned of control characters,
+    so a HELO name or address can never add a header line.  ``session``
+    None (process_message called without a channel) gives ``from
+    unknown``."""
+    if session is None:
+        session = Session('', None, 'SMTP', _smtpd.socket.gethostname())
+    lines = []
+    if return_path:
+        sender = mailfrom or ''
+        if sender == '<>':
+            sender = ''
+        lines.append('Return-Path: <%s>' % _clean(sender, 900))
+    helo = _clean(session.helo, 500) or 'unknown'
+    tcp = _tcp_info(session.peer)
+    line = 'Received: from %s' % helo
+    if tcp:
+        line += ' (%s)' % tcp
+    lines.append(line)
+    lines.append('\tby %s (smtpd-compat) with %s id %s' % (
+        _clean(session.fqdn, 255), _clean(session.protocol, 16),
+        message_id or os.urandom(8).hex().upper()))
+    stamp = date or email.utils.formatdate(localtime=True)
+    if len(rcpttos) == 1:
+        lines.append('\tfor <%s>; %s' % (_clean(rcpttos[0], 900), stamp))
+    else:
+        lines[-1] += ';'
+        lines.append('\t' + stamp)
+    text = '\n'.join(lines) + '\n'
+    return text.encode('utf-8').replace(b'\n', linesep)
+
+
+# ---------------------------------------------------------------------------
+# The servers
+
+class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
+    """process_message = trace headers + store(); any OSError becomes
+    STORE_FAILED."""
+
+    channel_mixin = TraceChannelMixin
+
+    #: Put Return-Path: and Received: in front of each stored message.
+    add_trace_headers = True
+
+    def process_message(self, peer, mailfrom, rcpttos, data,
+                        session: Optional[Session] = None, **kwargs):
         """Store the message; None (250) once it is on disk, else the 451
-        reply.  Subclasses may filter, then call super()."""
+        reply.  ``session`` (from :class:`TraceChannelMixin`) fills the
+        Received: line.  Subclasses may filter, then call super() (passing
+        ``**kwargs`` on)."""
+        message = _as_bytes(data)
+        if self.add_trace_headers:
+            if session is None:     # called without a TraceChannelMixin
+                session = Session('', peer, 'SMTP', _smtpd._server_fqdn(self))
+            message = trace_headers(mailfrom, rcpttos, session,
+                                    linesep=line_end(message)) + message
         try:
-            self.store(mailfrom, _as_bytes(data))
+            self.store(mailfrom, message)
         except OSError:
             log.exception('%s: delivery failed', type(self).__name__)
             return STORE_FAILED
@@ -74,13 +265,13 @@ class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
 class MaildirServer(_StoringServer):
     """Deliver every message into the Maildir ``maildir`` (keyword-only;
     tmp/, new/ and cur/ are created if missing).  The message is stored
-    as received: no header is added."""
+    as received, after a Return-Path: and a Received: header."""
 
     def __init__(self, *args, maildir: str, **kwargs):
         self.maildir = os.fspath(maildir)
         for sub in ('tmp', 'new', 'cur'):
-            os.makedirs(os.path.join(self.maildir, sub), mode=0o700,
-                        exist_ok=True)
+            _record_created(self, _make_dirs(
+                os.path.join(self.maildir, sub), 0o700))
         host = _smtpd.socket.gethostname() or 'localhost'
         # The Maildir spec reserves "/" and ":" in file names.
         self._host = host.replace('/', r'\057').replace(':', r'\072')
@@ -100,8 +291,10 @@ class MaildirServer(_StoringServer):
         tmp = os.path.join(self.maildir, 'tmp', name)
         newdir = os.path.join(self.maildir, 'new')
         new = os.path.join(newdir, name)
+        # O_BINARY (Windows): no newline translation of the message.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                     | getattr(os, 'O_CLOEXEC', 0), 0o600)
+                     | getattr(os, 'O_CLOEXEC', 0) | getattr(os, 'O_BINARY', 0),
+                     0o600)
         moved = False
         try:
             try:
@@ -146,14 +339,26 @@ class MboxServer(_StoringServer):
         self.mbox = os.fspath(mbox)
         self.dotlock = dotlock
         self.lock_timeout = lock_timeout
+        if fcntl is None:
+            # Appending without a lock could interleave with a mail reader
+            # or another writer and corrupt the mbox; refuse to start.
+            raise RuntimeError('MboxServer needs POSIX file locks (the fcntl '
+                               'module), which this platform lacks; use '
+                               'MaildirServer instead')
         # Fail at start-up, not at the first message, if it cannot be made.
+        existed = os.path.exists(self.mbox)
         os.close(os.open(self.mbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
                          0o600))
+        if not existed:
+            _record_created(self, [self.mbox])
         super().__init__(*args, **kwargs)
 
     def format_entry(self, mailfrom: Optional[str], data: bytes) -> bytes:
         """The mbox entry: "From " line, quoted message, blank line."""
-        sender = re.sub(r'\s', '_', mailfrom or '') or 'MAILER-DAEMON'
+        # The core gives a null reverse-path (MAIL FROM:<>) as '<>'.
+        if mailfrom == '<>':
+            mailfrom = ''
+        sender = re.sub(r'[\s\x00-\x1f\x7f]', '_', mailfrom or '') or 'MAILER-DAEMON'
         head = 'From %s %s\n' % (sender, time.asctime(time.gmtime()))
         body = mboxrd_quote(data)
         if not body.endswith(b'\n'):
@@ -227,24 +432,40 @@ class MboxServer(_StoringServer):
 # Command line
 
 CLI_OPTIONS = (
-    ('maildir=', 'DIR', 'With -c MaildirServer: the Maildir to deliver into (tmp/, new/, cur/ are created).'),
-    ('mbox=', 'FILE', 'With -c MboxServer: the mbox file to append to (mboxrd, fcntl-locked).'),
+    ('maildir=', 'DIR', 'With -c MaildirServer or -c LMTPServer: the Maildir to deliver into (tmp/, new/, cur/ are created).'),
+    ('mbox=', 'FILE', 'With -c MboxServer or -c LMTPServer: the mbox file to append to (mboxrd, fcntl-locked).'),
     ('mbox-dotlock', '', 'With --mbox: also take the dot-lock FILE.lock while appending.'),
 )
 
 
 def cli_configure(cli):
+    from smtpd_compat.lmtp import LMTPServer
+
     cls = cli.server_class
-    for option, server_class, keyword in (('maildir', MaildirServer, 'maildir'),
-                                          ('mbox', MboxServer, 'mbox')):
+
+    def named(base):
+        return isinstance(cls, type) and issubclass(cls, base)
+    # -c LMTPServer --maildir/--mbox: an LMTP delivery agent, the storing
+    # server composed in front of the LMTP server (lmtp's cli_configure
+    # refuses a bare LMTPServer, which would deliver nowhere).
+    lmtp = named(LMTPServer) and not named(_StoringServer)
+    for option, server_class in (('maildir', MaildirServer),
+                                 ('mbox', MboxServer)):
         value = cli.given.get(option)
-        wanted = isinstance(cls, type) and issubclass(cls, server_class)
-        if wanted and value is None:
+        if named(server_class) and value is None:
             cli.error('-c %s needs --%s' % (cls.__name__, option))
-        if value is not None and not wanted:
+        if value is None:
+            continue
+        if lmtp:
+            if any(issubclass(m, _StoringServer) for m in cli.mixins):
+                cli.error('--maildir and --mbox cannot be combined')
+            cli.mixins.append(server_class)
+        elif not named(server_class):
             cli.error('--%s needs -c %s' % (option, server_class.__name__))
-        if value is not None:
-            cli.server_kwargs[keyword] = value
+        cli.server_kwargs[option] = value
+    if 'mbox' in cli.given and fcntl is None:
+        cli.error('--mbox needs POSIX file locks (the fcntl module), which '
+                  'this platform lacks; use -c MaildirServer --maildir DIR')
     if 'mbox-dotlock' in cli.given:
         if 'mbox' not in cli.given:
             cli.error('--mbox-dotlock needs --mbox')

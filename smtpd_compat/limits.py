@@ -4,19 +4,19 @@ The stdlib's smtpd waits forever for a client and accepts any number of
 connections, recipients and errors.  :class:`LimitsServerMixin` (with its
 channel mixin :class:`LimitsChannelMixin`) adds, each as a keyword:
 
-=========================  ========  =========================================
-keyword                    default   on breach
-=========================  ========  =========================================
-``idle_timeout``           300 s     ``421 4.4.2`` and close (RFC 5321
-                                     §4.5.3.2.7: at least 5 minutes)
-``data_timeout``           300 s     ``421 4.4.2`` and close
-``min_data_rate``          500 B/s   (see below)
-``max_connections``        1000      ``421 4.7.0`` instead of the greeting
-``max_connections_per_ip`` 50        ``421 4.7.0`` instead of the greeting
-``max_recipients``         1000      ``452 4.5.3`` (RFC 5321 §4.5.3.1.10)
-``max_errors``             20        ``421 4.7.0`` and close
-``max_line_length``        512       the stdlib's ``500 Error: line too long``
-=========================  ========  =========================================
+===========================  ========  =========================================
+keyword                      default   on breach
+===========================  ========  =========================================
+``idle_timeout``             300 s     ``421 4.4.2`` and close (RFC 5321
+                                       §4.5.3.2.7: at least 5 minutes)
+``data_timeout``             300 s     ``421 4.4.2`` and close
+``min_data_rate``            500 B/s   (see below)
+``max_connections``          1000      ``421 4.7.0`` instead of the greeting
+``max_connections_per_ip``   50        ``421 4.7.0`` instead of the greeting
+``max_recipients``           1000      ``452 4.5.3`` (RFC 5321 §4.5.3.1.10)
+``max_errors``               20        ``421 4.7.0`` and close
+``max_line_length``          512       the stdlib's ``500 Error: line too long``
+===========================  ========  =========================================
 
 ``None`` switches a limit off.  The defaults are Postfix's (smtpd_timeout,
 smtpd_min_data_rate, smtpd_client_connection_count_limit,
@@ -53,6 +53,7 @@ from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat import loop as _loop
 from smtpd_compat.session import LAYERS
 from smtpd_compat.logging_ import SessionLogServerMixin, format_peer
+from smtpd_compat.production import hardening_requested
 
 __all__ = [
     'LimitsChannelMixin', 'LimitsServerMixin', 'LimitedServer',
@@ -316,33 +317,25 @@ _CLI_LIMITS = (
 
 CLI_OPTIONS = (
     ('production', '',
-     'Turn on every timeout and limit with its default, and the log lines '
-     '(also implied by any option below).'),
+     'Production mode: every timeout and limit below with its default, the '
+     'session log and graceful shutdown (also implied by any option below '
+     'but --log-level).'),
 ) + tuple((flag + '=', 'N', text) for flag, _, _, text in _CLI_LIMITS) + (
     ('backlog=', 'N', 'Listen backlog (default: the system maximum).'),
     ('log-level=', 'LEVEL',
      'Log to stderr at this level (INFO shows one line per connection and '
-     'message; default INFO with --production).'),
+     'message; default INFO in production mode).  Does not switch on '
+     'production mode.'),
 )
 
-# Options of other modules that mean "production server": given any of
-# them, the limits come on with their defaults too.
-_HARDENING_FLAGS = ('production', 'workers', 'grace-period', 'proxy-protocol',
-                    'backlog', 'log-level') + tuple(
-                        flag for flag, _, _, _ in _CLI_LIMITS)
-
-
-def hardening_requested(given) -> bool:
-    """True when the command line (``cli.given``) asks for a production
-    server: then limits, session log and graceful shutdown all come on."""
-    return any(flag in given for flag in _HARDENING_FLAGS)
-
-
 def cli_configure(cli):
-    """Add the limits and the session log when any hardening option is
-    given; without one, the stdlib's behaviour is kept exactly."""
+    """Add the limits and the session log in production mode (the rule is
+    smtpd_compat.production's), only the session log with --log-level alone;
+    without either, the stdlib's behaviour is kept exactly."""
     given = cli.given
     if not hardening_requested(given):
+        if 'log-level' in given:
+            _configure_logging(cli, given['log-level'])
         return
     kwargs = {}
     for flag, keyword, kind, _ in _CLI_LIMITS:
@@ -367,9 +360,16 @@ def cli_configure(cli):
         except ValueError:
             cli.error('Invalid --backlog: %s' % given['backlog'])
     cli.server_kwargs.update(kwargs)
-    cli.mixins.append(SessionLogServerMixin)
+    _configure_logging(cli, given.get('log-level') or 'INFO')
     cli.mixins.append(LimitsServerMixin)
-    level = given.get('log-level') or 'INFO'
+    # Thousands of connections need more descriptors than the usual soft
+    # limit of 1024.
+    _loop.raise_fd_limit()
+
+
+def _configure_logging(cli, level):
+    """The session log, and the package's log lines on stderr at ``level``."""
+    cli.mixins.append(SessionLogServerMixin)
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         cli.error('Invalid --log-level: %s' % level)
@@ -381,6 +381,3 @@ def cli_configure(cli):
             '%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s'))
         root.addHandler(handler)
     root.setLevel(numeric)
-    # Thousands of connections need more descriptors than the usual soft
-    # limit of 1024.
-    _loop.raise_fd_limit()

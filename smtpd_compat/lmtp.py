@@ -16,7 +16,10 @@ socket.  Its ``process_message`` may return
   no entry gets ``451 4.3.0`` rather than a 250 nobody vouched for.
 
 It composes with :mod:`smtpd_compat.extensions` (PIPELINING, CHUNKING,
-ENHANCEDSTATUSCODES ...) and :mod:`smtpd_compat.delivery`.
+ENHANCEDSTATUSCODES ...) and :mod:`smtpd_compat.delivery`.  On the
+command line, ``-c LMTPServer`` needs ``--maildir`` or ``--mbox`` (it is
+then composed with MaildirServer or MboxServer): LMTPServer's own
+process_message stores nothing.
 """
 import logging
 import os
@@ -36,6 +39,9 @@ _NO_RESULT = '451 4.3.0 Error: no delivery result for this recipient'
 
 class LMTPChannel(MessageChannelMixin, _smtpd.SMTPChannel):
     """An SMTPChannel speaking LMTP."""
+
+    #: For the Received: line of the delivering servers (RFC 3848).
+    transmission_type = 'LMTP'
 
     def smtp_HELO(self, arg):
         # RFC 2033 section 4.1: LHLO replaces HELO and EHLO.
@@ -61,7 +67,13 @@ class LMTPChannel(MessageChannelMixin, _smtpd.SMTPChannel):
     def _reply_to_message(self, status, rcpttos):
         # RFC 2033 section 4.2: one reply per accepted RCPT, in RCPT order.
         for reply in _per_recipient(status, rcpttos):
-            self.push(reply)
+            try:
+                self.push(reply)
+            except UnicodeEncodeError as err:
+                # Every recipient gets its reply, non-ASCII escaped
+                # (deviation (b) would answer only the first).
+                if not self._answer_escaped(err):
+                    raise
 
 
 def _per_recipient(status, rcpttos):
@@ -111,6 +123,8 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
         try:
             self.create_socket(_smtpd.socket.AF_UNIX, _smtpd.socket.SOCK_STREAM)
             self.bind(path)
+            # For python -m smtpd_compat to hand to nobody (see delivery).
+            vars(self).setdefault('created_paths', []).append(path)
             if unix_socket_mode is not None:
                 os.chmod(path, unix_socket_mode)
             self.listen(_smtpd._SOMAXCONN)
@@ -122,11 +136,37 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
 CLI_OPTIONS = (
     ('lmtp-socket=', 'PATH',
      'With -c LMTPServer (or a subclass): listen on this UNIX socket instead of TCP.'),
+    ('lmtp-socket-mode=', 'MODE',
+     'With --lmtp-socket: the socket\'s permissions, octal (e.g. 660).'),
 )
 
 
 def cli_configure(cli):
+    cls = cli.server_class
+    if isinstance(cls, type) and issubclass(cls, LMTPServer):
+        # LMTPServer's own process_message (the stdlib's) raises
+        # NotImplementedError: every message would drop the connection.
+        # delivery's cli_configure has put MaildirServer/MboxServer in
+        # front for --maildir/--mbox; without a store, refuse to start.
+        stock = _smtpd.SMTPServer.process_message
+        if not any(issubclass(c, _smtpd.SMTPServer)
+                   and c.process_message is not stock
+                   for c in list(cli.mixins) + [cls]):
+            cli.error('-c %s needs --maildir DIR or --mbox FILE to deliver '
+                      'into (or name a subclass that overrides '
+                      'process_message)' % cls.__name__)
     path = cli.given.get('lmtp-socket')
+    mode = cli.given.get('lmtp-socket-mode')
+    if mode is not None:
+        if path is None:
+            cli.error('--lmtp-socket-mode needs --lmtp-socket')
+        try:
+            value = int(mode, 8)
+        except ValueError:
+            value = -1
+        if not 0 <= value <= 0o7777:
+            cli.error('--lmtp-socket-mode: not an octal mode: %s' % mode)
+        cli.server_kwargs['unix_socket_mode'] = value
     if path is None:
         return
     cli.require_class(LMTPServer, 'lmtp-socket')

@@ -62,16 +62,22 @@ class ProxyProtocolError(ValueError):
 class ProxyHeader(NamedTuple):
     """A parsed PROXY header.
 
-    version: 1 or 2.
-    command: 'PROXY' (a relayed connection) or 'LOCAL' (the balancer's own
+    version
+        1 or 2.
+    command
+        'PROXY' (a relayed connection) or 'LOCAL' (the balancer's own
         connection, e.g. a health check: use the real TCP endpoints).
-    family: 'TCP4', 'TCP6', 'UNKNOWN' (v1), or the v2 names 'UNSPEC',
+    family
+        'TCP4', 'TCP6', 'UNKNOWN' (v1), or the v2 names 'UNSPEC',
         'UDP4', 'UDP6', 'UNIX_STREAM', 'UNIX_DGRAM'.
-    source, destination: (host, port) of the original client and of the
-        address it connected to (a path string for UNIX families), or None
-        when the header carries no address.
-    length: how many bytes the header took; what follows is the client's.
-    tlvs: v2 type-length-value extensions as (type, value) pairs.
+    source, destination
+        (host, port) of the original client and of the address it
+        connected to (a path string for UNIX families), or None when the
+        header carries no address.
+    length
+        how many bytes the header took; what follows is the client's.
+    tlvs
+        v2 type-length-value extensions as (type, value) pairs.
     """
     version: int
     command: str

@@ -18,17 +18,26 @@ So a 250 to the client always means the upstream said 250 to the same
 thing.  The faithful :class:`smtpd_compat.PureProxy` stays as it was.
 Calls to the upstream block the event loop for up to ``relay_timeout``
 seconds each.
+
+The message goes upstream with a ``Received:`` line of ours on top (RFC
+5321 section 4.4) and with CRLF line ends only: every bare CR and bare LF
+becomes CRLF (:func:`crlf_only`), so the message this server saw is the
+one every next hop sees, however it treats bare line ends (no "SMTP
+smuggling" of a second message through ``<CR>.<CR>`` and the like).
 """
 import logging
+import re
 import smtplib
 from typing import Optional
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.delivery import (Session, TraceChannelMixin, line_end,
+                                   trace_headers)
 from smtpd_compat.message import MessageChannelMixin
 
 __all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE',
-           'CANNOT_FORWARD_ADDRESS']
+           'CANNOT_FORWARD_ADDRESS', 'crlf_only']
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +58,23 @@ def _reply(code: int, msg) -> str:
     return '%d %s' % (code, text) if text else str(code)
 
 
-def _smtp_bytes(data) -> bytes:
-    """The message with CRLF line ends, as smtplib sends bytes as given."""
+_LINE_END = re.compile(rb'\r\n|\r|\n')
+
+
+def crlf_only(data) -> bytes:
+    """``data`` (bytes, or str sent as UTF-8) with every line end -- CRLF,
+    bare CR, bare LF -- written as CRLF.
+
+    Why: RFC 5321 section 2.3.8 allows CR and LF in content only as CRLF,
+    and servers differ on what a bare one means.  smtplib sends bytes as
+    given and dot-stuffs only after LF (RFC 5321 section 4.5.2), so a
+    ``<CR>.<CR>`` left in would reach a next hop that takes bare CR as a
+    line end as the end of the message, and what follows as a second
+    one.  Once every line end is CRLF, smtplib stuffs every line that
+    starts with a dot, and ``<CRLF>.<CRLF>`` can only be the real end."""
     if isinstance(data, str):
         data = data.encode('utf-8')
-    return data.replace(b'\r\n', b'\n').replace(b'\n', b'\r\n')
+    return _LINE_END.sub(b'\r\n', data)
 
 
 def _upstream_error(exc) -> str:
@@ -68,8 +89,9 @@ def _upstream_error(exc) -> str:
     return UPSTREAM_UNAVAILABLE
 
 
-class RelayChannel(MessageChannelMixin, _smtpd.SMTPChannel):
-    """Mirrors the transaction on an upstream session (``_upstream``)."""
+class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
+    """Mirrors the transaction on an upstream session (``_upstream``);
+    process_message also gets the ``session`` for the Received: line."""
 
     _upstream = None
 
@@ -168,15 +190,29 @@ class RelayServer(CapabilityServerMixin, _smtpd.SMTPServer):
             self.close()
             raise ValueError('RelayServer needs remoteaddr=(host, port)')
 
+    #: Put a Received: line of ours in front of each forwarded message.
+    add_trace_headers = True
+
     def process_message(self, peer, mailfrom, rcpttos, data,
-                        upstream: Optional[smtplib.SMTP] = None, **kwargs):
+                        upstream: Optional[smtplib.SMTP] = None,
+                        session: Optional[Session] = None, **kwargs):
         """Send the message on ``upstream`` (the session holding this
-        transaction's MAIL and RCPTs) and return the upstream's reply.
-        Subclasses may change ``data`` and call super()."""
+        transaction's MAIL and RCPTs), with a Received: line in front and
+        CRLF line ends only, and return the upstream's reply.  Subclasses
+        may change ``data`` and call super()."""
         if upstream is None:
             return UPSTREAM_UNAVAILABLE
+        message = data.encode('utf-8') if isinstance(data, str) else bytes(data)
+        if self.add_trace_headers:
+            if session is None:
+                session = Session('', peer, 'SMTP', _smtpd._server_fqdn(self))
+            # A relay is not the final delivery: no Return-Path (RFC 5321
+            # section 4.4).
+            message = trace_headers(mailfrom, rcpttos, session,
+                                    return_path=False,
+                                    linesep=line_end(message)) + message
         try:
-            code, msg = upstream.data(_smtp_bytes(data))
+            code, msg = upstream.data(crlf_only(message))
         except (OSError, smtplib.SMTPException) as e:
             return _upstream_error(e)
         return _reply(code, msg)

@@ -215,7 +215,15 @@ class SessionStateMixin:
         if self.closing:
             self.received_lines = []
             return
-        super().found_terminator()
+        try:
+            super().found_terminator()
+        except Exception as err:
+            # Deviations (b)/(c): an exception the stdlib raised for client
+            # input is answered where it leaves the user's channel class
+            # (this mixin is innermost), so the capabilities outside go on
+            # as after any reply: the limits still move the idle deadline.
+            if not self._answer_escaped(err):
+                raise
 
     def close(self):
         timer = self._deadline_timer

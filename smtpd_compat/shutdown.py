@@ -17,7 +17,11 @@ until a stop signal arrives, then:
 
 The signal handler only sets a flag; process_message is never interrupted,
 so no message is half delivered, and every 250 was sent after
-process_message returned.
+process_message returned.  A second or third stop signal while the shutdown
+runs (an impatient operator, a supervisor repeating SIGTERM) sets the same
+flag again: it changes nothing, prints nothing, and the exit status stays 0.
+(``python -m smtpd_compat`` ignores stop signals once serve_gracefully has
+returned; see ``_terminate`` in ``__main__``.)
 """
 import logging
 import signal
@@ -147,13 +151,13 @@ def serve_gracefully(map: dict = None,
 CLI_OPTIONS = (
     ('grace-period=', 'SECONDS',
      'On SIGTERM/SIGINT stop accepting, let messages in DATA finish for up '
-     'to this long, then 421 the rest and exit 0 (default 30 with '
-     '--production or any other hardening option).'),
+     'to this long, then 421 the rest and exit 0 (default 30 in '
+     'production mode).'),
 )
 
 def cli_configure(cli):
     """Serve with graceful shutdown when a production option is given."""
-    from smtpd_compat.limits import hardening_requested
+    from smtpd_compat.production import hardening_requested
     if not hardening_requested(cli.given):
         return
     grace = DEFAULT_GRACE_PERIOD

@@ -11,11 +11,23 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from typing import NamedTuple
 
 import pytest
 
 import smtpd_compat
+
+# Imported once, up front: cryptography (under trustme) is a PyO3 module that
+# cannot be initialised twice in one process, and pytester's in-process runs
+# drop modules first imported during them from sys.modules.
+with warnings.catch_warnings():
+    # cryptography warns about old Pythons (3.8) when imported.
+    warnings.simplefilter('ignore')
+    try:
+        import trustme as _trustme
+    except ImportError:
+        _trustme = None
 
 # CI sets this so that a test needing an outside tool fails instead of
 # skipping when the tool is missing (a CI run can never pass by skipping).
@@ -182,8 +194,9 @@ def tls_certs(tmp_path_factory):
     """A TLSCerts for 127.0.0.1 and localhost, issued at test time by a
     trustme CA that client_context (and ca_file) trusts; skips without
     trustme."""
-    trustme = pytest.importorskip('trustme')
-    ca = trustme.CA()
+    if _trustme is None:
+        pytest.skip('trustme is not installed')
+    ca = _trustme.CA()
     cert = ca.issue_cert('127.0.0.1', 'localhost')
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(server_ctx)

@@ -27,12 +27,26 @@ def listing(maildir):
             for sub in ('tmp', 'new', 'cur')}
 
 
+# The trace headers every stored message starts with (tests/
+# test_trace_headers.py checks their content).
+TRACE = re.compile(rb'Return-Path: <[^\r\n]*>(\r?\n)Received: from [^\r\n]*\1'
+                   rb'\tby [^\r\n]* \(smtpd-compat\) with [^\r\n]*\1\t[^\r\n]*\1')
+
+
+def untraced(content):
+    """The message as the client sent it: ``content`` without the trace
+    headers, which must be there."""
+    m = TRACE.match(content)
+    assert m, content[:300]
+    return content[m.end():]
+
+
 def read_new(maildir):
     new = os.path.join(maildir, 'new')
     contents = []
     for name in sorted(os.listdir(new)):
         with open(os.path.join(new, name), 'rb') as f:
-            contents.append(f.read())
+            contents.append(untraced(f.read()))
     return contents
 
 
@@ -169,10 +183,13 @@ def test_cli_maildir_with_extensions(tmp_path, cli_server):
 @pytest.mark.parametrize('args, message', [
     (['-c', 'MaildirServer'], b'-c MaildirServer needs --maildir'),
     (['--maildir', '/tmp/x'], b'--maildir needs -c MaildirServer'),
+    (['-c', 'LMTPServer', '--maildir', '/tmp/x', '--mbox', '/tmp/y'],
+     b'--maildir and --mbox cannot be combined'),
     (['-c', 'MboxServer'], b'-c MboxServer needs --mbox'),
     (['-c', 'MaildirServer', '--maildir', '/tmp/x', '--mbox-dotlock'],
      b'--mbox-dotlock needs --mbox'),
-], ids=['maildir-missing', 'maildir-wrong-class', 'mbox-missing', 'dotlock-alone'])
+], ids=['maildir-missing', 'maildir-wrong-class', 'lmtp-both-stores', 'mbox-missing',
+        'dotlock-alone'])
 def test_cli_errors(args, message, python_path_env):
     result = subprocess.run([sys.executable, '-m', 'smtpd_compat', '-n'] + args,
                             env=python_path_env, capture_output=True, timeout=30)
@@ -258,6 +275,7 @@ def test_kill_9_during_burst_loses_nothing_acknowledged(tmp_path, python_path_en
     for name in files['new']:
         with open(os.path.join(maildir, 'new', name), 'rb') as f:
             content = f.read()
+        content = untraced(content)
         n = int(re.match(rb'X-Seq: (\d+)\n', content).group(1))
         # complete, byte for byte: no partial file in new/
         assert content == burst_message(n).replace(b'\r\n', b'\n').rstrip(b'\n')
@@ -295,10 +313,23 @@ def test_mbox_delivery(live_server, tmp_path):
                        rb'\d\d:\d\d:\d\d \d{4})\n', content, flags=re.M)
     assert entries[0] == b''
     assert entries[1::3] == [b'a@x', b'c@x']
-    assert entries[3::3] == [
+    assert [untraced(e) for e in entries[3::3]] == [
         b'Subject: 1\n\n>From the start\n>>From quoted\n\n',
         b'Subject: 2\n\nsecond\n\n']
+    assert entries[3].startswith(b'Return-Path: <a@x>\n')
+    assert entries[6].startswith(b'Return-Path: <c@x>\n')
     assert os.stat(mbox).st_mode & 0o777 == 0o600
+
+
+def test_mbox_null_sender_is_mailer_daemon(live_server, tmp_path):
+    mbox = str(tmp_path / 'mbox')
+    live = live_server(MboxServer, mbox=mbox)
+    with smtplib.SMTP(*live.address, timeout=5) as client:
+        client.sendmail('<>', ['b@x'], b'Subject: bounce\r\n\r\nx\r\n')
+    with open(mbox, 'rb') as f:
+        from_line, _, entry = f.read().partition(b'\n')
+    assert from_line.startswith(b'From MAILER-DAEMON ')
+    assert entry.startswith(b'Return-Path: <>\n')
 
 
 def test_mbox_write_error_truncates(live_server, tmp_path, monkeypatch):

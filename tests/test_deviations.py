@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 import smtpd_compat
-from conftest import HAVE_STDLIB_SMTPD, RecordingServer, recv_reply
+from conftest import HAVE_STDLIB_SMTPD, RecordingServer, read_to_eof, recv_reply
 
 
 def _stdlib():
@@ -401,3 +401,68 @@ def test_g_552_without_rset(live_server, raw_client):
         got += chunk
     assert got == b'552 Error: Too much mail data\r\n503 Error: need RCPT command\r\n'
     assert live.server.messages == []
+
+
+# -- (b)/(c) answered where the exception escapes, in composed channels -----
+# The core raises the stdlib's exception and answers it in _handle_input
+# (tests/test_subclass_faithful.py has the subclasses that catch it); the
+# answer goes through the channel's push chain like any reply.
+
+def test_b_escaped_reply_counts_as_an_error_for_limits(live_server, raw_client):
+    from smtpd_compat.limits import LimitsServerMixin
+
+    class Limited(LimitsServerMixin, RecordingServer):
+        pass
+
+    live = live_server(Limited, max_errors=2, use_timers=True)
+    sock, replies = _session(raw_client, live, ['HELO c', 'F\u00dc x', 'MAIL FROM:<a@'])
+    assert replies[1] == b'500 Error: command "F\\xdc" not recognized\r\n'
+    # The second error (a parser crash in 3.11) reaches the limit.
+    rest = replies[2] + read_to_eof(sock)
+    assert rest.startswith(b'501 Syntax: MAIL FROM: <address>\r\n421 4.7.0 ')
+
+
+def test_b_lmtp_escapes_every_recipients_reply(live_server, raw_client):
+    from smtpd_compat.lmtp import LMTPServer
+
+    class Server(LMTPServer):
+        def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+            return {r: '550 %s r\u00e9fus\u00e9' % r for r in rcpttos}
+
+    live = live_server(Server)
+    sock, replies = _session(raw_client, live, [
+        'LHLO c', 'MAIL FROM:<a@b>', 'RCPT TO:<c@d>', 'RCPT TO:<e@f>', 'DATA'])
+    sock.sendall(b'x\r\n.\r\nNOOP\r\n')
+    got = b''
+    while got.count(b'\r\n') < 3:
+        got += recv_reply(sock)
+    assert got == (b'550 c@d r\\xe9fus\\xe9\r\n550 e@f r\\xe9fus\\xe9\r\n'
+                   b'250 OK\r\n')
+
+
+@pytest.mark.parametrize('line', ['MAIL FROM:<a@', 'F\u00dc x'], ids=['parser', 'echo'])
+def test_b_answered_line_moves_the_idle_deadline(live_server, raw_client, line):
+    # The answer is given where the exception leaves the user's channel
+    # class, so the limits' work after each line (a new idle deadline)
+    # still runs for a line that crashed 3.11.
+    import time
+
+    from smtpd_compat.limits import LimitsServerMixin
+
+    class Limited(LimitsServerMixin, RecordingServer):
+        pass
+
+    live = live_server(Limited, idle_timeout=300, use_timers=True)
+    sock, _ = _session(raw_client, live, ['HELO c'])
+    channel, = [c for c in live.map.values() if isinstance(c, smtpd_compat.SMTPChannel)]
+    # Let the server finish with HELO (its deadline is set after the reply
+    # went out), then the only thing that can move the deadline past
+    # sent_at + idle_timeout is handling the line.
+    time.sleep(0.5)
+    sent_at = time.monotonic()
+    sock.sendall(line.encode() + b'\r\n')
+    assert recv_reply(sock).startswith(b'50')
+    give_up = time.monotonic() + 5
+    while channel._deadline < sent_at + 300 and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert channel._deadline >= sent_at + 300

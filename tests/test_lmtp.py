@@ -1,10 +1,13 @@
 """LMTP (smtpd_compat.lmtp, RFC 2033): LHLO, one reply per recipient,
 TCP and UNIX sockets, composition with extensions and Maildir delivery."""
 import os
+import re
 import smtplib
 import socket
+import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -180,9 +183,129 @@ def test_lmtp_into_maildir(live_server, tmp_path):
     live = live_server(LocalDelivery, maildir=maildir)
     with lmtp_client(*live.address) as client:
         client.sendmail('a@x', ['b@x'], b'Subject: lda\r\n\r\nstored\r\n')
+    assert read_maildir(maildir) == [b'Subject: lda\n\nstored']
+
+
+# Return-Path and Received, with LMTP as the protocol (RFC 3848) and the one
+# recipient named.
+LMTP_TRACE = re.compile(rb'Return-Path: <a@x>\nReceived: from [^\n]+\n'
+                        rb'\tby [^\n]+ \(smtpd-compat\) with LMTP id [0-9A-F]+\n'
+                        rb'\tfor <b@x>; [^\n]+\n')
+
+
+def read_maildir(maildir):
+    """The messages in new/, each without its trace headers (which must be
+    there, as an LMTP delivery writes them)."""
+    new = os.path.join(maildir, 'new')
+    messages = []
+    for name in sorted(os.listdir(new)):
+        with open(os.path.join(new, name), 'rb') as f:
+            content = f.read()
+        m = LMTP_TRACE.match(content)
+        assert m, content
+        messages.append(content[m.end():])
+    return messages
+
+
+def run_cli(args, env):
+    return subprocess.run([sys.executable, '-m', 'smtpd_compat', '-n'] + args,
+                          env=env, capture_output=True, timeout=30)
+
+
+def test_cli_bare_lmtp_server_refused_at_start(python_path_env):
+    # docs/lmtp.rst used to show this; every message then crashed with
+    # NotImplementedError.  Now it does not start, and says why.
+    result = run_cli(['-c', 'LMTPServer', '127.0.0.1:0'], python_path_env)
+    assert result.returncode == 1
+    assert (b'-c LMTPServer needs --maildir DIR or --mbox FILE'
+            in result.stderr), result.stderr
+    assert b'Traceback' not in result.stderr + result.stdout
+
+
+def test_cli_lmtp_delivers_into_maildir(cli_server, tmp_path):
+    maildir = str(tmp_path / 'md')
+    proc, port = cli_server('-c', 'LMTPServer', '--maildir', maildir)
+    sock = socket.create_connection(('127.0.0.1', port), timeout=5)
+    with sock:
+        assert recv_reply(sock).startswith(b'220')
+        sock.sendall(b'LHLO mta\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n'
+                     b'RCPT TO:<c@x>\r\nDATA\r\n')
+        data = b''
+        sock.settimeout(5)
+        while b'354 ' not in data:
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        sock.sendall(b'Subject: cli\r\n\r\nvia the CLI\r\n.\r\nQUIT\r\n')
+        data = b''
+        while not data.endswith(b'221 Bye\r\n'):
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+    # RFC 2033: one reply per accepted recipient
+    assert data.decode().splitlines() == [
+        '250 <b@x> OK', '250 <c@x> OK', '221 Bye']
     (name,) = os.listdir(os.path.join(maildir, 'new'))
     with open(os.path.join(maildir, 'new', name), 'rb') as f:
-        assert f.read() == b'Subject: lda\n\nstored'
+        content = f.read()
+    # two recipients: Received: names neither
+    assert re.match(rb'Return-Path: <a@x>\nReceived: from mta \(unknown '
+                    rb'\[127\.0\.0\.1\]\)\n\tby [^\n]+ \(smtpd-compat\) with '
+                    rb'LMTP id [0-9A-F]+;\n\t[^\n]+\nSubject: cli\n\nvia the CLI\Z',
+                    content), content
+    proc.terminate()
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and out == ''
+
+
+def wait_for_socket(proc, path, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+            return
+        except OSError:
+            assert time.monotonic() < deadline, 'no socket at %s' % path
+            time.sleep(0.05)
+
+
+def test_cli_lmtp_socket_mode_and_mbox(python_path_env, tmp_path):
+    path = str(tmp_path / 'lmtp.sock')
+    mbox = str(tmp_path / 'mbox')
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'LMTPServer',
+         '--mbox', mbox, '--lmtp-socket', path, '--lmtp-socket-mode', '604'],
+        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(proc, path)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o604
+        with lmtp_client(path) as client:
+            client.sendmail('a@x', ['b@x'], b'Subject: mbox\r\n\r\nover LMTP\r\n')
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and out == b'', err
+    with open(mbox, 'rb') as f:
+        content = f.read()
+    head, _, entry = content.partition(b'\n')
+    assert head.startswith(b'From a@x ')
+    assert LMTP_TRACE.match(entry), entry
+    assert entry.endswith(b'\nSubject: mbox\n\nover LMTP\n\n')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['-c', 'LMTPServer', '--maildir', '/tmp/x', '--lmtp-socket-mode', '660'],
+     b'--lmtp-socket-mode needs --lmtp-socket'),
+    (['-c', 'LMTPServer', '--maildir', '/tmp/x', '--lmtp-socket', '/tmp/s',
+      '--lmtp-socket-mode', '0o9'], b'--lmtp-socket-mode: not an octal mode: 0o9'),
+    (['-c', 'LMTPServer', '--maildir', '/tmp/x', '--lmtp-socket', '/tmp/s',
+      '--lmtp-socket-mode', '17777'], b'--lmtp-socket-mode: not an octal mode'),
+], ids=['mode-alone', 'not-octal', 'too-big'])
+def test_cli_lmtp_socket_mode_errors(args, message, python_path_env):
+    result = run_cli(args, python_path_env)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
 
 
 def test_cli_lmtp_socket_needs_lmtp_class(python_path_env, tmp_path):
@@ -191,3 +314,28 @@ def test_cli_lmtp_socket_needs_lmtp_class(python_path_env, tmp_path):
          str(tmp_path / 's')], env=python_path_env, capture_output=True, timeout=30)
     assert result.returncode == 1
     assert b'--lmtp-socket needs -c LMTPServer' in result.stderr
+
+
+def test_cli_lmtp_subclass_with_its_own_store_needs_no_maildir(cli_server, tmp_path,
+                                                              python_path_env):
+    (tmp_path / 'mylmtp.py').write_text(
+        'from smtpd_compat.lmtp import LMTPServer\n'
+        'class Store(LMTPServer):\n'
+        '    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):\n'
+        '        return {rcpttos[0]: None}\n')
+    env = dict(python_path_env)
+    env['PYTHONPATH'] = str(tmp_path) + os.pathsep + env['PYTHONPATH']
+    proc, port = cli_server('-c', 'mylmtp.Store', env=env)
+    sock = socket.create_connection(('127.0.0.1', port), timeout=5)
+    with sock:
+        assert recv_reply(sock).startswith(b'220')
+        sock.sendall(b'LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\n'
+                     b'DATA\r\n')
+        data = b''
+        while b'354 ' not in data:
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        sock.sendall(b'x\r\n.\r\n')
+        assert read_lines(sock, 2) == [
+            '250 <b@x> OK', '451 4.3.0 Error: no delivery result for this recipient']

@@ -21,10 +21,12 @@ pytest_plugins = ['pytester']
 
 # This module uses the fixture itself too.  Bound by assignment rather than
 # loaded as a plugin, which would clash with the entry point when installed.
-smtpd = pytest_plugin.smtpd
+smtpd = pytest_plugin.smtpd_compat_server
 
 PLUGIN = 'smtpd_compat.pytest_plugin'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(smtpd_compat.__file__)))
+# The checkout this file belongs to (what the smtpdfix venv installs).
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _entry_point_installed():
@@ -216,7 +218,7 @@ def test_auth_without_tls_is_a_configuration_error(smtpd):
 
 def test_marker_is_registered(pytester):
     result = pytester.runpytest(*STRICT, '--markers')
-    result.stdout.fnmatch_lines(['@pytest.mark.smtpd(**kwargs): configure the smtpd fixture*'])
+    result.stdout.fnmatch_lines(['@pytest.mark.smtpd(**kwargs): configure the smtpd (smtpd_compat_server) fixture*'])
 
 
 @pytest.mark.skipif(not _entry_point_installed(),
@@ -303,3 +305,176 @@ def test_fixture_in_this_suite(smtpd):
     # The plugin's fixture, bound above, is a started capturing Controller.
     assert smtpd.server is not None and len(smtpd.messages) == 0
     assert sys.modules['smtpd_compat.controller'].Controller is type(smtpd)
+
+
+# -- living beside other plugins (smtpdfix) ---------------------------------
+
+OTHER_PLUGIN = '''
+import pytest
+
+@pytest.fixture
+def smtpd():
+    return 'theirs'
+'''
+
+BOTH_NAMES = SEND + '''
+from smtpd_compat.controller import Controller
+
+def test_ours(smtpd_compat_server):
+    assert isinstance(smtpd_compat_server, Controller)
+    send(smtpd_compat_server)
+    assert smtpd_compat_server.messages[0]["Subject"] == "hi"
+
+def test_smtpd(smtpd):
+    assert smtpd == 'theirs'
+'''
+
+
+def test_both_names_without_another_plugin(pytester):
+    pytester.makepyfile(SEND + '''
+import pytest
+from smtpd_compat.controller import Controller
+
+@pytest.mark.smtpd(data_size_limit=1234)
+def test_same_fixture_two_names(smtpd, smtpd_compat_server):
+    # Two servers (each name is its own fixture), both ours and configured.
+    assert isinstance(smtpd, Controller) and isinstance(smtpd_compat_server, Controller)
+    assert smtpd.port != smtpd_compat_server.port
+    assert smtpd.server.data_size_limit == smtpd_compat_server.server.data_size_limit == 1234
+
+@pytest.mark.parametrize('smtpd_compat_server', [{'decode_data': True}],
+                         indirect=True)
+def test_parametrised_by_its_own_name(smtpd_compat_server):
+    send(smtpd_compat_server)
+    assert isinstance(smtpd_compat_server.messages[0].data, str)
+''')
+    result = pytester.runpytest(*STRICT)
+    result.assert_outcomes(passed=2)
+    assert 'smtpd_compat:' not in result.stdout.str()
+
+
+@pytest.mark.parametrize('order', ['ours-first', 'theirs-first'])
+def test_another_plugins_smtpd_fixture_stays_theirs(pytester, order):
+    pytester.makepyfile(other_plugin=OTHER_PLUGIN)
+    pytester.makepyfile(BOTH_NAMES)
+    pytester.syspathinsert()
+    theirs = ['-p', 'other_plugin']
+    args = STRICT + theirs if order == 'ours-first' else theirs + STRICT
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=2)
+    # The header says where ours went.
+    result.stdout.fnmatch_lines(
+        ['smtpd_compat: fixture smtpd_compat_server ("smtpd" is other_plugin\'s)'])
+
+
+def test_alias_always_and_never(pytester):
+    pytester.makepyfile(other_plugin=OTHER_PLUGIN)
+    pytester.syspathinsert()
+    pytester.makepyfile(SEND + '''
+from smtpd_compat.controller import Controller
+
+def test_smtpd(smtpd):
+    assert isinstance(smtpd, Controller)
+''')
+    always = pytester.runpytest(*STRICT, '-p', 'other_plugin', '-o',
+                                'smtpd_compat_alias=always')
+    always.assert_outcomes(passed=1)
+    never = pytester.runpytest(*STRICT, '-o', 'smtpd_compat_alias=never')
+    never.assert_outcomes(errors=1)
+    never.stdout.fnmatch_lines(["*fixture 'smtpd' not found*"])
+    bad = pytester.runpytest(*STRICT, '-o', 'smtpd_compat_alias=sometimes')
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(['*smtpd_compat_alias must be one of auto, always, never*'])
+
+
+# A project as smtpdfix's users write them: the fixture's smtpdfix-only
+# attribute (``config``) shows whose fixture the test got.
+SMTPDFIX_PROJECT = '''
+import smtplib
+
+def test_smtpdfix_fixture(smtpd):
+    assert type(smtpd).__module__.startswith('smtpdfix')
+    assert smtpd.config is not None
+    with smtplib.SMTP(smtpd.hostname, smtpd.port, timeout=10) as client:
+        client.sendmail('a@example.org', ['b@example.org'], 'Subject: fix\\r\\n\\r\\nx')
+    assert smtpd.messages[0]['Subject'] == 'fix'
+
+def test_ours_beside_it(smtpd_compat_server):
+    with smtplib.SMTP(smtpd_compat_server.host, smtpd_compat_server.port,
+                      timeout=10) as client:
+        client.sendmail('a@example.org', ['b@example.org'], 'Subject: ours\\r\\n\\r\\nx')
+    assert smtpd_compat_server.messages[0]['Subject'] == 'ours'
+'''
+
+OURS_PROJECT = '''
+import smtplib
+
+def test_ours_as_smtpd(smtpd):
+    assert type(smtpd).__module__ == 'smtpd_compat.controller'
+    with smtplib.SMTP(smtpd.host, smtpd.port, timeout=10) as client:
+        client.sendmail('a@example.org', ['b@example.org'], 'Subject: ours\\r\\n\\r\\nx')
+    assert smtpd.messages[0]['Subject'] == 'ours'
+'''
+
+
+def _unavailable(message):
+    if REQUIRE_TOOLS:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope='module')
+def smtpdfix_venv(tmp_path_factory):
+    """A fresh virtual environment with smtpdfix and pytest from PyPI and
+    this checkout installed (as ``pip install smtpd-compat`` would), so that
+    both plugins load through their entry points.  Skips when PyPI cannot
+    be reached (fails under SMTPD_COMPAT_REQUIRE_TOOLS=1)."""
+    import subprocess
+    import venv  # noqa: F401  (the module the next command runs)
+    home = tmp_path_factory.mktemp('smtpdfix-venv')
+    env_dir = home / 'venv'
+    run = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+               timeout=600)
+    made = subprocess.run([sys.executable, '-m', 'venv', str(env_dir)], **run)
+    if made.returncode:
+        _unavailable('cannot create a venv: %s' % made.stdout[-500:])
+    python = str(env_dir / ('Scripts' if os.name == 'nt' else 'bin') / 'python')
+    pip = [python, '-m', 'pip', '--disable-pip-version-check', 'install', '-q',
+           '--retries', '1', '--timeout', '20']
+    needs = ['smtpdfix', 'pytest', 'setuptools', 'wheel']
+    if sys.version_info >= (3, 12):
+        needs += ['pyasyncore', 'pyasynchat']
+    fetched = subprocess.run(pip + needs, **run)
+    if fetched.returncode:
+        _unavailable('cannot install smtpdfix from PyPI: %s' % fetched.stdout[-500:])
+    # No network from here on: a failure to install this checkout is a bug.
+    built = subprocess.run(pip + ['--no-deps', '--no-build-isolation', CHECKOUT],
+                           cwd=str(home), **run)
+    assert built.returncode == 0, built.stdout
+    return python
+
+
+def _run_project(python, tmp_path, source, *args):
+    import subprocess
+    (tmp_path / 'test_project.py').write_text(source)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(('PYTEST_', 'PYTHON'))}
+    return subprocess.run([python, '-m', 'pytest', '-p', 'no:cacheprovider',
+                           '-W', 'error::pytest.PytestUnknownMarkWarning',
+                           '-rA'] + list(args),
+                          cwd=str(tmp_path), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300)
+
+
+def test_smtpdfix_keeps_its_smtpd_fixture(smtpdfix_venv, tmp_path):
+    result = _run_project(smtpdfix_venv, tmp_path, SMTPDFIX_PROJECT)
+    assert result.returncode == 0, result.stdout
+    assert '2 passed' in result.stdout
+    assert 'smtpd_compat: fixture smtpd_compat_server ("smtpd" is smtpdfix\'s)' in result.stdout
+
+
+def test_smtpd_is_ours_again_without_smtpdfix(smtpdfix_venv, tmp_path):
+    # smtpdfix's entry point is named "smtpd"; switched off, ours is back.
+    result = _run_project(smtpdfix_venv, tmp_path, OURS_PROJECT, '-p', 'no:smtpd')
+    assert result.returncode == 0, result.stdout
+    assert '1 passed' in result.stdout

@@ -1,10 +1,13 @@
 """The truthful relay (smtpd_compat.relay): upstream refusals reach the
 client, connection failures are 4xx, and 250 means the upstream took it.
 The upstream is another of our servers on port 0."""
+import random
+import re
 import smtplib
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -13,7 +16,21 @@ from conftest import RecordingServer, recv_reply
 from smtpd_compat import SMTPChannel
 from smtpd_compat.extensions import ESMTPServer, ExtensionsMixin
 from smtpd_compat.relay import (
-    CANNOT_FORWARD_ADDRESS, RelayServer, UPSTREAM_UNAVAILABLE)
+    CANNOT_FORWARD_ADDRESS, RelayServer, UPSTREAM_UNAVAILABLE, crlf_only)
+
+
+# The relay's own Received: line (no Return-Path: it does not deliver).
+RECEIVED = re.compile(rb'Received: from [^\n]+ \(unknown \[127\.0\.0\.1\]\)\n'
+                      rb'\tby [^\n]* \(smtpd-compat\) with ESMTP id [0-9A-F]+;?\n'
+                      rb'\t(?:for <[^\n]*>; )?[A-Z][a-z]{2}, [^\n]*\n')
+
+
+def unreceived(data):
+    """``data`` as upstream got it without the relay's Received: line,
+    which must be there."""
+    m = RECEIVED.match(data)
+    assert m, data[:300]
+    return data[m.end():]
 
 
 class PickyChannel(SMTPChannel):
@@ -57,7 +74,9 @@ def test_one_refused_recipient_gets_the_upstream_550(relay, upstream):
     assert refused == {'refused@x': (550, b'5.1.1 <refused@x>: Recipient address rejected')}
     (peer, mailfrom, rcpttos, data, kwargs), = upstream.server.messages
     assert (mailfrom, rcpttos) == ('a@x', ['ok@x', 'ok2@x'])
-    assert data == b'Subject: relayed\n\n.dot\nbody'
+    assert unreceived(data) == b'Subject: relayed\n\n.dot\nbody'
+    # two recipients: none named in Received: (as Postfix does)
+    assert b'\tfor <' not in data
 
 
 def test_all_refused_means_no_message(relay, upstream):
@@ -182,7 +201,8 @@ def test_dsn_and_bdat_through_the_relay(live_server):
             data += chunk
     assert data.decode().splitlines()[-1].startswith('250 2.0.0')
     (mailfrom, rcpttos, body, kwargs), = upstream.server.messages
-    assert (mailfrom, rcpttos, body) == ('a@x', ['b@x'], b'hello')
+    assert (mailfrom, rcpttos, unreceived(body)) == ('a@x', ['b@x'], b'hello')
+    assert b'\tfor <b@x>; ' in body
     assert kwargs['mail_options'] == ['RET=HDRS', 'ENVID=Id+2B1']
     assert kwargs['recipient_options'] == [['NOTIFY=FAILURE', 'ORCPT=rfc822;B@X']]
 
@@ -231,3 +251,165 @@ def test_address_smtplib_cannot_send_is_refused(relay, upstream, raw_client):
     sock.sendall(b'x\r\n.\r\n')
     assert recv_reply(sock).startswith(b'250')
     assert [m[2] for m in upstream.server.messages] == [['ok@x']]
+
+
+# ---------------------------------------------------------------------------
+# Smuggling through the relay (issue 12, finding 11): the message goes
+# upstream with CRLF line ends only, so no next hop can see two messages
+# where the relay saw one.
+
+class WireRecorder:
+    """A minimal upstream SMTP server in a thread that records the bytes
+    of each DATA section exactly as they came over the wire (dot-stuffing
+    included, terminator excluded)."""
+
+    def __init__(self):
+        self.listener = socket.create_server(('127.0.0.1', 0)) \
+            if hasattr(socket, 'create_server') else self._listen()
+        self.listener.settimeout(0.2)
+        self.address = self.listener.getsockname()
+        self.messages = []
+        self.commands = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _listen():
+        sock = socket.socket()
+        sock.bind(('127.0.0.1', 0))
+        sock.listen(5)
+        return sock
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(10)
+                self._session(conn)
+
+    def _session(self, conn):
+        conn.sendall(b'220 recorder\r\n')
+        buf = b''
+        in_data = False
+        while True:
+            if in_data:
+                end = buf.find(b'\r\n.\r\n')
+                if end < 0:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    continue
+                self.messages.append(buf[:end + 2])
+                buf = buf[end + 5:]
+                in_data = False
+                conn.sendall(b'250 recorded\r\n')
+                continue
+            line, sep, rest = buf.partition(b'\r\n')
+            if not sep:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                continue
+            buf = rest
+            verb = line[:4].upper()
+            self.commands.append(line)
+            if verb == b'DATA':
+                in_data = True
+                conn.sendall(b'354 go ahead\r\n')
+            elif verb == b'QUIT':
+                conn.sendall(b'221 bye\r\n')
+                return
+            else:
+                conn.sendall(b'250 ok\r\n')
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(10)
+        self.listener.close()
+
+
+@pytest.fixture
+def wire_recorder():
+    recorder = WireRecorder()
+    yield recorder
+    recorder.close()
+
+
+SMUGGLED = (b'MAIL FROM:<evil@x>\r\nRCPT TO:<victim@x>\r\nDATA\r\n'
+            b'Subject: smuggled\r\n\r\nsecond message\r\n')
+
+
+def unstuff(wire):
+    """What a correct next hop makes of DATA bytes (RFC 5321 section
+    4.5.2): one leading dot removed from each CRLF line."""
+    return b'\r\n'.join(line[1:] if line.startswith(b'.') else line
+                        for line in wire.split(b'\r\n'))
+
+
+# (what the client puts between "A" and the smuggled commands, what the
+# upstream must get there after unstuffing)
+SMUGGLING_VARIANTS = [
+    (b'\r.\r', b'\r\n.\r\n'),
+    (b'\r.\n', b'\r\n.\r\n'),
+    (b'\n.\r\n', b'\r\n.\r\n'),
+    (b'\n.\n', b'\r\n.\r\n'),
+    (b'\n.\r', b'\r\n.\r\n'),
+    (b'\r.\r\n', b'\r\n.\r\n'),
+    (b'\r\n.\r', b'\r\n\r\n'),      # ".<CR>" is a dot-stuffed CRLF line
+    (b'\r\n.\n', b'\r\n\r\n'),      # likewise ".<LF>"
+    (b'\n..\n', b'\r\n..\r\n'),
+    # (the core hands CRLF over as LF, so CR + CRLF is one line end)
+    (b'\r\r\n.\n\n', b'\r\n\r\n\r\n'),
+]
+
+
+@pytest.mark.parametrize('decode_data', [False, True], ids=['bytes', 'str'])
+@pytest.mark.parametrize('variant, expected', SMUGGLING_VARIANTS,
+                         ids=[repr(v)[2:-1] for v, _ in SMUGGLING_VARIANTS])
+def test_relay_cannot_be_used_to_smuggle(live_server, wire_recorder, raw_client,
+                                         variant, expected, decode_data):
+    relay = live_server(RelayServer, remoteaddr=wire_recorder.address,
+                        relay_timeout=5, decode_data=decode_data)
+    sock, greeting = raw_client(relay.address)
+    sock.sendall(b'EHLO client\r\n')
+    recv_reply(sock)
+    for line in (b'MAIL FROM:<a@x>', b'RCPT TO:<b@x>', b'DATA'):
+        sock.sendall(line + b'\r\n')
+        assert recv_reply(sock)[:3] in (b'250', b'354')
+    sock.sendall(b'Subject: one\r\n\r\nA' + variant + SMUGGLED + b'.\r\n')
+    assert recv_reply(sock).startswith(b'250 recorded')
+    sock.sendall(b'QUIT\r\n')
+    recv_reply(sock)
+    # Exactly one message, and not one smuggled command, reached upstream.
+    (wire,) = wire_recorder.messages
+    assert [c for c in wire_recorder.commands if b'evil' in c] == []
+    # CRLF line ends only: no bare CR or LF for a next hop to interpret.
+    assert re.search(rb'\r(?!\n)|(?<!\r)\n', wire) is None, wire
+    # A next hop that takes any of CR, LF or CRLF as a line end still sees
+    # no line that is a lone dot (that would end the message).
+    assert b'.' not in re.split(rb'\r\n|\r|\n', wire)
+    message = unreceived(unstuff(wire).replace(b'\r\n', b'\n'))
+    assert message.replace(b'\n', b'\r\n') == (
+        b'Subject: one\r\n\r\nA' + expected + SMUGGLED)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_crlf_only_leaves_nothing_to_split(seed):
+    # Random mixes of CR, LF, dots and letters: after crlf_only and the
+    # dot-stuffing smtplib does, every line end is CRLF and no line is a
+    # lone dot, whatever a next hop takes as a line end.
+    rng = random.Random(seed)
+    for _ in range(2000):
+        data = bytes(rng.choice(b'\r\n.a') for _ in range(rng.randrange(1, 24)))
+        wire = re.sub(rb'(?m)^\.', b'..', crlf_only(data))
+        assert re.search(rb'\r(?!\n)|(?<!\r)\n', wire) is None, data
+        assert b'.' not in re.split(rb'\r\n|\r|\n', wire), data
+        # a correct next hop gets the content back, only line ends changed
+        assert unstuff(wire) == crlf_only(data)
+        assert re.sub(rb'[\r\n]', b'', crlf_only(data)) == re.sub(rb'[\r\n]', b'', data)

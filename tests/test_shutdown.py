@@ -1,4 +1,5 @@
 """Graceful shutdown: SIGTERM to a real server process during uploads."""
+import itertools
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ if not hasattr(signal, 'SIGTERM') or sys.platform == 'win32':
 # A server class that appends each message to a file before answering 250
 # (what a real delivery does), importable by the subprocess.
 SPOOL_SERVER = '''
+import itertools
 import os
 import smtpd_compat
 
@@ -119,3 +121,68 @@ def test_sigint_is_graceful_too(start_server):
     uploading.close()
     assert proc.wait(15) == 0
     assert b'--END--' in spool.read_bytes()
+
+
+# ---------------------------------------------------------------------------
+# Repeated stop signals (issue 12, finding 10): an operator who presses
+# Ctrl-C twice, or a supervisor that sends SIGTERM again while the first
+# shutdown is under way, must get a quiet exit with status 0.
+
+@pytest.fixture
+def sigint_default_in_children():
+    # As in test_cli: a child started while SIGINT is ignored (a background
+    # job of a non-interactive shell) would rightly ignore it too.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def signal_storm(proc, first, timeout=30.0):
+    """Send ``first``, then SIGTERM and SIGINT in turn every 2 ms until the
+    process exits, so that signals land in every phase of its shutdown
+    (unwinding, closing, interpreter exit).  Returns how many were sent."""
+    deadline = time.monotonic() + timeout
+    sent = 0
+    for signum in itertools.chain([first], itertools.cycle(
+            [signal.SIGTERM, signal.SIGINT])):
+        if proc.poll() is not None:
+            return sent
+        proc.send_signal(signum)
+        sent += 1
+        assert time.monotonic() < deadline, 'still running after %d signals' % sent
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize('first', [signal.SIGTERM, signal.SIGINT],
+                         ids=['SIGTERM', 'SIGINT'])
+@pytest.mark.parametrize('flags, in_data', [
+    ([], False),
+    ([], True),
+    (['--production', '--grace-period', '1'], False),
+    (['--production', '--grace-period', '1'], True),
+], ids=['plain-idle', 'plain-data', 'graceful-idle', 'graceful-data'])
+def test_repeated_stop_signals_exit_quietly(cli_server, tmp_path, first, flags,
+                                            in_data, sigint_default_in_children):
+    out_path, err_path = tmp_path / 'stdout', tmp_path / 'stderr'
+    with open(out_path, 'w') as out, open(err_path, 'w') as err:
+        proc, port = cli_server('-c', 'DebuggingServer', *flags,
+                                stdout=out, stderr=err)
+    address = ('127.0.0.1', port)
+    if in_data:
+        session = open_transaction(address)
+        session.sendall(b'Subject: interrupted\r\n\r\nhalf')
+    else:
+        session = socket.create_connection(address, timeout=10)
+        assert recv_reply(session).startswith(b'220 ')
+        session.sendall(b'EHLO c\r\n')
+        assert recv_reply(session).startswith(b'250')
+    try:
+        sent = signal_storm(proc, first)
+    finally:
+        session.close()
+    output = out_path.read_text() + err_path.read_text()
+    assert sent >= 2
+    assert 'Traceback' not in output, output
+    assert proc.wait(10) == 0, (proc.returncode, output)
