@@ -2,15 +2,25 @@
 import itertools
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 from typing_extensions import TypeAlias
 
 import smtpd_compat as _smtpd
 from smtpd_compat.__main__ import CLI
 from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.session import SessionStateMixin
 
-__all__ = ["MaildirServer", "MboxServer", "mboxrd_quote", "STORE_FAILED"]
+__all__ = [
+    "MaildirServer",
+    "MboxServer",
+    "mboxrd_quote",
+    "STORE_FAILED",
+    "Session",
+    "TraceChannelMixin",
+    "trace_headers",
+    "line_end",
+]
 
 log: logging.Logger
 STORE_FAILED: str
@@ -19,11 +29,58 @@ Message: TypeAlias = bytes | str
 def _as_bytes(data: Message) -> bytes: ...
 def _write_all(fd: int, data: bytes) -> None: ...
 def _fsync_dir(path: str) -> None: ...
+def _make_dirs(path: str, mode: int) -> list[str]: ...
+def _record_created(server: object, paths: Sequence[str]) -> None: ...
+
+# What the channel knew about the client (the ``session`` keyword of
+# process_message on the delivering servers).
+class Session(NamedTuple):
+    helo: str
+    # channel.peer: (address, port) for TCP, anything else for a UNIX socket.
+    peer: Any
+    # The RFC 3848 transmission type (SMTP, ESMTP, ESMTPSA, LMTP, ...).
+    protocol: str
+    fqdn: str
+
+class TraceChannelMixin(SessionStateMixin):
+    # Typed as a subclass of SessionStateMixin (and so of SMTPChannel), which
+    # every composed channel is; at run time a plain mixin.
+    layer: int
+    capability_name: str
+    def trace_session(self) -> Session: ...
+    def _message_kwargs(self) -> dict[str, Any]: ...
+
+def _clean(text: object, limit: int) -> str: ...
+def _tcp_info(peer: object) -> str | None: ...
+
+# The line end ``data`` uses: b"\r\n" or b"\n".
+def line_end(data: bytes) -> bytes: ...
+
+# Return-Path: (unless return_path is false) and Received: (RFC 5321
+# section 4.4), as UTF-8 bytes with ``linesep`` line ends.
+def trace_headers(
+    mailfrom: str | None,
+    rcpttos: Sequence[str],
+    session: Session | None,
+    *,
+    return_path: bool = True,
+    linesep: bytes = b"\n",
+    message_id: str | None = None,
+    date: str | None = None,
+) -> bytes: ...
 
 class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
+    # Put Return-Path: and Received: in front of each stored message.
+    add_trace_headers: bool
     # Stores the message: None (250 OK), or STORE_FAILED on an OSError.
     def process_message(
-        self, peer: _smtpd._Address, mailfrom: str, rcpttos: list[str], data: bytes | str, **kwargs: Any
+        self,
+        peer: _smtpd._Address,
+        mailfrom: str,
+        rcpttos: list[str],
+        data: bytes | str,
+        session: Session | None = None,
+        **kwargs: Any,
     ) -> str | None: ...
     def store(self, mailfrom: str, data: bytes) -> None: ...
 

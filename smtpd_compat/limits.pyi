@@ -8,6 +8,7 @@ from smtpd_compat.session import SessionStateMixin
 from smtpd_compat.__main__ import CLI
 from smtpd_compat._compose import CapabilityServerMixin, _Unset
 from smtpd_compat.logging_ import SessionLogServerMixin
+from smtpd_compat.production import hardening_requested as hardening_requested
 
 __all__ = [
     "LimitsChannelMixin",
@@ -84,5 +85,5 @@ class LimitedServer(SessionLogServerMixin, LimitsServerMixin, _smtpd.SMTPServer)
 # (getopt long option name, metavar, help line) for python -m smtpd_compat.
 CLI_OPTIONS: tuple[tuple[str, str, str], ...]
 
-def hardening_requested(given: dict[str, str]) -> bool: ...
+def _configure_logging(cli: CLI, level: str) -> None: ...
 def cli_configure(cli: CLI) -> None: ...

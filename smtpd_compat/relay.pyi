@@ -6,19 +6,22 @@ from typing import Any
 import smtpd_compat as _smtpd
 from smtpd_compat.__main__ import CLI
 from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.delivery import Session, TraceChannelMixin
 from smtpd_compat.message import MessageChannelMixin
 
-__all__ = ["RelayChannel", "RelayServer", "UPSTREAM_UNAVAILABLE", "CANNOT_FORWARD_ADDRESS"]
+__all__ = ["RelayChannel", "RelayServer", "UPSTREAM_UNAVAILABLE", "CANNOT_FORWARD_ADDRESS", "crlf_only"]
 
 log: logging.Logger
 UPSTREAM_UNAVAILABLE: str
 CANNOT_FORWARD_ADDRESS: str
 
 def _reply(code: int, msg: object) -> str: ...
-def _smtp_bytes(data: bytes | str) -> bytes: ...
+# ``data`` (str sent as UTF-8) with every line end (CRLF, bare CR, bare
+# LF) written as CRLF.
+def crlf_only(data: bytes | str) -> bytes: ...
 def _upstream_error(exc: BaseException) -> str: ...
 
-class RelayChannel(MessageChannelMixin, _smtpd.SMTPChannel):
+class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
     _upstream: smtplib.SMTP | None
     def _forwarded(self, options: list[str]) -> list[str]: ...
     def _close_upstream(self) -> None: ...
@@ -31,6 +34,8 @@ class RelayChannel(MessageChannelMixin, _smtpd.SMTPChannel):
 
 class RelayServer(CapabilityServerMixin, _smtpd.SMTPServer):
     relay_timeout: float
+    # Put a Received: line in front of each relayed message.
+    add_trace_headers: bool
     def __init__(
         self,
         localaddr: _smtpd._Address,
@@ -48,6 +53,7 @@ class RelayServer(CapabilityServerMixin, _smtpd.SMTPServer):
         rcpttos: list[str],
         data: bytes | str,
         upstream: smtplib.SMTP | None = None,
+        session: Session | None = None,
         **kwargs: Any,
     ) -> str | None: ...
 

@@ -168,3 +168,41 @@ def test_installed_smtpd_is_typed(mypy_cache, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'import-untyped' not in result.stdout
     assert 'str | None' in result.stdout    # the return type: not Any
+
+
+def _stub_definitions(path):
+    """(class name or None, name) of every function and class a stub file
+    defines at module level or in a class body (stubtest skips private
+    names that are missing at run time; these are hooks that mixins and
+    subclasses call, so they must exist)."""
+    import ast
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            found.append((None, node.name))
+        elif isinstance(node, ast.ClassDef):
+            bases = {getattr(b, 'id', None) or getattr(b, 'attr', None)
+                     for b in node.bases}
+            if 'Protocol' in bases:
+                continue        # a type only the stubs have
+            found.append((None, node.name))
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef):
+                    found.append((node.name, item.name))
+    return found
+
+
+@pytest.mark.parametrize('stub', sorted(
+    p.name for p in (ROOT / 'smtpd_compat').glob('*.pyi')))
+def test_every_stub_definition_exists(stub):
+    import importlib
+    name = 'smtpd_compat' if stub == '__init__.pyi' else \
+        'smtpd_compat.' + stub[:-len('.pyi')]
+    module = importlib.import_module(name)
+    missing = []
+    for cls, attr in _stub_definitions(ROOT / 'smtpd_compat' / stub):
+        owner = module if cls is None else getattr(module, cls, None)
+        if owner is None or not hasattr(owner, attr):
+            missing.append(attr if cls is None else '%s.%s' % (cls, attr))
+    assert missing == [], 'in %s but not in %s' % (stub, name)

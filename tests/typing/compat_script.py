@@ -11,6 +11,7 @@ import smtpd_compat
 from smtpd_compat import loop
 from smtpd_compat.auth import FileAuthenticator, SubmissionServer
 from smtpd_compat.controller import CapturedMessage, Controller
+from smtpd_compat.delivery import MaildirServer, Session
 from smtpd_compat.extensions import ESMTPServer, parse_bdat
 from smtpd_compat.limits import LimitedServer, LimitsServerMixin
 from smtpd_compat.lmtp import LMTPServer
@@ -18,6 +19,7 @@ from smtpd_compat.proxy_protocol import parse_proxy_header
 from smtpd_compat.session import SessionStateMixin
 from smtpd_compat.shutdown import serve_gracefully
 from smtpd_compat.tls import TLSServer, server_context
+from smtpd_compat.web import WebInboxServer
 
 
 class Sink(smtpd_compat.SMTPServer):
@@ -49,6 +51,18 @@ class Mailboxes(LMTPServer):
             data: Union[bytes, str], **kwargs: Any) -> Dict[str, Optional[str]]:
         return {r: None if r.endswith('@example.com') else '550 No such user'
                 for r in rcpttos}
+
+
+class Archive(MaildirServer):
+    # Only mail from authenticated sessions is kept (RFC 3848: ...A).
+    def process_message(self, peer: Tuple[str, int], mailfrom: str,
+                        rcpttos: List[str], data: Union[bytes, str],
+                        session: Optional[Session] = None,
+                        **kwargs: Any) -> Optional[str]:
+        if session is None or not session.protocol.endswith('A'):
+            return '550 5.7.1 Authenticate first'
+        return super().process_message(peer, mailfrom, rcpttos, data,
+                                       session=session, **kwargs)
 
 
 class Submission(SubmissionServer):
@@ -88,7 +102,11 @@ def main(argv: List[str]) -> None:
                    authenticator=FileAuthenticator('/etc/smtpd/users')),
         ESMTPServer(('127.0.0.1', 0), ('localhost', 25),
                     esmtp_extensions='CHUNKING,DSN'),
+        Archive(('127.0.0.1', 0), ('localhost', 25), maildir='/tmp/Maildir'),
     ]
+    inbox = WebInboxServer(('127.0.0.1', 0), ('localhost', 25), web=0)
+    print(inbox.web_url, len(inbox.inbox))
+    servers.append(inbox)
     print(parse_bdat('100 LAST'), parse_proxy_header(b'PROXY UNKNOWN\r\n'))
     handle = loop.call_later(1.0, print, 'tick')
     handle.cancel()
