@@ -171,16 +171,21 @@ def test_installed_smtpd_is_typed(mypy_cache, tmp_path):
 
 
 def _stub_definitions(path):
-    """(class name or None, name) of every function and class a stub file
-    defines at module level or in a class body (stubtest skips private
-    names that are missing at run time; these are hooks that mixins and
-    subclasses call, so they must exist)."""
+    """(class name or None, name) of every function, class and module
+    variable a stub file defines, and of the methods in its classes
+    (stubtest skips private names that are missing at run time; these are
+    hooks that mixins and subclasses call, so they must exist).  Type
+    aliases and protocols exist only in the stubs."""
     import ast
     tree = ast.parse(path.read_text())
     found = []
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
             found.append((None, node.name))
+        elif (isinstance(node, ast.AnnAssign)
+              and isinstance(node.target, ast.Name)
+              and getattr(node.annotation, 'id', None) != 'TypeAlias'):
+            found.append((None, node.target.id))
         elif isinstance(node, ast.ClassDef):
             bases = {getattr(b, 'id', None) or getattr(b, 'attr', None)
                      for b in node.bases}
