@@ -42,7 +42,13 @@ WORKLOADS = {
     'EHLO': ('first EHLO reply latency (median)', 'ms', False),
     'smtplib': ('one smtplib client, 1 KB messages', 'msg/s', True),
     'W5': ('idle connections held; fresh transaction (median)', 'ms', False),
+    'S50': ('20 sessions, handler sleeping 50 ms per message', 'msg/s', True),
 }
+# Run only when named with --workloads (see README: handlers that block).
+OPT_IN_WORKLOADS = ('S50',)
+# What the handler of every server does per message in these workloads
+# (peers' --sleep option); smtp-sink cannot, so it sits them out.
+SLEEP = {'S50': 0.05}
 
 
 class Server:
@@ -53,13 +59,13 @@ class Server:
         self.argv = argv
         self.note = note
 
-    def start(self, tmpdir):
+    def start(self, tmpdir, extra=()):
         portfile = os.path.join(tmpdir, self.name + '.port')
         if os.path.exists(portfile):
             os.unlink(portfile)
         if self.argv[0] == 'smtp-sink':
             return self._start_sink()
-        proc = subprocess.Popen(self.argv + [portfile],
+        proc = subprocess.Popen(self.argv + list(extra) + [portfile],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 15
         while not os.path.exists(portfile):
@@ -116,6 +122,9 @@ def find_servers(args):
     here = os.path.join(HERE, 'peers')
     servers, notes = [], []
     servers.append(Server('ours', [args.python, os.path.join(here, 'sink.py'), 'ours']))
+    servers.append(Server('ours-threads', [args.python, os.path.join(here, 'sink.py'), 'ours',
+                                           '--threads', str(args.threads)],
+                          note='--threads %d' % args.threads))
     stdlib_py = shutil.which(args.stdlib_python) if args.stdlib_python else None
     if stdlib_py and subprocess.call(
             [stdlib_py, '-W', 'ignore', '-c', 'import smtpd'],
@@ -166,6 +175,9 @@ def run_one(workload, server, proc, port, args):
         value = loadgen.smtplib_run(port, n(1500), time_limit=tl)
     elif workload == 'W5':
         return run_idle(server, proc, port, args)
+    elif workload == 'S50':
+        done, t = source(port, 20, n(2000), 1024, persistent=True, time_limit=tl)
+        value = done / t
     rss = proc_status(proc.pid, 'VmHWM')
     alive = proc.poll() is None
     return {'value': value, 'rss': rss, 'ok': alive}
@@ -227,12 +239,22 @@ def ratio(table, w, a, b):
     return ra['value'] / rb['value'] if higher else rb['value'] / ra['value']
 
 
+def ratio_pairs(servers):
+    """The (a, b) pairs shown as "a / b" ratio columns."""
+    pairs = [('ours', 'stdlib'), ('ours', 'aiosmtpd')]
+    if 'ours-threads' in [s.name for s in servers]:
+        pairs += [('ours-threads', 'ours'), ('ours-threads', 'aiosmtpd')]
+    return pairs
+
+
 def markdown(table, servers, workloads, meta):
     names = [s.name for s in servers]
+    pairs = ratio_pairs(servers)
     lines = ['# smtpd_compat benchmark', '', meta, '',
              '| workload | unit | ' + ' | '.join(names)
-             + ' | ours / stdlib | ours / aiosmtpd | peak RSS MiB (' + ', '.join(names) + ') |',
-             '|' + '---|' * (len(names) + 5)]
+             + ''.join(' | %s / %s' % p for p in pairs)
+             + ' | peak RSS MiB (' + ', '.join(names) + ') |',
+             '|' + '---|' * (len(names) + len(pairs) + 3)]
     for w in workloads:
         title, unit, _ = WORKLOADS[w]
         cells = []
@@ -248,9 +270,9 @@ def markdown(table, servers, workloads, meta):
             else:
                 cells.append(fmt(row['value']) + ('' if row['ok'] else ' (died)'))
         rs = []
-        for other in ('stdlib', 'aiosmtpd'):
-            r = ratio(table, w, 'ours', other)
-            if w == 'W5' and r is None and table[w].get('ours', {}).get('ok') \
+        for mine, other in pairs:
+            r = ratio(table, w, mine, other)
+            if w == 'W5' and r is None and table[w].get(mine, {}).get('ok') \
                     and other in table[w]:
                 rs.append('∞ (it failed)' if not table[w][other]['ok'] else '—')
             else:
@@ -303,9 +325,12 @@ def main(argv=None):
     p.add_argument('--time-limit', type=float, default=6.0,
                    help='seconds allowed per workload run')
     p.add_argument('--idle', type=int, default=10000, help='W5 connections')
-    p.add_argument('--workloads', default=','.join(WORKLOADS))
+    p.add_argument('--workloads',
+                   default=','.join(w for w in WORKLOADS if w not in OPT_IN_WORKLOADS))
     p.add_argument('--servers', default='ours,stdlib,aiosmtpd,smtp-sink')
     p.add_argument('--python', default=sys.executable, help='interpreter for ours')
+    p.add_argument('--threads', type=int, default=8,
+                   help='worker threads of the ours-threads server (default 8)')
     p.add_argument('--stdlib-python', default='python3.11')
     p.add_argument('--aiosmtpd-python',
                    default=os.environ.get('SMTPD_COMPAT_AIOSMTPD_PYTHON',
@@ -337,7 +362,12 @@ def main(argv=None):
                 for srv in servers:
                     if w == 'W5' and srv.name == 'smtp-sink':
                         continue    # smtp-sink closes idle sessions itself
-                    proc, port = srv.start(tmpdir)
+                    extra = ()
+                    if w in SLEEP:
+                        if srv.name == 'smtp-sink':
+                            continue    # it has no handler that could sleep
+                        extra = ('--sleep', str(SLEEP[w]))
+                    proc, port = srv.start(tmpdir, extra)
                     try:
                         r = run_one(w, srv, proc, port, args)
                     except Exception as e:   # a peer that falls over is a result

@@ -60,6 +60,7 @@ import codecs
 import collections
 import errno
 import getopt
+import logging
 import os
 import re
 import socket
@@ -92,6 +93,21 @@ _TCP_NODELAY = getattr(socket, 'TCP_NODELAY', None)
 
 # How many connections one wake-up of the listening socket may accept.
 _ACCEPTS_PER_WAKEUP = 64
+
+# Bytes read at a time while commands are expected (see handle_read).
+_COMMAND_READ_SIZE = 4096
+
+# Flow control: a channel stops reading while more than this many bytes of
+# replies wait to be sent (see SMTPChannel.readable).
+_OUTPUT_HIGH_WATER = 65536
+
+# accept() errors that mean "out of descriptors or memory for now": the
+# listening socket pauses for _ACCEPT_PAUSE seconds instead of dying
+# (deviation (h)).
+_ACCEPT_RESOURCE_ERRORS = frozenset(
+    getattr(errno, name) for name in ('EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM')
+    if hasattr(errno, name))
+_ACCEPT_PAUSE = 0.25
 
 
 class Devnull:
@@ -200,6 +216,11 @@ class SMTPChannel(asynchat.async_chat):
     command_size_limit = 512
     # True while no byte of DATA content has arrived (see _handle_input).
     _data_start = False
+    # Hook for capabilities that wait for work done off the loop thread
+    # (smtpd_compat.threads): while True, _handle_input splits no further
+    # lines and keeps the rest in ac_in_buffer; _handle_input(b'') resumes.
+    # Never set by this module, so the stdlib's behaviour is unchanged.
+    _input_paused = False
 
     # Deviations (b) and (c), as subclasses see them.  Where the stdlib
     # raised for client input, the core raises the same exception from the
@@ -366,6 +387,85 @@ class SMTPChannel(asynchat.async_chat):
             data = (escaped + '\r\n').encode(encoding)
         asynchat.async_chat.push(self, data)
 
+    # Flow control (invisible on the wire: the same bytes, in the same
+    # order).  The stdlib read on however many replies a client left
+    # unread, so 18 MB of pipelined HELP that is never read grew the
+    # server by hundreds of MiB.  Here a channel stops reading while more
+    # than _OUTPUT_HIGH_WATER bytes of replies are queued; the client's
+    # further input waits in the kernel (TCP then slows the client down).
+    # One read can still queue the replies to everything it holds: with
+    # commands read 4 KiB at a time (handle_read), ~100 KB at most.
+    _reading_paused = False
+
+    def readable(self):
+        fifo = self.producer_fifo
+        if len(fifo) > 1 and self.connected:
+            try:
+                queued = sum(map(len, fifo))
+            except TypeError:
+                # A producer or close_when_done's None: not plain replies.
+                queued = 0
+            if queued > _OUTPUT_HIGH_WATER:
+                self._reading_paused = True
+                return False
+        return asynchat.async_chat.readable(self)
+
+    # Capability channels (smtpd_compat.session) send the replies to one
+    # read together, several queued replies per send(); the compat channel
+    # sends each reply as it is pushed, as the stdlib did (code that
+    # inspects each send(), such as CPython's own tests, sees the same
+    # calls).
+    _batch_replies = False
+    # True while handle_read processes a read: initiate_send waits.
+    _batching = False
+
+    def initiate_send(self):
+        if self._batching:
+            return      # handle_read sends once the read is processed
+        fifo = self.producer_fifo
+        if self._batch_replies and len(fifo) > 1 and \
+                type(fifo[0]) is bytes and type(fifo[1]) is bytes:
+            # Several queued replies go out in one send(): asynchat sends
+            # one queued item per call.
+            limit = self.ac_out_buffer_size
+            parts = [fifo.popleft()]
+            size = len(parts[0])
+            while fifo and type(fifo[0]) is bytes and \
+                    size + len(fifo[0]) <= limit:
+                item = fifo.popleft()
+                parts.append(item)
+                size += len(item)
+            fifo.appendleft(b''.join(parts))
+        asynchat.async_chat.initiate_send(self)
+
+    def _send_queued(self):
+        """Send what is queued, as far as the socket takes it; the rest
+        goes out from handle_write."""
+        fifo = self.producer_fifo
+        while fifo and self.connected:
+            count = len(fifo)
+            self.initiate_send()
+            if len(fifo) >= count:
+                return      # a partial send (or none): wait for writable
+
+    def close(self):
+        if self._batching and self.producer_fifo and self.connected:
+            # Closed while a read is processed: send the replies queued so
+            # far first, as the stdlib (which sent each one at once) did.
+            self._batching = False
+            self._send_queued()
+        asynchat.async_chat.close(self)
+
+    def handle_write(self):
+        asynchat.async_chat.handle_write(self)
+        if self._reading_paused and self.readable():
+            # Reading resumes.  Input may already be waiting where no
+            # socket event announces it (plaintext a TLS layer decrypted
+            # before the pause): read once now; on a plain socket with
+            # nothing there this costs one EAGAIN.
+            self._reading_paused = False
+            self.handle_read()
+
     def _answer_escaped(self, err):
         """Give the answer noted for ``err`` (see _on_escape) and return
         True; False when ``err`` is not an exception the core raised for
@@ -410,8 +510,19 @@ class SMTPChannel(asynchat.async_chat):
         # placeholder.  Code that replaces it (discard_buffers(), or STARTTLS
         # throwing away pipelined plaintext) makes the loop go on with the
         # new buffer instead.
+        size = self.ac_in_buffer_size
+        term = self.terminator
+        if self.smtp_state == self.COMMAND or (
+                isinstance(term, int) and term < _COMMAND_READ_SIZE):
+            # Fairness (invisible on the wire): pipelined commands are read
+            # a few KiB at a time, so that one client's burst of thousands
+            # of small commands (or one-byte BDAT chunks) is handled over
+            # several turns of the event loop while the others are served
+            # in between; the rest waits in the kernel, which reports it
+            # again.  Message content is read in full-size pieces.
+            size = min(size, _COMMAND_READ_SIZE)
         try:
-            data = self.recv(self.ac_in_buffer_size)
+            data = self.recv(size)
         except BlockingIOError:
             return
         except OSError:
@@ -419,7 +530,20 @@ class SMTPChannel(asynchat.async_chat):
             return
         if isinstance(data, str) and self.use_encoding:
             data = bytes(data, self.encoding)
-        self._handle_input(data)
+        if not self._batch_replies:
+            self._handle_input(data)
+            return
+        # Speed fix (same bytes on the wire): the replies to everything in
+        # this read are queued and sent together afterwards, not with one
+        # send() each (60,000 pipelined one-byte BDAT chunks spent most of
+        # their time in send()).
+        self._batching = True
+        try:
+            self._handle_input(data)
+        finally:
+            self._batching = False
+            if self.producer_fifo:
+                self._send_queued()
 
     def _handle_input(self, data):
         """Split received bytes at the terminators and hand them to
@@ -435,7 +559,7 @@ class SMTPChannel(asynchat.async_chat):
         calling = False
         dispatching, self._in_dispatch = self._in_dispatch, True
         try:
-            while pos < end:
+            while pos < end and not self._input_paused:
                 terminator = self.get_terminator()
                 if not terminator:
                     # No terminator: everything is content.
@@ -521,6 +645,13 @@ class SMTPChannel(asynchat.async_chat):
             return
         elif limit:
             self.num_bytes += len(data)
+            if self.num_bytes > limit and self.smtp_state == self.DATA:
+                # The message is over the limit, so the answer will be 552
+                # whatever follows: keep none of it (the stdlib kept up to
+                # the limit, and joined it at the end, only to throw it
+                # away).
+                self.received_lines = []
+                return
         if self._decode_data:
             if self._utf8_pending or self._bad_utf8:
                 self._decode_incrementally(data)
@@ -539,8 +670,24 @@ class SMTPChannel(asynchat.async_chat):
                     err, lambda: self._decode_incrementally(data))
                 raise
             self.received_lines.append(text)
+        elif self.smtp_state == self.DATA:
+            # Speed fix: message content is unstuffed as it arrives, while
+            # the client is still sending, instead of all at once after the
+            # final dot (see _unstuff_piece).
+            self.received_lines.append(self._unstuff_piece(data))
         else:
             self.received_lines.append(data)
+
+    def _unstuff_piece(self, data):
+        """_unstuff for one piece of DATA content (bytes).  The same result
+        as unstuffing the whole message: the reader never ends a piece with
+        a possible start of the terminator (CR, CRLF, CRLF dot), so no
+        CRLF and no CRLF-dot is split between two pieces."""
+        if not self.received_lines and data[:1] == b'.':
+            data = data[1:]     # the first line's dot
+        if b'.' in data:
+            data = data.replace(b'\r\n.', b'\r\n')
+        return data.replace(b'\r\n', b'\n')
 
     def _decode_incrementally(self, data):
         """Deviation (c): decode ``data`` as the continuation of the chunks
@@ -623,7 +770,9 @@ class SMTPChannel(asynchat.async_chat):
                 self.push('554 Error: message data is not valid UTF-8')
                 self._set_post_data_state()
                 return
-            self._process_data(self._unstuff(line))
+            if self._decode_data:
+                line = self._unstuff(line)
+            self._process_data(line)
 
     def _process_data(self, data):
         """Hand a complete message (already unstuffed) to
@@ -631,11 +780,18 @@ class SMTPChannel(asynchat.async_chat):
         self.received_data = data
         # Kept for the reply: _set_post_data_state() empties rcpttos.
         rcpttos = self.rcpttos
-        args = (self.peer, self.mailfrom, rcpttos, self.received_data)
-        status = self.smtp_server.process_message(*args,
-                                                  **self._message_kwargs())
+        status = self._call_process_message(
+            self.peer, self.mailfrom, rcpttos, self.received_data)
         self._set_post_data_state()
         self._reply_to_message(status, rcpttos)
+
+    def _call_process_message(self, peer, mailfrom, rcpttos, data):
+        """Call the server's process_message with the keywords of
+        _message_kwargs() and return its result.  (Capability channels
+        wrap this to turn an exception into a 451 reply; here, as in the
+        stdlib, it propagates.)"""
+        return self.smtp_server.process_message(
+            peer, mailfrom, rcpttos, data, **self._message_kwargs())
 
     def _reply_to_message(self, status, rcpttos):
         """Answer the end of DATA with process_message's result ``status``
@@ -992,10 +1148,52 @@ class SMTPServer(asyncore.dispatcher):
         # queued (up to a bound, so other sockets still get served) keeps a
         # burst of connections from waiting one loop turn each.
         for _ in range(_ACCEPTS_PER_WAKEUP):
-            pair = self.accept()
+            try:
+                pair = self.accept()
+            except OSError as e:
+                if e.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise
+                self._pause_accepting(e)
+                return
             if pair is None:
                 return
             self.handle_accepted(*pair)
+
+    # Deviation (h): when accept() fails for want of descriptors (EMFILE,
+    # ENFILE) or kernel memory (ENOBUFS, ENOMEM), asyncore's handle_error
+    # closed the *listening* socket and the stdlib served nobody ever
+    # again.  Here the server stops accepting for _ACCEPT_PAUSE seconds
+    # (the pending connections wait in the listen backlog) and then tries
+    # again; every other accept() error is still the stdlib's.
+    _accept_resume = 0.0
+
+    def readable(self):
+        if self._accept_resume:
+            if time.monotonic() < self._accept_resume:
+                return False
+            self._accept_resume = 0.0
+        return asyncore.dispatcher.readable(self)
+
+    def _pause_accepting(self, error):
+        now = time.monotonic()
+        self._accept_resume = now + _ACCEPT_PAUSE
+        if now >= getattr(self, '_accept_error_logged', -1e9) + 10.0:
+            # At most one line per 10 s: a flood must not flood the log.
+            self._accept_error_logged = now
+            logging.getLogger('smtpd_compat').warning(
+                'accept() failed on %s: %s; not accepting for %.2f s',
+                self._localaddr, error, _ACCEPT_PAUSE)
+        # smtpd_compat.loop asks readable() only after a handler or timer
+        # of this dispatcher ran: a timer bound to it does.  (Looked up,
+        # not imported: this module never imports its capabilities; under
+        # asyncore.loop readable() is asked on every pass anyway.)
+        event_loop = sys.modules.get('smtpd_compat.loop')
+        if event_loop is not None:
+            event_loop.call_later(_ACCEPT_PAUSE, self._resume_accepting,
+                                  map=self._map)
+
+    def _resume_accepting(self):
+        self._accept_resume = 0.0
 
     def handle_accepted(self, conn, addr):
         if _debugging():
@@ -1103,15 +1301,23 @@ class PureProxy(SMTPServer):
         except smtplib.SMTPRecipientsRefused as e:
             print('got SMTPRecipientsRefused', file=DEBUGSTREAM)
             refused = e.recipients
-        except (OSError, smtplib.SMTPException) as e:
+        except (OSError, smtplib.SMTPException, UnicodeError) as e:
             print('got', e.__class__, file=DEBUGSTREAM)
             # Every recipient counts as refused; keep the upstream code when
             # there is one, -1 (no reply) otherwise.
             errcode = getattr(e, 'smtp_code', -1)
             errmsg = getattr(e, 'smtp_error', 'ignore')
+            if isinstance(e, UnicodeError):
+                # Deviation (e): smtplib sends commands in ASCII, so a
+                # non-ASCII address cannot go upstream (the stdlib's channel
+                # crashed on this).  Retrying will not help: a 5xx.
+                errcode, errmsg = 553, _NON_ASCII_RELAY
             for r in rcpttos:
                 refused[r] = (errcode, errmsg)
         return refused
+
+
+_NON_ASCII_RELAY = 'Error: cannot relay a non-ASCII address'
 
 
 def _refusal_reply(refused):

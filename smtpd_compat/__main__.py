@@ -53,6 +53,7 @@ _CAPABILITIES = (
     ('delivery', 'Delivery'),
     ('relay', 'Relay'),
     ('lmtp', 'LMTP'),
+    ('threads', 'Worker threads'),
     ('extensions', 'ESMTP extensions'),
     ('controller', 'Controller'),
     ('web', 'Web inbox'),

@@ -36,6 +36,7 @@ from typing import Callable, Tuple
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.session import LAYERS
+from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.tls import TLSServerMixin
 
 __all__ = [
@@ -222,7 +223,7 @@ class FileAuthenticator:
 
 # -- the channel ---------------------------------------------------------
 
-class AuthChannelMixin:
+class AuthChannelMixin(OffloadChannelMixin):
     """Channel mixin: the AUTH verb, MAIL's AUTH= parameter and the
     auth_required gate.  Reads its configuration from the server
     (``authenticator``, ``auth_mechanisms``, ``auth_required``,
@@ -389,18 +390,27 @@ class AuthChannelMixin:
         self.push(reply)
 
     def _auth_check(self, mechanism, login, password):
+        if login is None:
+            self._auth_verdict(mechanism, login, True, False)
+            return
+        # The check may take long (a deliberately slow hash, or a user's
+        # authenticator asking a database): it runs in the server's worker
+        # threads while this session reads nothing more (smtpd_compat.threads).
+        self.offload(self.smtp_server.authenticator,
+                     (mechanism, login, password, self),
+                     lambda done, ok: self._auth_verdict(mechanism, login, done, ok))
+
+    def _auth_verdict(self, mechanism, login, done, ok):
+        """The authenticator's answer ``ok`` (``done`` False: it raised
+        ``ok``)."""
         server = self.smtp_server
-        ok = False
-        if login is not None:
-            try:
-                ok = server.authenticator(mechanism, login, password, self)
-            except Exception:
-                # A bug in the authenticator, not the client's fault.  The
-                # traceback goes to the log; the password is not in it
-                # unless the authenticator puts it in its own message.
-                logger.exception('authenticator failed for %r', self.peer)
-                self.push('454 4.7.0 Temporary authentication failure')
-                return
+        if not done:
+            # A bug in the authenticator, not the client's fault.  The
+            # traceback goes to the log; the password is not in it
+            # unless the authenticator puts it in its own message.
+            logger.error('authenticator failed for %r', self.peer, exc_info=ok)
+            self.push('454 4.7.0 Temporary authentication failure')
+            return
         if ok:
             self.auth_user = login
             logger.info('%r authenticated as %r (%s)', self.peer, login, mechanism)
@@ -460,7 +470,8 @@ class AuthServerMixin(CapabilityServerMixin):
 
     authenticator
         ``callable(mechanism, login, password, channel) -> bool``; required.
-        It runs in the event loop, so it should be quick.
+        It runs in the server's worker threads (:mod:`smtpd_compat.threads`),
+        so it may be slow, but must be thread-safe and only read ``channel``.
     auth_required
         MAIL answers ``530 5.7.0 Authentication required`` until the client
         has authenticated (a submission server, RFC 6409).

@@ -10,8 +10,11 @@ lock (plus, optionally, a ``FILE.lock`` dot-lock), fsyncs it, and on any
 error cuts the file back to its old length.
 
 On any write error the client gets ``451 4.3.0`` (try again later) and no
-partial message is left where a mail reader would see it.  Delivery is
-synchronous: the event loop waits for the disk (and, for mbox, the lock).
+partial message is left where a mail reader would see it.  Delivery runs
+in the server's worker threads (:mod:`smtpd_compat.threads`): the session
+waits for the disk (and, for mbox, the lock) to answer, the event loop and
+the other sessions do not.  So ``process_message`` and ``store`` (and a
+subclass's overrides of them) must be thread-safe.
 
 Both add the trace headers a delivering server owes the message (RFC 5321
 section 4.4): ``Return-Path:`` with the envelope sender and a ``Received:``
@@ -35,8 +38,8 @@ import time
 from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.session import LAYERS
+from smtpd_compat.threads import OffloadServerMixin
 
 try:
     import fcntl
@@ -230,9 +233,10 @@ def trace_headers(mailfrom: Optional[str], rcpttos: Sequence[str],
 # ---------------------------------------------------------------------------
 # The servers
 
-class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
+class _StoringServer(OffloadServerMixin, _smtpd.SMTPServer):
     """process_message = trace headers + store(); any OSError becomes
-    STORE_FAILED."""
+    STORE_FAILED.  process_message runs in the server's worker threads
+    (OffloadServerMixin): fsync and lock waits must not stop the loop."""
 
     channel_mixin = TraceChannelMixin
 

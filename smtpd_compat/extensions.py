@@ -161,6 +161,21 @@ def enhance_reply(line: str, verb: Optional[str] = None) -> str:
 # ---------------------------------------------------------------------------
 # Channel side
 
+# How much longer DSN parameters may make MAIL and RCPT lines (see
+# extra_ehlo_keywords): RFC 3461's 100 and 500 characters of ENVID and
+# ORCPT values, plus " ENVID=" and " RET=HDRS", " ORCPT=" and
+# " NOTIFY=SUCCESS,FAILURE,DELAY".
+_DSN_MAIL_EXTRA = 100 + len(' ENVID=') + len(' RET=HDRS')
+_DSN_RCPT_EXTRA = 500 + len(' ORCPT=') + len(' NOTIFY=SUCCESS,FAILURE,DELAY')
+
+# The reply to a BDAT whose size cannot be parsed.  The chunk's length is
+# unknown, so its bytes cannot be skipped; read as commands they could
+# carry a whole smuggled transaction.  The stream is out of step: answer
+# and close (RFC 5321 section 3.8: 421 before closing).
+_BDAT_OUT_OF_STEP = ('421 4.5.0 %s Error: BDAT needs a chunk size, '
+                     'closing connection')
+
+
 class ExtensionsChannelMixin(MessageChannelMixin):
     """Channel half of the extensions; reads the enabled set from
     ``self.smtp_server.esmtp_extensions``.
@@ -171,7 +186,10 @@ class ExtensionsChannelMixin(MessageChannelMixin):
     total checked against data_size_limit before a chunk is read, so memory
     stays bounded).  A refused BDAT still has its chunk read and thrown
     away: the client sent those bytes and they must not be taken as
-    commands (RFC 3030 section 2)."""
+    commands (RFC 3030 section 2); a BDAT whose size cannot be parsed
+    closes the connection, since its chunk cannot be skipped.  The cost
+    of a chunk does not depend on how many came before it (the received
+    count is kept, not recomputed), so n chunks cost O(n)."""
 
     layer = LAYERS['extensions']
     capability_name = 'Extensions'
@@ -183,6 +201,14 @@ class ExtensionsChannelMixin(MessageChannelMixin):
 
     def extra_ehlo_keywords(self):
         keywords = super().extra_ehlo_keywords()
+        if self._enabled('DSN'):
+            # RFC 3461 section 4: the DSN parameters lengthen MAIL by up to
+            # 100 characters (ENVID) and RCPT by up to 500 (ORCPT), plus
+            # their names and RET/NOTIFY.  Called once per successful EHLO,
+            # as the core grows MAIL's limit for SIZE.
+            limits = self.command_size_limits
+            limits['MAIL'] += _DSN_MAIL_EXTRA
+            limits['RCPT'] += _DSN_RCPT_EXTRA
         return keywords + [name for name in EXTENSIONS if self._enabled(name)]
 
     def receiving_message(self):
@@ -207,6 +233,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
     def _set_post_data_state(self):
         super()._set_post_data_state()
         self._chunks = []
+        self._chunk_received = 0
         self._bdat_size = 0
         self._bdat_refusal = None
         self._bdat_last = False
@@ -234,6 +261,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             super().collect_incoming_data(data)
         elif self._bdat_refusal is None:
             self._chunks.append(data)
+            self._chunk_received += len(data)
 
     # DSN (RFC 3461)
 
@@ -298,9 +326,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
         try:
             size, last = parse_bdat(arg)
         except ValueError:
-            # Without a size the chunk cannot be skipped; nothing better
-            # than a syntax error is possible.
-            self.push('501 Syntax: BDAT chunk-size [LAST]')
+            self._close_out_of_step()
             return
         refusal = None
         if not self.seen_greeting:
@@ -314,6 +340,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             refusal = '552 Error: Too much mail data'
         self._bdat_refusal = refusal
         self._bdat_last = last
+        self._chunk_received = 0
         if size == 0:
             # An int terminator of 0 would mean "no terminator" to the
             # reader: end the (empty) chunk right away.
@@ -321,6 +348,11 @@ class ExtensionsChannelMixin(MessageChannelMixin):
         else:
             self.smtp_state = self.BDAT
             self.set_terminator(size)
+
+    def _close_out_of_step(self):
+        # hang_up (the shared session state) drops the rest of the input
+        # already read and reads nothing more.
+        self.hang_up(_BDAT_OUT_OF_STEP % self.fqdn, 'BDAT out of step')
 
     def _end_chunk(self):
         self.smtp_state = self.COMMAND
@@ -334,7 +366,8 @@ class ExtensionsChannelMixin(MessageChannelMixin):
                 self._set_post_data_state()
             self.push(refusal)
             return
-        chunk_size = sum(map(len, self._chunks)) - self._bdat_size
+        chunk_size = self._chunk_received
+        self._chunk_received = 0
         self._bdat_size += chunk_size
         self._bdat_started = True
         if not self._bdat_last:

@@ -16,13 +16,22 @@ keyword                      default   on breach
 ``max_recipients``           1000      ``452 4.5.3`` (RFC 5321 §4.5.3.1.10)
 ``max_errors``               20        ``421 4.7.0`` and close
 ``max_line_length``          512       the stdlib's ``500 Error: line too long``
+``max_junk_commands``        100       ``421 4.7.0`` and close
+``data_size_limit``          10240000  ``552`` (advertised with SIZE, RFC 1870)
 ===========================  ========  =========================================
+
+Junk commands are NOOP, RSET, VRFY, EXPN, HELP and ETRN; the count (like
+the error count) starts again after each delivered message.
+``data_size_limit`` is the stdlib's own argument: given as None (or left
+out), the production default applies; 0 means no limit.  It bounds DATA
+and BDAT alike, and a message over it is not kept in memory.
 
 ``None`` switches a limit off.  The defaults are Postfix's (smtpd_timeout,
 smtpd_min_data_rate, smtpd_client_connection_count_limit,
-smtpd_recipient_limit, smtpd_hard_error_limit) where it has one.  The
-compat classes themselves (SMTPServer, DebuggingServer, ...) are unchanged:
-only a server that includes this mixin has limits.
+smtpd_recipient_limit, smtpd_hard_error_limit, smtpd_junk_command_limit,
+message_size_limit) where it has one.  The compat classes themselves
+(SMTPServer, DebuggingServer, ...) are unchanged: only a server that
+includes this mixin has limits.
 
 How the deadlines work (states of one connection):
 
@@ -72,7 +81,19 @@ PRODUCTION_DEFAULTS = {
     'max_recipients': 1000,
     'max_errors': 20,
     'max_line_length': 512,
+    'max_junk_commands': 100,
+    'data_size_limit': 10240000,
 }
+
+# Commands that move no mail: more than max_junk_commands of them without
+# a delivered message and the client is hung up on (Postfix's
+# smtpd_junk_command_limit counts NOOP, VRFY, ETRN and RSET).
+_JUNK_VERBS = frozenset(('NOOP', 'RSET', 'VRFY', 'EXPN', 'HELP', 'ETRN'))
+
+# Descriptors kept free for everything that is not a client connection
+# (listening sockets, log files, deliveries, an upstream connection) when
+# the command line fits max_connections to the descriptor limit.
+_FD_RESERVE = 64
 
 _NUMBERS = ('idle_timeout', 'data_timeout', 'min_data_rate')
 
@@ -90,6 +111,7 @@ class LimitsChannelMixin:
 
     def __init__(self, server, conn, addr, *args, **kwargs):
         self._limits_errors = 0
+        self._limits_junk = 0
         self._limits_in_process = False
         # Counted before the greeting can run, released by close().
         server._limits_channels.add(self)
@@ -149,6 +171,15 @@ class LimitsChannelMixin:
         super().collect_incoming_data(data)
 
     def found_terminator(self):
+        limit = getattr(self.smtp_server, 'max_junk_commands', None)
+        if (limit is not None and self.smtp_state == self.COMMAND
+                and not self.closing and self._is_junk()):
+            self._limits_junk += 1
+            if self._limits_junk > limit:
+                self.received_lines = []
+                self.hang_up('421 4.7.0 %s Error: too many junk commands'
+                             % self.fqdn, 'too many junk commands')
+                return
         super().found_terminator()
         if self.closing or not self.connected or self.waiting:
             return
@@ -160,6 +191,22 @@ class LimitsChannelMixin:
                 self._data_deadline()
         else:
             self.set_deadline(self.smtp_server.idle_timeout)
+
+    def _is_junk(self):
+        """True when the command line in received_lines is a junk verb."""
+        lines = self.received_lines
+        if len(lines) != 1:
+            line = self._emptystring.join(lines)
+            self.received_lines = [line]
+        else:
+            line = lines[0]
+        word = line[:6].split(None, 1)
+        if not word:
+            return False
+        verb = word[0]
+        if isinstance(verb, bytes):
+            verb = verb.decode('ascii', 'replace')
+        return verb.upper() in _JUNK_VERBS
 
     # -- recipients and errors ---------------------------------------------
 
@@ -184,8 +231,9 @@ class LimitsChannelMixin:
             return
         if self._limits_in_process and msg[:1] == '2':
             # A delivered message wipes the slate, as in Postfix: the limit
-            # is on errors made without delivering mail.
+            # is on errors (and junk) without delivering mail.
             self._limits_errors = 0
+            self._limits_junk = 0
             return
         limit = self.smtp_server.max_errors
         if limit is not None and msg[:1] == '5':
@@ -216,11 +264,13 @@ class LimitsServerMixin(CapabilityServerMixin):
     for defaults and replies): ``idle_timeout``, ``data_timeout`` (seconds),
     ``min_data_rate`` (bytes per second), ``max_connections``,
     ``max_connections_per_ip``, ``max_recipients``, ``max_errors``,
-    ``max_line_length`` (bytes of a command line, CRLF excluded).  A
-    keyword not given takes the value of the class attribute of the same
-    name when the server's class defines one, else the default.  The rest
-    go to the next class.  Serve it with :func:`smtpd_compat.loop.loop` so
-    that the deadlines fire.
+    ``max_line_length`` (bytes of a command line, CRLF excluded),
+    ``max_junk_commands``.  A keyword not given takes the value of the
+    class attribute of the same name when the server's class defines one,
+    else the default.  The stdlib's ``data_size_limit`` (third positional
+    argument or keyword) defaults to 10,240,000 bytes here when it is left
+    out or None; 0 switches it off.  The rest go to the next class.  Serve
+    it with :func:`smtpd_compat.loop.loop` so that the deadlines fire.
     """
 
     channel_mixin = LimitsChannelMixin
@@ -228,19 +278,32 @@ class LimitsServerMixin(CapabilityServerMixin):
     def __init__(self, *args, idle_timeout=UNSET, data_timeout=UNSET,
                  min_data_rate=UNSET, max_connections=UNSET,
                  max_connections_per_ip=UNSET, max_recipients=UNSET,
-                 max_errors=UNSET, max_line_length=UNSET, **kwargs):
+                 max_errors=UNSET, max_line_length=UNSET,
+                 max_junk_commands=UNSET, **kwargs):
         given = dict(idle_timeout=idle_timeout, data_timeout=data_timeout,
                      min_data_rate=min_data_rate,
                      max_connections=max_connections,
                      max_connections_per_ip=max_connections_per_ip,
                      max_recipients=max_recipients, max_errors=max_errors,
-                     max_line_length=max_line_length)
-        for name, value in settings(self, given, PRODUCTION_DEFAULTS).items():
+                     max_line_length=max_line_length,
+                     max_junk_commands=max_junk_commands)
+        defaults = {name: value for name, value in PRODUCTION_DEFAULTS.items()
+                    if name in given}
+        for name, value in settings(self, given, defaults).items():
             _check_limit(name, value)
         self._limits_channels = set()
         self._limits_per_ip = collections.Counter()
         self._limits_refused = 0
         self._limits_refused_logged = -1e9
+        # The stdlib's SMTPServer(localaddr, remoteaddr, data_size_limit,
+        # ...): None (the command line without -s) or absent means the
+        # production default, so that memory per message is bounded.
+        default_size = PRODUCTION_DEFAULTS['data_size_limit']
+        if len(args) > 2:
+            if args[2] is None:
+                args = args[:2] + (default_size,) + args[3:]
+        elif kwargs.get('data_size_limit') is None:
+            kwargs['data_size_limit'] = default_size
         super().__init__(*args, **kwargs)
 
     @property
@@ -313,13 +376,17 @@ _CLI_LIMITS = (
      'Error replies before "421" and close (default 20).'),
     ('max-line-length', 'max_line_length', int,
      'Longest command line in bytes (default 512).'),
+    ('max-junk-commands', 'max_junk_commands', int,
+     'NOOP/RSET/VRFY/EXPN/HELP/ETRN commands without a delivered message '
+     'before "421 4.7.0" and close (default 100).'),
 )
 
 CLI_OPTIONS = (
     ('production', '',
      'Production mode: every timeout and limit below with its default, the '
      'session log and graceful shutdown (also implied by any option below '
-     'but --log-level).'),
+     'but --log-level); the message size limit becomes 10240000 bytes '
+     'unless -s gives another (-s 0: none).'),
 ) + tuple((flag + '=', 'N', text) for flag, _, _, text in _CLI_LIMITS) + (
     ('backlog=', 'N', 'Listen backlog (default: the system maximum).'),
     ('log-level=', 'LEVEL',
@@ -364,7 +431,8 @@ def cli_configure(cli):
     cli.mixins.append(LimitsServerMixin)
     # Thousands of connections need more descriptors than the usual soft
     # limit of 1024.
-    _loop.raise_fd_limit()
+    soft = _loop.raise_fd_limit()
+    _fit_connections_to_descriptors(cli.server_kwargs, soft)
 
 
 def _configure_logging(cli, level):
@@ -381,3 +449,18 @@ def _configure_logging(cli, level):
             '%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s'))
         root.addHandler(handler)
     root.setLevel(numeric)
+
+
+def _fit_connections_to_descriptors(kwargs, soft):
+    """Lower max_connections (in ``kwargs``, else the default) so that
+    the connections and a reserve fit in ``soft`` descriptors: a server
+    that runs out of them refuses with 421 instead of failing accept()."""
+    if soft is None or soft < 0:
+        return
+    wanted = kwargs.get('max_connections',
+                        PRODUCTION_DEFAULTS['max_connections'])
+    room = max(1, soft - min(_FD_RESERVE, soft // 4))
+    if wanted is None or wanted > room:
+        logger.warning('max_connections lowered from %s to %d: the '
+                       'descriptor limit is %d', wanted, room, soft)
+        kwargs['max_connections'] = room

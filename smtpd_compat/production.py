@@ -24,7 +24,7 @@ PRODUCTION_OPTIONS = frozenset({
     # smtpd_compat.limits
     'idle-timeout', 'data-timeout', 'min-data-rate', 'max-connections',
     'max-connections-per-ip', 'max-recipients', 'max-errors',
-    'max-line-length', 'backlog',
+    'max-line-length', 'max-junk-commands', 'backlog',
     # smtpd_compat.shutdown
     'grace-period',
     # smtpd_compat.workers

@@ -16,8 +16,10 @@ session (smtplib):
 
 So a 250 to the client always means the upstream said 250 to the same
 thing.  The faithful :class:`smtpd_compat.PureProxy` stays as it was.
-Calls to the upstream block the event loop for up to ``relay_timeout``
-seconds each.
+Every call to the upstream (connect, EHLO, MAIL, RCPT, DATA, QUIT) runs in
+the server's worker threads (:mod:`smtpd_compat.threads`), bounded by
+``relay_timeout`` seconds each: the client's session waits for it, the
+other sessions do not.
 
 The message goes upstream with a ``Received:`` line of ours on top (RFC
 5321 section 4.4) and with CRLF line ends only: every bare CR and bare LF
@@ -31,10 +33,10 @@ import smtplib
 from typing import Optional
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.delivery import (Session, TraceChannelMixin, line_end,
                                    trace_headers)
 from smtpd_compat.message import MessageChannelMixin
+from smtpd_compat.threads import OffloadServerMixin, server_pool
 
 __all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE',
            'CANNOT_FORWARD_ADDRESS', 'crlf_only']
@@ -89,24 +91,82 @@ def _upstream_error(exc) -> str:
     return UPSTREAM_UNAVAILABLE
 
 
+def _quit(session):
+    """End an upstream session (on a worker thread)."""
+    try:
+        session.quit()
+    except (OSError, smtplib.SMTPException):
+        session.close()
+
+
+def _forwarded(session, options):
+    return [o for o in options
+            if session.has_extn(_FORWARD_IF.get(o.partition('=')[0], '-'))]
+
+
+def _open_session(remoteaddr, timeout, address, mail_options):
+    """Connect, EHLO and MAIL upstream (on a worker thread); returns
+    (session, None) when MAIL was accepted, else (None, reply)."""
+    session = smtplib.SMTP(timeout=timeout)
+    try:
+        session.connect(*remoteaddr)
+        session.ehlo_or_helo_if_needed()
+        code, msg = session.mail(address, _forwarded(session, mail_options))
+    except (OSError, smtplib.SMTPException, ValueError) as e:
+        _quit(session)
+        return None, _upstream_error(e)
+    if code != 250:
+        _quit(session)
+        return None, _reply(code, msg)
+    return session, None
+
+
+def _send_rcpt(session, address, rcpt_options):
+    """RCPT upstream (on a worker thread); returns (reply or None, whether
+    the session is still usable)."""
+    try:
+        code, msg = session.rcpt(address, _forwarded(session, rcpt_options))
+    except ValueError as e:
+        return _upstream_error(e), True   # this address only; session intact
+    except (OSError, smtplib.SMTPException) as e:
+        return _upstream_error(e), False
+    if code not in (250, 251):
+        return _reply(code, msg), True
+    return None, True
+
+
+class _Deferred(Exception):
+    """Raised from check_mail/rcpt_parameters to leave the command
+    unanswered until the upstream has answered: ``fn(*args)`` asks it."""
+
+    def __init__(self, fn, args):
+        super().__init__()
+        self.fn, self.args = fn, args
+
+
 class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
     """Mirrors the transaction on an upstream session (``_upstream``);
-    process_message also gets the ``session`` for the Received: line."""
+    process_message also gets the ``session`` for the Received: line.
+
+    MAIL and RCPT (states of one command): the first run of smtp_MAIL /
+    smtp_RCPT goes through every check down to check_*_parameters, which
+    raises _Deferred with the upstream call to make; the call runs in a
+    worker thread while the channel waits; with the upstream's verdict
+    stored in ``_relay_verdict`` the command runs again from the top and
+    check_*_parameters returns the verdict, so the core and the other
+    mixins answer exactly as they would have without the wait.
+    ``offload`` and ``waiting`` come from OffloadChannelMixin, which
+    RelayServer composes in (OffloadServerMixin).
+    """
 
     _upstream = None
-
-    def _forwarded(self, options):
-        s = self._upstream
-        return [o for o in options
-                if s.has_extn(_FORWARD_IF.get(o.partition('=')[0], '-'))]
+    # (reply or None,) for the command being run again; None otherwise.
+    _relay_verdict = None
 
     def _close_upstream(self):
         s, self._upstream = self._upstream, None
         if s is not None:
-            try:
-                s.quit()
-            except (OSError, smtplib.SMTPException):
-                s.close()
+            server_pool(self.smtp_server).submit_detached(_quit, (s,))
 
     def _set_post_data_state(self):
         # Every end of a transaction (message done, RSET, new EHLO, 552)
@@ -115,8 +175,54 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
         super()._set_post_data_state()
 
     def close(self):
-        self._close_upstream()
+        # While a worker uses the session it is left to it: _relay_dropped
+        # closes it when the work is done.
+        if not self.waiting:
+            self._close_upstream()
         super().close()
+
+    def smtp_MAIL(self, arg):
+        self._relay_command('MAIL', super().smtp_MAIL, arg)
+
+    def smtp_RCPT(self, arg):
+        self._relay_command('RCPT', super().smtp_RCPT, arg)
+
+    def _relay_command(self, verb, command, arg):
+        try:
+            command(arg)
+        except _Deferred as deferred:
+            self.offload(
+                deferred.fn, deferred.args,
+                lambda ok, value: self._relay_answered(verb, arg, ok, value),
+                lambda ok, value: self._relay_dropped(verb, ok, value))
+
+    def _relay_answered(self, verb, arg, ok, value):
+        if verb == 'MAIL':
+            session, reply = value if ok else (None, _upstream_error(value))
+            self._upstream = session
+        else:
+            reply, usable = value if ok else (_upstream_error(value), False)
+            if not usable:
+                self._close_upstream()
+        self._relay_verdict = (reply,)
+        try:
+            # Run again from the outermost mixin, with the verdict known.
+            getattr(self, 'smtp_' + verb)(arg)
+        finally:
+            self._relay_verdict = None
+
+    def _relay_dropped(self, verb, ok, value):
+        # The client went away while the upstream worked.
+        if verb == 'MAIL' and ok and value[0] is not None:
+            server_pool(self.smtp_server).submit_detached(_quit, (value[0],))
+        self._close_upstream()
+
+    def _message_dropped(self, ok, value):
+        self._close_upstream()
+
+    def _take_verdict(self):
+        verdict, self._relay_verdict = self._relay_verdict, None
+        return verdict
 
     def check_mail_parameters(self, params):
         refusal = super().check_mail_parameters(params)
@@ -124,42 +230,28 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
             return refusal    # leftovers: the stdlib's 555, nothing sent
         if 'BODY=BINARYMIME' in self.mail_options:
             return '554 5.6.1 Error: cannot relay BINARYMIME content'
+        verdict = self._take_verdict()
+        if verdict is not None:
+            return verdict[0]
         address = self._command_address('FROM:')[0]
         server = self.smtp_server
         self._close_upstream()
-        try:
-            self._upstream = smtplib.SMTP(timeout=server.relay_timeout)
-            host, port = server._remoteaddr
-            self._upstream.connect(host, port)
-            self._upstream.ehlo_or_helo_if_needed()
-            code, msg = self._upstream.mail(
-                address, self._forwarded(self.mail_options))
-        except (OSError, smtplib.SMTPException, ValueError) as e:
-            self._close_upstream()
-            return _upstream_error(e)
-        if code != 250:
-            self._close_upstream()
-            return _reply(code, msg)
-        return None
+        raise _Deferred(_open_session, (tuple(server._remoteaddr),
+                                        server.relay_timeout, address,
+                                        list(self.mail_options)))
 
     def check_rcpt_parameters(self, params):
         refusal = super().check_rcpt_parameters(params)
         if refusal or params:
             return refusal
+        verdict = self._take_verdict()
+        if verdict is not None:
+            return verdict[0]
         if self._upstream is None:
             return UPSTREAM_UNAVAILABLE
         address = self._command_address('TO:')[0]
-        try:
-            code, msg = self._upstream.rcpt(
-                address, self._forwarded(self.rcpt_options))
-        except ValueError as e:
-            return _upstream_error(e)   # this address only; session intact
-        except (OSError, smtplib.SMTPException) as e:
-            self._close_upstream()
-            return _upstream_error(e)
-        if code not in (250, 251):
-            return _reply(code, msg)
-        return None
+        raise _Deferred(_send_rcpt, (self._upstream, address,
+                                     list(self.rcpt_options)))
 
     def smtp_DATA(self, arg):
         if self.seen_greeting and self.rcpttos and self._upstream is None:
@@ -175,10 +267,11 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
         return kwargs
 
 
-class RelayServer(CapabilityServerMixin, _smtpd.SMTPServer):
+class RelayServer(OffloadServerMixin, _smtpd.SMTPServer):
     """Relays to ``remoteaddr``; ``relay_timeout`` (keyword-only, seconds)
     bounds each upstream connect and reply."""
 
+    # Every upstream step runs in the worker pool (OffloadServerMixin).
     channel_class = RelayChannel
 
     def __init__(self, *args, relay_timeout: float = 30.0, **kwargs):
@@ -199,7 +292,8 @@ class RelayServer(CapabilityServerMixin, _smtpd.SMTPServer):
         """Send the message on ``upstream`` (the session holding this
         transaction's MAIL and RCPTs), with a Received: line in front and
         CRLF line ends only, and return the upstream's reply.  Subclasses
-        may change ``data`` and call super()."""
+        may change ``data`` and call super().  Runs in a worker thread: it
+        may use its arguments, not the channel."""
         if upstream is None:
             return UPSTREAM_UNAVAILABLE
         message = data.encode('utf-8') if isinstance(data, str) else bytes(data)

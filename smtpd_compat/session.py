@@ -34,12 +34,15 @@ names who armed it and decides what happens when it passes
 close without a reply, since no SMTP reply could be read there.  Timers
 fire only under :func:`smtpd_compat.loop.loop`.
 """
+import logging
 import time
 from typing import Optional
 
+import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
 
-__all__ = ['SessionStateMixin', 'receiving_message', 'busy', 'LAYERS']
+__all__ = ['SessionStateMixin', 'receiving_message', 'busy', 'LAYERS',
+           'INTERNAL_ERROR']
 
 #: Where each capability's channel mixin sits, outermost first: the
 #: composed channel class lists its mixins in this order, whatever order the
@@ -58,6 +61,12 @@ LAYERS = {
 
 # How long a client that does not read its last reply may keep the socket.
 _HANG_UP_GRACE = 5.0
+
+logger = logging.getLogger(__name__)
+
+#: The reply to a message whose ``process_message`` raised (see
+#: :meth:`SessionStateMixin._call_process_message`).
+INTERNAL_ERROR = '451 4.3.0 Error: internal server error'
 
 
 def receiving_message(channel) -> bool:
@@ -89,6 +98,8 @@ class SessionStateMixin:
     """
 
     layer = LAYERS['state']
+    # The replies to one read go out together (see SMTPChannel.handle_read).
+    _batch_replies = True
 
     #: True once the server has said its last reply.
     closing = False
@@ -198,6 +209,27 @@ class SessionStateMixin:
         self.closing = True
         self.push('421 4.4.2 %s Error: timeout exceeded' % self.fqdn)
         self.close()
+
+    # -- the message ------------------------------------------------------
+
+    def _call_process_message(self, peer, mailfrom, rcpttos, data):
+        # Capability servers only (the compat classes let the exception
+        # reach asyncore, which prints it and drops the connection): an
+        # exception from process_message is logged with its traceback and
+        # answered 451 4.3.0 (RFC 3463: other or undefined mail system
+        # status, the client retries); the transaction ends and the
+        # session goes on.
+        try:
+            return super()._call_process_message(peer, mailfrom, rcpttos, data)
+        except _smtpd.asyncore.ExitNow:
+            raise       # leaves the loop, as the stdlib lets it
+        except Exception:
+            # (Imported here: logging_ imports this module.)
+            from smtpd_compat.logging_ import format_peer
+            logger.exception('process_message failed for a message from %s '
+                             '(%d recipient(s)); answered 451',
+                             format_peer(peer), len(rcpttos))
+            return INTERNAL_ERROR
 
     # -- asyncore plumbing ------------------------------------------------
 

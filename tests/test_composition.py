@@ -123,10 +123,11 @@ def test_every_order_builds_the_same_channel_class(base):
     layers = [c.__dict__['layer'] for c in added]
     assert layers == sorted(layers) and added[-1] is SessionStateMixin
     names = [c.__name__ for c in _capability_mro(channel)]
-    assert names[:6] == [
+    # (AUTH checks run in worker threads: the threads layer comes with it.)
+    assert names[:7] == [
         'ProxyProtocolChannelMixin', 'SessionLogChannelMixin',
         'LimitsChannelMixin', 'TLSChannelMixin', 'AuthChannelMixin',
-        'ExtensionsChannelMixin']
+        'OffloadChannelMixin', 'ExtensionsChannelMixin']
     assert SessionStateMixin in channel.__mro__
     # Tracebacks name the user's module, not the composing one.
     assert channel.__module__ == channel._composed_base.__module__
@@ -181,12 +182,25 @@ class Session:
         self.send(line.encode('ascii') + b'\r\n')
         return self.read(replies)
 
+    _pending = b''
+
     def read(self, replies=1):
+        # Several replies may come in one read (the server sends the
+        # replies to pipelined commands together).
         got = []
-        for _ in range(replies):
-            reply = recv_reply(self.sock)
-            assert reply, 'connection closed'
-            got.append(reply)
+        while len(got) < replies:
+            line, sep, rest = self._pending.partition(b'\r\n')
+            reply = line
+            while sep and line[3:4] == b'-':
+                line, sep, rest = rest.partition(b'\r\n')
+                reply += b'\r\n' + line
+            if sep:
+                got.append(reply + b'\r\n')
+                self._pending = rest
+                continue
+            data = recv_reply(self.sock)
+            assert data, 'connection closed'
+            self._pending += data
         return got[0] if replies == 1 else got
 
     def starttls(self):

@@ -403,6 +403,129 @@ def test_g_552_without_rset(live_server, raw_client):
     assert live.server.messages == []
 
 
+# -- (h) running out of descriptors does not kill the listener --------------
+
+# A server started with RLIMIT_NOFILE lowered to FD_LIMIT: LOOP is
+# 'asyncore' (asyncore.loop, what legacy code runs) or 'smtpd_compat'
+# (smtpd_compat.loop.loop); MODULE is smtpd_compat or the stdlib's smtpd.
+_FD_SERVER = r'''
+import resource, sys, warnings
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    if sys.argv[3] == 'stdlib':
+        import asyncore, smtpd
+    else:
+        import smtpd_compat as smtpd
+        asyncore = smtpd.asyncore
+server = smtpd.DebuggingServer(('127.0.0.1', int(sys.argv[2])), None)
+print('listening', flush=True)
+if sys.argv[4] == 'asyncore':
+    asyncore.loop(timeout=1)
+else:
+    from smtpd_compat import loop
+    loop.loop(timeout=1)
+'''
+
+FD_LIMIT = 40
+
+
+def _fd_flood(port, count):
+    """Open ``count`` connections (the server runs out of descriptors on
+    the way), hold them a moment, then close them all."""
+    import time
+    socks = []
+    try:
+        for _ in range(count):
+            try:
+                socks.append(socket.create_connection(('127.0.0.1', port),
+                                                      timeout=5))
+            except OSError:
+                break
+        time.sleep(1.0)
+    finally:
+        for sock in socks:
+            sock.close()
+    return len(socks)
+
+
+def _greeted(port, timeout):
+    """True when a new client gets a greeting and a reply within timeout."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(('127.0.0.1', port), timeout=5) as sock:
+                if not recv_reply(sock, timeout=timeout).startswith(b'220 '):
+                    return False
+                sock.sendall(b'NOOP\r\n')
+                return recv_reply(sock, timeout=5) == b'250 OK\r\n'
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _start_fd_server(python_path_env, module, loop_name):
+    import subprocess
+    from conftest import free_port, wait_for_port
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, '-c', _FD_SERVER, str(FD_LIMIT), str(port), module,
+         loop_name],
+        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    wait_for_port(proc, port)
+    return proc, port
+
+
+@pytest.mark.parametrize('loop_name', ['asyncore', 'smtpd_compat'])
+def test_h_listener_survives_running_out_of_descriptors(python_path_env, loop_name):
+    proc, port = _start_fd_server(python_path_env, 'ours', loop_name)
+    try:
+        assert _fd_flood(port, 2 * FD_LIMIT) > FD_LIMIT
+        assert _greeted(port, 20), 'no greeting after the flood'
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    # Logged (once, rate-limited), and no traceback from a closed listener.
+    assert 'accept() failed' in err and 'Too many open files' in err
+    assert 'Traceback' not in err and 'uncaptured' not in err + out
+
+
+@needs_stdlib
+def test_h_stdlib_listener_dies(python_path_env):
+    proc, port = _start_fd_server(python_path_env, 'stdlib', 'asyncore')
+    try:
+        _fd_flood(port, 2 * FD_LIMIT)
+        assert not _greeted(port, 3)
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    assert 'uncaptured python exception' in out + err
+
+
+# -- (e) PureProxy: an address smtplib cannot send ----------------------------
+
+def test_e_pureproxy_non_ascii_address(live_server, raw_client, capsys):
+    # smtplib sends commands in ASCII and raised UnicodeEncodeError from
+    # inside the channel; now a 553 reply, and the session goes on.
+    upstream = live_server(Upstream)
+    proxy = live_server(smtpd_compat.PureProxy, remoteaddr=upstream.address)
+    sock, replies = _session(raw_client, proxy, [
+        'EHLO c', 'MAIL FROM:<a@b>', 'RCPT TO:<j\u00fcrgen@example.org>', 'DATA'])
+    assert replies[1:] == [b'250 OK\r\n', b'250 OK\r\n',
+                           b'354 End data with <CR><LF>.<CR><LF>\r\n']
+    sock.sendall(b'Subject: s\r\n\r\nhello\r\n.\r\n')
+    assert recv_reply(sock, timeout=10) == \
+        b'553 Error: cannot relay a non-ASCII address\r\n'
+    sock.sendall(b'NOOP\r\n')
+    assert recv_reply(sock) == b'250 OK\r\n'
+    assert upstream.server.messages == []
+    assert 'Traceback' not in capsys.readouterr().out
+
+
 # -- (b)/(c) answered where the exception escapes, in composed channels -----
 # The core raises the stdlib's exception and answers it in _handle_input
 # (tests/test_subclass_faithful.py has the subclasses that catch it); the

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import RecordingServer, recv_reply, require_tool
+from conftest import RecordingServer, read_to_eof, recv_reply, require_tool
 from smtpd_compat import extensions
 from smtpd_compat.extensions import (
     ESMTPServer, EXTENSIONS, enhance_reply, parse_bdat, parse_envid,
@@ -267,15 +267,47 @@ def test_bdat_out_of_sequence(live_server, raw_client):
     live = live_server(Recorder)
     sock, _ = session(raw_client, live)
     sock.sendall(b'BDAT 6 LAST\r\nNOOP\r\nMAIL FROM:<a@x>\r\nBDAT 4\r\nNOOP'
-                 b'RCPT TO:<b@x>\r\nBDAT 3\r\nabcDATA\r\nBDAT nope\r\n'
+                 b'RCPT TO:<b@x>\r\nBDAT 3\r\nabcDATA\r\n'
                  b'BDAT 3 LAST\r\ndef')
-    assert read_replies(sock, 8) == [
+    assert read_replies(sock, 7) == [
         '503 5.5.1 Error: need MAIL command', '250 2.1.0 OK',
         '503 5.5.1 Error: need RCPT command', '250 2.1.5 OK',
         '250 2.0.0 OK 3 octets received',
-        '503 5.5.1 Error: BDAT transaction in progress',
-        '501 5.5.4 Syntax: BDAT chunk-size [LAST]', '250 2.0.0 OK']
+        '503 5.5.1 Error: BDAT transaction in progress', '250 2.0.0 OK']
     assert [m[2] for m in live.server.messages] == [b'abcdef']
+
+
+SMUGGLED = (b'MAIL FROM:<evil@x>\r\nRCPT TO:<victim@x>\r\nDATA\r\n'
+            b'Subject: smuggled\r\n\r\nforged\r\n.\r\n')
+
+
+@pytest.mark.parametrize('bdat', [
+    b'BDAT 0x20 LAST', b'BDAT -1', b'BDAT', b'BDAT 1e3 LAST', b'BDAT 5 MORE',
+    b'BDAT 9999999999999999999 LAST',
+], ids=['hex', 'negative', 'no-size', 'exponent', 'bad-keyword', 'too-long'])
+@pytest.mark.parametrize('limits', [False, True], ids=['plain', 'limits'])
+def test_bdat_unparsable_size_closes(live_server, raw_client, bdat, limits):
+    # RFC 3030 section 2: the chunk follows the command and is exactly
+    # chunk-size octets.  Without a size its end is unknown: read as
+    # commands, its bytes delivered a whole smuggled transaction.
+    if limits:
+        from smtpd_compat.limits import LimitsServerMixin
+
+        class Server(LimitsServerMixin, Recorder):
+            pass
+    else:
+        Server = Recorder
+    live = live_server(Server, use_timers=limits)
+    sock, _ = session(raw_client, live)
+    sock.sendall(b'MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n' + bdat + b'\r\n'
+                 + SMUGGLED + b'QUIT\r\n')
+    rest = read_to_eof(sock)
+    replies = rest.decode().split('\r\n')
+    assert replies[:2] == ['250 2.1.0 OK', '250 2.1.5 OK']
+    assert replies[2].startswith('421 4.5.0 ')
+    assert 'BDAT' in replies[2]
+    assert replies[3:] == ['']      # nothing after it: closed
+    assert live.server.messages == []
 
 
 def test_binarymime_passes_bytes_untouched(live_server, raw_client):
@@ -418,3 +450,100 @@ def test_other_mixins_keywords_survive(live_server, raw_client):
     (_, _, _, kwargs), = live.server.messages
     assert kwargs['tag'] == 'from-another-mixin'
     assert kwargs['recipient_options'] == [[]]
+
+
+# ---------------------------------------------------------------------------
+# DSN parameters may make command lines longer (RFC 3461 section 4)
+
+def test_longest_orcpt_fits_the_rcpt_line(live_server, raw_client):
+    live = live_server(Recorder, esmtp_extensions=('DSN',))
+    sock, _ = session(raw_client, live)
+    orcpt = 'rfc822;' + 'o' * 481 + '@example.org'     # 500 characters
+    assert len(orcpt) == 500
+    local = 'r' * 64
+    rcpt = ('RCPT TO:<%s@example.org> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=%s'
+            % (local, orcpt))
+    envid = 'e' * 100
+    sock.sendall(b'MAIL FROM:<a@x> RET=HDRS ENVID=' + envid.encode() + b'\r\n'
+                 + rcpt.encode() + b'\r\n')
+    assert read_replies(sock, 2) == ['250 OK', '250 OK']
+    # Still bounded: a line longer than any legal one is refused.
+    sock.sendall(rcpt.encode() + b' X=' + b'y' * 600 + b'\r\n')
+    assert read_replies(sock, 1) == ['500 Error: line too long']
+
+
+def test_without_dsn_rcpt_limit_unchanged(live_server, raw_client):
+    live = live_server(Recorder, esmtp_extensions=('PIPELINING',))
+    sock, _ = session(raw_client, live)
+    sock.sendall(b'MAIL FROM:<a@x>\r\nRCPT TO:<b@x> ORCPT=rfc822;'
+                 + b'o' * 499 + b'\r\n')
+    assert read_replies(sock, 2) == ['250 OK', '500 Error: line too long']
+
+
+# ---------------------------------------------------------------------------
+# An exception in process_message of a capability class
+
+def _exploding(base, delegate=True):
+    class Exploding(base):
+        def process_message(self, peer, mailfrom, rcpttos, data, **kw):
+            if b'boom' in data:
+                raise ValueError('boom')
+            if not delegate:
+                return None
+            return super().process_message(peer, mailfrom, rcpttos, data, **kw)
+    return Exploding
+
+
+def _classes(tmp_path):
+    from smtpd_compat.delivery import MaildirServer
+    from smtpd_compat.lmtp import LMTPServer
+    return {
+        'esmtp': (_exploding(Recorder), {}, b'EHLO', '250 2.0.0 OK'),
+        'maildir': (_exploding(MaildirServer),
+                    {'maildir': str(tmp_path / 'md')}, b'EHLO', '250 OK'),
+        'lmtp': (_exploding(LMTPServer, delegate=False), {}, b'LHLO',
+                 '250 <b@x> OK'),
+    }
+
+
+@pytest.mark.parametrize('kind', ['esmtp', 'maildir', 'lmtp'])
+def test_exception_in_process_message_is_451(live_server, raw_client, tmp_path,
+                                             caplog, capsys, kind):
+    import logging
+    caplog.set_level(logging.ERROR, logger='smtpd_compat')
+    server_class, kwargs, hello, ok = _classes(tmp_path)[kind]
+    live = live_server(server_class, **kwargs)
+    sock, _ = raw_client(live.address)
+    sock.sendall(hello + b' c\r\n')
+    recv_reply(sock)
+    for body in (b'boom', b'fine'):
+        sock.sendall(b'MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n')
+        read_replies(sock, 3)
+        sock.sendall(body + b'\r\n.\r\n')
+        reply, = read_replies(sock, 1)
+        if body == b'boom':
+            assert reply.startswith('451 4.3.0 '), reply
+        elif ok is not None:
+            assert reply == ok
+    # The session goes on.
+    sock.sendall(b'NOOP\r\n')
+    assert read_replies(sock, 1)[0].startswith('250 ')
+    records = [r for r in caplog.records if r.exc_info]
+    assert len(records) == 1 and records[0].exc_info[0] is ValueError
+    assert 'Traceback' not in capsys.readouterr().out
+
+
+def test_compat_class_exception_still_propagates(live_server, raw_client, capsys):
+    # The stdlib's behaviour is kept for the compat classes: asyncore
+    # reports the exception and drops the connection.
+    class Plain(RecordingServer):
+        def process_message(self, *args, **kwargs):
+            raise ValueError('boom')
+    live = live_server(Plain)
+    sock, _ = raw_client(live.address)
+    sock.sendall(b'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n')
+    read_replies(sock, 4)
+    sock.sendall(b'x\r\n.\r\n')
+    sock.settimeout(5)
+    assert sock.recv(100) == b''
+    assert 'ValueError' in capsys.readouterr().out

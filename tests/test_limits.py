@@ -400,7 +400,173 @@ def test_cli_flags_turn_on_defaults_and_overrides():
         cli_configure(cli)
         assert LimitsServerMixin in cli.mixins
         assert SessionLogServerMixin in cli.mixins
-        assert cli.server_kwargs == {'max_recipients': 5, 'idle_timeout': 7.0}
+        # (max_connections is only added where the descriptor limit is
+        # too low for the default.)
+        kwargs = dict(cli.server_kwargs)
+        kwargs.pop('max_connections', None)
+        assert kwargs == {'max_recipients': 5, 'idle_timeout': 7.0}
     finally:
         logging.getLogger('smtpd_compat').handlers.clear()
         logging.getLogger('smtpd_compat').setLevel(logging.NOTSET)
+
+
+# -- junk commands ---------------------------------------------------------
+
+def test_junk_commands_limit(serve, connect):
+    runner = serve(max_junk_commands=5, max_errors=None)
+    sock, _ = connect(runner.address)
+    for line in (b'NOOP', b'RSET', b'VRFY <a@b>', b'HELP', b'noop'):
+        assert command(sock, line)[:1] in (b'2', b'5')
+    # Other commands are not junk.
+    assert command(sock, b'HELO c').startswith(b'250 ')
+    # The sixth junk command: 421 instead of an answer, then closed, and
+    # pipelined input after it is ignored.
+    sock.sendall(b'NOOP\r\nNOOP\r\n')
+    rest = read_to_eof(sock)
+    assert rest.startswith(b'421 4.7.0 ') and b'too many junk commands' in rest
+    assert rest.count(b'\r\n') == 1
+
+
+def test_junk_count_starts_again_after_a_message(serve, connect):
+    runner = serve(max_junk_commands=3)
+    sock, _ = connect(runner.address)
+    assert command(sock, b'HELO c').startswith(b'250')
+    for _ in range(3):
+        assert command(sock, b'NOOP').startswith(b'250')
+    for line in (b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>', b'DATA'):
+        assert command(sock, line)[:1] in (b'2', b'3')
+    assert command(sock, b'x\r\n.').startswith(b'250')
+    for _ in range(3):
+        assert command(sock, b'NOOP').startswith(b'250')
+    assert command(sock, b'NOOP').startswith(b'421 4.7.0 ')
+
+
+def test_junk_limit_default_and_off(serve, connect):
+    assert PRODUCTION_DEFAULTS['max_junk_commands'] == 100   # Postfix's
+    runner = serve(max_junk_commands=None)
+    sock, _ = connect(runner.address)
+    sock.sendall(b'NOOP\r\n' * 150)
+    replies = b''
+    while replies.count(b'\r\n') < 150:
+        chunk = sock.recv(65536)
+        assert chunk
+        replies += chunk
+    assert replies == b'250 OK\r\n' * 150
+
+
+# -- message size ---------------------------------------------------------
+
+@pytest.mark.parametrize('given, expected', [
+    ({}, 10240000), ({'data_size_limit': None}, 10240000),
+    ({'data_size_limit': 5000}, 5000), ({'data_size_limit': 0}, 0),
+], ids=['absent', 'none', 'given', 'off'])
+def test_default_message_size(given, expected):
+    server = Limited(('127.0.0.1', 0), ('127.0.0.1', 9), map={}, **given)
+    try:
+        assert server.data_size_limit == expected
+    finally:
+        server.close()
+
+
+def test_default_message_size_positional_and_advertised(serve, connect):
+    server = Limited(('127.0.0.1', 0), ('127.0.0.1', 9), None, map={})
+    server.close()
+    assert server.data_size_limit == 10240000
+    runner = serve()
+    sock, _ = connect(runner.address)
+    assert b'250-SIZE 10240000\r\n' in command(sock, b'EHLO c')
+    assert command(sock, b'MAIL FROM:<a@b> SIZE=10240001').startswith(b'552 ')
+
+
+def test_cli_junk_option():
+    cli = make_cli(['-n', '--max-junk-commands', '7', '127.0.0.1:0'])
+    try:
+        cli_configure(cli)
+        assert cli.server_kwargs['max_junk_commands'] == 7
+    finally:
+        logging.getLogger('smtpd_compat').handlers.clear()
+        logging.getLogger('smtpd_compat').setLevel(logging.NOTSET)
+
+
+@pytest.mark.parametrize('soft, given, expected', [
+    (1024, {}, 960), (100000, {}, 1000), (40, {}, 30),
+    (1024, {'max_connections': 5000}, 960), (1024, {'max_connections': 10}, 10),
+    (1024, {'max_connections': None}, 960),
+], ids=['default-1024', 'default-plenty', 'tiny', 'too-many', 'fits', 'off'])
+def test_connections_fit_descriptors(soft, given, expected):
+    from smtpd_compat.limits import _fit_connections_to_descriptors
+    kwargs = dict(given)
+    _fit_connections_to_descriptors(kwargs, soft)
+    assert kwargs.get('max_connections', 1000) == expected
+
+
+# -- exceptions in process_message -------------------------------------------
+
+class Exploding(LimitedServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        if b'boom' in data:
+            raise RuntimeError('boom')
+        return None
+
+
+def test_exception_in_process_message_is_451(serve, connect, caplog, capsys):
+    caplog.set_level(logging.ERROR, logger='smtpd_compat')
+    runner = serve(Exploding)
+    sock, _ = connect(runner.address)
+    assert command(sock, b'HELO c').startswith(b'250')
+    for body, reply in ((b'boom', b'451 4.3.0 '), (b'fine', b'250 OK')):
+        for line in (b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>', b'DATA'):
+            assert command(sock, line)[:1] in (b'2', b'3')
+        assert command(sock, body + b'\r\n.').startswith(reply)
+    assert command(sock, b'NOOP') == b'250 OK\r\n'
+    records = [r for r in caplog.records if r.exc_info]
+    assert records and records[0].exc_info[0] is RuntimeError
+    assert 'Traceback' not in capsys.readouterr().out
+
+
+# -- descriptors under --production -----------------------------------------
+
+_FD_CLI = r'''
+import resource, runpy, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+sys.argv = ['smtpd_compat'] + sys.argv[2:]
+runpy.run_module('smtpd_compat', run_name='__main__')
+'''
+
+
+def test_production_survives_running_out_of_descriptors(python_path_env):
+    import subprocess
+    import sys
+    from conftest import free_port, wait_for_port
+    limit = 40
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, '-c', _FD_CLI, str(limit), '-n', '--production',
+         '-c', 'DebuggingServer', '127.0.0.1:%d' % port],
+        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        wait_for_port(proc, port)
+        socks, refused = [], 0
+        try:
+            for _ in range(2 * limit):
+                sock = socket.create_connection(('127.0.0.1', port), timeout=10)
+                socks.append(sock)
+                if recv_reply(sock, timeout=10).startswith(b'421 4.7.0'):
+                    refused += 1
+        finally:
+            for sock in socks:
+                sock.close()
+        # max_connections was fitted below the limit: the surplus was
+        # refused with 421 instead of failing accept().
+        assert 0 < refused < 2 * limit
+        time.sleep(0.5)
+        client = smtplib.SMTP('127.0.0.1', port, timeout=20)
+        assert client.noop()[0] == 250
+        client.quit()
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    assert 'max_connections lowered from 1000' in err
+    assert 'Traceback' not in err

@@ -1,16 +1,23 @@
 """A discarding aiosmtpd server for the benchmarks:
-``aiosmtpd_sink.py PORTFILE`` (run with an interpreter that has aiosmtpd)."""
+``aiosmtpd_sink.py [--sleep SECONDS] PORTFILE`` (run with an interpreter
+that has aiosmtpd).  With ``--sleep`` the handler first sleeps with
+``time.sleep``: a synchronous handler, as a legacy one would be."""
 import asyncio
 import os
 import sys
+import time
 
 from aiosmtpd.smtp import SMTP
 
-portfile = sys.argv[1]
+portfile = sys.argv[-1]
+options = dict(zip(sys.argv[1:-1:2], sys.argv[2:-1:2]))
+sleep = float(options.get('--sleep', 0))
 
 
 class Sink:
     async def handle_DATA(self, server, session, envelope):
+        if sleep:
+            time.sleep(sleep)
         return '250 OK'
 
 

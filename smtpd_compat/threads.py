@@ -1,0 +1,541 @@
+"""Never block the loop: blocking work runs in worker threads.
+
+One event loop serves every connection, so anything that waits on it -- a
+password hash, an upstream server, fsync or a lock, a user's handler --
+freezes every other client.  This module moves such work to a bounded pool
+of threads and hands the result back to the loop thread.
+
+How it fits together:
+
+* Each server has one pool (:func:`server_pool`, created on first use) of
+  ``server.offload_threads`` threads (default :data:`DEFAULT_THREADS`).
+  Work beyond that queues in submission order; each connection has at most
+  one piece of work in flight, so the queue is bounded by the number of
+  connections.  A saturated pool is logged (at most every
+  :data:`SATURATION_LOG_INTERVAL` seconds).
+* Results come back through a *waker*: the read end of a socketpair, a
+  dispatcher in the connection's socket map.  A worker queues its result
+  and writes one byte; the loop wakes and runs the continuation on the
+  loop thread.  So it works under :func:`smtpd_compat.loop.loop` and under
+  plain ``asyncore.loop()``.  The waker is in the map only while work is in
+  flight, so a loop still returns once its map is otherwise empty.
+* :class:`OffloadChannelMixin` (channel layer 55) gives a channel
+  :meth:`~OffloadChannelMixin.offload`.  While the work runs the channel
+  is ``waiting``: it reads nothing (``readable()`` is False), input it had
+  already read stays unprocessed in ``ac_in_buffer`` (the core's
+  ``_input_paused`` hook), and its deadline is suspended, so pipelined
+  commands are answered in order and the server's own waiting never counts
+  as the client's idleness.  When the result arrives the continuation
+  runs, the idle deadline is re-armed and the buffered input is processed.
+  If the connection closed meanwhile, the result is dropped and logged.
+* A server whose ``offload_process_message`` is true has
+  ``process_message`` run in the pool.  The delivery and relay servers set
+  it; :class:`ThreadedServerMixin` (``--threads N`` on the command line)
+  sets it for a legacy handler.  An exception from a threaded
+  process_message is logged with its traceback and answered
+  ``451 4.3.0``; the session goes on.
+
+What work running in a thread may touch: its own arguments.  Not the
+channel, not the socket map, not the loop (none of them is thread-safe);
+shared state of the server only under a lock.  See docs/threads.rst.
+"""
+import collections
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Callable, Optional, Sequence
+
+import smtpd_compat as _smtpd
+from smtpd_compat import loop as _loop
+from smtpd_compat._compose import UNSET, CapabilityServerMixin
+from smtpd_compat.session import LAYERS
+
+__all__ = [
+    'OffloadChannelMixin', 'OffloadServerMixin', 'ThreadedServerMixin', 'WorkerPool',
+    'server_pool', 'DEFAULT_THREADS', 'PROCESSING_FAILED',
+    'CLI_OPTIONS', 'cli_configure',
+]
+
+logger = logging.getLogger('smtpd_compat.threads')
+
+#: Threads per server pool unless ``server.offload_threads`` says otherwise.
+DEFAULT_THREADS = 8
+#: How much nicer (lower CPU priority) worker threads are than the loop
+#: thread, on Linux: when handlers compete for the CPU (password hashes of
+#: a brute-force attack), the loop thread still answers everyone at once.
+WORKER_NICENESS = 10
+#: Seconds between two "pool saturated" log lines.
+SATURATION_LOG_INTERVAL = 10.0
+#: The reply when a threaded process_message raised (RFC 5321 §4.2.3:
+#: "451 Requested action aborted: local error in processing").
+PROCESSING_FAILED = '451 4.3.0 Error: local error in processing'
+
+# Errors that must leave the loop, as asyncore lets them.
+_RERAISED = (KeyboardInterrupt, SystemExit, _smtpd.asyncore.ExitNow)
+
+# Which process made a pool or a waker: a forked worker process
+# (smtpd_compat.workers) makes its own instead of using its parent's.
+# Kept up to date here rather than asked of the kernel for every job.
+_pid = os.getpid()
+
+
+def _forked():
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_forked)
+    _pid_now = lambda: _pid      # noqa: E731
+else:
+    _pid_now = os.getpid
+
+
+# -- the waker --------------------------------------------------------------
+
+class _Job:
+    """One piece of work: made and finished on the loop thread, run on a
+    worker.  ``ok``/``value`` are the outcome: (True, result) or (False,
+    the exception)."""
+
+    __slots__ = ('fn', 'args', 'done', 'ok', 'value', 'waker')
+
+    def __init__(self, fn, args, done, waker):
+        self.fn = fn
+        self.args = args
+        self.done = done          # called on the loop thread with (ok, value)
+        self.waker = waker
+        self.ok = False
+        self.value = None
+
+    def run(self):
+        # On a worker thread.
+        try:
+            self.value = self.fn(*self.args)
+            self.ok = True
+        except BaseException as e:   # handed to the loop thread, not lost
+            self.value = e
+        self.fn = self.args = None
+        self.waker.post(self)
+
+
+class _Waker(_smtpd.asyncore.dispatcher):
+    """The read end of a socketpair in one socket map; workers post
+    finished jobs and write a byte to the other end.  Made when the first
+    job of its map is submitted; closes itself when no job is in flight and
+    it is alone in the map, so that it never keeps a loop running."""
+
+    def __init__(self, map):
+        rsock, self._wsock = socket.socketpair()
+        self._wsock.setblocking(False)
+        super().__init__(rsock, map=map)
+        self._finished = collections.deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._signalled = False
+        self._pid = _pid_now()
+        self.pending = 0          # jobs submitted and not yet delivered
+
+    def post(self, job):
+        """From any thread: queue a finished job and wake the loop (one
+        byte per wake-up, however many jobs finish meanwhile)."""
+        self._finished.append(job)
+        with self._lock:
+            if self._closed or self._signalled:
+                return
+            self._signalled = True
+            try:
+                self._wsock.send(b'\0')
+            except OSError:
+                pass    # closed under us: nobody waits for the result
+
+    def readable(self):
+        # Asked again whenever the loop looks at everyone: once nothing
+        # but this waker is left in the map, leave it, so the loop ends.
+        if self.pending <= 0 and len(self._map) <= 1:
+            self.close()
+            return False
+        return True
+
+    def writable(self):
+        return False
+
+    def handle_read(self):
+        try:
+            self.socket.recv(4096)
+        except OSError:
+            pass
+        # Reset before draining: a job queued from now on sends a new byte.
+        with self._lock:
+            self._signalled = False
+        finished = self._finished
+        while finished:
+            job = finished.popleft()
+            self.pending -= 1
+            try:
+                job.done(job.ok, job.value)
+            except _RERAISED:
+                raise
+            except BaseException:
+                logger.exception('error handing back the result of %r', job.done)
+        if self.pending <= 0 and len(self._map) <= 1:
+            self.close()
+
+    def handle_close(self):
+        self.close()
+
+    def handle_error(self):
+        # asyncore's default prints to stdout.
+        logger.exception('error in the worker wake-up channel')
+        self.close()
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+            self._wsock.close()
+        if _wakers.get(id(self._map)) is self:
+            del _wakers[id(self._map)]
+        super().close()
+
+
+# id(map) -> its _Waker (the waker holds the map, so the id stays unique).
+_wakers = {}
+
+
+def _waker_for(map):
+    waker = _wakers.get(id(map))
+    if waker is None or waker._closed or waker._pid != _pid_now():
+        waker = _wakers[id(map)] = _Waker(map)
+    return waker
+
+
+# -- the pool -----------------------------------------------------------------
+
+def _work(jobs):
+    # A worker thread: run jobs until the None that stops it.
+    if sys.platform.startswith('linux') and hasattr(threading, 'get_native_id'):
+        # Linux schedules threads as tasks: this thread's own priority
+        # (elsewhere the id would name a process).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           min(19, os.getpriority(os.PRIO_PROCESS, 0)
+                               + WORKER_NICENESS))
+        except OSError:
+            pass
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        job()
+        job = None
+
+
+def _stop_workers(jobs, count):
+    for _ in range(count):
+        jobs.put(None)
+
+
+class WorkerPool:
+    """A bounded pool of worker threads for one server, started as work
+    comes.  Use :func:`server_pool` to get a server's; call from the loop
+    thread.  The threads are daemon threads: at interpreter exit, work
+    still running is abandoned (its client never got a reply, so it
+    retries); graceful shutdown waits for it first."""
+
+    def __init__(self, threads: int = DEFAULT_THREADS, name: str = 'smtpd_compat'):
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError('threads must be a positive integer, not %r'
+                             % (threads,))
+        self.threads = threads
+        self.name = name
+        self._jobs = queue.SimpleQueue()
+        self._started = 0
+        self._pid = _pid_now()
+        self.in_flight = 0
+        self._saturated_logged = -1e9
+        # Collected with its server: the threads stop too.
+        self._finalizer = weakref.finalize(self, _stop_workers, self._jobs, 0)
+
+    def _put(self, job, busy):
+        if self._started < min(busy, self.threads):
+            self._started += 1
+            thread = threading.Thread(target=_work, args=(self._jobs,), daemon=True,
+                                      name='%s-worker-%d' % (self.name, self._started))
+            thread.start()
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _stop_workers, self._jobs,
+                                               self._started)
+        self._jobs.put(job)
+
+    def submit(self, fn: Callable, args: Sequence, done: Callable,
+               map: Optional[dict] = None) -> None:
+        """Run ``fn(*args)`` on a worker; then ``done(ok, value)`` runs on
+        the thread serving ``map`` (default ``asyncore.socket_map``), with
+        (True, the result) or (False, the exception)."""
+        waker = _waker_for(_smtpd.asyncore.socket_map if map is None else map)
+
+        def finished(ok, value):
+            self.in_flight -= 1
+            done(ok, value)
+
+        job = _Job(fn, tuple(args), finished, waker)
+        waker.pending += 1
+        self.in_flight += 1
+        if self.in_flight > self.threads:
+            now = time.monotonic()
+            if now - self._saturated_logged >= SATURATION_LOG_INTERVAL:
+                self._saturated_logged = now
+                logger.warning('worker pool saturated: %d jobs for %d threads '
+                               '(the rest wait in order)', self.in_flight,
+                               self.threads)
+        self._put(job.run, self.in_flight)
+
+    def submit_detached(self, fn: Callable, args: Sequence = ()) -> None:
+        """Run ``fn(*args)`` on a worker when nobody waits for the result
+        (closing an upstream session); an exception is logged."""
+        def run():
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception('error in background work %r', fn)
+        self._put(run, self.in_flight + 1)
+
+    def shutdown(self) -> None:
+        """Stop the threads once the work queued so far is done."""
+        self._finalizer()
+
+
+def server_pool(server) -> WorkerPool:
+    """The worker pool of ``server``, made on first use with
+    ``server.offload_threads`` threads (default :data:`DEFAULT_THREADS`)."""
+    pool = server.__dict__.get('_smtpd_compat_pool')
+    if pool is None or pool._pid != _pid_now():   # new, or a forked worker
+        threads = getattr(server, 'offload_threads', None) or DEFAULT_THREADS
+        pool = server._smtpd_compat_pool = WorkerPool(threads)
+    return pool
+
+
+# -- the channel side ---------------------------------------------------------
+
+# _offload_outcome when no outcome is being answered.
+_NO_OUTCOME = object()
+
+
+class OffloadChannelMixin:
+    """Channel mixin: run blocking work in the server's pool and wait for it
+    without blocking the loop or reading further input.
+
+    Capabilities call :meth:`offload`.  With ``offload_process_message``
+    true on the server, the end of a message (DATA or BDAT LAST) runs
+    process_message in the pool too.
+    """
+
+    layer = LAYERS['threads']
+    # Not a capability users name: composed classes keep their names.
+    capability_name = ''
+
+    #: True while work for this channel is in flight: nothing is read or
+    #: processed, and graceful shutdown waits for it.
+    waiting = False
+    # process_message's outcome while _process_data runs again to answer it.
+    _offload_outcome = _NO_OUTCOME
+
+    def offload(self, fn: Callable, args: Sequence,
+                then: Callable[[bool, Any], None],
+                dropped: Optional[Callable[[bool, Any], None]] = None) -> None:
+        """Run ``fn(*args)`` in the pool, then ``then(ok, value)`` on the
+        loop thread: (True, the return value) or (False, the exception).
+        Until then the channel is ``waiting``.  If it has closed when the
+        result arrives, ``dropped(ok, value)`` runs instead (to release what
+        the work opened), and the drop is logged.  One offload at a time."""
+        if self.waiting:
+            raise RuntimeError('offload() while work is in flight for %r' % (self,))
+        pool = server_pool(self.smtp_server)
+        self.waiting = True
+        self._input_paused = True
+        self._offload_suspend_deadline()
+
+        def done(ok, value):
+            self._offload_done(then, dropped, ok, value)
+        pool.submit(fn, args, done, self._map)
+        _loop.update(self)
+
+    def _offload_suspend_deadline(self):
+        set_deadline = getattr(self, 'set_deadline', None)
+        if set_deadline is not None:
+            set_deadline(None)
+
+    def _offload_gone(self):
+        fd = self._fileno
+        if (not self.connected or fd is None or self._map.get(fd) is not self
+                or getattr(self, 'closing', False)):
+            return True
+        # The channel read nothing while it waited, so a client that reset
+        # the connection meanwhile is only known by the socket's pending
+        # error.  (A client that merely closed its side may still read the
+        # replies to what it pipelined: it is answered as usual.)
+        try:
+            error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except (OSError, AttributeError, TypeError):
+            return False
+        if error:
+            self.close()
+            return True
+        return False
+
+    def _offload_done(self, then, dropped, ok, value):
+        # On the loop thread, from the waker.
+        self.waiting = False
+        self._input_paused = False
+        if self._offload_gone():
+            logger.info('connection from %r closed while its work ran: '
+                        'result dropped%s', self.peer,
+                        '' if ok else ' (it failed: %r)' % (value,))
+            if dropped is not None:
+                dropped(ok, value)
+            return
+        try:
+            then(ok, value)
+        except _RERAISED:
+            raise
+        except BaseException:
+            # A bug in a continuation: this session cannot go on.
+            logger.exception('error handling the result for %r', self.peer)
+            self.close()
+            return
+        if self.waiting or not self.connected:
+            return
+        reset = getattr(self, 'reset_idle_deadline', None)
+        if reset is not None:
+            reset()
+        # Go on with what the client pipelined meanwhile.
+        self._handle_input(b'')
+        _loop.update(self)
+
+    # -- asyncore / core hooks ------------------------------------------------
+
+    def readable(self):
+        if self.waiting:
+            return False
+        return super().readable()
+
+    def _handle_input(self, data):
+        super()._handle_input(data)
+        if self.waiting:
+            # Mixins outside this one (limits) re-arm the deadline after
+            # each command; while the server works the client is not idle.
+            self._offload_suspend_deadline()
+
+    # -- the message path -----------------------------------------------------
+
+    def _process_data(self, data):
+        # The core's _process_data runs process_message and answers at
+        # once; mixins outside this one (session log, limits) wrap it and
+        # expect the answer inside.  So the first call starts the work, and
+        # when its outcome is there _process_data runs again, from the
+        # outside in, and answers with it.
+        outcome = self._offload_outcome
+        if outcome is _NO_OUTCOME:
+            if not getattr(self.smtp_server, 'offload_process_message', False):
+                super()._process_data(data)
+                return
+            self.received_data = data
+            args = (self.peer, self.mailfrom, list(self.rcpttos), data)
+            self.offload(_call_process_message,
+                         (self.smtp_server.process_message, args,
+                          self._message_kwargs()),
+                         lambda ok, value: self._message_done(data, ok, value),
+                         self._message_dropped)
+            return
+        self._offload_outcome = _NO_OUTCOME
+        ok, status = outcome
+        if not ok:
+            logger.error('process_message failed for %r', self.peer,
+                         exc_info=status)
+            status = PROCESSING_FAILED
+        rcpttos = self.rcpttos      # _set_post_data_state() empties it
+        self._set_post_data_state()
+        self._reply_to_message(status, rcpttos)
+
+    def _message_done(self, data, ok, value):
+        self._offload_outcome = (ok, value)
+        try:
+            self._process_data(data)
+        finally:
+            self._offload_outcome = _NO_OUTCOME
+
+    def _message_dropped(self, ok, value):
+        """process_message finished for a connection that has closed
+        (relay overrides it to close its upstream session)."""
+
+
+def _call_process_message(process_message, args, kwargs):
+    return process_message(*args, **kwargs)
+
+
+# -- the server side ----------------------------------------------------------
+
+class OffloadServerMixin(CapabilityServerMixin):
+    """Server mixin for servers whose own ``process_message`` blocks (the
+    delivery and relay servers): it runs in the worker pool.  A subclass
+    may set ``offload_process_message = False`` to run it on the loop
+    thread again."""
+
+    channel_mixin = OffloadChannelMixin
+    offload_process_message = True
+
+
+class ThreadedServerMixin(OffloadServerMixin):
+    """Server mixin: run ``process_message`` in a pool of
+    ``process_message_threads`` worker threads (keyword-only; default the
+    class attribute ``offload_threads`` if your class sets one, else
+    :data:`DEFAULT_THREADS`), so a slow handler (a database, an HTTP call)
+    does not stop the other sessions.
+
+    The handler must then be thread-safe: it may use its arguments freely,
+    but shared state (the server's attributes, a database connection) only
+    under a lock, and never the channel or the loop.  An exception it
+    raises is logged and answered ``451 4.3.0``.
+    """
+
+    def __init__(self, *args, process_message_threads: int = UNSET, **kwargs):
+        if process_message_threads is UNSET:
+            process_message_threads = getattr(type(self), 'offload_threads',
+                                              DEFAULT_THREADS)
+        if (not isinstance(process_message_threads, int)
+                or isinstance(process_message_threads, bool)
+                or process_message_threads < 1):
+            raise ValueError('process_message_threads must be a positive '
+                             'integer, not %r' % (process_message_threads,))
+        self.offload_threads = process_message_threads
+        self.offload_process_message = True
+        super().__init__(*args, **kwargs)
+
+
+# -- command line -------------------------------------------------------------
+
+CLI_OPTIONS = (
+    ('threads=', 'N',
+     'Run process_message in N worker threads, so a slow handler does not '
+     'stop other sessions (it must be thread-safe; see docs/threads.rst).'),
+)
+
+
+def cli_configure(cli):
+    """Put ThreadedServerMixin in front of the server class for --threads."""
+    value = cli.given.get('threads')
+    if value is None:
+        return
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        cli.error('--threads: not a positive integer: %s' % value)
+    cli.mixins.append(ThreadedServerMixin)
+    cli.server_kwargs['process_message_threads'] = threads
