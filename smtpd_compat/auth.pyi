@@ -8,7 +8,7 @@ from typing_extensions import TypeAlias
 import smtpd_compat as _smtpd
 from smtpd_compat.__main__ import CLI
 from smtpd_compat._compose import CapabilityServerMixin
-from smtpd_compat.session import SessionStateMixin
+from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.tls import TLSServerMixin
 
 __all__ = [
@@ -48,9 +48,8 @@ class FileAuthenticator:
     def __init__(self, path: str) -> None: ...
     def __call__(self, mechanism: str, login: str, password: str, channel: object) -> bool: ...
 
-class AuthChannelMixin(SessionStateMixin):
-    # Typed as a subclass of SessionStateMixin (and so of SMTPChannel), which
-    # every composed channel is; at run time a plain mixin.
+class AuthChannelMixin(OffloadChannelMixin):
+    # The authenticator runs in the server's worker threads.
     layer: int
     capability_name: str
     # The login of a successful AUTH, else None.
@@ -69,6 +68,8 @@ class AuthChannelMixin(SessionStateMixin):
     def _auth_challenge(self, challenge: str) -> None: ...
     def _auth_end(self, reply: str) -> None: ...
     def _auth_check(self, mechanism: str, login: str | None, password: str | None) -> None: ...
+    # The authenticator's answer ``ok`` (``done`` False: the exception it raised).
+    def _auth_verdict(self, mechanism: str, login: str | None, done: bool, ok: object) -> None: ...
     def _tls_reset_session(self) -> None: ...
     def smtp_MAIL(self, arg: str) -> None: ...
     def check_mail_parameters(self, params: _smtpd._Params) -> str | None: ...

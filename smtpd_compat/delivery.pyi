@@ -8,7 +8,7 @@ from typing_extensions import TypeAlias
 
 import smtpd_compat as _smtpd
 from smtpd_compat.__main__ import CLI
-from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.threads import OffloadServerMixin
 from smtpd_compat.session import SessionStateMixin
 
 __all__ = [
@@ -69,7 +69,7 @@ def trace_headers(
     date: str | None = None,
 ) -> bytes: ...
 
-class _StoringServer(CapabilityServerMixin, _smtpd.SMTPServer):
+class _StoringServer(OffloadServerMixin, _smtpd.SMTPServer):
     # Put Return-Path: and Received: in front of each stored message.
     add_trace_headers: bool
     # Stores the message: None (250 OK), or STORE_FAILED on an OSError.

@@ -32,6 +32,7 @@ class LimitsChannelMixin(SessionStateMixin):
     capability_name: str
     _limits_ip: str | None
     _limits_errors: int
+    _limits_junk: int
     _limits_in_process: bool
     def __init__(
         self, server: _smtpd.SMTPServer, conn: Any, addr: Any, *args: Any, **kwargs: Any
@@ -41,6 +42,8 @@ class LimitsChannelMixin(SessionStateMixin):
     def collect_incoming_data(self, data: bytes) -> None: ...
     def found_terminator(self) -> None: ...
     def check_rcpt_parameters(self, params: _smtpd._Params) -> str | None: ...
+    # True when the command line in received_lines is a junk verb.
+    def _is_junk(self) -> bool: ...
     def _process_data(self, data: bytes | str) -> None: ...
     def push(self, msg: str) -> None: ...  # type: ignore[override]
     def close(self) -> None: ...
@@ -55,6 +58,7 @@ class LimitsServerMixin(CapabilityServerMixin):
     max_recipients: int | None
     max_errors: int | None
     max_line_length: int | None
+    max_junk_commands: int | None
     _limits_channels: set[_smtpd.SMTPChannel]
     _limits_per_ip: Counter[str]
     _limits_refused: int
@@ -72,6 +76,7 @@ class LimitsServerMixin(CapabilityServerMixin):
         max_recipients: int | None | _Unset = ...,
         max_errors: int | None | _Unset = ...,
         max_line_length: int | None | _Unset = ...,
+        max_junk_commands: int | None | _Unset = ...,
         **kwargs: Any,
     ) -> None: ...
     @property
@@ -86,4 +91,5 @@ class LimitedServer(SessionLogServerMixin, LimitsServerMixin, _smtpd.SMTPServer)
 CLI_OPTIONS: tuple[tuple[str, str, str], ...]
 
 def _configure_logging(cli: CLI, level: str) -> None: ...
+def _fit_connections_to_descriptors(kwargs: dict[str, Any], soft: int) -> None: ...
 def cli_configure(cli: CLI) -> None: ...

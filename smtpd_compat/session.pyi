@@ -1,9 +1,15 @@
 # Types of the state shared by the capabilities' channel mixins.
 
+import logging
+
 import smtpd_compat as _smtpd
 from smtpd_compat.loop import TimerHandle
 
-__all__ = ["SessionStateMixin", "receiving_message", "busy", "LAYERS"]
+__all__ = ["SessionStateMixin", "receiving_message", "busy", "LAYERS", "INTERNAL_ERROR"]
+
+logger: logging.Logger
+# The reply when process_message raised on a capability server.
+INTERNAL_ERROR: str
 
 # Capability name -> layer (outermost first).
 LAYERS: dict[str, int]
@@ -32,6 +38,10 @@ class SessionStateMixin(_smtpd.SMTPChannel):
     def reset_idle_deadline(self) -> None: ...
     def _check_deadline(self) -> None: ...
     def handle_timeout(self, phase: str | None) -> None: ...
+    # An exception from process_message is logged and answered INTERNAL_ERROR.
+    def _call_process_message(
+        self, peer: _smtpd._Address, mailfrom: str, rcpttos: list[str], data: bytes | str
+    ) -> str | None: ...
     def readable(self) -> bool: ...
     def _handle_input(self, data: bytes) -> None: ...
     def found_terminator(self) -> None: ...

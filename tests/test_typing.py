@@ -198,6 +198,14 @@ def _stub_definitions(path):
     return found
 
 
+def test_every_module_has_a_stub():
+    # mypy reads a module's .pyi instead of its code: a module without one
+    # would be checked as untyped code (and fail --strict and stubtest).
+    modules = {p.stem for p in (ROOT / 'smtpd_compat').glob('*.py')}
+    stubs = {p.stem for p in (ROOT / 'smtpd_compat').glob('*.pyi')}
+    assert modules - stubs == set()
+
+
 @pytest.mark.parametrize('stub', sorted(
     p.name for p in (ROOT / 'smtpd_compat').glob('*.pyi')))
 def test_every_stub_definition_exists(stub):
