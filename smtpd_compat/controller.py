@@ -297,7 +297,7 @@ class Controller:
     the stdlib's (``data_size_limit``, ``enable_SMTPUTF8``,
     ``decode_data``) and whatever the class adds; ``web=(host, port)`` also
     shows the messages in a web inbox (:mod:`smtpd_compat.web`, see
-    :attr:`web_url`).  ``port=0`` (the default)
+    ``web_url``).  ``port=0`` (the default)
     lets the system choose a free port; read the real one from :attr:`port`
     after start.  ``remoteaddr`` is the stdlib's second argument (only
     PureProxy uses it).  ``ready_timeout`` bounds how long start() waits for

@@ -42,5 +42,5 @@ RULE = ('Production mode (every limit and timeout with its default, the '
 
 def hardening_requested(given: Container[str]) -> bool:
     """True when the command line's capability options (``cli.given``: long
-    names without dashes) switch production mode on (see :data:`RULE`)."""
+    names without dashes) switch production mode on (see ``RULE``)."""
     return any(option in given for option in PRODUCTION_OPTIONS)

@@ -65,7 +65,7 @@ _HANG_UP_GRACE = 5.0
 logger = logging.getLogger(__name__)
 
 #: The reply to a message whose ``process_message`` raised (see
-#: :meth:`SessionStateMixin._call_process_message`).
+#: ``SessionStateMixin._call_process_message``).
 INTERNAL_ERROR = '451 4.3.0 Error: internal server error'
 
 

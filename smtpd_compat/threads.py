@@ -8,7 +8,7 @@ of threads and hands the result back to the loop thread.
 How it fits together:
 
 * Each server has one pool (:func:`server_pool`, created on first use) of
-  ``server.offload_threads`` threads (default :data:`DEFAULT_THREADS`).
+  ``server.offload_threads`` threads (default ``DEFAULT_THREADS``).
   Work beyond that queues in submission order; each connection has at most
   one piece of work in flight, so the queue is bounded by the number of
   connections.  A saturated pool is logged (at most every
@@ -312,7 +312,7 @@ class WorkerPool:
 
 def server_pool(server) -> WorkerPool:
     """The worker pool of ``server``, made on first use with
-    ``server.offload_threads`` threads (default :data:`DEFAULT_THREADS`)."""
+    ``server.offload_threads`` threads (default ``DEFAULT_THREADS``)."""
     pool = server.__dict__.get('_smtpd_compat_pool')
     if pool is None or pool._pid != _pid_now():   # new, or a forked worker
         threads = getattr(server, 'offload_threads', None) or DEFAULT_THREADS
@@ -494,7 +494,7 @@ class ThreadedServerMixin(OffloadServerMixin):
     """Server mixin: run ``process_message`` in a pool of
     ``process_message_threads`` worker threads (keyword-only; default the
     class attribute ``offload_threads`` if your class sets one, else
-    :data:`DEFAULT_THREADS`), so a slow handler (a database, an HTTP call)
+    ``DEFAULT_THREADS``), so a slow handler (a database, an HTTP call)
     does not stop the other sessions.
 
     The handler must then be thread-safe: it may use its arguments freely,

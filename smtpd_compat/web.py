@@ -87,7 +87,7 @@ class StoredMessage:
     """One message in the inbox: the raw bytes and envelope as received.
 
     Its summary (the decoded fields the list and the search need) is
-    computed by :meth:`Inbox.summary` on first use, in the reading thread,
+    computed by ``Inbox.summary()`` on first use, in the reading thread,
     and cached here.
     """
 
@@ -120,7 +120,7 @@ class Inbox:
     Keeps the newest ``max_messages`` messages whose raw sizes add up to at
     most ``max_bytes``; adding drops the oldest beyond either bound.  A
     single message larger than ``max_bytes`` is not kept (and counted in
-    :attr:`ignored`).  ``version`` changes on every add, delete and read
+    ``ignored``).  ``version`` changes on every add, delete and read
     change, so a page can poll it cheaply.
     """
 
@@ -242,7 +242,7 @@ class Inbox:
 
     def search(self, query: str) -> List[StoredMessage]:
         """The messages matching a Mailpit-style search, newest first (see
-        :func:`_parse_query`)."""
+        ``_parse_query``)."""
         terms = _parse_query(query)
         return [m for m in self.newest_first()
                 if _matches(m, self.summary(m), terms)]
@@ -1211,8 +1211,8 @@ class WebInboxServerMixin:
         default a new one with ``web_max_messages`` (1,000) and
         ``web_max_bytes`` (256 MiB), keywords or class attributes.
 
-    After construction: :attr:`inbox`, :attr:`web_server` and
-    :attr:`web_url`.  A message is recorded after the server's own
+    After construction: ``inbox``, ``web_server`` and
+    ``web_url``.  A message is recorded after the server's own
     ``process_message`` accepted it (returned None or a 2xx reply), so
     DebuggingServer still prints and MaildirServer still stores first;
     this holds wherever it sits among the other capability mixins and
