@@ -7,7 +7,7 @@ from typing_extensions import TypeAlias
 
 import smtpd_compat as _smtpd
 from smtpd_compat.__main__ import CLI
-from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat._compose import CapabilityServerMixin, _Unset
 from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.tls import TLSServerMixin
 
@@ -16,6 +16,7 @@ __all__ = [
     "AuthServerMixin",
     "SubmissionServer",
     "FileAuthenticator",
+    "AuthThrottle",
     "hash_password",
     "verify_password",
     "decode_response",
@@ -47,6 +48,22 @@ class FileAuthenticator:
     _decoy: str
     def __init__(self, path: str) -> None: ...
     def __call__(self, mechanism: str, login: str, password: str, channel: object) -> bool: ...
+    # Read the file again; on an error the entries in use are kept.
+    def reload(self) -> None: ...
+
+# Failed-AUTH throttling per client address and login.
+class AuthThrottle:
+    def __init__(
+        self,
+        max_failures: int = 10,
+        window: float = 300.0,
+        interval: float = 1.0,
+        max_entries: int = 20000,
+        clock: Callable[[], float] = ...,
+    ) -> None: ...
+    def allow(self, address: object, login: str | None) -> bool: ...
+    # The outcome of a check allow() let through (None: no verdict).
+    def record(self, address: object, login: str | None, ok: bool | None) -> None: ...
 
 class AuthChannelMixin(OffloadChannelMixin):
     # The authenticator runs in the server's worker threads.
@@ -62,7 +79,6 @@ class AuthChannelMixin(OffloadChannelMixin):
     def _auth_offered(self) -> bool: ...
     def extra_ehlo_keywords(self) -> list[str]: ...
     def found_terminator(self) -> None: ...
-    def _auth_hide_initial_response(self) -> None: ...
     def smtp_AUTH(self, arg: str) -> None: ...
     def _auth_continue(self, line: bytes | str, size: int) -> None: ...
     def _auth_challenge(self, challenge: str) -> None: ...
@@ -81,6 +97,7 @@ class AuthServerMixin(CapabilityServerMixin):
     auth_allow_plaintext: bool
     auth_mechanisms: tuple[str, ...]
     auth_max_failures: int
+    auth_throttle: AuthThrottle | None
     # authenticator is required (None raises TypeError): see
     # stubtest-allowlist.txt.
     def __init__(
@@ -93,20 +110,20 @@ class AuthServerMixin(CapabilityServerMixin):
         auth_allow_plaintext: bool = False,
         auth_mechanisms: str | Iterable[str] = ("PLAIN", "LOGIN"),
         auth_max_failures: int = 3,
+        auth_throttle: AuthThrottle | None | _Unset = ...,
         **kwargs: Any,
     ) -> None: ...
 
 class SubmissionServer(AuthServerMixin, TLSServerMixin, _smtpd.SMTPServer):
     # process_message gets auth_user=<login or None> among its kwargs.
     auth_user_kwarg: bool
-    # The keywords of AuthServerMixin and TLSServerMixin (tls_context and
-    # authenticator required), with auth_required=True by default.
+    # The keywords of AuthServerMixin and TLSServerMixin (authenticator
+    # required), with auth_required=True by default.
     def __init__(
         self,
         localaddr: _smtpd._Address,
         remoteaddr: _smtpd._Address,
         *args: Any,
-        tls_context: ssl.SSLContext,
         authenticator: _Authenticator,
         auth_required: bool = True,
         **kwargs: Any,

@@ -4,9 +4,19 @@ import logging
 from smtpd_compat.session import SessionStateMixin
 from smtpd_compat._compose import CapabilityServerMixin
 
-__all__ = ["logger", "SessionLogChannelMixin", "SessionLogServerMixin", "format_peer"]
+__all__ = ["logger", "SessionLogChannelMixin", "SessionLogServerMixin", "LogEvery", "format_peer", "safe"]
 
 logger: logging.Logger
+
+# ``value`` as text safe for one log line.
+def safe(value: object) -> str: ...
+
+# Counts events; lets one log line through per ``interval`` seconds.
+class LogEvery:
+    interval: float
+    def __init__(self, interval: float = 1.0) -> None: ...
+    # Count one event; how many to report now, or 0 inside the interval.
+    def count(self) -> int: ...
 
 def format_peer(peer: object) -> str: ...
 

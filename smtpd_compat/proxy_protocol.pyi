@@ -1,5 +1,7 @@
 # Types of the PROXY protocol (v1/v2) parser and capability.
+import ipaddress
 import logging
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import smtpd_compat as _smtpd
@@ -15,12 +17,19 @@ __all__ = [
     "ProxyProtocolServerMixin",
     "ProxyProtocolServer",
     "V2_SIGNATURE",
+    "DEFAULT_TRUSTED",
+    "parse_networks",
     "CLI_OPTIONS",
     "cli_configure",
 ]
 
 logger: logging.Logger
 V2_SIGNATURE: bytes
+# Who may send a PROXY header unless proxy_trusted says otherwise.
+DEFAULT_TRUSTED: tuple[str, ...]
+
+# The networks in a comma-separated string of CIDRs or an iterable of them.
+def parse_networks(spec: str | Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]: ...
 
 class ProxyProtocolError(ValueError): ...
 
@@ -59,6 +68,7 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
         remoteaddr: _smtpd._Address,
         *args: Any,
         proxy_header_timeout: float | None | _Unset = ...,
+        proxy_trusted: str | Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] | None | _Unset = ...,
         **kwargs: Any,
     ) -> None: ...
 

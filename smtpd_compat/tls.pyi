@@ -52,21 +52,28 @@ class TLSServerMixin(CapabilityServerMixin):
     implicit_tls: bool
     require_starttls: bool
     tls_handshake_timeout: float | None
-    # tls_context is required (None raises TypeError): see
-    # stubtest-allowlist.txt.
+    # The files the context was loaded from (reload() reads them again).
+    tls_certfile: str | None
+    tls_keyfile: str | None
+    # One of tls_context and tls_certfile is needed (TypeError otherwise).
     def __init__(
         self,
         localaddr: _smtpd._Address,
         remoteaddr: _smtpd._Address,
         *args: Any,
-        tls_context: ssl.SSLContext,
+        tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
         require_starttls: bool = False,
         tls_handshake_timeout: float | None = None,
+        tls_certfile: str | None = None,
+        tls_keyfile: str | None = None,
         **kwargs: Any,
     ) -> None: ...
+    # A new SSLContext from tls_certfile/tls_keyfile for new connections.
+    def reload(self) -> None: ...
 
 class TLSServer(TLSServerMixin, _smtpd.SMTPServer): ...
+
 
 def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext: ...
 

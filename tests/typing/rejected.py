@@ -11,7 +11,7 @@ from typing import Any, List, Optional, Tuple, Union
 import smtpd
 
 from smtpd_compat.limits import LimitedServer
-from smtpd_compat.tls import TLSServer
+from smtpd_compat.auth import SubmissionServer
 
 Peer = Tuple[str, int]
 
@@ -78,7 +78,7 @@ smtpd.DEBUGSTREAM = sys.stderr
 # parseargs takes a list of arguments.
 smtpd.parseargs('-n')  # E: arg-type
 
-# The capability classes keep the core's address types, and the TLS
-# server needs its context.
+# The capability classes keep the core's address types, and the AUTH
+# server needs its authenticator.
 LimitedServer('localhost', None)  # E: arg-type
-TLSServer(('localhost', 8025), ('localhost', 25))  # E: call-arg
+SubmissionServer(('localhost', 8025), ('localhost', 25), tls_certfile='c.pem')  # E: call-arg
