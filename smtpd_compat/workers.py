@@ -9,7 +9,9 @@ and run their own loop.  The parent only supervises:
   when a worker keeps dying at once, so a crash loop does not spin);
 * SIGTERM or SIGINT to the parent is passed on to every worker, which shuts
   down gracefully (:mod:`smtpd_compat.shutdown`); the parent waits for
-  them and returns, so the process exits with status 0.
+  them and returns, so the process exits with status 0;
+* SIGHUP to the parent is passed on to every worker, which reloads its TLS
+  certificate and auth file (see the command line's SIGHUP handling).
 
 A shared socket (rather than SO_REUSEPORT listeners) works with port 0 and
 everywhere fork exists; idle workers all wake on a new connection but only
@@ -56,7 +58,20 @@ def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
             except ProcessLookupError:
                 pass
 
+    def forward(signum, frame):
+        # SIGHUP (reload) is for the workers, who serve: pass it on.
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
     previous = {signum: signal.signal(signum, stop) for signum in signals}
+    hup = getattr(signal, 'SIGHUP', None)
+    if hup is not None and hup not in previous:
+        # Restored in the workers too (_child), so that they reload rather
+        # than forward to their siblings.
+        previous[hup] = signal.signal(hup, forward)
 
     def spawn(slot):
         sys.stdout.flush()

@@ -13,6 +13,7 @@ import pytest
 
 from smtpd_compat.workers import run_workers
 from conftest import free_port
+from test_tls import served_cert, two_certs, wait_until  # noqa: F401 (fixture)
 
 if not hasattr(os, 'fork'):
     pytest.skip('workers need fork()', allow_module_level=True)
@@ -148,3 +149,44 @@ def test_stop_signal_between_fork_and_handler_setup_is_not_lost(
                           timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == 'served by worker 2\n'
+
+
+def test_sighup_to_the_parent_reloads_every_worker(two_certs, tmp_path,  # noqa: F811
+                                                   python_path_env):
+    # logrotate and systemctl reload signal the main process: the workers,
+    # who serve, must reload (and must not pass it on to each other).
+    client, pems, ders = two_certs
+    cert = tmp_path / 'server.pem'
+    cert.write_bytes(pems[0])
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'DebuggingServer',
+         '--workers', '2', '--tls-cert', str(cert), '127.0.0.1:%d' % port],
+        env=python_path_env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = Lines(proc.stderr)
+    try:
+        log.wait_for(r'worker (\d) started, pid (\d+)', 2)
+        assert wait_until(lambda: _serves(port, client) == ders[0])
+        cert.write_bytes(pems[1])
+        proc.send_signal(signal.SIGHUP)
+        # Every connection, whichever worker takes it, sees the new one.
+        assert wait_until(lambda: all(_serves(port, client) == ders[1]
+                                      for _ in range(8)))
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            # The workers too: they hold stderr open.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    assert not any('Traceback' in line for line in log.lines)
+
+
+def _serves(port, client):
+    try:
+        return served_cert(('127.0.0.1', port), client)
+    except OSError:
+        return None
