@@ -252,7 +252,7 @@ def test_slowloris_2000_dripping_sockets(serve, connect):
             chunk = key.fileobj.recv(4096)
             assert chunk, 'an attacker was disconnected before the client finished'
             received[key.fileobj] += chunk
-        assert not any(b'421' in data for data in received.values())
+        assert not any(b'421' in data for data in received.values()), [d for d in received.values() if b'421' in d][:3]
         # Then every attacker gets the timeout reply and EOF.
         closed = 0
         deadline = time.monotonic() + 30
