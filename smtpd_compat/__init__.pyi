@@ -229,17 +229,7 @@ class DebuggingServer(SMTPServer):
     def _print_message_content(self, peer: _Address, data: bytes | str) -> None: ...
 
 class PureProxy(SMTPServer):
-    def __init__(
-        self,
-        localaddr: _Address,
-        remoteaddr: _Address,
-        data_size_limit: int = 33554432,
-        map: _Map | None = None,
-        enable_SMTPUTF8: bool = False,
-        decode_data: bool = False,
-        *,
-        backlog: int | None = None,
-    ) -> None: ...
+    # __init__ is SMTPServer's (the runtime one only passes everything on).
     def _deliver(
         self, mailfrom: str, rcpttos: list[str], data: bytes | str
     ) -> dict[str, tuple[int, bytes | str]]: ...
