@@ -408,53 +408,29 @@ class SMTPChannel(asynchat.async_chat):
             if queued > _OUTPUT_HIGH_WATER:
                 self._reading_paused = True
                 return False
-        return asynchat.async_chat.readable(self)
-
-    # Capability channels (smtpd_compat.session) send the replies to one
-    # read together, several queued replies per send(); the compat channel
-    # sends each reply as it is pushed, as the stdlib did (code that
-    # inspects each send(), such as CPython's own tests, sees the same
-    # calls).
-    _batch_replies = False
-    # True while handle_read processes a read: initiate_send waits.
-    _batching = False
+        return 1    # what asynchat.async_chat.readable returns
 
     def initiate_send(self):
-        if self._batching:
-            return      # handle_read sends once the read is processed
+        # Speed fix (the same send() calls with the same bytes): the usual
+        # case, one reply queued, skips asynchat's general loop over
+        # producers, empty entries and oversized items, which it still
+        # handles.
         fifo = self.producer_fifo
-        if self._batch_replies and len(fifo) > 1 and \
-                type(fifo[0]) is bytes and type(fifo[1]) is bytes:
-            # Several queued replies go out in one send(): asynchat sends
-            # one queued item per call.
-            limit = self.ac_out_buffer_size
-            parts = [fifo.popleft()]
-            size = len(parts[0])
-            while fifo and type(fifo[0]) is bytes and \
-                    size + len(fifo[0]) <= limit:
-                item = fifo.popleft()
-                parts.append(item)
-                size += len(item)
-            fifo.appendleft(b''.join(parts))
+        if len(fifo) == 1 and self.connected:
+            first = fifo[0]
+            if type(first) is bytes and 0 < len(first) <= self.ac_out_buffer_size:
+                try:
+                    sent = self.send(first)
+                except OSError:
+                    self.handle_error()
+                    return
+                if sent:
+                    if sent < len(first):
+                        fifo[0] = first[sent:]
+                    else:
+                        fifo.popleft()
+                return
         asynchat.async_chat.initiate_send(self)
-
-    def _send_queued(self):
-        """Send what is queued, as far as the socket takes it; the rest
-        goes out from handle_write."""
-        fifo = self.producer_fifo
-        while fifo and self.connected:
-            count = len(fifo)
-            self.initiate_send()
-            if len(fifo) >= count:
-                return      # a partial send (or none): wait for writable
-
-    def close(self):
-        if self._batching and self.producer_fifo and self.connected:
-            # Closed while a read is processed: send the replies queued so
-            # far first, as the stdlib (which sent each one at once) did.
-            self._batching = False
-            self._send_queued()
-        asynchat.async_chat.close(self)
 
     def handle_write(self):
         asynchat.async_chat.handle_write(self)
@@ -511,16 +487,17 @@ class SMTPChannel(asynchat.async_chat):
         # throwing away pipelined plaintext) makes the loop go on with the
         # new buffer instead.
         size = self.ac_in_buffer_size
-        term = self.terminator
-        if self.smtp_state == self.COMMAND or (
-                isinstance(term, int) and term < _COMMAND_READ_SIZE):
+        if size > _COMMAND_READ_SIZE and (
+                self.smtp_state == self.COMMAND
+                or (isinstance(self.terminator, int)
+                    and self.terminator < _COMMAND_READ_SIZE)):
             # Fairness (invisible on the wire): pipelined commands are read
             # a few KiB at a time, so that one client's burst of thousands
             # of small commands (or one-byte BDAT chunks) is handled over
             # several turns of the event loop while the others are served
             # in between; the rest waits in the kernel, which reports it
             # again.  Message content is read in full-size pieces.
-            size = min(size, _COMMAND_READ_SIZE)
+            size = _COMMAND_READ_SIZE
         try:
             data = self.recv(size)
         except BlockingIOError:
@@ -530,20 +507,7 @@ class SMTPChannel(asynchat.async_chat):
             return
         if isinstance(data, str) and self.use_encoding:
             data = bytes(data, self.encoding)
-        if not self._batch_replies:
-            self._handle_input(data)
-            return
-        # Speed fix (same bytes on the wire): the replies to everything in
-        # this read are queued and sent together afterwards, not with one
-        # send() each (60,000 pipelined one-byte BDAT chunks spent most of
-        # their time in send()).
-        self._batching = True
-        try:
-            self._handle_input(data)
-        finally:
-            self._batching = False
-            if self.producer_fifo:
-                self._send_queued()
+        self._handle_input(data)
 
     def _handle_input(self, data):
         """Split received bytes at the terminators and hand them to
