@@ -142,7 +142,8 @@ def ehlo_latency(port, probes=20, time_limit=10.0):
 
 
 def smtplib_run(port, messages, length=1024, time_limit=10.0):
-    """One smtplib client sending messages over one session; msg/s."""
+    """One smtplib client sending messages over one session; returns
+    (msg/s, messages sent)."""
     body = _body(length)
     deadline = time.monotonic() + time_limit
     done = 0
@@ -153,7 +154,7 @@ def smtplib_run(port, messages, length=1024, time_limit=10.0):
                 break
             c.sendmail('sender@bench.example', ['rcpt@bench.example'], body)
             done += 1
-    return done / (time.monotonic() - start)
+    return done / (time.monotonic() - start), done
 
 
 def transaction_ms(port, timeout=5.0):

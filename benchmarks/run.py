@@ -70,9 +70,11 @@ class Server:
         deadline = time.monotonic() + 15
         while not os.path.exists(portfile):
             if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    proc.kill()
+                error = proc.stderr.read().decode(errors='replace')[-500:]
                 stop(proc)
-                raise RuntimeError('%s did not start: %s' % (
-                    self.name, proc.stderr.read().decode(errors='replace')[-500:]))
+                raise RuntimeError('%s did not start: %s' % (self.name, error))
             time.sleep(0.02)
         with open(portfile) as f:
             return proc, int(f.read())
@@ -104,6 +106,16 @@ def stop(proc):
     proc.wait()
     if proc.stderr:
         proc.stderr.close()
+
+
+def proc_cpu(pid):
+    """CPU seconds (user + system) a process has used, or None."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def proc_status(pid, field):
@@ -146,7 +158,27 @@ def find_servers(args):
                      'SMTPD_COMPAT_AIOSMTPD_PYTHON to an interpreter that has it')
     if args.smtp_sink and shutil.which('smtp-sink'):
         servers.append(Server('smtp-sink', ['smtp-sink'], note='C ceiling'))
+    if args.baseline_tree:
+        sink = os.path.join(args.baseline_tree, 'benchmarks', 'peers', 'sink.py')
+        servers.insert(1, Server('ours@' + args.baseline, [args.python, sink, 'ours'],
+                                 note='(%s)' % args.baseline_tree))
     return servers, notes
+
+
+def baseline_tree(rev, tmpdir):
+    """A directory holding smtpd_compat at ``rev``: the path itself when
+    it is a checkout, else the git revision exported into ``tmpdir``."""
+    if os.path.isdir(rev):
+        tree = os.path.abspath(rev)
+    else:
+        tree = os.path.join(tmpdir, 'baseline')
+        os.makedirs(tree)
+        archive = subprocess.run(['git', '-C', ROOT, 'archive', rev],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(['tar', '-x', '-C', tree], input=archive, check=True)
+    if not os.path.exists(os.path.join(tree, 'benchmarks', 'peers', 'sink.py')):
+        raise SystemExit('--baseline %s: no benchmarks/peers/sink.py there' % rev)
+    return tree
 
 
 def run_one(workload, server, proc, port, args):
@@ -156,6 +188,10 @@ def run_one(workload, server, proc, port, args):
     source = loadgen.smtp_source if (loadgen.SMTP_SOURCE and not args.python_loadgen) \
         else loadgen.python_source
     n = lambda x: max(1, int(x * s))   # noqa: E731
+    # Server CPU per message: far steadier than throughput on a shared
+    # machine (a neighbour's load slows the clock, not the work done).
+    cpu_before = proc_cpu(proc.pid)
+    done = None
     if workload == 'W1':
         done, t = source(port, 20, n(6000), 1024, persistent=True, time_limit=tl)
         value = done / t
@@ -172,15 +208,19 @@ def run_one(workload, server, proc, port, args):
     elif workload == 'EHLO':
         value = loadgen.ehlo_latency(port, probes=n(30), time_limit=tl)
     elif workload == 'smtplib':
-        value = loadgen.smtplib_run(port, n(1500), time_limit=tl)
+        value, done = loadgen.smtplib_run(port, n(1500), time_limit=tl)
     elif workload == 'W5':
         return run_idle(server, proc, port, args)
     elif workload == 'S50':
         done, t = source(port, 20, n(2000), 1024, persistent=True, time_limit=tl)
         value = done / t
+    cpu_after = proc_cpu(proc.pid)
+    cpu_us = None
+    if done and cpu_before is not None and cpu_after is not None:
+        cpu_us = (cpu_after - cpu_before) / done * 1e6
     rss = proc_status(proc.pid, 'VmHWM')
     alive = proc.poll() is None
-    return {'value': value, 'rss': rss, 'ok': alive}
+    return {'value': value, 'rss': rss, 'ok': alive, 'cpu_us': cpu_us}
 
 
 def run_idle(server, proc, port, args):
@@ -217,8 +257,10 @@ def summarise(results, servers, workloads):
                 continue
             vals = [r['value'] for r in runs if r['value'] == r['value']]
             rss = [r['rss'] for r in runs if r['rss'] is not None]
+            cpu = [r['cpu_us'] for r in runs if r.get('cpu_us') is not None]
             row = {
                 'value': statistics.median(vals) if vals else float('nan'),
+                'cpu_us': statistics.median(cpu) if cpu else None,
                 'rss': max(rss) if rss else None,
                 'ok': all(r['ok'] for r in runs),
                 'n': len(runs),
@@ -239,10 +281,20 @@ def ratio(table, w, a, b):
     return ra['value'] / rb['value'] if higher else rb['value'] / ra['value']
 
 
+def cpu_ratio(table, w, a, b):
+    """How many times less server CPU per message ``a`` used than ``b``."""
+    ra, rb = table[w].get(a), table[w].get(b)
+    if not ra or not rb or not ra.get('cpu_us') or not rb.get('cpu_us'):
+        return None
+    return rb['cpu_us'] / ra['cpu_us']
+
+
 def ratio_pairs(servers):
     """The (a, b) pairs shown as "a / b" ratio columns."""
+    names = [s.name for s in servers]
     pairs = [('ours', 'stdlib'), ('ours', 'aiosmtpd')]
-    if 'ours-threads' in [s.name for s in servers]:
+    pairs += [('ours', n) for n in names if n.startswith('ours@')]
+    if 'ours-threads' in names:
         pairs += [('ours-threads', 'ours'), ('ours-threads', 'aiosmtpd')]
     return pairs
 
@@ -283,6 +335,23 @@ def markdown(table, servers, workloads, meta):
     lines += ['', 'Ratios are "times better" (for ms: the other\'s time / ours). '
               'W5 RSS is the server\'s RSS while holding the idle connections; '
               'other RSS figures are the peak (VmHWM) of the server process.', '']
+    cpu_rows = [w for w in workloads
+                if any(table[w].get(n, {}).get('cpu_us') for n in names)]
+    if cpu_rows:
+        lines += ['Server CPU (user + system) per message, µs, median: steadier '
+                  'than throughput when other work shares the machine. Ratios '
+                  'are "times less CPU".', '',
+                  '| workload | ' + ' | '.join(names)
+                  + ''.join(' | %s / %s' % p for p in pairs) + ' |',
+                  '|' + '---|' * (len(names) + len(pairs) + 1)]
+        for w in cpu_rows:
+            cells = [fmt(table[w].get(n, {}).get('cpu_us')) for n in names]
+            rs = []
+            for mine, other in pairs:
+                r = cpu_ratio(table, w, mine, other)
+                rs.append('—' if r is None else '%.2f×' % r)
+            lines.append('| %s | %s | %s |' % (w, ' | '.join(cells), ' | '.join(rs)))
+        lines.append('')
     return '\n'.join(lines)
 
 
@@ -341,6 +410,9 @@ def main(argv=None):
     p.add_argument('--out', default=os.path.join(HERE, 'results'))
     p.add_argument('--docs', action='store_true',
                    help='also copy the table and chart into docs/')
+    p.add_argument('--baseline', metavar='REV',
+                   help='also run ours from this git revision (or checkout '
+                        'directory) as "ours@REV", interleaved with the rest')
     args = p.parse_args(argv)
 
     # Each idle connection is one fd here and one in the server (children
@@ -351,12 +423,17 @@ def main(argv=None):
         if w not in WORKLOADS:
             p.error('unknown workload %r' % w)
     wanted = args.servers.split(',')
-    servers, notes = find_servers(args)
-    servers = [s for s in servers if s.name in wanted]
     os.makedirs(args.out, exist_ok=True)
     results = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix='smtpd-bench-') as tmpdir:
+        args.baseline_tree = baseline_tree(args.baseline, tmpdir) if args.baseline else None
+        if args.baseline:
+            # A directory is named by its last component.
+            args.baseline = os.path.basename(os.path.normpath(args.baseline))
+            wanted.append('ours@' + args.baseline)
+        servers, notes = find_servers(args)
+        servers = [s for s in servers if s.name in wanted]
         for rnd in range(args.rounds):
             for w in workloads:
                 for srv in servers:

@@ -139,7 +139,9 @@ def _debugging():
     """True when debug prints go somewhere.  Speed fix: lets the per-line
     and per-command paths skip formatting what a Devnull would drop (the
     recipient list printed on every RCPT made 100 recipients cost O(n**2)).
-    Only the stdlib's own Devnull counts; a subclass may record."""
+    Only the stdlib's own Devnull counts; a subclass may record.
+    found_terminator, smtp_MAIL and smtp_RCPT inline this test: a call per
+    command line and per recipient cost ~1% of a message's time."""
     return type(DEBUGSTREAM) is not Devnull
 
 
@@ -230,7 +232,9 @@ class SMTPChannel(asynchat.async_chat):
     # None until the caller names one.  Only if that exception escapes to
     # _handle_input -- where the stdlib's reached asyncore, which printed a
     # traceback and dropped the connection -- is the answer given; the
-    # session then goes on (see _answer_escaped).
+    # session then goes on (see _answer_escaped).  A note whose exception
+    # a subclass caught stays until the next one replaces it: answers go
+    # only to the very exception object noted.
     _on_escape = None
     # True while _handle_input hands input to collect_incoming_data and
     # found_terminator: the only place where an exception can escape to an
@@ -252,6 +256,15 @@ class SMTPChannel(asynchat.async_chat):
 
     def __init__(self, server, conn, addr, data_size_limit=DATA_SIZE_DEFAULT,
                  map=None, enable_SMTPUTF8=False, decode_data=False):
+        # Speed fix: the per-command paths read these, and on CPython an
+        # attribute found on the instance is cheaper than a class default
+        # (together ~3% of a message's time).  Same values; asynchat's
+        # buffer sizes are the class's at the time the channel is made.
+        self._input_paused = self._reading_paused = self._in_dispatch = False
+        self._utf8_pending = self.accepting = False
+        self.ac_in_buffer_size = self.ac_in_buffer_size
+        self.ac_out_buffer_size = self.ac_out_buffer_size
+        self._on_escape = None
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
@@ -395,20 +408,27 @@ class SMTPChannel(asynchat.async_chat):
     # further input waits in the kernel (TCP then slows the client down).
     # One read can still queue the replies to everything it holds: with
     # commands read 4 KiB at a time (handle_read), ~100 KB at most.
+    # initiate_send, which every push goes through, raises the flag;
+    # readable() asks again only while it is up (the loop asks readable()
+    # after every event: the common case costs one attribute), and
+    # handle_write lowers it.
     _reading_paused = False
 
     def readable(self):
-        fifo = self.producer_fifo
-        if len(fifo) > 1 and self.connected:
-            try:
-                queued = sum(map(len, fifo))
-            except TypeError:
-                # A producer or close_when_done's None: not plain replies.
-                queued = 0
-            if queued > _OUTPUT_HIGH_WATER:
-                self._reading_paused = True
-                return False
+        if self._reading_paused and \
+                self._queued_output() > _OUTPUT_HIGH_WATER:
+            return False
         return 1    # what asynchat.async_chat.readable returns
+
+    def _queued_output(self):
+        """Bytes of replies queued; 0 once disconnected or when a
+        producer or close_when_done's None is queued (not plain replies)."""
+        if not self.connected:
+            return 0
+        try:
+            return sum(map(len, self.producer_fifo))
+        except TypeError:
+            return 0
 
     def initiate_send(self):
         # Speed fix (the same send() calls with the same bytes): the usual
@@ -431,6 +451,9 @@ class SMTPChannel(asynchat.async_chat):
                         fifo.popleft()
                 return
         asynchat.async_chat.initiate_send(self)
+        if len(fifo) > 1 and not self._reading_paused and \
+                self._queued_output() > _OUTPUT_HIGH_WATER:
+            self._reading_paused = True
 
     def handle_write(self):
         asynchat.async_chat.handle_write(self)
@@ -582,9 +605,6 @@ class SMTPChannel(asynchat.async_chat):
                     buf, pos, end = self.ac_in_buffer, 0, len(self.ac_in_buffer)
         finally:
             self._in_dispatch = dispatching
-            if self._on_escape is not None:
-                # One a subclass caught: nothing escaped.
-                self._on_escape = None
             # After an exception from found_terminator, keep a buffer it set.
             if not calling or self.ac_in_buffer is _PENDING:
                 self.ac_in_buffer = buf[pos:] if pos < end else b''
@@ -686,7 +706,7 @@ class SMTPChannel(asynchat.async_chat):
     # Implementation of base class abstract method
     def found_terminator(self):
         line = self._take_line()
-        if _debugging():
+        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
             self._debug_line(line)
         if self.smtp_state == self.COMMAND:
             sz, self.num_bytes = self.num_bytes, 0
@@ -959,7 +979,7 @@ class SMTPChannel(asynchat.async_chat):
         if not self.seen_greeting:
             self.push('503 Error: send HELO first')
             return
-        if _debugging():
+        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
             print('===> MAIL', arg, file=DEBUGSTREAM)
         syntaxerr = '501 Syntax: MAIL FROM: <address>'
         if self.extended_smtp:
@@ -1013,7 +1033,7 @@ class SMTPChannel(asynchat.async_chat):
             self.push('555 MAIL FROM parameters not recognized or not implemented')
             return
         self.mailfrom = address
-        if _debugging():
+        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
             print('sender:', self.mailfrom, file=DEBUGSTREAM)
         self.push('250 OK')
 
@@ -1021,7 +1041,7 @@ class SMTPChannel(asynchat.async_chat):
         if not self.seen_greeting:
             self.push('503 Error: send HELO first')
             return
-        if _debugging():
+        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
             print('===> RCPT', arg, file=DEBUGSTREAM)
         if not self.mailfrom:
             self.push('503 Error: need MAIL command')
@@ -1046,7 +1066,7 @@ class SMTPChannel(asynchat.async_chat):
             self.push('555 RCPT TO parameters not recognized or not implemented')
             return
         self.rcpttos.append(address)
-        if _debugging():
+        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
             print('recips:', self.rcpttos, file=DEBUGSTREAM)
         self.push('250 OK')
 

@@ -35,6 +35,44 @@ def in_thread(func):
     return t, result
 
 
+SELECTORS = [loopmod._KeySelector]
+if hasattr(loopmod.select, 'epoll'):
+    SELECTORS.insert(0, loopmod._EpollSelector)
+
+
+@pytest.fixture(autouse=True, params=SELECTORS, ids=lambda c: c.__name__)
+def selector_class(request, monkeypatch):
+    """Every test here runs on Linux's direct epoll selector and on the
+    selectors-module one used elsewhere."""
+    monkeypatch.setattr(loopmod, '_Selector', request.param)
+    return request.param
+
+
+def test_selector_reports_hangup_and_forgets_closed_fds(selector_class):
+    sel = selector_class()
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        sel.register(a.fileno(), loopmod._READ)
+        sel.register(c.fileno(), loopmod._READ)
+        assert sel.select(0) == []
+        b.close()       # hang-up: readable (recv then returns b'')
+        ready = sel.select(1.0)
+        assert [(fd, mask & loopmod._READ) for fd, mask in ready] == \
+            [(a.fileno(), loopmod._READ)]
+        sel.modify(a.fileno(), loopmod._READ | loopmod._WRITE)
+        assert dict(sel.select(1.0))[a.fileno()] & loopmod._WRITE
+        fd = c.fileno()
+        c.close()       # closed while registered: unregistering is quiet
+        sel.unregister(fd)
+        sel.unregister(a.fileno())
+        assert sel.select(0) == []
+    finally:
+        sel.close()
+        for s in (a, c, d):
+            s.close()
+
+
 @pytest.fixture
 def served():
     """A RecordingServer on its own map; closed at teardown."""
