@@ -216,33 +216,6 @@ class SMTPChannel(asynchat.async_chat):
     DATA = 1
 
     command_size_limit = 512
-    # True while no byte of DATA content has arrived (see _handle_input).
-    _data_start = False
-    # Hook for capabilities that wait for work done off the loop thread
-    # (smtpd_compat.threads): while True, _handle_input splits no further
-    # lines and keeps the rest in ac_in_buffer; _handle_input(b'') resumes.
-    # Never set by this module, so the stdlib's behaviour is unchanged.
-    _input_paused = False
-
-    # Deviations (b) and (c), as subclasses see them.  Where the stdlib
-    # raised for client input, the core raises the same exception from the
-    # same method, so an override that catches it behaves as on 3.11.
-    # Before raising, the core notes in _on_escape what to answer instead:
-    # (exception, answer), the answer being a reply line, a callable, or
-    # None until the caller names one.  Only if that exception escapes to
-    # _handle_input -- where the stdlib's reached asyncore, which printed a
-    # traceback and dropped the connection -- is the answer given; the
-    # session then goes on (see _answer_escaped).  A note whose exception
-    # a subclass caught stays until the next one replaces it: answers go
-    # only to the very exception object noted.
-    _on_escape = None
-    # True while _handle_input hands input to collect_incoming_data and
-    # found_terminator: the only place where an exception can escape to an
-    # answer (see push).
-    _in_dispatch = False
-    # Deviation (c): set once a chunk had to be decoded incrementally and
-    # ended inside a character, so the next chunks go on from there.
-    _utf8_pending = False
     # Kept as a class attribute for code that reads it; every channel gets
     # its own dict in __init__ (deviation (d)).
     command_size_limits = collections.defaultdict(lambda x=command_size_limit: x)
@@ -256,15 +229,51 @@ class SMTPChannel(asynchat.async_chat):
 
     def __init__(self, server, conn, addr, data_size_limit=DATA_SIZE_DEFAULT,
                  map=None, enable_SMTPUTF8=False, decode_data=False):
-        # Speed fix: the per-command paths read these, and on CPython an
-        # attribute found on the instance is cheaper than a class default
-        # (together ~3% of a message's time).  Same values; asynchat's
-        # buffer sizes are the class's at the time the channel is made.
-        self._input_paused = self._reading_paused = self._in_dispatch = False
-        self._utf8_pending = self.accepting = False
+        # The core's own per-connection flags are instance attributes only,
+        # never class defaults as well: the per-command paths read them,
+        # and CPython 3.13 does not specialise access to an instance
+        # attribute that a class attribute of the same name shadows
+        # (about four times slower).
+        # True while no byte of DATA content has arrived (see _handle_input).
+        self._data_start = False
+        # Hook for capabilities that wait for work done off the loop thread
+        # (smtpd_compat.threads): while True, _handle_input splits no further
+        # lines and keeps the rest in ac_in_buffer; _handle_input(b'') resumes.
+        # Never set by this module, so the stdlib's behaviour is unchanged.
+        self._input_paused = False
+        # Deviations (b) and (c), as subclasses see them.  Where the stdlib
+        # raised for client input, the core raises the same exception from the
+        # same method, so an override that catches it behaves as on 3.11.
+        # Before raising, the core notes in _on_escape what to answer instead:
+        # (exception, answer), the answer being a reply line, a callable, or
+        # None until the caller names one.  Only if that exception escapes to
+        # _handle_input -- where the stdlib's reached asyncore, which printed a
+        # traceback and dropped the connection -- is the answer given; the
+        # session then goes on (see _answer_escaped).  A note whose exception
+        # a subclass caught stays until the next one replaces it: answers go
+        # only to the very exception object noted.
+        self._on_escape = None
+        # True while _handle_input hands input to collect_incoming_data and
+        # found_terminator: the only place where an exception can escape to an
+        # answer (see push).
+        self._in_dispatch = False
+        # Deviation (c): set once a chunk had to be decoded incrementally and
+        # ended inside a character, so the next chunks go on from there.
+        self._utf8_pending = False
+        # Flow control (see readable()).
+        self._reading_paused = False
+        # Bytes handle_read asks for (see set_terminator, which a subclass
+        # may override without calling: then asynchat's size as in the
+        # stdlib).
+        self._read_size = self.ac_in_buffer_size
+        # Speed fix, for CPython 3.11 (neutral on 3.13): asyncore's and
+        # asynchat's class defaults the per-event paths read, copied to the
+        # instance, where 3.11 finds them faster (together ~3% of a
+        # message).  Same values; the buffer sizes are the class's at the
+        # time the channel is made.
+        self.accepting = False
         self.ac_in_buffer_size = self.ac_in_buffer_size
         self.ac_out_buffer_size = self.ac_out_buffer_size
-        self._on_escape = None
         asynchat.async_chat.__init__(self, conn, map=map)
         self.smtp_server = server
         self.conn = conn
@@ -398,7 +407,14 @@ class SMTPChannel(asynchat.async_chat):
                 self._on_escape = (err, escaped)
                 raise
             data = (escaped + '\r\n').encode(encoding)
-        asynchat.async_chat.push(self, data)
+        if len(data) > self.ac_out_buffer_size:
+            asynchat.async_chat.push(self, data)
+            return
+        # Speed fix: what asynchat.async_chat.push does with a reply that
+        # fits one send (it also checks the type, which is bytes here, and
+        # splits longer ones).
+        self.producer_fifo.append(data)
+        self.initiate_send()
 
     # Flow control (invisible on the wire: the same bytes, in the same
     # order).  The stdlib read on however many replies a client left
@@ -412,7 +428,6 @@ class SMTPChannel(asynchat.async_chat):
     # readable() asks again only while it is up (the loop asks readable()
     # after every event: the common case costs one attribute), and
     # handle_write lowers it.
-    _reading_paused = False
 
     def readable(self):
         if self._reading_paused and \
@@ -497,6 +512,19 @@ class SMTPChannel(asynchat.async_chat):
         # (".\r\n" right after the 354 reply) can be recognised: see
         # handle_read.
         self._data_start = term == _DATA_TERMINATOR
+        # Fairness (invisible on the wire): while commands (or BDAT chunks
+        # of a few bytes) are expected, handle_read reads a few KiB at a
+        # time, so that one client's burst of thousands of small commands
+        # or one-byte chunks is handled over several turns of the event
+        # loop while the others are served in between; the rest waits in
+        # the kernel, which reports it again.  Message content is read in
+        # full-size pieces.  Decided here, once per change of terminator,
+        # not on every read.
+        size = self.ac_in_buffer_size
+        if not self._data_start and term is not None and (
+                not isinstance(term, int) or term < _COMMAND_READ_SIZE):
+            size = min(size, _COMMAND_READ_SIZE)
+        self._read_size = size
         asynchat.async_chat.set_terminator(self, term)
 
     def handle_read(self):
@@ -509,20 +537,8 @@ class SMTPChannel(asynchat.async_chat):
         # placeholder.  Code that replaces it (discard_buffers(), or STARTTLS
         # throwing away pipelined plaintext) makes the loop go on with the
         # new buffer instead.
-        size = self.ac_in_buffer_size
-        if size > _COMMAND_READ_SIZE and (
-                self.smtp_state == self.COMMAND
-                or (isinstance(self.terminator, int)
-                    and self.terminator < _COMMAND_READ_SIZE)):
-            # Fairness (invisible on the wire): pipelined commands are read
-            # a few KiB at a time, so that one client's burst of thousands
-            # of small commands (or one-byte BDAT chunks) is handled over
-            # several turns of the event loop while the others are served
-            # in between; the rest waits in the kernel, which reports it
-            # again.  Message content is read in full-size pieces.
-            size = _COMMAND_READ_SIZE
         try:
-            data = self.recv(size)
+            data = self.recv(self._read_size)   # see set_terminator
         except BlockingIOError:
             return
         except OSError:
