@@ -42,3 +42,36 @@ def test_runner_smoke(tmp_path, python_path_env, loadgen):
         assert '30 held' in rows['W5']
         if importlib.util.find_spec('matplotlib') is not None:
             assert (tmp_path / 'chart.png').stat().st_size > 1000
+
+
+@pytest.mark.parametrize('baseline', ['HEAD', 'checkout'])
+def test_runner_baseline(tmp_path, python_path_env, baseline):
+    """--baseline runs ours from another revision in the same run: a git
+    revision (exported with git archive) or a checkout directory."""
+    if baseline == 'HEAD' and not os.path.isdir(os.path.join(ROOT, '.git')):
+        pytest.skip('not a git checkout')
+    rev = ROOT if baseline == 'checkout' else 'HEAD'
+    name = 'ours@' + (os.path.basename(ROOT) if baseline == 'checkout' else 'HEAD')
+    args = [sys.executable, RUN, '--rounds', '1', '--scale', '0.01',
+            '--time-limit', '5', '--no-smtp-sink', '--python-loadgen',
+            '--servers', 'ours', '--workloads', 'W1,smtplib',
+            '--baseline', rev, '--out', str(tmp_path)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                          env=python_path_env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / 'latest.md').read_text()
+    header = next(line for line in table.splitlines() if line.startswith('| workload | unit'))
+    assert '| ours | %s |' % name in header
+    assert 'ours / %s' % name in header
+    w1 = next(line for line in table.splitlines() if line.startswith('| W1: '))
+    cells = w1.split(' | ')
+    assert cells[2] not in ('—', '') and cells[3] not in ('—', ''), w1
+    ratio = cells[header.split(' | ').index('ours / %s' % name)]
+    assert re.fullmatch(r'\d+\.\d\d×', ratio), w1
+    # The CPU table: a row per message-counting workload, both servers.
+    cpu_rows = {m.group(1): m.group(0) for m in
+                re.finditer(r'^\| (W1|smtplib) \| .*$', table, re.M)}
+    assert sorted(cpu_rows) == ['W1', 'smtplib']
+    for row in cpu_rows.values():
+        ours, theirs = row.split(' | ')[1:3]
+        assert re.fullmatch(r'[\d,.]+', ours) and re.fullmatch(r'[\d,.]+', theirs), row
