@@ -148,6 +148,14 @@ class CapabilityServerMixin:
             getattr(self, '_extra_channel_mixins', ()))
         super().__init__(*args, **kwargs)
 
+    def close(self):
+        super().close()
+        # The worker threads capabilities may have started for this server
+        # stop once their queued work is done (imported here: threads
+        # imports this module).
+        from smtpd_compat.threads import release_server_pool
+        release_server_pool(self)
+
 
 def add_channel_mixin(server, mixin):
     """Add ``mixin`` to ``server``'s channel class at its layer (for code

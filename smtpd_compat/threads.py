@@ -58,7 +58,7 @@ from smtpd_compat.session import LAYERS
 
 __all__ = [
     'OffloadChannelMixin', 'OffloadServerMixin', 'ThreadedServerMixin', 'WorkerPool',
-    'server_pool', 'DEFAULT_THREADS', 'PROCESSING_FAILED',
+    'server_pool', 'release_server_pool', 'DEFAULT_THREADS', 'PROCESSING_FAILED',
     'CLI_OPTIONS', 'cli_configure',
 ]
 
@@ -316,6 +316,17 @@ def server_pool(server) -> WorkerPool:
         threads = getattr(server, 'offload_threads', None) or DEFAULT_THREADS
         pool = server._smtpd_compat_pool = WorkerPool(threads)
     return pool
+
+
+def release_server_pool(server) -> None:
+    """Let the threads of ``server``'s pool, if it has one, end once the
+    work queued so far is done: its listening socket closed.  Sessions
+    that outlive the listener (graceful shutdown) and still need a thread
+    get a new pool.  Without this, each closed server kept its idle
+    threads until the server object itself was collected."""
+    pool = server.__dict__.pop('_smtpd_compat_pool', None)
+    if pool is not None and pool._pid == _pid_now():
+        pool.shutdown()
 
 
 # -- the channel side ---------------------------------------------------------

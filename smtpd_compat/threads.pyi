@@ -20,6 +20,7 @@ __all__ = [
     "ThreadedServerMixin",
     "WorkerPool",
     "server_pool",
+    "release_server_pool",
     "DEFAULT_THREADS",
     "PROCESSING_FAILED",
     "CLI_OPTIONS",
@@ -88,6 +89,7 @@ class WorkerPool:
     def shutdown(self) -> None: ...
 
 def server_pool(server: _smtpd.SMTPServer) -> WorkerPool: ...
+def release_server_pool(server: _smtpd.SMTPServer) -> None: ...
 
 class OffloadChannelMixin(SessionStateMixin):
     # Typed as a subclass of SessionStateMixin (and so of SMTPChannel), which

@@ -254,6 +254,32 @@ def slow_check(mechanism, login, password, channel):
     return password == 'right'
 
 
+def test_closed_server_leaves_no_worker_threads(live_server):
+    """Closing a server ends its worker threads (before, each closed
+    server kept its idle threads until the server object was collected:
+    a test suite that started 700 servers ended with 700 threads)."""
+    live = live_server(SlowServer)
+    live.server.delay = 0.2
+    before = set(threading.enumerate())
+
+    def send(n):
+        with smtplib.SMTP(*live.address, timeout=10) as c:
+            c.sendmail('a@x', ['b%d@x' % n], b'x\r\n')
+    clients = [threading.Thread(target=send, args=(n,)) for n in range(3)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(20)
+    assert len(live.server.messages) == 3
+    workers = [t for t in set(threading.enumerate()) - before
+               if t.name.startswith('smtpd_compat-worker')]
+    assert len(workers) == 3    # three handlers slept at once
+    live.stop()
+    for t in workers:
+        t.join(5)
+    assert [t for t in workers if t.is_alive()] == []
+
+
 class SlowAuthServer(AuthServerMixin, RecordingServer):
     pass
 
