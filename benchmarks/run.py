@@ -335,12 +335,15 @@ def markdown(table, servers, workloads, meta):
     lines += ['', 'Ratios are "times better" (for ms: the other\'s time / ours). '
               'W5 RSS is the server\'s RSS while holding the idle connections; '
               'other RSS figures are the peak (VmHWM) of the server process.', '']
+    # A row for every workload measured (0 means less than one clock
+    # tick of CPU time: a run too short to say).
     cpu_rows = [w for w in workloads
-                if any(table[w].get(n, {}).get('cpu_us') for n in names)]
+                if any(table[w].get(n, {}).get('cpu_us') is not None for n in names)]
     if cpu_rows:
         lines += ['Server CPU (user + system) per message, µs, median: steadier '
                   'than throughput when other work shares the machine. Ratios '
-                  'are "times less CPU".', '',
+                  'are "times less CPU"; 0 is less than one clock tick (a run '
+                  'too short to tell).', '',
                   '| workload | ' + ' | '.join(names)
                   + ''.join(' | %s / %s' % p for p in pairs) + ' |',
                   '|' + '---|' * (len(names) + len(pairs) + 1)]
