@@ -21,8 +21,11 @@ Unlike ``asyncore.loop()``, ``readable()`` and ``writable()`` are not called
 on every pass for every dispatcher.  Code that changes what *another*
 dispatcher wants (for example pushes to another channel from a handler,
 when the push cannot be sent at once) should call :func:`update` on it;
-each ``loop()`` call, and each wake-up that ends by timeout, asks every
-dispatcher again, so a missed change only delays, it never stalls forever.
+each wake-up that ends by timeout asks every dispatcher again, and so does
+each ``loop()`` call (unless the last such round was less than 0.1 s ago:
+a program calling ``loop(count=1)`` over and over does not pay for every
+connection each time), so a missed change only delays, it never stalls
+forever.
 ``use_poll`` is accepted for signature compatibility and ignored.
 
 Timers
@@ -63,6 +66,10 @@ __all__ = ['loop', 'call_later', 'TimerHandle', 'update', 'run_timers',
            'raise_fd_limit']
 
 logger = logging.getLogger(__name__)
+
+# loop() asks every dispatcher again when called, unless it did so this
+# recently (see loop()); every wake-up by timeout asks everyone too.
+_ASK_EVERYONE_INTERVAL = 0.1
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -187,6 +194,8 @@ class _MapState:
         self.cancelled = 0
         # Dispatchers whose interest must be asked again.
         self.dirty = set()
+        # When sync() last asked every dispatcher (time.monotonic()).
+        self.asked_everyone = -1e9
 
     def get_selector(self):
         if self.selector is None:
@@ -262,6 +271,7 @@ class _MapState:
                 known[fd] = obj
                 self.refresh(fd, obj)
         if everyone:
+            self.asked_everyone = time.monotonic()
             self.dirty.clear()
             for fd, obj in list(map.items()):
                 if known.get(fd) is obj:
@@ -418,8 +428,16 @@ def loop(timeout: float = 30.0, use_poll: bool = False, map: dict = None,
     map = _resolve(map)
     state = _state(map)
     try:
-        # Anything may have changed since the last call: ask everyone once.
-        state.sync(everyone=True)
+        # Anything may have changed since the last call: ask everyone
+        # again, but at most every _ASK_EVERYONE_INTERVAL seconds.  A
+        # program (or test harness) that calls loop(count=1) in its own
+        # loop would otherwise pay for every connection on every call:
+        # with 2,000 connections that is milliseconds of Python per
+        # wake-up, holding the GIL against its other threads.
+        if time.monotonic() - state.asked_everyone >= _ASK_EVERYONE_INTERVAL:
+            state.sync(everyone=True)
+        else:
+            state.sync()
         if count is None:
             while map:
                 state.poll(timeout)

@@ -299,3 +299,72 @@ def test_more_than_1024_connections(served):
     finally:
         for s in socks:
             s.close()
+
+
+class _Counting(smtpd_compat.asyncore.dispatcher):
+    """A dispatcher on one end of a socketpair that counts how often the
+    loop asks it what it wants."""
+
+    def __init__(self, sock, map):
+        super().__init__(sock, map=map)
+        self.asked = 0
+        self.want_write = False
+        self.wrote = 0
+
+    def readable(self):
+        self.asked += 1
+        return True
+
+    def writable(self):
+        return self.want_write
+
+    def handle_write(self):
+        self.wrote += 1
+        self.want_write = False
+
+    def handle_read(self):
+        self.recv(100)
+
+
+def test_repeated_loop_calls_do_not_ask_everyone_each_time(monkeypatch):
+    """loop(count=1) called over and over (a legacy driver, a test harness)
+    asks every dispatcher at most every _ASK_EVERYONE_INTERVAL seconds, not
+    on every call; a change made behind the loop's back is still noticed
+    once that interval has passed."""
+    assert loopmod._ASK_EVERYONE_INTERVAL == 0.1
+    map = {}
+    pairs = [socket.socketpair() for _ in range(20)]
+    try:
+        dispatchers = [_Counting(a, map) for a, _ in pairs]
+        poke = pairs[0][1]
+
+        def one_call():
+            poke.send(b'x')         # an event, so no wake-up by timeout
+            loop(timeout=1, map=map, count=1)
+
+        one_call()
+        first = [d.asked for d in dispatchers[1:]]
+        assert min(first) >= 1
+        # Within the interval (made long here, so that a slow machine
+        # cannot make the calls outlast it): only the dispatcher that had
+        # an event is asked again.
+        monkeypatch.setattr(loopmod, '_ASK_EVERYONE_INTERVAL', 60.0)
+        for _ in range(10):
+            one_call()
+        assert [d.asked for d in dispatchers[1:]] == first
+        assert dispatchers[0].asked > 10
+        dispatchers[5].want_write = True        # no update(): unseen yet
+        one_call()
+        assert dispatchers[5].wrote == 0
+        # Once the interval has passed, the next call asks everyone.
+        monkeypatch.setattr(loopmod, '_ASK_EVERYONE_INTERVAL', 0.0)
+        one_call()
+        again = [d.asked - n for d, n in zip(dispatchers[1:], first)]
+        # (the one that wrote was asked once more after its handler)
+        assert again[:4] + again[5:] == [1] * 18 and again[4] == 2
+        assert dispatchers[5].wrote == 1
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)
+        for a, b in pairs:
+            b.close()
+        loopmod._states.pop(id(map), None)
