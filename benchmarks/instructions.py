@@ -11,7 +11,7 @@ Here the sink (peers/sink.py, the same one run.py measures) runs under
 twice, with a small and a larger message count; the difference of the two
 totals divided by the difference of the counts is the cost of one message
 in the server process (start-up, imports and connection set-up cancel
-out).  Repeated runs agree to about 1%.  Kernel work (the system calls) is
+out).  Repeated runs agree to within about 2%.  Kernel work (the system calls) is
 not counted; it is the same for every revision that makes the same calls
 (strace -c shows it).  Needs valgrind and Postfix's smtp-source.
 """
@@ -30,7 +30,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import loadgen  # noqa: E402
-from run import baseline_tree  # noqa: E402
+from run import Server, baseline_tree, stop  # noqa: E402
 
 # name: (sessions, recipients, smaller count, larger count)
 WORKLOADS = {
@@ -43,13 +43,11 @@ def count(tree, python, workload, messages, tmpdir):
     """Instructions valgrind counted in the sink of ``tree`` while it took
     ``messages`` messages of ``workload``."""
     sessions, rcpts = WORKLOADS[workload][:2]
-    portfile = os.path.join(tmpdir, 'port')
-    if os.path.exists(portfile):
-        os.unlink(portfile)
-    proc = subprocess.Popen(
-        ['valgrind', '--tool=callgrind', '--callgrind-out-file=/dev/null',
-         python, os.path.join(tree, 'benchmarks', 'peers', 'sink.py'), 'ours', portfile],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    sink = Server('sink', ['valgrind', '--tool=callgrind', '--callgrind-out-file=/dev/null',
+                           python, os.path.join(tree, 'benchmarks', 'peers', 'sink.py'),
+                           'ours'])
+    proc, port = sink.start(
+        tmpdir, wait=120,
         # The system allocator: valgrind follows it well (3.13's mimalloc
         # makes runs crawl); the same for every revision compared.
         env=dict(os.environ, PYTHONMALLOC='malloc'),
@@ -57,13 +55,6 @@ def count(tree, python, workload, messages, tmpdir):
         # runs in the background, where a shell ignores SIGINT.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(portfile):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError('the sink did not start under valgrind')
-            time.sleep(0.05)
-        with open(portfile) as f:
-            port = int(f.read())
         done, _ = loadgen.smtp_source(port, sessions, messages, 1024, rcpts=rcpts,
                                       persistent=True, time_limit=600)
         if done != messages:
@@ -71,9 +62,7 @@ def count(tree, python, workload, messages, tmpdir):
         proc.send_signal(signal.SIGINT)     # the sink exits; valgrind reports
         err = proc.communicate(timeout=120)[1].decode(errors='replace')
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)      # kills it only if it is still running
     found = re.search(r'Collected : (\d+)', err)
     if not found:
         raise RuntimeError('no count from valgrind: %s' % err[-500:])
@@ -106,8 +95,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix='smtpd-instr-') as tmpdir:
         trees = [('ours', ROOT)]
         if args.baseline:
-            tree = baseline_tree(args.baseline, tmpdir)
-            name = os.path.basename(os.path.normpath(args.baseline))
+            name, tree = baseline_tree(args.baseline, tmpdir)
             trees.append(('ours@' + name, tree))
         rows = []
         for w in workloads:

@@ -59,15 +59,18 @@ class Server:
         self.argv = argv
         self.note = note
 
-    def start(self, tmpdir, extra=()):
+    def start(self, tmpdir, extra=(), wait=15, **popen):
+        """Start the peer (``popen``: more Popen keywords) and wait up to
+        ``wait`` seconds for its port; returns (process, port)."""
         portfile = os.path.join(tmpdir, self.name + '.port')
         if os.path.exists(portfile):
             os.unlink(portfile)
         if self.argv[0] == 'smtp-sink':
             return self._start_sink()
         proc = subprocess.Popen(self.argv + list(extra) + [portfile],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 15
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                **popen)
+        deadline = time.monotonic() + wait
         while not os.path.exists(portfile):
             if proc.poll() is not None or time.monotonic() > deadline:
                 if proc.poll() is None:
@@ -166,8 +169,9 @@ def find_servers(args):
 
 
 def baseline_tree(rev, tmpdir):
-    """A directory holding smtpd_compat at ``rev``: the path itself when
-    it is a checkout, else the git revision exported into ``tmpdir``."""
+    """(name, directory) of smtpd_compat at ``rev``: the path itself when
+    it is a checkout (named by its last component), else the git revision
+    exported into ``tmpdir``."""
     if os.path.isdir(rev):
         tree = os.path.abspath(rev)
     else:
@@ -178,7 +182,7 @@ def baseline_tree(rev, tmpdir):
         subprocess.run(['tar', '-x', '-C', tree], input=archive, check=True)
     if not os.path.exists(os.path.join(tree, 'benchmarks', 'peers', 'sink.py')):
         raise SystemExit('--baseline %s: no benchmarks/peers/sink.py there' % rev)
-    return tree
+    return os.path.basename(os.path.normpath(rev)), tree
 
 
 def run_one(workload, server, proc, port, args):
@@ -430,10 +434,9 @@ def main(argv=None):
     results = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix='smtpd-bench-') as tmpdir:
-        args.baseline_tree = baseline_tree(args.baseline, tmpdir) if args.baseline else None
+        args.baseline_tree = None
         if args.baseline:
-            # A directory is named by its last component.
-            args.baseline = os.path.basename(os.path.normpath(args.baseline))
+            args.baseline, args.baseline_tree = baseline_tree(args.baseline, tmpdir)
             wanted.append('ours@' + args.baseline)
         servers, notes = find_servers(args)
         servers = [s for s in servers if s.name in wanted]

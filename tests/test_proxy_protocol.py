@@ -217,6 +217,19 @@ DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), 'docs', 'operations.rst')
 
 
+def stop_processes(procs):
+    """Terminate the servers and HAProxy a test started; kill what does
+    not exit within 10 s."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def example_haproxy_cfg():
     """The example haproxy.cfg from docs/operations.rst (so the documented
     file is the tested one)."""
@@ -283,14 +296,7 @@ def test_haproxy_send_proxy_v1_and_v2(tmp_path, python_path_env):
             if all('END MESSAGE' in t for t in texts):
                 break
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
         for out in outs:
             out.close()
     # Round robin: one message through each server, v1 and v2 header.
@@ -587,13 +593,6 @@ def test_haproxy_send_proxy_with_implicit_tls(tmp_path, python_path_env, tls_cer
                 break
             time.sleep(0.05)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
         out.close()
     assert text.count("b'X-Peer: 127.0.0.3'") == 3, text
