@@ -22,6 +22,7 @@ import pytest
 
 import smtpd_compat
 from smtpd_compat import web
+from smtpd_compat.web import mime
 from smtpd_compat.controller import Controller, with_capture
 from smtpd_compat.delivery import MaildirServer
 from smtpd_compat import pytest_plugin
@@ -509,7 +510,7 @@ def test_hostile_mime_is_listed_and_shown_without_errors(w, raw):
     for part in parts[:2] + parts[-1:]:
         assert w.request('/api/v1/message/%s/part/%s' % (id, part['PartID']))[0] == 200
     assert w.json('/api/v1/search?query=anything')['total'] == 1
-    assert len(detail['Attachments']) <= web._MAX_PARTS
+    assert len(detail['Attachments']) <= mime._MAX_PARTS
 
 
 def test_script_in_subject_is_only_data(w):

@@ -1,0 +1,27 @@
+"""The inbox page's files (``index.html``, ``app.css``, ``app.js``), shipped
+as package data beside this module and read with :mod:`importlib.resources`,
+so they load from a checkout, an installed wheel or a zip alike.
+
+This folder is a package (it has this module) so that Python 3.8's
+``importlib.resources.read_binary``, which reads only files directly inside
+a package, finds them; 3.9+ use ``files()`` (``read_binary`` warns there
+from 3.11 on).
+"""
+import functools
+import importlib.resources
+import sys
+
+__all__ = ['read', 'NAMES']
+
+#: The files here, each served at ``/`` (index.html) or ``/<name>``.
+NAMES = ('index.html', 'app.css', 'app.js')
+
+
+@functools.lru_cache(maxsize=None)
+def read(name: str) -> bytes:
+    """The bytes of the file ``name`` (one of :data:`NAMES`), read once."""
+    if name not in NAMES:
+        raise ValueError('no such page file: %r' % (name,))
+    if sys.version_info >= (3, 9):
+        return importlib.resources.files(__name__).joinpath(name).read_bytes()
+    return importlib.resources.read_binary(__name__, name)
