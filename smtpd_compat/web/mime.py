@@ -17,15 +17,12 @@ from __future__ import annotations
 import datetime
 import email
 import email.header
-import email.message
 import email.utils
 import logging
 import re
 from html.parser import HTMLParser
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
-
-if TYPE_CHECKING:
-    from typing_extensions import TypeAlias
+from email.message import EmailMessage, Message
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 __all__ = [
     'RawMessage', 'Parsed', 'summarise', 'html_to_text', 'header_text',
@@ -40,14 +37,11 @@ _MAX_DEPTH = 32
 _MAX_PARTS = 500
 _SNIPPET = 250
 
-if TYPE_CHECKING:
-    #: A part of a parsed message (``policy.default`` makes EmailMessage
-    #: objects; typeshed types the parts as plain Messages).
-    Part: TypeAlias = email.message.Message[Any, Any]
-    #: Lower-cased header name -> its raw values, in order.
-    RawHeaders: TypeAlias = Dict[str, List[str]]
-    #: Mailpit's Address object: ``{"Name": ..., "Address": ...}``.
-    Address: TypeAlias = Dict[str, str]
+# Types in the annotations below: a part of a parsed message is a
+# Message[Any, Any] (policy.default makes EmailMessage objects; typeshed
+# types the parts as plain Messages); raw headers are a Dict[str, List[str]]
+# (lower-cased name -> its raw values, in order); Mailpit's Address object
+# is a Dict[str, str] ({"Name": ..., "Address": ...}).
 
 
 class RawMessage(Protocol):
@@ -67,7 +61,7 @@ class RawMessage(Protocol):
 # ---------------------------------------------------------------------------
 # Parsing
 
-def _parse(raw: bytes, max_parse_bytes: int) -> Tuple[email.message.EmailMessage, bool]:
+def _parse(raw: bytes, max_parse_bytes: int) -> Tuple[EmailMessage, bool]:
     """The parsed message, and whether it was too large to parse whole."""
     # Imported here, not above: email.policy (headerregistry and friends)
     # costs more than the rest of this package to import, and a server
@@ -105,7 +99,7 @@ class Parsed:
             self.msg, self.too_large = _parse(stored.raw, max_parse_bytes)
         except Exception:   # RecursionError and parser bugs included
             log.debug('web inbox: cannot parse %s', stored.id, exc_info=True)
-            self.msg = email.message.EmailMessage()
+            self.msg = EmailMessage()
         self._details: Optional[Dict[str, Any]] = None
 
     @property
@@ -138,9 +132,9 @@ def header_text(value: object) -> str:
     return re.sub(r'[\r\n]+[ \t]*', ' ', text)
 
 
-def _raw_headers(msg: Part) -> RawHeaders:
+def _raw_headers(msg: Message[Any, Any]) -> Dict[str, List[str]]:
     """Lower-cased header name -> its raw values, in order."""
-    headers: RawHeaders = {}
+    headers: Dict[str, List[str]] = {}
     for name, value in msg.raw_items():
         headers.setdefault(name.lower(), []).append(value)
     return headers
@@ -174,13 +168,13 @@ def decode_header(value: object) -> str:
     return _decode_words(_unfold(value))
 
 
-def _header_value(headers: RawHeaders, name: str) -> str:
+def _header_value(headers: Dict[str, List[str]], name: str) -> str:
     """The first ``name`` header, decoded; '' when there is none."""
     values = headers.get(name.lower())
     return decode_header(values[0]) if values else ''
 
 
-def _addresses(headers: RawHeaders, name: str) -> List[Address]:
+def _addresses(headers: Dict[str, List[str]], name: str) -> List[Dict[str, str]]:
     """Every address in every ``name`` header, as Mailpit's Address."""
     values = [_unfold(v) for v in headers.get(name.lower(), ())]
     if not values:
@@ -200,7 +194,7 @@ def iso_time(timestamp: float) -> str:
         timestamp, datetime.timezone.utc).isoformat(timespec='milliseconds')
 
 
-def _date(headers: RawHeaders, received: float) -> str:
+def _date(headers: Dict[str, List[str]], received: float) -> str:
     value = _header_value(headers, 'Date')
     try:
         dt: Optional[datetime.datetime] = email.utils.parsedate_to_datetime(value)
@@ -216,7 +210,7 @@ def _date(headers: RawHeaders, received: float) -> str:
 # ---------------------------------------------------------------------------
 # Parts
 
-def _part_text(part: Part) -> str:
+def _part_text(part: Message[Any, Any]) -> str:
     """A text part's content as str, whatever its declared charset."""
     try:
         content = part.get_content()  # type: ignore[attr-defined]
@@ -233,7 +227,7 @@ def _part_text(part: Part) -> str:
     return bytes(payload).decode('utf-8', 'replace')
 
 
-def part_bytes(part: Part) -> bytes:
+def part_bytes(part: Message[Any, Any]) -> bytes:
     """A leaf part's decoded content; an attached message as bytes."""
     if part.get_content_type() == 'message/rfc822' or isinstance(
             part.get_payload(), list):
@@ -251,13 +245,13 @@ def part_bytes(part: Part) -> bytes:
         str(payload).encode('utf-8', 'replace'))
 
 
-def _leaves(msg: Part) -> List[Tuple[str, Part]]:
+def _leaves(msg: Message[Any, Any]) -> List[Tuple[str, Message[Any, Any]]]:
     """Every leaf part with its PartID ('1', '2.1', ...: the position in
     the MIME tree, as IMAP numbers sections, RFC 3501 section 6.4.5).  An
     attached message is one leaf.  Depth and count are bounded."""
-    out: List[Tuple[str, Part]] = []
+    out: List[Tuple[str, Message[Any, Any]]] = []
 
-    def walk(part: Part, path: str, depth: int) -> None:
+    def walk(part: Message[Any, Any], path: str, depth: int) -> None:
         if len(out) >= _MAX_PARTS:
             return
         payload = part.get_payload()
@@ -265,7 +259,7 @@ def _leaves(msg: Part) -> List[Tuple[str, Part]]:
             if depth >= _MAX_DEPTH:
                 return
             for i, sub in enumerate(payload, 1):
-                if isinstance(sub, email.message.Message):
+                if isinstance(sub, Message):
                     walk(sub, '%s.%d' % (path, i) if path else str(i), depth + 1)
         else:
             out.append((path or '1', part))
@@ -274,7 +268,7 @@ def _leaves(msg: Part) -> List[Tuple[str, Part]]:
     return out
 
 
-def _body(msg: email.message.EmailMessage, subtype: str) -> Optional[Part]:
+def _body(msg: EmailMessage, subtype: str) -> Optional[Message[Any, Any]]:
     try:
         return msg.get_body(preferencelist=(subtype,))
     except Exception:
@@ -350,7 +344,7 @@ def _details(parsed: Parsed) -> Dict[str, Any]:
         text = html_to_text(markup)
     inline: List[Dict[str, Any]] = []
     attachments: List[Dict[str, Any]] = []
-    parts: Dict[str, Part] = {}
+    parts: Dict[str, Message[Any, Any]] = {}
     for part_id, part in _leaves(msg):
         if part is text_part or part is html_part:
             continue
@@ -424,7 +418,7 @@ def summarise(stored: RawMessage, d: Dict[str, Any]) -> Dict[str, Any]:
     text = d['Text'] or html_to_text(d['HTML'])
     snippet = ' '.join(text.split())[:_SNIPPET]
 
-    def flat(addresses: List[Optional[Address]]) -> str:
+    def flat(addresses: List[Optional[Dict[str, str]]]) -> str:
         return ' '.join('%s <%s>' % (a['Name'], a['Address'])
                         for a in addresses if a).lower()
 

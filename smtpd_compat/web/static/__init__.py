@@ -7,21 +7,29 @@ This folder is a package (it has this module) so that Python 3.8's
 a package, finds them; 3.9+ use ``files()`` (``read_binary`` warns there
 from 3.11 on).
 """
-import functools
 import importlib.resources
 import sys
+from typing import Dict
 
 __all__ = ['read', 'NAMES']
 
 #: The files here, each served at ``/`` (index.html) or ``/<name>``.
 NAMES = ('index.html', 'app.css', 'app.js')
 
+# name -> bytes, filled on first use (two threads may both read a file
+# once; either result is the same).
+_read: Dict[str, bytes] = {}
 
-@functools.lru_cache(maxsize=None)
+
 def read(name: str) -> bytes:
     """The bytes of the file ``name`` (one of :data:`NAMES`), read once."""
-    if name not in NAMES:
-        raise ValueError('no such page file: %r' % (name,))
-    if sys.version_info >= (3, 9):
-        return importlib.resources.files(__name__).joinpath(name).read_bytes()
-    return importlib.resources.read_binary(__name__, name)
+    data = _read.get(name)
+    if data is None:
+        if name not in NAMES:
+            raise ValueError('no such page file: %r' % (name,))
+        if sys.version_info >= (3, 9):
+            data = importlib.resources.files(__name__).joinpath(name).read_bytes()
+        else:
+            data = importlib.resources.read_binary(__name__, name)
+        _read[name] = data
+    return data
