@@ -59,6 +59,10 @@ MESSAGE_CSP = ("default-src 'none'; img-src 'self' data: cid:; "
 #: Raw source and parts: never rendered as a document of this origin.
 DATA_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
 
+# The page's files other than index.html, by extension.
+_STATIC_TYPES = {'js': 'text/javascript; charset=utf-8',
+                 'css': 'text/css; charset=utf-8'}
+
 _LOOPBACK_HOSTS = re.compile(
     r'^(localhost|[^:]+\.localhost|127(\.\d{1,3}){3}|\[::1\]|::1)(:\d+)?$', re.I)
 
@@ -405,12 +409,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, static.read('index.html'), 'text/html; charset=utf-8',
                    csp=PAGE_CSP, headers=[('X-Frame-Options', 'DENY')])
 
-    def get_script(self) -> None:
-        self._send(200, static.read('app.js'),
-                   'text/javascript; charset=utf-8', csp=PAGE_CSP)
-
-    def get_style(self) -> None:
-        self._send(200, static.read('app.css'), 'text/css; charset=utf-8',
+    def get_static(self, name: str) -> None:
+        """The page's script or style sheet."""
+        self._send(200, static.read(name), _STATIC_TYPES[name.rpartition('.')[2]],
                    csp=PAGE_CSP)
 
     def get_state(self) -> None:
@@ -434,8 +435,7 @@ ROUTES: List[Tuple[str, Pattern[str], Callable[..., None]]] = [
         ('GET', r'/view/' + _ID, Handler.get_page),
         ('GET', r'/view/' + _ID + r'\.html', Handler.get_view_html),
         ('GET', r'/view/' + _ID + r'\.txt', Handler.get_view_text),
-        ('GET', r'/app\.js', Handler.get_script),
-        ('GET', r'/app\.css', Handler.get_style),
+        ('GET', r'/(app\.js|app\.css)', Handler.get_static),
         ('GET', r'/livez', Handler.get_livez),
         ('GET', r'/readyz', Handler.get_livez),
         ('GET', r'/api/web/state', Handler.get_state),
