@@ -7,7 +7,6 @@ This folder is a package (it has this module) so that Python 3.8's
 a package, finds them; 3.9+ use ``files()`` (``read_binary`` warns there
 from 3.11 on).
 """
-import importlib.resources
 import sys
 from typing import Dict
 
@@ -27,6 +26,10 @@ def read(name: str) -> bytes:
     if data is None:
         if name not in NAMES:
             raise ValueError('no such page file: %r' % (name,))
+        # Imported on first use: importlib.resources (and the tempfile
+        # module it brings) is not needed to run a server whose page is
+        # never opened.
+        import importlib.resources
         if sys.version_info >= (3, 9):
             data = importlib.resources.files(__name__).joinpath(name).read_bytes()
         else:
