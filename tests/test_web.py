@@ -836,20 +836,26 @@ def test_threaded_process_message_is_recorded_in_any_order(inbox_web, threaded_f
     import threading
     from smtpd_compat.threads import ThreadedServerMixin
     bases = (ThreadedServerMixin, WebInboxServerMixin)
-    workers = []
+    threads = {}
 
     class Threaded(*(bases if threaded_first else bases[::-1]), smtpd_compat.SMTPServer):
         def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
-            workers.append(threading.current_thread())
+            threads['process_message'] = threading.current_thread()
             return reply
+
+        def message_accepted(self, *args):
+            threads['message_accepted'] = threading.current_thread()
+            super().message_accepted(*args)
 
     w = inbox_web(Threaded)
     try:
         w.send(make_message(subject='threaded'))
     except smtplib.SMTPDataError:
         assert reply == '550 No'
-    assert workers and workers[0] is not w.controller._thread
     assert w.json('/api/v1/messages')['total'] == kept
+    # The hook runs on the loop thread, process_message in a worker.
+    assert ('message_accepted' in threads) == bool(kept)
+    assert threads.get('message_accepted') is not threads['process_message']
 
 
 def test_message_whose_client_left_during_process_message_is_recorded(
