@@ -53,6 +53,7 @@ LAYERS = {
     'limits': 30,       # deadlines, connection/recipient/error limits
     'tls': 40,          # transport: STARTTLS and implicit TLS
     'auth': 50,         # AUTH and its gate on MAIL
+    'inbox': 52,        # the web inbox records accepted messages
     'threads': 55,      # process_message off the loop thread
     'extensions': 60,   # PIPELINING, CHUNKING/BDAT, DSN, ENHANCEDSTATUSCODES
     'message': 70,      # per-recipient options, the message path

@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import zipfile
 
 import pytest
 
@@ -62,6 +63,50 @@ def test_sdist_holds_what_the_docs_and_tests_need(sdist_tree):
                  'tests/conftest.py', 'tests/golden/transcripts.json',
                  'tests/golden/record.py', 'smtpd_compat/py.typed'):
         assert (sdist_tree / name).is_file(), name
+    for name in WEB_PAGE_FILES:
+        assert (sdist_tree / 'smtpd_compat' / 'web' / 'static' / name).is_file(), name
+
+
+# The web inbox page's files, package data of smtpd_compat.web.static.
+WEB_PAGE_FILES = ('index.html', 'app.css', 'app.js')
+
+
+@pytest.fixture(scope='module')
+def wheel_from_sdist(sdist_tree, tmp_path_factory):
+    """The wheel pip builds from the unpacked sdist (as ``pip install`` of
+    the sdist does), with this environment's setuptools: its path."""
+    _need('setuptools', 'needed to build the wheel')
+    _need('wheel', 'needed to build the wheel with older setuptools')
+    out = tmp_path_factory.mktemp('wheel')
+    built = subprocess.run(
+        [sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
+         '--no-build-isolation', '-w', str(out), str(sdist_tree)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout
+    wheel, = [name for name in os.listdir(str(out)) if name.endswith('.whl')]
+    return out / wheel
+
+
+def test_wheel_ships_the_web_page(wheel_from_sdist, sdist_tree):
+    with zipfile.ZipFile(str(wheel_from_sdist)) as wheel:
+        names = set(wheel.namelist())
+    for name in WEB_PAGE_FILES:
+        assert 'smtpd_compat/web/static/' + name in names
+    # importlib.resources reads them from the wheel itself, put on sys.path
+    # as a zip (the strictest case: no files on disk).
+    script = ('import sys; sys.path.insert(0, sys.argv[1]); '
+              'from smtpd_compat.web import static; '
+              'assert static.__file__.startswith(sys.argv[1]), static.__file__; '
+              'sys.stdout.buffer.write(b"".join(static.read(n) for n in sys.argv[2:]))')
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    loaded = subprocess.run(
+        [sys.executable, '-c', script, str(wheel_from_sdist)] + list(WEB_PAGE_FILES),
+        cwd=str(wheel_from_sdist.parent), env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    shipped = b''.join((sdist_tree / 'smtpd_compat' / 'web' / 'static' / name).read_bytes()
+                       for name in WEB_PAGE_FILES)
+    assert loaded.stdout == shipped
 
 
 @pytest.fixture(scope='module')

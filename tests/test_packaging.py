@@ -1,6 +1,7 @@
 """What the distribution says about itself: version, license, URLs,
-platforms.  (That the sdist is complete is checked by check-manifest in
-``tox -e lint`` and by tests/test_docs.py, which builds the docs from it.)
+platforms, and the package data it ships.  (That the sdist is complete is
+checked by check-manifest in ``tox -e lint`` and by tests/test_docs.py,
+which builds the docs from it and a wheel from that.)
 """
 import configparser
 import os
@@ -62,3 +63,16 @@ def test_project_urls_and_platforms(metadata):
     classifiers = _lines(metadata['classifiers'])
     for platform in ('POSIX', 'Microsoft :: Windows', 'MacOS'):
         assert 'Operating System :: ' + platform in classifiers
+
+
+def test_installed_package_ships_the_web_page():
+    # Under tox smtpd_compat is installed from the sdist into site-packages:
+    # the page's files must have come along, and load as package data.
+    from smtpd_compat.web import static
+    folder = os.path.join(ROOT, 'smtpd_compat', 'web', 'static')
+    for name in static.NAMES:
+        with open(os.path.join(folder, name), 'rb') as f:
+            assert static.read(name) == f.read(), name
+    assert sorted(static.NAMES) == sorted(
+        name for name in os.listdir(folder) if not name.endswith(('.py', '.pyc'))
+        and name != '__pycache__')

@@ -22,6 +22,7 @@ import pytest
 
 import smtpd_compat
 from smtpd_compat import web
+from smtpd_compat.web import mime
 from smtpd_compat.controller import Controller, with_capture
 from smtpd_compat.delivery import MaildirServer
 from smtpd_compat import pytest_plugin
@@ -509,7 +510,7 @@ def test_hostile_mime_is_listed_and_shown_without_errors(w, raw):
     for part in parts[:2] + parts[-1:]:
         assert w.request('/api/v1/message/%s/part/%s' % (id, part['PartID']))[0] == 200
     assert w.json('/api/v1/search?query=anything')['total'] == 1
-    assert len(detail['Attachments']) <= web._MAX_PARTS
+    assert len(detail['Attachments']) <= mime._MAX_PARTS
 
 
 def test_script_in_subject_is_only_data(w):
@@ -755,6 +756,173 @@ def test_class_attributes_are_read_not_shadowed(inbox_web):
     w = inbox_web(Small)
     assert w.inbox.max_messages == 2
     assert Small.web_max_messages == 2
+
+
+# Every keyword of WebInboxServerMixin -> (the class attribute read when the
+# keyword is not given, a non-default value for it, a check that the server
+# uses that value).  test_every_keyword_is_covered keeps this complete.
+SHARED_INBOX = Inbox(max_messages=3)
+CLASS_ATTRIBUTES = {
+    'web': ('web_address', '127.0.0.1:0',
+            lambda server: server.web_server.server_address[1] not in (0, 8025)),
+    'inbox': ('inbox', SHARED_INBOX,
+              lambda server: server.inbox is SHARED_INBOX),
+    'web_max_messages': ('web_max_messages', 2,
+                         lambda server: server.inbox.max_messages == 2),
+    'web_max_bytes': ('web_max_bytes', 5000,
+                      lambda server: server.inbox.max_bytes == 5000),
+}
+
+
+def test_every_keyword_is_covered():
+    import inspect
+    parameters = inspect.signature(WebInboxServerMixin.__init__).parameters
+    keywords = {name for name, p in parameters.items()
+                if p.kind is p.KEYWORD_ONLY}
+    assert keywords == set(CLASS_ATTRIBUTES)
+
+
+@pytest.mark.parametrize('keyword', sorted(CLASS_ATTRIBUTES))
+def test_keyword_set_as_a_class_attribute_is_used(keyword):
+    attribute, value, uses = CLASS_ATTRIBUTES[keyword]
+    cls = type('Configured', (WebInboxServer,), {attribute: value})
+    given = {} if keyword == 'web' else {'web': ('127.0.0.1', 0)}
+    server = cls(('127.0.0.1', 0), None, map={}, **given)
+    try:
+        assert uses(server)
+        assert getattr(server, attribute) == value
+    finally:
+        server.close()
+    # An explicit keyword wins over the class attribute.
+    if keyword == 'web_max_messages':
+        server = cls(('127.0.0.1', 0), None, map={}, web=('127.0.0.1', 0),
+                     web_max_messages=7)
+        try:
+            assert server.inbox.max_messages == 7
+        finally:
+            server.close()
+
+
+def test_the_inbox_patches_no_instance(inbox_web):
+    # An ordinary capability: the user's process_message is the one the
+    # class defines, and the inbox is a layer of the channel class.
+    w = inbox_web(AnsweringServer)
+    server = w.controller.server
+    assert 'process_message' not in vars(server)
+    assert type(server).process_message is AnsweringServer.process_message
+    assert issubclass(server.channel_class, web.WebInboxChannelMixin)
+
+
+def test_message_accepted_is_a_hook_subclasses_extend(inbox_web):
+    class Counting(AnsweringServer):
+        def message_accepted(self, peer, mailfrom, rcpttos, data):
+            self.hooked = (mailfrom, rcpttos, b'Subject: hooked' in data)
+            super().message_accepted(peer, mailfrom, rcpttos, data)
+
+    w = inbox_web(Counting)
+    w.send(make_message(subject='hooked'), to=['x@example.org'],
+           mailfrom='app@example.org')
+    assert w.controller.server.hooked == ('app@example.org', ['x@example.org'], True)
+    assert w.json('/api/v1/messages')['messages'][0]['Subject'] == 'hooked'
+
+
+@pytest.mark.parametrize('threaded_first', [True, False], ids=['threads-web', 'web-threads'])
+@pytest.mark.parametrize('reply, kept', [(None, 1), ('250 Fine', 1), ('550 No', 0)],
+                         ids=['none', '250', '550'])
+def test_threaded_process_message_is_recorded_in_any_order(inbox_web, threaded_first,
+                                                           reply, kept):
+    # process_message runs in a worker thread; the inbox still records
+    # what it accepted, and only that, whatever order the bases are in.
+    import threading
+    from smtpd_compat.threads import ThreadedServerMixin
+    bases = (ThreadedServerMixin, WebInboxServerMixin)
+    threads = {}
+
+    class Threaded(*(bases if threaded_first else bases[::-1]), smtpd_compat.SMTPServer):
+        def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+            threads['process_message'] = threading.current_thread()
+            return reply
+
+        def message_accepted(self, *args):
+            threads['message_accepted'] = threading.current_thread()
+            super().message_accepted(*args)
+
+    w = inbox_web(Threaded)
+    try:
+        w.send(make_message(subject='threaded'))
+    except smtplib.SMTPDataError:
+        assert reply == '550 No'
+    assert w.json('/api/v1/messages')['total'] == kept
+    # The hook runs on the loop thread, process_message in a worker.
+    assert ('message_accepted' in threads) == bool(kept)
+    assert threads.get('message_accepted') is not threads['process_message']
+
+
+def test_message_whose_client_left_during_process_message_is_recorded(
+        inbox_web, raw_client, caplog):
+    # The threads layer drops the reply of a client that reset the
+    # connection while process_message ran; the message was accepted all
+    # the same, and the inbox shows it.
+    import logging
+    import struct
+    import threading
+    from smtpd_compat.threads import ThreadedServerMixin
+    caplog.set_level(logging.INFO, logger='smtpd_compat.threads')
+    started, release, recorded = threading.Event(), threading.Event(), threading.Event()
+
+    class Slow(ThreadedServerMixin, AnsweringServer):
+        def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+            started.set()
+            release.wait(30)
+            return None
+
+        def message_accepted(self, *args):
+            super().message_accepted(*args)
+            recorded.set()
+
+    w = inbox_web(Slow)
+    sock, _ = raw_client(w.controller.address)
+    for command in (b'HELO x', b'MAIL FROM:<a@example.org>',
+                    b'RCPT TO:<b@example.org>', b'DATA'):
+        sock.sendall(command + b'\r\n')
+        assert recv_reply(sock)[:1] in (b'2', b'3')
+    sock.sendall(b'Subject: left early\r\n\r\nbody\r\n.\r\n')
+    assert started.wait(30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    sock.close()            # a reset: the reply is never read
+    release.set()
+    assert recorded.wait(30)
+    assert 'result dropped' in caplog.text
+    assert w.json('/api/v1/messages')['messages'][0]['Subject'] == 'left early'
+
+
+@pytest.mark.parametrize('status, kept', [
+    (['250 ok', '550 no'], 1),
+    (['550 no', '550 no'], 0),
+    ({'b1@example.org': '550 no', 'b2@example.org': None}, 1),
+    ({'b1@example.org': '550 no'}, 0),
+], ids=['list-one-accepted', 'list-none', 'dict-one-accepted', 'dict-none'])
+def test_lmtp_per_recipient_results(inbox_web, raw_client, status, kept):
+    # RFC 2033: one result per recipient; the message is kept when any
+    # recipient accepted it.
+    from smtpd_compat.lmtp import LMTPServer
+
+    class Local(WebInboxServerMixin, LMTPServer):
+        def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+            return status
+
+    w = inbox_web(Local)
+    sock, _ = raw_client(w.controller.address)
+    for command in (b'LHLO x', b'MAIL FROM:<a@example.org>',
+                    b'RCPT TO:<b1@example.org>', b'RCPT TO:<b2@example.org>', b'DATA'):
+        sock.sendall(command + b'\r\n')
+        assert recv_reply(sock)[:1] in (b'2', b'3')
+    sock.sendall(b'Subject: local\r\n\r\nbody\r\n.\r\n')
+    replies = recv_reply(sock)      # one reply per recipient
+    if replies.count(b'\r\n') < 2:
+        replies += recv_reply(sock)
+    assert replies.count(b'\r\n') == 2
+    assert w.json('/api/v1/messages')['total'] == kept
 
 
 def test_shared_inbox_and_capture(inbox_web):

@@ -1,0 +1,280 @@
+"""A web inbox: every message the server accepts, shown in a browser and
+served over a Mailpit-compatible HTTP API.
+
+``python -m smtpd_compat -n -c DebuggingServer --web 8025 localhost:1025``
+keeps every accepted message in an in-memory :class:`Inbox` and serves it on
+http://127.0.0.1:8025/ (DebuggingServer still prints; any -c class works).
+From Python, put :class:`WebInboxServerMixin` among a server class's bases,
+or use :class:`WebInboxServer`, which only keeps mail for the inbox.
+
+The package, from the bottom up (each module imports only those above it
+in this list):
+
+* :mod:`~smtpd_compat.web.mime`: what a message says (parsing, details,
+  summaries, parts, HTML as text);
+* :mod:`~smtpd_compat.web.search`: Mailpit's search syntax over summaries;
+* :mod:`~smtpd_compat.web.store`: :class:`Inbox`, the bounded in-memory
+  store (IDs, read flags, the caches of parsed messages);
+* :mod:`~smtpd_compat.web.static`: the page's HTML, CSS and JavaScript,
+  package data;
+* :mod:`~smtpd_compat.web.http`: :class:`WebServer`, its routes and
+  Content-Security-Policies;
+* this module: the capability (the server mixin and its channel layer) and
+  the command line's ``--web``.
+
+The SMTP side only appends the raw message to the inbox (a few dictionary
+operations under a lock); the HTTP side parses, in its own threads.
+"""
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple, Union, cast
+
+import smtpd_compat as _smtpd
+from smtpd_compat._compose import UNSET, CapabilityServerMixin, settings
+from smtpd_compat.session import LAYERS
+from smtpd_compat.web.http import Address, WebServer
+from smtpd_compat.web.mime import html_to_text
+from smtpd_compat.web.store import (
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, Inbox, StoredMessage)
+
+if TYPE_CHECKING:
+    from smtpd_compat.__main__ import CLI
+    _ChannelBase = _smtpd.SMTPChannel
+else:
+    _ChannelBase = object
+
+__all__ = [
+    'Inbox', 'StoredMessage', 'WebInboxServerMixin', 'WebInboxChannelMixin',
+    'WebInboxServer', 'WebServer', 'parse_address', 'html_to_text',
+    'DEFAULT_ADDRESS', 'CLI_OPTIONS', 'cli_configure',
+]
+
+log = logging.getLogger(__name__)
+
+#: Where the inbox listens when no address is given (Mailpit's port).
+DEFAULT_ADDRESS: Address = ('127.0.0.1', 8025)
+
+
+def parse_address(text: Union[str, int, Tuple[str, int], None]) -> Address:
+    """``'8025'``, ``':8025'``, ``'0.0.0.0:8025'``, ``'[::1]:8025'``, an int
+    port or a ``(host, port)`` tuple -> ``(host, port)``; the host defaults
+    to 127.0.0.1 (loopback only unless a host is named)."""
+    if text is None:
+        return DEFAULT_ADDRESS
+    if isinstance(text, tuple):
+        host, number = text
+        return (host or DEFAULT_ADDRESS[0], int(number))
+    if isinstance(text, int) and not isinstance(text, bool):
+        return (DEFAULT_ADDRESS[0], text)
+    if not isinstance(text, str):
+        raise TypeError('web address must be "[HOST:]PORT" or (host, port), '
+                        'not %r' % (text,))
+    host, sep, port = text.rpartition(':')
+    host = host.strip('[]')
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ValueError('invalid web address %r: expected [HOST:]PORT' % (text,))
+    return (host or DEFAULT_ADDRESS[0], number)
+
+
+def _accepted(status: Any) -> bool:
+    """Did process_message accept the message?  None or a 2xx reply; for
+    LMTP (one result per recipient, a sequence or a mapping) when any
+    recipient accepted it."""
+    if isinstance(status, Mapping):
+        return any(_accepted(s) for s in status.values())
+    if isinstance(status, (list, tuple)):
+        return any(_accepted(s) for s in status)
+    return not status or str(status)[:1] == '2'
+
+
+# ---------------------------------------------------------------------------
+# The capability: a channel layer that reports accepted messages, and the
+# server mixin that keeps them
+
+class WebInboxChannelMixin(_ChannelBase):
+    """Channel layer of the inbox: once the server's ``process_message``
+    has accepted a message (returned None or a 2xx reply; for LMTP, for
+    any recipient), it calls the server's
+    :meth:`~WebInboxServerMixin.message_accepted` hook, before the reply
+    goes out.  So the inbox sees what the server's own class decided,
+    whether or not its ``process_message`` calls ``super()``, in the
+    worker threads (``--threads``) as on the loop.
+
+    It sits outside the threads layer (``LAYERS['inbox']``): the envelope
+    of a message handed to the worker threads passes through here on the
+    way in, and the outcome on the way back.
+    """
+
+    layer = LAYERS['inbox']
+    capability_name = 'WebInbox'
+
+    # (peer, mailfrom, data) of the message being answered: the core's
+    # _set_post_data_state() forgets the envelope before the reply.
+    _inbox_message: Optional[Tuple[Any, Optional[str], Union[bytes, str]]] = None
+
+    def _process_data(self, data: Union[bytes, str]) -> None:
+        self._inbox_message = (self.peer, self.mailfrom, data)
+        try:
+            super()._process_data(data)
+        finally:
+            self._inbox_message = None
+
+    def _reply_to_message(self, status: Any, rcpttos: List[str]) -> None:
+        message = self._inbox_message
+        if message is not None:
+            self._inbox_report(status, message[0], message[1], rcpttos, message[2])
+        super()._reply_to_message(status, rcpttos)
+
+    def _message_dropped(self, ok: bool, value: Any) -> None:
+        # The threads layer: process_message finished after the client
+        # had gone (nobody reads the reply), with the envelope still set.
+        if ok:
+            self._inbox_report(value, self.peer, self.mailfrom,
+                               list(self.rcpttos), self.received_data)
+        super()._message_dropped(ok, value)  # type: ignore[misc]
+
+    def _inbox_report(self, status: Any, peer: Any, mailfrom: Optional[str],
+                      rcpttos: Sequence[str], data: Union[bytes, str]) -> None:
+        if not _accepted(status):
+            return
+        server = cast('WebInboxServerMixin', self.smtp_server)
+        try:
+            # (mailfrom is never None here: DATA needs MAIL first.)
+            server.message_accepted(peer, mailfrom or '', list(rcpttos), data)
+        except Exception:
+            # The message is delivered already: a fault in the inbox must
+            # not turn that into an error for the client.
+            log.exception('web inbox: cannot record a message')
+
+
+class WebInboxServerMixin(CapabilityServerMixin):
+    """Keep every message the server accepts in an :class:`Inbox` and show
+    it on a web page with a Mailpit-compatible API.
+
+    Put it among the bases of any server class (``class S(WebInboxServerMixin,
+    DebuggingServer)``, in any order with the other capabilities) or use
+    :class:`WebInboxServer`.  Keywords, each also read from the class
+    attribute named in brackets when not given:
+
+    ``web`` (``web_address``)
+        where the page listens: ``(host, port)``, ``'[HOST:]PORT'`` or a
+        port; default ``('127.0.0.1', 8025)``; port 0 picks a free one.
+    ``inbox`` (``inbox``)
+        an :class:`Inbox` to record into (e.g. shared by two servers);
+        default a new one with ``web_max_messages`` (1,000) and
+        ``web_max_bytes`` (256 MiB).
+    ``web_max_messages``, ``web_max_bytes`` (the same names)
+        the bounds of the new inbox.
+
+    After construction: ``inbox``, ``web_server`` and ``web_url``.  A
+    message is recorded by :meth:`message_accepted`, which the channel
+    layer calls once the server's own ``process_message`` accepted it, so
+    DebuggingServer still prints and MaildirServer still stores first.
+    Closing the server stops the web page.
+    """
+
+    channel_mixin = WebInboxChannelMixin
+    # The prefix of composed class names (smtpd_compat._compose).
+    capability_name = 'WebInbox'
+
+    inbox: Inbox
+    web_server: WebServer
+    web_url: str
+
+    def __init__(self, *args: Any, web: Any = UNSET, inbox: Any = UNSET,
+                 web_max_messages: Any = UNSET, web_max_bytes: Any = UNSET,
+                 **kwargs: Any) -> None:
+        # A keyword not given: the user's class attribute, else the default.
+        values = settings(
+            self,
+            {'web_address': web, 'inbox': inbox,
+             'web_max_messages': web_max_messages,
+             'web_max_bytes': web_max_bytes},
+            {'web_address': DEFAULT_ADDRESS, 'inbox': None,
+             'web_max_messages': DEFAULT_MAX_MESSAGES,
+             'web_max_bytes': DEFAULT_MAX_BYTES})
+        address = parse_address(values['web_address'])
+        if values['inbox'] is None:
+            self.inbox = Inbox(max_messages=values['web_max_messages'],
+                               max_bytes=values['web_max_bytes'])
+        super().__init__(*args, **kwargs)
+        try:
+            self.web_server = WebServer(address, self.inbox)
+        except OSError as e:
+            self.close()
+            raise OSError(e.errno, 'cannot serve the web inbox on %s port %s: %s'
+                          % (address[0], address[1], e.strerror or e)) from e
+        self.web_url = self.web_server.url
+        self.web_server.start()
+        log.info('web inbox at %s', self.web_url)
+
+    def message_accepted(self, peer: Any, mailfrom: str, rcpttos: List[str],
+                         data: Union[bytes, str]) -> None:
+        """The after-accept hook: called on the loop thread with
+        ``process_message``'s arguments once it accepted the message,
+        before the client gets the reply (also when the client left while
+        ``process_message`` ran in a worker thread).  Records the message
+        in ``self.inbox``; a subclass may extend it (and call ``super()``).
+        An exception is logged, never answered: the message is delivered
+        already.  A message handed to ``process_message`` by other code
+        than an SMTP session is not recorded.
+        """
+        self.inbox.add(data, mailfrom, rcpttos, peer)
+
+    def close(self) -> None:
+        super().close()
+        web_server = self.__dict__.pop('web_server', None)
+        if web_server is not None:
+            web_server.stop()
+
+
+class WebInboxServer(WebInboxServerMixin, _smtpd.SMTPServer):
+    """An SMTP server that accepts every message and keeps it for the web
+    inbox only (``-c WebInboxServer``; nothing printed, nothing relayed)."""
+
+    def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str],
+                        data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
+        return None
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+CLI_OPTIONS = (
+    ('web=', '[HOST:]PORT',
+     'Also show every accepted message in a web inbox on this address '
+     '(host default 127.0.0.1), with a Mailpit-compatible API.'),
+)
+
+
+def cli_configure(cli: 'CLI') -> None:
+    """``--web [HOST:]PORT``: put the inbox in front of the -c class, and
+    say where the page is on stderr once the server is up."""
+    has_inbox = isinstance(cli.server_class, type) and issubclass(
+        cli.server_class, WebInboxServerMixin)
+    if 'web' in cli.given:
+        try:
+            address = parse_address(cli.given['web'])
+        except (TypeError, ValueError) as e:
+            cli.error('Invalid --web: %s' % (e,))
+        if 'workers' in cli.given:
+            # Each forked worker would keep its own inbox, invisible to the
+            # one page the parent serves.
+            cli.error('--web cannot be combined with --workers')
+        if not has_inbox:
+            cli.mixins.append(WebInboxServerMixin)
+        cli.server_kwargs['web'] = address
+    elif not has_inbox:
+        return
+    inner = cli.serve
+
+    def serve(cli: 'CLI', server: _smtpd.SMTPServer) -> None:
+        print('Web inbox at %s' % cast(WebInboxServerMixin, server).web_url,
+              file=sys.stderr, flush=True)
+        inner(cli, server)
+
+    cli.serve = serve
