@@ -85,15 +85,19 @@ class CapturedMessage:
         session that delivered it.
         """
         if self._message is None:
-            # Imported here: email.policy is not needed to run a server.
-            import email
+            # Imported here: the email package is not needed to run a server.
+            import email.message
+            import email.parser
             import email.policy
+
+            # What email.message_from_string/bytes(policy=default) do.
+            factory, policy = email.message.EmailMessage, email.policy.default
             if isinstance(self.data, str):
-                parsed = email.message_from_string(
-                    self.data, policy=email.policy.default)
+                parsed = email.parser.Parser(
+                    factory, policy=policy).parsestr(self.data)
             else:
-                parsed = email.message_from_bytes(
-                    self.data, policy=email.policy.default)
+                parsed = email.parser.BytesParser(
+                    factory, policy=policy).parsebytes(self.data)
             self._message = parsed
         return self._message
 
@@ -218,7 +222,10 @@ def with_capture(server_class: _ServerClass) -> _ServerClass:
     and which takes CapturingServer's ``reply`` keyword besides the
     original's.  Use it to catch mail on a TLS or AUTH server class.
     """
-    if issubclass(server_class, CapturingServer):
+    # (A flag: with issubclass() in the condition some mypy versions narrow
+    # server_class and lose its own type for the return.)
+    captures = issubclass(server_class, CapturingServer)
+    if captures:
         return server_class
     if not issubclass(server_class, _smtpd.SMTPServer):
         raise TypeError('with_capture() needs an SMTPServer subclass, not %r'

@@ -181,7 +181,8 @@ def _server_class(options: Dict[str, Any]
     from smtpd_compat._compose import compose_server
     from smtpd_compat.controller import CapturingServer, with_capture
 
-    base = options.pop('server_class', None)
+    base: Optional[Type[smtpd_compat.SMTPServer]] = options.pop(
+        'server_class', None)
     mixins = []
     for keyword, module, name in _MIXIN_KEYWORDS:
         if keyword in options:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING, List, Optional, Tuple, Type, cast
+from typing import (TYPE_CHECKING, Any, Deque, List, Optional, Tuple, Type,
+                    cast)
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin
@@ -88,6 +89,9 @@ class TLSChannelMixin(_ChannelBase):
     # None (plaintext), 'flush', 'handshake' or 'active': see above.
     _tls_phase: Optional[str] = None
     _tls_want_write = False
+    # async_chat's queue of output (typeshed's asynchat stub, used up to
+    # Python 3.11, does not declare it).
+    producer_fifo: Deque[Any]
 
     @property
     def tls_active(self) -> bool:

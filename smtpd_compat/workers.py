@@ -113,11 +113,10 @@ def run_workers(count: int, serve: Callable[[], object], *,
             slot, started = children.pop(pid)
             if stopping:
                 continue
+            if sys.version_info >= (3, 9):
+                status = os.waitstatus_to_exitcode(status)
             logger.warning('worker %d (pid %d) exited with status %d; '
-                           'restarting', slot, pid,
-                           os.waitstatus_to_exitcode(status)
-                           if hasattr(os, 'waitstatus_to_exitcode')
-                           else status)
+                           'restarting', slot, pid, status)
             lived = time.monotonic() - started
             if lived < _MIN_LIFETIME:
                 time.sleep(_MIN_LIFETIME - lived)
