@@ -455,7 +455,8 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
         before it is closed.
     """
 
-    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = ProxyProtocolChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = \
+        ProxyProtocolChannelMixin
     proxy_header_timeout: Optional[float]
     #: The trusted balancers' networks (parsed from the keyword).
     proxy_trusted: Tuple[_Network, ...]
