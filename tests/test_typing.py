@@ -58,7 +58,6 @@ STUB_SHADOWED_FOR_NOW = {
     'smtpd_compat.session',
     'smtpd_compat.shutdown',
     'smtpd_compat.threads',
-    'smtpd_compat.web',             # the web inbox, becoming a package (web)
 }
 
 # TEMPORARY (issue 19), with setup.cfg's section for the same reason: the
