@@ -12,10 +12,13 @@
 # that it reads like the module it reimplements); tests/test_typing.py runs
 # mypy.stubtest to keep these stubs in step with it.
 import asynchat
-import asyncore
+# asyncore and socket are re-exported: the capability modules look them up
+# on this module at call time (_smtpd.socket, _smtpd.asyncore), so that a
+# test that rebinds smtpd.socket reaches them too.
+import asyncore as asyncore
 import getopt
 import re
-import socket
+import socket as socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, NoReturn, Protocol
@@ -42,6 +45,8 @@ __version__: str
 NEWLINE: str
 COMMASPACE: str
 DATA_SIZE_DEFAULT: int
+# The listen() backlog SMTPServer uses unless given one.
+_SOMAXCONN: int
 
 class Devnull:
     def write(self, msg: str) -> None: ...
@@ -153,6 +158,8 @@ class SMTPChannel(asynchat.async_chat):
     def _set_post_data_state(self) -> None: ...
     def _set_rset_state(self) -> None: ...
     def _take_line(self) -> bytes | str | None: ...
+    # Print a received line on DEBUGSTREAM (AUTH redacts secrets here).
+    def _debug_line(self, line: bytes | str | None) -> None: ...
     def _unstuff(self, content: bytes | str) -> bytes | str: ...
     def _unstuff_piece(self, data: bytes) -> bytes: ...
     def _command_limit(self, command: str) -> int: ...
@@ -194,7 +201,8 @@ class SMTPServer(asyncore.dispatcher):
     channel_class: type[SMTPChannel]
     data_size_limit: int
     enable_SMTPUTF8: bool
-    _localaddr: _Address
+    # (host, port), or the path of LMTPServer's UNIX socket.
+    _localaddr: _Address | str
     _remoteaddr: _Address
     _decode_data: bool
     _map: _Map

@@ -29,6 +29,8 @@ second, ``454 4.7.0`` for the rest).
 ``python -m smtpd_compat.auth hash USER`` prints a ``USER:HASH`` line for
 an auth file (the password is read from the terminal or stdin).
 """
+from __future__ import annotations
+
 import base64
 import binascii
 import collections
@@ -41,7 +43,9 @@ import re
 import sys
 import threading
 import time
-from typing import Callable, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable,
+                    List, Optional, OrderedDict, Sequence, Tuple, Type,
+                    Union)
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin, UNSET
@@ -49,6 +53,9 @@ from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.tls import TLSServerMixin
+
+if TYPE_CHECKING:
+    from smtpd_compat.__main__ import CLI
 
 __all__ = [
     'AuthChannelMixin', 'AuthServerMixin', 'SubmissionServer',
@@ -59,7 +66,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MECHANISMS = ('PLAIN', 'LOGIN')
+MECHANISMS: Tuple[str, ...] = ('PLAIN', 'LOGIN')
+
+# authenticator(mechanism, login, password, channel): True accepts.
+_Authenticator = Callable[[str, str, str, 'AuthChannelMixin'], bool]
+
+# A parsed auth-file hash: (scheme, parameters, salt, key).
+_Parsed = Tuple[str, Dict[str, int], bytes, bytes]
 
 # RFC 4954 section 4: an AUTH command line (with its initial response) and
 # each line of the exchange may be up to 12288 octets; section 5: MAIL FROM
@@ -76,7 +89,7 @@ _REDACTED = '***'
 
 # -- sans-IO payload parsing ---------------------------------------------
 
-def decode_response(text) -> bytes:
+def decode_response(text: Union[str, bytes]) -> bytes:
     """Decode one client response of an AUTH exchange (a str or bytes
     line without CRLF): ``=`` is the empty response (RFC 4954 section 4),
     anything else must be strict base64.  Raises ValueError otherwise.
@@ -138,7 +151,7 @@ def _have_scrypt() -> bool:
     return hasattr(hashlib, 'scrypt')
 
 
-def _scrypt(password, salt, ln, r, p):
+def _scrypt(password: bytes, salt: bytes, ln: int, r: int, p: int) -> bytes:
     n = 1 << ln
     # hashlib.scrypt refuses anything above maxmem (32 MiB by default); the
     # algorithm needs 128 * r * (N + p) bytes.
@@ -146,21 +159,22 @@ def _scrypt(password, salt, ln, r, p):
                           maxmem=128 * r * (n + p) + (1 << 20), dklen=_KEY_LEN)
 
 
-def _derive(scheme, params, password, salt):
-    password = password.encode('utf-8')
+def _derive(scheme: str, params: Dict[str, int], password: str,
+            salt: bytes) -> bytes:
+    secret = password.encode('utf-8')
     if scheme == 'scrypt':
-        return _scrypt(password, salt, params['ln'], params['r'], params['p'])
-    return hashlib.pbkdf2_hmac('sha256', password, salt, params['i'], _KEY_LEN)
+        return _scrypt(secret, salt, params['ln'], params['r'], params['p'])
+    return hashlib.pbkdf2_hmac('sha256', secret, salt, params['i'], _KEY_LEN)
 
 
-def _b64_field(text):
+def _b64_field(text: str) -> bytes:
     if not _B64_FIELD.fullmatch(text):
         raise ValueError('salt and key must be hex or base64')
     text = text.replace('.', '+')
     return base64.b64decode(text + '=' * (-len(text) % 4))
 
 
-def _parse_hash(encoded):
+def _parse_hash(encoded: str) -> _Parsed:
     """(scheme, params, salt, key) from an encoded hash; ValueError if it is
     not one this module reads."""
     fields = encoded.split('$')
@@ -174,7 +188,7 @@ def _parse_hash(encoded):
                          % scheme)
     if scheme == 'pbkdf2-sha256' and param_text.isdigit():
         param_text = 'i=' + param_text      # passlib: the bare rounds
-    params = {}
+    params: Dict[str, int] = {}
     for item in param_text.split(','):
         name, _, value = item.partition('=')
         if name not in expected or not value.isdigit():
@@ -226,15 +240,15 @@ def verify_password(password: str, encoded: str) -> bool:
     return _verify(password, _parse_hash(encoded))
 
 
-def _verify(password, parsed):
+def _verify(password: str, parsed: _Parsed) -> bool:
     scheme, params, salt, key = parsed
     return hmac.compare_digest(_derive(scheme, params, password, salt), key)
 
 
-def _read_auth_file(path):
+def _read_auth_file(path: str) -> Dict[str, _Parsed]:
     """{login: parsed hash} from an auth file; ValueError naming the line
     for a bad one (OSError if it cannot be read)."""
-    users = {}
+    users: Dict[str, _Parsed] = {}
     with open(path, encoding='utf-8') as f:
         for number, raw in enumerate(f, 1):
             line = raw.strip()
@@ -266,11 +280,11 @@ class FileAuthenticator:
     when they are made (no scrypt is called for a pbkdf2-only file).
     Thread-safe: a check reads one consistent snapshot of the file."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
         self._state = self._load()
 
-    def _load(self):
+    def _load(self) -> Tuple[Dict[str, _Parsed], List[_Parsed], bytes]:
         users = _read_auth_file(self.path)
         kinds = [(scheme, tuple(sorted(params.items())))
                  for scheme, params, _, _ in users.values()]
@@ -291,7 +305,8 @@ class FileAuthenticator:
         logger.info('reloaded the auth file %s (%d logins)', safe(self.path),
                     len(state[0]))
 
-    def __call__(self, mechanism, login, password, channel) -> bool:
+    def __call__(self, mechanism: str, login: str, password: str,
+                 channel: object) -> bool:
         users, decoys, key = self._state
         parsed = users.get(login)
         if parsed is None:
@@ -324,7 +339,7 @@ class AuthThrottle:
 
     def __init__(self, max_failures: int = 10, window: float = 300.0,
                  interval: float = 1.0, max_entries: int = 20000,
-                 clock=time.monotonic):
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not isinstance(max_failures, int) or max_failures < 1:
             raise ValueError('max_failures must be a positive integer')
         if not window > 0 or not interval > 0 or max_entries < 1:
@@ -340,10 +355,11 @@ class AuthThrottle:
         # outcome is known, and withdrawn if it succeeds: checks run in
         # worker threads, and a burst of concurrent guesses must not all
         # pass while none has failed yet.
-        self._entries = collections.OrderedDict()
+        self._entries: OrderedDict[Hashable, Deque[float]] = \
+            collections.OrderedDict()
 
     @staticmethod
-    def _address_key(address):
+    def _address_key(address: object) -> Tuple[str, str]:
         text = str(address).split('%', 1)[0]
         try:
             ip = ipaddress.ip_address(text)
@@ -354,18 +370,19 @@ class AuthThrottle:
         return ('address', str(getattr(ip, 'ipv4_mapped', None) or ip))
 
     @staticmethod
-    def _login_key(login):
+    def _login_key(login: str) -> Tuple[str, bytes]:
         # A digest, not the login: a client may send logins of 12 KB.
         return ('login', hashlib.sha256(
             login.encode('utf-8', 'surrogatepass')).digest()[:16])
 
-    def _keys(self, address, login):
-        keys = [self._address_key(address)]
+    def _keys(self, address: object, login: Optional[str]
+              ) -> List[Hashable]:
+        keys: List[Hashable] = [self._address_key(address)]
         if login is not None:
             keys.append(self._login_key(login))
         return keys
 
-    def allow(self, address, login) -> bool:
+    def allow(self, address: object, login: Optional[str]) -> bool:
         """May a password from ``address`` for ``login`` be checked now?
         False: answer 454 without checking.  True: the check is counted as
         a failure until :meth:`record` says it succeeded."""
@@ -398,7 +415,8 @@ class AuthThrottle:
                 entries.popitem(last=False)
             return True
 
-    def record(self, address, login, ok) -> None:
+    def record(self, address: object, login: Optional[str],
+               ok: Optional[bool]) -> None:
         """The outcome of a check :meth:`allow` let through: True (or None,
         no verdict: the authenticator failed) withdraws the failure counted
         in advance; False leaves it."""
@@ -422,13 +440,14 @@ class AuthChannelMixin(OffloadChannelMixin):
 
     layer = LAYERS['auth']
     capability_name = 'Auth'
+    smtp_server: AuthServerMixin
     #: The login of the authenticated client, or None.
-    auth_user = None
+    auth_user: Optional[str] = None
     _auth_failures = 0
     # The exchange in progress: None, 'PLAIN' (waiting for the PLAIN
     # message), 'LOGIN-USER' or 'LOGIN-PASSWORD'.
-    _auth_state = None
-    _auth_login = None
+    _auth_state: Optional[str] = None
+    _auth_login: Optional[str] = None
     # Redaction (what -d prints): how many of the next command lines may be
     # responses the client sent for its last AUTH command without waiting
     # for our answer (LOGIN: user and password; PLAIN: the message; one
@@ -439,11 +458,11 @@ class AuthChannelMixin(OffloadChannelMixin):
     _auth_pipelined = 0
     _auth_redact_line = False
 
-    def _auth_offered(self):
+    def _auth_offered(self) -> bool:
         return (getattr(self, 'tls_active', False)
                 or self.smtp_server.auth_allow_plaintext)
 
-    def extra_ehlo_keywords(self):
+    def extra_ehlo_keywords(self) -> List[str]:
         keywords = super().extra_ehlo_keywords()
         if not self._auth_offered():
             return keywords
@@ -455,7 +474,7 @@ class AuthChannelMixin(OffloadChannelMixin):
 
     # -- keeping secrets out of the debug output ----------------------------
 
-    def found_terminator(self):
+    def found_terminator(self) -> None:
         if self.closing:
             self.received_lines = []
             return
@@ -476,12 +495,14 @@ class AuthChannelMixin(OffloadChannelMixin):
             return
         super().found_terminator()
 
-    def _auth_count_pipelined(self):
+    def _auth_count_pipelined(self) -> None:
         """If the pending line is an AUTH command (whatever its fate: too
         long, refused, accepted), count the responses that may follow it."""
         if self._auth_state is not None:
             return
-        line = self._emptystring.join(self.received_lines)
+        # (All bytes, or all str on a decode_data=True channel.)
+        line = self._emptystring.join(
+            self.received_lines)  # type: ignore[arg-type]
         self.received_lines = [line]    # joined once, not again by the core
         words = line.split(None, 2)
         if not words or words[0].upper() not in ('AUTH', b'AUTH'):
@@ -490,23 +511,24 @@ class AuthChannelMixin(OffloadChannelMixin):
         count = 2 if mechanism in ('LOGIN', b'LOGIN') else 1
         self._auth_pipelined = count - (len(words) > 2)
 
-    def _debug_line(self, line):
+    def _debug_line(self, line: Union[bytes, str, None]) -> None:
         # The core's "Data:" print: an initial response, or a line that may
         # be a pipelined credential, becomes '***'.
         if self._auth_redact_line:
             line = _REDACTED if isinstance(line, str) else _REDACTED.encode()
-        elif line:
+        elif isinstance(line, str):
             words = line.split(None, 2)
-            if len(words) == 3 and words[0].upper() in ('AUTH', b'AUTH'):
-                if isinstance(line, str):
-                    line = ' '.join((words[0], words[1], _REDACTED))
-                else:
-                    line = b' '.join((words[0], words[1], _REDACTED.encode()))
+            if len(words) == 3 and words[0].upper() == 'AUTH':
+                line = ' '.join((words[0], words[1], _REDACTED))
+        elif line:
+            bwords = line.split(None, 2)
+            if len(bwords) == 3 and bwords[0].upper() == b'AUTH':
+                line = b' '.join((bwords[0], bwords[1], _REDACTED.encode()))
         super()._debug_line(line)
 
     # -- the verb -----------------------------------------------------------
 
-    def smtp_AUTH(self, arg):
+    def smtp_AUTH(self, arg: str) -> None:
         server = self.smtp_server
         if not self.seen_greeting:
             self.push('503 Error: send HELO first')
@@ -546,7 +568,8 @@ class AuthChannelMixin(OffloadChannelMixin):
         else:
             self._auth_continue(parts[1], 0)
 
-    def _auth_continue(self, line, size):
+    def _auth_continue(self, line: Union[bytes, str, None], size: int
+                       ) -> None:
         """Take one client response (a continuation line, or the initial
         response of the AUTH command)."""
         if size > _AUTH_LINE_LIMIT:
@@ -559,6 +582,9 @@ class AuthChannelMixin(OffloadChannelMixin):
             # RFC 4954 section 4: the client cancels the exchange.
             self._auth_end('501 5.7.0 Authentication aborted')
             return
+        login: Optional[str]
+        password: str
+        text: str
         try:
             data = decode_response(line)
             if self._auth_state == 'PLAIN':
@@ -585,7 +611,7 @@ class AuthChannelMixin(OffloadChannelMixin):
         self.reset_idle_deadline()
         self._auth_check(mechanism, login, password)
 
-    def _auth_challenge(self, challenge):
+    def _auth_challenge(self, challenge: str) -> None:
         """Send a 334 challenge.  The client's answer is awaited under the
         connection's deadline in the 'auth' phase (the server's
         ``auth_timeout``, else its idle timeout)."""
@@ -594,12 +620,13 @@ class AuthChannelMixin(OffloadChannelMixin):
                           or getattr(server, 'idle_timeout', None), 'auth')
         self.push(challenge)
 
-    def _auth_end(self, reply):
+    def _auth_end(self, reply: str) -> None:
         self._auth_state = self._auth_login = None
         self.reset_idle_deadline()
         self.push(reply)
 
-    def _auth_check(self, mechanism, login, password):
+    def _auth_check(self, mechanism: str, login: Optional[str],
+                    password: Optional[str]) -> None:
         """Check the credentials and answer (the throttle first: a
         throttled guess is answered 454 without looking at it)."""
         throttle = self.smtp_server.auth_throttle
@@ -616,11 +643,12 @@ class AuthChannelMixin(OffloadChannelMixin):
                      (mechanism, login, password, self),
                      lambda done, ok: self._auth_verdict(mechanism, login, done, ok))
 
-    def _auth_address(self):
+    def _auth_address(self) -> object:
         # The client's address (the PROXY header's behind a balancer).
         return self.peer[0] if isinstance(self.peer, tuple) else self.peer
 
-    def _auth_verdict(self, mechanism, login, done, ok):
+    def _auth_verdict(self, mechanism: str, login: Optional[str], done: bool,
+                      ok: Any) -> None:
         """The authenticator's answer ``ok`` (``done`` False: it raised
         ``ok``)."""
         throttle = self.smtp_server.auth_throttle
@@ -639,7 +667,8 @@ class AuthChannelMixin(OffloadChannelMixin):
             throttle.record(self._auth_address(), login, ok)
         self._auth_result(mechanism, login, ok)
 
-    def _auth_result(self, mechanism, login, ok):
+    def _auth_result(self, mechanism: str, login: Optional[str],
+                     ok: Union[bool, str]) -> None:
         """Answer the client: ``ok`` is True, False or 'throttled'."""
         if ok is True:
             self.auth_user = login
@@ -664,7 +693,7 @@ class AuthChannelMixin(OffloadChannelMixin):
             return
         self.push('535 5.7.8 Authentication credentials invalid')
 
-    def _tls_reset_session(self):
+    def _tls_reset_session(self) -> None:
         # RFC 3207 section 4.2: nothing learnt before TLS survives it.
         reset = getattr(super(), '_tls_reset_session', None)
         if reset is not None:
@@ -674,7 +703,7 @@ class AuthChannelMixin(OffloadChannelMixin):
 
     # -- mail commands ------------------------------------------------------
 
-    def smtp_MAIL(self, arg):
+    def smtp_MAIL(self, arg: str) -> None:
         if self.smtp_server.auth_required and self.auth_user is None:
             if (getattr(self.smtp_server, 'require_starttls', False)
                     and not getattr(self, 'tls_active', False)):
@@ -684,7 +713,7 @@ class AuthChannelMixin(OffloadChannelMixin):
             return
         super().smtp_MAIL(arg)
 
-    def check_mail_parameters(self, params):
+    def check_mail_parameters(self, params: _smtpd._Params) -> Optional[str]:
         # RFC 4954 section 5: MAIL FROM's AUTH=<mailbox>|<> names who
         # submitted the message at a previous hop.  It is accepted and not
         # trusted (this server knows its client only through AUTH).
@@ -692,7 +721,7 @@ class AuthChannelMixin(OffloadChannelMixin):
             params.pop('AUTH', None)
         return super().check_mail_parameters(params)
 
-    def _message_kwargs(self):
+    def _message_kwargs(self) -> Dict[str, Any]:
         kwargs = super()._message_kwargs()
         # Only servers that declare it accept the keyword (a stdlib-style
         # process_message would raise TypeError on it).
@@ -737,7 +766,13 @@ class AuthServerMixin(CapabilityServerMixin):
     attribute anywhere in the server's bases is seen, whatever their order.)
     """
 
-    channel_mixin = AuthChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = AuthChannelMixin
+    authenticator: _Authenticator
+    auth_required: bool
+    auth_allow_plaintext: bool
+    auth_mechanisms: Tuple[str, ...]
+    auth_max_failures: int
+    auth_throttle: Optional[AuthThrottle]
 
     def __init__(self, *args, authenticator: Callable = None,
                  auth_required: bool = False, auth_allow_plaintext: bool = False,
@@ -790,13 +825,15 @@ class SubmissionServer(AuthServerMixin, TLSServerMixin, _smtpd.SMTPServer):
     def __init__(self, *args, auth_required: bool = True, **kwargs):
         super().__init__(*args, auth_required=auth_required, **kwargs)
 
-    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+    def process_message(self, peer: _smtpd._Address, mailfrom: str,
+                        rcpttos: List[str], data: Union[bytes, str],
+                        **kwargs: Any) -> Optional[str]:
         raise NotImplementedError
 
 
 # -- command line --------------------------------------------------------
 
-CLI_OPTIONS = (
+CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ('auth-file=', 'FILE',
      'Offer AUTH PLAIN/LOGIN, checking "login:hash" lines from FILE '
      '(make them with: python -m smtpd_compat.auth hash LOGIN).'),
@@ -806,7 +843,7 @@ CLI_OPTIONS = (
 )
 
 
-def cli_configure(cli):
+def cli_configure(cli: CLI) -> None:
     """Add AuthServerMixin when --auth-file is given; check the combination."""
     given = cli.given
     if 'auth-file' not in given:
@@ -828,7 +865,7 @@ def cli_configure(cli):
         auth_allow_plaintext='auth-allow-plaintext' in given)
 
 
-def _read_password():
+def _read_password() -> str:
     import getpass
     if sys.stdin.isatty():
         first = getpass.getpass('Password: ')
@@ -838,7 +875,7 @@ def _read_password():
     return sys.stdin.readline().rstrip('\r\n')
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m smtpd_compat.auth hash [--pbkdf2] LOGIN``: print an
     auth-file line for LOGIN, reading the password from the terminal (or
     the first line of stdin)."""

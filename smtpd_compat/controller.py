@@ -17,9 +17,14 @@ import logging
 import select
 import socket
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List,
+                    Optional, Tuple, Type, TypeVar, Union, cast, overload)
 
 import smtpd_compat as _smtpd
+
+if TYPE_CHECKING:
+    import email.message
+    from typing_extensions import Self
 
 __all__ = [
     'Controller', 'CapturingServer', 'CapturedMessage', 'Mailbox',
@@ -32,7 +37,12 @@ log = logging.getLogger(__name__)
 # start() wake the loop through the waker socket.
 _POLL_TIMEOUT = 1.0
 
+#: A plain callable that handles messages: called like process_message.
 Handler = Callable[..., Optional[str]]
+
+# What asyncore keeps its dispatchers in (the server's own map here).
+_Map = Dict[int, Any]
+_ServerClass = TypeVar('_ServerClass', bound=Type[_smtpd.SMTPServer])
 
 
 # ---------------------------------------------------------------------------
@@ -63,11 +73,11 @@ class CapturedMessage:
         self.kwargs = kwargs
         self.mail_options = list(kwargs.get('mail_options') or ())
         self.rcpt_options = list(kwargs.get('rcpt_options') or ())
-        self.auth_user = kwargs.get('auth_user')
-        self._message = None
+        self.auth_user: Optional[str] = kwargs.get('auth_user')
+        self._message: Optional[email.message.EmailMessage] = None
 
     @property
-    def message(self):
+    def message(self) -> email.message.EmailMessage:
         """The parsed :class:`email.message.EmailMessage`.
 
         Parsed on first use, in the caller's thread: the server thread never
@@ -75,15 +85,19 @@ class CapturedMessage:
         session that delivered it.
         """
         if self._message is None:
-            # Imported here: email.policy is not needed to run a server.
-            import email
+            # Imported here: the email package is not needed to run a server.
+            import email.message
+            import email.parser
             import email.policy
+
+            # What email.message_from_string/bytes(policy=default) do.
+            factory, policy = email.message.EmailMessage, email.policy.default
             if isinstance(self.data, str):
-                parsed = email.message_from_string(
-                    self.data, policy=email.policy.default)
+                parsed = email.parser.Parser(
+                    factory, policy=policy).parsestr(self.data)
             else:
-                parsed = email.message_from_bytes(
-                    self.data, policy=email.policy.default)
+                parsed = email.parser.BytesParser(
+                    factory, policy=policy).parsebytes(self.data)
             self._message = parsed
         return self._message
 
@@ -145,7 +159,14 @@ class Mailbox:
                     % (n, timeout, len(self._messages)))
             return list(self._messages)
 
-    def __getitem__(self, index):
+    @overload
+    def __getitem__(self, index: int) -> CapturedMessage: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List[CapturedMessage]: ...
+
+    def __getitem__(self, index: Union[int, slice]
+                    ) -> Union[CapturedMessage, List[CapturedMessage]]:
         with self._changed:
             return self._messages[index]
 
@@ -185,13 +206,15 @@ class CapturingServer(_smtpd.SMTPServer):
     # With smtpd_compat.auth's server mixin: also pass auth_user.
     auth_user_kwarg = True
 
-    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+    def process_message(self, peer: _smtpd._Address, mailfrom: str,
+                        rcpttos: List[str], data: Union[bytes, str],
+                        **kwargs: Any) -> Optional[str]:
         self.messages.append(
             CapturedMessage(peer, mailfrom, rcpttos, data, **kwargs))
         return self.reply
 
 
-def with_capture(server_class: type) -> type:
+def with_capture(server_class: _ServerClass) -> _ServerClass:
     """``server_class`` with message capture in front of it.
 
     Returns ``server_class`` itself when it already captures; otherwise a
@@ -199,13 +222,16 @@ def with_capture(server_class: type) -> type:
     and which takes CapturingServer's ``reply`` keyword besides the
     original's.  Use it to catch mail on a TLS or AUTH server class.
     """
-    if issubclass(server_class, CapturingServer):
+    # (A flag: with issubclass() in the condition some mypy versions narrow
+    # server_class and lose its own type for the return.)
+    captures = issubclass(server_class, CapturingServer)
+    if captures:
         return server_class
     if not issubclass(server_class, _smtpd.SMTPServer):
         raise TypeError('with_capture() needs an SMTPServer subclass, not %r'
                         % (server_class,))
-    return type('Capturing' + server_class.__name__,
-                (CapturingServer, server_class), {})
+    return cast(_ServerClass, type('Capturing' + server_class.__name__,
+                                   (CapturingServer, server_class), {}))
 
 
 class _HandlerServer(_smtpd.SMTPServer):
@@ -215,7 +241,9 @@ class _HandlerServer(_smtpd.SMTPServer):
         self.handler = handler
         super().__init__(*args, **kwargs)
 
-    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+    def process_message(self, peer: _smtpd._Address, mailfrom: str,
+                        rcpttos: List[str], data: Union[bytes, str],
+                        **kwargs: Any) -> Optional[str]:
         return self.handler(peer, mailfrom, rcpttos, data, **kwargs)
 
 
@@ -232,7 +260,10 @@ class _Waker(_smtpd.asyncore.dispatcher):
     map is empty.  So sessions are closed by the thread that serves them.
     """
 
-    def __init__(self, sock: socket.socket, map: dict,
+    # asyncore.dispatcher's (the map it was added to).
+    _map: _Map
+
+    def __init__(self, sock: socket.socket, map: _Map,
                  woken: threading.Event, stopping: threading.Event) -> None:
         super().__init__(sock, map=map)
         self._woken = woken
@@ -259,7 +290,7 @@ class _Waker(_smtpd.asyncore.dispatcher):
         self.close()
 
 
-def _default_loop():
+def _default_loop() -> Callable[..., None]:
     """smtpd_compat.loop's loop when that capability exists, else asyncore's.
     Both take (timeout, use_poll, map, count)."""
     try:
@@ -305,12 +336,13 @@ class Controller:
     or call start() and stop().
     """
 
-    def __init__(self, handler: Union[None, type, Handler] = None,
+    def __init__(self,
+                 handler: Union[None, Type[_smtpd.SMTPServer], Handler] = None,
                  hostname: str = '127.0.0.1', port: int = 0, *,
                  remoteaddr: Any = None, ready_timeout: float = 5.0,
                  **server_kwargs: Any) -> None:
         if handler is None:
-            server_class: type = CapturingServer
+            server_class: Type[_smtpd.SMTPServer] = CapturingServer
         elif isinstance(handler, type):
             if not issubclass(handler, _smtpd.asyncore.dispatcher):
                 raise TypeError('Controller needs an SMTPServer subclass or '
@@ -350,7 +382,7 @@ class Controller:
 
     # -- life cycle ---------------------------------------------------------
 
-    def start(self) -> 'Controller':
+    def start(self) -> Self:
         """Bind, start the thread, and return once the server is serving.
 
         Raises OSError naming the address when it cannot listen there, and
@@ -360,7 +392,7 @@ class Controller:
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError('%r is already started' % (self,))
-            map: dict = {}
+            map: _Map = {}
             woken = threading.Event()
             read_end, wake_end = socket.socketpair()
             try:
@@ -372,7 +404,9 @@ class Controller:
                 wake_end.close()
                 raise
             self.server = server
-            host, port = server.socket.getsockname()[:2]
+            # (A server has its listening socket once it is made.)
+            sock = cast(socket.socket, server.socket)
+            host, port = sock.getsockname()[:2]
             self.hostname, self.port = _connectable(host), port
             self._wake_end = wake_end
             self._error = None
@@ -400,7 +434,7 @@ class Controller:
                                    'within %s s' % (self, self.ready_timeout))
         return self
 
-    def _make_server(self, map: dict):
+    def _make_server(self, map: _Map) -> _smtpd.SMTPServer:
         host, port = self._bind
         try:
             return self.server_class((host, port), self.remoteaddr, map=map,
@@ -411,7 +445,8 @@ class Controller:
             raise OSError(e.errno, 'cannot listen on %s port %s: %s' % (
                 host, port, e.strerror or e)) from e
 
-    def _serve(self, loop, map: dict, woken: threading.Event) -> None:
+    def _serve(self, loop: Callable[..., object], map: _Map,
+               woken: threading.Event) -> None:
         # The server thread.  The loop runs until the map is empty, which
         # the waker brings about on stop(); one loop() call for the whole
         # life keeps what smtpd_compat.loop learns between wake-ups.
@@ -436,8 +471,11 @@ class Controller:
             woken.set()
 
     def _wake(self) -> None:
+        wake_end = self._wake_end
+        if wake_end is None:
+            return      # not started, or stopped: no loop to wake
         try:
-            self._wake_end.send(b'\0')
+            wake_end.send(b'\0')
         except (BlockingIOError, OSError):
             # A full buffer already holds a wake-up byte; a closed one means
             # the loop is gone.
@@ -467,13 +505,14 @@ class Controller:
             raise RuntimeError('the server thread of %r did not stop within '
                                '%s s' % (self, self.ready_timeout))
         self._thread = None
-        self._wake_end.close()
-        self._wake_end = None
+        wake_end, self._wake_end = self._wake_end, None
+        if wake_end is not None:
+            wake_end.close()
 
-    def __enter__(self) -> 'Controller':
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # -- conveniences -------------------------------------------------------
@@ -503,7 +542,7 @@ class Controller:
         """The web inbox's URL (servers with
         :class:`smtpd_compat.web.WebInboxServerMixin` only, e.g. the
         ``web=('127.0.0.1', 0)`` keyword of the ``smtpd`` fixture)."""
-        url = getattr(self.server, 'web_url', None)
+        url: Optional[str] = getattr(self.server, 'web_url', None)
         if url is None:
             raise AttributeError('%r has no web inbox (give web=(host, port) '
                                  'or use smtpd_compat.web.WebInboxServerMixin)'

@@ -27,6 +27,8 @@ Paths a server creates at start-up are listed in its ``created_paths``, so
 that ``python -m smtpd_compat`` (running as root without ``-n``) can hand
 them to ``nobody`` before it drops root.
 """
+from __future__ import annotations
+
 import email.utils
 import errno
 import ipaddress
@@ -35,16 +37,25 @@ import logging
 import os
 import re
 import time
-from typing import Any, List, NamedTuple, Optional, Sequence, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List,
+                    NamedTuple, Optional, Sequence, Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadServerMixin
 
+if TYPE_CHECKING:
+    from smtpd_compat.__main__ import CLI
+    # Typed as what it is composed into (a SessionStateMixin, and so an
+    # SMTPChannel); at run time a plain mixin.
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
+else:
+    _ChannelBase = object
+
 try:
     import fcntl
 except ImportError:     # Windows: no POSIX locks, so no MboxServer there
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # MboxServer refuses to start
 
 __all__ = ['MaildirServer', 'MboxServer', 'mboxrd_quote', 'STORE_FAILED',
            'Session', 'TraceChannelMixin', 'trace_headers', 'line_end']
@@ -95,7 +106,7 @@ def _make_dirs(path: str, mode: int) -> List[str]:
     return missing[::-1]
 
 
-def _record_created(server, paths: Sequence[str]) -> None:
+def _record_created(server: object, paths: Sequence[str]) -> None:
     # An instance attribute, shared by every class in a composed server
     # (e.g. MaildirServer + LMTPServer's socket).
     vars(server).setdefault('created_paths', []).extend(paths)
@@ -120,7 +131,7 @@ class Session(NamedTuple):
     fqdn: str
 
 
-class TraceChannelMixin:
+class TraceChannelMixin(_ChannelBase):
     """Channel mixin: passes a :class:`Session` to process_message as
     ``session``.  Calls super() in ``_message_kwargs`` (so it composes
     with every other mixin that adds keywords)."""
@@ -140,7 +151,7 @@ class TraceChannelMixin:
                 base += 'A'
         return Session(self.seen_greeting or '', self.peer, base, self.fqdn)
 
-    def _message_kwargs(self):
+    def _message_kwargs(self) -> Dict[str, Any]:
         kwargs = super()._message_kwargs()
         kwargs['session'] = self.trace_session()
         return kwargs
@@ -149,7 +160,7 @@ class TraceChannelMixin:
 _UNSAFE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]')
 
 
-def _clean(text, limit: int) -> str:
+def _clean(text: object, limit: int) -> str:
     """A client-supplied value made safe for a header: every control
     character (CR, LF, TAB, NUL, C1, the Unicode line separators) becomes
     '?', so it can never start a new header line, and the length is
@@ -162,7 +173,7 @@ def _clean(text, limit: int) -> str:
     return text
 
 
-def _tcp_info(peer) -> Optional[str]:
+def _tcp_info(peer: object) -> Optional[str]:
     """Postfix's ``unknown [192.0.2.1]`` (no reverse DNS lookup: it would
     block the loop) for a TCP peer, None for anything else."""
     if not (isinstance(peer, tuple) and peer):
@@ -205,7 +216,7 @@ def trace_headers(mailfrom: Optional[str], rcpttos: Sequence[str],
     unknown``."""
     if session is None:
         session = Session('', None, 'SMTP', _smtpd.socket.gethostname())
-    lines = []
+    lines: List[str] = []
     if return_path:
         sender = mailfrom or ''
         if sender == '<>':
@@ -238,13 +249,15 @@ class _StoringServer(OffloadServerMixin, _smtpd.SMTPServer):
     STORE_FAILED.  process_message runs in the server's worker threads
     (OffloadServerMixin): fsync and lock waits must not stop the loop."""
 
-    channel_mixin = TraceChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = TraceChannelMixin
 
     #: Put Return-Path: and Received: in front of each stored message.
     add_trace_headers = True
 
-    def process_message(self, peer, mailfrom, rcpttos, data,
-                        session: Optional[Session] = None, **kwargs):
+    def process_message(self, peer: _smtpd._Address, mailfrom: str,
+                        rcpttos: List[str], data: Union[bytes, str],
+                        session: Optional[Session] = None,
+                        **kwargs: Any) -> Optional[str]:
         """Store the message; None (250) once it is on disk, else the 451
         reply.  ``session`` (from :class:`TraceChannelMixin`) fills the
         Received: line.  Subclasses may filter, then call super() (passing
@@ -270,6 +283,10 @@ class MaildirServer(_StoringServer):
     """Deliver every message into the Maildir ``maildir`` (keyword-only;
     tmp/, new/ and cur/ are created if missing).  The message is stored
     as received, after a Return-Path: and a Received: header."""
+
+    maildir: str
+    _host: str
+    _deliveries: Iterator[int]
 
     def __init__(self, *args, maildir: str, **kwargs):
         self.maildir = os.fspath(maildir)
@@ -337,6 +354,9 @@ class MboxServer(_StoringServer):
     to wait for the locks before answering 451."""
 
     stale_dotlock_age = 300.0
+    mbox: str
+    dotlock: bool
+    lock_timeout: float
 
     def __init__(self, *args, mbox: str, dotlock: bool = False,
                  lock_timeout: float = 5.0, **kwargs):
@@ -369,7 +389,7 @@ class MboxServer(_StoringServer):
             body += b'\n'
         return head.encode('utf-8') + body + b'\n'
 
-    def _wait(self, attempt, what):
+    def _wait(self, attempt: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.lock_timeout
         while True:
             if attempt():
@@ -378,10 +398,10 @@ class MboxServer(_StoringServer):
                 raise OSError(errno.ETIMEDOUT, 'timed out waiting for ' + what)
             time.sleep(0.02)
 
-    def _take_dotlock(self):
+    def _take_dotlock(self) -> str:
         lock = self.mbox + '.lock'
 
-        def attempt():
+        def attempt() -> bool:
             try:
                 os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
                                  0o644))
@@ -403,7 +423,7 @@ class MboxServer(_StoringServer):
         try:
             dotlock = self._take_dotlock() if self.dotlock else None
             try:
-                def attempt():
+                def attempt() -> bool:
                     try:
                         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         return True
@@ -435,19 +455,19 @@ class MboxServer(_StoringServer):
 # ---------------------------------------------------------------------------
 # Command line
 
-CLI_OPTIONS = (
+CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ('maildir=', 'DIR', 'With -c MaildirServer or -c LMTPServer: the Maildir to deliver into (tmp/, new/, cur/ are created).'),
     ('mbox=', 'FILE', 'With -c MboxServer or -c LMTPServer: the mbox file to append to (mboxrd, fcntl-locked).'),
     ('mbox-dotlock', '', 'With --mbox: also take the dot-lock FILE.lock while appending.'),
 )
 
 
-def cli_configure(cli):
+def cli_configure(cli: CLI) -> None:
     from smtpd_compat.lmtp import LMTPServer
 
     cls = cli.server_class
 
-    def named(base):
+    def named(base: type) -> bool:
         return isinstance(cls, type) and issubclass(cls, base)
     # -c LMTPServer --maildir/--mbox: an LMTP delivery agent, the storing
     # server composed in front of the LMTP server (lmtp's cli_configure

@@ -20,13 +20,19 @@ The wire-format parsers (:func:`parse_bdat`, :func:`parse_notify`,
 :func:`xtext_decode`) are pure functions that return a value or raise
 ValueError.
 """
+from __future__ import annotations
+
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import (TYPE_CHECKING, Callable, ClassVar, Dict, FrozenSet,
+                    Iterable, List, Optional, Tuple, Type)
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.session import LAYERS
+
+if TYPE_CHECKING:
+    from smtpd_compat.__main__ import CLI
 
 __all__ = [
     'EXTENSIONS', 'ExtensionsMixin', 'ExtensionsChannelMixin', 'ESMTPServer',
@@ -35,7 +41,7 @@ __all__ = [
 ]
 
 #: Every extension this module implements, in EHLO order.
-EXTENSIONS = ('PIPELINING', 'CHUNKING', 'BINARYMIME', 'DSN',
+EXTENSIONS: Tuple[str, ...] = ('PIPELINING', 'CHUNKING', 'BINARYMIME', 'DSN',
               'ENHANCEDSTATUSCODES')
 
 
@@ -59,7 +65,7 @@ def parse_bdat(arg: Optional[str]) -> Tuple[int, bool]:
 def xtext_decode(text: str) -> str:
     """Decode RFC 3461 section 4 xtext: printable ASCII except "+" and "=",
     with "+XX" (two upper-case hex digits) for any other octet."""
-    out = []
+    out: List[str] = []
     i = 0
     while i < len(text):
         c = text[i]
@@ -134,7 +140,8 @@ _ESC_BY_CODE = {
     '555': '5.5.4',
     '451': '4.3.0',   # other or undefined mail system status
 }
-_ESC_250_BY_VERB = {'MAIL': '2.1.0', 'RCPT': '2.1.5'}
+_ESC_250_BY_VERB: Dict[Optional[str], str] = {'MAIL': '2.1.0',
+                                              'RCPT': '2.1.5'}
 # RFC 2034 section 3: no enhanced code on the greeting or on the replies to
 # HELO and EHLO (nor LHLO, its LMTP twin).
 _PLAIN_VERBS = (None, 'HELO', 'EHLO', 'LHLO')
@@ -193,13 +200,22 @@ class ExtensionsChannelMixin(MessageChannelMixin):
 
     layer = LAYERS['extensions']
     capability_name = 'Extensions'
-    BDAT = 2
-    _verb = None   # the command being answered; None until the first one
+    #: smtp_state while a BDAT chunk is read.
+    BDAT: ClassVar[int] = 2
+    # The command being answered (upper case; '.' for the end of DATA);
+    # None until the first one.
+    _verb: Optional[str] = None
+    _chunks: List[bytes]
+    _chunk_received: int
+    _bdat_size: int
+    _bdat_refusal: Optional[str]
+    _bdat_last: bool
+    _bdat_started: bool
 
-    def _enabled(self, name):
+    def _enabled(self, name: str) -> bool:
         return name in getattr(self.smtp_server, 'esmtp_extensions', ())
 
-    def extra_ehlo_keywords(self):
+    def extra_ehlo_keywords(self) -> List[str]:
         keywords = super().extra_ehlo_keywords()
         if self._enabled('DSN'):
             # RFC 3461 section 4: the DSN parameters lengthen MAIL by up to
@@ -211,26 +227,28 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             limits['RCPT'] += _DSN_RCPT_EXTRA
         return keywords + [name for name in EXTENSIONS if self._enabled(name)]
 
-    def receiving_message(self):
+    def receiving_message(self) -> bool:
         # A BDAT transaction is one message from its first chunk to its
         # LAST: limits keep the data deadline and graceful shutdown lets it
         # finish, between chunks as well as inside one.
         return (self.smtp_state == self.BDAT or self._bdat_started
                 or super().receiving_message())
 
+    # A property over the core's class attribute, which it only reads.
     @property
-    def _accepted_body_types(self):
+    def _accepted_body_types(self) -> Tuple[str, ...]:  # type: ignore[override]
         types = super()._accepted_body_types
         if self._enabled('BINARYMIME'):
             types = tuple(types) + ('BINARYMIME',)
         return types
 
-    def push(self, msg):
+    # SMTPChannel.push takes a reply line (str), async_chat's takes bytes.
+    def push(self, msg: str) -> None:  # type: ignore[override]
         if self._verb not in _PLAIN_VERBS and self._enabled('ENHANCEDSTATUSCODES'):
             msg = enhance_reply(msg, self._verb)
         super().push(msg)
 
-    def _set_post_data_state(self):
+    def _set_post_data_state(self) -> None:
         super()._set_post_data_state()
         self._chunks = []
         self._chunk_received = 0
@@ -239,13 +257,15 @@ class ExtensionsChannelMixin(MessageChannelMixin):
         self._bdat_last = False
         self._bdat_started = False
 
-    def found_terminator(self):
+    def found_terminator(self) -> None:
         state = self.smtp_state
         if state == self.BDAT:
             self._end_chunk()
             return
         if state == self.COMMAND:
-            line = self._emptystring.join(self.received_lines)
+            # (All bytes, or all str on a decode_data=True channel.)
+            line = self._emptystring.join(
+                self.received_lines)  # type: ignore[arg-type]
             self.received_lines = [line]
             word = line[:16].split(None, 1)
             verb = word[0] if word else ''
@@ -256,7 +276,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             self._verb = '.'
         super().found_terminator()
 
-    def collect_incoming_data(self, data):
+    def collect_incoming_data(self, data: bytes) -> None:
         if self.smtp_state != self.BDAT:
             super().collect_incoming_data(data)
         elif self._bdat_refusal is None:
@@ -265,7 +285,10 @@ class ExtensionsChannelMixin(MessageChannelMixin):
 
     # DSN (RFC 3461)
 
-    def _take_dsn_params(self, params, options, keyword, parsers):
+    def _take_dsn_params(
+            self, params: _smtpd._Params, options: List[str], keyword: str,
+            parsers: Iterable[Tuple[str, Callable[[str], object]]]
+    ) -> Optional[str]:
         original = self._command_address(keyword)[1]
         for name, parse in parsers:
             if name not in params:
@@ -285,7 +308,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
                           for o in options]
         return None
 
-    def check_mail_parameters(self, params):
+    def check_mail_parameters(self, params: _smtpd._Params) -> Optional[str]:
         if self._enabled('DSN'):
             refusal = self._take_dsn_params(
                 params, self.mail_options, 'FROM:',
@@ -294,7 +317,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
                 return refusal
         return super().check_mail_parameters(params)
 
-    def check_rcpt_parameters(self, params):
+    def check_rcpt_parameters(self, params: _smtpd._Params) -> Optional[str]:
         if self._enabled('DSN'):
             refusal = self._take_dsn_params(
                 params, self.rcpt_options, 'TO:',
@@ -305,10 +328,10 @@ class ExtensionsChannelMixin(MessageChannelMixin):
 
     # CHUNKING and BINARYMIME (RFC 3030)
 
-    def _binarymime(self):
+    def _binarymime(self) -> bool:
         return 'BODY=BINARYMIME' in (self.mail_options or ())
 
-    def smtp_DATA(self, arg):
+    def smtp_DATA(self, arg: str) -> None:
         if self.mailfrom and self._bdat_started:
             # RFC 3030 section 2: DATA may not follow BDAT in a transaction.
             self.push('503 Error: BDAT transaction in progress')
@@ -319,7 +342,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             return
         super().smtp_DATA(arg)
 
-    def smtp_BDAT(self, arg):
+    def smtp_BDAT(self, arg: str) -> None:
         if not self._enabled('CHUNKING'):
             self.push('500 Error: command "BDAT" not recognized')
             return
@@ -328,7 +351,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
         except ValueError:
             self._close_out_of_step()
             return
-        refusal = None
+        refusal: Optional[str] = None
         if not self.seen_greeting:
             refusal = '503 Error: send HELO first'
         elif not self.mailfrom:
@@ -349,12 +372,12 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             self.smtp_state = self.BDAT
             self.set_terminator(size)
 
-    def _close_out_of_step(self):
+    def _close_out_of_step(self) -> None:
         # hang_up (the shared session state) drops the rest of the input
         # already read and reads nothing more.
         self.hang_up(_BDAT_OUT_OF_STEP % self.fqdn, 'BDAT out of step')
 
-    def _end_chunk(self):
+    def _end_chunk(self) -> None:
         self.smtp_state = self.COMMAND
         self.set_terminator(b'\r\n')
         refusal = self._bdat_refusal
@@ -392,7 +415,9 @@ class ExtensionsMixin(CapabilityServerMixin):
     class's ``esmtp_extensions`` attribute if it has one, else all).
     BINARYMIME needs CHUNKING; CHUNKING needs decode_data=False."""
 
-    channel_mixin = ExtensionsChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = ExtensionsChannelMixin
+    #: The enabled extensions (upper-case names from :data:`EXTENSIONS`).
+    esmtp_extensions: FrozenSet[str]
 
     def __init__(self, *args, esmtp_extensions=UNSET, **kwargs):
         esmtp_extensions = settings(
@@ -423,14 +448,14 @@ class ESMTPServer(ExtensionsMixin, _smtpd.SMTPServer):
 # ---------------------------------------------------------------------------
 # Command line
 
-CLI_OPTIONS = (
+CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ('esmtp=', 'LIST',
      'Enable ESMTP extensions: "all" or a comma list of '
      + ','.join(EXTENSIONS) + '.'),
 )
 
 
-def cli_configure(cli):
+def cli_configure(cli: CLI) -> None:
     value = cli.given.get('esmtp')
     if value is None:
         return

@@ -53,9 +53,14 @@ TLS handshake, an AUTH exchange), and this mixin leaves those alone.
 Timers run only under :func:`smtpd_compat.loop.loop`, not plain
 ``asyncore.loop()``.
 """
+from __future__ import annotations
+
 import collections
 import logging
+import socket
 import time
+from typing import (TYPE_CHECKING, Any, Callable, Counter, Dict, Optional,
+                    Set, Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
@@ -63,6 +68,14 @@ from smtpd_compat import loop as _loop
 from smtpd_compat.session import LAYERS
 from smtpd_compat.logging_ import LogEvery, SessionLogServerMixin, format_peer
 from smtpd_compat.production import hardening_requested
+
+if TYPE_CHECKING:
+    from smtpd_compat.__main__ import CLI
+    # Typed as what it is composed into (a SessionStateMixin, and so an
+    # SMTPChannel); at run time a plain mixin.
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
+else:
+    _ChannelBase = object
 
 __all__ = [
     'LimitsChannelMixin', 'LimitsServerMixin', 'LimitedServer',
@@ -72,7 +85,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRODUCTION_DEFAULTS = {
+#: Keyword -> default (None switches a limit off).
+PRODUCTION_DEFAULTS: Dict[str, Optional[float]] = {
     'idle_timeout': 300.0,
     'data_timeout': 300.0,
     'min_data_rate': 500,
@@ -98,7 +112,7 @@ _FD_RESERVE = 64
 _NUMBERS = ('idle_timeout', 'data_timeout', 'min_data_rate')
 
 
-class LimitsChannelMixin:
+class LimitsChannelMixin(_ChannelBase):
     """Channel mixin enforcing the limits its server was built with (read
     from ``self.smtp_server``, see :class:`LimitsServerMixin`).  The
     deadline itself, "closing" and "receiving a message" are the shared
@@ -107,9 +121,12 @@ class LimitsChannelMixin:
 
     layer = LAYERS['limits']
     capability_name = 'Limits'
-    _limits_ip = None
+    smtp_server: LimitsServerMixin
+    # The client's address while it is counted in _limits_per_ip.
+    _limits_ip: Optional[object] = None
 
-    def __init__(self, server, conn, addr, *args, **kwargs):
+    def __init__(self, server: LimitsServerMixin, conn: socket.socket,
+                 addr: Any, *args: Any, **kwargs: Any) -> None:
         self._limits_errors = 0
         self._limits_junk = 0
         self._limits_in_process = False
@@ -130,7 +147,7 @@ class LimitsChannelMixin:
 
     # -- connection limits --------------------------------------------------
 
-    def _greet(self):
+    def _greet(self) -> None:
         # At greeting time, not accept time: behind a PROXY-protocol
         # balancer the client's address is only known now (the PROXY layer
         # sits outside this one and calls the greeting once the header is
@@ -150,27 +167,28 @@ class LimitsChannelMixin:
 
     # -- deadlines ----------------------------------------------------------
 
-    def _data_deadline(self):
+    def _data_deadline(self) -> None:
         server = self.smtp_server
         self.set_deadline(server.data_timeout if server.data_timeout is not None
                           else server.idle_timeout, 'data')
 
-    def collect_incoming_data(self, data):
+    def collect_incoming_data(self, data: bytes) -> None:
         if self.deadline_phase == 'data' and self.receiving_message():
             timeout = self.smtp_server.data_timeout
-            if timeout is not None:
+            deadline = self.deadline    # (set while a phase is)
+            if timeout is not None and deadline is not None:
                 now = time.monotonic()
                 rate = self.smtp_server.min_data_rate
                 if rate:
                     # Progress buys time in proportion to its size, capped
                     # at a full data_timeout from now (Postfix's rule).
                     self.extend_deadline(min(
-                        self.deadline + len(data) / rate, now + timeout))
+                        deadline + len(data) / rate, now + timeout))
                 else:
                     self.extend_deadline(now + timeout)
         super().collect_incoming_data(data)
 
-    def found_terminator(self):
+    def found_terminator(self) -> None:
         limit = getattr(self.smtp_server, 'max_junk_commands', None)
         if (limit is not None and self.smtp_state == self.COMMAND
                 and not self.closing and self._is_junk()):
@@ -192,11 +210,12 @@ class LimitsChannelMixin:
         else:
             self.set_deadline(self.smtp_server.idle_timeout)
 
-    def _is_junk(self):
+    def _is_junk(self) -> bool:
         """True when the command line in received_lines is a junk verb."""
         lines = self.received_lines
         if len(lines) != 1:
-            line = self._emptystring.join(lines)
+            # (All bytes, or all str on a decode_data=True channel.)
+            line = self._emptystring.join(lines)  # type: ignore[arg-type]
             self.received_lines = [line]
         else:
             line = lines[0]
@@ -210,7 +229,7 @@ class LimitsChannelMixin:
 
     # -- recipients and errors ---------------------------------------------
 
-    def check_rcpt_parameters(self, params):
+    def check_rcpt_parameters(self, params: _smtpd._Params) -> Optional[str]:
         limit = self.smtp_server.max_recipients
         if limit is not None and len(self.rcpttos) >= limit:
             # RFC 5321 §4.5.3.1.10: "452 too many recipients"; the client
@@ -218,14 +237,15 @@ class LimitsChannelMixin:
             return '452 4.5.3 Error: too many recipients'
         return super().check_rcpt_parameters(params)
 
-    def _process_data(self, data):
+    def _process_data(self, data: Union[bytes, str]) -> None:
         self._limits_in_process = True
         try:
             super()._process_data(data)
         finally:
             self._limits_in_process = False
 
-    def push(self, msg):
+    # SMTPChannel.push takes a reply line (str), async_chat's takes bytes.
+    def push(self, msg: str) -> None:  # type: ignore[override]
         super().push(msg)
         if self.closing:
             return
@@ -244,7 +264,7 @@ class LimitsChannelMixin:
 
     # -- bookkeeping --------------------------------------------------------
 
-    def close(self):
+    def close(self) -> None:
         server = self.smtp_server
         server._limits_channels.discard(self)
         ip = self._limits_ip
@@ -273,7 +293,23 @@ class LimitsServerMixin(CapabilityServerMixin):
     it with :func:`smtpd_compat.loop.loop` so that the deadlines fire.
     """
 
-    channel_mixin = LimitsChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = LimitsChannelMixin
+
+    # Set by __init__ (the keyword, else the class attribute, else the
+    # default); None switches a limit off.
+    idle_timeout: Optional[float]
+    data_timeout: Optional[float]
+    min_data_rate: Optional[float]
+    max_connections: Optional[int]
+    max_connections_per_ip: Optional[int]
+    max_recipients: Optional[int]
+    max_errors: Optional[int]
+    max_line_length: Optional[int]
+    max_junk_commands: Optional[int]
+    _limits_channels: Set[_smtpd.SMTPChannel]
+    # Open connections per client address.
+    _limits_per_ip: Counter[object]
+    _limits_refused: LogEvery
 
     def __init__(self, *args, idle_timeout=UNSET, data_timeout=UNSET,
                  min_data_rate=UNSET, max_connections=UNSET,
@@ -310,7 +346,7 @@ class LimitsServerMixin(CapabilityServerMixin):
         """Connections open on this server now."""
         return len(self._limits_channels)
 
-    def handle_accepted(self, conn, addr):
+    def handle_accepted(self, conn: socket.socket, addr: Any) -> None:
         limit = self.max_connections
         if limit is not None and len(self._limits_channels) >= limit:
             # Refused before any channel exists: the cheapest answer, so a
@@ -332,7 +368,7 @@ class LimitsServerMixin(CapabilityServerMixin):
         super().handle_accepted(conn, addr)
 
 
-def _check_limit(name, value):
+def _check_limit(name: str, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -353,7 +389,7 @@ class LimitedServer(SessionLogServerMixin, LimitsServerMixin,
 
 # -- command line ------------------------------------------------------------
 
-_CLI_LIMITS = (
+_CLI_LIMITS: Tuple[Tuple[str, str, Callable[[str], float], str], ...] = (
     ('idle-timeout', 'idle_timeout', float,
      'Seconds to wait for a command before "421 4.4.2" (default 300).'),
     ('data-timeout', 'data_timeout', float,
@@ -376,7 +412,7 @@ _CLI_LIMITS = (
      'before "421 4.7.0" and close (default 100).'),
 )
 
-CLI_OPTIONS = (
+CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ('production', '',
      'Production mode: every timeout and limit below with its default, the '
      'session log and graceful shutdown (also implied by any option below '
@@ -390,7 +426,7 @@ CLI_OPTIONS = (
      'production mode.'),
 )
 
-def cli_configure(cli):
+def cli_configure(cli: CLI) -> None:
     """Add the limits and the session log in production mode (the rule is
     smtpd_compat.production's), only the session log with --log-level alone;
     without either, the stdlib's behaviour is kept exactly."""
@@ -399,10 +435,11 @@ def cli_configure(cli):
         if 'log-level' in given:
             _configure_logging(cli, given['log-level'])
         return
-    kwargs = {}
+    kwargs: Dict[str, Optional[float]] = {}
     for flag, keyword, kind, _ in _CLI_LIMITS:
         if flag in given:
             text = given[flag]
+            value: Optional[float]
             try:
                 value = kind(text)
             except ValueError:
@@ -430,7 +467,7 @@ def cli_configure(cli):
     _fit_connections_to_descriptors(cli.server_kwargs, soft)
 
 
-def _configure_logging(cli, level):
+def _configure_logging(cli: CLI, level: str) -> None:
     """The session log, and the package's log lines on stderr at ``level``."""
     cli.mixins.append(SessionLogServerMixin)
     numeric = logging.getLevelName(level.upper())
@@ -446,7 +483,8 @@ def _configure_logging(cli, level):
     root.setLevel(numeric)
 
 
-def _fit_connections_to_descriptors(kwargs, soft):
+def _fit_connections_to_descriptors(kwargs: Dict[str, Any],
+                                    soft: Optional[int]) -> None:
     """Lower max_connections (in ``kwargs``, else the default) so that
     the connections and a reserve fit in ``soft`` descriptors: a server
     that runs out of them refuses with 421 instead of failing accept()."""

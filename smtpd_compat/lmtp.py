@@ -21,20 +21,33 @@ command line, ``-c LMTPServer`` needs ``--maildir`` or ``--mbox`` (it is
 then composed with MaildirServer or MboxServer): LMTPServer's own
 process_message stores nothing.
 """
+from __future__ import annotations
+
 import logging
 import os
 import stat
-from typing import Optional
+from typing import (TYPE_CHECKING, Any, Dict, List, Optional, Sequence,
+                    Tuple, Union, cast)
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.message import MessageChannelMixin
+
+if TYPE_CHECKING:
+    import socket
+
+    from smtpd_compat.__main__ import CLI
 
 __all__ = ['LMTPChannel', 'LMTPServer']
 
 log = logging.getLogger(__name__)
 
 _NO_RESULT = '451 4.3.0 Error: no delivery result for this recipient'
+
+# What an LMTP process_message may return: None (250 for everyone), one
+# reply for everyone, one entry per rcpttos entry, or address -> reply.
+_LMTPStatus = Union[None, str, Sequence[Optional[str]],
+                   Dict[str, Optional[str]]]
 
 
 class LMTPChannel(MessageChannelMixin, _smtpd.SMTPChannel):
@@ -43,28 +56,29 @@ class LMTPChannel(MessageChannelMixin, _smtpd.SMTPChannel):
     #: For the Received: line of the delivering servers (RFC 3848).
     transmission_type = 'LMTP'
 
-    def smtp_HELO(self, arg):
+    def smtp_HELO(self, arg: str) -> None:
         # RFC 2033 section 4.1: LHLO replaces HELO and EHLO.
         self.push('500 Error: command "HELO" not recognized')
 
-    def smtp_EHLO(self, arg):
+    def smtp_EHLO(self, arg: str) -> None:
         self.push('500 Error: command "EHLO" not recognized')
 
-    def smtp_LHLO(self, arg):
+    def smtp_LHLO(self, arg: str) -> None:
         if not arg:
             self.push('501 Syntax: LHLO hostname')
             return
         # Same reply and state as EHLO (RFC 2033 section 4.1).
         super().smtp_EHLO(arg)
 
-    def smtp_HELP(self, arg):
+    def smtp_HELP(self, arg: str) -> None:
         if arg:
             super().smtp_HELP(arg)
         else:
             self.push('250 Supported commands: LHLO MAIL RCPT DATA '
                       'RSET NOOP QUIT VRFY')
 
-    def _reply_to_message(self, status, rcpttos):
+    def _reply_to_message(self, status: _LMTPStatus,
+                          rcpttos: List[str]) -> None:
         # RFC 2033 section 4.2: one reply per accepted RCPT, in RCPT order.
         for reply in _per_recipient(status, rcpttos):
             try:
@@ -76,7 +90,7 @@ class LMTPChannel(MessageChannelMixin, _smtpd.SMTPChannel):
                     raise
 
 
-def _per_recipient(status, rcpttos):
+def _per_recipient(status: _LMTPStatus, rcpttos: List[str]) -> List[str]:
     """Expand process_message's result into one reply per recipient."""
     if status is None or isinstance(status, str):
         return [status or '250 <%s> OK' % r for r in rcpttos]
@@ -101,6 +115,17 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
 
     channel_class = LMTPChannel
 
+    if TYPE_CHECKING:
+        # LMTP answers per recipient, so process_message may return more
+        # than the one reply SMTPServer's may (a subclass returning a list
+        # or dict needs the same ignore: mypy checks it against SMTPServer
+        # too).  Not defined at run time: the stdlib's raises
+        # NotImplementedError, and cli_configure looks for an override.
+        def process_message(  # type: ignore[override]
+                self, peer: _smtpd._Address, mailfrom: str,
+                rcpttos: List[str], data: Union[bytes, str],
+                **kwargs: Any) -> _LMTPStatus: ...
+
     def __init__(self, localaddr, remoteaddr, *args,
                  unix_socket: Optional[str] = None,
                  unix_socket_mode: Optional[int] = None, **kwargs):
@@ -118,7 +143,7 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
         # and swap the listening socket afterwards.
         super().__init__(('127.0.0.1', 0), remoteaddr, *args, **kwargs)
         self.del_channel()
-        self.socket.close()
+        cast('socket.socket', self.socket).close()    # (bound just now)
         self._localaddr = path
         try:
             self.create_socket(_smtpd.socket.AF_UNIX, _smtpd.socket.SOCK_STREAM)
@@ -133,7 +158,7 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
             raise
 
 
-CLI_OPTIONS = (
+CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ('lmtp-socket=', 'PATH',
      'With -c LMTPServer (or a subclass): listen on this UNIX socket instead of TCP.'),
     ('lmtp-socket-mode=', 'MODE',
@@ -141,7 +166,7 @@ CLI_OPTIONS = (
 )
 
 
-def cli_configure(cli):
+def cli_configure(cli: CLI) -> None:
     cls = cli.server_class
     if isinstance(cls, type) and issubclass(cls, LMTPServer):
         # LMTPServer's own process_message (the stdlib's) raises

@@ -7,14 +7,23 @@ the client wrote it, and passes the former to ``process_message`` as
 (:data:`smtpd_compat.session.LAYERS`): the layers outside it see a
 complete envelope.
 """
-from typing import Any, Dict
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from smtpd_compat.session import LAYERS
+
+if TYPE_CHECKING:
+    # Typed as what it is composed into (a SessionStateMixin, and so an
+    # SMTPChannel); at run time a plain mixin.
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
+else:
+    _ChannelBase = object
 
 __all__ = ['MessageChannelMixin']
 
 
-class MessageChannelMixin:
+class MessageChannelMixin(_ChannelBase):
     """The message layer that the extensions, LMTP and relay channels share:
     what they add to the core's message path: each recipient's own RCPT parameters (passed to
     process_message as ``recipient_options``) and the MAIL/RCPT argument as
@@ -26,7 +35,10 @@ class MessageChannelMixin:
     layer = LAYERS['message']
     capability_name = ''
 
-    def _set_post_data_state(self):
+    #: The parameters of each accepted RCPT, parallel to rcpttos.
+    _recipient_options: List[List[str]]
+
+    def _set_post_data_state(self) -> None:
         super()._set_post_data_state()
         # One entry per accepted recipient, parallel to rcpttos: the
         # stdlib's rcpt_options keeps only the last RCPT's parameters.
@@ -35,25 +47,26 @@ class MessageChannelMixin:
     # The stdlib upper-cases all MAIL and RCPT parameters and keeps no
     # address for the hooks; the argument is kept so that they can recover
     # both (ORCPT and ENVID values are case-sensitive xtext).
-    _command_arg = None
+    _command_arg: Optional[str] = None
 
-    def smtp_MAIL(self, arg):
+    def smtp_MAIL(self, arg: str) -> None:
         self._command_arg = arg
         super().smtp_MAIL(arg)
 
-    def smtp_RCPT(self, arg):
+    def smtp_RCPT(self, arg: str) -> None:
         self._command_arg = arg
         count = len(self.rcpttos)
         super().smtp_RCPT(arg)
         if len(self.rcpttos) > count:
             self._recipient_options.append(list(self.rcpt_options))
 
-    def _command_address(self, keyword):
+    def _command_address(self, keyword: str
+                         ) -> Tuple[str, Dict[str, List[str]]]:
         """(address, {NAME: [values as written]}) of the MAIL ('FROM:')
         or RCPT ('TO:') command being handled, parsed as the stdlib does."""
         arg = self._strip_command_keyword(keyword, self._command_arg or '')
         address, rest = self._getaddr(arg)
-        found = {}
+        found: Dict[str, List[str]] = {}
         for token in rest.split():
             name, _, value = token.partition('=')
             found.setdefault(name.upper(), []).append(value)

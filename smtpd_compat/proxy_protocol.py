@@ -32,17 +32,28 @@ then read.  Whatever the client sent behind it in the same segment (with
 implicit TLS, its ClientHello) stays in the kernel for the next reader,
 which may be OpenSSL rather than this module.
 """
+from __future__ import annotations
+
 import ipaddress
 import logging
 import re
 import socket
 import struct
-from typing import NamedTuple, Optional, Tuple
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple,
+                    Optional, Tuple, Type, Union, cast)
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat.logging_ import LogEvery, format_peer, safe
 from smtpd_compat.session import LAYERS
+
+if TYPE_CHECKING:
+    from smtpd_compat.__main__ import CLI
+    # Typed as what it is composed into (a SessionStateMixin, and so an
+    # SMTPChannel); at run time a plain mixin.
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
+else:
+    _ChannelBase = object
 
 __all__ = [
     'ProxyHeader', 'ProxyProtocolError', 'parse_proxy_header',
@@ -63,7 +74,7 @@ _V1_MAX = 107
 _V2_FIXED = 16
 
 # Version 2 address families (high nibble) and transports (low nibble).
-_V2_FAMILIES = {
+_V2_FAMILIES: Dict[int, Tuple[str, int]] = {
     0x00: ('UNSPEC', 0),
     0x11: ('TCP4', 12), 0x12: ('UDP4', 12),
     0x21: ('TCP6', 36), 0x22: ('UDP6', 36),
@@ -98,10 +109,10 @@ class ProxyHeader(NamedTuple):
     version: int
     command: str
     family: str
-    source: Optional[Tuple[str, int]]
-    destination: Optional[Tuple[str, int]]
+    source: Union[Tuple[str, int], str, None]
+    destination: Union[Tuple[str, int], str, None]
     length: int
-    tlvs: tuple = ()
+    tlvs: Tuple[Tuple[int, bytes], ...] = ()
 
 
 def parse_proxy_header(data: bytes) -> Optional[ProxyHeader]:
@@ -120,7 +131,7 @@ def parse_proxy_header(data: bytes) -> Optional[ProxyHeader]:
     raise ProxyProtocolError('no PROXY protocol signature')
 
 
-def _parse_v1(data):
+def _parse_v1(data: bytes) -> Optional[ProxyHeader]:
     # "PROXY" SP family SP src SP dst SP sport SP dport CRLF, or
     # "PROXY UNKNOWN" [anything] CRLF.
     if len(data) < len(_V1_PREFIX):
@@ -151,6 +162,7 @@ def _parse_v1(data):
         raise ProxyProtocolError('PROXY v1 line has %d fields, not 6'
                                  % len(parts))
     _, family, src, dst, sport, dport = parts
+    kind: Type[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]
     if family == 'TCP4':
         kind = ipaddress.IPv4Address
     elif family == 'TCP6':
@@ -169,7 +181,8 @@ def _parse_v1(data):
 _V1_ADDRESS = re.compile(r'[0-9A-Fa-f:.]{2,45}')
 
 
-def _v1_address(kind, text):
+def _v1_address(kind: Type[Union[ipaddress.IPv4Address,
+                                 ipaddress.IPv6Address]], text: str) -> str:
     if _V1_ADDRESS.fullmatch(text) is None:
         raise ProxyProtocolError('bad address %s in PROXY v1 line'
                                  % safe(text))
@@ -180,7 +193,7 @@ def _v1_address(kind, text):
                                  % safe(text)) from None
 
 
-def _v1_port(text):
+def _v1_port(text: str) -> int:
     # Decimal, 0-65535, no sign, no leading zero (the spec's form).
     if (not text.isdigit() or not text.isascii() or len(text) > 5
             or (len(text) > 1 and text[0] == '0') or int(text) > 65535):
@@ -188,7 +201,7 @@ def _v1_port(text):
     return int(text)
 
 
-def _parse_v2(data):
+def _parse_v2(data: bytes) -> Optional[ProxyHeader]:
     head = data[:len(V2_SIGNATURE)]
     if not V2_SIGNATURE.startswith(head):
         raise ProxyProtocolError('no PROXY protocol signature')
@@ -213,7 +226,8 @@ def _parse_v2(data):
         return None
     block = data[_V2_FIXED:length]
     command = 'LOCAL' if cmd == 0 else 'PROXY'
-    source = destination = None
+    source: Union[Tuple[str, int], str, None] = None
+    destination: Union[Tuple[str, int], str, None] = None
     if addr_len == 12:
         source = (str(ipaddress.IPv4Address(block[0:4])),
                   struct.unpack('!H', block[8:10])[0])
@@ -232,8 +246,8 @@ def _parse_v2(data):
                        _v2_tlvs(block[addr_len:]))
 
 
-def _v2_tlvs(rest):
-    tlvs = []
+def _v2_tlvs(rest: bytes) -> Tuple[Tuple[int, bytes], ...]:
+    tlvs: List[Tuple[int, bytes]] = []
     pos = 0
     while pos < len(rest):
         if len(rest) - pos < 3:
@@ -252,17 +266,20 @@ def _v2_tlvs(rest):
 _MAX_HEADER = _V2_FIXED + 0xFFFF
 
 #: The balancers trusted by default: this host only.
-DEFAULT_TRUSTED = ('127.0.0.0/8', '::1/128')
+DEFAULT_TRUSTED: Tuple[str, ...] = ('127.0.0.0/8', '::1/128')
+
+_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
-def parse_networks(spec) -> tuple:
+def parse_networks(spec: Union[str, Iterable[Union[str, _Network]]]
+                   ) -> Tuple[_Network, ...]:
     """The networks in ``spec``: a string of comma-separated CIDRs
     (``'10.0.0.0/8,2001:db8::/32'``; a bare address is a /32 or /128) or
     an iterable of such strings or :mod:`ipaddress` network objects.
     Raises ValueError for anything that is not a network."""
     if isinstance(spec, str):
         spec = [part.strip() for part in spec.split(',')]
-    networks = []
+    networks: List[_Network] = []
     for item in spec:
         if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
             networks.append(item)
@@ -276,7 +293,7 @@ def parse_networks(spec) -> tuple:
     return tuple(networks)
 
 
-def _trusted(addr, networks) -> bool:
+def _trusted(addr: object, networks: Iterable[_Network]) -> bool:
     """True if the TCP peer ``addr`` lies in one of ``networks``."""
     if not isinstance(addr, tuple):
         return True     # AF_UNIX: a local process
@@ -290,7 +307,7 @@ def _trusted(addr, networks) -> bool:
                for net in networks)
 
 
-class ProxyProtocolChannelMixin:
+class ProxyProtocolChannelMixin(_ChannelBase):
     """Channel mixin: read a PROXY header before any SMTP.
 
     Until the header is complete nothing is sent (the 220 greeting is held
@@ -311,10 +328,13 @@ class ProxyProtocolChannelMixin:
 
     layer = LAYERS['proxy']
     capability_name = 'Proxy'
-    proxy_header = None
+    #: The header, once it has arrived (None until then).
+    proxy_header: Optional[ProxyHeader] = None
+    #: The TCP peer (the balancer); ``peer`` becomes the header's source.
+    proxy_peer: Any
     _proxy_buffer = b''
 
-    def _greet(self):
+    def _greet(self) -> None:
         if self.proxy_header is None:
             # Hold the greeting until handle_read has read the header.
             self.proxy_peer = self.peer
@@ -325,11 +345,11 @@ class ProxyProtocolChannelMixin:
             return
         super()._greet()
 
-    def handle_read(self):
+    def handle_read(self) -> None:
         if self.proxy_header is not None:
             super().handle_read()
             return
-        sock = self.socket
+        sock = cast(socket.socket, self.socket)     # (a channel's is set)
         held = self._proxy_buffer
         try:
             # Look without taking: only the header's bytes are ours.
@@ -366,7 +386,7 @@ class ProxyProtocolChannelMixin:
         if header is not None and len(taken) == want:
             self._proxy_accept(header)
 
-    def _handle_input(self, data):
+    def _handle_input(self, data: bytes) -> None:
         # Bytes handed over by other code (not read by handle_read above):
         # the header is taken from them, the rest is SMTP input.
         if self.proxy_header is not None:
@@ -385,13 +405,13 @@ class ProxyProtocolChannelMixin:
             if rest and self.connected:
                 super()._handle_input(rest)
 
-    def _proxy_refuse(self, error):
+    def _proxy_refuse(self, error: ProxyProtocolError) -> None:
         logger.warning('PROXY protocol error from %s: %s; closing',
                        format_peer(self.peer), error)
         self._proxy_buffer = b''
         self.close()
 
-    def _proxy_accept(self, header):
+    def _proxy_accept(self, header: ProxyHeader) -> None:
         self._proxy_buffer = b''
         self.proxy_header = header
         self.reset_idle_deadline()
@@ -403,7 +423,7 @@ class ProxyProtocolChannelMixin:
         _smtpd_debug('PROXY header: %r' % (header,))
         self._greet()
 
-    def handle_timeout(self, phase):
+    def handle_timeout(self, phase: Optional[str]) -> None:
         if phase == 'proxy' and self.proxy_header is None:
             # The session closes it without a reply: the peer is a
             # balancer, a 421 would reach nobody who can read it.
@@ -412,7 +432,7 @@ class ProxyProtocolChannelMixin:
         super().handle_timeout(phase)
 
 
-def _smtpd_debug(text):
+def _smtpd_debug(text: str) -> None:
     print(text, file=_smtpd.DEBUGSTREAM)
 
 
@@ -435,7 +455,12 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
         before it is closed.
     """
 
-    channel_mixin = ProxyProtocolChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = \
+        ProxyProtocolChannelMixin
+    proxy_header_timeout: Optional[float]
+    #: The trusted balancers' networks (parsed from the keyword).
+    proxy_trusted: Tuple[_Network, ...]
+    _proxy_refused: LogEvery
 
     def __init__(self, *args, proxy_header_timeout=UNSET, proxy_trusted=UNSET,
                  **kwargs):
@@ -448,7 +473,7 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
         self._proxy_refused = LogEvery(1.0)
         super().__init__(*args, **kwargs)
 
-    def handle_accepted(self, conn, addr):
+    def handle_accepted(self, conn: socket.socket, addr: Any) -> None:
         if _trusted(addr, self.proxy_trusted):
             super().handle_accepted(conn, addr)
             return
@@ -467,7 +492,7 @@ class ProxyProtocolServer(ProxyProtocolServerMixin, _smtpd.SMTPServer):
     PROXY-protocol balancer."""
 
 
-CLI_OPTIONS = (
+CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ('proxy-protocol', '',
      'Expect a PROXY protocol (v1 or v2) header on every connection, as sent '
      'by HAProxy\'s send-proxy / send-proxy-v2; X-Peer shows the original '
@@ -478,7 +503,7 @@ CLI_OPTIONS = (
 )
 
 
-def cli_configure(cli):
+def cli_configure(cli: CLI) -> None:
     """Add the PROXY mixin when --proxy-protocol is given."""
     given = cli.given
     if 'proxy-protocol' not in given:

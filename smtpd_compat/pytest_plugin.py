@@ -50,9 +50,17 @@ spares a warning when it was imported before pytest loads it as a plugin.
 # every plugin at start-up, and a test session that never asks for the
 # fixture should not pay for (or be disturbed by) asyncore and the server
 # code.
+from __future__ import annotations
+
 import sys
+from typing import (TYPE_CHECKING, Any, Dict, Iterator, List, Optional,
+                    Tuple, Type)
 
 import pytest
+
+if TYPE_CHECKING:
+    import smtpd_compat
+    from smtpd_compat.controller import Controller
 
 __all__ = ['smtpd_compat_server']
 
@@ -64,13 +72,13 @@ _MARKER_HELP = (
 
 
 _ALIAS = 'smtpd'
-_ALIAS_MODES = ('auto', 'always', 'never')
+_ALIAS_MODES: Tuple[str, ...] = ('auto', 'always', 'never')
 _ALIAS_PLUGIN = 'smtpd_compat.smtpd_alias'
 # The plugins found to provide their own "smtpd", for the report header.
-_OWNERS_KEY = pytest.StashKey()
+_OWNERS_KEY: pytest.StashKey[List[str]] = pytest.StashKey()
 
 
-def pytest_addoption(parser):
+def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         'smtpd_compat_alias',
         'offer smtpd_compat_server also as the "smtpd" fixture: auto (unless '
@@ -78,7 +86,7 @@ def pytest_addoption(parser):
         default='auto')
 
 
-def pytest_configure(config):
+def pytest_configure(config: pytest.Config) -> None:
     # Registered so that --strict-markers accepts @pytest.mark.smtpd.
     config.addinivalue_line('markers', _MARKER_HELP)
     mode = (config.getini('smtpd_compat_alias') or 'auto').strip().lower()
@@ -95,7 +103,7 @@ def pytest_configure(config):
         config.pluginmanager.register(_SmtpdAlias(), _ALIAS_PLUGIN)
 
 
-def pytest_report_header(config):
+def pytest_report_header(config: pytest.Config) -> Optional[str]:
     owners = config.stash.get(_OWNERS_KEY, None)
     if owners and not config.pluginmanager.has_plugin(_ALIAS_PLUGIN):
         return ('smtpd_compat: fixture smtpd_compat_server ("smtpd" is %s\'s)'
@@ -103,7 +111,7 @@ def pytest_report_header(config):
     return None
 
 
-def _is_fixture(obj):
+def _is_fixture(obj: object) -> bool:
     try:
         from _pytest.fixtures import getfixturemarker
     except ImportError:      # a future pytest: look the way pytest 7/8 do
@@ -115,14 +123,14 @@ def _is_fixture(obj):
         return False
 
 
-def _other_providers(config):
+def _other_providers(config: pytest.Config) -> List[str]:
     """Names of the registered plugins (or their distributions), other
     than this one, that define a fixture named ``smtpd``."""
-    owners = []
+    owners: List[str] = []
     this = sys.modules[__name__]
     # Name a plugin by its distribution where it has one ("smtpdfix", not
     # its entry point's name "smtpd").
-    dists = {}
+    dists: Dict[int, Optional[str]] = {}
     for plugin, dist in config.pluginmanager.list_plugin_distinfo():
         dists[id(plugin)] = getattr(dist, 'project_name', None)
     for name, plugin in config.pluginmanager.list_name_plugin():
@@ -137,10 +145,10 @@ def _other_providers(config):
     return owners
 
 
-def _options(request):
+def _options(request: pytest.FixtureRequest) -> Dict[str, Any]:
     """The fixture's keywords: markers from the farthest (module) to the
     closest (function), then the indirect parameter."""
-    options = {}
+    options: Dict[str, Any] = {}
     for marker in reversed(list(request.node.iter_markers('smtpd'))):
         if marker.args:
             raise TypeError('@pytest.mark.smtpd takes keywords only, got '
@@ -157,13 +165,14 @@ def _options(request):
 
 # Keywords that bring a capability's server mixin along, so that
 # @pytest.mark.smtpd(tls_context=ctx) works without naming a server class.
-_MIXIN_KEYWORDS = (
+_MIXIN_KEYWORDS: Tuple[Tuple[str, str, str], ...] = (
     ('authenticator', 'smtpd_compat.auth', 'AuthServerMixin'),
     ('tls_context', 'smtpd_compat.tls', 'TLSServerMixin'),
 )
 
 
-def _server_class(options):
+def _server_class(options: Dict[str, Any]
+                  ) -> Type[smtpd_compat.SMTPServer]:
     """The capturing server class for the fixture's keywords (pops
     ``server_class``)."""
     import importlib
@@ -172,7 +181,8 @@ def _server_class(options):
     from smtpd_compat._compose import compose_server
     from smtpd_compat.controller import CapturingServer, with_capture
 
-    base = options.pop('server_class', None)
+    base: Optional[Type[smtpd_compat.SMTPServer]] = options.pop(
+        'server_class', None)
     mixins = []
     for keyword, module, name in _MIXIN_KEYWORDS:
         if keyword in options:
@@ -185,7 +195,7 @@ def _server_class(options):
     return with_capture(compose_server(base, mixins))
 
 
-def _serve(request):
+def _serve(request: pytest.FixtureRequest) -> Iterator[Controller]:
     from smtpd_compat.controller import Controller
 
     options = _options(request)
@@ -199,7 +209,8 @@ def _serve(request):
 
 
 @pytest.fixture
-def smtpd_compat_server(request):
+def smtpd_compat_server(request: pytest.FixtureRequest
+                        ) -> Iterator[Controller]:
     """A started Controller with a capturing SMTP server on a free port.
 
     ``.host``, ``.port``: where to send; ``.messages``: what arrived
@@ -217,6 +228,6 @@ class _SmtpdAlias:
     parametrisation of ``smtpd`` reaches it."""
 
     @pytest.fixture
-    def smtpd(self, request):
+    def smtpd(self, request: pytest.FixtureRequest) -> Iterator[Controller]:
         """smtpd_compat's capturing server (``smtpd_compat_server``)."""
         yield from _serve(request)

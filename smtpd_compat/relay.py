@@ -27,16 +27,23 @@ becomes CRLF (:func:`crlf_only`), so the message this server saw is the
 one every next hop sees, however it treats bare line ends (no "SMTP
 smuggling" of a second message through ``<CR>.<CR>`` and the like).
 """
+from __future__ import annotations
+
 import logging
 import re
 import smtplib
-from typing import Optional
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional,
+                    Tuple, Union, cast)
 
 import smtpd_compat as _smtpd
 from smtpd_compat.delivery import (Session, TraceChannelMixin, line_end,
                                    trace_headers)
 from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.threads import OffloadServerMixin, server_pool
+
+if TYPE_CHECKING:
+    from smtpd_compat.__main__ import CLI
+    from smtpd_compat.threads import OffloadChannelMixin
 
 __all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE',
            'CANNOT_FORWARD_ADDRESS', 'crlf_only']
@@ -52,7 +59,7 @@ _FORWARD_IF = {'BODY': '8bitmime', 'SMTPUTF8': 'smtputf8', 'SIZE': 'size',
                'RET': 'dsn', 'ENVID': 'dsn', 'NOTIFY': 'dsn', 'ORCPT': 'dsn'}
 
 
-def _reply(code: int, msg) -> str:
+def _reply(code: int, msg: object) -> str:
     """An upstream reply as one reply line for our client."""
     if isinstance(msg, bytes):
         msg = msg.decode('utf-8', 'replace')
@@ -63,7 +70,7 @@ def _reply(code: int, msg) -> str:
 _LINE_END = re.compile(rb'\r\n|\r|\n')
 
 
-def crlf_only(data) -> bytes:
+def crlf_only(data: Union[bytes, str]) -> bytes:
     """``data`` (bytes, or str sent as UTF-8) with every line end -- CRLF,
     bare CR, bare LF -- written as CRLF.
 
@@ -79,7 +86,7 @@ def crlf_only(data) -> bytes:
     return _LINE_END.sub(b'\r\n', data)
 
 
-def _upstream_error(exc) -> str:
+def _upstream_error(exc: BaseException) -> str:
     if isinstance(exc, smtplib.SMTPResponseException) and \
             400 <= exc.smtp_code < 600:
         return _reply(exc.smtp_code, exc.smtp_error)
@@ -91,7 +98,7 @@ def _upstream_error(exc) -> str:
     return UPSTREAM_UNAVAILABLE
 
 
-def _quit(session):
+def _quit(session: smtplib.SMTP) -> None:
     """End an upstream session (on a worker thread)."""
     try:
         session.quit()
@@ -99,12 +106,14 @@ def _quit(session):
         session.close()
 
 
-def _forwarded(session, options):
+def _forwarded(session: smtplib.SMTP, options: List[str]) -> List[str]:
     return [o for o in options
             if session.has_extn(_FORWARD_IF.get(o.partition('=')[0], '-'))]
 
 
-def _open_session(remoteaddr, timeout, address, mail_options):
+def _open_session(remoteaddr: _smtpd._Address, timeout: float, address: str,
+                  mail_options: List[str]
+                  ) -> Union[Tuple[smtplib.SMTP, None], Tuple[None, str]]:
     """Connect, EHLO and MAIL upstream (on a worker thread); returns
     (session, None) when MAIL was accepted, else (None, reply)."""
     session = smtplib.SMTP(timeout=timeout)
@@ -121,7 +130,8 @@ def _open_session(remoteaddr, timeout, address, mail_options):
     return session, None
 
 
-def _send_rcpt(session, address, rcpt_options):
+def _send_rcpt(session: smtplib.SMTP, address: str, rcpt_options: List[str]
+               ) -> Tuple[Optional[str], bool]:
     """RCPT upstream (on a worker thread); returns (reply or None, whether
     the session is still usable)."""
     try:
@@ -139,7 +149,8 @@ class _Deferred(Exception):
     """Raised from check_mail/rcpt_parameters to leave the command
     unanswered until the upstream has answered: ``fn(*args)`` asks it."""
 
-    def __init__(self, fn, args):
+    def __init__(self, fn: Callable[..., object], args: Tuple[Any, ...]
+                 ) -> None:
         super().__init__()
         self.fn, self.args = fn, args
 
@@ -159,44 +170,49 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
     RelayServer composes in (OffloadServerMixin).
     """
 
-    _upstream = None
+    _upstream: Optional[smtplib.SMTP] = None
     # (reply or None,) for the command being run again; None otherwise.
-    _relay_verdict = None
+    _relay_verdict: Optional[Tuple[Optional[str]]] = None
+    smtp_server: RelayServer
 
-    def _close_upstream(self):
+    def _close_upstream(self) -> None:
         s, self._upstream = self._upstream, None
         if s is not None:
             server_pool(self.smtp_server).submit_detached(_quit, (s,))
 
-    def _set_post_data_state(self):
+    def _set_post_data_state(self) -> None:
         # Every end of a transaction (message done, RSET, new EHLO, 552)
         # ends the upstream one too.
         self._close_upstream()
         super()._set_post_data_state()
 
-    def close(self):
+    def close(self) -> None:
         # While a worker uses the session it is left to it: _relay_dropped
         # closes it when the work is done.
         if not self.waiting:
             self._close_upstream()
         super().close()
 
-    def smtp_MAIL(self, arg):
+    def smtp_MAIL(self, arg: str) -> None:
         self._relay_command('MAIL', super().smtp_MAIL, arg)
 
-    def smtp_RCPT(self, arg):
+    def smtp_RCPT(self, arg: str) -> None:
         self._relay_command('RCPT', super().smtp_RCPT, arg)
 
-    def _relay_command(self, verb, command, arg):
+    def _relay_command(self, verb: str, command: Callable[[str], None],
+                       arg: str) -> None:
         try:
             command(arg)
         except _Deferred as deferred:
-            self.offload(
+            # offload() is OffloadChannelMixin's, which RelayServer
+            # composes in front of this class (OffloadServerMixin).
+            cast('OffloadChannelMixin', self).offload(
                 deferred.fn, deferred.args,
                 lambda ok, value: self._relay_answered(verb, arg, ok, value),
                 lambda ok, value: self._relay_dropped(verb, ok, value))
 
-    def _relay_answered(self, verb, arg, ok, value):
+    def _relay_answered(self, verb: str, arg: str, ok: bool, value: Any
+                        ) -> None:
         if verb == 'MAIL':
             session, reply = value if ok else (None, _upstream_error(value))
             self._upstream = session
@@ -211,20 +227,20 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
         finally:
             self._relay_verdict = None
 
-    def _relay_dropped(self, verb, ok, value):
+    def _relay_dropped(self, verb: str, ok: bool, value: Any) -> None:
         # The client went away while the upstream worked.
         if verb == 'MAIL' and ok and value[0] is not None:
             server_pool(self.smtp_server).submit_detached(_quit, (value[0],))
         self._close_upstream()
 
-    def _message_dropped(self, ok, value):
+    def _message_dropped(self, ok: bool, value: Any) -> None:
         self._close_upstream()
 
-    def _take_verdict(self):
+    def _take_verdict(self) -> Optional[Tuple[Optional[str]]]:
         verdict, self._relay_verdict = self._relay_verdict, None
         return verdict
 
-    def check_mail_parameters(self, params):
+    def check_mail_parameters(self, params: _smtpd._Params) -> Optional[str]:
         refusal = super().check_mail_parameters(params)
         if refusal or params:
             return refusal    # leftovers: the stdlib's 555, nothing sent
@@ -240,7 +256,7 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
                                         server.relay_timeout, address,
                                         list(self.mail_options)))
 
-    def check_rcpt_parameters(self, params):
+    def check_rcpt_parameters(self, params: _smtpd._Params) -> Optional[str]:
         refusal = super().check_rcpt_parameters(params)
         if refusal or params:
             return refusal
@@ -253,7 +269,7 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
         raise _Deferred(_send_rcpt, (self._upstream, address,
                                      list(self.rcpt_options)))
 
-    def smtp_DATA(self, arg):
+    def smtp_DATA(self, arg: str) -> None:
         if self.seen_greeting and self.rcpttos and self._upstream is None:
             # The upstream session was lost after some RCPTs: say so now
             # rather than take a message that cannot go anywhere.
@@ -261,7 +277,7 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
             return
         super().smtp_DATA(arg)
 
-    def _message_kwargs(self):
+    def _message_kwargs(self) -> Dict[str, Any]:
         kwargs = super()._message_kwargs()
         kwargs['upstream'] = self._upstream
         return kwargs
@@ -273,6 +289,7 @@ class RelayServer(OffloadServerMixin, _smtpd.SMTPServer):
 
     # Every upstream step runs in the worker pool (OffloadServerMixin).
     channel_class = RelayChannel
+    relay_timeout: float
 
     def __init__(self, *args, relay_timeout: float = 30.0, **kwargs):
         if not relay_timeout or relay_timeout <= 0:
@@ -286,9 +303,11 @@ class RelayServer(OffloadServerMixin, _smtpd.SMTPServer):
     #: Put a Received: line of ours in front of each forwarded message.
     add_trace_headers = True
 
-    def process_message(self, peer, mailfrom, rcpttos, data,
+    def process_message(self, peer: _smtpd._Address, mailfrom: str,
+                        rcpttos: List[str], data: Union[bytes, str],
                         upstream: Optional[smtplib.SMTP] = None,
-                        session: Optional[Session] = None, **kwargs):
+                        session: Optional[Session] = None,
+                        **kwargs: Any) -> Optional[str]:
         """Send the message on ``upstream`` (the session holding this
         transaction's MAIL and RCPTs), with a Received: line in front and
         CRLF line ends only, and return the upstream's reply.  Subclasses
@@ -312,13 +331,13 @@ class RelayServer(OffloadServerMixin, _smtpd.SMTPServer):
         return _reply(code, msg)
 
 
-CLI_OPTIONS = (
+CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ('relay-timeout=', 'SECONDS',
      'With -c RelayServer: how long to wait for the upstream server (default 30).'),
 )
 
 
-def cli_configure(cli):
+def cli_configure(cli: CLI) -> None:
     value = cli.given.get('relay-timeout')
     if value is None:
         return

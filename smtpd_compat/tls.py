@@ -20,14 +20,28 @@ traceback.
 ``channel.tls_active`` tells whether the session is encrypted; the AUTH
 capability (:mod:`smtpd_compat.auth`) reads it.
 """
+from __future__ import annotations
+
 import logging
+import socket
 import ssl
-from typing import Optional
+from typing import (TYPE_CHECKING, Any, Deque, List, Optional, Tuple, Type,
+                    cast)
 
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import CapabilityServerMixin
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+    from smtpd_compat.__main__ import CLI
+    # Typed as what it is composed into (a SessionStateMixin, and so an
+    # SMTPChannel); at run time a plain mixin.
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
+else:
+    _ChannelBase = object
 
 __all__ = [
     'TLSChannelMixin', 'TLSServerMixin', 'TLSServer', 'server_context',
@@ -58,11 +72,11 @@ _TLS_ALREADY = '503 5.5.1 Error: TLS already active'
 _STARTTLS_FIRST = '530 5.7.0 Must issue a STARTTLS command first'
 
 
-def _debug(text):
+def _debug(text: str) -> None:
     print(text, file=_smtpd.DEBUGSTREAM)
 
 
-class TLSChannelMixin:
+class TLSChannelMixin(_ChannelBase):
     """Channel mixin: the STARTTLS verb and reading/writing through TLS.
 
     Reads its configuration from the server: ``tls_context``,
@@ -71,8 +85,13 @@ class TLSChannelMixin:
 
     layer = LAYERS['tls']
     capability_name = 'TLS'
-    _tls_phase = None
+    smtp_server: TLSServerMixin
+    # None (plaintext), 'flush', 'handshake' or 'active': see above.
+    _tls_phase: Optional[str] = None
     _tls_want_write = False
+    # async_chat's queue of output (typeshed's asynchat stub, used up to
+    # Python 3.11, does not declare it).
+    producer_fifo: Deque[Any]
 
     @property
     def tls_active(self) -> bool:
@@ -81,7 +100,7 @@ class TLSChannelMixin:
 
     # -- greeting and EHLO ------------------------------------------------
 
-    def _greet(self):
+    def _greet(self) -> None:
         if self.smtp_server.implicit_tls and self._tls_phase is None:
             # RFC 8314 section 3.3: TLS starts immediately on connect; the
             # SMTP greeting is the first thing sent inside it.
@@ -89,7 +108,7 @@ class TLSChannelMixin:
             return
         super()._greet()
 
-    def extra_ehlo_keywords(self):
+    def extra_ehlo_keywords(self) -> List[str]:
         keywords = super().extra_ehlo_keywords()
         # RFC 3207 section 4.2: STARTTLS is not advertised once TLS is on.
         if self._tls_phase is None and not self.smtp_server.implicit_tls:
@@ -98,7 +117,7 @@ class TLSChannelMixin:
 
     # -- the verb ---------------------------------------------------------
 
-    def smtp_STARTTLS(self, arg):
+    def smtp_STARTTLS(self, arg: str) -> None:
         if arg:
             self.push('501 5.5.4 Syntax: STARTTLS')
             return
@@ -119,38 +138,39 @@ class TLSChannelMixin:
     # require_starttls: RFC 3207 section 4 lets a server refuse mail
     # commands on a plaintext session with 530.
 
-    def _tls_refused(self):
+    def _tls_refused(self) -> bool:
         if self.smtp_server.require_starttls and not self.tls_active:
             self.push(_STARTTLS_FIRST)
             return True
         return False
 
-    def smtp_MAIL(self, arg):
+    def smtp_MAIL(self, arg: str) -> None:
         if not self._tls_refused():
             super().smtp_MAIL(arg)
 
-    def smtp_RCPT(self, arg):
+    def smtp_RCPT(self, arg: str) -> None:
         if not self._tls_refused():
             super().smtp_RCPT(arg)
 
-    def smtp_DATA(self, arg):
+    def smtp_DATA(self, arg: str) -> None:
         if not self._tls_refused():
             super().smtp_DATA(arg)
 
     # -- switching the socket to TLS ---------------------------------------
 
-    def initiate_send(self):
+    def initiate_send(self) -> None:
         super().initiate_send()
         if self._tls_phase == 'flush' and not self.producer_fifo and self.connected:
             self._tls_start()
 
-    def _tls_start(self):
+    def _tls_start(self) -> None:
         """Wrap the socket (the 220 to STARTTLS has been sent, or the
         connection is new on an implicit-TLS server) and begin the
         handshake."""
         try:
             wrapped = self.smtp_server.tls_context.wrap_socket(
-                self.socket, server_side=True, do_handshake_on_connect=False)
+                cast(socket.socket, self.socket),   # (a channel's is set)
+                server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError) as e:
             self._tls_failed(e)
             return
@@ -165,10 +185,16 @@ class TLSChannelMixin:
                           or getattr(server, 'idle_timeout', None), 'tls')
         self._tls_handshake()
 
-    def _tls_handshake(self):
+    @property
+    def _tls_socket(self) -> ssl.SSLSocket:
+        # The socket, wrapped by _tls_start (in the 'handshake' and
+        # 'active' phases).
+        return cast(ssl.SSLSocket, self.socket)
+
+    def _tls_handshake(self) -> None:
         """One step of the non-blocking handshake."""
         try:
-            self.socket.do_handshake()
+            self._tls_socket.do_handshake()
         except ssl.SSLWantReadError:
             self._tls_want_write = False
             return
@@ -183,18 +209,20 @@ class TLSChannelMixin:
         self._tls_phase = 'active'
         self._tls_want_write = False
         self.reset_idle_deadline()
+        sock = self._tls_socket
+        cipher = sock.cipher()
         _debug('TLS established with %r: %s %s' % (
-            self.peer, self.socket.version(), self.socket.cipher()[0]))
+            self.peer, sock.version(), cipher[0] if cipher else None))
         if self.smtp_server.implicit_tls:
             super()._greet()
         else:
             self._tls_reset_session()
         # The client may already have sent its first command behind its
         # Finished message, and OpenSSL may hold it decrypted.
-        if self.connected and self.socket.pending():
+        if self.connected and sock.pending():
             self.handle_read()
 
-    def _tls_reset_session(self):
+    def _tls_reset_session(self) -> None:
         """RFC 3207 section 4.2: after the handshake the server forgets
         everything learnt from the client before it (greeting, envelope,
         EHLO-raised limits); the client must send EHLO again.  Mixins that
@@ -207,13 +235,13 @@ class TLSChannelMixin:
         if reset is not None:
             reset()
 
-    def _tls_failed(self, error):
+    def _tls_failed(self, error: object) -> None:
         logger.info('TLS handshake with %s failed: %s', format_peer(self.peer),
                     safe(error))
         _debug('TLS handshake with %r failed: %s' % (self.peer, error))
         self.close()
 
-    def handle_timeout(self, phase):
+    def handle_timeout(self, phase: Optional[str]) -> None:
         if phase == 'tls' and self._tls_phase == 'handshake' and self.connected:
             self.close_reason = 'tls handshake timeout'
             self._tls_failed('no handshake within %s seconds'
@@ -225,17 +253,17 @@ class TLSChannelMixin:
 
     # -- asyncore plumbing -------------------------------------------------
 
-    def readable(self):
+    def readable(self) -> bool:
         if self._tls_phase == 'flush':
             return False
         return super().readable()
 
-    def writable(self):
+    def writable(self) -> bool:
         if self._tls_phase == 'handshake':
             return self._tls_want_write
         return super().writable()
 
-    def handle_read(self):
+    def handle_read(self) -> None:
         if self._tls_phase == 'handshake':
             self._tls_handshake()
             return
@@ -243,21 +271,21 @@ class TLSChannelMixin:
         # Plaintext that OpenSSL already decrypted raises no socket event.
         for _ in range(_MAX_PENDING_READS):
             if not (self._tls_phase == 'active' and self.connected
-                    and self.socket.pending() and self.readable()):
+                    and self._tls_socket.pending() and self.readable()):
                 break
             super().handle_read()
 
-    def handle_write(self):
+    def handle_write(self) -> None:
         if self._tls_phase == 'handshake':
             self._tls_handshake()
             return
         super().handle_write()
 
-    def recv(self, buffer_size):
+    def recv(self, buffer_size: int) -> bytes:
         if self._tls_phase != 'active':
             return super().recv(buffer_size)
         try:
-            data = self.socket.recv(buffer_size)
+            data = self._tls_socket.recv(buffer_size)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # Not a whole TLS record yet: the plain-socket equivalent of
             # "nothing to read", which handle_read already ignores.
@@ -272,13 +300,13 @@ class TLSChannelMixin:
             self.handle_close()
         return data
 
-    def send(self, data):
+    def send(self, data: ReadableBuffer) -> int:
         if self._tls_phase == 'handshake':
             return 0    # replies wait until the handshake is done
         if self._tls_phase != 'active':
             return super().send(data)
         try:
-            return self.socket.send(data)
+            return self._tls_socket.send(data)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
         except OSError as e:
@@ -314,7 +342,14 @@ class TLSServerMixin(CapabilityServerMixin):
         serves the map.
     """
 
-    channel_mixin = TLSChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = TLSChannelMixin
+    tls_context: ssl.SSLContext
+    implicit_tls: bool
+    require_starttls: bool
+    tls_handshake_timeout: Optional[float]
+    # The files the context was loaded from (reload() reads them again).
+    tls_certfile: Optional[str]
+    tls_keyfile: Optional[str]
 
     def __init__(self, *args, tls_context: ssl.SSLContext = None,
                  implicit_tls: bool = False, require_starttls: bool = False,
@@ -378,7 +413,7 @@ def server_context(certfile: str, keyfile: Optional[str] = None) -> ssl.SSLConte
     return context
 
 
-CLI_OPTIONS = (
+CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ('tls-cert=', 'FILE',
      'PEM certificate chain (may also hold the key); enables STARTTLS.'),
     ('tls-key=', 'FILE', 'PEM private key for --tls-cert.'),
@@ -391,7 +426,7 @@ CLI_OPTIONS = (
 )
 
 
-def cli_configure(cli):
+def cli_configure(cli: CLI) -> None:
     """Add TLSServerMixin when --tls-cert is given; check the combination."""
     given = cli.given
     if 'tls-cert' not in given:
@@ -402,7 +437,7 @@ def cli_configure(cli):
         return
     if 'smtps' in given and 'require-starttls' in given:
         cli.error('--require-starttls has no meaning with --smtps')
-    timeout = None
+    timeout: Optional[float] = None
     if 'tls-handshake-timeout' in given:
         try:
             timeout = float(given['tls-handshake-timeout'])

@@ -19,11 +19,20 @@ one accept() succeeds, the others see EAGAIN, which asyncore ignores.
 
 Limits such as ``max_connections`` are per worker.
 """
+from __future__ import annotations
+
 import logging
 import os
 import signal
 import sys
 import time
+from types import FrameType
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List,
+                    NoReturn, Optional, Tuple, Union)
+
+if TYPE_CHECKING:
+    import smtpd_compat as _smtpd
+    from smtpd_compat.__main__ import CLI
 
 __all__ = ['run_workers', 'CLI_OPTIONS', 'cli_configure']
 
@@ -33,8 +42,14 @@ logger = logging.getLogger(__name__)
 # after the same delay.
 _MIN_LIFETIME = 1.0
 
+# What signal.signal() takes and returns: a function, SIG_DFL or SIG_IGN,
+# or None (a handler not installed from Python).
+_Handler = Union[Callable[[int, Optional[FrameType]], Any], int,
+                 signal.Handlers, None]
 
-def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
+
+def run_workers(count: int, serve: Callable[[], object], *,
+                signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)
                 ) -> None:
     """Fork ``count`` workers that each call ``serve()`` and exit when it
     returns; restart any that die until one of ``signals`` arrives, then
@@ -45,10 +60,10 @@ def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
                          % (count,))
     if not hasattr(os, 'fork'):
         raise RuntimeError('workers need os.fork()')
-    children = {}      # pid -> (slot, start time)
-    stopping = []      # the signal that asked us to stop, once it came
+    children: Dict[int, Tuple[int, float]] = {}     # pid -> (slot, start time)
+    stopping: List[int] = []   # the signal that asked us to stop, once it came
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: Optional[FrameType]) -> None:
         if not stopping:
             stopping.append(signum)
             logger.info('stopping %d workers', len(children))
@@ -58,7 +73,7 @@ def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
             except ProcessLookupError:
                 pass
 
-    def forward(signum, frame):
+    def forward(signum: int, frame: Optional[FrameType]) -> None:
         # SIGHUP (reload) is for the workers, who serve: pass it on.
         for pid in list(children):
             try:
@@ -66,14 +81,15 @@ def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
             except ProcessLookupError:
                 pass
 
-    previous = {signum: signal.signal(signum, stop) for signum in signals}
+    previous: Dict[int, _Handler] = {
+        signum: signal.signal(signum, stop) for signum in signals}
     hup = getattr(signal, 'SIGHUP', None)
     if hup is not None and hup not in previous:
         # Restored in the workers too (_child), so that they reload rather
         # than forward to their siblings.
         previous[hup] = signal.signal(hup, forward)
 
-    def spawn(slot):
+    def spawn(slot: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -97,11 +113,10 @@ def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
             slot, started = children.pop(pid)
             if stopping:
                 continue
+            if sys.version_info >= (3, 9):
+                status = os.waitstatus_to_exitcode(status)
             logger.warning('worker %d (pid %d) exited with status %d; '
-                           'restarting', slot, pid,
-                           os.waitstatus_to_exitcode(status)
-                           if hasattr(os, 'waitstatus_to_exitcode')
-                           else status)
+                           'restarting', slot, pid, status)
             lived = time.monotonic() - started
             if lived < _MIN_LIFETIME:
                 time.sleep(_MIN_LIFETIME - lived)
@@ -112,7 +127,8 @@ def run_workers(count: int, serve, *, signals=(signal.SIGTERM, signal.SIGINT)
             signal.signal(signum, handler)
 
 
-def _child(serve, handlers, stopping=()):
+def _child(serve: Callable[[], object], handlers: Dict[int, _Handler],
+           stopping: Iterable[int] = ()) -> NoReturn:
     # In the worker: the parent's handlers (fan-out) are not ours.  Restore
     # what was there before run_workers; serve() installs its own.
     code = 0
@@ -142,14 +158,14 @@ def _child(serve, handlers, stopping=()):
             os._exit(code)
 
 
-CLI_OPTIONS = (
+CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ('workers=', 'N',
      'Run N worker processes sharing the listening socket; a dead worker '
      'is restarted; SIGTERM stops them all gracefully.'),
 )
 
 
-def cli_configure(cli):
+def cli_configure(cli: CLI) -> None:
     """Fork workers around the (graceful) serve of the other modules."""
     if 'workers' not in cli.given:
         return
@@ -164,7 +180,7 @@ def cli_configure(cli):
         cli.error('--workers needs os.fork(), which this platform lacks')
     inner = cli.serve
 
-    def serve(cli, server):
+    def serve(cli: CLI, server: _smtpd.SMTPServer) -> None:
         run_workers(count, lambda: inner(cli, server))
 
     cli.serve = serve

@@ -66,9 +66,15 @@ def _parse(raw: bytes, max_parse_bytes: int) -> Tuple[EmailMessage, bool]:
     # Imported here, not above: email.policy (headerregistry and friends)
     # costs more than the rest of this package to import, and a server
     # whose inbox is never read never needs it.
+    import email.parser
     import email.policy
+
+    # What email.message_from_bytes(policy=default) does, typed as such by
+    # every typeshed (mypy 1.14's, for Python 3.8, says Message).
+    parser = email.parser.BytesParser(EmailMessage,
+                                      policy=email.policy.default)
     if len(raw) <= max_parse_bytes:
-        return email.message_from_bytes(raw, policy=email.policy.default), False
+        return parser.parsebytes(raw), False
     # Too large to show: parse the header section only (it ends at the
     # first empty line, RFC 5322 section 2.1) and keep no body.
     end = len(raw)
@@ -77,8 +83,7 @@ def _parse(raw: bytes, max_parse_bytes: int) -> Tuple[EmailMessage, bool]:
         if at != -1:
             end = min(end, at)
     head = raw[:min(end, max_parse_bytes)]
-    parsed = email.message_from_bytes(head + b'\n\n',
-                                      policy=email.policy.default)
+    parsed = parser.parsebytes(head + b'\n\n')
     parsed.set_payload('')
     return parsed, True
 

@@ -12,7 +12,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+from typing import (Any, Dict, Iterable, Iterator, List, Optional, Sequence,
+                    Union)
 
 from smtpd_compat.web.mime import Parsed, summarise
 from smtpd_compat.web.search import matches, parse_query
@@ -172,8 +173,9 @@ class Inbox:
     def set_read(self, ids: Optional[Iterable[str]], read: bool = True) -> None:
         """Mark messages read or unread (all when ``ids`` is None)."""
         with self._lock:
-            targets = (list(self._messages.values()) if ids is None else
-                       [self._messages.get(self._resolve(i)) for i in ids])
+            targets: Sequence[Optional[StoredMessage]] = (
+                list(self._messages.values()) if ids is None else
+                [self._messages.get(self._resolve(i)) for i in ids])
             for message in targets:
                 if message is not None:
                     message.read = bool(read)
