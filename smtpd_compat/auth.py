@@ -236,7 +236,14 @@ def _read_auth_file(path):
     for a bad one (OSError if it cannot be read)."""
     users = {}
     with open(path, encoding='utf-8') as f:
-        for number, raw in enumerate(f, 1):
+        lines = enumerate(f, 1)
+        try:
+            lines = list(lines)
+        except UnicodeDecodeError:
+            # The codec's message does not say which file.
+            raise ValueError('%s is not a text file of login:hash lines '
+                             '(not UTF-8)' % path) from None
+        for number, raw in lines:
             line = raw.strip()
             if not line or line.startswith('#'):
                 continue
@@ -819,8 +826,11 @@ def cli_configure(cli):
                   'TLS) or --auth-allow-plaintext')
     try:
         authenticator = FileAuthenticator(given['auth-file'])
-    except (OSError, ValueError) as e:
-        cli.error('Cannot use --auth-file: %s' % e)
+    except OSError as e:
+        cli.error('--auth-file: cannot read %r: %s'
+                  % (given['auth-file'], e.strerror or e))
+    except ValueError as e:     # names the file and the line
+        cli.error('--auth-file: %s' % e)
     cli.mixins.append(AuthServerMixin)
     cli.server_kwargs.update(
         authenticator=authenticator,
