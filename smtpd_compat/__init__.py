@@ -1519,20 +1519,35 @@ _LONGOPTS = ['class=', 'nosetuid', 'version', 'help', 'size=', 'debug',
              'smtputf8']
 
 
-def _parseargs(argv, extra_longopts=()):
+def _parseargs(argv, extra_longopts=(), cli=False):
     """Parse the stdlib's options plus ``extra_longopts`` (getopt long
     option names).  Returns Options with the extra options, in order, as
-    ``options.extra``: a list of (option, value) pairs.  An error in an
-    extra option raises getopt.GetoptError for the caller to report; the
-    stdlib's errors exit through usage() as in the stdlib."""
+    ``options.extra``: a list of (option, value) pairs.
+
+    Errors exit as the stdlib's did (the usage text and the reason; only
+    the reason for an invalid size), with status 1.  With ``cli`` (for
+    ``python -m smtpd_compat``, which reports errors its own way) every
+    error raises getopt.GetoptError instead, and options may also follow
+    the addresses, which the stdlib refused (getopt stopped at the first
+    address): see docs/deviations.rst."""
     global DEBUGSTREAM
+
+    def fail(msg, plain=False):
+        if cli:
+            raise getopt.GetoptError(msg)
+        if plain:
+            print(msg, file=sys.stderr)
+            sys.exit(1)
+        usage(1, msg)
+
     longopts = _LONGOPTS + list(extra_longopts)
     if extra_longopts:
-        argv = _spell_out_stdlib_prefixes(argv, longopts)
+        argv = _spell_out_stdlib_prefixes(argv, longopts, permute=cli)
     try:
-        opts, args = getopt.getopt(argv, _SHORTOPTS, longopts)
+        opts, args = (getopt.gnu_getopt if cli else getopt.getopt)(
+            argv, _SHORTOPTS, longopts)
     except getopt.error as e:
-        if _names_extra_option(e, extra_longopts):
+        if cli:
             raise
         usage(1, e)
 
@@ -1556,8 +1571,7 @@ def _parseargs(argv, extra_longopts=()):
             try:
                 options.size_limit = int(arg)
             except ValueError:
-                print('Invalid size: ' + arg, file=sys.stderr)
-                sys.exit(1)
+                fail('Invalid size: ' + arg, plain=True)
         else:
             options.extra.append((opt, arg))
 
@@ -1572,19 +1586,20 @@ def _parseargs(argv, extra_longopts=()):
         localspec = args[0]
         remotespec = args[1]
     else:
-        usage(1, 'Invalid arguments: %s' % COMMASPACE.join(args))
+        fail('Invalid arguments: %s' % COMMASPACE.join(args))
 
-    options.localhost, options.localport = _hostport(localspec, 'local')
-    options.remotehost, options.remoteport = _hostport(remotespec, 'remote')
+    options.localhost, options.localport = _hostport(localspec, 'local', fail)
+    options.remotehost, options.remoteport = _hostport(remotespec, 'remote', fail)
     return options
 
 
-def _spell_out_stdlib_prefixes(argv, longopts):
+def _spell_out_stdlib_prefixes(argv, longopts, permute=False):
     """getopt accepts any unique prefix of a long option.  So that added
     options do not make a prefix the stdlib accepted ambiguous (``--smtp``
     meant --smtputf8 before --smtps existed), a long option that is not a
     full name and is a prefix of exactly one stdlib option is spelled out.
-    Walks the arguments as getopt does (up to "--" or the first operand)."""
+    Walks the arguments as getopt does: up to "--" or the first operand,
+    or with ``permute`` (gnu_getopt) past the operands to "--"."""
     names = [o.rstrip('=') for o in longopts]
     stdlib = [o.rstrip('=') for o in _LONGOPTS]
     takes_value = [c for c, nxt in zip(_SHORTOPTS, _SHORTOPTS[1:] + ' ')
@@ -1593,9 +1608,12 @@ def _spell_out_stdlib_prefixes(argv, longopts):
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == '--' or not arg.startswith('-') or arg == '-':
+        if arg == '--':
             break
-        if arg.startswith('--'):
+        if not arg.startswith('-') or arg == '-':
+            if not permute:
+                break
+        elif arg.startswith('--'):
             name, eq, value = arg[2:].partition('=')
             if name and name not in names:
                 matches = [o for o in stdlib if o.startswith(name)]
@@ -1616,23 +1634,15 @@ def _spell_out_stdlib_prefixes(argv, longopts):
     return args
 
 
-def _names_extra_option(error, extra_longopts):
-    """True when a getopt error is about one of ``extra_longopts`` (named
-    in full, or by a prefix that matches none of the stdlib's)."""
-    if not extra_longopts or not error.opt or not error.msg.startswith('option --'):
-        return False
-    extra = [o.rstrip('=') for o in extra_longopts]
-    stdlib = [o.rstrip('=') for o in _LONGOPTS]
-    return (any(o.startswith(error.opt) for o in extra)
-            and not any(o.startswith(error.opt) for o in stdlib))
-
-
-def _hostport(spec, which):
-    """Split "host:port" at the first colon, exiting through usage() with
-    the stdlib's messages when it is malformed.  "[address]:port" with an
-    IPv6 address (such as [::1]:8025) is taken too: the stdlib refused it
-    (its first colon is inside the brackets: Bad ... port), so no form the
-    stdlib accepted changes meaning."""
+def _hostport(spec, which, fail=None):
+    """Split "host:port" at the first colon; a malformed one goes to
+    ``fail`` (default: exit through usage()) with the stdlib's messages.
+    "[address]:port" with an IPv6 address (such as [::1]:8025) is taken
+    too: the stdlib refused it (its first colon is inside the brackets: Bad
+    ... port), so no form the stdlib accepted changes meaning."""
+    if fail is None:
+        def fail(msg):
+            usage(1, msg)
     if spec.startswith('['):
         close = spec.find(']:')
         if close > 1 and ':' in spec[1:close]:
@@ -1642,11 +1652,11 @@ def _hostport(spec, which):
                 pass    # the stdlib's message below
     i = spec.find(':')
     if i < 0:
-        usage(1, 'Bad %s spec: %s' % (which, spec))
+        fail('Bad %s spec: %s' % (which, spec))
     try:
         return spec[:i], int(spec[i+1:])
     except ValueError:
-        usage(1, 'Bad %s port: %s' % (which, spec))
+        fail('Bad %s port: %s' % (which, spec))
 
 
 def parseargs(argv=None):

@@ -18,9 +18,10 @@
 # The implementation is not annotated (it is kept free of typing imports so
 # that it reads like the module it reimplements); tests/test_typing.py runs
 # mypy.stubtest to keep these stubs in step with it.
-import asynchat
-import asyncore
-import getopt
+# Module globals, as in the stdlib's smtpd (the capability modules use
+# smtpd_compat.asyncore).
+import asynchat as asynchat
+import asyncore as asyncore
 import re
 import socket
 from collections import defaultdict
@@ -289,8 +290,9 @@ class Options:
     # Set by _parseargs(): the options beyond the stdlib's, in order.
     extra: list[tuple[str, str]]
 
-def _parseargs(argv: list[str], extra_longopts: Iterable[str] = ()) -> Options: ...
-def _spell_out_stdlib_prefixes(argv: Sequence[str], longopts: Sequence[str]) -> list[str]: ...
-def _names_extra_option(error: getopt.GetoptError, extra_longopts: Sequence[str]) -> bool: ...
-def _hostport(spec: str, which: str) -> tuple[str, int]: ...
+# With cli=True errors raise getopt.GetoptError and options may follow
+# the addresses (python -m smtpd_compat); else errors exit as the stdlib's.
+def _parseargs(argv: list[str], extra_longopts: Iterable[str] = (), cli: bool = False) -> Options: ...
+def _spell_out_stdlib_prefixes(argv: Sequence[str], longopts: Sequence[str], permute: bool = False) -> list[str]: ...
+def _hostport(spec: str, which: str, fail: Callable[[str], NoReturn] | None = None) -> tuple[str, int]: ...
 def parseargs(argv: list[str] | None = None) -> Options: ...
