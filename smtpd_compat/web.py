@@ -1293,8 +1293,8 @@ CLI_OPTIONS = (
 
 
 def cli_configure(cli) -> None:
-    """``--web [HOST:]PORT``: put the inbox in front of the -c class, and
-    say where the page is on stderr once the server is up."""
+    """``--web [HOST:]PORT``: put the inbox in front of the -c class (the
+    command line's start line says where the page is)."""
     has_inbox = isinstance(cli.server_class, type) and issubclass(
         cli.server_class, WebInboxServerMixin)
     if 'web' in cli.given:
@@ -1309,15 +1309,6 @@ def cli_configure(cli) -> None:
         if not has_inbox:
             cli.mixins.append(WebInboxServerMixin)
         cli.server_kwargs['web'] = address
-    elif not has_inbox:
-        return
-    inner = cli.serve
-
-    def serve(cli, server):
-        print('Web inbox at %s' % server.web_url, file=sys.stderr, flush=True)
-        inner(cli, server)
-
-    cli.serve = serve
 
 
 # ---------------------------------------------------------------------------
