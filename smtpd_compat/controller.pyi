@@ -4,7 +4,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 from typing_extensions import Self, TypeAlias
 
 import asyncore
@@ -53,6 +53,9 @@ class Mailbox:
     def __getitem__(self, index: slice) -> list[CapturedMessage]: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[CapturedMessage]: ...
+    # Equal to a list (or Mailbox) of the same messages; not hashable.
+    def __eq__(self, other: object) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]
 
 class CapturingServer(_smtpd.SMTPServer):
     # The reply for every message (None: 250 OK).
