@@ -756,3 +756,19 @@ def test_start_line_once_with_workers(python_path_env):
     finally:
         _, err = _stop(proc)
     assert 'listening for' not in err
+
+
+def test_readme_commands_are_valid():
+    # The command lines README.md gives newcomers parse, name a class that
+    # exists, and listen where they say.
+    from smtpd_compat.__main__ import _capability_modules, _resolve_class
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, 'README.md')) as f:
+        commands = [line.split()[3:] for line in f
+                    if line.startswith('    python -m smtpd_compat ')]
+    assert len(commands) >= 2
+    modules = _capability_modules()
+    for argv in commands:
+        options = smtpd_compat._parseargs(argv, _all_longopts(), cli=True)
+        assert isinstance(_resolve_class(options.classname, modules), type)
+        assert (options.localhost, options.localport) == ('localhost', 8025)
