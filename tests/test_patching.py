@@ -245,9 +245,7 @@ def socket_class_patched(module):
         map = {}
         server = module.SMTPServer(('127.0.0.1', 0), None, map=map)
         try:
-            conn = mock.MagicMock()
-            conn.send.side_effect = len
-            conn.getpeername.return_value = ('192.0.2.1', 5000)
+            conn = _mock_connection()
             listener.accept.return_value = (conn, ('192.0.2.1', 5000))
             server.handle_accept()
             return {'class': _calls(socket_class),
@@ -259,45 +257,48 @@ def socket_class_patched(module):
             module.asyncore.close_all(map=map, ignore_all=True)
 
 
-def accept_patched(module):
-    # A patched accept handing out a Mock connection is asked once per
-    # handle_accept, as asyncore's handle_accept asks it.
+@contextlib.contextmanager
+def listening(module):
+    """An SMTPServer of ``module`` on 127.0.0.1 port 0, on its own map."""
+    map = {}
+    server = module.SMTPServer(('127.0.0.1', 0), None, map=map)
+    try:
+        yield server
+    finally:
+        module.asyncore.close_all(map=map, ignore_all=True)
+
+
+def _mock_connection():
     conn = mock.MagicMock()
     conn.send.side_effect = len
     conn.getpeername.return_value = ('192.0.2.1', 5000)
-    map = {}
-    server = module.SMTPServer(('127.0.0.1', 0), None, map=map)
-    try:
-        with mock.patch('asyncore.dispatcher.accept',
-                        return_value=(conn, ('192.0.2.1', 5000))) as accept:
-            server.handle_accept()
-        return {'accept': _calls(accept), 'channels': len(map) - 1,
+    return conn
+
+
+def accept_patched(module):
+    # A patched accept handing out a Mock connection is asked once per
+    # handle_accept, as asyncore's handle_accept asks it.
+    conn = _mock_connection()
+    with listening(module) as server, \
+            mock.patch('asyncore.dispatcher.accept',
+                       return_value=(conn, ('192.0.2.1', 5000))) as accept:
+        server.handle_accept()
+        return {'accept': _calls(accept), 'channels': len(server._map) - 1,
                 'conn': [n for n, _ in _method_calls(conn)]}
-    finally:
-        module.asyncore.close_all(map=map, ignore_all=True)
 
 
 def handle_accept_patched(module):
-    map = {}
-    server = module.SMTPServer(('127.0.0.1', 0), None, map=map)
-    try:
-        with mock.patch('asyncore.dispatcher.handle_accept') as handle_accept:
-            server.handle_accept()
+    with listening(module) as server, \
+            mock.patch('asyncore.dispatcher.handle_accept') as handle_accept:
+        server.handle_accept()
         return _calls(handle_accept)
-    finally:
-        module.asyncore.close_all(map=map, ignore_all=True)
 
 
 def server_readable_patched(module):
-    map = {}
-    server = module.SMTPServer(('127.0.0.1', 0), None, map=map)
-    try:
-        with mock.patch('asyncore.dispatcher.readable',
-                        return_value=False) as readable:
-            result = server.readable()
-        return {'result': result, 'calls': _calls(readable)}
-    finally:
-        module.asyncore.close_all(map=map, ignore_all=True)
+    with listening(module) as server, \
+            mock.patch('asyncore.dispatcher.readable',
+                       return_value=False) as readable:
+        return {'result': server.readable(), 'calls': _calls(readable)}
 
 
 def recording_subclass(module):
