@@ -210,8 +210,9 @@ def _debugging():
     They are skipped only where nobody can see them: DEBUGSTREAM is a
     Devnull (not a subclass, which may record), nothing on Devnull was ever
     replaced (a patched ``write``), and ``print`` is the builtin (not a
-    mock that counts calls).  found_terminator inlines this test: a call
-    per command line cost ~1% of a message's time."""
+    mock that counts calls).  found_terminator, smtp_MAIL and smtp_RCPT
+    inline this test: a call per command line and per recipient cost ~1%
+    of a message's time."""
     return (type(DEBUGSTREAM) is not Devnull or print is not _PRINT
             or _devnull_watched)
 
