@@ -31,6 +31,9 @@ listed in _CAPABILITIES may define
 
 Which options switch on production mode is smtpd_compat.production's rule.
 """
+from __future__ import annotations
+
+import collections.abc
 import difflib
 import getopt
 import importlib
@@ -41,8 +44,8 @@ import signal
 import socket
 import sys
 import textwrap
-from types import FrameType, ModuleType
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+import types
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple, Type
 
 import smtpd_compat as _smtpd
 from smtpd_compat.production import RULE as _PRODUCTION_RULE
@@ -76,7 +79,7 @@ _TITLES = dict(_CAPABILITIES)
 _WIDTH = 79
 
 
-def _capability_modules() -> List[ModuleType]:
+def _capability_modules() -> List[types.ModuleType]:
     modules = []
     for name, _ in _CAPABILITIES:
         fullname = 'smtpd_compat.' + name
@@ -88,7 +91,7 @@ def _capability_modules() -> List[ModuleType]:
     return modules
 
 
-def _long_options(modules: Sequence[ModuleType]) -> List[str]:
+def _long_options(modules: collections.abc.Sequence[types.ModuleType]) -> List[str]:
     """The getopt long option names the capability modules add."""
     return [name for mod in modules
             for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
@@ -109,7 +112,7 @@ class CLI:
     """
 
     def __init__(self, options: _smtpd.Options,
-                 server_class: 'type[_smtpd.SMTPServer]') -> None:
+                 server_class: Type[_smtpd.SMTPServer]) -> None:
         self.options = options
         self.given: Dict[str, str] = {
             opt.lstrip('-'): value for opt, value in options.extra}
@@ -191,7 +194,7 @@ def _short_error(msg: str) -> NoReturn:
     sys.exit(1)
 
 
-def _did_you_mean(error: getopt.GetoptError, longopts: Sequence[str]) -> str:
+def _did_you_mean(error: getopt.GetoptError, longopts: collections.abc.Sequence[str]) -> str:
     """' (did you mean --NAME?)' for an unrecognized long option close to
     one that exists (a typo), else ''."""
     if not error.opt or not error.msg.startswith('option --'):
@@ -264,7 +267,7 @@ def _required_keywords(cls: type) -> List[str]:
     return required
 
 
-def _resolve_class(classname: str, modules: Sequence[ModuleType]) -> Any:
+def _resolve_class(classname: str, modules: collections.abc.Sequence[types.ModuleType]) -> Any:
     """A dotted name is imported; a bare one is looked up in smtpd_compat,
     then in the capability modules.  A name that finds no class is a CLI
     error; an exception raised by the imported module itself propagates."""
@@ -349,7 +352,7 @@ def _serve(cli: CLI, server: _smtpd.SMTPServer) -> None:
 _stopping = False
 
 
-def _terminate(signum: int, frame: Optional[FrameType]) -> None:
+def _terminate(signum: int, frame: Optional[types.FrameType]) -> None:
     """SIGTERM/SIGINT handler: the first signal ends the server like
     Ctrl-C did (a KeyboardInterrupt that main() catches); later ones are
     ignored, so that a second signal arriving while the first unwinds
@@ -398,7 +401,7 @@ _RELOAD_CHECK = 1.0
 _reload_wanted: List[int] = []
 
 
-def _request_reload(signum: int, frame: Optional[FrameType]) -> None:
+def _request_reload(signum: int, frame: Optional[types.FrameType]) -> None:
     _reload_wanted.append(signum)
 
 
@@ -430,7 +433,7 @@ def _install_reload(server: _smtpd.SMTPServer) -> None:
     loop.call_later(_RELOAD_CHECK, check, map=server._map)
 
 
-def _help_text(modules: Sequence[ModuleType]) -> str:
+def _help_text(modules: collections.abc.Sequence[types.ModuleType]) -> str:
     """smtpd_compat's options for the help, after the stdlib's text: one
     group per capability module, wrapped to _WIDTH columns."""
     def fill(text: str, indent: str) -> str:
@@ -439,7 +442,7 @@ def _help_text(modules: Sequence[ModuleType]) -> str:
 
     groups = []
     for mod in modules:
-        options: Sequence[Tuple[str, str, str]] = getattr(mod, 'CLI_OPTIONS', ())
+        options: collections.abc.Sequence[Tuple[str, str, str]] = getattr(mod, 'CLI_OPTIONS', ())
         if not options:
             continue
         name = mod.__name__.rpartition('.')[2]
@@ -521,7 +524,7 @@ def _become_nobody(server: Optional[_smtpd.SMTPServer] = None) -> None:
     uid, gid = entry.pw_uid, entry.pw_gid
     try:
         if os.geteuid() == 0:
-            paths: Sequence[str] = getattr(server, 'created_paths', ())
+            paths: collections.abc.Sequence[str] = getattr(server, 'created_paths', ())
             for path in paths:
                 os.chown(path, uid, gid, follow_symlinks=False)
             # Groups first: only root may change them, so after setuid it
