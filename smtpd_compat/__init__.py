@@ -90,6 +90,41 @@ __version__ = 'Python SMTP proxy version 0.3'
 _SOMAXCONN = socket.SOMAXCONN
 _IPPROTO_TCP = getattr(socket, 'IPPROTO_TCP', None)
 _TCP_NODELAY = getattr(socket, 'TCP_NODELAY', None)
+# The real socket class: what a channel or server gets from the system, as
+# opposed to a Mock, CPython's mock_socket, or a class patched in its place.
+_SOCKET = socket.socket
+
+# Faithful under patching.  Test suites patch the stdlib's machinery
+# (``mock.patch('asynchat.async_chat.push')``), override it in a subclass,
+# or run channels on Mock() sockets, and assert on the calls they see.  The
+# core replaces some of that machinery with faster code of its own; each
+# such fast path (listed in docs/deviations.rst, "Faithful under
+# patching") is taken only while the functions it stands in for are these
+# very ones and the socket is a real one.  Otherwise the stdlib's own path
+# runs, so every call reaches the patch with the arguments 3.11 gave it.
+# tests/test_patching.py shows each one both ways.
+_CHAT_PUSH = asynchat.async_chat.push
+_CHAT_INITIATE_SEND = asynchat.async_chat.initiate_send
+_CHAT_READABLE = asynchat.async_chat.readable
+_CHAT_HANDLE_WRITE = asynchat.async_chat.handle_write
+_CHAT_HANDLE_READ = asynchat.async_chat.handle_read
+_CHAT_SET_TERMINATOR = asynchat.async_chat.set_terminator
+_DISPATCHER_SEND = asyncore.dispatcher.send
+_DISPATCHER_RECV = asyncore.dispatcher.recv
+_DISPATCHER_ACCEPT = asyncore.dispatcher.accept
+_DISPATCHER_LISTEN = asyncore.dispatcher.listen
+_DISPATCHER_HANDLE_ACCEPT = asyncore.dispatcher.handle_accept
+# The classes the compat classes derive from, as they were at import (a
+# channel's MRO holds these objects whatever the ``asynchat`` global is
+# bound to later), and the tails of the compat classes' MROs when nothing
+# sits between them and these.
+_ASYNC_CHAT = asynchat.async_chat
+_DISPATCHER = asyncore.dispatcher
+_CHAT_MRO = asynchat.async_chat.__mro__
+_DISPATCHER_MRO = asyncore.dispatcher.__mro__
+# The errno values asyncore's send() and recv() take for a closed connection.
+_DISCONNECTED = asyncore._DISCONNECTED
+_PRINT = print
 
 # How many connections one wake-up of the listening socket may accept.
 _ACCEPTS_PER_WAKEUP = 64
@@ -110,9 +145,42 @@ _ACCEPT_RESOURCE_ERRORS = frozenset(
 _ACCEPT_PAUSE = 0.25
 
 
-class Devnull:
+# Set once anything on Devnull, or on one of its instances, is replaced
+# (mock.patch.object(smtpd.Devnull, 'write'), or of smtpd.DEBUGSTREAM):
+# from then on the debug prints are made, so that the replacement sees them
+# (see _debugging).  Noticed when it happens, so that the per-line test
+# stays one global lookup.
+_devnull_watched = False
+
+
+def _watch_devnull():
+    global _devnull_watched
+    _devnull_watched = True
+
+
+class _DevnullType(type):
+    # Devnull's metaclass: notices attributes of the class being replaced.
+    def __setattr__(cls, name, value):
+        _watch_devnull()
+        super().__setattr__(name, value)
+
+    def __delattr__(cls, name):
+        _watch_devnull()
+        super().__delattr__(name)
+
+
+class Devnull(metaclass=_DevnullType):
     def write(self, msg): pass
     def flush(self): pass
+
+    # Notice attributes of an instance being replaced.
+    def __setattr__(self, name, value):
+        _watch_devnull()
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        _watch_devnull()
+        object.__delattr__(self, name)
 
 
 DEBUGSTREAM = Devnull()
@@ -136,13 +204,17 @@ def usage(code, msg=''):
 
 
 def _debugging():
-    """True when debug prints go somewhere.  Speed fix: lets the per-line
+    """True when debug prints must be made.  Speed fix: lets the per-line
     and per-command paths skip formatting what a Devnull would drop (the
     recipient list printed on every RCPT made 100 recipients cost O(n**2)).
-    Only the stdlib's own Devnull counts; a subclass may record.
-    found_terminator, smtp_MAIL and smtp_RCPT inline this test: a call per
-    command line and per recipient cost ~1% of a message's time."""
-    return type(DEBUGSTREAM) is not Devnull
+    They are skipped only where nobody can see them: DEBUGSTREAM is a
+    Devnull (not a subclass, which may record), nothing on Devnull was ever
+    replaced (a patched ``write``), and ``print`` is the builtin (not a
+    mock that counts calls).  found_terminator, smtp_MAIL and smtp_RCPT
+    inline this test: a call per command line and per recipient cost ~1%
+    of a message's time."""
+    return (type(DEBUGSTREAM) is not Devnull or print is not _PRINT
+            or _devnull_watched)
 
 
 def _deprecated_alias(old, new):
@@ -185,6 +257,11 @@ def _server_fqdn(server):
 _DOT_ATOM_ADDR = r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _PLAIN_ADDR = re.compile(r"<(%s)>(?: +(?=[!-'*-~])|\Z)|(%s)\Z"
                          % (_DOT_ATOM_ADDR, _DOT_ATOM_ADDR))
+# The parser functions the expression stands in for: while a test has
+# replaced either global (``mock.patch('smtpd.get_addr_spec')``), every
+# address goes to them, as in the stdlib.
+_GET_ANGLE_ADDR = get_angle_addr
+_GET_ADDR_SPEC = get_addr_spec
 
 
 def _parse_address(arg):
@@ -222,10 +299,13 @@ class SMTPChannel(asynchat.async_chat):
 
     @property
     def max_command_size_limit(self):
-        try:
-            return max(self.command_size_limits.values())
-        except ValueError:
+        limits = self.command_size_limits
+        if not limits:
+            # Speed fix (the same result): max() of nothing raised a
+            # ValueError, caught here on every command line of a session
+            # that did not start with EHLO.
             return self.command_size_limit
+        return max(limits.values())
 
     def __init__(self, server, conn, addr, data_size_limit=DATA_SIZE_DEFAULT,
                  map=None, enable_SMTPUTF8=False, decode_data=False):
@@ -266,6 +346,12 @@ class SMTPChannel(asynchat.async_chat):
         # may override without calling: then asynchat's size as in the
         # stdlib).
         self._read_size = self.ac_in_buffer_size
+        # False when a class of the user's sits between SMTPChannel and
+        # asynchat in this channel's MRO: then every method the core
+        # overrides for speed leaves the work to super(), as the stdlib's
+        # SMTPChannel (which did not override them) did.
+        mro = type(self).__mro__
+        self._plain_mro = mro[mro.index(__class__) + 1:] == _CHAT_MRO
         # Speed fix, for CPython 3.11 (neutral on 3.13): asyncore's and
         # asynchat's class defaults the per-event paths read, copied to the
         # instance, where 3.11 finds them faster (together ~3% of a
@@ -317,10 +403,11 @@ class SMTPChannel(asynchat.async_chat):
             if err.errno != errno.ENOTCONN:
                 raise
             return
-        if _TCP_NODELAY is not None:
+        if _TCP_NODELAY is not None and type(conn) is _SOCKET:
             # Replies are written once per command and the client waits for
             # them: Nagle's algorithm only adds latency (a multi-line EHLO
-            # reply otherwise waits for the client's delayed ACK).
+            # reply otherwise waits for the client's delayed ACK).  Real
+            # sockets only: on a Mock() the stdlib made no such call.
             try:
                 conn.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
             except (OSError, AttributeError, TypeError):
@@ -407,14 +494,16 @@ class SMTPChannel(asynchat.async_chat):
                 self._on_escape = (err, escaped)
                 raise
             data = (escaped + '\r\n').encode(encoding)
-        if len(data) > self.ac_out_buffer_size:
-            asynchat.async_chat.push(self, data)
+        if len(data) <= self.ac_out_buffer_size and \
+                asynchat.async_chat.push is _CHAT_PUSH:
+            # Speed fix: what asynchat.async_chat.push does with a reply
+            # that fits one send (it also checks the type, which is bytes
+            # here, and splits longer ones).  Only while that push is the
+            # original: a patched one gets every reply, as in the stdlib.
+            self.producer_fifo.append(data)
+            self.initiate_send()
             return
-        # Speed fix: what asynchat.async_chat.push does with a reply that
-        # fits one send (it also checks the type, which is bytes here, and
-        # splits longer ones).
-        self.producer_fifo.append(data)
-        self.initiate_send()
+        asynchat.async_chat.push(self, data)
 
     # Flow control (invisible on the wire: the same bytes, in the same
     # order).  The stdlib read on however many replies a client left
@@ -430,6 +519,8 @@ class SMTPChannel(asynchat.async_chat):
     # handle_write lowers it.
 
     def readable(self):
+        if not self._plain_mro or _ASYNC_CHAT.readable is not _CHAT_READABLE:
+            return super().readable()    # patched: no flow control
         if self._reading_paused and \
                 self._queued_output() > _OUTPUT_HIGH_WATER:
             return False
@@ -446,32 +537,49 @@ class SMTPChannel(asynchat.async_chat):
             return 0
 
     def initiate_send(self):
-        # Speed fix (the same send() calls with the same bytes): the usual
-        # case, one reply queued, skips asynchat's general loop over
-        # producers, empty entries and oversized items, which it still
-        # handles.
+        if not self._plain_mro or \
+                _ASYNC_CHAT.initiate_send is not _CHAT_INITIATE_SEND:
+            super().initiate_send()      # patched: exactly the stdlib's
+            return
+        # Speed fix: the usual case, one reply queued on a real socket,
+        # skips asynchat's general loop over producers, empty entries and
+        # oversized items, and asyncore's send() around the socket's: the
+        # same socket call with the same bytes, and the same handling of
+        # its result and errors.  Only while send is asyncore's own.
         fifo = self.producer_fifo
-        if len(fifo) == 1 and self.connected:
+        if len(fifo) == 1 and self.connected and \
+                type(self).send is _DISPATCHER_SEND and \
+                type(self.socket) is _SOCKET:
             first = fifo[0]
             if type(first) is bytes and 0 < len(first) <= self.ac_out_buffer_size:
                 try:
-                    sent = self.send(first)
-                except OSError:
+                    sent = self.socket.send(first)
+                except OSError as why:
+                    # What asyncore's send and asynchat make of it.
+                    if why.errno == errno.EWOULDBLOCK:
+                        return
+                    if why.errno in _DISCONNECTED:
+                        self.handle_close()
+                        return
                     self.handle_error()
                     return
-                if sent:
-                    if sent < len(first):
+                if sent < len(first):
+                    if sent:
                         fifo[0] = first[sent:]
-                    else:
-                        fifo.popleft()
+                else:
+                    fifo.popleft()
                 return
-        asynchat.async_chat.initiate_send(self)
+        _CHAT_INITIATE_SEND(self)
         if len(fifo) > 1 and not self._reading_paused and \
                 self._queued_output() > _OUTPUT_HIGH_WATER:
             self._reading_paused = True
 
     def handle_write(self):
-        asynchat.async_chat.handle_write(self)
+        if not self._plain_mro or \
+                _ASYNC_CHAT.handle_write is not _CHAT_HANDLE_WRITE:
+            super().handle_write()      # patched: exactly the stdlib's
+            return
+        self.initiate_send()    # all that asynchat's handle_write does
         if self._reading_paused and self.readable():
             # Reading resumes.  Input may already be waiting where no
             # socket event announces it (plaintext a TLS layer decrypted
@@ -525,7 +633,11 @@ class SMTPChannel(asynchat.async_chat):
                 not isinstance(term, int) or term < _COMMAND_READ_SIZE):
             size = min(size, _COMMAND_READ_SIZE)
         self._read_size = size
-        asynchat.async_chat.set_terminator(self, term)
+        if self._plain_mro and \
+                _ASYNC_CHAT.set_terminator is _CHAT_SET_TERMINATOR:
+            _CHAT_SET_TERMINATOR(self, term)
+        else:
+            super().set_terminator(term)    # patched: as the stdlib called it
 
     def handle_read(self):
         # Same contract as asynchat.async_chat.handle_read (terminators may
@@ -537,13 +649,41 @@ class SMTPChannel(asynchat.async_chat):
         # placeholder.  Code that replaces it (discard_buffers(), or STARTTLS
         # throwing away pipelined plaintext) makes the loop go on with the
         # new buffer instead.
-        try:
-            data = self.recv(self._read_size)   # see set_terminator
-        except BlockingIOError:
+        if not self._plain_mro or \
+                _ASYNC_CHAT.handle_read is not _CHAT_HANDLE_READ:
+            super().handle_read()       # patched: exactly the stdlib's
             return
-        except OSError:
-            self.handle_error()
-            return
+        size = self._read_size      # see set_terminator
+        recv = type(self).recv
+        if recv is _DISPATCHER_RECV and type(self.socket) is _SOCKET:
+            # Speed fix: asyncore's recv() around the socket's, inlined
+            # (the same socket call; the same results and errors).
+            try:
+                data = self.socket.recv(size)
+            except BlockingIOError:
+                return
+            except OSError as why:
+                if why.errno not in _DISCONNECTED:
+                    self.handle_error()
+                    return
+                self.handle_close()
+                data = b''
+            else:
+                if not data:
+                    self.handle_close()
+        else:
+            # A patched or overridden recv, or a socket that is not one (a
+            # Mock), is asked for asynchat's size, as in the stdlib; a
+            # capability's own recv (TLS) for the size set_terminator chose.
+            if not getattr(recv, '__module__', '').startswith('smtpd_compat.'):
+                size = self.ac_in_buffer_size
+            try:
+                data = self.recv(size)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.handle_error()
+                return
         if isinstance(data, str) and self.use_encoding:
             data = bytes(data, self.encoding)
         self._handle_input(data)
@@ -552,7 +692,10 @@ class SMTPChannel(asynchat.async_chat):
         """Split received bytes at the terminators and hand them to
         collect_incoming_data and found_terminator (the part of handle_read
         after recv, for channels that read their socket differently)."""
-        buf = self.ac_in_buffer + data if self.ac_in_buffer else data
+        # (Data that is not bytes, from a mocked recv, is added to the
+        # buffer as asynchat did, and fails the same way.)
+        buf = self.ac_in_buffer + data \
+            if self.ac_in_buffer or type(data) is not bytes else data
         pos = 0
         end = len(buf)
         # Only a decode_data channel's collect_incoming_data raises for
@@ -722,7 +865,8 @@ class SMTPChannel(asynchat.async_chat):
     # Implementation of base class abstract method
     def found_terminator(self):
         line = self._take_line()
-        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
+        if type(DEBUGSTREAM) is not Devnull or print is not _PRINT or \
+                _devnull_watched:       # _debugging(), inlined
             self._debug_line(line)
         if self.smtp_state == self.COMMAND:
             sz, self.num_bytes = self.num_bytes, 0
@@ -898,9 +1042,11 @@ class SMTPChannel(asynchat.async_chat):
     def _getaddr(self, arg):
         if not arg:
             return '', ''
-        plain = _PLAIN_ADDR.match(arg)    # speed fix, see _PLAIN_ADDR
-        if plain is not None:
-            return plain.group(1) or plain.group(2), arg[plain.end():]
+        if get_angle_addr is _GET_ANGLE_ADDR and \
+                get_addr_spec is _GET_ADDR_SPEC:
+            plain = _PLAIN_ADDR.match(arg)    # speed fix, see _PLAIN_ADDR
+            if plain is not None:
+                return plain.group(1) or plain.group(2), arg[plain.end():]
         try:
             return _parse_address(arg)
         except Exception as err:
@@ -995,7 +1141,9 @@ class SMTPChannel(asynchat.async_chat):
         if not self.seen_greeting:
             self.push('503 Error: send HELO first')
             return
-        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
+        debugging = (type(DEBUGSTREAM) is not Devnull or print is not _PRINT
+                     or _devnull_watched)    # _debugging(), inlined
+        if debugging:
             print('===> MAIL', arg, file=DEBUGSTREAM)
         syntaxerr = '501 Syntax: MAIL FROM: <address>'
         if self.extended_smtp:
@@ -1049,7 +1197,7 @@ class SMTPChannel(asynchat.async_chat):
             self.push('555 MAIL FROM parameters not recognized or not implemented')
             return
         self.mailfrom = address
-        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
+        if debugging:
             print('sender:', self.mailfrom, file=DEBUGSTREAM)
         self.push('250 OK')
 
@@ -1057,7 +1205,9 @@ class SMTPChannel(asynchat.async_chat):
         if not self.seen_greeting:
             self.push('503 Error: send HELO first')
             return
-        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
+        debugging = (type(DEBUGSTREAM) is not Devnull or print is not _PRINT
+                     or _devnull_watched)    # _debugging(), inlined
+        if debugging:
             print('===> RCPT', arg, file=DEBUGSTREAM)
         if not self.mailfrom:
             self.push('503 Error: need MAIL command')
@@ -1082,7 +1232,7 @@ class SMTPChannel(asynchat.async_chat):
             self.push('555 RCPT TO parameters not recognized or not implemented')
             return
         self.rcpttos.append(address)
-        if type(DEBUGSTREAM) is not Devnull:    # _debugging(), inlined
+        if debugging:
             print('recips:', self.rcpttos, file=DEBUGSTREAM)
         self.push('250 OK')
 
@@ -1140,7 +1290,14 @@ class SMTPServer(asyncore.dispatcher):
             self.bind(localaddr)
             # The stdlib listened with a backlog of 5, which drops SYNs in
             # any burst of new connections; the kernel maximum costs nothing.
-            self.listen(_SOMAXCONN if backlog is None else backlog)
+            # (Only on a real socket and asyncore's own listen: a patched
+            # one is asked for 5, as in the stdlib.)
+            if backlog is None:
+                backlog = 5
+                if type(self.socket) is _SOCKET and \
+                        type(self).listen is _DISPATCHER_LISTEN:
+                    backlog = _SOMAXCONN
+            self.listen(backlog)
         except:
             self.close()
             raise
@@ -1152,8 +1309,19 @@ class SMTPServer(asyncore.dispatcher):
     def handle_accept(self):
         # asyncore accepts one connection per wake-up; accepting what is
         # queued (up to a bound, so other sockets still get served) keeps a
-        # burst of connections from waiting one loop turn each.
-        for _ in range(_ACCEPTS_PER_WAKEUP):
+        # burst of connections from waiting one loop turn each.  (One, as
+        # in the stdlib, from a patched accept or a socket that is not
+        # one: a Mock would hand out the same pair every time.)
+        mro = type(self).__mro__
+        if mro[mro.index(__class__) + 1:] != _DISPATCHER_MRO or \
+                _DISPATCHER.handle_accept is not _DISPATCHER_HANDLE_ACCEPT:
+            super().handle_accept()     # patched: exactly the stdlib's
+            return
+        turns = _ACCEPTS_PER_WAKEUP
+        if type(self).accept is not _DISPATCHER_ACCEPT or \
+                type(self.socket) is not _SOCKET:
+            turns = 1
+        for _ in range(turns):
             try:
                 pair = self.accept()
             except OSError as e:
@@ -1178,7 +1346,7 @@ class SMTPServer(asyncore.dispatcher):
             if time.monotonic() < self._accept_resume:
                 return False
             self._accept_resume = 0.0
-        return asyncore.dispatcher.readable(self)
+        return super().readable()
 
     def _pause_accepting(self, error):
         now = time.monotonic()
@@ -1352,20 +1520,35 @@ _LONGOPTS = ['class=', 'nosetuid', 'version', 'help', 'size=', 'debug',
              'smtputf8']
 
 
-def _parseargs(argv, extra_longopts=()):
+def _parseargs(argv, extra_longopts=(), cli=False):
     """Parse the stdlib's options plus ``extra_longopts`` (getopt long
     option names).  Returns Options with the extra options, in order, as
-    ``options.extra``: a list of (option, value) pairs.  An error in an
-    extra option raises getopt.GetoptError for the caller to report; the
-    stdlib's errors exit through usage() as in the stdlib."""
+    ``options.extra``: a list of (option, value) pairs.
+
+    Errors exit as the stdlib's did (the usage text and the reason; only
+    the reason for an invalid size), with status 1.  With ``cli`` (for
+    ``python -m smtpd_compat``, which reports errors its own way) every
+    error raises getopt.GetoptError instead, and options may also follow
+    the addresses, which the stdlib refused (getopt stopped at the first
+    address): see docs/deviations.rst."""
     global DEBUGSTREAM
+
+    def fail(msg, plain=False):
+        if cli:
+            raise getopt.GetoptError(msg)
+        if plain:
+            print(msg, file=sys.stderr)
+            sys.exit(1)
+        usage(1, msg)
+
     longopts = _LONGOPTS + list(extra_longopts)
     if extra_longopts:
-        argv = _spell_out_stdlib_prefixes(argv, longopts)
+        argv = _spell_out_stdlib_prefixes(argv, longopts, permute=cli)
     try:
-        opts, args = getopt.getopt(argv, _SHORTOPTS, longopts)
+        opts, args = (getopt.gnu_getopt if cli else getopt.getopt)(
+            argv, _SHORTOPTS, longopts)
     except getopt.error as e:
-        if _names_extra_option(e, extra_longopts):
+        if cli:
             raise
         usage(1, e)
 
@@ -1389,8 +1572,7 @@ def _parseargs(argv, extra_longopts=()):
             try:
                 options.size_limit = int(arg)
             except ValueError:
-                print('Invalid size: ' + arg, file=sys.stderr)
-                sys.exit(1)
+                fail('Invalid size: ' + arg, plain=True)
         else:
             options.extra.append((opt, arg))
 
@@ -1405,19 +1587,20 @@ def _parseargs(argv, extra_longopts=()):
         localspec = args[0]
         remotespec = args[1]
     else:
-        usage(1, 'Invalid arguments: %s' % COMMASPACE.join(args))
+        fail('Invalid arguments: %s' % COMMASPACE.join(args))
 
-    options.localhost, options.localport = _hostport(localspec, 'local')
-    options.remotehost, options.remoteport = _hostport(remotespec, 'remote')
+    options.localhost, options.localport = _hostport(localspec, 'local', fail)
+    options.remotehost, options.remoteport = _hostport(remotespec, 'remote', fail)
     return options
 
 
-def _spell_out_stdlib_prefixes(argv, longopts):
+def _spell_out_stdlib_prefixes(argv, longopts, permute=False):
     """getopt accepts any unique prefix of a long option.  So that added
     options do not make a prefix the stdlib accepted ambiguous (``--smtp``
     meant --smtputf8 before --smtps existed), a long option that is not a
     full name and is a prefix of exactly one stdlib option is spelled out.
-    Walks the arguments as getopt does (up to "--" or the first operand)."""
+    Walks the arguments as getopt does: up to "--" or the first operand,
+    or with ``permute`` (gnu_getopt) past the operands to "--"."""
     names = [o.rstrip('=') for o in longopts]
     stdlib = [o.rstrip('=') for o in _LONGOPTS]
     takes_value = [c for c, nxt in zip(_SHORTOPTS, _SHORTOPTS[1:] + ' ')
@@ -1426,9 +1609,12 @@ def _spell_out_stdlib_prefixes(argv, longopts):
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == '--' or not arg.startswith('-') or arg == '-':
+        if arg == '--':
             break
-        if arg.startswith('--'):
+        if not arg.startswith('-') or arg == '-':
+            if not permute:
+                break
+        elif arg.startswith('--'):
             name, eq, value = arg[2:].partition('=')
             if name and name not in names:
                 matches = [o for o in stdlib if o.startswith(name)]
@@ -1449,23 +1635,15 @@ def _spell_out_stdlib_prefixes(argv, longopts):
     return args
 
 
-def _names_extra_option(error, extra_longopts):
-    """True when a getopt error is about one of ``extra_longopts`` (named
-    in full, or by a prefix that matches none of the stdlib's)."""
-    if not extra_longopts or not error.opt or not error.msg.startswith('option --'):
-        return False
-    extra = [o.rstrip('=') for o in extra_longopts]
-    stdlib = [o.rstrip('=') for o in _LONGOPTS]
-    return (any(o.startswith(error.opt) for o in extra)
-            and not any(o.startswith(error.opt) for o in stdlib))
-
-
-def _hostport(spec, which):
-    """Split "host:port" at the first colon, exiting through usage() with
-    the stdlib's messages when it is malformed.  "[address]:port" with an
-    IPv6 address (such as [::1]:8025) is taken too: the stdlib refused it
-    (its first colon is inside the brackets: Bad ... port), so no form the
-    stdlib accepted changes meaning."""
+def _hostport(spec, which, fail=None):
+    """Split "host:port" at the first colon; a malformed one goes to
+    ``fail`` (default: exit through usage()) with the stdlib's messages.
+    "[address]:port" with an IPv6 address (such as [::1]:8025) is taken
+    too: the stdlib refused it (its first colon is inside the brackets: Bad
+    ... port), so no form the stdlib accepted changes meaning."""
+    if fail is None:
+        def fail(msg):
+            usage(1, msg)
     if spec.startswith('['):
         close = spec.find(']:')
         if close > 1 and ':' in spec[1:close]:
@@ -1475,11 +1653,11 @@ def _hostport(spec, which):
                 pass    # the stdlib's message below
     i = spec.find(':')
     if i < 0:
-        usage(1, 'Bad %s spec: %s' % (which, spec))
+        fail('Bad %s spec: %s' % (which, spec))
     try:
         return spec[:i], int(spec[i+1:])
     except ValueError:
-        usage(1, 'Bad %s port: %s' % (which, spec))
+        fail('Bad %s port: %s' % (which, spec))
 
 
 def parseargs(argv=None):

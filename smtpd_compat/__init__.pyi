@@ -1,20 +1,28 @@
 # Types of the faithful core: the public surface of CPython 3.11's smtpd
 # plus the hooks the capability modules (and users' subclasses) override.
 #
-# At least as strict as typeshed's stub of the standard library's smtpd
-# (a call it rejected is rejected here: addresses are (host, port) tuples,
-# SMTPChannel.push takes str, process_message returns str or None), and
-# honest where that stub was not: the command argument is None for a verb
-# sent without one, mailfrom is None outside a transaction, and the content
-# is bytes unless the server was made with decode_data=True.
+# Honest: a call is accepted when CPython 3.11's code accepts it and
+# rejected when that code fails on it (at once, or on the first message).
+# So, where typeshed's stub of the standard library's smtpd was stricter
+# than the runtime: ``remoteaddr`` may be None (SMTPServer and
+# DebuggingServer never use it; PureProxy, which relays to it, needs a
+# (host, port)), ``data_size_limit`` may be None (no limit: the stdlib's own
+# command line passes None without -s), and the host to listen on may be
+# bytes.  Where that stub was looser: the command argument is None for a
+# verb sent without one, mailfrom is None outside a transaction, and the
+# content is bytes unless the server was made with decode_data=True.  A
+# call that stub rejected and the runtime rejects too is still rejected
+# (tests/typing/rejected.py): addresses are tuples with an int port,
+# SMTPChannel.push takes str, process_message returns str or None.
 #
 # The implementation is not annotated (it is kept free of typing imports so
 # that it reads like the module it reimplements); tests/test_typing.py runs
 # mypy.stubtest to keep these stubs in step with it.
-import asynchat
-# asyncore and socket are re-exported: the capability modules look them up
-# on this module at call time (_smtpd.socket, _smtpd.asyncore), so that a
-# test that rebinds smtpd.socket reaches them too.
+# Module globals, as in the stdlib's smtpd.  asyncore and socket are
+# re-exported: the capability modules look them up on this module at call
+# time (_smtpd.socket, _smtpd.asyncore), so that a test that rebinds
+# smtpd.socket reaches them too.
+import asynchat as asynchat
 import asyncore as asyncore
 import getopt
 import re
@@ -26,8 +34,12 @@ from typing_extensions import TypeAlias
 
 __all__ = ["SMTPChannel", "SMTPServer", "DebuggingServer", "PureProxy"]
 
-# (host, port), as typeshed's smtpd stub had it.
+# (host, port), as typeshed's smtpd stub had it: a peer, or where to relay.
 _Address: TypeAlias = tuple[str, int]
+# Where to listen: SMTPServer passes it to socket.getaddrinfo(*localaddr)
+# and bind(), which take a str or bytes host and an int port (a list, a
+# str port or an IPv6 4-tuple fail there).
+_LocalAddress: TypeAlias = tuple[str | bytes, int]
 # What asyncore keeps its dispatchers in (asyncore.socket_map is one).
 _Map: TypeAlias = dict[int, Any]
 # MAIL/RCPT parameters as _getparams returns them: NAME -> value, or True
@@ -48,9 +60,21 @@ DATA_SIZE_DEFAULT: int
 # The listen() backlog SMTPServer uses unless given one.
 _SOMAXCONN: int
 
-class Devnull:
+# Devnull notices its attributes being replaced (mock.patch): debug prints
+# are then made, so that the replacement sees them.
+_devnull_watched: bool
+
+def _watch_devnull() -> None: ...
+
+class _DevnullType(type):
+    def __setattr__(cls, name: str, value: object) -> None: ...
+    def __delattr__(cls, name: str) -> None: ...
+
+class Devnull(metaclass=_DevnullType):
     def write(self, msg: str) -> None: ...
     def flush(self) -> None: ...
+    def __setattr__(self, name: str, value: object) -> None: ...
+    def __delattr__(self, name: str) -> None: ...
 
 # Where the debug prints go: ``smtpd.DEBUGSTREAM = sys.stderr`` (or any
 # text stream) switches them on.
@@ -86,7 +110,8 @@ class SMTPChannel(asynchat.async_chat):
     # IPv6, a path string on a UNIX socket (LMTP).
     peer: tuple[Any, ...] | str
     fqdn: str
-    data_size_limit: int
+    # None or 0: no limit.
+    data_size_limit: int | None
     enable_SMTPUTF8: bool
     seen_greeting: str
     extended_smtp: bool
@@ -117,6 +142,9 @@ class SMTPChannel(asynchat.async_chat):
     _reading_paused: bool
     # What handle_read asks recv() for (set by set_terminator).
     _read_size: int
+    # False when a class sits between SMTPChannel and asynchat in the MRO:
+    # the overridden asynchat methods then leave the work to super().
+    _plain_mro: bool
     _bad_utf8: bool
     _emptystring: bytes | str
     _linesep: bytes | str
@@ -129,7 +157,7 @@ class SMTPChannel(asynchat.async_chat):
         server: SMTPServer,
         conn: socket.socket,
         addr: Any,
-        data_size_limit: int = 33554432,
+        data_size_limit: int | None = 33554432,
         map: _Map | None = None,
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
@@ -199,20 +227,23 @@ class SMTPChannel(asynchat.async_chat):
 
 class SMTPServer(asyncore.dispatcher):
     channel_class: type[SMTPChannel]
-    data_size_limit: int
+    # None or 0: no limit.
+    data_size_limit: int | None
     enable_SMTPUTF8: bool
     # (host, port), or the path of LMTPServer's UNIX socket.
-    _localaddr: _Address | str
-    _remoteaddr: _Address
+    _localaddr: _LocalAddress | str
+    _remoteaddr: _Address | None
     _decode_data: bool
     _map: _Map
     # While accept() fails for lack of resources: when to try again.
     _accept_resume: float
+    # remoteaddr is only stored (PureProxy relays to it): None, as the
+    # stdlib's documentation and countless scripts pass it, is fine.
     def __init__(
         self,
-        localaddr: _Address,
-        remoteaddr: _Address,
-        data_size_limit: int = 33554432,
+        localaddr: _LocalAddress,
+        remoteaddr: _Address | None,
+        data_size_limit: int | None = 33554432,
         map: _Map | None = None,
         enable_SMTPUTF8: bool = False,
         decode_data: bool = False,
@@ -235,7 +266,21 @@ class DebuggingServer(SMTPServer):
     def _print_message_content(self, peer: _Address, data: bytes | str) -> None: ...
 
 class PureProxy(SMTPServer):
-    # __init__ is SMTPServer's (the runtime one only passes everything on).
+    # SMTPServer's arguments (the runtime __init__ passes everything on),
+    # except that remoteaddr is where every message is relayed: None fails
+    # on the first message.
+    _remoteaddr: _Address
+    def __init__(
+        self,
+        localaddr: _LocalAddress,
+        remoteaddr: _Address,
+        data_size_limit: int | None = 33554432,
+        map: _Map | None = None,
+        enable_SMTPUTF8: bool = False,
+        decode_data: bool = False,
+        *,
+        backlog: int | None = None,
+    ) -> None: ...
     def _deliver(
         self, mailfrom: str, rcpttos: list[str], data: bytes | str
     ) -> dict[str, tuple[int, bytes | str]]: ...
@@ -253,8 +298,9 @@ class Options:
     # Set by _parseargs(): the options beyond the stdlib's, in order.
     extra: list[tuple[str, str]]
 
-def _parseargs(argv: list[str], extra_longopts: Iterable[str] = ()) -> Options: ...
-def _spell_out_stdlib_prefixes(argv: Sequence[str], longopts: Sequence[str]) -> list[str]: ...
-def _names_extra_option(error: getopt.GetoptError, extra_longopts: Sequence[str]) -> bool: ...
-def _hostport(spec: str, which: str) -> tuple[str, int]: ...
+# With cli=True errors raise getopt.GetoptError and options may follow
+# the addresses (python -m smtpd_compat); else errors exit as the stdlib's.
+def _parseargs(argv: list[str], extra_longopts: Iterable[str] = (), cli: bool = False) -> Options: ...
+def _spell_out_stdlib_prefixes(argv: Sequence[str], longopts: Sequence[str], permute: bool = False) -> list[str]: ...
+def _hostport(spec: str, which: str, fail: Callable[[str], NoReturn] | None = None) -> tuple[str, int]: ...
 def parseargs(argv: list[str] | None = None) -> Options: ...

@@ -1,16 +1,21 @@
 """``python -m smtpd_compat``: the stdlib's ``python -m smtpd`` command line,
 plus the long options of the opt-in capabilities.
 
-With only the stdlib's options it behaves as ``python -m smtpd`` did on
-Python 3.11 (same usage text, messages and exit codes; PureProxy by default;
-setuid to nobody unless -n), except that Ctrl-C and SIGTERM exit quietly
-with status 0, ``[host]:port`` addresses (IPv6) are accepted, and a server
-class that cannot be built from the options given is a short error instead
-of a traceback.
+With only the stdlib's options it runs what ``python -m smtpd`` ran on
+Python 3.11 (PureProxy by default; setuid to nobody unless -n; the same
+help text, option meanings and exit codes) and prints nothing while it
+serves.  Its manners differ where the stdlib's were rough (see
+docs/deviations.rst, "The command line"):
 
-Errors in smtpd_compat's own options print a short message and a pointer
-to ``-h`` (:meth:`CLI.error`), not the usage text; the stdlib's option
-errors keep the stdlib's usage text and message.
+* options may follow the addresses;
+* a usage error is two lines on stderr, the reason and a pointer to
+  ``-h`` (exit status 1, as in the stdlib), never the whole help text;
+* an address that cannot be listened on is one line naming it, never a
+  traceback; so is a server class that cannot be built from the options;
+* Ctrl-C and SIGTERM exit quietly with status 0;
+* when any of smtpd_compat's own options is given, one line on stderr
+  says where the server listens once it is up (SMTP or LMTP address, the
+  web inbox's URL).
 
 How a capability adds options, without this file naming its flags: a module
 listed in _CAPABILITIES may define
@@ -26,14 +31,21 @@ listed in _CAPABILITIES may define
 
 Which options switch on production mode is smtpd_compat.production's rule.
 """
+from __future__ import annotations
+
+import collections.abc
+import difflib
 import getopt
 import importlib
 import inspect
 import logging
 import os
 import signal
+import socket
 import sys
 import textwrap
+import types
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple, Type
 
 import smtpd_compat as _smtpd
 from smtpd_compat.production import RULE as _PRODUCTION_RULE
@@ -67,7 +79,7 @@ _TITLES = dict(_CAPABILITIES)
 _WIDTH = 79
 
 
-def _capability_modules():
+def _capability_modules() -> List[types.ModuleType]:
     modules = []
     for name, _ in _CAPABILITIES:
         fullname = 'smtpd_compat.' + name
@@ -77,6 +89,12 @@ def _capability_modules():
             if e.name != fullname:
                 raise
     return modules
+
+
+def _long_options(modules: collections.abc.Sequence[types.ModuleType]) -> List[str]:
+    """The getopt long option names the capability modules add."""
+    return [name for mod in modules
+            for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
 
 
 class CLI:
@@ -93,32 +111,35 @@ class CLI:
     serve: callable(cli, server) that runs until shutdown.
     """
 
-    def __init__(self, options, server_class):
+    def __init__(self, options: _smtpd.Options,
+                 server_class: Type[_smtpd.SMTPServer]) -> None:
         self.options = options
-        self.given = {opt.lstrip('-'): value for opt, value in options.extra}
+        self.given: Dict[str, str] = {
+            opt.lstrip('-'): value for opt, value in options.extra}
         self.server_class = server_class
-        self.mixins = []
-        self.server_kwargs = {}
+        self.mixins: List[type] = []
+        self.server_kwargs: Dict[str, Any] = {}
         if options.enable_SMTPUTF8:
             self.server_kwargs['enable_SMTPUTF8'] = True
-        self.serve = _serve
+        self.serve: Callable[['CLI', _smtpd.SMTPServer], object] = _serve
 
-    def error(self, msg):
+    def error(self, msg: str) -> NoReturn:
         """Exit with status 1 after a short message on stderr: ``msg`` and
         a pointer to the help (not the whole usage text)."""
         _short_error(msg)
 
-    def require_class(self, base, option):
+    def require_class(self, base: type, option: str) -> None:
         """Exit with an error unless -c named ``base`` or a subclass: for
         options that only mean something to that class."""
         if not (isinstance(self.server_class, type)
                 and issubclass(self.server_class, base)):
             self.error('--%s needs -c %s or a subclass' % (option, base.__name__))
 
-    def make_server(self):
+    def make_server(self) -> _smtpd.SMTPServer:
         """Build the server.  A class that cannot be built from the options
-        given is a CLI error (see _configuration_error), never a traceback;
-        exceptions from the user's own code still propagate."""
+        given is a CLI error (see _configuration_error), and an address it
+        cannot listen on one line naming it (see _listen_failure), never a
+        traceback; exceptions from the user's own code still propagate."""
         from smtpd_compat._compose import compose_server
         cls = compose_server(self.server_class, self.mixins)
         missing = [name for name in _required_keywords(cls)
@@ -136,9 +157,18 @@ class CLI:
                 raise
             self.error('-c %s cannot be built from these options: %s'
                        % (self.options.classname, e))
+        except OSError as e:
+            where = _listen_failure(e)
+            if where is not None:
+                _fail('cannot listen on %s: %s' % (where, e.strerror or e))
+            if _configuration_error(e):
+                # Raised by smtpd_compat with a message that says what
+                # (the web inbox's address, a certificate file).
+                _fail(str(e.strerror or e))
+            raise
 
 
-def _program():
+def _program() -> str:
     """How the user ran us, for messages: ``python -m smtpd_compat`` (or
     ``python -m smtpd`` through the top-level shim), else the script's name."""
     name = os.path.basename(_smtpd.program or '')
@@ -149,36 +179,82 @@ def _program():
     return name
 
 
-def _short_error(msg):
-    """An error in smtpd_compat's own options or in the class they build:
-    two lines on stderr, exit status 1."""
+def _fail(msg: str) -> NoReturn:
+    """One line on stderr, exit status 1: a server that cannot start."""
+    print('%s: %s' % (_program(), msg), file=sys.stderr)
+    sys.exit(1)
+
+
+def _short_error(msg: str) -> NoReturn:
+    """A usage error (the stdlib's options, ours, or the class they build):
+    the reason in one line, then where the help is; exit status 1."""
     program = _program()
     print('%s: %s' % (program, msg), file=sys.stderr)
     print("Try '%s -h' for help." % program, file=sys.stderr)
     sys.exit(1)
 
 
-def _in_package(filename):
+def _did_you_mean(error: getopt.GetoptError, longopts: collections.abc.Sequence[str]) -> str:
+    """' (did you mean --NAME?)' for an unrecognized long option close to
+    one that exists (a typo), else ''."""
+    if not error.opt or not error.msg.startswith('option --'):
+        return ''
+    names = [o.rstrip('=') for o in longopts]
+    close = difflib.get_close_matches(error.opt, names, n=1, cutoff=0.75)
+    return ' (did you mean --%s?)' % close[0] if close else ''
+
+
+def _in_package(filename: str) -> bool:
+    """True for a file of smtpd_compat, its subpackages (web) included."""
     here = os.path.dirname(os.path.abspath(_smtpd.__file__))
-    return os.path.dirname(os.path.abspath(filename)) == here
+    folder = os.path.dirname(os.path.abspath(filename))
+    return folder == here or folder.startswith(here + os.sep)
 
 
-def _configuration_error(exc):
+def _configuration_error(exc: BaseException) -> bool:
     """True when a TypeError/ValueError from building the server comes from
     smtpd_compat itself -- a constructor refusing its arguments, or the call
     in make_server not matching the class -- rather than from the user's
     own code, whose exceptions keep their traceback."""
     tb = exc.__traceback__
+    if tb is None:
+        return False
     while tb.tb_next is not None:
         tb = tb.tb_next
     return _in_package(tb.tb_frame.f_code.co_filename)
 
 
-def _required_keywords(cls):
+def _listen_failure(exc: OSError) -> Optional[str]:
+    """Where a listening socket failed, when ``exc`` came from resolving or
+    binding one (socket.getaddrinfo, asyncore's bind): "HOST port PORT" or
+    a UNIX socket's path; None for any other OSError.  Read from the
+    failing call's own arguments, so that it names what was asked for.
+    (The web inbox names its own address in its error.)"""
+    tb = exc.__traceback__
+    address = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        args = tb.tb_frame.f_locals
+        if code is socket.getaddrinfo.__code__:
+            address = (args.get('host'), args.get('port'))
+        elif code is _smtpd.asyncore.dispatcher.bind.__code__:
+            address = args.get('addr')
+        tb = tb.tb_next
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = address[0]
+        if isinstance(host, bytes):
+            host = host.decode('ascii', 'replace')
+        return '%s port %s' % (host, address[1])
+    if isinstance(address, (str, bytes)):
+        return os.fsdecode(address)
+    return None
+
+
+def _required_keywords(cls: type) -> List[str]:
     """Keyword-only arguments without a default in the __init__ methods of
     ``cls``, as far as its MRO stays in smtpd_compat (a user's __init__ may
     supply them itself)."""
-    required = []
+    required: List[str] = []
     for klass in cls.__mro__:
         init = klass.__dict__.get('__init__')
         if init is None:
@@ -193,7 +269,7 @@ def _required_keywords(cls):
     return required
 
 
-def _resolve_class(classname, modules):
+def _resolve_class(classname: str, modules: collections.abc.Sequence[types.ModuleType]) -> Any:
     """A dotted name is imported; a bare one is looked up in smtpd_compat,
     then in the capability modules.  A name that finds no class is a CLI
     error; an exception raised by the imported module itself propagates."""
@@ -208,7 +284,7 @@ def _resolve_class(classname, modules):
         cls = getattr(module, attr, None)
     else:
         cls = None
-        for mod in [_smtpd] + modules:
+        for mod in [_smtpd] + list(modules):
             cls = getattr(mod, classname, None)
             if cls is not None:
                 break
@@ -220,11 +296,48 @@ def _resolve_class(classname, modules):
     return cls
 
 
+def _stdlib_invocation(cli: CLI) -> bool:
+    """True for a command line the stdlib's ``python -m smtpd`` took: only
+    its options, and a class of its own or of the user's (not one of
+    smtpd_compat's capability classes such as WebInboxServer)."""
+    module = getattr(cli.server_class, '__module__', '')
+    return not cli.given and not module.startswith('smtpd_compat.')
+
+
+def _describe(address: Any) -> str:
+    """A socket address as people write it: host:port, [v6]:port, a path."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        if ':' in host:
+            host = '[%s]' % host
+        return '%s:%s' % (host, address[1])
+    return os.fsdecode(address) if isinstance(address, (str, bytes)) else str(address)
+
+
+def _start_line(server: _smtpd.SMTPServer) -> str:
+    """The line that says where ``server`` listens: its SMTP (SMTPS, LMTP)
+    address -- the port the system chose for port 0, the path of a UNIX
+    socket -- and the web inbox's URL when it has one."""
+    sock = server.socket
+    address = sock.getsockname() if sock is not None else server._localaddr
+    protocol = 'SMTP'
+    if getattr(server.channel_class, 'transmission_type', None) == 'LMTP':
+        protocol = 'LMTP'
+    elif getattr(server, 'implicit_tls', False):
+        protocol = 'SMTPS'
+    line = '%s: listening for %s on %s.' % (_program(), protocol,
+                                           _describe(address))
+    web_url = getattr(server, 'web_url', None)
+    if web_url:
+        line += ' Web inbox at %s' % web_url
+    return line
+
+
 # Longest wait of the CLI's loop between two looks at pending signals.
 _SIGNAL_TICK = 1.0
 
 
-def _serve(cli, server):
+def _serve(cli: CLI, server: _smtpd.SMTPServer) -> None:
     """Serve with smtpd_compat's epoll loop (asyncore.loop's select() stops
     at 1,024 descriptors), with the open-files limit raised to the hard
     limit so that many connections can be held."""
@@ -241,7 +354,7 @@ def _serve(cli, server):
 _stopping = False
 
 
-def _terminate(signum, frame):
+def _terminate(signum: int, frame: Optional[types.FrameType]) -> None:
     """SIGTERM/SIGINT handler: the first signal ends the server like
     Ctrl-C did (a KeyboardInterrupt that main() catches); later ones are
     ignored, so that a second signal arriving while the first unwinds
@@ -253,7 +366,7 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-def _handle_stop_signals():
+def _handle_stop_signals() -> None:
     global _stopping
     _stopping = False
     signal.signal(signal.SIGTERM, _terminate)
@@ -264,7 +377,7 @@ def _handle_stop_signals():
         signal.signal(signal.SIGINT, _terminate)
 
 
-def _ignore_stop_signals():
+def _ignore_stop_signals() -> None:
     """From now on the process is stopping: SIGTERM and SIGINT (where
     _terminate handles them) are ignored.  SIG_IGN rather than a quiet
     Python handler: at finalization Python resets the signals it handles
@@ -287,14 +400,14 @@ def _ignore_stop_signals():
 # had when the new files are bad, and raises; that is logged.
 
 _RELOAD_CHECK = 1.0
-_reload_wanted = []
+_reload_wanted: List[int] = []
 
 
-def _request_reload(signum, frame):
+def _request_reload(signum: int, frame: Optional[types.FrameType]) -> None:
     _reload_wanted.append(signum)
 
 
-def _reload_all(server):
+def _reload_all(server: _smtpd.SMTPServer) -> None:
     """Call every ``reload()`` the server offers: its own (TLSServerMixin:
     the certificate) and its authenticator's (FileAuthenticator)."""
     logger = logging.getLogger('smtpd_compat')
@@ -309,11 +422,11 @@ def _reload_all(server):
                          'loaded: %s', type(target).__name__, e)
 
 
-def _install_reload(server):
+def _install_reload(server: _smtpd.SMTPServer) -> None:
     """Reload on SIGHUP while ``server``'s loop runs."""
     from smtpd_compat import loop
 
-    def check():
+    def check() -> None:
         if _reload_wanted:
             del _reload_wanted[:]
             _reload_all(server)
@@ -322,16 +435,16 @@ def _install_reload(server):
     loop.call_later(_RELOAD_CHECK, check, map=server._map)
 
 
-def _help_text(modules):
+def _help_text(modules: collections.abc.Sequence[types.ModuleType]) -> str:
     """smtpd_compat's options for the help, after the stdlib's text: one
     group per capability module, wrapped to _WIDTH columns."""
-    def fill(text, indent):
+    def fill(text: str, indent: str) -> str:
         return textwrap.fill(text, _WIDTH, initial_indent=indent,
                              subsequent_indent=indent, break_on_hyphens=False)
 
     groups = []
     for mod in modules:
-        options = getattr(mod, 'CLI_OPTIONS', ())
+        options: collections.abc.Sequence[Tuple[str, str, str]] = getattr(mod, 'CLI_OPTIONS', ())
         if not options:
             continue
         name = mod.__name__.rpartition('.')[2]
@@ -345,13 +458,13 @@ def _help_text(modules):
     if not groups:
         return ''
     intro = '\n\n'.join(fill(text, '') for text in (
-        'smtpd_compat options (long options only; an error in one of them '
-        'prints a short message and exits with status 1).  An IPv6 address '
-        'is written in brackets: [::1]:8025.', _PRODUCTION_RULE)) + '\n'
+        'smtpd_compat options (long options only).  Options may also follow '
+        'the addresses.  An IPv6 address is written in brackets: '
+        '[::1]:8025.', _PRODUCTION_RULE)) + '\n'
     return '\n' + intro + '\n' + '\n'.join(groups).rstrip('\n')
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     """Run the server as ``python -m smtpd_compat`` does; argv defaults to
     ``sys.argv[1:]``."""
     if argv is None:
@@ -361,14 +474,12 @@ def main(argv=None):
         # script's path: name the program the way the stdlib's usage did.
         _smtpd.program = sys.argv[0]
     modules = _capability_modules()
-    longopts = [name for mod in modules
-                for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
+    longopts = _long_options(modules)
     _smtpd._usage_epilog = _help_text(modules)
     try:
-        options = _smtpd._parseargs(argv, longopts)
+        options = _smtpd._parseargs(argv, longopts, cli=True)
     except getopt.GetoptError as e:
-        # Only errors in our options come here (see _parseargs).
-        _short_error(e.msg)
+        _short_error(e.msg + _did_you_mean(e, longopts))
     cli = CLI(options, _resolve_class(options.classname, modules))
     for mod in modules:
         configure = getattr(mod, 'cli_configure', None)
@@ -385,6 +496,10 @@ def main(argv=None):
         _install_reload(server)
         if options.setuid:
             _become_nobody(server)
+        if not _stdlib_invocation(cli):
+            # The stdlib's command line said nothing; with anything of
+            # ours, one line says where to connect.
+            print(_start_line(server), file=sys.stderr, flush=True)
         cli.serve(cli, server)
     except KeyboardInterrupt:
         pass
@@ -392,7 +507,7 @@ def main(argv=None):
         _ignore_stop_signals()
 
 
-def _become_nobody(server=None):
+def _become_nobody(server: Optional[_smtpd.SMTPServer] = None) -> None:
     """setuid to the user nobody, exiting with the stdlib's messages when
     that is impossible.
 
@@ -411,7 +526,8 @@ def _become_nobody(server=None):
     uid, gid = entry.pw_uid, entry.pw_gid
     try:
         if os.geteuid() == 0:
-            for path in getattr(server, 'created_paths', ()):
+            paths: collections.abc.Sequence[str] = getattr(server, 'created_paths', ())
+            for path in paths:
                 os.chown(path, uid, gid, follow_symlinks=False)
             # Groups first: only root may change them, so after setuid it
             # would be too late.  (Not root: as in the stdlib, only the

@@ -250,7 +250,13 @@ def _read_auth_file(path: str) -> Dict[str, _Parsed]:
     for a bad one (OSError if it cannot be read)."""
     users: Dict[str, _Parsed] = {}
     with open(path, encoding='utf-8') as f:
-        for number, raw in enumerate(f, 1):
+        try:
+            lines = list(enumerate(f, 1))
+        except UnicodeDecodeError:
+            # The codec's message does not say which file.
+            raise ValueError('%s is not a text file of login:hash lines '
+                             '(not UTF-8)' % path) from None
+        for number, raw in lines:
             line = raw.strip()
             if not line or line.startswith('#'):
                 continue
@@ -856,8 +862,11 @@ def cli_configure(cli: CLI) -> None:
                   'TLS) or --auth-allow-plaintext')
     try:
         authenticator = FileAuthenticator(given['auth-file'])
-    except (OSError, ValueError) as e:
-        cli.error('Cannot use --auth-file: %s' % e)
+    except OSError as e:
+        cli.error('--auth-file: cannot read %r: %s'
+                  % (given['auth-file'], e.strerror or e))
+    except ValueError as e:     # names the file and the line
+        cli.error('--auth-file: %s' % e)
     cli.mixins.append(AuthServerMixin)
     cli.server_kwargs.update(
         authenticator=authenticator,

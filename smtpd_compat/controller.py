@@ -125,7 +125,11 @@ class Mailbox:
     """A thread-safe, growing sequence of :class:`CapturedMessage`.
 
     The server thread appends; tests read.  Indexing, ``len()`` and
-    iteration see a consistent snapshot.
+    iteration see a consistent snapshot.  It compares equal to a list of
+    the same messages (``assert smtpd.messages == []``).  Asking for a
+    message that has not arrived raises :class:`IndexError` saying so, with
+    a pointer to :meth:`wait_for`: mail sent from another thread or process
+    may still be on its way.
     """
 
     def __init__(self) -> None:
@@ -168,7 +172,31 @@ class Mailbox:
     def __getitem__(self, index: Union[int, slice]
                     ) -> Union[CapturedMessage, List[CapturedMessage]]:
         with self._changed:
-            return self._messages[index]
+            try:
+                return self._messages[index]
+            except IndexError:
+                count = len(self._messages)
+        if count == 0:
+            arrived = 'no message has arrived (the mailbox is empty)'
+        else:
+            arrived = 'message %r has not arrived: %d so far' % (index, count)
+        # (A slice never raises IndexError.)
+        assert isinstance(index, int)
+        wanted = index + 1 if index >= 0 else -index
+        raise IndexError(
+            '%s; for mail sent from another thread or process, wait for it: '
+            'wait_for(%d, timeout=5)' % (arrived, wanted)) from None
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a list (or Mailbox) of the same messages, in order."""
+        if isinstance(other, Mailbox):
+            other = list(other)
+        if not isinstance(other, list):
+            return NotImplemented
+        return list(self) == other
+
+    # Its contents change: not hashable, as a list is not.
+    __hash__ = None  # type: ignore[assignment]
 
     def __len__(self) -> int:
         with self._changed:

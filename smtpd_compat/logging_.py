@@ -6,8 +6,10 @@ aid, off by default); these lines are for operators.  At INFO level:
 
 * ``connect from 192.0.2.7:51234`` (plus ``via 10.0.0.2:40000`` when a
   PROXY-protocol balancer relayed it), when the greeting is due;
-* ``message from 192.0.2.7:51234: size=1234 recipients=2 reply='250 OK'``,
-  once per message handed to ``process_message``;
+* ``message from 192.0.2.7:51234: id=5E0C3A9F17B2 from=<a@example.org>
+  size=1234 recipients=2 reply='250 OK'``, once per message handed to
+  ``process_message`` (the id is new for every message: it ties this
+  line to the others about the same message);
 * ``disconnect from 192.0.2.7:51234: messages=1 duration=0.42s`` (plus
   ``reason=...`` when the server hung up: a timeout, a limit, shutdown).
 
@@ -21,6 +23,7 @@ The module is named ``logging_`` so that it never shadows the stdlib's
 ``python -m smtpd_compat --log-level``) does.
 """
 import logging
+import os
 import re
 import time
 
@@ -135,7 +138,7 @@ class SessionLogChannelMixin:
 
     def _process_data(self, data):
         # The next reply pushed is process_message's answer.
-        self._log_reply_pending = (len(data), len(self.rcpttos))
+        self._log_reply_pending = (len(data), len(self.rcpttos), self.mailfrom)
         try:
             super()._process_data(data)
         finally:
@@ -146,10 +149,14 @@ class SessionLogChannelMixin:
         if pending is not None:
             self._log_reply_pending = None
             self._log_messages += 1
-            # The reply may echo client text (an address in a refusal).
-            logger.info("message from %s: size=%d recipients=%d reply='%s'",
-                        format_peer(self.peer), pending[0], pending[1],
-                        safe(msg))
+            # The sender and the reply (which may echo an address) are
+            # client text.
+            size, recipients, sender = pending
+            logger.info("message from %s: id=%s from=<%s> size=%d "
+                        "recipients=%d reply='%s'", format_peer(self.peer),
+                        os.urandom(6).hex().upper(),
+                        safe('' if sender == '<>' else sender or ''),
+                        size, recipients, safe(msg))
         super().push(msg)
 
     def close(self):

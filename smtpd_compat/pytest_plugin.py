@@ -215,9 +215,9 @@ def smtpd_compat_server(request: pytest.FixtureRequest
 
     ``.host``, ``.port``: where to send; ``.messages``: what arrived
     (``messages[0]['Subject']``, ``.mailfrom``, ``.rcpttos``, ``.data``
-    ...); ``.clear()``; ``.wait_for(n, timeout)`` for mail sent
-    asynchronously.  Stopped after the test.  Also offered as ``smtpd``
-    (see the module's documentation).
+    ...; ``messages == []`` when nothing did); ``.clear()``;
+    ``.wait_for(n, timeout)`` for mail sent asynchronously.  Stopped after
+    the test.  Also offered as ``smtpd`` (see the module's documentation).
     """
     yield from _serve(request)
 

@@ -251,8 +251,10 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
             return verdict[0]
         address = self._command_address('FROM:')[0]
         server = self.smtp_server
+        upstream = server._remoteaddr
+        assert upstream is not None     # RelayServer's constructor checked it
         self._close_upstream()
-        raise _Deferred(_open_session, (tuple(server._remoteaddr),
+        raise _Deferred(_open_session, (tuple(upstream),
                                         server.relay_timeout, address,
                                         list(self.mail_options)))
 

@@ -409,8 +409,58 @@ def server_context(certfile: str, keyfile: Optional[str] = None) -> ssl.SSLConte
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= getattr(ssl, 'OP_NO_RENEGOTIATION', 0)
-    context.load_cert_chain(certfile, keyfile)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except OSError as e:    # ssl.SSLError is one
+        # OpenSSL says "No such file or directory" without the name, and
+        # "PEM lib" for most other mistakes: say which file, and what.
+        raise _pem_error(certfile, keyfile, e) from e
     return context
+
+
+def _pem_error(certfile: str, keyfile: Optional[str], error: OSError) -> OSError:
+    """An exception naming the file that made load_cert_chain() fail with
+    ``error`` and what is wrong with it: unreadable, a private key where
+    the certificate belongs (or the reverse), no PEM block of the kind
+    needed, or a key that does not match the certificate.  The same
+    exception type as ``error`` for a file that cannot be read, else
+    ssl.SSLError."""
+    contents = {}
+    for path, kind in ((certfile, 'certificate'), (keyfile, 'key')):
+        if path is None:
+            continue
+        try:
+            with open(path, 'rb') as f:
+                contents[kind] = f.read()
+        except OSError as e:
+            return type(e)(e.errno, 'cannot read the %s file %r: %s'
+                           % (kind, path, e.strerror))
+    cert = contents['certificate']
+    key = contents.get('key', cert)
+    keypath = certfile if keyfile is None else keyfile
+    if b'CERTIFICATE-----' not in cert:
+        if b'PRIVATE KEY-----' in cert:
+            problem = ('the certificate file %r holds a private key, not a '
+                       'certificate' % certfile)
+        else:
+            problem = 'the certificate file %r holds no PEM certificate' % certfile
+    elif b'PRIVATE KEY-----' not in key:
+        if keyfile is None:
+            problem = ('the certificate file %r holds no private key (give '
+                       'the key file too)' % certfile)
+        elif b'CERTIFICATE-----' in key:
+            problem = ('the key file %r holds a certificate, not a private '
+                       'key' % keyfile)
+        else:
+            problem = 'the key file %r holds no PEM private key' % keyfile
+    elif getattr(error, 'reason', None) == 'KEY_VALUES_MISMATCH':
+        problem = ('the private key in %r does not match the certificate '
+                   'in %r' % (keypath, certfile))
+    else:
+        problem = 'cannot load %r%s: %s' % (
+            certfile, '' if keyfile is None else ' and %r' % keyfile, error)
+    # (errno, message): an SSLError shows its message as its text.
+    return ssl.SSLError(error.errno, problem)
 
 
 CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
@@ -451,8 +501,8 @@ def cli_configure(cli: CLI) -> None:
         # Loaded here too so that a bad file is a usage error, not a
         # traceback from the constructor.
         server_context(certfile, keyfile)
-    except (OSError, ssl.SSLError) as e:
-        cli.error('Cannot load --tls-cert/--tls-key: %s' % e)
+    except OSError as e:    # ssl.SSLError is one
+        cli.error('--tls-cert/--tls-key: %s' % (e.strerror or e))
     cli.mixins.append(TLSServerMixin)
     cli.server_kwargs.update(
         tls_certfile=certfile, tls_keyfile=keyfile,

@@ -126,6 +126,35 @@ def test_mailbox_iteration_is_a_snapshot():
     assert box[-1]['Subject'] == '1'
 
 
+def test_mailbox_compares_equal_to_lists():
+    box = Mailbox()
+    assert box == [] and [] == box and not box != []
+    m = CapturedMessage(None, 'a', ['b'], b'Subject: 1\n\n')
+    box.append(m)
+    assert box == [m] and box != [] and box != [m, m]
+    assert box != (m,)      # as a list is not equal to a tuple
+    other = Mailbox()
+    other.append(m)
+    assert box == other
+    with pytest.raises(TypeError):
+        hash(box)           # it changes, as a list does
+
+
+@pytest.mark.parametrize('count,index,message', [
+    (0, 0, r'^no message has arrived \(the mailbox is empty\); .*wait_for\(1, timeout=5\)$'),
+    (0, -1, r'^no message has arrived .*wait_for\(1, timeout=5\)$'),
+    (2, 2, r'^message 2 has not arrived: 2 so far; .*wait_for\(3, timeout=5\)$'),
+    (1, -3, r'^message -3 has not arrived: 1 so far; .*wait_for\(3, timeout=5\)$'),
+], ids=['empty', 'empty-last', 'past-the-end', 'negative'])
+def test_missing_message_says_so_and_how_to_wait(count, index, message):
+    box = Mailbox()
+    for _ in range(count):
+        box.append(CapturedMessage(None, 'a', ['b'], b'Subject: 1\n\n'))
+    with pytest.raises(IndexError, match=message):
+        box[index]
+    assert box[:5] == list(box)
+
+
 def test_captured_message_private_names_and_copy():
     m = CapturedMessage(None, 'a', ['b'], b'Subject: s\n\nbody\n')
     with pytest.raises(AttributeError):

@@ -1,7 +1,8 @@
 """One test per documented deviation from CPython 3.11 (docs/deviations.rst,
-letters a-g).  Each asserts smtpd_compat's behaviour over real loopback
-sessions; where the interpreter still has the stdlib smtpd, a companion test
-shows the stdlib's hang or crash on the same input, bounded by a timeout.
+letters a-i, and the command line).  Each asserts smtpd_compat's behaviour
+over real loopback sessions (or a run of the command line); where a CPython
+with the stdlib smtpd is at hand, a companion test shows the stdlib's hang,
+crash or message on the same input, bounded by a timeout.
 """
 import socket
 import sys
@@ -589,3 +590,88 @@ def test_b_answered_line_moves_the_idle_deadline(live_server, raw_client, line):
     while channel._deadline < sent_at + 300 and time.monotonic() < give_up:
         time.sleep(0.01)
     assert channel._deadline >= sent_at + 300
+
+
+# -- the command line --------------------------------------------------------
+
+def _run(argv, env=None, cwd=None):
+    import subprocess
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+def _stdlib_cli(*args):
+    """``python -m smtpd ARGS`` of a CPython that has it (this one on
+    <= 3.11, else python3.11 from PATH), run outside the checkout."""
+    import os
+    import shutil
+    python = sys.executable if HAVE_STDLIB_SMTPD else shutil.which('python3.11')
+    if python is None:
+        pytest.skip('no Python <= 3.11 to run the stdlib command line')
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    return _run([python, '-W', 'ignore', '-m', 'smtpd'] + list(args), env=env,
+                cwd='/')
+
+
+def _our_cli(python_path_env, *args):
+    return _run([sys.executable, '-m', 'smtpd_compat'] + list(args),
+                env=python_path_env)
+
+
+def test_cli_options_may_follow_the_address(python_path_env):
+    import signal
+    import smtplib
+    import subprocess
+
+    from conftest import free_port, wait_for_port
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'smtpd_compat', '127.0.0.1:%d' % port, '-n',
+         '-c', 'DebuggingServer', '--log-level', 'WARNING'],
+        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        wait_for_port(proc, port)
+        with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
+            client.sendmail('a@example.org', ['b@example.org'], 'Subject: after\r\n\r\nx\r\n')
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert 'Subject: after' in out     # -c DebuggingServer was taken
+    assert proc.returncode == 0
+
+
+def test_cli_stdlib_refused_options_after_the_address():
+    out = _stdlib_cli('127.0.0.1:0', '-n', '-c', 'DebuggingServer')
+    assert out.returncode == 1
+    assert out.stderr.rstrip().splitlines()[-1] == \
+        'Invalid arguments: 127.0.0.1:0, -n, -c, DebuggingServer'
+
+
+def test_cli_usage_error_is_the_reason_and_a_pointer(python_path_env):
+    ours = _our_cli(python_path_env, '-n', 'nocolon')
+    assert (ours.returncode, ours.stdout) == (1, '')
+    assert ours.stderr == ('python -m smtpd_compat: Bad local spec: nocolon\n'
+                           "Try 'python -m smtpd_compat -h' for help.\n")
+    # The stdlib: the whole help text, the reason last; the same status.
+    theirs = _stdlib_cli('-n', 'nocolon')
+    assert theirs.returncode == 1
+    assert len(theirs.stderr.splitlines()) > 30
+    assert theirs.stderr.rstrip().splitlines()[-1] == 'Bad local spec: nocolon'
+
+
+def test_cli_address_in_use_is_one_line(python_path_env):
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        ours = _our_cli(python_path_env, '-n', '127.0.0.1:%d' % port)
+        theirs = _stdlib_cli('-n', '127.0.0.1:%d' % port)
+    assert (ours.returncode, ours.stdout) == (1, '')
+    assert ours.stderr == ('python -m smtpd_compat: cannot listen on 127.0.0.1 '
+                           'port %d: Address already in use\n' % port)
+    # The stdlib: a traceback that does not name the port.
+    assert theirs.returncode == 1
+    assert 'Traceback' in theirs.stderr
+    last = theirs.stderr.rstrip().splitlines()[-1]
+    assert last.startswith('OSError: [Errno ') and 'Address already in use' in last

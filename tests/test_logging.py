@@ -1,6 +1,7 @@
 """Log hygiene: whatever a client sends, a log line stays one line without
 control characters (issue 12, finding 2)."""
 import logging
+import re
 import socket
 
 import pytest
@@ -79,3 +80,42 @@ def test_hostile_session_logs_one_line_per_record(live_server, caplog):
     assert any("reply='550 refused" in m for m in messages), (messages, replies)
     for message in messages:
         assert message.isprintable(), repr(message)
+
+
+_MESSAGE_LINE = re.compile(
+    r"^message from 127\.0\.0\.1:\d+: id=([0-9A-F]{12}) from=<(.*)> "
+    r"size=(\d+) recipients=(\d+) reply='(.*)'$")
+
+
+class Limited(LimitedServer):
+    process_message = RecordingServer.process_message
+    reply = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.messages = []
+
+
+def test_message_line_names_id_sender_recipients_and_size(live_server, caplog):
+    caplog.set_level(logging.INFO, logger='smtpd_compat')
+    server = live_server(Limited)
+    sock = socket.create_connection(server.address, timeout=5)
+    with sock:
+        recv_reply(sock)
+        for sender, body in ((b'"a\x1b[2J"@b', b'x'), (b'', b'12345')):
+            for line in (b'EHLO c', b'MAIL FROM:<' + sender + b'>',
+                         b'RCPT TO:<r1@b>', b'RCPT TO:<r2@b>', b'DATA'):
+                sock.sendall(line + b'\r\n')
+                recv_reply(sock)
+            sock.sendall(body + b'\r\n.\r\n')
+            assert recv_reply(sock) == b'250 OK\r\n'
+            sock.sendall(b'RSET\r\n')
+            recv_reply(sock)
+    server.stop()
+    lines = [m.groups() for m in (_MESSAGE_LINE.match(r.getMessage())
+                                  for r in caplog.records) if m]
+    assert [line[1:] for line in lines] == [
+        ('"a\\x1b[2J"@b', '1', '2', '250 OK'),
+        ('', '5', '2', '250 OK')]
+    # A new id for every message.
+    assert lines[0][0] != lines[1][0]

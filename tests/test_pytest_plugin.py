@@ -74,6 +74,27 @@ def test_welcome_mail(smtpd):
     result.assert_outcomes(passed=1)
 
 
+def test_messages_compare_to_lists_and_say_when_none_arrived(pytester):
+    pytester.makepyfile(SEND + '''
+import pytest
+
+def test_empty_then_one(smtpd):
+    assert smtpd.messages == []
+    with pytest.raises(IndexError, match=r'^no message has arrived .*wait_for'):
+        smtpd.messages[0]
+    send(smtpd)
+    assert smtpd.messages == [smtpd.messages[0]]
+    assert smtpd.messages != []
+
+def test_failing_comparison_shows_the_messages(smtpd):
+    send(smtpd)
+    assert smtpd.messages == []
+''')
+    result = pytester.runpytest(*STRICT)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.re_match_lines([r'.*assert Mailbox\(\[<Cap.*\]\) == \[\]$'])
+
+
 def test_fixture_api_and_isolation_between_tests(pytester):
     pytester.makepyfile(SEND + '''
 import threading

@@ -252,8 +252,8 @@ CLI_OPTIONS = (
 
 
 def cli_configure(cli: 'CLI') -> None:
-    """``--web [HOST:]PORT``: put the inbox in front of the -c class, and
-    say where the page is on stderr once the server is up."""
+    """``--web [HOST:]PORT``: put the inbox in front of the -c class (the
+    command line's start line says where the page is)."""
     has_inbox = isinstance(cli.server_class, type) and issubclass(
         cli.server_class, WebInboxServerMixin)
     if 'web' in cli.given:
@@ -268,13 +268,3 @@ def cli_configure(cli: 'CLI') -> None:
         if not has_inbox:
             cli.mixins.append(WebInboxServerMixin)
         cli.server_kwargs['web'] = address
-    elif not has_inbox:
-        return
-    inner = cli.serve
-
-    def serve(cli: 'CLI', server: _smtpd.SMTPServer) -> None:
-        print('Web inbox at %s' % cast(WebInboxServerMixin, server).web_url,
-              file=sys.stderr, flush=True)
-        inner(cli, server)
-
-    cli.serve = serve

@@ -15,11 +15,16 @@ from smtpd_compat.auth import SubmissionServer
 
 Peer = Tuple[str, int]
 
-# Addresses are (host, port) tuples, the remote one too.
+# Addresses are (host, port) tuples with an int port, as bind() and
+# getaddrinfo() take them; the remote one is None or such a tuple, and
+# PureProxy, which relays every message to it, needs one.
 smtpd.SMTPServer('localhost', ('localhost', 25))  # E: arg-type
-smtpd.SMTPServer(('localhost', 8025), None)  # E: arg-type
+smtpd.SMTPServer(['localhost', 8025], None)  # E: arg-type
+smtpd.SMTPServer(('::1', 8025, 0, 0), None)  # E: arg-type
+smtpd.SMTPServer((None, 8025), None)  # E: arg-type
 smtpd.DebuggingServer(('localhost', '8025'), ('localhost', 25))  # E: arg-type
 smtpd.PureProxy(('localhost', 8025), 'localhost:25')  # E: arg-type
+smtpd.PureProxy(('localhost', 8025), None)  # E: arg-type
 smtpd.SMTPServer(('localhost', 8025), ('localhost', 25), '1024')  # E: arg-type
 smtpd.SMTPServer(('localhost', 8025), ('localhost', 25), size=10)  # E: call-arg
 smtpd.SMTPServer(('localhost', 8025))  # E: call-arg
