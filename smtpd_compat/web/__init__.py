@@ -17,8 +17,9 @@ in this list):
   store (IDs, read flags, the caches of parsed messages);
 * :mod:`~smtpd_compat.web.static`: the page's HTML, CSS and JavaScript,
   package data;
-* :mod:`~smtpd_compat.web.http`: :class:`WebServer`, its routes and
-  Content-Security-Policies;
+* :mod:`~smtpd_compat.web.api`: Mailpit's API v1, one function per route;
+* :mod:`~smtpd_compat.web.http`: :class:`WebServer`, its routes and the
+  page's Content-Security-Policy;
 * this module: the capability (the server mixin and its channel layer) and
   the command line's ``--web``.
 

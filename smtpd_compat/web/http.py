@@ -1,5 +1,6 @@
 """The inbox's HTTP side: the server, the request handler, the routes
-(Mailpit's API v1 and the page) and the Content-Security-Policies.
+(Mailpit's API v1, whose handlers are in :mod:`smtpd_compat.web.api`, and the
+page) and the page's Content-Security-Policy.
 
 :class:`WebServer` is a :class:`http.server.ThreadingHTTPServer` that
 serves one :class:`~smtpd_compat.web.store.Inbox` from a daemon thread (one
@@ -25,9 +26,9 @@ import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple, cast
 
 from smtpd_compat._version import VERSION
-from smtpd_compat.web import static
-from smtpd_compat.web.mime import decode_header, header_text, part_bytes
-from smtpd_compat.web.store import Inbox, StoredMessage
+from smtpd_compat.web import api, static
+from smtpd_compat.web.api import DATA_CSP, MESSAGE_CSP, BadRequest, NotFound
+from smtpd_compat.web.store import Inbox
 
 __all__ = [
     'WebServer', 'Handler', 'ROUTES', 'Address', 'PAGE_CSP', 'MESSAGE_CSP',
@@ -47,17 +48,6 @@ _MAX_REQUEST_BODY = 1024 * 1024
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; "
             "img-src 'self' data:; connect-src 'self'; frame-src 'self'; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-#: A message's HTML: no script at all (the CSP sandbox also applies when the
-#: URL is opened directly, not only inside the page's sandboxed iframe), no
-#: remote loads; images inline (data:) or from this inbox (cid: rewritten).
-#: Links open in a new tab (allow-popups) that leaves the sandbox, so a link
-#: to a web app works there; javascript: URLs cannot run (no script source).
-MESSAGE_CSP = ("default-src 'none'; img-src 'self' data: cid:; "
-               "style-src 'unsafe-inline'; font-src data:; "
-               "frame-ancestors 'self'; "
-               "sandbox allow-popups allow-popups-to-escape-sandbox")
-#: Raw source and parts: never rendered as a document of this origin.
-DATA_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
 
 # The page's files other than index.html, by extension.
 _STATIC_TYPES = {'js': 'text/javascript; charset=utf-8',
@@ -67,41 +57,8 @@ _LOOPBACK_HOSTS = re.compile(
     r'^(localhost|[^:]+\.localhost|127(\.\d{1,3}){3}|\[::1\]|::1)(:\d+)?$', re.I)
 
 
-class _NotFound(Exception):
-    pass
-
-
-class _BadRequest(Exception):
-    pass
-
-
 def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(',', ':')).encode('ascii')
-
-
-def _public(summary: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in summary.items() if not k.startswith('_')}
-
-
-def _content_disposition(kind: str, filename: str) -> str:
-    """A Content-Disposition value that a hostile file name cannot break
-    out of: an ASCII fallback of safe characters, and the full name in
-    RFC 8187 encoding (RFC 6266 section 4.3)."""
-    fallback = re.sub(r'[^A-Za-z0-9._ -]', '_', filename)[:100] or 'download'
-    return "%s; filename=\"%s\"; filename*=UTF-8''%s" % (
-        kind, fallback, urllib.parse.quote(filename[:200], safe=''))
-
-
-def _inject_base(markup: str) -> str:
-    """Links in the mail open in a new tab: a ``<base target=_blank>``
-    after the <head> tag (or the doctype, or at the start)."""
-    base = '<base target="_blank">'
-    m = re.search(r'<head\b[^>]*>', markup, re.I)
-    if m is None:
-        m = re.match(r'\s*<!doctype[^>]*>', markup, re.I)
-    if m is None:
-        return base + markup
-    return markup[:m.end()] + base + markup[m.end():]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -175,9 +132,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     handler(self, *m.groups())
                     return
             self._send_text(404, 'Not found')
-        except _NotFound as e:
+        except NotFound as e:
             self._send_text(404, str(e) or 'Not found')
-        except _BadRequest as e:
+        except BadRequest as e:
             self._send_text(400, str(e))
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -201,9 +158,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             value = int(text)
         except ValueError:
-            raise _BadRequest('invalid %s: %s' % (name, text)) from None
+            raise BadRequest('invalid %s: %s' % (name, text)) from None
         if value < 0:
-            raise _BadRequest('invalid %s: %s' % (name, text))
+            raise BadRequest('invalid %s: %s' % (name, text))
         return value
 
     def _body(self) -> Dict[str, Any]:
@@ -213,9 +170,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get('Content-Length') or 0)
         except ValueError:
-            raise _BadRequest('invalid Content-Length') from None
+            raise BadRequest('invalid Content-Length') from None
         if length > _MAX_REQUEST_BODY:
-            raise _BadRequest('request body too large')
+            raise BadRequest('request body too large')
         data = self.rfile.read(length) if length > 0 else b''
         if not data.strip():
             return {}
@@ -226,182 +183,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             value = json.loads(data)
         except ValueError:
-            raise _BadRequest('invalid JSON body') from None
+            raise BadRequest('invalid JSON body') from None
         if not isinstance(value, dict):
-            raise _BadRequest('the body must be a JSON object')
+            raise BadRequest('the body must be a JSON object')
         return {str(k).lower(): v for k, v in value.items()}
-
-    def _message(self, id: str) -> StoredMessage:
-        message = self.inbox.get(id)
-        if message is None:
-            raise _NotFound('Message not found')
-        return message
-
-    # -- Mailpit API ------------------------------------------------------------
-
-    def _list(self, messages: List[StoredMessage]) -> None:
-        start = self._int_param('start', 0)
-        limit = self._int_param('limit', 50)
-        page = messages[start:start + limit]
-        stats = self.inbox.stats()
-        items = []
-        for m in page:
-            item: Dict[str, Any] = {'ID': m.id, 'MessageID': '', 'Read': m.read}
-            item.update(_public(self.inbox.summary(m)))
-            items.append(item)
-        self._send_json({
-            'total': stats['total'],
-            'unread': stats['unread'],
-            'count': len(items),
-            'messages_count': len(messages),
-            'start': start,
-            'tags': [],
-            'messages': items,
-        })
-
-    def get_messages(self) -> None:
-        self._list(self.inbox.newest_first())
-
-    def get_search(self) -> None:
-        query = self._param('query')
-        if not query.strip():
-            raise _BadRequest('no search query')
-        self._list(self.inbox.search(query))
-
-    def delete_search(self) -> None:
-        query = self._param('query')
-        if not query.strip():
-            raise _BadRequest('no search query')
-        self.inbox.delete([m.id for m in self.inbox.search(query)])
-        self._send_text(200, 'ok')
-
-    def delete_messages(self) -> None:
-        ids = self._body().get('ids')
-        if ids is None or ids == []:
-            self.inbox.delete(None)
-        elif isinstance(ids, list) and all(isinstance(i, str) for i in ids):
-            self.inbox.delete(ids)
-        else:
-            raise _BadRequest('IDs must be a list of strings')
-        self._send_text(200, 'ok')
-
-    def put_messages(self) -> None:
-        body = self._body()
-        ids = body.get('ids')
-        read = body.get('read', False)
-        if isinstance(read, list):      # a form
-            read = read[-1].lower() in ('1', 'true', 'yes')
-        if ids is not None and not (
-                isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-            raise _BadRequest('IDs must be a list of strings')
-        self.inbox.set_read(ids or None, bool(read))
-        self._send_text(200, 'ok')
-
-    def get_message(self, id: str) -> None:
-        message = self._message(id)
-        details = dict(self.inbox.parsed(message).details)
-        del details['_parts']
-        if not message.read:
-            self.inbox.set_read([message.id], True)
-        result: Dict[str, Any] = {'ID': message.id, 'Read': True}
-        result.update(details)
-        self._send_json(result)
-
-    def get_headers(self, id: str) -> None:
-        msg = self.inbox.parsed(self._message(id)).msg
-        headers: Dict[str, List[str]] = {}
-        for name, value in msg.raw_items():
-            text = decode_header(value)
-            # Go's canonical form (textproto.CanonicalMIMEHeaderKey), as
-            # Mailpit returns the keys: Message-Id, Content-Type.
-            key = '-'.join(w[:1].upper() + w[1:].lower() for w in name.split('-'))
-            headers.setdefault(key, []).append(text)
-        self._send_json(dict(sorted(headers.items())))
-
-    def get_raw(self, id: str) -> None:
-        message = self._message(id)
-        headers = []
-        if self._param('dl'):
-            headers.append(('Content-Disposition', _content_disposition(
-                'attachment', message.id + '.eml')))
-            ctype = 'message/rfc822'
-        else:
-            ctype = 'text/plain; charset=utf-8'
-        self._send(200, message.raw, ctype, headers=headers)
-
-    def get_part(self, id: str, part_id: str) -> None:
-        message = self._message(id)
-        parts = self.inbox.parsed(message).details['_parts']
-        part = parts.get(part_id)
-        if part is None:
-            raise _NotFound('Part not found')
-        ctype = part.get_content_type()
-        charset = part.get_content_charset()
-        if charset and ctype.startswith('text/') and re.match(r'^[\w.:-]+$', charset):
-            ctype += '; charset=' + charset
-        try:
-            filename = header_text(part.get_filename() or '')
-        except Exception:
-            filename = ''
-        kind = 'attachment' if self._param('dl') else 'inline'
-        headers = [('Content-Disposition', _content_disposition(
-            kind, filename or 'part-' + part_id))]
-        self._send(200, part_bytes(part), ctype, headers=headers)
-
-    def get_info(self) -> None:
-        stats = self.inbox.stats()
-        inbox = self.inbox
-        self._send_json({
-            'Version': 'smtpd_compat ' + VERSION,
-            'LatestVersion': '',
-            'Database': '',
-            'DatabaseSize': stats['bytes'],
-            'Messages': stats['total'],
-            'Unread': stats['unread'],
-            'Tags': {},
-            'RuntimeStats': {
-                'Memory': 0,
-                'MessagesDeleted': inbox.deleted,
-                'SMTPAccepted': inbox.accepted,
-                'SMTPAcceptedSize': inbox.accepted_bytes,
-                'SMTPIgnored': inbox.ignored,
-                'SMTPRejected': 0,
-                'Uptime': int(time.time() - inbox.started),
-            },
-        })
-
-    def get_tags(self) -> None:
-        self._send_json([])
-
-    def get_view_html(self, id: str) -> None:
-        message = self._message(id)
-        details = self.inbox.parsed(message).details
-        markup = details['HTML']
-        if not markup:
-            raise _NotFound('Message has no HTML part')
-        # cid: references become this inbox's part URLs, so inline images
-        # load from the same origin (and nothing from elsewhere).
-        by_cid = {a['ContentID']: a['PartID']
-                  for a in details['Inline'] + details['Attachments']
-                  if a['ContentID']}
-
-        def rewrite(m: 're.Match[str]') -> str:
-            cid = urllib.parse.unquote(m.group(1))
-            part_id = by_cid.get(cid)
-            if part_id is None:
-                return m.group(0)
-            return '/api/v1/message/%s/part/%s' % (message.id, part_id)
-
-        markup = re.sub(r'cid:([^"\'\s>)]+)', rewrite, markup, flags=re.I)
-        if self._param('embed'):
-            markup = _inject_base(markup)
-        self._send(200, markup.encode('utf-8', 'replace'),
-                   'text/html; charset=utf-8', csp=MESSAGE_CSP)
-
-    def get_view_text(self, id: str) -> None:
-        message = self._message(id)
-        text = self.inbox.parsed(message).details['Text']
-        self._send_text(200, text)
 
     # -- the page -----------------------------------------------------------------
 
@@ -433,23 +218,23 @@ ROUTES: List[Tuple[str, Pattern[str], Callable[..., None]]] = [
     for method, pattern, handler in (
         ('GET', r'/', Handler.get_page),
         ('GET', r'/view/' + _ID, Handler.get_page),
-        ('GET', r'/view/' + _ID + r'\.html', Handler.get_view_html),
-        ('GET', r'/view/' + _ID + r'\.txt', Handler.get_view_text),
+        ('GET', r'/view/' + _ID + r'\.html', api.get_view_html),
+        ('GET', r'/view/' + _ID + r'\.txt', api.get_view_text),
         ('GET', r'/(app\.js|app\.css)', Handler.get_static),
         ('GET', r'/livez', Handler.get_livez),
         ('GET', r'/readyz', Handler.get_livez),
         ('GET', r'/api/web/state', Handler.get_state),
-        ('GET', r'/api/v1/info', Handler.get_info),
-        ('GET', r'/api/v1/tags', Handler.get_tags),
-        ('GET', r'/api/v1/messages', Handler.get_messages),
-        ('PUT', r'/api/v1/messages', Handler.put_messages),
-        ('DELETE', r'/api/v1/messages', Handler.delete_messages),
-        ('GET', r'/api/v1/search', Handler.get_search),
-        ('DELETE', r'/api/v1/search', Handler.delete_search),
-        ('GET', r'/api/v1/message/' + _ID, Handler.get_message),
-        ('GET', r'/api/v1/message/' + _ID + r'/headers', Handler.get_headers),
-        ('GET', r'/api/v1/message/' + _ID + r'/raw', Handler.get_raw),
-        ('GET', r'/api/v1/message/' + _ID + r'/part/([0-9.]+)', Handler.get_part),
+        ('GET', r'/api/v1/info', api.get_info),
+        ('GET', r'/api/v1/tags', api.get_tags),
+        ('GET', r'/api/v1/messages', api.get_messages),
+        ('PUT', r'/api/v1/messages', api.put_messages),
+        ('DELETE', r'/api/v1/messages', api.delete_messages),
+        ('GET', r'/api/v1/search', api.get_search),
+        ('DELETE', r'/api/v1/search', api.delete_search),
+        ('GET', r'/api/v1/message/' + _ID, api.get_message),
+        ('GET', r'/api/v1/message/' + _ID + r'/headers', api.get_headers),
+        ('GET', r'/api/v1/message/' + _ID + r'/raw', api.get_raw),
+        ('GET', r'/api/v1/message/' + _ID + r'/part/([0-9.]+)', api.get_part),
     )
 ]
 
