@@ -27,12 +27,15 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple
 
 from smtpd_compat._version import VERSION
 from smtpd_compat.web import api, static
-from smtpd_compat.web.api import DATA_CSP, MESSAGE_CSP, BadRequest, NotFound
+from smtpd_compat.web.api import (
+    DATA_CSP, MESSAGE_CSP, BadRequest, Body, Forbidden, HTTPError,
+    MethodNotAllowed, NotFound, PayloadTooLarge, parse_body)
+from smtpd_compat.web.release import Upstream
 from smtpd_compat.web.store import Inbox
 
 __all__ = [
-    'WebServer', 'Handler', 'ROUTES', 'Address', 'PAGE_CSP', 'MESSAGE_CSP',
-    'DATA_CSP',
+    'WebServer', 'Handler', 'ROUTES', 'find_route', 'Address', 'PAGE_CSP',
+    'MESSAGE_CSP', 'DATA_CSP', 'MAX_REQUEST_BODY',
 ]
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,8 @@ log = logging.getLogger(__name__)
 #: ``(host, port)``.
 Address = Tuple[str, int]
 
-# Request bodies (DELETE/PUT with a list of IDs) are small; refuse more.
-_MAX_REQUEST_BODY = 1024 * 1024
+#: Request bodies (DELETE/PUT with a list of IDs) are small; refuse more.
+MAX_REQUEST_BODY = 1024 * 1024
 
 #: The page: scripts and styles only from this origin, no inline code, no
 #: remote loads; message HTML only in frames from this origin.
@@ -121,21 +124,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send_text(403, 'Forbidden: unexpected Host header')
                 return
             url = urllib.parse.urlsplit(self.path)
-            self.query = urllib.parse.parse_qs(url.query)
+            self.query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
             path = urllib.parse.unquote(url.path)
-            for method, pattern, handler in ROUTES:
-                if method != self.command and not (
-                        method == 'GET' and self.command == 'HEAD'):
-                    continue
-                m = pattern.match(path)
-                if m:
-                    handler(self, *m.groups())
-                    return
-            self._send_text(404, 'Not found')
-        except NotFound as e:
-            self._send_text(404, str(e) or 'Not found')
-        except BadRequest as e:
-            self._send_text(400, str(e))
+            handler, args = find_route(self.command, path)
+            if not self._origin_allowed(path):
+                raise Forbidden('Blocked due to CORS violation')
+            handler(self, *args)
+        except HTTPError as e:
+            self.close_connection = self.close_connection or e.status == 413
+            if e.as_json:
+                self._send(e.status, _json({'Error': str(e)}),
+                           'application/json; charset=utf-8', headers=e.headers)
+            else:
+                self._send(e.status, str(e).encode('utf-8'),
+                           'text/plain; charset=utf-8', headers=e.headers)
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception:
@@ -145,11 +147,48 @@ class Handler(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
 
-    do_GET = do_HEAD = do_DELETE = do_PUT = _dispatch
+    def __getattr__(self, name: str) -> Any:
+        # Every method, also one no route has (PATCH, FOO), goes to the
+        # route table: 405 or 404 in plain text, never the stdlib's HTML
+        # "501 Unsupported method" page.
+        if name.startswith('do_') and name[3:].isalpha() and name[3:].isupper():
+            return self._dispatch
+        raise AttributeError(name)
+
+    do_GET = do_HEAD = do_DELETE = do_PUT = do_POST = do_OPTIONS = _dispatch
+
+    def send_error(self, code: int, message: Optional[str] = None,
+                   explain: Optional[str] = None) -> None:
+        """The stdlib's errors (a bad request line, headers too long, ...)
+        in plain text like every other answer, not its HTML page."""
+        self.close_connection = True
+        try:
+            phrase = http.HTTPStatus(code).phrase
+        except ValueError:
+            phrase = 'Error'
+        text = (message or phrase).replace('\r', ' ').replace('\n', ' ')
+        self._send(code, text.encode('utf-8', 'replace'), 'text/plain; charset=utf-8',
+                   headers=[('Connection', 'close')])
+
+    def _origin_allowed(self, path: str) -> bool:
+        """A browser page of another origin may not use the API (nor the
+        events), as Mailpit refuses it: an ``Origin`` header, when there
+        is one, must name the host the request was sent to."""
+        origin = self.headers.get('Origin')
+        if origin is None or not (path.startswith('/api/') or path.startswith('/view/')):
+            return True
+        host = urllib.parse.urlsplit(origin).netloc
+        return bool(host) and host.lower() == (self.headers.get('Host') or '').lower()
+
+    @property
+    def upstream(self) -> Optional[Upstream]:
+        """Where released messages go (None: release is off)."""
+        return self.web_server.upstream
 
     def _param(self, name: str, default: str = '') -> str:
+        # The first value, as Go's Query().Get.
         values = self.query.get(name)
-        return values[-1] if values else default
+        return values[0] if values else default
 
     def _int_param(self, name: str, default: int) -> int:
         text = self._param(name, '')
@@ -163,30 +202,43 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise BadRequest('invalid %s: %s' % (name, text))
         return value
 
-    def _body(self) -> Dict[str, Any]:
-        """The request body as a dict: JSON (Mailpit's form; keys matched
-        without regard to case, as Go's JSON decoder does) or a form
-        (what some clients send)."""
-        try:
-            length = int(self.headers.get('Content-Length') or 0)
-        except ValueError:
-            raise BadRequest('invalid Content-Length') from None
-        if length > _MAX_REQUEST_BODY:
-            raise BadRequest('request body too large')
-        data = self.rfile.read(length) if length > 0 else b''
-        if not data.strip():
-            return {}
-        ctype = self.headers.get('Content-Type', '')
-        if 'application/x-www-form-urlencoded' in ctype:
-            form = urllib.parse.parse_qs(data.decode('utf-8', 'replace'))
-            return {k.lower(): v for k, v in form.items()}
-        try:
-            value = json.loads(data)
-        except ValueError:
-            raise BadRequest('invalid JSON body') from None
-        if not isinstance(value, dict):
-            raise BadRequest('the body must be a JSON object')
-        return {str(k).lower(): v for k, v in value.items()}
+    def _body(self, limit: int = MAX_REQUEST_BODY) -> Body:
+        """The request body (Content-Length or chunked, at most ``limit``
+        bytes) as Mailpit reads it: :func:`~smtpd_compat.web.api.parse_body`."""
+        if 'chunked' in (self.headers.get('Transfer-Encoding') or '').lower():
+            data = self._read_chunked(limit)
+        else:
+            try:
+                length = int(self.headers.get('Content-Length') or 0)
+            except ValueError:
+                raise BadRequest('invalid Content-Length') from None
+            if length > limit:
+                raise PayloadTooLarge('request body too large')
+            data = self.rfile.read(length) if length > 0 else b''
+        return parse_body(data)
+
+    def _read_chunked(self, limit: int) -> bytes:
+        # RFC 9112 section 7.1: size line (hex, extensions after ';'),
+        # data, CRLF; a 0 size ends it, then trailer lines up to an empty one.
+        data = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b';')[0].strip(), 16)
+            except ValueError:
+                raise BadRequest('invalid chunked body') from None
+            if size < 0:
+                raise BadRequest('invalid chunked body')
+            if size == 0:
+                break
+            if len(data) + size > limit:
+                raise PayloadTooLarge('request body too large')
+            data += self.rfile.read(size)
+            self.rfile.readline(3)
+        for _ in range(100):
+            if self.rfile.readline(1024).strip() == b'':
+                break
+        return bytes(data)
 
     # -- the page -----------------------------------------------------------------
 
@@ -225,18 +277,45 @@ ROUTES: List[Tuple[str, Pattern[str], Callable[..., None]]] = [
         ('GET', r'/readyz', Handler.get_livez),
         ('GET', r'/api/web/state', Handler.get_state),
         ('GET', r'/api/v1/info', api.get_info),
+        ('GET', r'/api/v1/webui', api.get_webui),
         ('GET', r'/api/v1/tags', api.get_tags),
+        ('PUT', r'/api/v1/tags', api.put_tags),
+        ('PUT', r'/api/v1/tags/([^/]+)', api.put_tag),
+        ('DELETE', r'/api/v1/tags/([^/]+)', api.delete_tag),
         ('GET', r'/api/v1/messages', api.get_messages),
         ('PUT', r'/api/v1/messages', api.put_messages),
         ('DELETE', r'/api/v1/messages', api.delete_messages),
         ('GET', r'/api/v1/search', api.get_search),
         ('DELETE', r'/api/v1/search', api.delete_search),
+        ('POST', r'/api/v1/send', api.post_send),
         ('GET', r'/api/v1/message/' + _ID, api.get_message),
         ('GET', r'/api/v1/message/' + _ID + r'/headers', api.get_headers),
         ('GET', r'/api/v1/message/' + _ID + r'/raw', api.get_raw),
         ('GET', r'/api/v1/message/' + _ID + r'/part/([0-9.]+)', api.get_part),
+        ('POST', r'/api/v1/message/' + _ID + r'/release', api.post_release),
+        ('OPTIONS', r'/api/v1/.*', api.options),
     )
 ]
+
+
+def find_route(method: str, path: str) -> Tuple[Callable[..., None], Tuple[str, ...]]:
+    """The handler of a request and its arguments (the pattern's groups);
+    NotFound when no route has the path, MethodNotAllowed (with the
+    ``Allow`` header) when routes have it for other methods.  GET routes
+    answer HEAD."""
+    allowed: List[str] = []
+    for route_method, pattern, handler in ROUTES:
+        m = pattern.match(path)
+        if m is None:
+            continue
+        if route_method == method or (route_method == 'GET' and method == 'HEAD'):
+            return handler, m.groups()
+        if route_method != 'OPTIONS':     # (any /api/v1/ path has it)
+            allowed += [route_method, 'HEAD'] if route_method == 'GET' else [route_method]
+    if not allowed:
+        raise NotFound('Not found')
+    raise MethodNotAllowed('Method Not Allowed', headers=[
+        ('Allow', ', '.join(sorted(set(allowed))))])
 
 
 def _is_loopback(host: str) -> bool:
@@ -255,12 +334,15 @@ class WebServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: Address, inbox: Inbox) -> None:
+    def __init__(self, address: Address, inbox: Inbox,
+                 upstream: Optional[Upstream] = None) -> None:
         host, port = address
         if ':' in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
         self.inbox = inbox
+        #: Where released messages go (None: release is off).
+        self.upstream = upstream
         self.loopback_only = _is_loopback(host)
         self._thread: Optional[threading.Thread] = None
         shown = str(self.server_address[0])
