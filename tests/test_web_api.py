@@ -24,7 +24,13 @@ from smtpd_compat.web import Inbox, WebInboxServer, mime
 from smtpd_compat.web.api import parse_body, BadRequest
 from smtpd_compat.web.search import parse_date, parse_query, parse_size, split_query
 
-from test_web import PNG, Web, inbox_web, make_message, w  # noqa: F401 (fixtures)
+import test_web
+from test_web import PNG, make_message
+
+# The fixtures of test_web.py: inbox_web(server_class, **kwargs) -> a
+# started Controller's Web helper; w, one with the defaults.
+inbox_web = test_web.inbox_web
+w = test_web.w
 
 
 def raw_request(web, method, path, body=None, content_type=None, headers=()):
