@@ -27,7 +27,7 @@ import re
 import time
 import urllib.parse
 from email.headerregistry import Address as EmailAddress
-from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, cast
 
 from smtpd_compat._version import VERSION
 from smtpd_compat.web.mime import decode_header, header_text, part_bytes
@@ -588,7 +588,10 @@ def post_send(h: Request) -> None:
     # Inline parts go with the HTML (multipart/related), then the
     # attachments around it all (multipart/mixed).
     files = [_attachment(item) for item in attachments]
-    html_part = message.get_payload()[1] if values.get('html') else message
+    html_part = message
+    if values.get('html'):
+        # (add_alternative made it multipart/alternative: text, HTML.)
+        html_part = cast(email.message.EmailMessage, message.get_payload(1))
     for data, filename, ctype, cid in files:
         if cid:
             html_part.add_related(data, *ctype.split('/'), filename=filename or None,

@@ -26,10 +26,11 @@ import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple, cast
 
 from smtpd_compat._version import VERSION
-from smtpd_compat.web import api, static
+from smtpd_compat.web import api, events, mailhog, static
 from smtpd_compat.web.api import (
     DATA_CSP, MESSAGE_CSP, BadRequest, Body, Forbidden, HTTPError,
     MethodNotAllowed, NotFound, PayloadTooLarge, parse_body)
+from smtpd_compat.web.events import Hub
 from smtpd_compat.web.release import Upstream
 from smtpd_compat.web.store import Inbox
 
@@ -181,6 +182,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return bool(host) and host.lower() == (self.headers.get('Host') or '').lower()
 
     @property
+    def events(self) -> Hub:
+        """The live events of the inbox (``/api/events``)."""
+        return self.web_server.events
+
+    @property
     def upstream(self) -> Optional[Upstream]:
         """Where released messages go (None: release is off)."""
         return self.web_server.upstream
@@ -294,6 +300,12 @@ ROUTES: List[Tuple[str, Pattern[str], Callable[..., None]]] = [
         ('GET', r'/api/v1/message/' + _ID + r'/part/([0-9.]+)', api.get_part),
         ('POST', r'/api/v1/message/' + _ID + r'/release', api.post_release),
         ('OPTIONS', r'/api/v1/.*', api.options),
+        ('GET', r'/api/events', events.get_events),
+        # MailHog's API (its v1 "delete all" is Mailpit's DELETE above).
+        ('GET', r'/api/v2/messages', mailhog.get_messages),
+        ('GET', r'/api/v2/search', mailhog.get_search),
+        ('DELETE', r'/api/v1/messages/' + _ID, mailhog.delete_message),
+        ('OPTIONS', r'/api/v2/.*', api.options),
     )
 ]
 
@@ -343,6 +355,8 @@ class WebServer(http.server.ThreadingHTTPServer):
         self.inbox = inbox
         #: Where released messages go (None: release is off).
         self.upstream = upstream
+        #: The live events (``/api/events``).
+        self.events = Hub(inbox)
         self.loopback_only = _is_loopback(host)
         self._thread: Optional[threading.Thread] = None
         shown = str(self.server_address[0])
@@ -371,6 +385,12 @@ class WebServer(http.server.ThreadingHTTPServer):
             self._thread.join()
             self._thread = None
         self.server_close()
+        self.events.close()
+
+    def shutdown_request(self, request: Any) -> None:
+        # A websocket's connection lives on in the events hub.
+        if not self.events.owns(request):
+            super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints tracebacks to stderr; log them instead.
