@@ -115,7 +115,7 @@ def item(message: StoredMessage) -> Dict[str, Any]:
 
 def _replace_surrogates(value: Any) -> Any:
     if isinstance(value, str):
-        return value.encode('utf-8', 'replace').decode('utf-8') if any(
+        return value.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace') if any(
             '\udc80' <= c <= '\udcff' for c in value) else value
     if isinstance(value, list):
         return [_replace_surrogates(v) for v in value]
