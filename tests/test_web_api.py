@@ -671,3 +671,27 @@ def test_release_upstream_down_is_an_smtp_error(inbox_web):
     status, _, body = raw_request(web, 'POST', '/api/v1/message/latest/release',
                                   '{"To": ["a@example.org"]}', 'application/json')
     assert status == 400 and body.startswith(b'SMTP error')
+
+
+# ---------------------------------------------------------------------------
+# swagger.json
+
+def test_swagger_json_describes_every_route_and_only_those(w):
+    from smtpd_compat.web import http, openapi
+    document = w.json('/api/v1/swagger.json')
+    assert document['swagger'] == '2.0'
+    described = set()
+    for path, operations in document['paths'].items():
+        for method in operations:
+            sample = path.replace('{ID}', 'latest').replace('{PartID}', '1') \
+                .replace('{Tag}', 'a tag')
+            handler, _ = http.find_route(method.upper(), sample)
+            described.add(handler)
+            for name in (p['schema']['$ref'].rpartition('/')[2]
+                         for p in operations[method]['parameters']
+                         if '$ref' in p.get('schema', {})):
+                assert name in document['definitions']
+    served = {handler for method, _, handler in http.ROUTES
+              if method != 'OPTIONS' and handler.__module__ != 'smtpd_compat.web.http'}
+    assert described - {http.Handler.get_livez} == served
+    assert len(openapi.OPERATIONS) == len({(m, p) for m, p, *_ in openapi.OPERATIONS})

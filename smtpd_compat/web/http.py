@@ -26,7 +26,7 @@ import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple, cast
 
 from smtpd_compat._version import VERSION
-from smtpd_compat.web import api, events, mailhog, static
+from smtpd_compat.web import api, events, mailhog, openapi, static
 from smtpd_compat.web.api import (
     DATA_CSP, MESSAGE_CSP, BadRequest, Body, Forbidden, HTTPError,
     MethodNotAllowed, NotFound, PayloadTooLarge, parse_body)
@@ -284,6 +284,7 @@ ROUTES: List[Tuple[str, Pattern[str], Callable[..., None]]] = [
         ('GET', r'/api/web/state', Handler.get_state),
         ('GET', r'/api/v1/info', api.get_info),
         ('GET', r'/api/v1/webui', api.get_webui),
+        ('GET', r'/api/v1/swagger\.json', openapi.get_swagger),
         ('GET', r'/api/v1/tags', api.get_tags),
         ('PUT', r'/api/v1/tags', api.put_tags),
         ('PUT', r'/api/v1/tags/([^/]+)', api.put_tag),
