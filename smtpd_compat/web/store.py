@@ -26,12 +26,7 @@ __all__ = [
     'DEFAULT_MAX_PARSE_BYTES', 'Listener',
 ]
 
-#: Called with ``(kind, data)`` after each change, under the inbox's lock
-#: (so in the order of the changes): it must return at once and not call
-#: the inbox.  Kinds: ``'new'`` (the StoredMessage), ``'delete'`` (a list of
-#: IDs), ``'truncate'`` (None: everything deleted), ``'read'`` (a list of
-#: ``(ID, read)`` that changed), ``'tags'`` (a list of ``(ID, tags)``),
-#: ``'prune'`` (None: tag names changed).
+# A listener (Inbox.subscribe): called with (kind, data) after each change.
 Listener = Callable[[str, Any], None]
 
 log = logging.getLogger(__name__)
@@ -137,8 +132,12 @@ class Inbox:
     # -- listeners -------------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> None:
-        """Call ``listener(kind, data)`` after every change (see
-        :data:`Listener`)."""
+        """Call ``listener(kind, data)`` after every change, under the
+        inbox's lock: it must return at once and not call the inbox.
+        Kinds: ``'new'`` (the StoredMessage), ``'delete'`` (a list of IDs),
+        ``'truncate'`` (None), ``'read'`` (a list of ``(ID, read)`` that
+        changed), ``'tags'`` (a list of ``(ID, tags)``), ``'prune'`` (None:
+        tag names changed)."""
         with self._lock:
             self._listeners = self._listeners + [listener]
 
@@ -256,7 +255,8 @@ class Inbox:
 
     def set_tags(self, ids: Iterable[str], tags: Iterable[str]) -> None:
         """Give these messages exactly these tags, as Mailpit does: names
-        cleaned (:func:`~smtpd_compat.web.mime.clean_tag`), empty ones
+        cleaned (other characters than letters, digits, spaces and
+        ``-._@`` as spaces, at most 100), empty ones
         dropped, one per name without regard to case, and a name the inbox
         already has keeps its spelling there.  Unknown IDs are ignored."""
         wanted: Dict[str, str] = {}
