@@ -276,10 +276,17 @@ def test_malformed_request_line_is_answered_in_plain_text(w):
 def test_foreign_origin_is_refused_as_mailpit_does(w):
     three(w)
     port = urllib.parse.urlsplit(w.url).port
-    foreign = [('Origin', 'http://evil.example')]
-    assert raw_request(w, 'DELETE', '/api/v1/messages', None, None, foreign)[0] == 403
-    assert raw_request(w, 'GET', '/api/v1/messages', None, None, foreign)[0] == 403
+    for origin in ('http://evil.example', 'null'):
+        foreign = [('Origin', origin)]
+        assert raw_request(w, 'DELETE', '/api/v1/messages', None, None, foreign)[0] == 403
+        assert raw_request(w, 'PUT', '/api/v1/messages', '{"Read": true}', None,
+                           foreign)[0] == 403
+        assert raw_request(w, 'POST', '/api/v1/send', '{}', None, foreign)[0] == 403
+        # A GET is answered, but with nothing that lets the page read it.
+        status, headers, _ = raw_request(w, 'GET', '/api/v1/messages', None, None, foreign)
+        assert status == 200 and 'Access-Control-Allow-Origin' not in headers
     assert w.json('/api/v1/messages')['total'] == 3
+    assert set(read_by_subject(w).values()) == {False}
     same = [('Origin', 'http://127.0.0.1:%d' % port)]
     assert raw_request(w, 'GET', '/api/v1/messages', None, None, same)[0] == 200
 

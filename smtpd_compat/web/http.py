@@ -172,11 +172,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                    headers=[('Connection', 'close')])
 
     def _origin_allowed(self, path: str) -> bool:
-        """A browser page of another origin may not use the API (nor the
-        events), as Mailpit refuses it: an ``Origin`` header, when there
-        is one, must name the host the request was sent to."""
+        """A browser page of another origin may not change the inbox nor
+        listen to its events, as Mailpit refuses it: an ``Origin`` header,
+        when there is one, must name the host the request was sent to.
+        A GET is let through (no CORS header lets such a page read the
+        answer): the message's own sandboxed frame, whose origin is
+        ``null``, loads its inline images so."""
         origin = self.headers.get('Origin')
-        if origin is None or not (path.startswith('/api/') or path.startswith('/view/')):
+        if origin is None or not path.startswith('/api/') or (
+                self.command in ('GET', 'HEAD') and path != '/api/events'):
             return True
         host = urllib.parse.urlsplit(origin).netloc
         return bool(host) and host.lower() == (self.headers.get('Host') or '').lower()
