@@ -494,6 +494,18 @@ def test_set_rename_and_delete_tags(w):
     assert w.json('/api/v1/search?query=is%3Atagged')['messages_count'] == 2
 
 
+def test_tags_are_bounded(w):
+    w.send(make_message(X_Tags=', '.join('t%d' % i for i in range(500)),
+                        to='Bob <bob' + ''.join('+p%d' % i for i in range(40)) +
+                        '@example.org>'), to=['bob@example.org'])
+    m = w.json('/api/v1/messages')['messages'][0]
+    assert len(m['Tags']) == 100 and 't0' in m['Tags']
+    ids = [m['ID']]
+    w.request('/api/v1/tags', method='PUT', body={'IDs': ids, 'Tags': ['u%d' % i
+                                                                    for i in range(300)]})
+    assert len(w.json('/api/v1/tags')) == 100
+
+
 def test_clean_tag():
     assert mime.clean_tag('  a!!b   c ') == 'a b c'
     assert mime.clean_tag('x' * 150) == 'x' * 100

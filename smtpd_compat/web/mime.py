@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Protocol, Tuple
 __all__ = [
     'RawMessage', 'Parsed', 'summarise', 'html_to_text', 'header_text',
     'decode_header', 'part_bytes', 'iso_time', 'clean', 'clean_tag',
-    'list_unsubscribe',
+    'list_unsubscribe', 'MAX_TAGS',
 ]
 
 log = logging.getLogger(__name__)
@@ -487,7 +487,8 @@ def clean(text: str) -> str:
 # What Mailpit allows in a tag name (its documentation: letters, digits,
 # '-', '.', '_', '@' and spaces, 1 to 100 characters).
 _TAG_UNSAFE = re.compile(r'[^a-zA-Z0-9\-\ _.@]')
-_PLUS_ADDRESS = re.compile(r'^.*?\+(.*?)@')
+#: At most this many tags on a message (Mailpit has no bound).
+MAX_TAGS = 100
 
 
 def clean_tag(text: str) -> str:
@@ -505,19 +506,36 @@ def _auto_tags(headers: Dict[str, List[str]],
     without regard to case (the first spelling kept), sorted."""
     names = _header_value(headers, 'X-Tags').split(',')
     for address in addresses:
-        m = _PLUS_ADDRESS.match(address['Address'])
-        if m is not None:
-            names.extend(m.group(1).split('+'))
+        # user+tag1+tag2@domain: from the first '+' to the '@' after it.
+        text = address['Address']
+        plus = text.find('+')
+        at = text.find('@', plus + 1) if plus >= 0 else -1
+        if at > plus:
+            names.extend(text[plus + 1:at].split('+'))
     tags: Dict[str, str] = {}
     for name in names:
         tag = clean_tag(name)
-        if tag:
+        if tag and len(tags) < MAX_TAGS:
             tags.setdefault(tag.lower(), tag)
     return sorted(tags.values(), key=str.lower)
 
 
-_LINKS = re.compile(r'<(.*?)>')
-_COMMENT = re.compile(r'\(.*?\)', re.S)
+_LINKS = re.compile(r'<([^<>]*)>')
+
+
+def _without_comments(text: str) -> str:
+    # RFC 5322 comments, nested, in one pass (a regular expression over
+    # many unclosed '(' would take quadratic time).
+    out = []
+    depth = 0
+    for char in text:
+        if char == '(':
+            depth += 1
+        elif char == ')' and depth:
+            depth -= 1
+        elif not depth:
+            out.append(char)
+    return ''.join(out)
 
 
 def list_unsubscribe(header: str, post: str) -> Dict[str, Any]:
@@ -530,7 +548,7 @@ def list_unsubscribe(header: str, post: str) -> Dict[str, Any]:
                               'HeaderPost': post if header else ''}
     if not header:
         return result
-    value = _COMMENT.sub('', header).strip()
+    value = _without_comments(header).strip()
     links = _LINKS.findall(value)
     errors: List[str] = []
     if not links:
@@ -539,7 +557,7 @@ def list_unsubscribe(header: str, post: str) -> Dict[str, Any]:
         errors.append('"%s": each link must be in angle brackets' % value)
     elif len(links) > 2:
         errors.append('"%s": at most one email and one HTTP link' % value)
-    elif any(sep.strip() != ',' for sep in re.findall(r'>(.*?)<', value, re.S)):
+    elif any(sep.strip() != ',' for sep in re.findall(r'>([^<>]*)<', value)):
         errors.append('"%s": links must be separated by a comma' % value)
     else:
         seen = set()

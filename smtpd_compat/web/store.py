@@ -18,7 +18,7 @@ from collections import OrderedDict
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Union)
 
-from smtpd_compat.web.mime import Parsed, clean_tag, summarise
+from smtpd_compat.web.mime import MAX_TAGS, Parsed, clean_tag, summarise
 from smtpd_compat.web.search import matches, parse_query
 
 __all__ = [
@@ -257,12 +257,13 @@ class Inbox:
         """Give these messages exactly these tags, as Mailpit does: names
         cleaned (other characters than letters, digits, spaces and
         ``-._@`` as spaces, at most 100), empty ones
-        dropped, one per name without regard to case, and a name the inbox
-        already has keeps its spelling there.  Unknown IDs are ignored."""
+        dropped, one per name without regard to case (at most 100), and a
+        name the inbox already has keeps its spelling there.  Unknown IDs
+        are ignored."""
         wanted: Dict[str, str] = {}
         for tag in tags:
             tag = clean_tag(tag)
-            if tag:
+            if tag and len(wanted) < MAX_TAGS:
                 wanted.setdefault(tag.lower(), tag)
         with self._lock:
             known = self._tag_names()
