@@ -32,9 +32,13 @@ import email.utils
 import logging
 import operator
 import re
+import sys
 from typing import Any, List, Mapping, NamedTuple, Optional, Protocol, Sequence, Union
 
 from smtpd_compat.web.mime import clean
+
+if sys.version_info >= (3, 9):
+    import zoneinfo
 
 __all__ = ['Term', 'Searchable', 'split_query', 'parse_query', 'parse_date',
            'parse_size', 'matches', 'clean']
@@ -145,17 +149,14 @@ def _zone(tz: str) -> Optional[datetime.tzinfo]:
         return None
     if tz.upper() in ('UTC', 'GMT', 'Z'):
         return datetime.timezone.utc
-    try:
-        import zoneinfo     # Python 3.9+
-    except ImportError:
-        log.warning('web inbox: ignoring time zone %r (Python 3.8 has no '
-                    'zoneinfo)', tz)
-        return None
-    try:
-        return zoneinfo.ZoneInfo(tz)
-    except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
-        log.warning('web inbox: ignoring invalid time zone %r', tz)
-        return None
+    if sys.version_info >= (3, 9):
+        try:
+            return zoneinfo.ZoneInfo(tz)
+        except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
+            log.warning('web inbox: ignoring invalid time zone %r', tz)
+            return None
+    log.warning('web inbox: ignoring time zone %r (Python 3.8 has no zoneinfo)', tz)
+    return None
 
 
 def _offset(text: Optional[str]) -> Optional[datetime.tzinfo]:
