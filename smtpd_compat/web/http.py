@@ -75,6 +75,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     #: The query string of the request being answered.
     query: Dict[str, List[str]]
+    # Whether the request's body was read (else the connection closes).
+    _body_read = False
 
     @property
     def web_server(self) -> WebServer:
@@ -127,12 +129,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             url = urllib.parse.urlsplit(self.path)
             self.query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
             path = urllib.parse.unquote(url.path)
+            self._body_read = False
             handler, args = find_route(self.command, path)
             if not self._origin_allowed(path):
                 raise Forbidden('Blocked due to CORS violation')
             handler(self, *args)
         except HTTPError as e:
-            self.close_connection = self.close_connection or e.status == 413
             if e.as_json:
                 self._send(e.status, _json({'Error': str(e)}),
                            'application/json; charset=utf-8', headers=e.headers)
@@ -147,6 +149,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send_text(500, 'Internal error')
             except OSError:
                 pass
+        finally:
+            if not self._body_read and (
+                    self.headers.get('Content-Length', '0').strip() not in ('', '0')
+                    or self.headers.get('Transfer-Encoding')):
+                # A body nobody read must not be taken for the next request.
+                self.close_connection = True
 
     def __getattr__(self, name: str) -> Any:
         # Every method, also one no route has (PATCH, FOO), goes to the
@@ -200,18 +208,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         values = self.query.get(name)
         return values[0] if values else default
 
-    def _int_param(self, name: str, default: int) -> int:
-        text = self._param(name, '')
-        if not text:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            raise BadRequest('invalid %s: %s' % (name, text)) from None
-        if value < 0:
-            raise BadRequest('invalid %s: %s' % (name, text))
-        return value
-
     def _body(self, limit: int = MAX_REQUEST_BODY) -> Body:
         """The request body (Content-Length or chunked, at most ``limit``
         bytes) as Mailpit reads it: :func:`~smtpd_compat.web.api.parse_body`."""
@@ -225,6 +221,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if length > limit:
                 raise PayloadTooLarge('request body too large')
             data = self.rfile.read(length) if length > 0 else b''
+        # (Read whole: the connection may go on.  Not read, or read in
+        # part, it closes after the answer.)
+        self._body_read = True
         return parse_body(data)
 
     def _read_chunked(self, limit: int) -> bytes:
