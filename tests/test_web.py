@@ -5,6 +5,7 @@ the CLI, and a Mailpit client library (when installed).
 The browser tests are in test_web_browser.py.
 """
 import base64
+import hashlib
 import itertools
 import json
 import os
@@ -127,15 +128,17 @@ def make_message(subject='Hello', body='plain body', html=None, sender=None,
 # ---------------------------------------------------------------------------
 # the Mailpit API: list, message, headers, raw, part
 
-LIST_KEYS = {'total', 'unread', 'count', 'messages_count', 'start', 'tags',
-             'messages'}
+LIST_KEYS = {'total', 'unread', 'count', 'messages_count', 'messages_unread',
+             'start', 'tags', 'messages'}
 SUMMARY_KEYS = {'ID', 'MessageID', 'Read', 'From', 'To', 'Cc', 'Bcc',
-                'ReplyTo', 'Subject', 'Created', 'Tags', 'Size',
+                'ReplyTo', 'Subject', 'Created', 'Username', 'Tags', 'Size',
                 'Attachments', 'Snippet'}
 MESSAGE_KEYS = {'ID', 'MessageID', 'Read', 'From', 'To', 'Cc', 'Bcc',
-                'ReplyTo', 'ReturnPath', 'Subject', 'Date', 'Tags', 'Text',
-                'HTML', 'Size', 'Inline', 'Attachments'}
-ATTACHMENT_KEYS = {'PartID', 'FileName', 'ContentType', 'ContentID', 'Size'}
+                'ReplyTo', 'ReturnPath', 'Subject', 'ListUnsubscribe', 'Date',
+                'Tags', 'Username', 'Text', 'HTML', 'Size', 'Inline',
+                'Attachments'}
+ATTACHMENT_KEYS = {'PartID', 'FileName', 'ContentType', 'ContentID', 'Size',
+                   'Checksums'}
 
 
 def test_list_is_newest_first_with_mailpits_fields(w):
@@ -168,8 +171,11 @@ def test_list_paging_start_and_limit(w):
     assert [m['Subject'] for m in data['messages']] == ['m3', 'm2']
     assert (data['start'], data['count'], data['messages_count'], data['total']) == (1, 2, 5, 5)
     assert w.json('/api/v1/messages?start=10')['messages'] == []
-    assert w.request('/api/v1/messages?limit=x')[0] == 400
-    assert w.request('/api/v1/messages?start=-1')[0] == 400
+    # What Mailpit does with odd values: the defaults (0, 50); a limit of 0
+    # lists everything.
+    assert len(w.json('/api/v1/messages?limit=x')['messages']) == 5
+    assert w.json('/api/v1/messages?start=-1&limit=1')['start'] == 0
+    assert w.json('/api/v1/messages?start=2&limit=0')['count'] == 5
 
 
 def test_message_detail_with_html_inline_image_and_attachment(w):
@@ -202,7 +208,10 @@ def test_message_detail_with_html_inline_image_and_attachment(w):
     assert inline['Size'] == len(PNG)
     assert attachment == {'PartID': '2', 'FileName': 'report.pdf',
                           'ContentType': 'application/pdf', 'ContentID': '',
-                          'Size': len(b'%PDF-1.4 data')}
+                          'Size': len(b'%PDF-1.4 data'), 'Checksums': {
+                              'MD5': hashlib.md5(b'%PDF-1.4 data').hexdigest(),
+                              'SHA1': hashlib.sha1(b'%PDF-1.4 data').hexdigest(),
+                              'SHA256': hashlib.sha256(b'%PDF-1.4 data').hexdigest()}}
     # Parts by PartID, with their content type, decoded.
     status, headers, body = w.request('/api/v1/message/%s/part/2' % m['ID'])
     assert (status, headers['Content-Type'], body) == (
@@ -771,6 +780,11 @@ CLASS_ATTRIBUTES = {
                          lambda server: server.inbox.max_messages == 2),
     'web_max_bytes': ('web_max_bytes', 5000,
                       lambda server: server.inbox.max_bytes == 5000),
+    'web_relay': ('web_relay', '127.0.0.1:2525',
+                  lambda server: server.web_server.upstream.port == 2525),
+    'web_relay_allowed': ('web_relay_allowed', '@example[.]org$',
+                          lambda server: server.web_server.upstream.allowed.pattern
+                          == '@example[.]org$'),
 }
 
 
@@ -787,6 +801,8 @@ def test_keyword_set_as_a_class_attribute_is_used(keyword):
     attribute, value, uses = CLASS_ATTRIBUTES[keyword]
     cls = type('Configured', (WebInboxServer,), {attribute: value})
     given = {} if keyword == 'web' else {'web': ('127.0.0.1', 0)}
+    if keyword == 'web_relay_allowed':
+        given['web_relay'] = '127.0.0.1:2525'
     server = cls(('127.0.0.1', 0), None, map={}, **given)
     try:
         assert uses(server)

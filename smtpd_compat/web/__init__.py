@@ -17,14 +17,16 @@ in this list):
   store (IDs, read flags, the caches of parsed messages);
 * :mod:`~smtpd_compat.web.static`: the page's HTML, CSS and JavaScript,
   package data;
-* :mod:`~smtpd_compat.web.http`: :class:`WebServer`, its routes and
-  Content-Security-Policies;
+* :mod:`~smtpd_compat.web.api`: Mailpit's API v1, one function per route;
+* :mod:`~smtpd_compat.web.http`: :class:`WebServer`, its routes and the
+  page's Content-Security-Policy;
 * this module: the capability (the server mixin and its channel layer) and
   the command line's ``--web``.
 
 The SMTP side only appends the raw message to the inbox (a few dictionary
 operations under a lock); the HTTP side parses, in its own threads.
 """
+import contextvars
 import logging
 import sys
 from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple, Union, cast
@@ -34,6 +36,7 @@ from smtpd_compat._compose import UNSET, CapabilityServerMixin, settings
 from smtpd_compat.session import LAYERS
 from smtpd_compat.web.http import Address, WebServer
 from smtpd_compat.web.mime import html_to_text
+from smtpd_compat.web.release import Upstream
 from smtpd_compat.web.store import (
     DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, Inbox, StoredMessage)
 
@@ -46,10 +49,17 @@ else:
 __all__ = [
     'Inbox', 'StoredMessage', 'WebInboxServerMixin', 'WebInboxChannelMixin',
     'WebInboxServer', 'WebServer', 'parse_address', 'html_to_text',
-    'DEFAULT_ADDRESS', 'CLI_OPTIONS', 'cli_configure',
+    'DEFAULT_ADDRESS', 'CLI_OPTIONS', 'cli_configure', 'Upstream',
 ]
 
 log = logging.getLogger(__name__)
+
+# The SMTP login (AUTH) of the session whose message message_accepted() is
+# recording: set by the channel layer around the hook, so the hook keeps
+# its signature (subclasses override it) and the inbox still gets
+# Mailpit's Username.
+_smtp_user: 'contextvars.ContextVar[Optional[str]]' = contextvars.ContextVar(
+    'smtpd_compat.web smtp user', default=None)
 
 #: Where the inbox listens when no address is given (Mailpit's port).
 DEFAULT_ADDRESS: Address = ('127.0.0.1', 8025)
@@ -78,6 +88,22 @@ def parse_address(text: Union[str, int, Tuple[str, int], None]) -> Address:
     if not 0 <= number <= 65535:
         raise ValueError('invalid web address %r: expected [HOST:]PORT' % (text,))
     return (host or DEFAULT_ADDRESS[0], number)
+
+
+def make_upstream(relay: Any, allowed: Optional[str] = None) -> Optional[Upstream]:
+    """The upstream of ``web_relay`` (``'HOST:PORT'``, ``(host, port)``,
+    an :class:`Upstream` or None) with ``web_relay_allowed``."""
+    if relay is None or isinstance(relay, Upstream):
+        return relay
+    if isinstance(relay, str):
+        host, sep, port = relay.rpartition(':')
+        if not sep or not port.isdigit():
+            raise ValueError('invalid web relay %r: expected HOST:PORT' % (relay,))
+        relay = (host.strip('[]'), int(port))
+    if not (isinstance(relay, tuple) and len(relay) == 2):
+        raise TypeError('web_relay must be "HOST:PORT" or (host, port), not %r'
+                        % (relay,))
+    return Upstream(relay[0], relay[1], allowed)
 
 
 def _accepted(status: Any) -> bool:
@@ -142,6 +168,7 @@ class WebInboxChannelMixin(_ChannelBase):
         if not _accepted(status):
             return
         server = cast('WebInboxServerMixin', self.smtp_server)
+        token = _smtp_user.set(getattr(self, 'auth_user', None))
         try:
             # (mailfrom is never None here: DATA needs MAIL first.)
             server.message_accepted(peer, mailfrom or '', list(rcpttos), data)
@@ -149,6 +176,8 @@ class WebInboxChannelMixin(_ChannelBase):
             # The message is delivered already: a fault in the inbox must
             # not turn that into an error for the client.
             log.exception('web inbox: cannot record a message')
+        finally:
+            _smtp_user.reset(token)
 
 
 class WebInboxServerMixin(CapabilityServerMixin):
@@ -169,6 +198,13 @@ class WebInboxServerMixin(CapabilityServerMixin):
         ``web_max_bytes`` (256 MiB).
     ``web_max_messages``, ``web_max_bytes`` (the same names)
         the bounds of the new inbox.
+    ``web_relay`` (the same name)
+        where ``POST /api/v1/message/{ID}/release`` relays a message:
+        ``'HOST:PORT'``, ``(host, port)`` or an :class:`Upstream`; default
+        None (release is off).
+    ``web_relay_allowed`` (the same name)
+        a regular expression that each release recipient's address must
+        contain a match of; default None (any).
 
     After construction: ``inbox``, ``web_server`` and ``web_url``.  A
     message is recorded by :meth:`message_accepted`, which the channel
@@ -187,23 +223,27 @@ class WebInboxServerMixin(CapabilityServerMixin):
 
     def __init__(self, *args: Any, web: Any = UNSET, inbox: Any = UNSET,
                  web_max_messages: Any = UNSET, web_max_bytes: Any = UNSET,
+                 web_relay: Any = UNSET, web_relay_allowed: Any = UNSET,
                  **kwargs: Any) -> None:
         # A keyword not given: the user's class attribute, else the default.
         values = settings(
             self,
             {'web_address': web, 'inbox': inbox,
              'web_max_messages': web_max_messages,
-             'web_max_bytes': web_max_bytes},
+             'web_max_bytes': web_max_bytes, 'web_relay': web_relay,
+             'web_relay_allowed': web_relay_allowed},
             {'web_address': DEFAULT_ADDRESS, 'inbox': None,
              'web_max_messages': DEFAULT_MAX_MESSAGES,
-             'web_max_bytes': DEFAULT_MAX_BYTES})
+             'web_max_bytes': DEFAULT_MAX_BYTES, 'web_relay': None,
+             'web_relay_allowed': None})
         address = parse_address(values['web_address'])
+        upstream = make_upstream(values['web_relay'], values['web_relay_allowed'])
         if values['inbox'] is None:
             self.inbox = Inbox(max_messages=values['web_max_messages'],
                                max_bytes=values['web_max_bytes'])
         super().__init__(*args, **kwargs)
         try:
-            self.web_server = WebServer(address, self.inbox)
+            self.web_server = WebServer(address, self.inbox, upstream)
         except OSError as e:
             self.close()
             raise OSError(e.errno, 'cannot serve the web inbox on %s port %s: %s'
@@ -223,7 +263,7 @@ class WebInboxServerMixin(CapabilityServerMixin):
         already.  A message handed to ``process_message`` by other code
         than an SMTP session is not recorded.
         """
-        self.inbox.add(data, mailfrom, rcpttos, peer)
+        self.inbox.add(data, mailfrom, rcpttos, peer, username=_smtp_user.get())
 
     def close(self) -> None:
         super().close()
@@ -248,6 +288,12 @@ CLI_OPTIONS = (
     ('web=', '[HOST:]PORT',
      'Also show every accepted message in a web inbox on this address '
      '(host default 127.0.0.1), with a Mailpit-compatible API.'),
+    ('web-relay=', 'HOST:PORT',
+     'With --web: release (relay) messages from the inbox to this SMTP '
+     'server on request (off by default).'),
+    ('web-relay-allowed=', 'REGEX',
+     'With --web-relay: only release to addresses this regular expression '
+     'matches.'),
 )
 
 
@@ -268,3 +314,17 @@ def cli_configure(cli: 'CLI') -> None:
         if not has_inbox:
             cli.mixins.append(WebInboxServerMixin)
         cli.server_kwargs['web'] = address
+    elif not has_inbox:
+        for option in ('web-relay', 'web-relay-allowed'):
+            if option in cli.given:
+                cli.error('--%s needs --web' % option)
+        return
+    if 'web-relay-allowed' in cli.given and 'web-relay' not in cli.given:
+        cli.error('--web-relay-allowed needs --web-relay')
+    if 'web-relay' in cli.given:
+        try:
+            make_upstream(cli.given['web-relay'], cli.given.get('web-relay-allowed'))
+        except (TypeError, ValueError) as e:
+            cli.error('Invalid --web-relay: %s' % (e,))
+        cli.server_kwargs['web_relay'] = cli.given['web-relay']
+        cli.server_kwargs['web_relay_allowed'] = cli.given.get('web-relay-allowed')

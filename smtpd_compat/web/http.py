@@ -1,5 +1,6 @@
 """The inbox's HTTP side: the server, the request handler, the routes
-(Mailpit's API v1 and the page) and the Content-Security-Policies.
+(Mailpit's API v1, whose handlers are in :mod:`smtpd_compat.web.api`, and the
+page) and the page's Content-Security-Policy.
 
 :class:`WebServer` is a :class:`http.server.ThreadingHTTPServer` that
 serves one :class:`~smtpd_compat.web.store.Inbox` from a daemon thread (one
@@ -25,13 +26,17 @@ import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple, cast
 
 from smtpd_compat._version import VERSION
-from smtpd_compat.web import static
-from smtpd_compat.web.mime import decode_header, header_text, part_bytes
-from smtpd_compat.web.store import Inbox, StoredMessage
+from smtpd_compat.web import api, events, mailhog, openapi, static
+from smtpd_compat.web.api import (
+    DATA_CSP, MESSAGE_CSP, BadRequest, Body, Forbidden, HTTPError,
+    MethodNotAllowed, NotFound, PayloadTooLarge, parse_body)
+from smtpd_compat.web.events import Hub
+from smtpd_compat.web.release import Upstream
+from smtpd_compat.web.store import Inbox
 
 __all__ = [
-    'WebServer', 'Handler', 'ROUTES', 'Address', 'PAGE_CSP', 'MESSAGE_CSP',
-    'DATA_CSP',
+    'WebServer', 'Handler', 'ROUTES', 'find_route', 'Address', 'PAGE_CSP',
+    'MESSAGE_CSP', 'DATA_CSP', 'MAX_REQUEST_BODY',
 ]
 
 log = logging.getLogger(__name__)
@@ -39,25 +44,14 @@ log = logging.getLogger(__name__)
 #: ``(host, port)``.
 Address = Tuple[str, int]
 
-# Request bodies (DELETE/PUT with a list of IDs) are small; refuse more.
-_MAX_REQUEST_BODY = 1024 * 1024
+#: Request bodies (DELETE/PUT with a list of IDs) are small; refuse more.
+MAX_REQUEST_BODY = 1024 * 1024
 
 #: The page: scripts and styles only from this origin, no inline code, no
 #: remote loads; message HTML only in frames from this origin.
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; "
             "img-src 'self' data:; connect-src 'self'; frame-src 'self'; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-#: A message's HTML: no script at all (the CSP sandbox also applies when the
-#: URL is opened directly, not only inside the page's sandboxed iframe), no
-#: remote loads; images inline (data:) or from this inbox (cid: rewritten).
-#: Links open in a new tab (allow-popups) that leaves the sandbox, so a link
-#: to a web app works there; javascript: URLs cannot run (no script source).
-MESSAGE_CSP = ("default-src 'none'; img-src 'self' data: cid:; "
-               "style-src 'unsafe-inline'; font-src data:; "
-               "frame-ancestors 'self'; "
-               "sandbox allow-popups allow-popups-to-escape-sandbox")
-#: Raw source and parts: never rendered as a document of this origin.
-DATA_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
 
 # The page's files other than index.html, by extension.
 _STATIC_TYPES = {'js': 'text/javascript; charset=utf-8',
@@ -67,41 +61,8 @@ _LOOPBACK_HOSTS = re.compile(
     r'^(localhost|[^:]+\.localhost|127(\.\d{1,3}){3}|\[::1\]|::1)(:\d+)?$', re.I)
 
 
-class _NotFound(Exception):
-    pass
-
-
-class _BadRequest(Exception):
-    pass
-
-
 def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(',', ':')).encode('ascii')
-
-
-def _public(summary: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in summary.items() if not k.startswith('_')}
-
-
-def _content_disposition(kind: str, filename: str) -> str:
-    """A Content-Disposition value that a hostile file name cannot break
-    out of: an ASCII fallback of safe characters, and the full name in
-    RFC 8187 encoding (RFC 6266 section 4.3)."""
-    fallback = re.sub(r'[^A-Za-z0-9._ -]', '_', filename)[:100] or 'download'
-    return "%s; filename=\"%s\"; filename*=UTF-8''%s" % (
-        kind, fallback, urllib.parse.quote(filename[:200], safe=''))
-
-
-def _inject_base(markup: str) -> str:
-    """Links in the mail open in a new tab: a ``<base target=_blank>``
-    after the <head> tag (or the doctype, or at the start)."""
-    base = '<base target="_blank">'
-    m = re.search(r'<head\b[^>]*>', markup, re.I)
-    if m is None:
-        m = re.match(r'\s*<!doctype[^>]*>', markup, re.I)
-    if m is None:
-        return base + markup
-    return markup[:m.end()] + base + markup[m.end():]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -114,6 +75,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     #: The query string of the request being answered.
     query: Dict[str, List[str]]
+    # Whether the request's body was read (else the connection closes).
+    _body_read = False
 
     @property
     def web_server(self) -> WebServer:
@@ -164,21 +127,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send_text(403, 'Forbidden: unexpected Host header')
                 return
             url = urllib.parse.urlsplit(self.path)
-            self.query = urllib.parse.parse_qs(url.query)
+            self.query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
             path = urllib.parse.unquote(url.path)
-            for method, pattern, handler in ROUTES:
-                if method != self.command and not (
-                        method == 'GET' and self.command == 'HEAD'):
-                    continue
-                m = pattern.match(path)
-                if m:
-                    handler(self, *m.groups())
-                    return
-            self._send_text(404, 'Not found')
-        except _NotFound as e:
-            self._send_text(404, str(e) or 'Not found')
-        except _BadRequest as e:
-            self._send_text(400, str(e))
+            self._body_read = False
+            handler, args = find_route(self.command, path)
+            if not self._origin_allowed(path):
+                raise Forbidden('Blocked due to CORS violation')
+            handler(self, *args)
+        except HTTPError as e:
+            if e.as_json:
+                self._send(e.status, _json({'Error': str(e)}),
+                           'application/json; charset=utf-8', headers=e.headers)
+            else:
+                self._send(e.status, str(e).encode('utf-8'),
+                           'text/plain; charset=utf-8', headers=e.headers)
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception:
@@ -187,221 +149,105 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send_text(500, 'Internal error')
             except OSError:
                 pass
+        finally:
+            if not self._body_read and (
+                    self.headers.get('Content-Length', '0').strip() not in ('', '0')
+                    or self.headers.get('Transfer-Encoding')):
+                # A body nobody read must not be taken for the next request.
+                self.close_connection = True
 
-    do_GET = do_HEAD = do_DELETE = do_PUT = _dispatch
+    def __getattr__(self, name: str) -> Any:
+        # Every method, also one no route has (PATCH, FOO), goes to the
+        # route table: 405 or 404 in plain text, never the stdlib's HTML
+        # "501 Unsupported method" page.
+        if name.startswith('do_') and name[3:].isalpha() and name[3:].isupper():
+            return self._dispatch
+        raise AttributeError(name)
+
+    do_GET = do_HEAD = do_DELETE = do_PUT = do_POST = do_OPTIONS = _dispatch
+
+    def send_error(self, code: int, message: Optional[str] = None,
+                   explain: Optional[str] = None) -> None:
+        """The stdlib's errors (a bad request line, headers too long, ...)
+        in plain text like every other answer, not its HTML page."""
+        self.close_connection = True
+        try:
+            phrase = http.HTTPStatus(code).phrase
+        except ValueError:
+            phrase = 'Error'
+        text = (message or phrase).replace('\r', ' ').replace('\n', ' ')
+        self._send(code, text.encode('utf-8', 'replace'), 'text/plain; charset=utf-8',
+                   headers=[('Connection', 'close')])
+
+    def _origin_allowed(self, path: str) -> bool:
+        """A browser page of another origin may not change the inbox nor
+        listen to its events, as Mailpit refuses it: an ``Origin`` header,
+        when there is one, must name the host the request was sent to.
+        A GET is let through (no CORS header lets such a page read the
+        answer): the message's own sandboxed frame, whose origin is
+        ``null``, loads its inline images so."""
+        origin = self.headers.get('Origin')
+        if origin is None or not path.startswith('/api/') or (
+                self.command in ('GET', 'HEAD') and path != '/api/events'):
+            return True
+        host = urllib.parse.urlsplit(origin).netloc
+        return bool(host) and host.lower() == (self.headers.get('Host') or '').lower()
+
+    @property
+    def events(self) -> Hub:
+        """The live events of the inbox (``/api/events``)."""
+        return self.web_server.events
+
+    @property
+    def upstream(self) -> Optional[Upstream]:
+        """Where released messages go (None: release is off)."""
+        return self.web_server.upstream
 
     def _param(self, name: str, default: str = '') -> str:
+        # The first value, as Go's Query().Get.
         values = self.query.get(name)
-        return values[-1] if values else default
+        return values[0] if values else default
 
-    def _int_param(self, name: str, default: int) -> int:
-        text = self._param(name, '')
-        if not text:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            raise _BadRequest('invalid %s: %s' % (name, text)) from None
-        if value < 0:
-            raise _BadRequest('invalid %s: %s' % (name, text))
-        return value
-
-    def _body(self) -> Dict[str, Any]:
-        """The request body as a dict: JSON (Mailpit's form; keys matched
-        without regard to case, as Go's JSON decoder does) or a form
-        (what some clients send)."""
-        try:
-            length = int(self.headers.get('Content-Length') or 0)
-        except ValueError:
-            raise _BadRequest('invalid Content-Length') from None
-        if length > _MAX_REQUEST_BODY:
-            raise _BadRequest('request body too large')
-        data = self.rfile.read(length) if length > 0 else b''
-        if not data.strip():
-            return {}
-        ctype = self.headers.get('Content-Type', '')
-        if 'application/x-www-form-urlencoded' in ctype:
-            form = urllib.parse.parse_qs(data.decode('utf-8', 'replace'))
-            return {k.lower(): v for k, v in form.items()}
-        try:
-            value = json.loads(data)
-        except ValueError:
-            raise _BadRequest('invalid JSON body') from None
-        if not isinstance(value, dict):
-            raise _BadRequest('the body must be a JSON object')
-        return {str(k).lower(): v for k, v in value.items()}
-
-    def _message(self, id: str) -> StoredMessage:
-        message = self.inbox.get(id)
-        if message is None:
-            raise _NotFound('Message not found')
-        return message
-
-    # -- Mailpit API ------------------------------------------------------------
-
-    def _list(self, messages: List[StoredMessage]) -> None:
-        start = self._int_param('start', 0)
-        limit = self._int_param('limit', 50)
-        page = messages[start:start + limit]
-        stats = self.inbox.stats()
-        items = []
-        for m in page:
-            item: Dict[str, Any] = {'ID': m.id, 'MessageID': '', 'Read': m.read}
-            item.update(_public(self.inbox.summary(m)))
-            items.append(item)
-        self._send_json({
-            'total': stats['total'],
-            'unread': stats['unread'],
-            'count': len(items),
-            'messages_count': len(messages),
-            'start': start,
-            'tags': [],
-            'messages': items,
-        })
-
-    def get_messages(self) -> None:
-        self._list(self.inbox.newest_first())
-
-    def get_search(self) -> None:
-        query = self._param('query')
-        if not query.strip():
-            raise _BadRequest('no search query')
-        self._list(self.inbox.search(query))
-
-    def delete_search(self) -> None:
-        query = self._param('query')
-        if not query.strip():
-            raise _BadRequest('no search query')
-        self.inbox.delete([m.id for m in self.inbox.search(query)])
-        self._send_text(200, 'ok')
-
-    def delete_messages(self) -> None:
-        ids = self._body().get('ids')
-        if ids is None or ids == []:
-            self.inbox.delete(None)
-        elif isinstance(ids, list) and all(isinstance(i, str) for i in ids):
-            self.inbox.delete(ids)
+    def _body(self, limit: int = MAX_REQUEST_BODY) -> Body:
+        """The request body (Content-Length or chunked, at most ``limit``
+        bytes) as Mailpit reads it: :func:`~smtpd_compat.web.api.parse_body`."""
+        if 'chunked' in (self.headers.get('Transfer-Encoding') or '').lower():
+            data = self._read_chunked(limit)
         else:
-            raise _BadRequest('IDs must be a list of strings')
-        self._send_text(200, 'ok')
+            try:
+                length = int(self.headers.get('Content-Length') or 0)
+            except ValueError:
+                raise BadRequest('invalid Content-Length') from None
+            if length > limit:
+                raise PayloadTooLarge('request body too large')
+            data = self.rfile.read(length) if length > 0 else b''
+        # (Read whole: the connection may go on.  Not read, or read in
+        # part, it closes after the answer.)
+        self._body_read = True
+        return parse_body(data)
 
-    def put_messages(self) -> None:
-        body = self._body()
-        ids = body.get('ids')
-        read = body.get('read', False)
-        if isinstance(read, list):      # a form
-            read = read[-1].lower() in ('1', 'true', 'yes')
-        if ids is not None and not (
-                isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-            raise _BadRequest('IDs must be a list of strings')
-        self.inbox.set_read(ids or None, bool(read))
-        self._send_text(200, 'ok')
-
-    def get_message(self, id: str) -> None:
-        message = self._message(id)
-        details = dict(self.inbox.parsed(message).details)
-        del details['_parts']
-        if not message.read:
-            self.inbox.set_read([message.id], True)
-        result: Dict[str, Any] = {'ID': message.id, 'Read': True}
-        result.update(details)
-        self._send_json(result)
-
-    def get_headers(self, id: str) -> None:
-        msg = self.inbox.parsed(self._message(id)).msg
-        headers: Dict[str, List[str]] = {}
-        for name, value in msg.raw_items():
-            text = decode_header(value)
-            # Go's canonical form (textproto.CanonicalMIMEHeaderKey), as
-            # Mailpit returns the keys: Message-Id, Content-Type.
-            key = '-'.join(w[:1].upper() + w[1:].lower() for w in name.split('-'))
-            headers.setdefault(key, []).append(text)
-        self._send_json(dict(sorted(headers.items())))
-
-    def get_raw(self, id: str) -> None:
-        message = self._message(id)
-        headers = []
-        if self._param('dl'):
-            headers.append(('Content-Disposition', _content_disposition(
-                'attachment', message.id + '.eml')))
-            ctype = 'message/rfc822'
-        else:
-            ctype = 'text/plain; charset=utf-8'
-        self._send(200, message.raw, ctype, headers=headers)
-
-    def get_part(self, id: str, part_id: str) -> None:
-        message = self._message(id)
-        parts = self.inbox.parsed(message).details['_parts']
-        part = parts.get(part_id)
-        if part is None:
-            raise _NotFound('Part not found')
-        ctype = part.get_content_type()
-        charset = part.get_content_charset()
-        if charset and ctype.startswith('text/') and re.match(r'^[\w.:-]+$', charset):
-            ctype += '; charset=' + charset
-        try:
-            filename = header_text(part.get_filename() or '')
-        except Exception:
-            filename = ''
-        kind = 'attachment' if self._param('dl') else 'inline'
-        headers = [('Content-Disposition', _content_disposition(
-            kind, filename or 'part-' + part_id))]
-        self._send(200, part_bytes(part), ctype, headers=headers)
-
-    def get_info(self) -> None:
-        stats = self.inbox.stats()
-        inbox = self.inbox
-        self._send_json({
-            'Version': 'smtpd_compat ' + VERSION,
-            'LatestVersion': '',
-            'Database': '',
-            'DatabaseSize': stats['bytes'],
-            'Messages': stats['total'],
-            'Unread': stats['unread'],
-            'Tags': {},
-            'RuntimeStats': {
-                'Memory': 0,
-                'MessagesDeleted': inbox.deleted,
-                'SMTPAccepted': inbox.accepted,
-                'SMTPAcceptedSize': inbox.accepted_bytes,
-                'SMTPIgnored': inbox.ignored,
-                'SMTPRejected': 0,
-                'Uptime': int(time.time() - inbox.started),
-            },
-        })
-
-    def get_tags(self) -> None:
-        self._send_json([])
-
-    def get_view_html(self, id: str) -> None:
-        message = self._message(id)
-        details = self.inbox.parsed(message).details
-        markup = details['HTML']
-        if not markup:
-            raise _NotFound('Message has no HTML part')
-        # cid: references become this inbox's part URLs, so inline images
-        # load from the same origin (and nothing from elsewhere).
-        by_cid = {a['ContentID']: a['PartID']
-                  for a in details['Inline'] + details['Attachments']
-                  if a['ContentID']}
-
-        def rewrite(m: 're.Match[str]') -> str:
-            cid = urllib.parse.unquote(m.group(1))
-            part_id = by_cid.get(cid)
-            if part_id is None:
-                return m.group(0)
-            return '/api/v1/message/%s/part/%s' % (message.id, part_id)
-
-        markup = re.sub(r'cid:([^"\'\s>)]+)', rewrite, markup, flags=re.I)
-        if self._param('embed'):
-            markup = _inject_base(markup)
-        self._send(200, markup.encode('utf-8', 'replace'),
-                   'text/html; charset=utf-8', csp=MESSAGE_CSP)
-
-    def get_view_text(self, id: str) -> None:
-        message = self._message(id)
-        text = self.inbox.parsed(message).details['Text']
-        self._send_text(200, text)
+    def _read_chunked(self, limit: int) -> bytes:
+        # RFC 9112 section 7.1: size line (hex, extensions after ';'),
+        # data, CRLF; a 0 size ends it, then trailer lines up to an empty one.
+        data = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b';')[0].strip(), 16)
+            except ValueError:
+                raise BadRequest('invalid chunked body') from None
+            if size < 0:
+                raise BadRequest('invalid chunked body')
+            if size == 0:
+                break
+            if len(data) + size > limit:
+                raise PayloadTooLarge('request body too large')
+            data += self.rfile.read(size)
+            self.rfile.readline(3)
+        for _ in range(100):
+            if self.rfile.readline(1024).strip() == b'':
+                break
+        return bytes(data)
 
     # -- the page -----------------------------------------------------------------
 
@@ -433,25 +279,59 @@ ROUTES: List[Tuple[str, Pattern[str], Callable[..., None]]] = [
     for method, pattern, handler in (
         ('GET', r'/', Handler.get_page),
         ('GET', r'/view/' + _ID, Handler.get_page),
-        ('GET', r'/view/' + _ID + r'\.html', Handler.get_view_html),
-        ('GET', r'/view/' + _ID + r'\.txt', Handler.get_view_text),
+        ('GET', r'/view/' + _ID + r'\.html', api.get_view_html),
+        ('GET', r'/view/' + _ID + r'\.txt', api.get_view_text),
         ('GET', r'/(app\.js|app\.css)', Handler.get_static),
         ('GET', r'/livez', Handler.get_livez),
         ('GET', r'/readyz', Handler.get_livez),
         ('GET', r'/api/web/state', Handler.get_state),
-        ('GET', r'/api/v1/info', Handler.get_info),
-        ('GET', r'/api/v1/tags', Handler.get_tags),
-        ('GET', r'/api/v1/messages', Handler.get_messages),
-        ('PUT', r'/api/v1/messages', Handler.put_messages),
-        ('DELETE', r'/api/v1/messages', Handler.delete_messages),
-        ('GET', r'/api/v1/search', Handler.get_search),
-        ('DELETE', r'/api/v1/search', Handler.delete_search),
-        ('GET', r'/api/v1/message/' + _ID, Handler.get_message),
-        ('GET', r'/api/v1/message/' + _ID + r'/headers', Handler.get_headers),
-        ('GET', r'/api/v1/message/' + _ID + r'/raw', Handler.get_raw),
-        ('GET', r'/api/v1/message/' + _ID + r'/part/([0-9.]+)', Handler.get_part),
+        ('GET', r'/api/v1/info', api.get_info),
+        ('GET', r'/api/v1/webui', api.get_webui),
+        ('GET', r'/api/v1/swagger\.json', openapi.get_swagger),
+        ('GET', r'/api/v1/tags', api.get_tags),
+        ('PUT', r'/api/v1/tags', api.put_tags),
+        ('PUT', r'/api/v1/tags/([^/]+)', api.put_tag),
+        ('DELETE', r'/api/v1/tags/([^/]+)', api.delete_tag),
+        ('GET', r'/api/v1/messages', api.get_messages),
+        ('PUT', r'/api/v1/messages', api.put_messages),
+        ('DELETE', r'/api/v1/messages', api.delete_messages),
+        ('GET', r'/api/v1/search', api.get_search),
+        ('DELETE', r'/api/v1/search', api.delete_search),
+        ('POST', r'/api/v1/send', api.post_send),
+        ('GET', r'/api/v1/message/' + _ID, api.get_message),
+        ('GET', r'/api/v1/message/' + _ID + r'/headers', api.get_headers),
+        ('GET', r'/api/v1/message/' + _ID + r'/raw', api.get_raw),
+        ('GET', r'/api/v1/message/' + _ID + r'/part/([0-9.]+)', api.get_part),
+        ('POST', r'/api/v1/message/' + _ID + r'/release', api.post_release),
+        ('OPTIONS', r'/api/v1/.*', api.options),
+        ('GET', r'/api/events', events.get_events),
+        # MailHog's API (its v1 "delete all" is Mailpit's DELETE above).
+        ('GET', r'/api/v2/messages', mailhog.get_messages),
+        ('GET', r'/api/v2/search', mailhog.get_search),
+        ('DELETE', r'/api/v1/messages/' + _ID, mailhog.delete_message),
+        ('OPTIONS', r'/api/v2/.*', api.options),
     )
 ]
+
+
+def find_route(method: str, path: str) -> Tuple[Callable[..., None], Tuple[str, ...]]:
+    """The handler of a request and its arguments (the pattern's groups);
+    NotFound when no route has the path, MethodNotAllowed (with the
+    ``Allow`` header) when routes have it for other methods.  GET routes
+    answer HEAD."""
+    allowed: List[str] = []
+    for route_method, pattern, handler in ROUTES:
+        m = pattern.match(path)
+        if m is None:
+            continue
+        if route_method == method or (route_method == 'GET' and method == 'HEAD'):
+            return handler, m.groups()
+        if route_method != 'OPTIONS':     # (any /api/v1/ path has it)
+            allowed += [route_method, 'HEAD'] if route_method == 'GET' else [route_method]
+    if not allowed:
+        raise NotFound('Not found')
+    raise MethodNotAllowed('Method Not Allowed', headers=[
+        ('Allow', ', '.join(sorted(set(allowed))))])
 
 
 def _is_loopback(host: str) -> bool:
@@ -470,12 +350,17 @@ class WebServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: Address, inbox: Inbox) -> None:
+    def __init__(self, address: Address, inbox: Inbox,
+                 upstream: Optional[Upstream] = None) -> None:
         host, port = address
         if ':' in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
         self.inbox = inbox
+        #: Where released messages go (None: release is off).
+        self.upstream = upstream
+        #: The live events (``/api/events``).
+        self.events = Hub(inbox)
         self.loopback_only = _is_loopback(host)
         self._thread: Optional[threading.Thread] = None
         shown = str(self.server_address[0])
@@ -504,6 +389,12 @@ class WebServer(http.server.ThreadingHTTPServer):
             self._thread.join()
             self._thread = None
         self.server_close()
+        self.events.close()
+
+    def shutdown_request(self, request: Any) -> None:
+        # A websocket's connection lives on in the events hub.
+        if not self.events.owns(request):
+            super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints tracebacks to stderr; log them instead.

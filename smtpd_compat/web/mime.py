@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import email
+import hashlib
 import email.header
 import email.utils
 import logging
@@ -26,7 +27,8 @@ from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 __all__ = [
     'RawMessage', 'Parsed', 'summarise', 'html_to_text', 'header_text',
-    'decode_header', 'part_bytes', 'iso_time',
+    'decode_header', 'part_bytes', 'iso_time', 'clean', 'clean_tag',
+    'list_unsubscribe', 'MAX_TAGS',
 ]
 
 log = logging.getLogger(__name__)
@@ -362,12 +364,16 @@ def _details(parsed: Parsed) -> Dict[str, Any]:
             filename = part.get_filename() or ''
         except Exception:
             filename = ''
+        content = part_bytes(part)
         info = {
             'PartID': part_id,
             'FileName': header_text(filename),
             'ContentType': part.get_content_type(),
             'ContentID': content_id,
-            'Size': len(part_bytes(part)),
+            'Size': len(content),
+            'Checksums': {'MD5': hashlib.md5(content).hexdigest(),
+                          'SHA1': hashlib.sha1(content).hexdigest(),
+                          'SHA256': hashlib.sha256(content).hexdigest()},
         }
         parts[part_id] = part
         (inline if content_id and disposition != 'attachment'
@@ -395,8 +401,11 @@ def _details(parsed: Parsed) -> Dict[str, Any]:
         'ReturnPath': (return_path[0]['Address'] if return_path
                        else stored.mailfrom),
         'Subject': _header_value(headers, 'Subject'),
+        'ListUnsubscribe': list_unsubscribe(
+            _header_value(headers, 'List-Unsubscribe'),
+            _header_value(headers, 'List-Unsubscribe-Post')),
         'Date': _date(headers, stored.received),
-        'Tags': [],
+        'Tags': _auto_tags(headers, senders + to + cc + bcc),
         'Text': text,
         'HTML': markup,
         'Size': stored.size,
@@ -410,6 +419,7 @@ def _fallback_details(stored: RawMessage) -> Dict[str, Any]:
     return {'MessageID': '', 'From': None, 'To': [], 'Cc': [],
             'Bcc': [{'Name': '', 'Address': r} for r in stored.rcpttos],
             'ReplyTo': [], 'ReturnPath': stored.mailfrom, 'Subject': '',
+            'ListUnsubscribe': list_unsubscribe('', ''),
             'Date': iso_time(stored.received), 'Tags': [], 'Text': '',
             'HTML': '', 'Size': stored.size, 'Inline': [], 'Attachments': [],
             '_parts': {}}
@@ -418,8 +428,8 @@ def _fallback_details(stored: RawMessage) -> Dict[str, Any]:
 def summarise(stored: RawMessage, d: Dict[str, Any]) -> Dict[str, Any]:
     """The list fields of a message (Mailpit's MessageSummary without ID
     and Read) from its details, plus under the private key '_search' the
-    lower-cased text of each field search looks at
-    (:mod:`smtpd_compat.web.search`)."""
+    :func:`clean` text of each field search looks at, and under '_inline'
+    the number of inline parts (:mod:`smtpd_compat.web.search`)."""
     text = d['Text'] or html_to_text(d['HTML'])
     snippet = ' '.join(text.split())[:_SNIPPET]
 
@@ -437,20 +447,132 @@ def summarise(stored: RawMessage, d: Dict[str, Any]) -> Dict[str, Any]:
         'ReplyTo': d['ReplyTo'],
         'Subject': d['Subject'],
         'Created': iso_time(stored.received),
-        'Tags': [],
+        'Tags': d['Tags'],
         'Size': stored.size,
         'Attachments': len(d['Attachments']),
         'Snippet': snippet,
     }
-    summary['_search'] = {
-        'from': sender + ' ' + stored.mailfrom.lower(),
-        'to': flat(d['To']) + ' ' + ' '.join(stored.rcpttos).lower(),
-        'cc': flat(d['Cc']),
-        'bcc': flat(d['Bcc']),
-        'reply-to': flat(d['ReplyTo']),
+    keys = {
+        'from': clean(sender + ' ' + stored.mailfrom),
+        'to': clean(flat(d['To'])),
+        'cc': clean(flat(d['Cc'])),
+        'bcc': clean(flat(d['Bcc'])),
+        'reply-to': clean(flat(d['ReplyTo'])),
         'subject': d['Subject'].lower(),
-        'message-id': d['MessageID'].lower(),
-        'filename': ' '.join(a['FileName'] for a in d['Attachments']).lower(),
-        'text': text.lower(),
+        'message-id': clean(d['MessageID']),
     }
+    # Mailpit's search text: the address headers, subject, Return-Path,
+    # the body text and the attachments' names.
+    keys['text'] = clean(' '.join((
+        keys['from'], d['Subject'], keys['to'], keys['cc'], keys['bcc'],
+        keys['reply-to'], d['ReturnPath'], text,
+        ' '.join(a['FileName'] for a in d['Attachments']))))
+    summary['_search'] = keys
+    summary['_inline'] = len(d['Inline'])
     return summary
+
+
+_UNCLEAN = re.compile(r'[\r\n\t<>",;()\ufeff]')
+
+
+def clean(text: str) -> str:
+    """Text as Mailpit compares it in a search: lower case, line breaks,
+    tabs and ``<>",;()`` as spaces, runs of white space as one space."""
+    return ' '.join(_UNCLEAN.sub(' ', text).split()).lower()
+
+
+# ---------------------------------------------------------------------------
+# Tags and List-Unsubscribe
+
+# What Mailpit allows in a tag name (its documentation: letters, digits,
+# '-', '.', '_', '@' and spaces, 1 to 100 characters).
+_TAG_UNSAFE = re.compile(r'[^a-zA-Z0-9\-\ _.@]')
+#: At most this many tags on a message (Mailpit has no bound).
+MAX_TAGS = 100
+
+
+def clean_tag(text: str) -> str:
+    """A tag name as Mailpit keeps it: other characters than it allows
+    as spaces, runs of spaces as one, at most 100 characters; '' when
+    nothing is left."""
+    return ' '.join(_TAG_UNSAFE.sub(' ', text).split())[:100].strip()
+
+
+def _auto_tags(headers: Dict[str, List[str]],
+               addresses: List[Dict[str, str]]) -> List[str]:
+    """The tags Mailpit gives a message on arrival: the names in its
+    ``X-Tags`` header (comma-separated) and the plus-address parts of
+    its sender and recipients (``user+tag1+tag2@example.org``).  Unique
+    without regard to case (the first spelling kept), sorted."""
+    names = _header_value(headers, 'X-Tags').split(',')
+    for address in addresses:
+        # user+tag1+tag2@domain: from the first '+' to the '@' after it.
+        text = address['Address']
+        plus = text.find('+')
+        at = text.find('@', plus + 1) if plus >= 0 else -1
+        if at > plus:
+            names.extend(text[plus + 1:at].split('+'))
+    tags: Dict[str, str] = {}
+    for name in names:
+        tag = clean_tag(name)
+        if tag and len(tags) < MAX_TAGS:
+            tags.setdefault(tag.lower(), tag)
+    return sorted(tags.values(), key=str.lower)
+
+
+_LINKS = re.compile(r'<([^<>]*)>')
+
+
+def _without_comments(text: str) -> str:
+    # RFC 5322 comments, nested, in one pass (a regular expression over
+    # many unclosed '(' would take quadratic time).
+    out = []
+    depth = 0
+    for char in text:
+        if char == '(':
+            depth += 1
+        elif char == ')' and depth:
+            depth -= 1
+        elif not depth:
+            out.append(char)
+    return ''.join(out)
+
+
+def list_unsubscribe(header: str, post: str) -> Dict[str, Any]:
+    """Mailpit's ListUnsubscribe object for a ``List-Unsubscribe`` header
+    (and ``List-Unsubscribe-Post``): the header, its links, and what is
+    wrong with it (RFC 2369 section 3.2, RFC 8058: angle brackets around
+    each link, commas between, at most one ``mailto:`` and one HTTP(S)
+    link, no spaces)."""
+    result: Dict[str, Any] = {'Header': header, 'Links': [], 'Errors': '',
+                              'HeaderPost': post if header else ''}
+    if not header:
+        return result
+    value = _without_comments(header).strip()
+    links = _LINKS.findall(value)
+    errors: List[str] = []
+    if not links:
+        errors.append('"%s": no link in angle brackets' % value)
+    elif not (value.startswith('<') and value.endswith('>')):
+        errors.append('"%s": each link must be in angle brackets' % value)
+    elif len(links) > 2:
+        errors.append('"%s": at most one email and one HTTP link' % value)
+    elif any(sep.strip() != ',' for sep in re.findall(r'>([^<>]*)<', value)):
+        errors.append('"%s": links must be separated by a comma' % value)
+    else:
+        seen = set()
+        for link in links:
+            kind = ('mailto' if re.match(r'mailto:[a-zA-Z0-9]', link) else
+                    'http' if re.match(r'(?i)https?://[a-zA-Z0-9]', link) else '')
+            if re.search(r'\s', link):
+                errors.append('"%s": a link must not contain spaces' % link)
+            elif not kind:
+                errors.append('"%s": a link must start with http(s):// or '
+                              'mailto:' % link)
+            elif kind in seen:
+                errors.append('"%s": only one %s link is allowed' % (link, kind))
+            else:
+                seen.add(kind)
+                result['Links'].append(link)
+    result['Errors'] = ', '.join(errors)
+    return result

@@ -6,22 +6,28 @@ held for a few dictionary operations: no parsing happens there.  Readers
 outside it: a message's summary is computed on first need and cached on the
 message; a few whole parses are kept in a small LRU.  Deleting or dropping
 a message drops what was cached for it.
+
+Listeners (:meth:`Inbox.subscribe`) hear of every change: the live events
+of :mod:`smtpd_compat.web.events` come from them, never from polling.
 """
 import logging
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import (Any, Dict, Iterable, Iterator, List, Optional, Sequence,
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Union)
 
-from smtpd_compat.web.mime import Parsed, summarise
+from smtpd_compat.web.mime import MAX_TAGS, Parsed, clean_tag, summarise
 from smtpd_compat.web.search import matches, parse_query
 
 __all__ = [
     'StoredMessage', 'Inbox', 'DEFAULT_MAX_MESSAGES', 'DEFAULT_MAX_BYTES',
-    'DEFAULT_MAX_PARSE_BYTES',
+    'DEFAULT_MAX_PARSE_BYTES', 'Listener',
 ]
+
+# A listener (Inbox.subscribe): called with (kind, data) after each change.
+Listener = Callable[[str, Any], None]
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +59,11 @@ class StoredMessage:
     """
 
     __slots__ = ('id', 'raw', 'mailfrom', 'rcpttos', 'peer', 'received',
-                 'read', '_summary')
+                 'read', 'username', '_tags', '_summary')
 
     def __init__(self, raw: bytes, mailfrom: str, rcpttos: List[str],
-                 peer: Any = None, received: Optional[float] = None) -> None:
+                 peer: Any = None, received: Optional[float] = None,
+                 username: str = '') -> None:
         self.id = _new_id()
         self.raw = raw
         self.mailfrom = mailfrom
@@ -64,7 +71,18 @@ class StoredMessage:
         self.peer = peer
         self.received = time.time() if received is None else received
         self.read = False
+        #: The SMTP (or send API) login that delivered it, as Mailpit's
+        #: ``Username``; '' without one.
+        self.username = username
+        # The tags: None until set, or until the summary gave the ones the
+        # message came with (X-Tags, plus addresses).
+        self._tags: Optional[List[str]] = None
         self._summary: Optional[Dict[str, Any]] = None
+
+    @property
+    def tags(self) -> List[str]:
+        """The message's tags, sorted without regard to case."""
+        return list(self._tags or ())
 
     @property
     def size(self) -> int:
@@ -109,17 +127,46 @@ class Inbox:
         self.accepted_bytes = 0
         self.deleted = 0
         self.ignored = 0
+        self._listeners: List[Listener] = []
+
+    # -- listeners -------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(kind, data)`` after every change, under the
+        inbox's lock: it must return at once and not call the inbox.
+        Kinds: ``'new'`` (the StoredMessage), ``'delete'`` (a list of IDs),
+        ``'truncate'`` (None), ``'read'`` (a list of ``(ID, read)`` that
+        changed), ``'tags'`` (a list of ``(ID, tags)``), ``'prune'`` (None:
+        tag names changed)."""
+        with self._lock:
+            self._listeners = self._listeners + [listener]
+
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop calling ``listener``."""
+        with self._lock:
+            self._listeners = [f for f in self._listeners if f is not listener]
+
+    def _notify(self, kind: str, data: Any) -> None:
+        # Under the lock.  A faulty listener must not fail the change.
+        for listener in self._listeners:
+            try:
+                listener(kind, data)
+            except Exception:
+                log.exception('web inbox: a listener failed')
 
     # -- writing (any thread; the SMTP loop calls add) -----------------------
 
     def add(self, data: Union[bytes, str], mailfrom: str = '',
-            rcpttos: Iterable[str] = (), peer: Any = None) -> Optional[StoredMessage]:
+            rcpttos: Iterable[str] = (), peer: Any = None,
+            username: Optional[str] = None) -> Optional[StoredMessage]:
         """Store a message; returns it, or None when it alone is over
-        ``max_bytes``.  Only bookkeeping happens here: no parsing."""
+        ``max_bytes``.  Only bookkeeping happens here: no parsing.
+        ``username``: the login that sent it (Mailpit's ``Username``)."""
         if isinstance(data, str):
             # decode_data=True servers hand over text; keep what came in.
             data = data.encode('utf-8', 'surrogateescape')
-        message = StoredMessage(bytes(data), mailfrom, list(rcpttos), peer)
+        message = StoredMessage(bytes(data), mailfrom, list(rcpttos), peer,
+                                username=username or '')
         return message if self.append(message) else None
 
     def append(self, message: StoredMessage) -> bool:
@@ -137,12 +184,17 @@ class Inbox:
                 return False
             self._messages[message.id] = message
             self._bytes += size
+            dropped = []
             while (len(self._messages) > self.max_messages
                    or self._bytes > self.max_bytes):
                 _, old = self._messages.popitem(last=False)
                 self._bytes -= len(old.raw)
                 self._parsed.pop(old.id, None)
+                dropped.append(old.id)
             self.version += 1
+            self._notify('new', message)
+            if dropped:
+                self._notify('delete', dropped)
         return True
 
     def delete(self, ids: Optional[Iterable[str]] = None) -> int:
@@ -154,14 +206,18 @@ class Inbox:
                 self._messages.clear()
                 self._parsed.clear()
                 self._bytes = 0
+                self._notify('truncate', None)
             else:
-                count = 0
+                gone = []
                 for id in ids:
                     message = self._messages.pop(self._resolve(id), None)
                     if message is not None:
-                        count += 1
+                        gone.append(message.id)
                         self._bytes -= len(message.raw)
                         self._parsed.pop(message.id, None)
+                count = len(gone)
+                if gone:
+                    self._notify('delete', gone)
             self.deleted += count
             self.version += 1
         return count
@@ -170,16 +226,111 @@ class Inbox:
         """Delete every message."""
         self.delete(None)
 
-    def set_read(self, ids: Optional[Iterable[str]], read: bool = True) -> None:
-        """Mark messages read or unread (all when ``ids`` is None)."""
+    def set_read(self, ids: Optional[Iterable[str]], read: bool = True) -> List[str]:
+        """Mark messages read or unread (all when ``ids`` is None);
+        returns the IDs of those whose status changed."""
         with self._lock:
             targets: Sequence[Optional[StoredMessage]] = (
                 list(self._messages.values()) if ids is None else
                 [self._messages.get(self._resolve(i)) for i in ids])
+            changed = []
             for message in targets:
-                if message is not None:
+                if message is not None and message.read != bool(read):
                     message.read = bool(read)
+                    changed.append(message.id)
             self.version += 1
+            if changed:
+                self._notify('read', [(id, bool(read)) for id in changed])
+        return changed
+
+    # -- tags ----------------------------------------------------------------
+
+    def _tag_names(self) -> Dict[str, str]:
+        # Under the lock: lower-cased tag -> its spelling in the inbox.
+        names: Dict[str, str] = {}
+        for message in self._messages.values():
+            for tag in message._tags or ():
+                names.setdefault(tag.lower(), tag)
+        return names
+
+    def set_tags(self, ids: Iterable[str], tags: Iterable[str]) -> None:
+        """Give these messages exactly these tags, as Mailpit does: names
+        cleaned (other characters than letters, digits, spaces and
+        ``-._@`` as spaces, at most 100), empty ones
+        dropped, one per name without regard to case (at most 100), and a
+        name the inbox already has keeps its spelling there.  Unknown IDs
+        are ignored."""
+        wanted: Dict[str, str] = {}
+        for tag in tags:
+            tag = clean_tag(tag)
+            if tag and len(wanted) < MAX_TAGS:
+                wanted.setdefault(tag.lower(), tag)
+        with self._lock:
+            known = self._tag_names()
+            names = sorted((known.get(k, v) for k, v in wanted.items()), key=str.lower)
+            changed = []
+            for id in ids:
+                message = self._messages.get(self._resolve(id))
+                if message is not None:
+                    message._tags = list(names)
+                    changed.append((message.id, list(names)))
+            self.version += 1
+            if changed:
+                self._notify('tags', changed)
+
+    def tags(self) -> List[str]:
+        """Every tag in use, sorted without regard to case."""
+        return sorted(self.tag_counts(), key=str.lower)
+
+    def tag_counts(self) -> Dict[str, int]:
+        """Each tag in use -> how many messages have it."""
+        for message in self.newest_first():
+            if message._tags is None:
+                self.summary(message)      # the tags it came with
+        counts: Dict[str, int] = {}
+        with self._lock:
+            names = self._tag_names()
+            for message in self._messages.values():
+                for tag in message._tags or ():
+                    name = names[tag.lower()]
+                    counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def rename_tag(self, old: str, new: str) -> None:
+        """Rename a tag on every message that has it (``old`` matched
+        without regard to case); ValueError when there is no such tag, the
+        new name is empty once cleaned, or another tag has it."""
+        self.tag_counts()
+        name = clean_tag(new)
+        with self._lock:
+            names = self._tag_names()
+            if old.lower() not in names:
+                raise ValueError('tag not found: %s' % old)
+            if not name:
+                raise ValueError('invalid tag name: %s' % new)
+            if name.lower() != old.lower() and name.lower() in names:
+                raise ValueError('tag already exists: %s' % name)
+            if name == names[old.lower()]:
+                return
+            self._retag(lambda tag: name if tag.lower() == old.lower() else tag)
+
+    def delete_tag(self, name: str) -> None:
+        """Take a tag off every message (``name`` matched without regard
+        to case); ValueError when there is no such tag."""
+        self.tag_counts()
+        with self._lock:
+            if name.lower() not in self._tag_names():
+                raise ValueError('tag not found: %s' % name)
+            self._retag(lambda tag: '' if tag.lower() == name.lower() else tag)
+
+    def _retag(self, change: Callable[[str], str]) -> None:
+        # Under the lock: every message's tags through ``change`` ('' drops).
+        for message in self._messages.values():
+            if message._tags:
+                message._tags = sorted(
+                    (t for t in map(change, message._tags) if t), key=str.lower)
+        self.version += 1
+        self._notify('prune', None)
 
     # -- reading -------------------------------------------------------------
 
@@ -209,12 +360,13 @@ class Inbox:
                 'version': self.version,
             }
 
-    def search(self, query: str) -> List[StoredMessage]:
-        """The messages matching a Mailpit-style search, newest first (see
-        :mod:`smtpd_compat.web.search`)."""
-        terms = parse_query(query)
+    def search(self, query: str, tz: str = '') -> List[StoredMessage]:
+        """The messages matching a Mailpit search, newest first (see
+        :mod:`smtpd_compat.web.search`; ``tz``: the time zone of dates
+        without an offset)."""
+        terms = parse_query(query, tz)
         return [m for m in self.newest_first()
-                if matches(self.summary(m), m.read, terms)]
+                if matches(self.summary(m), m, terms)]
 
     def summary(self, message: StoredMessage) -> Dict[str, Any]:
         """The decoded list fields of ``message`` (Mailpit's MessageSummary
@@ -225,6 +377,10 @@ class Inbox:
         if summary is None:
             details = self.parsed(message).details
             summary = message._summary = summarise(message, details)
+            with self._lock:
+                if message._tags is None:
+                    # The tags it came with (X-Tags, plus addresses).
+                    message._tags = list(summary['Tags'])
         return summary
 
     def parsed(self, message: StoredMessage) -> Parsed:
