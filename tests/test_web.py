@@ -456,6 +456,28 @@ def test_message_html_is_served_sandboxed_with_cid_images_rewritten(w):
         assert headers['X-Content-Type-Options'] == 'nosniff'
 
 
+def test_message_html_remote_images_only_when_asked(w):
+    # The page's remote-images toggle (off by default) adds remote=1;
+    # only the image sources change, never the script or sandbox rules.
+    w.send(make_message(html='<img src="https://img.example/x.png">'))
+    m = w.json('/api/v1/message/latest')
+
+    def img_src(query):
+        status, headers, body = w.request('/view/%s.html%s' % (m['ID'], query))
+        assert status == 200 and b'https://img.example/x.png' in body
+        directives = dict(d.strip().partition(' ')[::2] for d in
+                          headers['Content-Security-Policy'].split(';'))
+        return directives.pop('img-src'), directives
+
+    blocked, rules = img_src('?embed=1')
+    assert 'http' not in blocked
+    for query in ('?embed=1&remote=0', '?embed=1&remote=yes'):
+        assert img_src(query) == (blocked, rules)
+    allowed, same_rules = img_src('?embed=1&remote=1')
+    assert allowed.split() == blocked.split() + ['https:', 'http:']
+    assert same_rules == rules and 'allow-scripts' not in rules['sandbox']
+
+
 def test_page_csp_allows_only_own_scripts(w):
     status, headers, body = w.request('/')
     assert status == 200 and headers['Content-Type'].startswith('text/html')

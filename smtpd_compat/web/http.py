@@ -31,7 +31,7 @@ from smtpd_compat.web.store import Inbox, StoredMessage
 
 __all__ = [
     'WebServer', 'Handler', 'ROUTES', 'Address', 'PAGE_CSP', 'MESSAGE_CSP',
-    'DATA_CSP',
+    'MESSAGE_CSP_REMOTE_IMAGES', 'DATA_CSP',
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,10 @@ MESSAGE_CSP = ("default-src 'none'; img-src 'self' data: cid:; "
                "style-src 'unsafe-inline'; font-src data:; "
                "frame-ancestors 'self'; "
                "sandbox allow-popups allow-popups-to-escape-sandbox")
+#: A message's HTML when the reader asked for its remote images (the
+#: page's toggle, ``?remote=1``): the same, with images from anywhere.
+MESSAGE_CSP_REMOTE_IMAGES = MESSAGE_CSP.replace(
+    "img-src 'self' data: cid:;", "img-src 'self' data: cid: https: http:;")
 #: Raw source and parts: never rendered as a document of this origin.
 DATA_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
 
@@ -395,8 +399,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         markup = re.sub(r'cid:([^"\'\s>)]+)', rewrite, markup, flags=re.I)
         if self._param('embed'):
             markup = _inject_base(markup)
+        csp = MESSAGE_CSP_REMOTE_IMAGES if self._param('remote') == '1' else MESSAGE_CSP
         self._send(200, markup.encode('utf-8', 'replace'),
-                   'text/html; charset=utf-8', csp=MESSAGE_CSP)
+                   'text/html; charset=utf-8', csp=csp)
 
     def get_view_text(self, id: str) -> None:
         message = self._message(id)
