@@ -776,9 +776,17 @@ def test_a_thousand_messages_page_shows_the_newest_hundred(browser, inbox):
     wait_until(lambda: len(rows(browser)) == 200)
 
 
+# The screenshot's sample mail's logo.
+LOGO = (b'<svg xmlns="http://www.w3.org/2000/svg" width="48" height="48" viewBox="0 0 48 48">'
+        b'<rect width="48" height="48" rx="11" fill="#2450b2"/>'
+        b'<path d="M13 25l7 7 15-16" fill="none" stroke="#fff" stroke-width="5" '
+        b'stroke-linecap="round" stroke-linejoin="round"/></svg>')
+
+
 def test_docs_screenshot(browser, inbox):
     """Saves the docs screenshot when SMTPD_COMPAT_WEB_SCREENSHOT names a
     file; otherwise only checks the page renders the inbox."""
+    from selenium.webdriver.common.by import By
     now = time.time()
     samples = [
         ('Your order #1042 has shipped', 'Shop <orders@shop.example>', 'Your parcel is on its way: DHL 00340434161094.'),
@@ -804,28 +812,38 @@ def test_docs_screenshot(browser, inbox):
     read = [m.id for m in inbox.server.inbox.newest_first()[5:]]
     inbox.server.inbox.set_read(read)
     html = ('<div style="font-family:sans-serif;max-width:520px">'
-            '<img src="cid:logo@app" width="48" height="48" style="background:#23324f">'
+            '<img src="cid:logo@app" width="48" height="48" alt="App">'
             '<h2 style="color:#23324f">Welcome aboard, Bob!</h2>'
             '<p>Thanks for signing up. Confirm your address to get started:</p>'
             '<p><a href="http://localhost:8000/confirm?token=abc" '
             'style="background:#2450b2;color:#fff;padding:10px 16px;border-radius:6px;'
             'text-decoration:none">Confirm my account</a></p>'
             '<p style="color:#777">If you did not sign up, ignore this mail.</p></div>')
-    send(inbox, message('Welcome to App \u2713', sender='App Team <hello@app.example>',
-                        html=html, attachment=('terms-2026.pdf', b'%PDF'),
-                        text='Welcome aboard, Bob! Confirm your address.'))
+    welcome = message('Welcome to App \u2713', sender='App Team <hello@app.example>',
+                      html=html, attachment=('terms-2026.pdf', b'%PDF-1.4 ' + bytes(48000)),
+                      text='Welcome aboard, Bob! Confirm your address.')
+    logo = welcome.get_payload()[0].get_payload()[1].get_payload()[1]
+    logo.set_content(LOGO, 'image', 'svg+xml', cid='<logo@app>', filename='logo.svg',
+                     disposition='inline')
+    send(inbox, welcome)
     store(inbox, 'Your order #1043 has shipped', sender='Shop <orders@shop.example>',
           body='Your parcel is on its way.')
-    open_page(browser, inbox.web_url)
-    wait_until(lambda: len(rows(browser)) == len(samples) + 2)
-    click_row(browser, 1)
-    wait_until(lambda: shown_subject(browser) == 'Welcome to App \u2713')
-    from selenium.webdriver.common.by import By
-    browser.switch_to.frame(browser.find_element(By.ID, 'html-frame'))
-    wait_until(lambda: browser.find_elements(By.TAG_NAME, 'h2'))
-    browser.switch_to.default_content()
-    path = os.environ.get('SMTPD_COMPAT_WEB_SCREENSHOT')
-    if path:
-        browser.execute_script('document.activeElement.blur()')
-        time.sleep(0.3)
-        assert browser.save_screenshot(path)
+    # The picture is of a 1280x900 page (the window around it is taller).
+    browser.execute_cdp_cmd('Emulation.setDeviceMetricsOverride', {
+        'width': 1280, 'height': 900, 'deviceScaleFactor': 1, 'mobile': False})
+    try:
+        open_page(browser, inbox.web_url)
+        wait_until(lambda: len(rows(browser)) == len(samples) + 2)
+        click_row(browser, 1)
+        wait_until(lambda: shown_subject(browser) == 'Welcome to App \u2713')
+        browser.switch_to.frame(browser.find_element(By.ID, 'html-frame'))
+        wait_until(lambda: browser.find_elements(By.TAG_NAME, 'h2'))
+        browser.switch_to.default_content()
+        assert browser.execute_script('return [innerWidth, innerHeight]') == [1280, 900]
+        path = os.environ.get('SMTPD_COMPAT_WEB_SCREENSHOT')
+        if path:
+            browser.execute_script('document.activeElement.blur()')
+            time.sleep(0.3)
+            assert browser.save_screenshot(path)
+    finally:
+        browser.execute_cdp_cmd('Emulation.clearDeviceMetricsOverride', {})
