@@ -203,7 +203,7 @@ def api(controller, path, method='GET', body=None):
     return json.loads(text) if r.headers['Content-Type'].startswith('application/json') else text
 
 
-def wait_until(predicate, timeout=10.0, step=0.02):
+def wait_until(predicate, timeout=20.0, step=0.02):
     """Poll ``predicate`` until true; an element that went stale (the
     list re-renders when the inbox changes) means "not yet"."""
     from selenium.common.exceptions import StaleElementReferenceException
@@ -232,17 +232,44 @@ def rows(driver):
     return driver.find_elements(By.CSS_SELECTOR, '#list a.row')
 
 
-def click_row(browser, index):
-    """Click the index-th row, again if the list was drawn anew meanwhile
-    (it is whenever the inbox changes)."""
+def row_cells(browser, index):
+    """What the index-th row shows: each cell's text, and its title (the
+    hover text) as '<class> title'.  Read in one script, so a list drawn
+    anew meanwhile cannot mix two rows."""
+    return browser.execute_script("""
+        var row = document.querySelectorAll('#list a.row')[arguments[0]], cells = {};
+        Array.prototype.forEach.call(row.querySelectorAll('span, time'), function (e) {
+          cells[e.className] = e.textContent;
+          if (e.title) cells[e.className + ' title'] = e.title;
+        });
+        return cells;""", index)
+
+
+def again(action):
+    """Do ``action`` (which finds its elements afresh), again if the list
+    was drawn anew meanwhile (it is whenever the inbox changes)."""
     from selenium.common.exceptions import StaleElementReferenceException
     for _ in range(20):
         try:
-            rows(browser)[index].click()
-            return
+            return action()
         except StaleElementReferenceException:
             time.sleep(0.05)
     raise AssertionError('the list kept changing')
+
+
+def click_row(browser, index, holding=None, what='a.row'):
+    """Click the index-th row (or its ``what``), ``holding`` a modifier key
+    down."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    def click():
+        target = browser.find_elements(By.CSS_SELECTOR, '#list ' + what)[index]
+        if holding is None:
+            target.click()
+        else:
+            ActionChains(browser).key_down(holding).click(target).key_up(holding).perform()
+    again(click)
 
 
 def subjects(browser):
@@ -284,7 +311,7 @@ def test_new_mail_appears_without_reload_and_html_is_sandboxed(browser, inbox):
     sent = time.monotonic()
     send(inbox, message('Welcome =?utf-8?q?=E2=9C=93?=', html=HOSTILE_HTML,
                         attachment=('report.pdf', b'%PDF-1.4')))
-    [row] = wait_until(lambda: rows(browser), timeout=APPEAR_BOUND + 5)
+    wait_until(lambda: rows(browser), timeout=APPEAR_BOUND + 5)
     appeared = time.monotonic() - sent
     print('new message shown in the open page after %.3f s (%s)'
           % (appeared, live_mode(browser)))
@@ -292,11 +319,11 @@ def test_new_mail_appears_without_reload_and_html_is_sandboxed(browser, inbox):
     assert browser.execute_script('return window.stillTheSamePage') is True
     # The list shows the sender's name (the address on hover), the decoded
     # subject, the recipient, the attachment mark.
-    sender = row.find_element(By.CSS_SELECTOR, '.from')
-    assert (sender.text, sender.get_attribute('title')) == ('Ann Example', 'ann@example.org')
-    assert row.find_element(By.CSS_SELECTOR, '.subj').text == 'Welcome \u2713'
-    assert row.find_element(By.CSS_SELECTOR, '.to').text == 'To: Bob <bob@example.org>'
-    assert row.find_element(By.CSS_SELECTOR, '.att').text == '1'
+    cells = row_cells(browser, 0)
+    assert (cells['from'], cells['from title']) == ('Ann Example', 'ann@example.org')
+    assert cells['subj'] == 'Welcome \u2713'
+    assert cells['to'] == 'To: Bob <bob@example.org>'
+    assert (cells['att'], cells['att title']) == ('1', '1 attachment')
 
     click_row(browser, 0)
     wait_until(lambda: '/view/' in browser.current_url)
@@ -445,18 +472,16 @@ def test_search_in_the_url_keyboard_and_delete(browser, inbox):
 
 
 def test_multi_select_mark_read_unread_and_delete(browser, inbox):
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     ids = [store(inbox, 'm%d' % i) for i in range(6)]      # m5 is the newest
-    box = lambda i: browser.find_elements(By.CSS_SELECTOR, '#list .sel')[i]  # noqa: E731
     read_ids = lambda: {m.id for m in inbox.server.inbox.newest_first() if m.read}  # noqa: E731
     open_page(browser, inbox.web_url)
     wait_until(lambda: len(rows(browser)) == 6)
     assert unread_subjects(browser) == ['m5', 'm4', 'm3', 'm2', 'm1', 'm0']
 
-    box(0).click()                                  # m5
-    ActionChains(browser).key_down(Keys.SHIFT).click(box(2)).key_up(Keys.SHIFT).perform()
+    click_row(browser, 0, what='.sel')              # m5
+    click_row(browser, 2, Keys.SHIFT, what='.sel')
     selection = browser.find_element(By.ID, 'selection')
     assert selection.text == '3 selected'           # m5, m4, m3: a range
     browser.find_element(By.ID, 'mark-read').click()
@@ -479,7 +504,7 @@ def test_multi_select_mark_read_unread_and_delete(browser, inbox):
     press(browser, 'k')                             # opens m2
     wait_until(lambda: shown_subject(browser) == 'm2')
     press(browser, 'x')
-    ActionChains(browser).key_down(Keys.CONTROL).click(rows(browser)[5]).key_up(Keys.CONTROL).perform()
+    click_row(browser, 5, holding=Keys.CONTROL)
     assert selection.text == '3 selected'           # m1, m2, and m0 by Ctrl+click
     browser.find_element(By.ID, 'delete-selected').click()
     wait_until(lambda: subjects(browser) == ['m5', 'm4', 'm3'])
@@ -518,16 +543,13 @@ def test_dense_rows_names_dates_dark_mode(browser, inbox):
     assert visible[1] <= 2 * visible[2] + 12        # two lines and padding
     # The name with the address on hover; date and time, the full date on
     # hover.
-    old = rows(browser)[-1]
-    sender = old.find_element(By.CSS_SELECTOR, '.from')
-    assert (sender.text, sender.get_attribute('title')) == ('Old Sender', 'old@example.org')
-    when = old.find_element(By.CSS_SELECTOR, '.when')
+    old = row_cells(browser, 40)
+    assert (old['from'], old['from title']) == ('Old Sender', 'old@example.org')
     year = time.strftime('%Y', time.localtime(last_year))
-    assert year in when.text and ':' in when.text
-    full = when.get_attribute('title')
-    assert year in full and len(full) > len(when.text)
-    today = rows(browser)[0].find_element(By.CSS_SELECTOR, '.when')
-    assert today.text.startswith('Today, ') and ':' in today.text
+    assert year in old['when'] and ':' in old['when']
+    assert year in old['when title'] and len(old['when title']) > len(old['when'])
+    today = row_cells(browser, 0)['when']
+    assert today.startswith('Today, ') and ':' in today
 
     def luminance(element_id):
         rgb = browser.execute_script(
@@ -625,10 +647,10 @@ def test_encoded_word_sender_is_shown_decoded_and_to_stays_to(browser, inbox):
     assert raw.startswith(b'From: =?utf-8?')
     send(inbox, raw, to=['bob@example.org'])
     open_page(browser, inbox.web_url)
-    [row] = wait_until(lambda: rows(browser))
-    sender = row.find_element(By.CSS_SELECTOR, '.from')
-    assert (sender.text, sender.get_attribute('title')) == ('\u00c4nn Ex\u00e4mple', 'ann@example.org')
-    assert row.find_element(By.CSS_SELECTOR, '.to').text == 'To: Bob <bob@example.org>'
+    wait_until(lambda: rows(browser))
+    cells = row_cells(browser, 0)
+    assert (cells['from'], cells['from title']) == ('\u00c4nn Ex\u00e4mple', 'ann@example.org')
+    assert cells['to'] == 'To: Bob <bob@example.org>'
     click_row(browser, 0)
     wait_until(lambda: shown_subject(browser) == 'encoded')
     meta = browser.find_element(By.ID, 'meta').text
@@ -748,7 +770,7 @@ def test_phone_width(browser, inbox):
                         'because it goes on and on', html='<p>x</p>'))
     browser.set_window_size(390, 844)
     open_page(browser, inbox.web_url)
-    [row] = wait_until(lambda: rows(browser))
+    wait_until(lambda: rows(browser))
     no_sideways_scroll = (
         'return document.documentElement.scrollWidth <= '
         'document.documentElement.clientWidth')
