@@ -702,8 +702,11 @@ def test_events_update_the_list_without_polling(browser, inbox):
     assert count.text == '0 messages'
     browser.execute_script('fakeEvents.emit({Type: "nonsense", Data: 1});'
                            'fakeEvents.emit({Type: "new", Data: null});'
+                           'fakeEvents.emit({Type: "stats", Data: "x"});'
+                           'fakeEvents.emit({Type: "update", Data: "x"});'
+                           'fakeEvents.emit(["not", "an", "object"]);'
                            'fakeEvents.sockets[0].onmessage({data: "not json"})')
-    assert subjects(browser) == []
+    assert subjects(browser) == [] and count.text == '0 messages'
     assert browser.execute_script(polls) == 0
 
     # The socket drops: the page catches up and polls until it is back.

@@ -299,6 +299,7 @@
     dot.dataset.mode = mode;
     dot.title = mode === 'events' ? 'Live: the list updates as mail arrives'
       : 'Polling: no event stream, the list is checked twice a second';
+    dot.setAttribute('aria-label', dot.title);
   }
   function connectEvents() {
     var ws, opened = 0;
@@ -350,9 +351,9 @@
     else if (type === 'update' && data && data.ID) updateMessage(data);
     else if (type === 'delete' && data && data.ID) removeMessage(data.ID);
     else if (type === 'truncate') truncated();
-    else if (type === 'stats' && data) {
+    else if (type === 'stats' && data && typeof data.Total === 'number') {
       state.total = data.Total;
-      state.unread = data.Unread;
+      state.unread = data.Unread || 0;
       // Whole inbox listed but the count disagrees (a message dropped as
       // the inbox filled up): list again.
       if (!state.query && state.complete && state.total !== state.messages.length) refreshSoon();
