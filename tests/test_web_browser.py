@@ -284,6 +284,13 @@ def unread_subjects(browser):
         ' function (e) { return e.textContent; })')
 
 
+def ticked(browser):
+    """Whether each row's box shows as ticked."""
+    return browser.execute_script(
+        'return Array.from(document.querySelectorAll("#list .sel"),'
+        ' function (e) { return e.checked; })')
+
+
 def live_mode(browser):
     return browser.execute_script('return document.getElementById("live").dataset.mode')
 
@@ -484,6 +491,9 @@ def test_multi_select_mark_read_unread_and_delete(browser, inbox):
     click_row(browser, 2, Keys.SHIFT, what='.sel')
     selection = browser.find_element(By.ID, 'selection')
     assert selection.text == '3 selected'           # m5, m4, m3: a range
+    assert ticked(browser) == [True, True, True, False, False, False]
+    assert browser.execute_script('var b = document.getElementById("select-all");'
+                                  'return [b.checked, b.indeterminate]') == [False, True]
     browser.find_element(By.ID, 'mark-read').click()
     wait_until(lambda: unread_subjects(browser) == ['m2', 'm1', 'm0'])
     wait_until(lambda: read_ids() == set(ids[3:]))
@@ -493,7 +503,12 @@ def test_multi_select_mark_read_unread_and_delete(browser, inbox):
     wait_until(lambda: len(unread_subjects(browser)) == 6)
 
     browser.find_element(By.ID, 'select-all').click()     # clears (some were)
-    assert selection.text == ''
+    assert selection.text == '' and ticked(browser) == [False] * 6
+    browser.find_element(By.ID, 'select-all').click()     # ticks all
+    assert selection.text == '6 selected' and ticked(browser) == [True] * 6
+    assert browser.find_element(By.ID, 'select-all').is_selected()
+    browser.find_element(By.ID, 'select-all').click()
+    assert selection.text == '' and ticked(browser) == [False] * 6
     click_row(browser, 4)                        # open m1 (marks it read)
     wait_until(lambda: shown_subject(browser) == 'm1')
     wait_until(lambda: read_ids() == {ids[1]})
@@ -506,6 +521,7 @@ def test_multi_select_mark_read_unread_and_delete(browser, inbox):
     press(browser, 'x')
     click_row(browser, 5, holding=Keys.CONTROL)
     assert selection.text == '3 selected'           # m1, m2, and m0 by Ctrl+click
+    assert ticked(browser) == [False, False, False, True, True, True]
     browser.find_element(By.ID, 'delete-selected').click()
     wait_until(lambda: subjects(browser) == ['m5', 'm4', 'm3'])
     assert {m.id for m in inbox.server.inbox.newest_first()} == set(ids[3:])

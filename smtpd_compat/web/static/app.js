@@ -681,8 +681,8 @@
     if (!item) return;
     var id = item.dataset.id;
     if (e.target.classList.contains('sel')) {
-      // The box's own click toggles it; keep the model in charge.
-      e.preventDefault();
+      // The box has toggled itself; toggleSelect sets it (and a range)
+      // from the selection.  (Cancelling the click would undo that.)
       toggleSelect(id, e.shiftKey);
       return;
     }
@@ -710,9 +710,8 @@
     $('view-unread').addEventListener('click', function () { if (state.current) setRead([state.current], false); });
     $('delete-all').addEventListener('click', deleteAll);
     $('more').addEventListener('click', function () { state.limit += PAGE; loadList(); });
-    $('select-all').addEventListener('click', function (e) {
+    $('select-all').addEventListener('click', function () {
       // As Gmail's: with some or all ticked it clears, else ticks all.
-      e.preventDefault();
       if (state.selected.size) clearSelection();
       else {
         state.messages.forEach(function (m) { setChecked(m.ID, true); });
