@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from email.header import Header
 from email.message import EmailMessage
 
 import pytest
@@ -239,6 +240,46 @@ def test_html_only_message_gets_text_from_html(w):
     assert w.json('/api/v1/messages')['messages'][0]['Snippet'] == 'First&para Second'
 
 
+def _words(text):
+    """``text`` as email.header.Header writes it: encoded words only."""
+    return Header(text, 'utf-8').encode()
+
+
+@pytest.mark.parametrize('sender, to, from_, to_, bcc', [
+    (_words('\u00c4nn Ex\u00e4mple <ann@example.org>'), _words('Bob <bob@example.org>'),
+     {'Name': '\u00c4nn Ex\u00e4mple', 'Address': 'ann@example.org'},
+     [{'Name': 'Bob', 'Address': 'bob@example.org'}], []),
+    (_words('Ann, Example <ann@example.org>'), 'bob@example.org',
+     {'Name': 'Ann, Example', 'Address': 'ann@example.org'},
+     [{'Name': '', 'Address': 'bob@example.org'}], []),
+    # Folded into several words (a long name), and a list with one word.
+    (_words('A name long enough to be folded into a second encoded word '
+            '<ann.long@example.org>'),
+     _words('bob@example.org') + ', carol@example.org',
+     {'Name': 'A name long enough to be folded into a second encoded word',
+      'Address': 'ann.long@example.org'},
+     [{'Name': '', 'Address': 'bob@example.org'},
+      {'Name': '', 'Address': 'carol@example.org'}], []),
+    # Names only (a common tutorial's Header('name')): the name shows, as
+    # Mailpit shows it; the recipient the headers do not name is a Bcc.
+    (_words('\u00c4nn'), _words('Bob'),
+     {'Name': '\u00c4nn', 'Address': ''}, [{'Name': 'Bob', 'Address': ''}],
+     [{'Name': '', 'Address': 'bob@example.org'}]),
+], ids=['name-and-address', 'comma-in-name', 'folded-and-list', 'names-only'])
+def test_address_headers_of_encoded_words_only(w, sender, to, from_, to_, bcc):
+    rcpts = [a['Address'] for a in to_ if a['Address']] or ['bob@example.org']
+    w.send(('From: %s\nTo: %s\nSubject: encoded\n\nbody\n' % (sender, to)).encode(),
+           to=rcpts, mailfrom='ann@example.org')
+    assert '=?' in sender
+    detail = w.json('/api/v1/message/latest')
+    assert (detail['From'], detail['To'], detail['Bcc']) == (from_, to_, bcc)
+    [summary] = w.json('/api/v1/messages')['messages']
+    assert (summary['From'], summary['To'], summary['Bcc']) == (from_, to_, bcc)
+    assert [m['Subject'] for m in w.json(
+        '/api/v1/search?query=from:' + urllib.parse.quote(from_['Name'].split()[0]))[
+            'messages']] == ['encoded']
+
+
 @pytest.mark.parametrize('markup, text', [
     ('<p>a</p><p>b</p>', 'a\nb'),
     ('<html><head><title>t</title><body>unclosed head</body>', 'unclosed head'),
@@ -422,6 +463,28 @@ def test_message_html_is_served_sandboxed_with_cid_images_rewritten(w):
         headers = w.request(path)[1]
         assert 'sandbox' in headers['Content-Security-Policy']
         assert headers['X-Content-Type-Options'] == 'nosniff'
+
+
+def test_message_html_remote_images_only_when_asked(w):
+    # The page's remote-images toggle (off by default) adds remote=1;
+    # only the image sources change, never the script or sandbox rules.
+    w.send(make_message(html='<img src="https://img.example/x.png">'))
+    m = w.json('/api/v1/message/latest')
+
+    def img_src(query):
+        status, headers, body = w.request('/view/%s.html%s' % (m['ID'], query))
+        assert status == 200 and b'https://img.example/x.png' in body
+        directives = dict(d.strip().partition(' ')[::2] for d in
+                          headers['Content-Security-Policy'].split(';'))
+        return directives.pop('img-src'), directives
+
+    blocked, rules = img_src('?embed=1')
+    assert 'http' not in blocked
+    for query in ('?embed=1&remote=0', '?embed=1&remote=yes'):
+        assert img_src(query) == (blocked, rules)
+    allowed, same_rules = img_src('?embed=1&remote=1')
+    assert allowed.split() == blocked.split() + ['https:', 'http:']
+    assert same_rules == rules and 'allow-scripts' not in rules['sandbox']
 
 
 def test_page_csp_allows_only_own_scripts(w):

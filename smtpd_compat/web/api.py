@@ -36,7 +36,7 @@ from smtpd_compat.web.store import Inbox, StoredMessage
 
 __all__ = [
     'Request', 'Body', 'parse_body', 'HTTPError', 'NotFound', 'BadRequest',
-    'MethodNotAllowed', 'Forbidden', 'MESSAGE_CSP', 'DATA_CSP', 'VERSION_TEXT',
+    'MethodNotAllowed', 'Forbidden', 'MESSAGE_CSP', 'MESSAGE_CSP_REMOTE_IMAGES', 'DATA_CSP', 'VERSION_TEXT',
     'message_summary', 'get_messages', 'get_search', 'delete_search',
     'delete_messages', 'put_messages', 'get_message', 'get_headers',
     'get_raw', 'get_part', 'get_info', 'get_webui', 'get_tags', 'put_tags',
@@ -56,6 +56,10 @@ MESSAGE_CSP = ("default-src 'none'; img-src 'self' data: cid:; "
                "style-src 'unsafe-inline'; font-src data:; "
                "frame-ancestors 'self'; "
                "sandbox allow-popups allow-popups-to-escape-sandbox")
+#: A message's HTML when the reader asked for its remote images (the
+#: page's toggle, ``?remote=1``): the same, with images from anywhere.
+MESSAGE_CSP_REMOTE_IMAGES = MESSAGE_CSP.replace(
+    "img-src 'self' data: cid:;", "img-src 'self' data: cid: https: http:;")
 #: Raw source and parts: never rendered as a document of this origin.
 DATA_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
 
@@ -691,8 +695,9 @@ def get_view_html(h: Request, id: str) -> None:
     markup = re.sub(r'cid:([^"\'\s>)]+)', rewrite, markup, flags=re.I)
     if h._param('embed'):
         markup = _inject_base(markup)
+    csp = MESSAGE_CSP_REMOTE_IMAGES if h._param('remote') == '1' else MESSAGE_CSP
     h._send(200, markup.encode('utf-8', 'replace'),
-            'text/html; charset=utf-8', csp=MESSAGE_CSP)
+            'text/html; charset=utf-8', csp=csp)
 
 
 def get_view_text(h: Request, id: str) -> None:

@@ -183,15 +183,51 @@ def _header_value(headers: Dict[str, List[str]], name: str) -> str:
 
 def _addresses(headers: Dict[str, List[str]], name: str) -> List[Dict[str, str]]:
     """Every address in every ``name`` header, as Mailpit's Address."""
-    values = [_unfold(v) for v in headers.get(name.lower(), ())]
-    if not values:
-        return []
+    found: List[Dict[str, str]] = []
+    for value in headers.get(name.lower(), ()):
+        value = _unfold(value)
+        if _ENCODED_WORDS_ONLY.match(value):
+            found.extend(_encoded_mailboxes(_decode_words(value)))
+            continue
+        try:
+            pairs = email.utils.getaddresses([value])
+        except Exception:
+            pairs = []
+        for display, address in pairs:
+            if '=?' in address and '@' not in address:
+                # One address of the list was a lone encoded word.
+                found.extend(_encoded_mailboxes(_decode_words(address)))
+            elif display or address:
+                found.append({'Name': _decode_words(display), 'Address': address})
+    return found
+
+
+# A header value that is nothing but encoded words (unfolded).
+_ENCODED_WORDS_ONLY = re.compile(r'(?:\s*=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=)+\s*$')
+
+
+def _encoded_mailboxes(text: str) -> List[Dict[str, str]]:
+    """The mailboxes in ``text``, decoded from an address header (or one
+    address of it) that was nothing but encoded words.
+
+    email.header.Header(name_and_address) writes a whole mailbox so
+    ("From: =?utf-8?b?...?="), which parses as one address with no domain:
+    the page showed the raw word, and an envelope recipient named so in To
+    was listed as Bcc.  RFC 2047 section 5 allows no encoded word in an
+    address, but the meaning is plain once decoded: mailboxes, one
+    "Name <addr>" (whose name may hold a comma), or only a name (Mailpit,
+    whose parser fails on all of these, shows the decoded header as the
+    name)."""
     try:
-        pairs = email.utils.getaddresses(values)
+        pairs = email.utils.getaddresses([text])
     except Exception:
         pairs = []
-    return [{'Name': _decode_words(display), 'Address': address}
-            for display, address in pairs if display or address]
+    if pairs and all('@' in address for _, address in pairs):
+        return [{'Name': display, 'Address': address} for display, address in pairs]
+    name, _, rest = text.rpartition('<')
+    if rest.endswith('>') and '@' in rest:
+        return [{'Name': name.strip().strip('"').strip(), 'Address': rest[:-1].strip()}]
+    return [{'Name': text, 'Address': ''}] if text else []
 
 
 def iso_time(timestamp: float) -> str:
