@@ -582,7 +582,7 @@ def test_hostile_mime_is_listed_and_shown_without_errors(w, raw):
     for part in parts[:2] + parts[-1:]:
         assert w.request('/api/v1/message/%s/part/%s' % (id, part['PartID']))[0] == 200
     assert w.json('/api/v1/search?query=anything')['total'] == 1
-    assert len(detail['Attachments']) <= mime._MAX_PARTS
+    assert len(detail['Attachments']) <= mime.MAX_PARTS
 
 
 def test_script_in_subject_is_only_data(w):
