@@ -852,6 +852,11 @@ CLASS_ATTRIBUTES = {
     'web_relay_allowed': ('web_relay_allowed', '@example[.]org$',
                           lambda server: server.web_server.upstream.allowed.pattern
                           == '@example[.]org$'),
+    # (SQLite's name for a database of one connection: no file to clean.)
+    'web_db': ('web_db', ':memory:',
+               lambda server: server.inbox.database.path == ':memory:'),
+    'web_allowed_hosts': ('web_allowed_hosts', 'mail.example',
+                          lambda server: 'mail.example' in server.web_server.allowed_hosts),
 }
 
 
