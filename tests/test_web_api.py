@@ -268,7 +268,7 @@ def test_malformed_request_line_is_answered_in_plain_text(w):
                 break
             data += chunk
     head, _, body = data.partition(b'\r\n\r\n')
-    assert head.startswith(b'HTTP/1.0 400 ')
+    assert head.startswith(b'HTTP/1.1 400 ')
     assert b'Content-Type: text/plain' in head
     assert b'<html' not in body.lower() and body
 
@@ -296,7 +296,7 @@ def test_body_too_large_is_413(w):
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall(b'DELETE /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n'
                      b'Content-Length: 2000000\r\n\r\n{"IDs": ["')
-        assert sock.recv(100).startswith(b'HTTP/1.0 413 ')
+        assert sock.recv(100).startswith(b'HTTP/1.1 413 ')
 
 
 # ---------------------------------------------------------------------------

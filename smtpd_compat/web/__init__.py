@@ -13,10 +13,15 @@ in this list):
 * :mod:`~smtpd_compat.web.mime`: what a message says (parsing, details,
   summaries, parts, HTML as text);
 * :mod:`~smtpd_compat.web.search`: Mailpit's search syntax over summaries;
-* :mod:`~smtpd_compat.web.store`: :class:`Inbox`, the bounded in-memory
-  store (IDs, read flags, the caches of parsed messages);
+* :mod:`~smtpd_compat.web.db`: the optional SQLite file that keeps the
+  inbox across restarts;
+* :mod:`~smtpd_compat.web.store`: :class:`Inbox`, the bounded store (IDs,
+  read flags, tags, the caches of summaries and parsed messages, the
+  background thread that ingests and writes);
 * :mod:`~smtpd_compat.web.static`: the page's HTML, CSS and JavaScript,
   package data;
+* :mod:`~smtpd_compat.web.transport`: HTTP connections, bounded in
+  number, threads and time, responses streamed;
 * :mod:`~smtpd_compat.web.api`: Mailpit's API v1, one function per route;
 * :mod:`~smtpd_compat.web.http`: :class:`WebServer`, its routes and the
   page's Content-Security-Policy;
@@ -24,7 +29,8 @@ in this list):
   the command line's ``--web``.
 
 The SMTP side only appends the raw message to the inbox (a few dictionary
-operations under a lock); the HTTP side parses, in its own threads.
+operations under a lock); the inbox's own thread parses it and, with a
+database, writes it (the reply waits for that, off the loop thread).
 """
 import contextvars
 import logging
@@ -34,7 +40,9 @@ from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple,
 import smtpd_compat as _smtpd
 from smtpd_compat._compose import UNSET, CapabilityServerMixin, settings
 from smtpd_compat.session import LAYERS
-from smtpd_compat.web.http import Address, WebServer
+from smtpd_compat.threads import OffloadChannelMixin
+from smtpd_compat.web.db import Database
+from smtpd_compat.web.http import Address, WebServer, parse_allowed_hosts
 from smtpd_compat.web.mime import html_to_text
 from smtpd_compat.web.release import Upstream
 from smtpd_compat.web.store import (
@@ -141,8 +149,19 @@ class WebInboxChannelMixin(_ChannelBase):
     # (peer, mailfrom, data) of the message being answered: the core's
     # _set_post_data_state() forgets the envelope before the reply.
     _inbox_message: Optional[Tuple[Any, Optional[str], Union[bytes, str]]] = None
+    # (status, rcpttos) of a reply held until the inbox's database has
+    # the message.
+    _inbox_held: Optional[Tuple[Any, List[str]]] = None
 
     def _process_data(self, data: Union[bytes, str]) -> None:
+        held = self._inbox_held
+        if held is not None:
+            # Again from the outside in, once the message is written (as
+            # the threads layer answers a threaded process_message): the
+            # layers outside see the reply inside _process_data.
+            self._inbox_held = None
+            super()._reply_to_message(*held)
+            return
         self._inbox_message = (self.peer, self.mailfrom, data)
         try:
             super()._process_data(data)
@@ -153,7 +172,24 @@ class WebInboxChannelMixin(_ChannelBase):
         message = self._inbox_message
         if message is not None:
             self._inbox_report(status, message[0], message[1], rcpttos, message[2])
+            inbox = cast('WebInboxServerMixin', self.smtp_server).inbox
+            if inbox.durable and _accepted(status) and hasattr(self, 'offload'):
+                # A message with a database: the 250 only once it is
+                # written there (so it survives a crash right after),
+                # waited for in a worker thread, never on the loop.
+                data = message[2]
+                self.offload(inbox.flush, (), lambda ok, value: self._inbox_written(
+                    data, status, rcpttos))
+                return
         super()._reply_to_message(status, rcpttos)
+
+    def _inbox_written(self, data: Union[bytes, str], status: Any,
+                       rcpttos: List[str]) -> None:
+        self._inbox_held = (status, rcpttos)
+        try:
+            self._process_data(data)
+        finally:
+            self._inbox_held = None
 
     def _message_dropped(self, ok: bool, value: Any) -> None:
         # The threads layer: process_message finished after the client
@@ -197,7 +233,17 @@ class WebInboxServerMixin(CapabilityServerMixin):
         default a new one with ``web_max_messages`` (1,000) and
         ``web_max_bytes`` (256 MiB).
     ``web_max_messages``, ``web_max_bytes`` (the same names)
-        the bounds of the new inbox.
+        the bounds of the new inbox: the newest messages, within a
+        budget in bytes that counts all the inbox keeps for them.
+    ``web_db`` (``web_db``)
+        an SQLite file that keeps the new inbox, so the mail survives a
+        restart (:mod:`smtpd_compat.web.db`); each message's reply waits
+        until it is written there.  Default None: memory only.
+    ``web_allowed_hosts`` (``web_allowed_hosts``)
+        host names a request's ``Host`` header may name besides
+        localhost, IP addresses and the name the page is bound to
+        (comma-separated or a list; ``.example.org`` for a domain and
+        its subdomains, ``*`` for any); others get a 403.
     ``web_relay`` (the same name)
         where ``POST /api/v1/message/{ID}/release`` relays a message:
         ``'HOST:PORT'``, ``(host, port)`` or an :class:`Upstream`; default
@@ -224,6 +270,7 @@ class WebInboxServerMixin(CapabilityServerMixin):
     def __init__(self, *args: Any, web: Any = UNSET, inbox: Any = UNSET,
                  web_max_messages: Any = UNSET, web_max_bytes: Any = UNSET,
                  web_relay: Any = UNSET, web_relay_allowed: Any = UNSET,
+                 web_db: Any = UNSET, web_allowed_hosts: Any = UNSET,
                  **kwargs: Any) -> None:
         # A keyword not given: the user's class attribute, else the default.
         values = settings(
@@ -231,19 +278,35 @@ class WebInboxServerMixin(CapabilityServerMixin):
             {'web_address': web, 'inbox': inbox,
              'web_max_messages': web_max_messages,
              'web_max_bytes': web_max_bytes, 'web_relay': web_relay,
-             'web_relay_allowed': web_relay_allowed},
+             'web_relay_allowed': web_relay_allowed, 'web_db': web_db,
+             'web_allowed_hosts': web_allowed_hosts},
             {'web_address': DEFAULT_ADDRESS, 'inbox': None,
              'web_max_messages': DEFAULT_MAX_MESSAGES,
              'web_max_bytes': DEFAULT_MAX_BYTES, 'web_relay': None,
-             'web_relay_allowed': None})
+             'web_relay_allowed': None, 'web_db': None,
+             'web_allowed_hosts': None})
         address = parse_address(values['web_address'])
         upstream = make_upstream(values['web_relay'], values['web_relay_allowed'])
-        if values['inbox'] is None:
+        allowed_hosts = parse_allowed_hosts(values['web_allowed_hosts'])
+        self._own_inbox = values['inbox'] is None
+        if self._own_inbox:
             self.inbox = Inbox(max_messages=values['web_max_messages'],
-                               max_bytes=values['web_max_bytes'])
-        super().__init__(*args, **kwargs)
+                               max_bytes=values['web_max_bytes'],
+                               path=values['web_db'])
+        elif values['web_db'] is not None:
+            raise ValueError('web_db is for the inbox the server makes; give '
+                             'your Inbox a path instead')
+        if self.inbox.durable:
+            # The replies wait for the database in the worker threads.
+            self._extra_channel_mixins = tuple(
+                getattr(self, '_extra_channel_mixins', ())) + (OffloadChannelMixin,)
         try:
-            self.web_server = WebServer(address, self.inbox, upstream)
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            self._close_inbox()
+            raise
+        try:
+            self.web_server = WebServer(address, self.inbox, upstream, allowed_hosts)
         except OSError as e:
             self.close()
             raise OSError(e.errno, 'cannot serve the web inbox on %s port %s: %s'
@@ -270,6 +333,12 @@ class WebInboxServerMixin(CapabilityServerMixin):
         web_server = self.__dict__.pop('web_server', None)
         if web_server is not None:
             web_server.stop()
+        self._close_inbox()
+
+    def _close_inbox(self) -> None:
+        # The inbox the server made ends with it (its database written).
+        if self.__dict__.pop('_own_inbox', False):
+            self.inbox.close()
 
 
 class WebInboxServer(WebInboxServerMixin, _smtpd.SMTPServer):
@@ -288,6 +357,11 @@ CLI_OPTIONS = (
     ('web=', '[HOST:]PORT',
      'Also show every accepted message in a web inbox on this address '
      '(host default 127.0.0.1), with a Mailpit-compatible API.'),
+    ('web-db=', 'FILE',
+     'Keep the web inbox in this SQLite file, so it survives a restart.'),
+    ('web-allowed-hosts=', 'NAMES',
+     'Host names the web inbox answers to besides localhost, IP addresses '
+     'and its bound name (comma-separated; .example.org for subdomains).'),
     ('web-relay=', 'HOST:PORT',
      'With --web: release (relay) messages from the inbox to this SMTP '
      'server on request (off by default).'),
@@ -302,6 +376,23 @@ def cli_configure(cli: 'CLI') -> None:
     command line's start line says where the page is)."""
     has_inbox = isinstance(cli.server_class, type) and issubclass(
         cli.server_class, WebInboxServerMixin)
+    for option in ('web-db', 'web-allowed-hosts'):
+        if option in cli.given and 'web' not in cli.given and not has_inbox:
+            cli.error('--%s needs --web' % option)
+    if 'web-allowed-hosts' in cli.given:
+        try:
+            cli.server_kwargs['web_allowed_hosts'] = parse_allowed_hosts(
+                cli.given['web-allowed-hosts'])
+        except ValueError as e:
+            cli.error('Invalid --web-allowed-hosts: %s' % (e,))
+    if 'web-db' in cli.given:
+        path = cli.given['web-db']
+        try:
+            # Checked here: a file that cannot serve is a short error.
+            Database(path).close()
+        except (OSError, ValueError) as e:
+            cli.error('Invalid --web-db: %s' % (e,))
+        cli.server_kwargs['web_db'] = path
     if 'web' in cli.given:
         try:
             address = parse_address(cli.given['web'])

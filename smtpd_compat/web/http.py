@@ -2,9 +2,13 @@
 (Mailpit's API v1, whose handlers are in :mod:`smtpd_compat.web.api`, and the
 page) and the page's Content-Security-Policy.
 
-:class:`WebServer` is a :class:`http.server.ThreadingHTTPServer` that
-serves one :class:`~smtpd_compat.web.store.Inbox` from a daemon thread (one
-thread per request): the SMTP loop never waits for it.  The page's HTML,
+:class:`WebServer` serves one :class:`~smtpd_compat.web.store.Inbox`
+over the connections of :mod:`smtpd_compat.web.transport` (a bounded
+number, answered by a bounded pool of threads, responses streamed): the
+SMTP loop never waits for it.  A request is answered by a
+:class:`Handler`, whose ``_send`` methods prepare the whole response
+(status and headers decided, the body a shared object or made as it is
+sent); nothing is written before the handler returns.  The page's HTML,
 CSS and JavaScript are files of :mod:`smtpd_compat.web.static`.
 
 Everything taken from a message is data: escaped server-side (JSON, header
@@ -14,16 +18,16 @@ script source, inside an ``<iframe sandbox>`` without ``allow-scripts``.
 """
 from __future__ import annotations
 
+import http
 import http.server
 import ipaddress
 import json
 import logging
 import re
 import socket
-import threading
-import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple, cast
+from typing import (
+    Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Pattern, Tuple, Union, cast)
 
 from smtpd_compat._version import VERSION
 from smtpd_compat.web import api, events, mailhog, openapi, static
@@ -33,10 +37,13 @@ from smtpd_compat.web.api import (
 from smtpd_compat.web.events import Hub
 from smtpd_compat.web.release import Upstream
 from smtpd_compat.web.store import Inbox
+from smtpd_compat.web.transport import (
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_THREADS, DETACH, HEADER_TIMEOUT, IDLE_TIMEOUT,
+    IO_TIMEOUT, Connection, Response, ResponseBody, Server, Stream, json_chunks)
 
 __all__ = [
     'WebServer', 'Handler', 'ROUTES', 'find_route', 'Address', 'PAGE_CSP',
-    'MESSAGE_CSP', 'DATA_CSP', 'MAX_REQUEST_BODY',
+    'MESSAGE_CSP', 'DATA_CSP', 'MAX_REQUEST_BODY', 'parse_allowed_hosts',
 ]
 
 log = logging.getLogger(__name__)
@@ -57,12 +64,35 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; "
 _STATIC_TYPES = {'js': 'text/javascript; charset=utf-8',
                  'css': 'text/css; charset=utf-8'}
 
-_LOOPBACK_HOSTS = re.compile(
-    r'^(localhost|[^:]+\.localhost|127(\.\d{1,3}){3}|\[::1\]|::1)(:\d+)?$', re.I)
+# A Host header: a name or an IPv4 address, or an IPv6 address in
+# brackets, then an optional port.
+_HOST = re.compile(r'^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*))(?::\d*)?$')
+# What a response header value may hold: printable ASCII (RFC 9110
+# section 5.5; no line break can end up in a header).
+_HEADER_VALUE = re.compile(r'^[\x20-\x7e]*$')
 
 
 def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(',', ':')).encode('ascii')
+
+
+def _small(chunks: Iterable[bytes], limit: int = 64 * 1024) -> Union[bytes, Stream]:
+    """Bytes when ``chunks`` come to at most ``limit`` bytes (sent with a
+    Content-Length), else a stream of them (sent chunked)."""
+    head: List[bytes] = []
+    size = 0
+    it = iter(chunks)
+    for chunk in it:
+        head.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return Stream(_chain(head, it))
+    return b''.join(head)
+
+
+def _chain(first: List[bytes], rest: Iterable[bytes]) -> Iterable[bytes]:
+    yield from first
+    yield from rest
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -70,11 +100,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     The inbox is the server's (``self.server.inbox``)."""
 
     server_version = 'smtpd_compat-web/' + VERSION
-    # A client that stops sending is dropped after this many seconds.
-    timeout = 60
+    # Keep-alive: every response has a length or is chunked.
+    protocol_version = 'HTTP/1.1'
 
     #: The query string of the request being answered.
     query: Dict[str, List[str]]
+    #: The response prepared (None until one is).
+    response: Optional[Response] = None
     # Whether the request's body was read (else the connection closes).
     _body_read = False
 
@@ -91,35 +123,108 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug('web inbox: %s %s', self.address_string(), format % args)
 
-    def _send(self, status: int, body: bytes, content_type: str,
+    # -- transport: one request on a connection of web.transport -----------------
+
+    def setup(self) -> None:
+        conn = cast(Connection, self.request)
+        self.connection = conn.sock
+        conn.sock.settimeout(conn.io_timeout)
+        self._input = conn.reader()
+        self.rfile = self._input     # type: ignore[assignment]
+        self.wfile = conn.writer()   # type: ignore[assignment]
+
+    def handle(self) -> None:
+        # One request; the connection's next one gets a new handler.
+        self.close_connection = True
+        self.handle_one_request()
+
+    def finish(self) -> None:
+        pass
+
+    def handle_expect_100(self) -> bool:
+        # The interim answer goes out at once (the rest waits for the
+        # handler), so that the client sends its body.
+        self.connection.sendall(b'HTTP/1.1 100 Continue\r\n\r\n')
+        return True
+
+    def _unread_body(self) -> bool:
+        """Did the request have a body nobody read?  (What follows on the
+        connection would be taken for the next request: close it.)"""
+        return not self._body_read and (
+            (self.headers.get('Content-Length') or '0').strip() not in ('', '0')
+            or bool(self.headers.get('Transfer-Encoding')))
+
+    def _send(self, status: int, body: ResponseBody, content_type: str,
               csp: str = DATA_CSP, headers: Iterable[Tuple[str, str]] = ()) -> None:
-        self.send_response(status)
-        self.send_header('Content-Type', content_type)
-        self.send_header('Content-Length', str(len(body)))
-        self.send_header('Content-Security-Policy', csp)
-        self.send_header('X-Content-Type-Options', 'nosniff')
-        self.send_header('Referrer-Policy', 'no-referrer')
-        self.send_header('Cache-Control', 'no-store')
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != 'HEAD':
-            self.wfile.write(body)
+        """Prepare the response: ``body`` is bytes, text (sent as UTF-8)
+        or a :class:`~smtpd_compat.web.transport.Stream`.  Every response
+        carries the CSP and ``nosniff``; a header value that is not
+        printable ASCII raises ValueError before anything is prepared
+        (a Content-Type that is not becomes application/octet-stream).
+        A second call replaces the first (nothing is written before the
+        handler returns)."""
+        if not _HEADER_VALUE.match(content_type):
+            content_type = 'application/octet-stream'
+        fields = [('Content-Type', content_type),
+                  ('Content-Security-Policy', csp),
+                  ('X-Content-Type-Options', 'nosniff'),
+                  ('Referrer-Policy', 'no-referrer'),
+                  ('Cache-Control', 'no-store')]
+        fields += [(name, value) for name, value in headers]
+        length = (len(body) if isinstance(body, bytes) else
+                  body.length if isinstance(body, Stream) else None)
+        close = self.close_connection or self._unread_body()
+        chunked = False
+        if length is not None:
+            fields.append(('Content-Length', str(length)))
+        elif self.request_version != 'HTTP/1.0':
+            chunked = True
+            fields.append(('Transfer-Encoding', 'chunked'))
+        else:
+            close = True
+        if close:
+            fields.append(('Connection', 'close'))
+        for name, value in fields:
+            if not _HEADER_VALUE.match(name + value):
+                raise ValueError('not a header value: %s: %r' % (name, value))
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ''
+        lines = ['%s %d %s' % (self.protocol_version, status, phrase),
+                 'Server: ' + self.version_string(),
+                 'Date: ' + self.date_time_string()]
+        lines += ['%s: %s' % field for field in fields]
+        head = ('\r\n'.join(lines) + '\r\n\r\n').encode('ascii')
+        head_only = self.command == 'HEAD'
+        self.close_connection = close
+        self.response = Response(head, None if head_only else body,
+                                 chunked and not head_only, close)
+        self.log_request(status, '-' if length is None else length)
+
+    def send_error(self, code: int, message: Optional[str] = None,
+                   explain: Optional[str] = None) -> None:
+        """The stdlib's errors (a bad request line, headers too long, ...)
+        in plain text like every other answer, not its HTML page."""
+        self.close_connection = True
+        try:
+            phrase = http.HTTPStatus(code).phrase
+        except ValueError:
+            phrase = 'Error'
+        self._send_text(code, (message or phrase).replace('\r', ' ').replace('\n', ' '))
 
     def _send_json(self, value: Any) -> None:
-        self._send(200, _json(value), 'application/json; charset=utf-8')
+        self._send(200, _small(json_chunks(value)), 'application/json; charset=utf-8')
 
     def _send_text(self, status: int, text: str) -> None:
-        self._send(status, text.encode('utf-8'), 'text/plain; charset=utf-8')
+        # A long text is encoded as it is sent, not copied here.
+        self._send(status, text if len(text) > 65536 else text.encode('utf-8', 'replace'),
+                   'text/plain; charset=utf-8')
 
     def _host_allowed(self) -> bool:
-        # DNS rebinding: a web site whose name resolves to 127.0.0.1 could
-        # otherwise read a loopback-only inbox.  Only when bound to a
-        # loopback address, every Host must be a loopback name.
-        if not self.web_server.loopback_only:
-            return True
-        host = self.headers.get('Host', '')
-        return bool(_LOOPBACK_HOSTS.match(host))
+        # DNS rebinding: a web site whose name resolves to this machine
+        # could otherwise read and delete the inbox through a browser.
+        return self.web_server.host_allowed(self.headers.get('Host', ''))
 
     def _dispatch(self) -> None:
         try:
@@ -141,14 +246,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             else:
                 self._send(e.status, str(e).encode('utf-8'),
                            'text/plain; charset=utf-8', headers=e.headers)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except OSError:
+            # The client went away, or its body did not come in time.
+            self.response = None
         except Exception:
             log.exception('web inbox: error serving %s %r', self.command, self.path)
-            try:
-                self._send_text(500, 'Internal error')
-            except OSError:
-                pass
+            # Whatever was prepared is dropped: the answer is whole.
+            self.close_connection = True
+            self._send_text(500, 'Internal error')
         finally:
             if not self._body_read and (
                     self.headers.get('Content-Length', '0').strip() not in ('', '0')
@@ -165,19 +270,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     do_GET = do_HEAD = do_DELETE = do_PUT = do_POST = do_OPTIONS = _dispatch
-
-    def send_error(self, code: int, message: Optional[str] = None,
-                   explain: Optional[str] = None) -> None:
-        """The stdlib's errors (a bad request line, headers too long, ...)
-        in plain text like every other answer, not its HTML page."""
-        self.close_connection = True
-        try:
-            phrase = http.HTTPStatus(code).phrase
-        except ValueError:
-            phrase = 'Error'
-        text = (message or phrase).replace('\r', ' ').replace('\n', ' ')
-        self._send(code, text.encode('utf-8', 'replace'), 'text/plain; charset=utf-8',
-                   headers=[('Connection', 'close')])
 
     def _origin_allowed(self, path: str) -> bool:
         """A browser page of another origin may not change the inbox nor
@@ -334,35 +426,85 @@ def find_route(method: str, path: str) -> Tuple[Callable[..., None], Tuple[str, 
         ('Allow', ', '.join(sorted(set(allowed))))])
 
 
-def _is_loopback(host: str) -> bool:
-    if host == 'localhost':
-        return True
+def parse_allowed_hosts(value: Union[str, Iterable[str], None]) -> FrozenSet[str]:
+    """Host names (a comma-separated string or names), lower case: a name,
+    ``.example.org`` for it and its subdomains, or ``*`` for any."""
+    if value is None:
+        return frozenset()
+    names = value.split(',') if isinstance(value, str) else list(value)
+    hosts = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError('a host name must be a string, not %r' % (name,))
+        name = name.strip().lower().rstrip('.')
+        if name.startswith('[') and name.endswith(']'):
+            name = name[1:-1]
+        if not name or ' ' in name or '/' in name:
+            if name:
+                raise ValueError('not a host name: %r' % (name,))
+            continue
+        hosts.add(name)
+    return frozenset(hosts)
+
+
+def _is_ip(name: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ipaddress.ip_address(name)
     except ValueError:
         return False
+    return True
 
 
-class WebServer(http.server.ThreadingHTTPServer):
-    """The inbox's HTTP server, serving ``inbox`` on ``address`` from a
-    daemon thread once :meth:`start` is called.  :attr:`url` is where a
-    browser finds it (the real port when 0 was asked for)."""
+class WebServer:
+    """The inbox's HTTP server, serving ``inbox`` on ``address`` from its
+    own threads once :meth:`start` is called.  :attr:`url` is where a
+    browser finds it (the real port when 0 was asked for).
 
-    daemon_threads = True
+    ``upstream``: where released messages go (None: release is off).
+    ``allowed_hosts``: host names requests may name in their ``Host``
+    header besides localhost (and ``*.localhost``), IP addresses, and the
+    name the server is bound to (see :func:`parse_allowed_hosts`); any
+    other gets a 403, whatever address the server is bound to.
+    ``max_connections``, ``threads`` and the timeouts: see
+    :mod:`smtpd_compat.web.transport`.
+    """
 
     def __init__(self, address: Address, inbox: Inbox,
-                 upstream: Optional[Upstream] = None) -> None:
+                 upstream: Optional[Upstream] = None,
+                 allowed_hosts: Union[str, Iterable[str], None] = None, *,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 threads: int = DEFAULT_THREADS,
+                 header_timeout: float = HEADER_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 io_timeout: float = IO_TIMEOUT) -> None:
         host, port = address
-        if ':' in host:
-            self.address_family = socket.AF_INET6
-        super().__init__((host, port), Handler)
+        hosts = set(parse_allowed_hosts(allowed_hosts))
+        if host not in ('', '0.0.0.0', '::') and not _is_ip(host):
+            hosts.add(host.lower().rstrip('.'))
+        #: The names allowed in Host headers (besides localhost and IP
+        #: addresses).
+        self.allowed_hosts: FrozenSet[str] = frozenset(hosts)
+        family = socket.AF_INET6 if ':' in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        self.socket = sock
+        self.server_address: Tuple[Any, ...] = sock.getsockname()
         self.inbox = inbox
         #: Where released messages go (None: release is off).
         self.upstream = upstream
         #: The live events (``/api/events``).
         self.events = Hub(inbox)
-        self.loopback_only = _is_loopback(host)
-        self._thread: Optional[threading.Thread] = None
+        self._server = Server(sock, self._answer, max_connections=max_connections,
+                              threads=threads, header_timeout=header_timeout,
+                              idle_timeout=idle_timeout, io_timeout=io_timeout,
+                              name='smtpd_compat web inbox')
+        self._started = False
         shown = str(self.server_address[0])
         if shown in ('', '0.0.0.0'):
             shown = '127.0.0.1'
@@ -373,29 +515,47 @@ class WebServer(http.server.ThreadingHTTPServer):
         #: The inbox page's URL, e.g. ``http://127.0.0.1:8025/``.
         self.url = 'http://%s:%d/' % (shown, self.server_address[1])
 
+    @property
+    def connections(self) -> int:
+        """The HTTP connections open now."""
+        return self._server.connections
+
+    def host_allowed(self, host: str) -> bool:
+        """May a request with this ``Host`` header be answered?"""
+        m = _HOST.match(host.strip())
+        if m is None:
+            return False
+        name = (m.group(1) or m.group(2) or '').lower().rstrip('.')
+        if not name:
+            return False
+        allowed = self.allowed_hosts
+        if (name == 'localhost' or name.endswith('.localhost') or _is_ip(name)
+                or '*' in allowed or name in allowed):
+            return True
+        return any(entry.startswith('.') and (name.endswith(entry) or name == entry[1:])
+                   for entry in allowed)
+
     def start(self) -> WebServer:
-        """Serve from a daemon thread; returns the server."""
-        self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={'poll_interval': 0.2},
-            name='smtpd_compat web inbox %s' % self.url, daemon=True)
-        self._thread.start()
+        """Serve from the server's own threads; returns the server."""
+        self._server.start()
+        self._started = True
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket (requests under way finish
-        in their own daemon threads)."""
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join()
-            self._thread = None
-        self.server_close()
+        """Stop serving and close the socket and every connection."""
+        if self._started:
+            self._server.stop()
+            self._started = False
+        self.socket.close()
         self.events.close()
 
-    def shutdown_request(self, request: Any) -> None:
-        # A websocket's connection lives on in the events hub.
-        if not self.events.owns(request):
-            super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver prints tracebacks to stderr; log them instead.
-        log.debug('web inbox: error with %s', client_address, exc_info=True)
+    def _answer(self, conn: Connection) -> Optional[Response]:
+        # In a worker: one request.
+        handler = Handler(conn, conn.address, self)  # type: ignore[arg-type]
+        if self.events.owns(conn.sock):
+            # A websocket: its connection lives on in the events hub.
+            return DETACH
+        response = handler.response
+        if response is not None and handler.close_connection:
+            response.close = True
+        return response

@@ -1,11 +1,27 @@
-"""The inbox's store: the messages a server accepted, in memory, bounded.
+"""The inbox's store: the messages a server accepted, bounded, in memory
+and (optionally) in an SQLite file.
 
-The SMTP side only appends ``(raw bytes, envelope, time)``, under a lock
-held for a few dictionary operations: no parsing happens there.  Readers
-(the HTTP threads) take snapshots under the same lock, and pay for parsing
-outside it: a message's summary is computed on first need and cached on the
-message; a few whole parses are kept in a small LRU.  Deleting or dropping
-a message drops what was cached for it.
+Who does what:
+
+* The SMTP loop only calls :meth:`Inbox.add`: a few dictionary operations
+  under a lock, and a message queued for the inbox's one background
+  thread.  No parsing, no database work, no waiting.
+* The background thread (started when there is work, gone when there is
+  none for a while) does, in this order of priority: the database writes,
+  in the order of the changes (one transaction for all that are queued);
+  then the work a message costs, once: it parses it, caches its summary
+  (what the list and the search read) on the message, and keeps the parse
+  in a small cache.  So polling the list reads what is cached.
+* Readers (the HTTP workers) read snapshots taken under the lock.
+  Whatever is computed on demand (a message not ingested yet, a parse
+  that left the cache) is computed once however many ask at the same time
+  (single flight), and shared while anyone uses it.
+
+The budget (``max_bytes``) counts everything the inbox keeps: each raw
+message, its cached summary and search text, and the cached parses
+(their text, HTML and headers); a message's summary is estimated with
+:func:`~smtpd_compat.web.mime.cost_of`.  Over it, cached parses go first,
+then the oldest messages.
 
 Listeners (:meth:`Inbox.subscribe`) hear of every change: the live events
 of :mod:`smtpd_compat.web.events` come from them, never from polling.
@@ -14,11 +30,14 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
-                    Union)
+import weakref
+from collections import OrderedDict, deque
+from typing import (
+    Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple,
+    Union)
 
-from smtpd_compat.web.mime import MAX_TAGS, Parsed, clean_tag, summarise
+from smtpd_compat.web.db import Database
+from smtpd_compat.web.mime import MAX_TAGS, Parsed, clean_tag, cost_of, summarise
 from smtpd_compat.web.search import matches, parse_query
 
 __all__ = [
@@ -38,8 +57,11 @@ DEFAULT_MAX_MESSAGES = 1000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_PARSE_BYTES = 32 * 1024 * 1024
 
-# Whole parses kept for the message view and part downloads.
+# Whole parses kept for the message view and part downloads (within the
+# budget).
 _PARSE_CACHE = 4
+# Seconds the background thread waits for more work before it ends.
+_IDLE = 5.0
 
 _ID_ALPHABET = ('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ'
                 'abcdefghijklmnopqrstuvwxyz')
@@ -54,17 +76,16 @@ class StoredMessage:
     """One message in the inbox: the raw bytes and envelope as received.
 
     Its summary (the decoded fields the list and the search need) is
-    computed by :meth:`Inbox.summary` on first use, in the reading thread,
-    and cached here.
+    computed once, off the SMTP loop, and cached here.
     """
 
     __slots__ = ('id', 'raw', 'mailfrom', 'rcpttos', 'peer', 'received',
-                 'read', 'username', '_tags', '_summary')
+                 'read', 'username', 'cost', '_tags', '_summary')
 
     def __init__(self, raw: bytes, mailfrom: str, rcpttos: List[str],
                  peer: Any = None, received: Optional[float] = None,
-                 username: str = '') -> None:
-        self.id = _new_id()
+                 username: str = '', id: Optional[str] = None) -> None:
+        self.id = id or _new_id()
         self.raw = raw
         self.mailfrom = mailfrom
         self.rcpttos = list(rcpttos)
@@ -74,6 +95,8 @@ class StoredMessage:
         #: The SMTP (or send API) login that delivered it, as Mailpit's
         #: ``Username``; '' without one.
         self.username = username
+        #: What the inbox counts for it: the raw message, then its summary.
+        self.cost = len(raw)
         # The tags: None until set, or until the summary gave the ones the
         # message came with (X-Tags, plus addresses).
         self._tags: Optional[List[str]] = None
@@ -89,24 +112,155 @@ class StoredMessage:
         """The raw message's length in bytes."""
         return len(self.raw)
 
+    def state(self) -> Dict[str, Any]:
+        """What is saved with the message besides its source and envelope,
+        and may change after arrival: the read flag, the tags, the login."""
+        return {'read': self.read, 'tags': self._tags, 'username': self.username}
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Take back what :meth:`state` gave (from the database)."""
+        self.read = bool(state.get('read', False))
+        tags = state.get('tags')
+        self._tags = [str(t) for t in tags] if isinstance(tags, list) else None
+        self.username = str(state.get('username') or '')
+
     def __repr__(self) -> str:
         return '<StoredMessage %s from %r, %d bytes>' % (
             self.id, self.mailfrom, len(self.raw))
 
 
+class _Flight:
+    """One parse under way; others that want it wait for it."""
+
+    __slots__ = ('done', 'result')
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Optional[Parsed] = None
+
+
+class _Worker:
+    """The inbox's background thread: database writes first, in order,
+    each batch one transaction; then messages to ingest.  Started when
+    work is queued, ended after :data:`_IDLE` seconds without any."""
+
+    def __init__(self, inbox: 'Inbox') -> None:
+        self._inbox = weakref.ref(inbox)
+        self._cond = threading.Condition(threading.Lock())
+        self._writes: Deque[Union[Callable[[Database], None], threading.Event]] = deque()
+        self._ingest: Deque[Union[StoredMessage, threading.Event]] = deque()
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+        self.name = 'smtpd_compat web inbox'
+
+    def write(self, op: Union[Callable[[Database], None], threading.Event]) -> None:
+        with self._cond:
+            self._writes.append(op)
+            self._wake()
+
+    def ingest(self, message: Union[StoredMessage, threading.Event]) -> None:
+        with self._cond:
+            if self._closed:
+                if isinstance(message, threading.Event):
+                    message.set()
+                return
+            self._ingest.append(message)
+            self._wake()
+
+    def _wake(self) -> None:
+        # Under the condition's lock.  (Closed, a thread still comes for
+        # writes queued late: it applies them, then ends.)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name,
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._cond.notify()
+
+    def close(self, timeout: float) -> None:
+        """Finish the queued writes (not the ingests), then end."""
+        with self._cond:
+            self._closed = True
+            for item in self._ingest:
+                if isinstance(item, threading.Event):
+                    item.set()
+            self._ingest.clear()
+            thread = self._thread
+            self._cond.notify()
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        db: Optional[Database] = None
+        try:
+            while True:
+                with self._cond:
+                    while not self._writes and not (self._ingest and not self._closed):
+                        if self._closed or (not self._cond.wait(_IDLE) and not (
+                                self._writes or self._ingest)):
+                            self._thread = None
+                            return
+                    writes = list(self._writes)
+                    self._writes.clear()
+                    message = (self._ingest.popleft() if not writes and self._ingest
+                               else None)
+                inbox = self._inbox()
+                if inbox is None:
+                    return
+                if writes:
+                    db = self._apply(inbox, db, writes)
+                elif isinstance(message, threading.Event):
+                    message.set()
+                elif message is not None:
+                    inbox._ingest(message)
+                del inbox
+                # Let the SMTP loop have the interpreter between messages.
+                time.sleep(0)
+        finally:
+            if db is not None:
+                db.close()
+
+    def _apply(self, inbox: 'Inbox', db: Optional[Database],
+               writes: List[Union[Callable[[Database], None], threading.Event]]
+               ) -> Optional[Database]:
+        ops = [op for op in writes if not isinstance(op, threading.Event)]
+        if ops and inbox.database is not None:
+            try:
+                if db is None:
+                    db = inbox.database.writer()
+                db.begin()
+                for op in ops:
+                    op(db)
+                db.commit()
+            except Exception:
+                log.exception('web inbox: cannot write to %s', inbox.database.path)
+                if db is not None:
+                    db.rollback()
+        for item in writes:
+            if isinstance(item, threading.Event):
+                item.set()
+        return db
+
+
 class Inbox:
     """A thread-safe, bounded store of received messages, oldest first.
 
-    Keeps the newest ``max_messages`` messages whose raw sizes add up to at
-    most ``max_bytes``; adding drops the oldest beyond either bound.  A
-    single message larger than ``max_bytes`` is not kept (and counted in
-    ``ignored``).  ``version`` changes on every add, delete and read
+    Keeps the newest ``max_messages`` messages within ``max_bytes``, which
+    counts everything kept for them (raw bytes, summaries, search text,
+    cached parses); adding drops the oldest beyond either bound.  A single
+    message whose raw size is over ``max_bytes`` is not kept (and counted
+    in ``ignored``).  ``version`` changes on every add, delete and read
     change, so a page can poll it cheaply.
+
+    ``path``: an SQLite file that keeps the messages too, so they survive
+    a restart (:mod:`smtpd_compat.web.db`); the messages in it are read
+    back here.  Call :meth:`close` when done with a persistent inbox.
     """
 
     def __init__(self, max_messages: int = DEFAULT_MAX_MESSAGES,
                  max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_parse_bytes: int = DEFAULT_MAX_PARSE_BYTES) -> None:
+                 max_parse_bytes: int = DEFAULT_MAX_PARSE_BYTES,
+                 path: Optional[str] = None) -> None:
         for name, value in (('max_messages', max_messages),
                             ('max_bytes', max_bytes),
                             ('max_parse_bytes', max_parse_bytes)):
@@ -120,6 +274,12 @@ class Inbox:
         self._bytes = 0
         self._lock = threading.Lock()
         self._parsed: 'OrderedDict[str, Parsed]' = OrderedDict()
+        self._parsed_bytes = 0
+        # Parses someone still holds (a response being written), shared.
+        self._live: 'weakref.WeakValueDictionary[str, Parsed]' = (
+            weakref.WeakValueDictionary())
+        self._flights: Dict[str, _Flight] = {}
+        self._worker = _Worker(self)
         self.version = 0
         self.started = time.time()
         #: Counters for /api/v1/info.
@@ -128,16 +288,21 @@ class Inbox:
         self.deleted = 0
         self.ignored = 0
         self._listeners: List[Listener] = []
+        #: The database that keeps the messages, or None (memory only).
+        self.database: Optional[Database] = None
+        if path is not None:
+            self.database = Database(path)
+            self._load()
 
     # -- listeners -------------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(kind, data)`` after every change, under the
         inbox's lock: it must return at once and not call the inbox.
-        Kinds: ``'new'`` (the StoredMessage), ``'delete'`` (a list of IDs),
-        ``'truncate'`` (None), ``'read'`` (a list of ``(ID, read)`` that
-        changed), ``'tags'`` (a list of ``(ID, tags)``), ``'prune'`` (None:
-        tag names changed)."""
+        Kinds: ``'new'`` (the StoredMessage), ``'delete'`` (a list of IDs:
+        deleted, or dropped by the bounds), ``'truncate'`` (None),
+        ``'read'`` (a list of ``(ID, read)`` that changed), ``'tags'`` (a
+        list of ``(ID, tags)``), ``'prune'`` (None: tag names changed)."""
         with self._lock:
             self._listeners = self._listeners + [listener]
 
@@ -154,14 +319,60 @@ class Inbox:
             except Exception:
                 log.exception('web inbox: a listener failed')
 
+    def _save(self, messages: Sequence[StoredMessage]) -> None:
+        """Write the state of these messages to the database (if any) and
+        wait until it is there."""
+        if self.database is None or not messages:
+            return
+        changed = [(m.id, m.state()) for m in messages]
+
+        def save(db: Database) -> None:
+            for id, state in changed:
+                db.set_state(id, state)
+        self._worker.write(save)
+        self.flush()
+
+    @property
+    def durable(self) -> bool:
+        """True when the messages are kept in a database too."""
+        return self.database is not None
+
+    def _load(self) -> None:
+        # Once, from the thread making the inbox (before it serves).
+        assert self.database is not None
+        loaded = 0
+        dropped: List[str] = []
+        for row in self.database.rows():
+            message = StoredMessage(row.raw, row.mailfrom, row.rcpttos, row.peer,
+                                    row.received, id=row.id)
+            # (The state first: a summary read back keeps the tags set.)
+            message.restore(row.state)
+            with self._lock:
+                self._messages[message.id] = message
+                self._bytes += message.cost
+                if row.summary is not None:
+                    dropped += self._account(message, row.summary)
+                dropped += self._trim()
+            loaded += 1
+        self.database.close()
+        if dropped:
+            # Over the bounds (smaller now than when they were written).
+            self._worker.write(lambda db: db.delete(dropped))
+        pending = [m for m in self.newest_first() if m._summary is None]
+        for message in reversed(pending):
+            self._worker.ingest(message)
+        log.info('web inbox: %d messages read back from %s', loaded, self.database.path)
+
     # -- writing (any thread; the SMTP loop calls add) -----------------------
 
     def add(self, data: Union[bytes, str], mailfrom: str = '',
             rcpttos: Iterable[str] = (), peer: Any = None,
             username: Optional[str] = None) -> Optional[StoredMessage]:
         """Store a message; returns it, or None when it alone is over
-        ``max_bytes``.  Only bookkeeping happens here: no parsing.
-        ``username``: the login that sent it (Mailpit's ``Username``)."""
+        ``max_bytes``.  Only bookkeeping happens here: the parsing and the
+        database write are queued for the inbox's thread (see
+        :meth:`flush`).  ``username``: the login that sent it (Mailpit's
+        ``Username``)."""
         if isinstance(data, str):
             # decode_data=True servers hand over text; keep what came in.
             data = data.encode('utf-8', 'surrogateescape')
@@ -183,44 +394,73 @@ class Inbox:
                             size, self.max_bytes)
                 return False
             self._messages[message.id] = message
-            self._bytes += size
-            dropped = []
-            while (len(self._messages) > self.max_messages
-                   or self._bytes > self.max_bytes):
-                _, old = self._messages.popitem(last=False)
-                self._bytes -= len(old.raw)
-                self._parsed.pop(old.id, None)
-                dropped.append(old.id)
+            self._bytes += message.cost
+            dropped = self._trim()
             self.version += 1
             self._notify('new', message)
             if dropped:
                 self._notify('delete', dropped)
+        if self.database is not None:
+            state = message.state()
+            self._worker.write(lambda db: db.insert(
+                message.id, message.received, message.mailfrom, message.rcpttos,
+                message.peer, state, message.raw))
+            if dropped:
+                self._worker.write(lambda db: db.delete(dropped))
+        if message._summary is None:
+            self._worker.ingest(message)
+        return True
+
+    def flush(self, timeout: Optional[float] = None, ingested: bool = False) -> bool:
+        """Wait until every change made so far is in the database (at
+        once without one) and, with ``ingested``, every message added so
+        far is parsed and summarised; False on timeout.  Not on the SMTP
+        loop: it waits for the disk."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.database is not None:
+            done = threading.Event()
+            self._worker.write(done)
+            if not done.wait(timeout):
+                return False
+        if ingested:
+            done = threading.Event()
+            self._worker.ingest(done)
+            return done.wait(None if deadline is None
+                             else max(0.0, deadline - time.monotonic()))
         return True
 
     def delete(self, ids: Optional[Iterable[str]] = None) -> int:
         """Delete the messages with these IDs (all when None); returns how
-        many were deleted.  Unknown IDs are ignored."""
+        many were deleted.  Unknown IDs are ignored.  With a database,
+        returns once the change is written there (so not on the SMTP
+        loop)."""
         with self._lock:
             if ids is None:
-                count = len(self._messages)
+                gone = list(self._messages)
                 self._messages.clear()
                 self._parsed.clear()
-                self._bytes = 0
+                self._bytes = self._parsed_bytes = 0
                 self._notify('truncate', None)
             else:
                 gone = []
                 for id in ids:
-                    message = self._messages.pop(self._resolve(id), None)
+                    message = self._messages.get(self._resolve(id))
                     if message is not None:
+                        self._drop(message.id)
                         gone.append(message.id)
-                        self._bytes -= len(message.raw)
-                        self._parsed.pop(message.id, None)
-                count = len(gone)
                 if gone:
                     self._notify('delete', gone)
-            self.deleted += count
+            self.deleted += len(gone)
             self.version += 1
-        return count
+        if self.database is not None and gone:
+            def save(db: Database) -> None:
+                if ids is None:
+                    db.clear()
+                else:
+                    db.delete(gone)
+            self._worker.write(save)
+            self.flush()
+        return len(gone)
 
     def clear(self) -> None:
         """Delete every message."""
@@ -228,7 +468,8 @@ class Inbox:
 
     def set_read(self, ids: Optional[Iterable[str]], read: bool = True) -> List[str]:
         """Mark messages read or unread (all when ``ids`` is None);
-        returns the IDs of those whose status changed."""
+        returns the IDs of those whose status changed.  With a database,
+        returns once the change is written there."""
         with self._lock:
             targets: Sequence[Optional[StoredMessage]] = (
                 list(self._messages.values()) if ids is None else
@@ -237,11 +478,12 @@ class Inbox:
             for message in targets:
                 if message is not None and message.read != bool(read):
                     message.read = bool(read)
-                    changed.append(message.id)
+                    changed.append(message)
             self.version += 1
             if changed:
-                self._notify('read', [(id, bool(read)) for id in changed])
-        return changed
+                self._notify('read', [(m.id, bool(read)) for m in changed])
+        self._save(changed)
+        return [m.id for m in changed]
 
     # -- tags ----------------------------------------------------------------
 
@@ -273,10 +515,11 @@ class Inbox:
                 message = self._messages.get(self._resolve(id))
                 if message is not None:
                     message._tags = list(names)
-                    changed.append((message.id, list(names)))
+                    changed.append(message)
             self.version += 1
             if changed:
-                self._notify('tags', changed)
+                self._notify('tags', [(m.id, list(names)) for m in changed])
+        self._save(changed)
 
     def tags(self) -> List[str]:
         """Every tag in use, sorted without regard to case."""
@@ -312,7 +555,8 @@ class Inbox:
                 raise ValueError('tag already exists: %s' % name)
             if name == names[old.lower()]:
                 return
-            self._retag(lambda tag: name if tag.lower() == old.lower() else tag)
+            changed = self._retag(lambda tag: name if tag.lower() == old.lower() else tag)
+        self._save(changed)
 
     def delete_tag(self, name: str) -> None:
         """Take a tag off every message (``name`` matched without regard
@@ -321,16 +565,83 @@ class Inbox:
         with self._lock:
             if name.lower() not in self._tag_names():
                 raise ValueError('tag not found: %s' % name)
-            self._retag(lambda tag: '' if tag.lower() == name.lower() else tag)
+            changed = self._retag(lambda tag: '' if tag.lower() == name.lower() else tag)
+        self._save(changed)
 
-    def _retag(self, change: Callable[[str], str]) -> None:
-        # Under the lock: every message's tags through ``change`` ('' drops).
+    def _retag(self, change: Callable[[str], str]) -> List[StoredMessage]:
+        # Under the lock: every message's tags through ``change`` ('' drops);
+        # returns the messages whose tags changed.
+        changed = []
         for message in self._messages.values():
             if message._tags:
-                message._tags = sorted(
-                    (t for t in map(change, message._tags) if t), key=str.lower)
+                tags = sorted((t for t in map(change, message._tags) if t), key=str.lower)
+                if tags != message._tags:
+                    message._tags = tags
+                    changed.append(message)
         self.version += 1
         self._notify('prune', None)
+        return changed
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish writing to the database (if any) and stop the inbox's
+        thread.  The messages stay readable."""
+        self._worker.close(timeout)
+
+    # -- the budget (under the lock) -----------------------------------------
+
+    def _drop(self, id: str) -> None:
+        message = self._messages.pop(id)
+        self._bytes -= message.cost
+        self._uncache(id)
+
+    def _uncache(self, id: str) -> None:
+        parsed = self._parsed.pop(id, None)
+        if parsed is not None:
+            self._parsed_bytes -= parsed.cost
+
+    def _trim(self) -> List[str]:
+        """Drop what is over the bounds: cached parses first, then the
+        oldest messages (never the newest); returns the IDs dropped."""
+        dropped = []
+        while len(self._messages) > self.max_messages:
+            dropped.append(next(iter(self._messages)))
+            self._drop(dropped[-1])
+        while self._bytes + self._parsed_bytes > self.max_bytes:
+            if self._parsed:
+                self._uncache(next(iter(self._parsed)))
+            elif len(self._messages) > 1:
+                dropped.append(next(iter(self._messages)))
+                self._drop(dropped[-1])
+            else:
+                break
+        return dropped
+
+    def _account(self, message: StoredMessage, summary: Dict[str, Any]) -> List[str]:
+        """Cache a summary computed for ``message`` (once) and count it;
+        returns the IDs the budget then dropped."""
+        if message._summary is not None:
+            return []
+        message._summary = summary
+        if message._tags is None:
+            # The tags it came with (X-Tags, plus addresses).
+            message._tags = list(summary['Tags'])
+        if message.id not in self._messages:
+            return []
+        extra = cost_of(summary)
+        message.cost += extra
+        self._bytes += extra
+        return self._trim()
+
+    def _cache(self, message: StoredMessage, parsed: Parsed) -> None:
+        """Keep a parse in the small cache, if it fits the budget."""
+        if (message.id not in self._messages or message.id in self._parsed
+                or parsed.cost > self.max_bytes - self._bytes):
+            return
+        self._parsed[message.id] = parsed
+        self._parsed_bytes += parsed.cost
+        while len(self._parsed) > _PARSE_CACHE:
+            self._uncache(next(iter(self._parsed)))
+        self._trim()
 
     # -- reading -------------------------------------------------------------
 
@@ -351,12 +662,13 @@ class Inbox:
             return list(reversed(self._messages.values()))
 
     def stats(self) -> Dict[str, int]:
-        """total, unread, bytes and version, read together."""
+        """total, unread, bytes (all the inbox keeps, as its budget counts
+        it) and version, read together."""
         with self._lock:
             return {
                 'total': len(self._messages),
                 'unread': sum(1 for m in self._messages.values() if not m.read),
-                'bytes': self._bytes,
+                'bytes': self._bytes + self._parsed_bytes,
                 'version': self.version,
             }
 
@@ -370,34 +682,58 @@ class Inbox:
 
     def summary(self, message: StoredMessage) -> Dict[str, Any]:
         """The decoded list fields of ``message`` (Mailpit's MessageSummary
-        without ID and Read) plus private search keys, computed once.  Two
-        threads may compute it at once; both get the same result, and the
-        assignment is atomic."""
+        without ID and Read) plus private search keys: computed once (at
+        ingest, or here if asked first) and cached on the message."""
         summary = message._summary
         if summary is None:
-            details = self.parsed(message).details
-            summary = message._summary = summarise(message, details)
+            summary = summarise(message, self.parsed(message).details)
             with self._lock:
-                if message._tags is None:
-                    # The tags it came with (X-Tags, plus addresses).
-                    message._tags = list(summary['Tags'])
+                dropped = self._account(message, summary)
+                summary = message._summary or summary
+                if dropped:
+                    self._notify('delete', dropped)
+            if dropped and self.database is not None:
+                self._worker.write(lambda db: db.delete(dropped))
+            if self.database is not None:
+                self._worker.write(lambda db: db.set_summary(message.id, summary))
         return summary
 
     def parsed(self, message: StoredMessage) -> Parsed:
         """The parsed message (headers only past ``max_parse_bytes``) and
-        its details, from a small cache of recent parses."""
+        its details: from the cache, or shared with whoever parses or
+        holds it now, or parsed here (once, however many ask)."""
         with self._lock:
             parsed = self._parsed.get(message.id)
             if parsed is not None:
                 self._parsed.move_to_end(message.id)
                 return parsed
-        parsed = Parsed(message, self.max_parse_bytes)
-        with self._lock:
-            if message.id in self._messages:
-                self._parsed[message.id] = parsed
-                while len(self._parsed) > _PARSE_CACHE:
-                    self._parsed.popitem(last=False)
+            parsed = self._live.get(message.id)
+            if parsed is not None:
+                return parsed
+            flight = self._flights.get(message.id)
+            owner = flight is None
+            if flight is None:
+                flight = self._flights[message.id] = _Flight()
+        if not owner:
+            flight.done.wait()
+            if flight.result is not None:
+                return flight.result
+            return self.parsed(message)
+        try:
+            parsed = flight.result = Parsed(message, self.max_parse_bytes)
+            with self._lock:
+                self._live[message.id] = parsed
+                self._cache(message, parsed)
+        finally:
+            with self._lock:
+                del self._flights[message.id]
+            flight.done.set()
         return parsed
+
+    def _ingest(self, message: StoredMessage) -> None:
+        # The background thread: what a message costs, paid once.
+        if message._summary is None and self.get(message.id) is message:
+            self.summary(message)
 
     def __len__(self) -> int:
         with self._lock:
