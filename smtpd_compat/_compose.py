@@ -38,6 +38,7 @@ class _Unset:
 #: Default of a capability keyword that was not given: the user's class
 #: attribute of the same name wins over the capability's default.
 UNSET = _Unset()
+Unset = _Unset
 
 _cache = {}
 _cache_lock = threading.Lock()

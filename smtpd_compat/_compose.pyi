@@ -13,6 +13,7 @@ class _Unset:
 
 # Default of a capability keyword that was not given.
 UNSET: _Unset
+Unset = _Unset
 
 _cache: dict[tuple[str, type, tuple[type, ...]], type]
 
