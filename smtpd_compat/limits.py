@@ -58,7 +58,6 @@ from __future__ import annotations
 import collections
 import logging
 import socket
-import time
 from typing import (TYPE_CHECKING, Any, Callable, Counter, Dict, Optional,
                     Set, Tuple, Type, Union)
 
@@ -177,7 +176,7 @@ class LimitsChannelMixin(_ChannelBase):
             timeout = self.smtp_server.data_timeout
             deadline = self.deadline    # (set while a phase is)
             if timeout is not None and deadline is not None:
-                now = time.monotonic()
+                now = self.now()
                 rate = self.smtp_server.min_data_rate
                 if rate:
                     # Progress buys time in proportion to its size, capped

@@ -35,14 +35,22 @@ close without a reply, since no SMTP reply could be read there.  Timers
 fire only under :func:`smtpd_compat.loop.loop`.
 """
 import logging
-import time
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Deque, List, Optional, Union, cast
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
 
-__all__ = ['SessionStateMixin', 'receiving_message', 'busy', 'LAYERS',
-           'INTERNAL_ERROR']
+if TYPE_CHECKING:
+    import asyncore as _asyncore
+    # Every class this mixin is composed into is an SMTPChannel; at run
+    # time it is a plain mixin.
+    _ChannelBase = _smtpd.SMTPChannel
+else:
+    _asyncore = _smtpd.asyncore
+    _ChannelBase = object
+
+__all__ = ['SessionStateMixin', 'receiving_message', 'busy', 'hang_up',
+           'LAYERS', 'INTERNAL_ERROR']
 
 #: Where each capability's channel mixin sits, outermost first: the
 #: composed channel class lists its mixins in this order, whatever order the
@@ -70,23 +78,51 @@ logger = logging.getLogger(__name__)
 INTERNAL_ERROR = '451 4.3.0 Error: internal server error'
 
 
-def receiving_message(channel) -> bool:
+def receiving_message(channel: '_smtpd.SMTPChannel') -> bool:
     """True while ``channel`` is receiving message content; works for the
     compat channels (DATA state) too."""
-    method = getattr(channel, 'receiving_message', None)
-    if method is not None:
-        return method()
+    if isinstance(channel, SessionStateMixin):
+        return channel.receiving_message()
     return channel.smtp_state == channel.DATA
 
 
-def busy(channel) -> bool:
+def busy(channel: '_smtpd.SMTPChannel') -> bool:
     """True while ``channel`` is receiving a message or waiting for work in
     flight: graceful shutdown lets such a channel finish."""
-    return receiving_message(channel) or bool(getattr(channel, 'waiting',
-                                                      False))
+    if isinstance(channel, SessionStateMixin):
+        return channel.busy()
+    return channel.smtp_state == channel.DATA
 
 
-class SessionStateMixin:
+def hang_up(channel: '_smtpd.SMTPChannel', reply: str, reason: str) -> None:
+    """Say ``reply`` (a 421) on ``channel``, process nothing more it sends,
+    and close it once the reply is sent: :meth:`SessionStateMixin.hang_up`
+    for a capability channel.  A compat channel has no session state; it
+    gets the same through the core's own hook ``_input_paused`` (no
+    further input is processed; set only here and by capabilities, never
+    by the core), and the reason is not kept.  Saying it twice does
+    nothing."""
+    if isinstance(channel, SessionStateMixin):
+        if channel.connected:
+            channel.hang_up(reply, reason)
+        return
+    if channel._input_paused:
+        return      # said already
+    channel._input_paused = True
+    cast(Any, channel).ac_in_buffer = b''
+    if not channel.connected:
+        return
+    try:
+        channel.push(reply)
+    except Exception:      # a channel broken in some way: just close it
+        logger.exception('while hanging up on %r', channel)
+        channel.close()
+        return
+    channel.close_when_done()
+    _loop.update(channel)
+
+
+class SessionStateMixin(_ChannelBase):
     """Channel mixin holding the state shared by the capabilities (see the
     module docstring).  Who overrides what:
 
@@ -109,8 +145,13 @@ class SessionStateMixin:
     waiting = False
     #: The phase of the armed deadline, or None.
     deadline_phase: Optional[str] = None
-    _deadline = None
-    _deadline_timer = None
+    _deadline: Optional[float] = None
+    _deadline_timer: Optional[_loop.TimerHandle] = None
+    _loop_services: Optional[_loop.LoopServices] = None
+    # asyncore's, for the type checker (no class attributes).
+    _map: _loop.SocketMap
+    _fileno: Optional[int]
+    producer_fifo: Deque[Any]
 
     # -- state ----------------------------------------------------------
 
@@ -137,7 +178,22 @@ class SessionStateMixin:
         self.set_deadline(_HANG_UP_GRACE, 'closing')
         _loop.update(self)
 
-    # -- the deadline -----------------------------------------------------
+    # -- time and the deadline ---------------------------------------------
+
+    @property
+    def loop_services(self) -> _loop.LoopServices:
+        """The services of this connection's socket map
+        (:func:`smtpd_compat.loop.services`): its timers and clock."""
+        services = self._loop_services
+        if services is None:
+            services = self._loop_services = _loop.services(self._map)
+        return services
+
+    def now(self) -> float:
+        """The time on this connection's clock (its socket map's
+        :attr:`~smtpd_compat.loop.LoopServices.clock`): what deadlines and
+        data rates are measured in."""
+        return self.loop_services.clock()
 
     def set_deadline(self, seconds: Optional[float],
                      phase: str = 'idle') -> None:
@@ -149,7 +205,8 @@ class SessionStateMixin:
             self._deadline = None
             self.deadline_phase = None
             return
-        when = time.monotonic() + seconds
+        services = self.loop_services
+        when = services.clock() + seconds
         self._deadline = when
         self.deadline_phase = phase
         timer = self._deadline_timer
@@ -157,21 +214,25 @@ class SessionStateMixin:
             return
         if timer is not None:
             timer.cancel()
-        self._deadline_timer = _loop.call_later(
-            seconds, self._check_deadline, map=self._map)
+        self._deadline_timer = services.call_at(when, self._check_deadline)
 
     def extend_deadline(self, when: float) -> None:
-        """Move the armed deadline to the monotonic time ``when`` (progress
-        in a phase that allows it, such as DATA)."""
+        """Move the armed deadline to the time ``when`` on the connection's
+        clock (:meth:`now`): progress in a phase that allows it, such as
+        DATA."""
         if self._deadline is not None:
             self._deadline = when
             timer = self._deadline_timer
             if timer is None or timer.when > when:
-                self.set_deadline(when - time.monotonic(), self.deadline_phase)
+                if timer is not None:
+                    timer.cancel()
+                self._deadline_timer = self.loop_services.call_at(
+                    when, self._check_deadline)
 
     @property
     def deadline(self) -> Optional[float]:
-        """The armed deadline (``time.monotonic()`` scale), or None."""
+        """The armed deadline (on the connection's clock, :meth:`now`), or
+        None."""
         return self._deadline
 
     def reset_idle_deadline(self) -> None:
@@ -179,15 +240,15 @@ class SessionStateMixin:
         ``idle_timeout`` when it has one (limits), else disarm it."""
         self.set_deadline(getattr(self.smtp_server, 'idle_timeout', None))
 
-    def _check_deadline(self):
+    def _check_deadline(self) -> None:
         self._deadline_timer = None
         deadline = self._deadline
         if deadline is None or not self.connected:
             return
-        left = deadline - time.monotonic()
-        if left > 0:
-            self._deadline_timer = _loop.call_later(
-                left, self._check_deadline, map=self._map)
+        services = self.loop_services
+        if deadline > services.clock():
+            # Moved later since the timer was set (see set_deadline).
+            self._deadline_timer = services.call_at(deadline, self._check_deadline)
             return
         phase = self.deadline_phase
         self._deadline = None
@@ -211,7 +272,8 @@ class SessionStateMixin:
 
     # -- the message ------------------------------------------------------
 
-    def _call_process_message(self, peer, mailfrom, rcpttos, data):
+    def _call_process_message(self, peer: Any, mailfrom: str, rcpttos: List[str],
+                              data: Union[bytes, str]) -> Optional[str]:
         # Capability servers only (the compat classes let the exception
         # reach asyncore, which prints it and drops the connection): an
         # exception from process_message is logged with its traceback and
@@ -220,7 +282,7 @@ class SessionStateMixin:
         # session goes on.
         try:
             return super()._call_process_message(peer, mailfrom, rcpttos, data)
-        except _smtpd.asyncore.ExitNow:
+        except _asyncore.ExitNow:
             raise       # leaves the loop, as the stdlib lets it
         except Exception:
             # (Imported here: logging_ imports this module.)
@@ -232,7 +294,7 @@ class SessionStateMixin:
 
     # -- asyncore plumbing ------------------------------------------------
 
-    def readable(self):
+    def readable(self) -> bool:
         if self.closing or self.waiting:
             return False
         return super().readable()
@@ -246,7 +308,7 @@ class SessionStateMixin:
     # True while handle_read processes a read: initiate_send waits.
     _batching = False
 
-    def handle_read(self):
+    def handle_read(self) -> None:
         if self._batching:
             super().handle_read()
             return
@@ -258,7 +320,7 @@ class SessionStateMixin:
             if self.producer_fifo:
                 self._send_queued()
 
-    def initiate_send(self):
+    def initiate_send(self) -> None:
         if self._batching:
             return      # handle_read sends once the read is processed
         fifo = self.producer_fifo
@@ -276,7 +338,7 @@ class SessionStateMixin:
             fifo.appendleft(b''.join(parts))
         super().initiate_send()
 
-    def _send_queued(self):
+    def _send_queued(self) -> None:
         """Send what is queued, as far as the socket takes it; the rest
         goes out from handle_write."""
         fifo = self.producer_fifo
@@ -286,12 +348,12 @@ class SessionStateMixin:
             if len(fifo) >= count:
                 return      # a partial send (or none): wait for writable
 
-    def _handle_input(self, data):
+    def _handle_input(self, data: bytes) -> None:
         if self.closing:
             return
         super()._handle_input(data)
 
-    def found_terminator(self):
+    def found_terminator(self) -> None:
         if self.closing:
             self.received_lines = []
             return
@@ -305,7 +367,7 @@ class SessionStateMixin:
             if not self._answer_escaped(err):
                 raise
 
-    def close(self):
+    def close(self) -> None:
         if self._batching and self.producer_fifo and self.connected:
             # Closed while a read is processed: send the replies queued so
             # far first, as the stdlib (which sent each one at once) did.
