@@ -220,10 +220,6 @@ def _resolve_class(classname, modules):
     return cls
 
 
-# Longest wait of the CLI's loop between two looks at pending signals.
-_SIGNAL_TICK = 1.0
-
-
 def _serve(cli, server):
     """Serve with smtpd_compat's epoll loop (asyncore.loop's select() stops
     at 1,024 descriptors), with the open-files limit raised to the hard
@@ -231,10 +227,11 @@ def _serve(cli, server):
     from smtpd_compat import loop
     loop.raise_fd_limit()
     # A stop signal that lands between the loop's check for pending signals
-    # and its epoll_wait() is only acted on when the wait ends (the classic
-    # signal/select race; seen as a rare 30 s delay before SIGTERM took
-    # effect on a loaded machine).  Waking at least once a second bounds it.
-    loop.loop(timeout=_SIGNAL_TICK)
+    # and its epoll_wait() would only be acted on when the wait ends (the
+    # classic signal/select race; seen as a rare 30 s delay before SIGTERM
+    # took effect on a loaded machine): the signal itself wakes the loop.
+    with loop.services(server._map).wake_on_signals():
+        loop.loop(map=server._map)
 
 
 # Set once a stop signal has been acted on (or serving is over).
@@ -280,13 +277,13 @@ def _ignore_stop_signals():
 # -- SIGHUP: reload certificates and the auth file -------------------------
 #
 # logrotate and ``systemctl reload`` send SIGHUP, whose default action would
-# end the process.  The handler only raises a flag; a timer on the server's
-# loop looks at it once a second and runs the reloads there, between
-# events, so no file is read inside a signal handler and no connection is
-# interrupted halfway through a handler.  Each ``reload()`` keeps what it
-# had when the new files are bad, and raises; that is logged.
+# end the process.  Until the server exists the handler only notes it; then
+# the server's loop takes the signal over (LoopServices.add_signal_handler)
+# and runs the reloads on the loop thread, between events, so no file is
+# read inside a signal handler and no connection is interrupted halfway
+# through a handler.  Each ``reload()`` keeps what it had when the new files
+# are bad, and raises; that is logged.
 
-_RELOAD_CHECK = 1.0
 _reload_wanted = []
 
 
@@ -310,16 +307,18 @@ def _reload_all(server):
 
 
 def _install_reload(server):
-    """Reload on SIGHUP while ``server``'s loop runs."""
+    """Reload on SIGHUP while ``server``'s loop runs; returns a function
+    that puts the early handler back."""
     from smtpd_compat import loop
-
-    def check():
-        if _reload_wanted:
-            del _reload_wanted[:]
-            _reload_all(server)
-        loop.call_later(_RELOAD_CHECK, check, map=server._map)
-
-    loop.call_later(_RELOAD_CHECK, check, map=server._map)
+    if not hasattr(signal, 'SIGHUP'):
+        return lambda: None
+    services = loop.services(server._map)
+    services.add_signal_handler(signal.SIGHUP, _reload_all, server)
+    if _reload_wanted:
+        # One came before the server existed.
+        del _reload_wanted[:]
+        services.call_later(0, _reload_all, server)
+    return lambda: services.remove_signal_handler(signal.SIGHUP)
 
 
 def _help_text(modules):
@@ -382,10 +381,13 @@ def main(argv=None):
         if hasattr(signal, 'SIGHUP'):
             signal.signal(signal.SIGHUP, _request_reload)
         server = cli.make_server()
-        _install_reload(server)
-        if options.setuid:
-            _become_nobody(server)
-        cli.serve(cli, server)
+        uninstall_reload = _install_reload(server)
+        try:
+            if options.setuid:
+                _become_nobody(server)
+            cli.serve(cli, server)
+        finally:
+            uninstall_reload()
     except KeyboardInterrupt:
         pass
     finally:

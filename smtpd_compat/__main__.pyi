@@ -11,7 +11,6 @@ __all__ = ["main", "CLI"]
 _CAPABILITIES: tuple[tuple[str, str], ...]
 _TITLES: dict[str, str]
 _WIDTH: int
-_SIGNAL_TICK: float
 _stopping: bool
 
 def _capability_modules() -> list[ModuleType]: ...
