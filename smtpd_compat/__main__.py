@@ -119,7 +119,7 @@ class CLI:
         """Build the server.  A class that cannot be built from the options
         given is a CLI error (see _configuration_error), never a traceback;
         exceptions from the user's own code still propagate."""
-        from smtpd_compat._compose import compose_server
+        from smtpd_compat.compose import compose_server
         cls = compose_server(self.server_class, self.mixins)
         missing = [name for name in _required_keywords(cls)
                    if name not in self.server_kwargs]

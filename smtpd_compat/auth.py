@@ -48,7 +48,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable,
                     Union)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin, UNSET
+from smtpd_compat.compose import CapabilityServerMixin, UNSET
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
@@ -441,8 +441,6 @@ class AuthChannelMixin(OffloadChannelMixin):
     layer = LAYERS['auth']
     capability_name = 'Auth'
     smtp_server: AuthServerMixin
-    #: The login of the authenticated client, or None.
-    auth_user: Optional[str] = None
     _auth_failures = 0
     # The exchange in progress: None, 'PLAIN' (waiting for the PLAIN
     # message), 'LOGIN-USER' or 'LOGIN-PASSWORD'.
@@ -459,7 +457,7 @@ class AuthChannelMixin(OffloadChannelMixin):
     _auth_redact_line = False
 
     def _auth_offered(self) -> bool:
-        return (getattr(self, 'tls_active', False)
+        return (self.tls_active
                 or self.smtp_server.auth_allow_plaintext)
 
     def extra_ehlo_keywords(self) -> List[str]:
@@ -536,7 +534,7 @@ class AuthChannelMixin(OffloadChannelMixin):
         if not self.extended_smtp:
             self.push('503 5.5.1 Error: send EHLO first')
             return
-        if not getattr(self, 'tls_active', False):
+        if not self.tls_active:
             if getattr(server, 'require_starttls', False):
                 self.push('530 5.7.0 Must issue a STARTTLS command first')
                 return
@@ -693,11 +691,9 @@ class AuthChannelMixin(OffloadChannelMixin):
             return
         self.push('535 5.7.8 Authentication credentials invalid')
 
-    def _tls_reset_session(self) -> None:
+    def reset_session(self) -> None:
         # RFC 3207 section 4.2: nothing learnt before TLS survives it.
-        reset = getattr(super(), '_tls_reset_session', None)
-        if reset is not None:
-            reset()
+        super().reset_session()
         self.auth_user = None
         self._auth_state = self._auth_login = None
 
@@ -706,7 +702,7 @@ class AuthChannelMixin(OffloadChannelMixin):
     def smtp_MAIL(self, arg: str) -> None:
         if self.smtp_server.auth_required and self.auth_user is None:
             if (getattr(self.smtp_server, 'require_starttls', False)
-                    and not getattr(self, 'tls_active', False)):
+                    and not self.tls_active):
                 self.push('530 5.7.0 Must issue a STARTTLS command first')
             else:
                 self.push('530 5.7.0 Authentication required')

@@ -22,6 +22,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List,
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
+from smtpd_compat.compose import compose_server, derive
 
 if TYPE_CHECKING:
     import email.message
@@ -227,8 +228,8 @@ def with_capture(server_class: _ServerClass) -> _ServerClass:
     if not issubclass(server_class, _smtpd.SMTPServer):
         raise TypeError('with_capture() needs an SMTPServer subclass, not %r'
                         % (server_class,))
-    return cast(_ServerClass, type('Capturing' + server_class.__name__,
-                                   (CapturingServer, server_class), {}))
+    return derive(server_class, (CapturingServer,),
+                  'Capturing' + server_class.__name__)
 
 
 class _HandlerServer(_smtpd.SMTPServer):
@@ -310,7 +311,6 @@ class Controller:
                             'callable, not %r' % (handler,))
         if server_kwargs.get('web') is not None:
             # web=(host, port) brings the web inbox along (smtpd_compat.web).
-            from smtpd_compat._compose import compose_server
             from smtpd_compat.web import WebInboxServerMixin
             server_class = compose_server(server_class, [WebInboxServerMixin])
         self.server_class = server_class

@@ -136,7 +136,7 @@ class TraceChannelMixin(_ChannelBase):
     ``session``.  Calls super() in ``_message_kwargs`` (so it composes
     with every other mixin that adds keywords)."""
 
-    layer = LAYERS['message']
+    layer = LAYERS['trace']
     capability_name = 'Trace'
 
     def trace_session(self) -> Session:
@@ -145,9 +145,9 @@ class TraceChannelMixin(_ChannelBase):
         base = getattr(self, 'transmission_type', None) or (
             'ESMTP' if self.extended_smtp else 'SMTP')
         if base != 'SMTP':
-            if getattr(self, 'tls_active', False):
+            if self.tls_active:
                 base += 'S'
-            if getattr(self, 'auth_user', None) is not None:
+            if self.auth_user is not None:
                 base += 'A'
         return Session(self.seen_greeting or '', self.peer, base, self.fqdn)
 

@@ -27,7 +27,7 @@ from typing import (TYPE_CHECKING, Callable, ClassVar, Dict, FrozenSet,
                     Iterable, List, Optional, Tuple, Type)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.session import LAYERS
 

@@ -62,7 +62,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Counter, Dict, Optional,
                     Set, Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat import loop as _loop
 from smtpd_compat.session import LAYERS
 from smtpd_compat.logging_ import LogEvery, SessionLogServerMixin, format_peer

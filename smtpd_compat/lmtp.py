@@ -30,7 +30,7 @@ from typing import (TYPE_CHECKING, Any, Dict, List, Optional, Sequence,
                     Tuple, Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.compose import CapabilityServerMixin
 from smtpd_compat.message import MessageChannelMixin
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ from typing import (TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple,
                     Optional, Tuple, Type, Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.compose import CapabilityServerMixin, UNSET, settings
 from smtpd_compat.logging_ import LogEvery, format_peer, safe
 from smtpd_compat.session import LAYERS
 

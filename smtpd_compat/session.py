@@ -1,7 +1,10 @@
-"""The state every capability shares: one place for "receiving a message",
-"closing", "waiting for server-side work" and the connection's one deadline.
+"""The state every capability shares, and the hooks several of them
+extend: one place for the facts about a session (TLS active, the
+authenticated user, the PROXY balancer, "receiving a message",
+"closing", "waiting for server-side work"), the connection's one deadline
+and its clock.
 
-Every channel class that :mod:`smtpd_compat._compose` builds for a server
+Every channel class that :mod:`smtpd_compat.compose` builds for a server
 with capabilities has :class:`SessionStateMixin` innermost, right in front of
 the server's own channel class, so each capability can rely on it instead of
 keeping its own copy of the same state (and each asks it instead of
@@ -25,6 +28,19 @@ States of one connection, as the capabilities see them:
   deadline passes, if the client does not read).
 * otherwise **idle**: between commands.
 
+Facts a layer sets and others read, with their defaults here (a layer
+that knows better overrides them): :attr:`~SessionStateMixin.tls_active`
+(the TLS layer), :attr:`~SessionStateMixin.auth_user` (AUTH),
+:attr:`~SessionStateMixin.proxy_peer` (PROXY; ``peer`` is then the
+client the header named).
+
+Hooks several layers extend, each calling ``super()``:
+:meth:`~SessionStateMixin.reset_session` (TLS calls it after STARTTLS;
+AUTH forgets its login), :meth:`~SessionStateMixin.message_processed`
+(once per message, with process_message's result),
+:meth:`~SessionStateMixin.handle_timeout` (a layer handles the phase it
+armed), :meth:`~SessionStateMixin.receiving_message` (extensions: BDAT).
+
 The deadline: at most one per connection, armed with
 :meth:`~SessionStateMixin.set_deadline` ``(seconds, phase)``.  The phase
 names who armed it and decides what happens when it passes
@@ -39,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Deque, List, Optional, Union, cast
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
+from smtpd_compat.logfmt import format_peer
 
 if TYPE_CHECKING:
     import asyncore as _asyncore
@@ -65,6 +82,8 @@ LAYERS = {
     'threads': 55,      # process_message off the loop thread
     'extensions': 60,   # PIPELINING, CHUNKING/BDAT, DSN, ENHANCEDSTATUSCODES
     'message': 70,      # per-recipient options, the message path
+    'trace': 80,        # the session for Received: headers (delivery, relay)
+    'inbox': 90,        # records what was accepted (the web inbox)
     'state': 100,       # SessionStateMixin, innermost
 }
 
@@ -129,12 +148,29 @@ class SessionStateMixin(_ChannelBase):
     * :meth:`receiving_message`: the extensions module (BDAT) extends it,
       calling ``super()``.
     * :meth:`handle_timeout`: a capability that arms its own phase handles
-      that phase and calls ``super()`` for the others (TLS does).
+      that phase and calls ``super()`` for the others (TLS, PROXY do).
+    * :meth:`reset_session`: AUTH extends it (after ``super()``).
+    * :meth:`message_processed`: a layer that acts on each message's
+      outcome (the web inbox) extends it and calls ``super()``.
     * :meth:`readable`, :meth:`close`: capabilities may extend them and must
       call ``super()``.
     """
 
     layer = LAYERS['state']
+
+    # -- facts the layers share (set by one, read by others) -----------
+
+    @property
+    def tls_active(self) -> bool:
+        """True once TLS protects the session (the TLS layer answers;
+        without it a session is plaintext)."""
+        return False
+
+    #: The login of the client that authenticated (AUTH sets it), or None.
+    auth_user: Optional[str] = None
+    #: The TCP peer (the balancer) when a PROXY header named the client,
+    #: whose address ``peer`` then is; None without the PROXY layer.
+    proxy_peer: Any = None
 
     #: True once the server has said its last reply.
     closing = False
@@ -270,7 +306,30 @@ class SessionStateMixin(_ChannelBase):
         self.push('421 4.4.2 %s Error: timeout exceeded' % self.fqdn)
         self.close()
 
-    # -- the message ------------------------------------------------------
+    # -- the session and the message ---------------------------------------
+
+    def reset_session(self) -> None:
+        """Forget everything learnt from the client: the envelope, the
+        greeting, EHLO-raised line limits (RFC 3207 section 4.2: after a
+        STARTTLS handshake; the client must send EHLO again).  Layers that
+        keep more session state (AUTH: its login) extend this and call
+        ``super()``."""
+        self._set_rset_state()
+        self.seen_greeting = ''
+        self.extended_smtp = False
+        self.command_size_limits.clear()
+
+    def message_processed(self, peer: Any, mailfrom: Optional[str],
+                          rcpttos: List[str], data: Union[bytes, str],
+                          status: Any) -> None:
+        """process_message returned ``status`` for this message (None, a
+        reply line, or LMTP's list or dict; :data:`INTERNAL_ERROR` or
+        the threads module's ``PROCESSING_FAILED`` when it raised).  Called
+        once per message on the loop thread, wherever process_message ran,
+        before the reply is sent; whatever process_message a subclass
+        wrote, and whether or not it called ``super()``.  Layers extend it
+        (calling ``super()``) to act on every outcome: the web inbox keeps
+        what was accepted.  Here: nothing."""
 
     def _call_process_message(self, peer: Any, mailfrom: str, rcpttos: List[str],
                               data: Union[bytes, str]) -> Optional[str]:
@@ -281,16 +340,16 @@ class SessionStateMixin(_ChannelBase):
         # status, the client retries); the transaction ends and the
         # session goes on.
         try:
-            return super()._call_process_message(peer, mailfrom, rcpttos, data)
+            status = super()._call_process_message(peer, mailfrom, rcpttos, data)
         except _asyncore.ExitNow:
             raise       # leaves the loop, as the stdlib lets it
         except Exception:
-            # (Imported here: logging_ imports this module.)
-            from smtpd_compat.logging_ import format_peer
             logger.exception('process_message failed for a message from %s '
                              '(%d recipient(s)); answered 451',
                              format_peer(peer), len(rcpttos))
-            return INTERNAL_ERROR
+            status = INTERNAL_ERROR
+        self.message_processed(peer, mailfrom, rcpttos, data, status)
+        return status
 
     # -- asyncore plumbing ------------------------------------------------
 

@@ -40,6 +40,7 @@ What work running in a thread may touch: its own arguments.  Not the
 channel, not the socket map, not the loop (none of them is thread-safe);
 shared state of the server only under a lock.  See docs/threads.rst.
 """
+import functools
 import logging
 import os
 import queue
@@ -52,8 +53,8 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence,
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
-from smtpd_compat._compose import UNSET, CapabilityServerMixin, Unset
-from smtpd_compat.logging_ import LogEvery
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset
+from smtpd_compat.logfmt import LogEvery
 from smtpd_compat.session import LAYERS, SessionStateMixin
 
 if TYPE_CHECKING:
@@ -230,6 +231,10 @@ def server_pool(server: _smtpd.SMTPServer) -> WorkerPool:
         threads = getattr(server, 'offload_threads', None) or DEFAULT_THREADS
         pool = WorkerPool(threads)
         server.__dict__['_smtpd_compat_pool'] = pool
+        if isinstance(server, CapabilityServerMixin):
+            # Its threads end once its listening socket is closed.
+            server.add_close_callback(functools.partial(release_server_pool,
+                                                        server))
     return pool
 
 
@@ -375,6 +380,7 @@ class OffloadChannelMixin(_ChannelBase):
                          exc_info=status)
             status = PROCESSING_FAILED
         rcpttos = self.rcpttos      # _set_post_data_state() empties it
+        self.message_processed(self.peer, self.mailfrom, rcpttos, data, status)
         self._set_post_data_state()
         self._reply_to_message(status, rcpttos)
 

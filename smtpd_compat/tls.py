@@ -29,7 +29,7 @@ from typing import (TYPE_CHECKING, Any, Deque, List, Optional, Tuple, Type,
                     cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.compose import CapabilityServerMixin
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 
@@ -216,24 +216,14 @@ class TLSChannelMixin(_ChannelBase):
         if self.smtp_server.implicit_tls:
             super()._greet()
         else:
-            self._tls_reset_session()
+            # RFC 3207 section 4.2: after the handshake the server forgets
+            # everything learnt from the client before it; the session
+            # (and AUTH) know what that is.
+            self.reset_session()
         # The client may already have sent its first command behind its
         # Finished message, and OpenSSL may hold it decrypted.
         if self.connected and sock.pending():
             self.handle_read()
-
-    def _tls_reset_session(self) -> None:
-        """RFC 3207 section 4.2: after the handshake the server forgets
-        everything learnt from the client before it (greeting, envelope,
-        EHLO-raised limits); the client must send EHLO again.  Mixins that
-        keep more session state (AUTH) extend this and call super()."""
-        self._set_rset_state()
-        self.seen_greeting = ''
-        self.extended_smtp = False
-        self.command_size_limits.clear()
-        reset = getattr(super(), '_tls_reset_session', None)
-        if reset is not None:
-            reset()
 
     def _tls_failed(self, error: object) -> None:
         logger.info('TLS handshake with %s failed: %s', format_peer(self.peer),
