@@ -41,8 +41,6 @@ from smtpd_compat.session import busy, hang_up
 
 if TYPE_CHECKING:
     import asyncore as _asyncore
-
-    from smtpd_compat.__main__ import CLI
 else:
     _asyncore = _smtpd.asyncore
 
@@ -171,7 +169,7 @@ CLI_OPTIONS = (
      'production mode).'),
 )
 
-def cli_configure(cli: 'CLI') -> None:
+def cli_configure(cli: Any) -> None:
     """Serve with graceful shutdown when a production option is given."""
     from smtpd_compat.production import hardening_requested
     if not hardening_requested(cli.given):
@@ -186,7 +184,7 @@ def cli_configure(cli: 'CLI') -> None:
         if not grace >= 0:
             cli.error('Invalid --grace-period: %s' % text)
 
-    def serve(cli: 'CLI', server: _smtpd.SMTPServer) -> None:
+    def serve(cli: Any, server: _smtpd.SMTPServer) -> None:
         serve_gracefully(server._map, grace)
 
     cli.serve = serve

@@ -58,7 +58,6 @@ from smtpd_compat.logfmt import LogEvery
 from smtpd_compat.session import LAYERS, SessionStateMixin
 
 if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
     _ChannelBase = SessionStateMixin
 else:
     _ChannelBase = object
@@ -450,7 +449,7 @@ CLI_OPTIONS = (
 )
 
 
-def cli_configure(cli: 'CLI') -> None:
+def cli_configure(cli: Any) -> None:
     """Put ThreadedServerMixin in front of the server class for --threads."""
     value = cli.given.get('threads')
     if value is None:
