@@ -176,8 +176,10 @@ def _configuration_error(exc):
 
 def _required_keywords(cls):
     """Keyword-only arguments without a default in the __init__ methods of
-    ``cls``, as far as its MRO stays in smtpd_compat (a user's __init__ may
-    supply them itself)."""
+    ``cls`` (none, or smtpd_compat.compose.REQUIRED unless ``cls`` sets the
+    attribute of that name), as far as its MRO stays in smtpd_compat (a
+    user's __init__ may supply them itself)."""
+    from smtpd_compat.compose import REQUIRED
     required = []
     for klass in cls.__mro__:
         init = klass.__dict__.get('__init__')
@@ -187,8 +189,10 @@ def _required_keywords(cls):
         if code is None or not _in_package(code.co_filename):
             break
         for param in inspect.signature(init).parameters.values():
-            if (param.kind is param.KEYWORD_ONLY and param.default is param.empty
-                    and param.name not in required):
+            if param.kind is not param.KEYWORD_ONLY or param.name in required:
+                continue
+            if param.default is param.empty or (
+                    param.default is REQUIRED and not hasattr(cls, param.name)):
                 required.append(param.name)
     return required
 

@@ -44,11 +44,11 @@ import sys
 import threading
 import time
 from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable,
-                    List, Optional, OrderedDict, Sequence, Tuple, Type,
-                    Union)
+                    List, Literal, Optional, OrderedDict, Sequence, Tuple,
+                    Type, Union)
 
 import smtpd_compat as _smtpd
-from smtpd_compat.compose import CapabilityServerMixin, UNSET
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
@@ -770,10 +770,28 @@ class AuthServerMixin(CapabilityServerMixin):
     auth_max_failures: int
     auth_throttle: Optional[AuthThrottle]
 
-    def __init__(self, *args, authenticator: Callable = None,
-                 auth_required: bool = False, auth_allow_plaintext: bool = False,
-                 auth_mechanisms=MECHANISMS, auth_max_failures: int = 3,
-                 auth_throttle=UNSET, **kwargs):
+    def __init__(self, *args: Any,
+                 authenticator: Union[_Authenticator, None, Unset] = UNSET,
+                 auth_required: Union[bool, Unset] = UNSET,
+                 auth_allow_plaintext: Union[bool, Unset] = UNSET,
+                 auth_mechanisms: Union[str, Sequence[str], Unset] = UNSET,
+                 auth_max_failures: Union[int, Unset] = UNSET,
+                 auth_throttle: Union['AuthThrottle', None, Literal[False], Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        # Each keyword: as given, else the class attribute, else the
+        # default (smtpd_compat.compose.setting); SubmissionServer's class
+        # attribute makes auth_required default to True there.
+        authenticator = setting(self, 'authenticator', authenticator, None)
+        auth_required = setting(self, 'auth_required', auth_required, False)
+        auth_allow_plaintext = setting(self, 'auth_allow_plaintext',
+                                       auth_allow_plaintext, False)
+        auth_mechanisms = setting(self, 'auth_mechanisms', auth_mechanisms,
+                                  MECHANISMS)
+        auth_max_failures = setting(self, 'auth_max_failures',
+                                    auth_max_failures, 3)
+        # The default is a throttle of this server's own.
+        throttle: Union[AuthThrottle, None, Literal[False]] = setting(
+            self, 'auth_throttle', auth_throttle, AuthThrottle())
         if not callable(authenticator):
             raise TypeError('authenticator must be a callable '
                             '(mechanism, login, password, channel) -> bool, '
@@ -793,12 +811,7 @@ class AuthServerMixin(CapabilityServerMixin):
         self.auth_allow_plaintext = bool(auth_allow_plaintext)
         self.auth_mechanisms = mechanisms
         self.auth_max_failures = auth_max_failures
-        if auth_throttle is UNSET:
-            # A class attribute wins; else each server gets its own.
-            auth_throttle = getattr(type(self), 'auth_throttle', UNSET)
-            if auth_throttle is UNSET:
-                auth_throttle = AuthThrottle()
-        self.auth_throttle = auth_throttle or None
+        self.auth_throttle = throttle or None
         super().__init__(*args, **kwargs)
         # Checked after super().__init__ so that a TLS mixin on either side
         # of this one has set tls_context.
@@ -817,9 +830,8 @@ class SubmissionServer(AuthServerMixin, TLSServerMixin, _smtpd.SMTPServer):
     **kwargs)``."""
 
     auth_user_kwarg = True
-
-    def __init__(self, *args, auth_required: bool = True, **kwargs):
-        super().__init__(*args, auth_required=auth_required, **kwargs)
+    #: The default of the auth_required keyword here.
+    auth_required = True
 
     def process_message(self, peer: _smtpd._Address, mailfrom: str,
                         rcpttos: List[str], data: Union[bytes, str],

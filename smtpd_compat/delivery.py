@@ -38,9 +38,10 @@ import os
 import re
 import time
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List,
-                    NamedTuple, Optional, Sequence, Tuple, Type, Union)
+                    NamedTuple, Optional, Sequence, Tuple, Type, Union, cast)
 
 import smtpd_compat as _smtpd
+from smtpd_compat.compose import REQUIRED, UNSET, Unset, setting
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadServerMixin
 
@@ -279,6 +280,9 @@ class _StoringServer(OffloadServerMixin, _smtpd.SMTPServer):
         raise NotImplementedError
 
 
+_Path = Union[str, 'os.PathLike[str]']
+
+
 class MaildirServer(_StoringServer):
     """Deliver every message into the Maildir ``maildir`` (keyword-only;
     tmp/, new/ and cur/ are created if missing).  The message is stored
@@ -288,8 +292,12 @@ class MaildirServer(_StoringServer):
     _host: str
     _deliveries: Iterator[int]
 
-    def __init__(self, *args, maildir: str, **kwargs):
-        self.maildir = os.fspath(maildir)
+    def __init__(self, *args: Any,
+                 maildir: Union[_Path, Unset] = REQUIRED,
+                 **kwargs: Any) -> None:
+        # (cast: mypy infers the join of the union's members, object.)
+        self.maildir = os.fspath(cast(_Path, setting(self, 'maildir', maildir,
+                                                     REQUIRED)))
         for sub in ('tmp', 'new', 'cur'):
             _record_created(self, _make_dirs(
                 os.path.join(self.maildir, sub), 0o700))
@@ -358,11 +366,14 @@ class MboxServer(_StoringServer):
     dotlock: bool
     lock_timeout: float
 
-    def __init__(self, *args, mbox: str, dotlock: bool = False,
-                 lock_timeout: float = 5.0, **kwargs):
-        self.mbox = os.fspath(mbox)
-        self.dotlock = dotlock
-        self.lock_timeout = lock_timeout
+    def __init__(self, *args: Any,
+                 mbox: Union[_Path, Unset] = REQUIRED,
+                 dotlock: Union[bool, Unset] = UNSET,
+                 lock_timeout: Union[float, Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        self.mbox = os.fspath(cast(_Path, setting(self, 'mbox', mbox, REQUIRED)))
+        self.dotlock = setting(self, 'dotlock', dotlock, False)
+        self.lock_timeout = setting(self, 'lock_timeout', lock_timeout, 5.0)
         if fcntl is None:
             # Appending without a lock could interleave with a mail reader
             # or another writer and corrupt the mbox; refuse to start.

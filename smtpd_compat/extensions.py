@@ -23,11 +23,11 @@ ValueError.
 from __future__ import annotations
 
 import re
-from typing import (TYPE_CHECKING, Callable, ClassVar, Dict, FrozenSet,
-                    Iterable, List, Optional, Tuple, Type)
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Dict, FrozenSet,
+                    Iterable, List, Optional, Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
-from smtpd_compat.compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.compose import CapabilityServerMixin, UNSET, Unset, setting
 from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.session import LAYERS
 
@@ -419,10 +419,11 @@ class ExtensionsMixin(CapabilityServerMixin):
     #: The enabled extensions (upper-case names from :data:`EXTENSIONS`).
     esmtp_extensions: FrozenSet[str]
 
-    def __init__(self, *args, esmtp_extensions=UNSET, **kwargs):
-        esmtp_extensions = settings(
-            self, {'esmtp_extensions': esmtp_extensions},
-            {'esmtp_extensions': EXTENSIONS})['esmtp_extensions']
+    def __init__(self, *args: Any,
+                 esmtp_extensions: Union[str, Iterable[str], Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        esmtp_extensions = setting(self, 'esmtp_extensions', esmtp_extensions,
+                                   EXTENSIONS)
         if isinstance(esmtp_extensions, str):
             esmtp_extensions = esmtp_extensions.split(',')
         enabled = frozenset(name.strip().upper() for name in esmtp_extensions)

@@ -62,7 +62,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Counter, Dict, Optional,
                     Set, Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
-from smtpd_compat.compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.compose import CapabilityServerMixin, UNSET, Unset, settings
 from smtpd_compat import loop as _loop
 from smtpd_compat.session import LAYERS
 from smtpd_compat.logging_ import LogEvery, SessionLogServerMixin, format_peer
@@ -310,11 +310,17 @@ class LimitsServerMixin(CapabilityServerMixin):
     _limits_per_ip: Counter[object]
     _limits_refused: LogEvery
 
-    def __init__(self, *args, idle_timeout=UNSET, data_timeout=UNSET,
-                 min_data_rate=UNSET, max_connections=UNSET,
-                 max_connections_per_ip=UNSET, max_recipients=UNSET,
-                 max_errors=UNSET, max_line_length=UNSET,
-                 max_junk_commands=UNSET, **kwargs):
+    def __init__(self, *args: Any,
+                 idle_timeout: Union[float, None, Unset] = UNSET,
+                 data_timeout: Union[float, None, Unset] = UNSET,
+                 min_data_rate: Union[float, None, Unset] = UNSET,
+                 max_connections: Union[int, None, Unset] = UNSET,
+                 max_connections_per_ip: Union[int, None, Unset] = UNSET,
+                 max_recipients: Union[int, None, Unset] = UNSET,
+                 max_errors: Union[int, None, Unset] = UNSET,
+                 max_line_length: Union[int, None, Unset] = UNSET,
+                 max_junk_commands: Union[int, None, Unset] = UNSET,
+                 **kwargs: Any) -> None:
         given = dict(idle_timeout=idle_timeout, data_timeout=data_timeout,
                      min_data_rate=min_data_rate,
                      max_connections=max_connections,

@@ -30,7 +30,7 @@ from typing import (TYPE_CHECKING, Any, Dict, List, Optional, Sequence,
                     Tuple, Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat.compose import CapabilityServerMixin
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.message import MessageChannelMixin
 
 if TYPE_CHECKING:
@@ -126,9 +126,14 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
                 rcpttos: List[str], data: Union[bytes, str],
                 **kwargs: Any) -> _LMTPStatus: ...
 
-    def __init__(self, localaddr, remoteaddr, *args,
-                 unix_socket: Optional[str] = None,
-                 unix_socket_mode: Optional[int] = None, **kwargs):
+    def __init__(self, localaddr: Any, remoteaddr: Any, *args: Any,
+                 unix_socket: Union[str, 'os.PathLike[str]', None, Unset] = UNSET,
+                 unix_socket_mode: Union[int, None, Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        unix_socket = self.unix_socket = setting(self, 'unix_socket',
+                                                 unix_socket, None)
+        unix_socket_mode = self.unix_socket_mode = setting(
+            self, 'unix_socket_mode', unix_socket_mode, None)
         if unix_socket is None:
             super().__init__(localaddr, remoteaddr, *args, **kwargs)
             return

@@ -20,8 +20,9 @@ The module is named ``logging_`` so that it never shadows the stdlib's
 ``python -m smtpd_compat --log-level``) does.
 """
 import logging
-from typing import TYPE_CHECKING, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Type, Union
 
+import smtpd_compat as _smtpd
 from smtpd_compat.compose import CapabilityServerMixin
 from smtpd_compat.logfmt import LogEvery, format_peer, safe
 from smtpd_compat.session import LAYERS, SessionStateMixin
@@ -100,4 +101,4 @@ class SessionLogChannelMixin(_ChannelBase):
 class SessionLogServerMixin(CapabilityServerMixin):
     """Server mixin adding :class:`SessionLogChannelMixin` to its channels."""
 
-    channel_mixin = SessionLogChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = SessionLogChannelMixin

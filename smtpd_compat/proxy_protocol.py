@@ -43,7 +43,7 @@ from typing import (TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple,
                     Optional, Tuple, Type, Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat.compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.compose import CapabilityServerMixin, UNSET, Unset, setting
 from smtpd_compat.logging_ import LogEvery, format_peer, safe
 from smtpd_compat.session import LAYERS
 
@@ -462,14 +462,15 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
     proxy_trusted: Tuple[_Network, ...]
     _proxy_refused: LogEvery
 
-    def __init__(self, *args, proxy_header_timeout=UNSET, proxy_trusted=UNSET,
-                 **kwargs):
-        settings(self, {'proxy_header_timeout': proxy_header_timeout,
-                        'proxy_trusted': proxy_trusted},
-                 {'proxy_header_timeout': 10.0,
-                  'proxy_trusted': DEFAULT_TRUSTED})
+    def __init__(self, *args: Any,
+                 proxy_header_timeout: Union[float, None, Unset] = UNSET,
+                 proxy_trusted: Union[str, Iterable[str], Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        self.proxy_header_timeout = setting(
+            self, 'proxy_header_timeout', proxy_header_timeout, 10.0)
         # A bad value is a configuration mistake: raise before binding.
-        self.proxy_trusted = parse_networks(self.proxy_trusted)
+        self.proxy_trusted = parse_networks(setting(
+            self, 'proxy_trusted', proxy_trusted, DEFAULT_TRUSTED))
         self._proxy_refused = LogEvery(1.0)
         super().__init__(*args, **kwargs)
 

@@ -38,6 +38,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional,
 import smtpd_compat as _smtpd
 from smtpd_compat.delivery import (Session, TraceChannelMixin, line_end,
                                    trace_headers)
+from smtpd_compat.compose import UNSET, Unset, setting
 from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.threads import OffloadServerMixin, server_pool
 
@@ -291,7 +292,9 @@ class RelayServer(OffloadServerMixin, _smtpd.SMTPServer):
     channel_class = RelayChannel
     relay_timeout: float
 
-    def __init__(self, *args, relay_timeout: float = 30.0, **kwargs):
+    def __init__(self, *args: Any, relay_timeout: Union[float, Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        relay_timeout = setting(self, 'relay_timeout', relay_timeout, 30.0)
         if not relay_timeout or relay_timeout <= 0:
             raise ValueError('relay_timeout must be a positive number')
         self.relay_timeout = relay_timeout

@@ -53,7 +53,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence,
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
-from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.logfmt import LogEvery
 from smtpd_compat.session import LAYERS, SessionStateMixin
 
@@ -427,9 +427,12 @@ class ThreadedServerMixin(OffloadServerMixin):
 
     def __init__(self, *args: Any, process_message_threads: Union[int, Unset] = UNSET,
                  **kwargs: Any) -> None:
-        if process_message_threads is UNSET:
-            process_message_threads = getattr(type(self), 'offload_threads',
-                                              DEFAULT_THREADS)
+        # As given, else the class attribute of that name, else the class
+        # attribute offload_threads (the pool's own setting), else the
+        # default.
+        process_message_threads = setting(
+            self, 'process_message_threads', process_message_threads,
+            getattr(type(self), 'offload_threads', DEFAULT_THREADS))
         if (not isinstance(process_message_threads, int)
                 or isinstance(process_message_threads, bool)
                 or process_message_threads < 1):

@@ -26,10 +26,10 @@ import logging
 import socket
 import ssl
 from typing import (TYPE_CHECKING, Any, Deque, List, Optional, Tuple, Type,
-                    cast)
+                    Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat.compose import CapabilityServerMixin
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 
@@ -341,11 +341,23 @@ class TLSServerMixin(CapabilityServerMixin):
     tls_certfile: Optional[str]
     tls_keyfile: Optional[str]
 
-    def __init__(self, *args, tls_context: ssl.SSLContext = None,
-                 implicit_tls: bool = False, require_starttls: bool = False,
-                 tls_handshake_timeout: Optional[float] = None,
-                 tls_certfile: Optional[str] = None,
-                 tls_keyfile: Optional[str] = None, **kwargs):
+    def __init__(self, *args: Any,
+                 tls_context: Union[ssl.SSLContext, None, Unset] = UNSET,
+                 implicit_tls: Union[bool, Unset] = UNSET,
+                 require_starttls: Union[bool, Unset] = UNSET,
+                 tls_handshake_timeout: Union[float, None, Unset] = UNSET,
+                 tls_certfile: Union[str, None, Unset] = UNSET,
+                 tls_keyfile: Union[str, None, Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        # Each keyword: as given, else the class attribute, else the
+        # default (smtpd_compat.compose.setting).
+        tls_context = setting(self, 'tls_context', tls_context, None)
+        implicit_tls = setting(self, 'implicit_tls', implicit_tls, False)
+        require_starttls = setting(self, 'require_starttls', require_starttls, False)
+        tls_handshake_timeout = setting(self, 'tls_handshake_timeout',
+                                        tls_handshake_timeout, None)
+        tls_certfile = setting(self, 'tls_certfile', tls_certfile, None)
+        tls_keyfile = setting(self, 'tls_keyfile', tls_keyfile, None)
         if tls_certfile is not None:
             if tls_context is not None:
                 raise TypeError('give tls_context or tls_certfile, not both')
