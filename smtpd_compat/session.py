@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     import asyncore as _asyncore
     # Every class this mixin is composed into is an SMTPChannel; at run
     # time it is a plain mixin.
-    _ChannelBase = _smtpd.SMTPChannel
+    from smtpd_compat import SMTPChannel as _ChannelBase
 else:
     _asyncore = _smtpd.asyncore
     _ChannelBase = object
@@ -83,7 +83,6 @@ LAYERS = {
     'extensions': 60,   # PIPELINING, CHUNKING/BDAT, DSN, ENHANCEDSTATUSCODES
     'message': 70,      # per-recipient options, the message path
     'trace': 80,        # the session for Received: headers (delivery, relay)
-    'inbox': 90,        # records what was accepted (the web inbox)
     'state': 100,       # SessionStateMixin, innermost
 }
 

@@ -40,6 +40,8 @@ What work running in a thread may touch: its own arguments.  Not the
 channel, not the socket map, not the loop (none of them is thread-safe);
 shared state of the server only under a lock.  See docs/threads.rst.
 """
+from __future__ import annotations
+
 import functools
 import logging
 import os
@@ -58,7 +60,7 @@ from smtpd_compat.logfmt import LogEvery
 from smtpd_compat.session import LAYERS, SessionStateMixin
 
 if TYPE_CHECKING:
-    _ChannelBase = SessionStateMixin
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
 else:
     _ChannelBase = object
 
@@ -370,7 +372,7 @@ class OffloadChannelMixin(_ChannelBase):
                          (self.smtp_server.process_message, args,
                           self._message_kwargs()),
                          lambda ok, value: self._message_done(data, ok, value),
-                         self._message_dropped)
+                         lambda ok, value: self._message_gone(data, ok, value))
             return
         self._offload_outcome = _NO_OUTCOME
         ok, status = outcome
@@ -389,6 +391,14 @@ class OffloadChannelMixin(_ChannelBase):
             self._process_data(data)
         finally:
             self._offload_outcome = _NO_OUTCOME
+
+    def _message_gone(self, data: Union[bytes, str], ok: bool, value: Any) -> None:
+        # process_message finished after the client had gone: nobody reads
+        # the reply, but the outcome stands (a message it accepted was
+        # delivered), with the envelope still as it was.
+        self.message_processed(self.peer, self.mailfrom, list(self.rcpttos),
+                               data, value if ok else PROCESSING_FAILED)
+        self._message_dropped(ok, value)
 
     def _message_dropped(self, ok: bool, value: Any) -> None:
         """process_message finished for a connection that has closed
@@ -425,7 +435,8 @@ class ThreadedServerMixin(OffloadServerMixin):
     raises is logged and answered ``451 4.3.0``.
     """
 
-    def __init__(self, *args: Any, process_message_threads: Union[int, Unset] = UNSET,
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any, process_message_threads: Union[int, Unset] = UNSET,
                  **kwargs: Any) -> None:
         # As given, else the class attribute of that name, else the class
         # attribute offload_threads (the pool's own setting), else the
@@ -440,7 +451,7 @@ class ThreadedServerMixin(OffloadServerMixin):
                              'integer, not %r' % (process_message_threads,))
         self.offload_threads = process_message_threads
         self.offload_process_message = True
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
 
 # -- command line -------------------------------------------------------------

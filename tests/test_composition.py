@@ -137,9 +137,9 @@ def test_layers_cover_every_capability():
     for mixin in MIXINS:
         assert mixin.channel_mixin.layer in LAYERS.values()
     assert LAYERS['proxy'] < LAYERS['session_log'] < LAYERS['limits'] \
-        < LAYERS['tls'] < LAYERS['auth'] < LAYERS['threads'] \
-        < LAYERS['extensions'] < LAYERS['message'] < LAYERS['trace'] \
-        < LAYERS['inbox'] < LAYERS['state']
+        < LAYERS['tls'] < LAYERS['auth'] < LAYERS['inbox'] \
+        < LAYERS['threads'] < LAYERS['extensions'] < LAYERS['message'] \
+        < LAYERS['trace'] < LAYERS['state']
     # One layer, one number: a layer is a place of its own.
     assert len(set(LAYERS.values())) == len(LAYERS)
 
