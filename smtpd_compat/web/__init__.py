@@ -27,10 +27,10 @@ operations under a lock); the HTTP side parses, in its own threads.
 """
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple, Union, cast
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import UNSET, CapabilityServerMixin, settings
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, settings
 from smtpd_compat.session import LAYERS
 from smtpd_compat.web.http import Address, WebServer
 from smtpd_compat.web.mime import html_to_text
@@ -39,7 +39,7 @@ from smtpd_compat.web.store import (
 
 if TYPE_CHECKING:
     from smtpd_compat.__main__ import CLI
-    _ChannelBase = _smtpd.SMTPChannel
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
 else:
     _ChannelBase = object
 
@@ -102,53 +102,28 @@ class WebInboxChannelMixin(_ChannelBase):
     :meth:`~WebInboxServerMixin.message_accepted` hook, before the reply
     goes out.  So the inbox sees what the server's own class decided,
     whether or not its ``process_message`` calls ``super()``, in the
-    worker threads (``--threads``) as on the loop.
-
-    It sits outside the threads layer (``LAYERS['inbox']``): the envelope
-    of a message handed to the worker threads passes through here on the
-    way in, and the outcome on the way back.
+    worker threads (``--threads``) as on the loop, and also when the
+    client left while a worker ran it: the session's
+    :meth:`~smtpd_compat.session.SessionStateMixin.message_processed`
+    hook reports every outcome.
     """
 
     layer = LAYERS['inbox']
     capability_name = 'WebInbox'
 
-    # (peer, mailfrom, data) of the message being answered: the core's
-    # _set_post_data_state() forgets the envelope before the reply.
-    _inbox_message: Optional[Tuple[Any, Optional[str], Union[bytes, str]]] = None
-
-    def _process_data(self, data: Union[bytes, str]) -> None:
-        self._inbox_message = (self.peer, self.mailfrom, data)
-        try:
-            super()._process_data(data)
-        finally:
-            self._inbox_message = None
-
-    def _reply_to_message(self, status: Any, rcpttos: List[str]) -> None:
-        message = self._inbox_message
-        if message is not None:
-            self._inbox_report(status, message[0], message[1], rcpttos, message[2])
-        super()._reply_to_message(status, rcpttos)
-
-    def _message_dropped(self, ok: bool, value: Any) -> None:
-        # The threads layer: process_message finished after the client
-        # had gone (nobody reads the reply), with the envelope still set.
-        if ok:
-            self._inbox_report(value, self.peer, self.mailfrom,
-                               list(self.rcpttos), self.received_data)
-        super()._message_dropped(ok, value)  # type: ignore[misc]
-
-    def _inbox_report(self, status: Any, peer: Any, mailfrom: Optional[str],
-                      rcpttos: Sequence[str], data: Union[bytes, str]) -> None:
-        if not _accepted(status):
-            return
-        server = cast('WebInboxServerMixin', self.smtp_server)
-        try:
-            # (mailfrom is never None here: DATA needs MAIL first.)
-            server.message_accepted(peer, mailfrom or '', list(rcpttos), data)
-        except Exception:
-            # The message is delivered already: a fault in the inbox must
-            # not turn that into an error for the client.
-            log.exception('web inbox: cannot record a message')
+    def message_processed(self, peer: Any, mailfrom: Optional[str],
+                          rcpttos: List[str], data: Union[bytes, str],
+                          status: Any) -> None:
+        if _accepted(status):
+            server = cast('WebInboxServerMixin', self.smtp_server)
+            try:
+                # (mailfrom is never None here: DATA needs MAIL first.)
+                server.message_accepted(peer, mailfrom or '', list(rcpttos), data)
+            except Exception:
+                # The message is delivered already: a fault in the inbox
+                # must not turn that into an error for the client.
+                log.exception('web inbox: cannot record a message')
+        super().message_processed(peer, mailfrom, rcpttos, data, status)
 
 
 class WebInboxServerMixin(CapabilityServerMixin):
