@@ -25,7 +25,9 @@ import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple, cast
 
 from smtpd_compat._version import VERSION
-from smtpd_compat.web import static
+# (The subpackage itself, not through its parent: smtpd_compat.web imports
+# this module.)
+import smtpd_compat.web.static as static
 from smtpd_compat.web.mime import decode_header, header_text, part_bytes
 from smtpd_compat.web.store import Inbox, StoredMessage
 
