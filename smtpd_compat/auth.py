@@ -770,13 +770,14 @@ class AuthServerMixin(CapabilityServerMixin):
     auth_max_failures: int
     auth_throttle: Optional[AuthThrottle]
 
-    def __init__(self, *args: Any,
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
                  authenticator: Union[_Authenticator, None, Unset] = UNSET,
                  auth_required: Union[bool, Unset] = UNSET,
                  auth_allow_plaintext: Union[bool, Unset] = UNSET,
                  auth_mechanisms: Union[str, Sequence[str], Unset] = UNSET,
                  auth_max_failures: Union[int, Unset] = UNSET,
-                 auth_throttle: Union['AuthThrottle', None, Literal[False], Unset] = UNSET,
+                 auth_throttle: Union[AuthThrottle, None, Literal[False], Unset] = UNSET,
                  **kwargs: Any) -> None:
         # Each keyword: as given, else the class attribute, else the
         # default (smtpd_compat.compose.setting); SubmissionServer's class
@@ -812,7 +813,7 @@ class AuthServerMixin(CapabilityServerMixin):
         self.auth_mechanisms = mechanisms
         self.auth_max_failures = auth_max_failures
         self.auth_throttle = throttle or None
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
         # Checked after super().__init__ so that a TLS mixin on either side
         # of this one has set tls_context.
         if getattr(self, 'tls_context', None) is None and not auth_allow_plaintext:

@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from typing_extensions import Final
     # Every class this mixin is composed into is an SMTPServer; at run
     # time it is a plain mixin.
-    _ServerBase = _smtpd.SMTPServer
+    from smtpd_compat import SMTPServer as _ServerBase
 else:
     _ServerBase = object
 

@@ -292,7 +292,8 @@ class MaildirServer(_StoringServer):
     _host: str
     _deliveries: Iterator[int]
 
-    def __init__(self, *args: Any,
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
                  maildir: Union[_Path, Unset] = REQUIRED,
                  **kwargs: Any) -> None:
         # (cast: mypy infers the join of the union's members, object.)
@@ -305,7 +306,7 @@ class MaildirServer(_StoringServer):
         # The Maildir spec reserves "/" and ":" in file names.
         self._host = host.replace('/', r'\057').replace(':', r'\072')
         self._deliveries = itertools.count(1)
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def unique_name(self) -> str:
         """A file name no other delivery uses: time, microseconds, pid,
@@ -366,7 +367,8 @@ class MboxServer(_StoringServer):
     dotlock: bool
     lock_timeout: float
 
-    def __init__(self, *args: Any,
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
                  mbox: Union[_Path, Unset] = REQUIRED,
                  dotlock: Union[bool, Unset] = UNSET,
                  lock_timeout: Union[float, Unset] = UNSET,
@@ -386,7 +388,7 @@ class MboxServer(_StoringServer):
                          0o600))
         if not existed:
             _record_created(self, [self.mbox])
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def format_entry(self, mailfrom: Optional[str], data: bytes) -> bytes:
         """The mbox entry: "From " line, quoted message, blank line."""

@@ -419,7 +419,8 @@ class ExtensionsMixin(CapabilityServerMixin):
     #: The enabled extensions (upper-case names from :data:`EXTENSIONS`).
     esmtp_extensions: FrozenSet[str]
 
-    def __init__(self, *args: Any,
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
                  esmtp_extensions: Union[str, Iterable[str], Unset] = UNSET,
                  **kwargs: Any) -> None:
         esmtp_extensions = setting(self, 'esmtp_extensions', esmtp_extensions,
@@ -433,11 +434,12 @@ class ExtensionsMixin(CapabilityServerMixin):
                              % (', '.join(sorted(unknown)), ', '.join(EXTENSIONS)))
         if 'BINARYMIME' in enabled and 'CHUNKING' not in enabled:
             raise ValueError('BINARYMIME needs CHUNKING (RFC 3030 section 3)')
-        decode_data = kwargs.get('decode_data', len(args) > 5 and args[5])
+        # (positionally the sixth argument: localaddr, remoteaddr, then args)
+        decode_data = kwargs.get('decode_data', len(args) > 3 and args[3])
         if 'CHUNKING' in enabled and decode_data:
             raise ValueError('CHUNKING needs decode_data=False')
         self.esmtp_extensions = enabled
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
 
 class ESMTPServer(ExtensionsMixin, _smtpd.SMTPServer):

@@ -310,7 +310,8 @@ class LimitsServerMixin(CapabilityServerMixin):
     _limits_per_ip: Counter[object]
     _limits_refused: LogEvery
 
-    def __init__(self, *args: Any,
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
                  idle_timeout: Union[float, None, Unset] = UNSET,
                  data_timeout: Union[float, None, Unset] = UNSET,
                  min_data_rate: Union[float, None, Unset] = UNSET,
@@ -339,12 +340,12 @@ class LimitsServerMixin(CapabilityServerMixin):
         # ...): None (the command line without -s) or absent means the
         # production default, so that memory per message is bounded.
         default_size = PRODUCTION_DEFAULTS['data_size_limit']
-        if len(args) > 2:
-            if args[2] is None:
-                args = args[:2] + (default_size,) + args[3:]
+        if args:
+            if args[0] is None:
+                args = (default_size,) + args[1:]
         elif kwargs.get('data_size_limit') is None:
             kwargs['data_size_limit'] = default_size
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     @property
     def connection_count(self) -> int:

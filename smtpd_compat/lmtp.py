@@ -126,8 +126,9 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
                 rcpttos: List[str], data: Union[bytes, str],
                 **kwargs: Any) -> _LMTPStatus: ...
 
-    def __init__(self, localaddr: Any, remoteaddr: Any, *args: Any,
-                 unix_socket: Union[str, 'os.PathLike[str]', None, Unset] = UNSET,
+    def __init__(self, localaddr: _smtpd._Address, remoteaddr: _smtpd._Address,
+                 *args: Any,
+                 unix_socket: Union[str, os.PathLike[str], None, Unset] = UNSET,
                  unix_socket_mode: Union[int, None, Unset] = UNSET,
                  **kwargs: Any) -> None:
         unix_socket = self.unix_socket = setting(self, 'unix_socket',

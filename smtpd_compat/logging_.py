@@ -28,7 +28,7 @@ from smtpd_compat.logfmt import LogEvery, format_peer, safe
 from smtpd_compat.session import LAYERS, SessionStateMixin
 
 if TYPE_CHECKING:
-    _ChannelBase = SessionStateMixin
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
 else:
     _ChannelBase = object
 

@@ -462,7 +462,8 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
     proxy_trusted: Tuple[_Network, ...]
     _proxy_refused: LogEvery
 
-    def __init__(self, *args: Any,
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
                  proxy_header_timeout: Union[float, None, Unset] = UNSET,
                  proxy_trusted: Union[str, Iterable[str], Unset] = UNSET,
                  **kwargs: Any) -> None:
@@ -472,7 +473,7 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
         self.proxy_trusted = parse_networks(setting(
             self, 'proxy_trusted', proxy_trusted, DEFAULT_TRUSTED))
         self._proxy_refused = LogEvery(1.0)
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def handle_accepted(self, conn: socket.socket, addr: Any) -> None:
         if _trusted(addr, self.proxy_trusted):

@@ -292,13 +292,14 @@ class RelayServer(OffloadServerMixin, _smtpd.SMTPServer):
     channel_class = RelayChannel
     relay_timeout: float
 
-    def __init__(self, *args: Any, relay_timeout: Union[float, Unset] = UNSET,
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any, relay_timeout: Union[float, Unset] = UNSET,
                  **kwargs: Any) -> None:
         relay_timeout = setting(self, 'relay_timeout', relay_timeout, 30.0)
         if not relay_timeout or relay_timeout <= 0:
             raise ValueError('relay_timeout must be a positive number')
         self.relay_timeout = relay_timeout
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
         if not isinstance(self._remoteaddr, tuple) or len(self._remoteaddr) != 2:
             self.close()
             raise ValueError('RelayServer needs remoteaddr=(host, port)')

@@ -341,7 +341,8 @@ class TLSServerMixin(CapabilityServerMixin):
     tls_certfile: Optional[str]
     tls_keyfile: Optional[str]
 
-    def __init__(self, *args: Any,
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
                  tls_context: Union[ssl.SSLContext, None, Unset] = UNSET,
                  implicit_tls: Union[bool, Unset] = UNSET,
                  require_starttls: Union[bool, Unset] = UNSET,
@@ -380,7 +381,7 @@ class TLSServerMixin(CapabilityServerMixin):
         self.implicit_tls = bool(implicit_tls)
         self.require_starttls = bool(require_starttls)
         self.tls_handshake_timeout = tls_handshake_timeout
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def reload(self) -> None:
         """Build a new SSLContext from ``tls_certfile``/``tls_keyfile`` (a

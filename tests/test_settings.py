@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import typing
 from pathlib import Path
 
@@ -54,8 +55,19 @@ def _server_mixins():
 
 
 def _keywords(cls):
-    return [p for p in inspect.signature(vars(cls)['__init__']).parameters.values()
-            if p.kind is p.KEYWORD_ONLY]
+    """The keyword-only parameters of ``cls.__init__``, their annotations
+    evaluated (modules with ``from __future__ import annotations`` keep
+    them as text)."""
+    init = vars(cls)['__init__']
+    namespace = vars(sys.modules[cls.__module__])
+    found = []
+    for param in inspect.signature(init).parameters.values():
+        if param.kind is param.KEYWORD_ONLY:
+            annotation = param.annotation
+            if isinstance(annotation, str):
+                annotation = eval(annotation, dict(namespace))
+            found.append(param.replace(annotation=annotation))
+    return found
 
 
 def authenticate(mechanism, login, password, channel):
