@@ -12,19 +12,9 @@ Errors in smtpd_compat's own options print a short message and a pointer
 to ``-h`` (:meth:`CLI.error`), not the usage text; the stdlib's option
 errors keep the stdlib's usage text and message.
 
-How a capability adds options, without this file naming its flags: a module
-listed in _CAPABILITIES may define
-
-``CLI_OPTIONS``
-    a sequence of ``(name, metavar, help)``: a getopt long option name
-    (``'tls-cert='`` takes a value, ``'smtps'`` does not), the value's
-    placeholder for help ('' for flags), and one line of help;
-``cli_configure(cli)``
-    called with the :class:`CLI` after parsing, in _CAPABILITIES order; it
-    reads ``cli.given`` and changes ``cli.mixins``, ``cli.server_kwargs`` or
-    ``cli.serve``, and calls ``cli.error(msg)`` for a bad combination.
-
-Which options switch on production mode is smtpd_compat.production's rule.
+The options of the capabilities, what each does to the server, and the
+rule of production mode are in :mod:`smtpd_compat.cli_options`: one group
+per capability module, applied to the :class:`CLI` after parsing.
 """
 import getopt
 import importlib
@@ -36,30 +26,15 @@ import sys
 import textwrap
 
 import smtpd_compat as _smtpd
-from smtpd_compat.production import RULE as _PRODUCTION_RULE
+from smtpd_compat.cli_options import GROUPS as _GROUPS
+from smtpd_compat.cli_options import RULE as _PRODUCTION_RULE
 
 __all__ = ['main', 'CLI']
 
-# Capability modules consulted for options and classes, in this order, with
-# the heading of their options in the help text.  A module that does not
-# exist (yet) is skipped.
-_CAPABILITIES = (
-    ('loop', 'Event loop'),
-    ('limits', 'Production mode and limits'),
-    ('proxy_protocol', 'PROXY protocol'),
-    ('shutdown', 'Graceful shutdown'),
-    ('workers', 'Workers'),
-    ('tls', 'TLS'),
-    ('auth', 'AUTH'),
-    ('delivery', 'Delivery'),
-    ('relay', 'Relay'),
-    ('lmtp', 'LMTP'),
-    ('threads', 'Worker threads'),
-    ('extensions', 'ESMTP extensions'),
-    ('controller', 'Controller'),
-    ('web', 'Web inbox'),
-    ('_version', 'Package'),
-)
+# The capability modules -c looks a bare class name up in (after
+# smtpd_compat itself), in the order of their option groups, and the
+# heading of each group's options in the help text.
+_CAPABILITIES = tuple((group.module, group.title) for group in _GROUPS)
 _TITLES = dict(_CAPABILITIES)
 
 # The help text's width (the stdlib's own text fits it, bar the Usage line
@@ -68,15 +43,8 @@ _WIDTH = 79
 
 
 def _capability_modules():
-    modules = []
-    for name, _ in _CAPABILITIES:
-        fullname = 'smtpd_compat.' + name
-        try:
-            modules.append(importlib.import_module(fullname))
-        except ModuleNotFoundError as e:
-            if e.name != fullname:
-                raise
-    return modules
+    return [importlib.import_module('smtpd_compat.' + name)
+            for name, _ in _CAPABILITIES]
 
 
 class CLI:
@@ -325,7 +293,7 @@ def _install_reload(server):
     return lambda: services.remove_signal_handler(signal.SIGHUP)
 
 
-def _help_text(modules):
+def _help_text():
     """smtpd_compat's options for the help, after the stdlib's text: one
     group per capability module, wrapped to _WIDTH columns."""
     def fill(text, indent):
@@ -333,13 +301,11 @@ def _help_text(modules):
                              subsequent_indent=indent, break_on_hyphens=False)
 
     groups = []
-    for mod in modules:
-        options = getattr(mod, 'CLI_OPTIONS', ())
-        if not options:
+    for group in _GROUPS:
+        if not group.options:
             continue
-        name = mod.__name__.rpartition('.')[2]
-        lines = ['%s (smtpd_compat.%s):' % (_TITLES.get(name, name), name), '']
-        for option, metavar, text in options:
+        lines = ['%s (smtpd_compat.%s):' % (group.title, group.module), '']
+        for option, metavar, text in group.options:
             flag = '--' + option.rstrip('=')
             if metavar:
                 flag += ' ' + metavar
@@ -364,19 +330,17 @@ def main(argv=None):
         # script's path: name the program the way the stdlib's usage did.
         _smtpd.program = sys.argv[0]
     modules = _capability_modules()
-    longopts = [name for mod in modules
-                for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
-    _smtpd._usage_epilog = _help_text(modules)
+    longopts = [name for group in _GROUPS for name, _, _ in group.options]
+    _smtpd._usage_epilog = _help_text()
     try:
         options = _smtpd._parseargs(argv, longopts)
     except getopt.GetoptError as e:
         # Only errors in our options come here (see _parseargs).
         _short_error(e.msg)
     cli = CLI(options, _resolve_class(options.classname, modules))
-    for mod in modules:
-        configure = getattr(mod, 'cli_configure', None)
-        if configure is not None:
-            configure(cli)
+    for group in _GROUPS:
+        if group.configure is not None:
+            group.configure(cli)
     try:
         # SIGTERM ends the server like Ctrl-C: quietly, with status 0 --
         # from before the port is bound, so that no signal finds the

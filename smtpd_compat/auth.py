@@ -54,14 +54,10 @@ from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.tls import TLSServerMixin
 
-if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
-
 __all__ = [
     'AuthChannelMixin', 'AuthServerMixin', 'SubmissionServer',
     'FileAuthenticator', 'AuthThrottle', 'hash_password', 'verify_password',
-    'decode_response', 'parse_plain', 'MECHANISMS',
-    'CLI_OPTIONS', 'cli_configure', 'main',
+    'decode_response', 'parse_plain', 'MECHANISMS', 'main',
 ]
 
 logger = logging.getLogger(__name__)
@@ -840,39 +836,7 @@ class SubmissionServer(AuthServerMixin, TLSServerMixin, _smtpd.SMTPServer):
         raise NotImplementedError
 
 
-# -- command line --------------------------------------------------------
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('auth-file=', 'FILE',
-     'Offer AUTH PLAIN/LOGIN, checking "login:hash" lines from FILE '
-     '(make them with: python -m smtpd_compat.auth hash LOGIN).'),
-    ('auth-required', '', 'Refuse MAIL with 530 until the client has authenticated.'),
-    ('auth-allow-plaintext', '',
-     'Offer AUTH without TLS too (only on a trusted network).'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    """Add AuthServerMixin when --auth-file is given; check the combination."""
-    given = cli.given
-    if 'auth-file' not in given:
-        for option in ('auth-required', 'auth-allow-plaintext'):
-            if option in given:
-                cli.error('--%s needs --auth-file' % option)
-        return
-    if 'tls-cert' not in given and 'auth-allow-plaintext' not in given:
-        cli.error('--auth-file needs --tls-cert (AUTH is offered only over '
-                  'TLS) or --auth-allow-plaintext')
-    try:
-        authenticator = FileAuthenticator(given['auth-file'])
-    except (OSError, ValueError) as e:
-        cli.error('Cannot use --auth-file: %s' % e)
-    cli.mixins.append(AuthServerMixin)
-    cli.server_kwargs.update(
-        authenticator=authenticator,
-        auth_required='auth-required' in given,
-        auth_allow_plaintext='auth-allow-plaintext' in given)
-
+# -- python -m smtpd_compat.auth hash LOGIN ------------------------------
 
 def _read_password() -> str:
     import getpass

@@ -46,7 +46,6 @@ from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadServerMixin
 
 if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
     # Typed as what it is composed into (a SessionStateMixin, and so an
     # SMTPChannel); at run time a plain mixin.
     from smtpd_compat.session import SessionStateMixin as _ChannelBase
@@ -463,47 +462,3 @@ class MboxServer(_StoringServer):
                         pass
         finally:
             os.close(fd)    # also drops the fcntl lock
-
-
-# ---------------------------------------------------------------------------
-# Command line
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('maildir=', 'DIR', 'With -c MaildirServer or -c LMTPServer: the Maildir to deliver into (tmp/, new/, cur/ are created).'),
-    ('mbox=', 'FILE', 'With -c MboxServer or -c LMTPServer: the mbox file to append to (mboxrd, fcntl-locked).'),
-    ('mbox-dotlock', '', 'With --mbox: also take the dot-lock FILE.lock while appending.'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    from smtpd_compat.lmtp import LMTPServer
-
-    cls = cli.server_class
-
-    def named(base: type) -> bool:
-        return isinstance(cls, type) and issubclass(cls, base)
-    # -c LMTPServer --maildir/--mbox: an LMTP delivery agent, the storing
-    # server composed in front of the LMTP server (lmtp's cli_configure
-    # refuses a bare LMTPServer, which would deliver nowhere).
-    lmtp = named(LMTPServer) and not named(_StoringServer)
-    for option, server_class in (('maildir', MaildirServer),
-                                 ('mbox', MboxServer)):
-        value = cli.given.get(option)
-        if named(server_class) and value is None:
-            cli.error('-c %s needs --%s' % (cls.__name__, option))
-        if value is None:
-            continue
-        if lmtp:
-            if any(issubclass(m, _StoringServer) for m in cli.mixins):
-                cli.error('--maildir and --mbox cannot be combined')
-            cli.mixins.append(server_class)
-        elif not named(server_class):
-            cli.error('--%s needs -c %s' % (option, server_class.__name__))
-        cli.server_kwargs[option] = value
-    if 'mbox' in cli.given and fcntl is None:
-        cli.error('--mbox needs POSIX file locks (the fcntl module), which '
-                  'this platform lacks; use -c MaildirServer --maildir DIR')
-    if 'mbox-dotlock' in cli.given:
-        if 'mbox' not in cli.given:
-            cli.error('--mbox-dotlock needs --mbox')
-        cli.server_kwargs['dotlock'] = True

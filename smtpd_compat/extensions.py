@@ -31,8 +31,6 @@ from smtpd_compat.compose import CapabilityServerMixin, UNSET, Unset, setting
 from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.session import LAYERS
 
-if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
 
 __all__ = [
     'EXTENSIONS', 'ExtensionsMixin', 'ExtensionsChannelMixin', 'ESMTPServer',
@@ -446,27 +444,3 @@ class ESMTPServer(ExtensionsMixin, _smtpd.SMTPServer):
     """An SMTPServer with the extensions enabled; override process_message.
     process_message also gets ``recipient_options``: one list of RCPT
     parameters per entry of rcpttos."""
-
-
-# ---------------------------------------------------------------------------
-# Command line
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('esmtp=', 'LIST',
-     'Enable ESMTP extensions: "all" or a comma list of '
-     + ','.join(EXTENSIONS) + '.'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    value = cli.given.get('esmtp')
-    if value is None:
-        return
-    names = EXTENSIONS if value.strip().lower() == 'all' else \
-        [n for n in value.split(',') if n.strip()]
-    unknown = {n.strip().upper() for n in names}.difference(EXTENSIONS)
-    if unknown:
-        cli.error('--esmtp: unknown extension(s) %s' % ', '.join(sorted(unknown)))
-    if not issubclass(cli.server_class, ExtensionsMixin):
-        cli.mixins.append(ExtensionsMixin)
-    cli.server_kwargs['esmtp_extensions'] = tuple(names)

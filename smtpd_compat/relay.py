@@ -43,7 +43,6 @@ from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.threads import OffloadServerMixin, server_pool
 
 if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
     from smtpd_compat.threads import OffloadChannelMixin
 
 __all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE',
@@ -333,23 +332,3 @@ class RelayServer(OffloadServerMixin, _smtpd.SMTPServer):
         except (OSError, smtplib.SMTPException) as e:
             return _upstream_error(e)
         return _reply(code, msg)
-
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('relay-timeout=', 'SECONDS',
-     'With -c RelayServer: how long to wait for the upstream server (default 30).'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    value = cli.given.get('relay-timeout')
-    if value is None:
-        return
-    cli.require_class(RelayServer, 'relay-timeout')
-    try:
-        timeout = float(value)
-    except ValueError:
-        timeout = 0
-    if not timeout > 0:
-        cli.error('--relay-timeout: not a positive number: %s' % value)
-    cli.server_kwargs['relay_timeout'] = timeout

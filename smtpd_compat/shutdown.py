@@ -44,8 +44,7 @@ if TYPE_CHECKING:
 else:
     _asyncore = _smtpd.asyncore
 
-__all__ = ['serve_gracefully', 'GracefulShutdown', 'DEFAULT_GRACE_PERIOD',
-           'CLI_OPTIONS', 'cli_configure']
+__all__ = ['serve_gracefully', 'GracefulShutdown', 'DEFAULT_GRACE_PERIOD']
 
 logger = logging.getLogger(__name__)
 
@@ -160,31 +159,3 @@ def serve_gracefully(map: Optional[_loop.SocketMap] = None,
     finally:
         for signum in signals:
             services.remove_signal_handler(signum)
-
-
-CLI_OPTIONS = (
-    ('grace-period=', 'SECONDS',
-     'On SIGTERM/SIGINT stop accepting, let messages in DATA finish for up '
-     'to this long, then 421 the rest and exit 0 (default 30 in '
-     'production mode).'),
-)
-
-def cli_configure(cli: Any) -> None:
-    """Serve with graceful shutdown when a production option is given."""
-    from smtpd_compat.production import hardening_requested
-    if not hardening_requested(cli.given):
-        return
-    grace = DEFAULT_GRACE_PERIOD
-    if 'grace-period' in cli.given:
-        text = cli.given['grace-period']
-        try:
-            grace = float(text)
-        except ValueError:
-            cli.error('Invalid --grace-period: %s' % text)
-        if not grace >= 0:
-            cli.error('Invalid --grace-period: %s' % text)
-
-    def serve(cli: Any, server: _smtpd.SMTPServer) -> None:
-        serve_gracefully(server._map, grace)
-
-    cli.serve = serve

@@ -67,7 +67,6 @@ else:
 __all__ = [
     'OffloadChannelMixin', 'OffloadServerMixin', 'ThreadedServerMixin', 'WorkerPool',
     'server_pool', 'release_server_pool', 'DEFAULT_THREADS', 'PROCESSING_FAILED',
-    'CLI_OPTIONS', 'cli_configure',
 ]
 
 logger = logging.getLogger('smtpd_compat.threads')
@@ -452,27 +451,3 @@ class ThreadedServerMixin(OffloadServerMixin):
         self.offload_threads = process_message_threads
         self.offload_process_message = True
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
-
-
-# -- command line -------------------------------------------------------------
-
-CLI_OPTIONS = (
-    ('threads=', 'N',
-     'Run process_message in N worker threads, so a slow handler does not '
-     'stop other sessions (it must be thread-safe; see docs/threads.rst).'),
-)
-
-
-def cli_configure(cli: Any) -> None:
-    """Put ThreadedServerMixin in front of the server class for --threads."""
-    value = cli.given.get('threads')
-    if value is None:
-        return
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        cli.error('--threads: not a positive integer: %s' % value)
-    cli.mixins.append(ThreadedServerMixin)
-    cli.server_kwargs['process_message_threads'] = threads

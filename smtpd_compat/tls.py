@@ -36,7 +36,6 @@ from smtpd_compat.session import LAYERS
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-    from smtpd_compat.__main__ import CLI
     # Typed as what it is composed into (a SessionStateMixin, and so an
     # SMTPChannel); at run time a plain mixin.
     from smtpd_compat.session import SessionStateMixin as _ChannelBase
@@ -45,7 +44,6 @@ else:
 
 __all__ = [
     'TLSChannelMixin', 'TLSServerMixin', 'TLSServer', 'server_context',
-    'CLI_OPTIONS', 'cli_configure',
 ]
 
 logger = logging.getLogger(__name__)
@@ -414,51 +412,3 @@ def server_context(certfile: str, keyfile: Optional[str] = None) -> ssl.SSLConte
     context.options |= getattr(ssl, 'OP_NO_RENEGOTIATION', 0)
     context.load_cert_chain(certfile, keyfile)
     return context
-
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('tls-cert=', 'FILE',
-     'PEM certificate chain (may also hold the key); enables STARTTLS.'),
-    ('tls-key=', 'FILE', 'PEM private key for --tls-cert.'),
-    ('smtps', '',
-     'Implicit TLS (RFC 8314, port 465) instead of STARTTLS; needs --tls-cert.'),
-    ('require-starttls', '',
-     'Refuse MAIL/RCPT/DATA/AUTH with 530 until the client has used STARTTLS.'),
-    ('tls-handshake-timeout=', 'SECONDS',
-     'Close connections that have not finished the TLS handshake in time.'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    """Add TLSServerMixin when --tls-cert is given; check the combination."""
-    given = cli.given
-    if 'tls-cert' not in given:
-        for option in ('tls-key', 'smtps', 'require-starttls',
-                       'tls-handshake-timeout'):
-            if option in given:
-                cli.error('--%s needs --tls-cert' % option)
-        return
-    if 'smtps' in given and 'require-starttls' in given:
-        cli.error('--require-starttls has no meaning with --smtps')
-    timeout: Optional[float] = None
-    if 'tls-handshake-timeout' in given:
-        try:
-            timeout = float(given['tls-handshake-timeout'])
-        except ValueError:
-            timeout = -1.0
-        if not timeout > 0:
-            cli.error('Invalid --tls-handshake-timeout: %s'
-                      % given['tls-handshake-timeout'])
-    certfile, keyfile = given['tls-cert'], given.get('tls-key') or None
-    try:
-        # Loaded here too so that a bad file is a usage error, not a
-        # traceback from the constructor.
-        server_context(certfile, keyfile)
-    except (OSError, ssl.SSLError) as e:
-        cli.error('Cannot load --tls-cert/--tls-key: %s' % e)
-    cli.mixins.append(TLSServerMixin)
-    cli.server_kwargs.update(
-        tls_certfile=certfile, tls_keyfile=keyfile,
-        implicit_tls='smtps' in given,
-        require_starttls='require-starttls' in given,
-        tls_handshake_timeout=timeout)

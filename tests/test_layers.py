@@ -47,11 +47,9 @@ LAYER = {
     'smtpd_compat.shutdown': CAPABILITIES,
     'smtpd_compat.workers': CAPABILITIES,
     'smtpd_compat.web': CAPABILITIES,
-    # Until the command line's options move to the CLI: the rule of
-    # production mode, which limits' cli_configure reads.
-    'smtpd_compat.production': CAPABILITIES,
     # What users run: the command line and the test helpers.
     'smtpd_compat.__main__': FRONT,
+    'smtpd_compat.cli_options': FRONT,
     'smtpd_compat.controller': FRONT,
     'smtpd_compat.pytest_plugin': FRONT,
 }

@@ -51,7 +51,6 @@ _CONFIG = ['--mypy-config-file', str(ROOT / 'setup.cfg')]
 # stubs go; it must end empty.
 STUB_SHADOWED_FOR_NOW = {
     'smtpd_compat.__main__',        # the CLI (i18)
-    'smtpd_compat.production',      # moves to the CLI (c19)
 }
 
 

@@ -38,7 +38,6 @@ from smtpd_compat.web.store import (
     DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, Inbox, StoredMessage)
 
 if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
     from smtpd_compat.session import SessionStateMixin as _ChannelBase
 else:
     _ChannelBase = object
@@ -46,7 +45,7 @@ else:
 __all__ = [
     'Inbox', 'StoredMessage', 'WebInboxServerMixin', 'WebInboxChannelMixin',
     'WebInboxServer', 'WebServer', 'parse_address', 'html_to_text',
-    'DEFAULT_ADDRESS', 'CLI_OPTIONS', 'cli_configure',
+    'DEFAULT_ADDRESS',
 ]
 
 log = logging.getLogger(__name__)
@@ -214,42 +213,3 @@ class WebInboxServer(WebInboxServerMixin, _smtpd.SMTPServer):
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str],
                         data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
         return None
-
-
-# ---------------------------------------------------------------------------
-# Command line
-
-CLI_OPTIONS = (
-    ('web=', '[HOST:]PORT',
-     'Also show every accepted message in a web inbox on this address '
-     '(host default 127.0.0.1), with a Mailpit-compatible API.'),
-)
-
-
-def cli_configure(cli: 'CLI') -> None:
-    """``--web [HOST:]PORT``: put the inbox in front of the -c class, and
-    say where the page is on stderr once the server is up."""
-    has_inbox = isinstance(cli.server_class, type) and issubclass(
-        cli.server_class, WebInboxServerMixin)
-    if 'web' in cli.given:
-        try:
-            address = parse_address(cli.given['web'])
-        except (TypeError, ValueError) as e:
-            cli.error('Invalid --web: %s' % (e,))
-        if 'workers' in cli.given:
-            # Each forked worker would keep its own inbox, invisible to the
-            # one page the parent serves.
-            cli.error('--web cannot be combined with --workers')
-        if not has_inbox:
-            cli.mixins.append(WebInboxServerMixin)
-        cli.server_kwargs['web'] = address
-    elif not has_inbox:
-        return
-    inner = cli.serve
-
-    def serve(cli: 'CLI', server: _smtpd.SMTPServer) -> None:
-        print('Web inbox at %s' % cast(WebInboxServerMixin, server).web_url,
-              file=sys.stderr, flush=True)
-        inner(cli, server)
-
-    cli.serve = serve
