@@ -9,16 +9,17 @@ The composition contract, under these public names:
 ``channel_mixin`` (server mixin)
     the channel mixin the capability adds to every connection, or None.
 ``layer`` (channel mixin)
-    where it sits, one of :data:`LAYERS` (PROXY outermost, then the session
-    log, limits, TLS, AUTH, threads, extensions, the message layer, trace
-    headers, the inbox, the shared session state innermost).  The order in
-    which a user lists the server's bases does not matter: the channel
-    class always has its mixins in layer order.  Two mixins claiming one
-    layer are refused: their order would be undefined.
+    where it sits, one of :data:`smtpd_compat.session.LAYERS` (PROXY
+    outermost, then the session log, limits, TLS, AUTH, the web inbox,
+    threads, extensions, the message layer, trace headers, the shared
+    session state innermost).  The order in which a user lists the
+    server's bases does not matter: the channel class always has its
+    mixins in layer order.  Two mixins claiming one layer are refused:
+    their order would be undefined.
 ``requires`` (channel mixin)
-    names of layers (keys of :data:`LAYERS`) the mixin cannot work without;
-    a composition that lacks one is refused, naming the mixin and the
-    capability to add.
+    names of layers (keys of :data:`~smtpd_compat.session.LAYERS`) the
+    mixin cannot work without; a composition that lacks one is refused,
+    naming the mixin and the capability to add.
 ``capability_name`` (channel mixin)
     the prefix of composed class names (``ProxyLimitsSMTPChannel``); ''
     for a layer users do not name.
