@@ -146,10 +146,10 @@ def settings(server: object, given: Mapping[str, Any],
              defaults: Mapping[str, Any]) -> Dict[str, Any]:
     """:func:`setting` for each entry of ``defaults``, set on ``server`` as
     an attribute of that name; returns the values."""
-    values = {}
+    values: Dict[str, Any] = {}
     for name, default in defaults.items():
-        value = values[name] = setting(server, name, given.get(name, UNSET),
-                                       default)
+        value: Any = setting(server, name, given.get(name, UNSET), default)
+        values[name] = value
         setattr(server, name, value)
     return values
 

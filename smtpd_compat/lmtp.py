@@ -105,6 +105,10 @@ def _per_recipient(status: _LMTPStatus, rcpttos: List[str]) -> List[str]:
     return [result or '250 <%s> OK' % r for result, r in zip(results, rcpttos)]
 
 
+# A file system path, as os.fspath() takes it.
+_Path = Union[str, 'os.PathLike[str]']
+
+
 class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """An LMTP server; override process_message (see the module docs).
 
@@ -127,11 +131,14 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
 
     def __init__(self, localaddr: _smtpd._Address, remoteaddr: _smtpd._Address,
                  *args: Any,
-                 unix_socket: Union[str, os.PathLike[str], None, Unset] = UNSET,
+                 unix_socket: Union[_Path, None, Unset] = UNSET,
                  unix_socket_mode: Union[int, None, Unset] = UNSET,
                  **kwargs: Any) -> None:
-        unix_socket = self.unix_socket = setting(self, 'unix_socket',
-                                                 unix_socket, None)
+        # (Through Any: mypy 1.14 infers the join of the union's members,
+        # object; mypy 2 gets it right.)
+        given: Optional[_Path] = cast(Any, setting(self, 'unix_socket',
+                                                   unix_socket, None))
+        unix_socket = self.unix_socket = given
         unix_socket_mode = self.unix_socket_mode = setting(
             self, 'unix_socket_mode', unix_socket_mode, None)
         if unix_socket is None:

@@ -301,8 +301,11 @@ class OffloadChannelMixin(_ChannelBase):
         # the connection meanwhile is only known by the socket's pending
         # error.  (A client that merely closed its side may still read the
         # replies to what it pipelined: it is answered as usual.)
+        sock = self.socket
+        if sock is None:
+            return False
         try:
-            error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except (OSError, AttributeError, TypeError):
             return False
         if error:

@@ -65,7 +65,11 @@ def _keywords(cls):
         if param.kind is param.KEYWORD_ONLY:
             annotation = param.annotation
             if isinstance(annotation, str):
-                annotation = eval(annotation, dict(namespace))
+                try:
+                    annotation = eval(annotation, dict(namespace))
+                except TypeError:
+                    # (os.PathLike[str] on 3.8: BY_KEYWORD builds those.)
+                    annotation = None
             found.append(param.replace(annotation=annotation))
     return found
 
