@@ -111,12 +111,9 @@ from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List,
 
 import smtpd_compat as _smtpd
 
-if TYPE_CHECKING:
-    import asyncore as _asyncore
-else:
-    # The core's asyncore (pyasyncore on 3.12+), imported there without
-    # the DeprecationWarning of 3.10 and 3.11.
-    _asyncore = _smtpd.asyncore
+# The core's asyncore (pyasyncore on 3.12+), imported there without the
+# DeprecationWarning of 3.10 and 3.11.
+_asyncore = _smtpd.asyncore
 _Dispatcher = _asyncore.dispatcher
 
 __all__ = ['loop', 'services', 'LoopServices', 'call_later', 'TimerHandle',

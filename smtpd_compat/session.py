@@ -58,12 +58,10 @@ from smtpd_compat import loop as _loop
 from smtpd_compat.logfmt import format_peer
 
 if TYPE_CHECKING:
-    import asyncore as _asyncore
     # Every class this mixin is composed into is an SMTPChannel; at run
     # time it is a plain mixin.
     from smtpd_compat import SMTPChannel as _ChannelBase
 else:
-    _asyncore = _smtpd.asyncore
     _ChannelBase = object
 
 __all__ = ['SessionStateMixin', 'receiving_message', 'busy', 'hang_up',
@@ -340,7 +338,7 @@ class SessionStateMixin(_ChannelBase):
         # session goes on.
         try:
             status = super()._call_process_message(peer, mailfrom, rcpttos, data)
-        except _asyncore.ExitNow:
+        except _smtpd.asyncore.ExitNow:
             raise       # leaves the loop, as the stdlib lets it
         except Exception:
             logger.exception('process_message failed for a message from %s '

@@ -33,16 +33,11 @@ clock (:attr:`smtpd_compat.loop.LoopServices.clock`).
 """
 import logging
 import signal
-from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
+from typing import Any, Optional, Sequence, cast
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
 from smtpd_compat.session import busy, hang_up
-
-if TYPE_CHECKING:
-    import asyncore as _asyncore
-else:
-    _asyncore = _smtpd.asyncore
 
 __all__ = ['serve_gracefully', 'GracefulShutdown', 'DEFAULT_GRACE_PERIOD']
 
@@ -64,7 +59,7 @@ class GracefulShutdown:
         if grace_period is None or grace_period < 0:
             raise ValueError('grace_period must be >= 0, not %r'
                              % (grace_period,))
-        self.map = _asyncore.socket_map if map is None else map
+        self.map = _smtpd.asyncore.socket_map if map is None else map
         self.grace_period = grace_period
         self.requested = False
         # The map's services while run() runs.
@@ -128,7 +123,7 @@ class GracefulShutdown:
             if left <= 0 or not services.serving():
                 break
             _loop.loop(timeout=left, map=map, count=1)
-        _asyncore.close_all(map=map)
+        _smtpd.asyncore.close_all(map=map)
         logger.info('shut down')
 
     def _goodbye(self, channel: _smtpd.SMTPChannel) -> None:
