@@ -49,7 +49,7 @@ nitpick_ignore_regex = [
     # The inline annotations: the core's type aliases (smtpd_compat/__init__.pyi
     # has them, the module does not), private aliases and type variables,
     # and Sphinx's reading of ``Callable[[], T]`` (it cuts at the ``[]``).
-    ('py:class', r'_smtpd\._\w+|smtpd_compat\.\w+\._\w+'),
+    ('py:class', r'_smtpd\._\w+|smtpd_compat\.\w+\._\w+|_[A-Z]\w*'),
     ('py:obj', r'typing\.Callable\[\[\]'),
     # asyncore's dispatcher methods and private hooks named bare in the
     # capability modules' docstrings.
@@ -66,21 +66,21 @@ man_pages = [
 
 
 class CLIOptions(Directive):
-    """``.. smtpd-compat-options::``: the options the capability modules
-    add to the command line, from their ``CLI_OPTIONS`` tables, so that
+    """``.. smtpd-compat-options::``: the options the command line adds for
+    the capabilities, from smtpd_compat.cli_options' groups, so that
     cli.rst and the man page never fall behind ``--help``."""
 
     has_content = False
 
     def run(self):
-        from smtpd_compat import __main__ as cli
+        from smtpd_compat.cli_options import GROUPS
         result = []
-        for module in cli._capability_modules():
-            options = getattr(module, 'CLI_OPTIONS', ())
+        for group in GROUPS:
+            options = group.options
             if not options:
                 continue
-            name = module.__name__
-            if name.rpartition('.')[2].startswith('_'):
+            name = 'smtpd_compat.' + group.module
+            if group.module.startswith('_'):
                 name = 'smtpd-compat'     # _version: the distribution itself
             result.append(nodes.rubric('', '', nodes.literal(name, name)))
             items = nodes.definition_list()

@@ -17,19 +17,9 @@ docs/deviations.rst, "The command line"):
   says where the server listens once it is up (SMTP or LMTP address, the
   web inbox's URL).
 
-How a capability adds options, without this file naming its flags: a module
-listed in _CAPABILITIES may define
-
-``CLI_OPTIONS``
-    a sequence of ``(name, metavar, help)``: a getopt long option name
-    (``'tls-cert='`` takes a value, ``'smtps'`` does not), the value's
-    placeholder for help ('' for flags), and one line of help;
-``cli_configure(cli)``
-    called with the :class:`CLI` after parsing, in _CAPABILITIES order; it
-    reads ``cli.given`` and changes ``cli.mixins``, ``cli.server_kwargs`` or
-    ``cli.serve``, and calls ``cli.error(msg)`` for a bad combination.
-
-Which options switch on production mode is smtpd_compat.production's rule.
+The options of the capabilities, what each does to the server, and the
+rule of production mode are in :mod:`smtpd_compat.cli_options`: one group
+per capability module, applied to the :class:`CLI` after parsing.
 """
 from __future__ import annotations
 
@@ -48,30 +38,16 @@ import types
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple, Type
 
 import smtpd_compat as _smtpd
-from smtpd_compat.production import RULE as _PRODUCTION_RULE
+from smtpd_compat.cli_options import GROUPS as _GROUPS
+from smtpd_compat.cli_options import RULE as _PRODUCTION_RULE
+from smtpd_compat.compose import REQUIRED, compose_server
 
 __all__ = ['main', 'CLI']
 
-# Capability modules consulted for options and classes, in this order, with
-# the heading of their options in the help text.  A module that does not
-# exist (yet) is skipped.
-_CAPABILITIES = (
-    ('loop', 'Event loop'),
-    ('limits', 'Production mode and limits'),
-    ('proxy_protocol', 'PROXY protocol'),
-    ('shutdown', 'Graceful shutdown'),
-    ('workers', 'Workers'),
-    ('tls', 'TLS'),
-    ('auth', 'AUTH'),
-    ('delivery', 'Delivery'),
-    ('relay', 'Relay'),
-    ('lmtp', 'LMTP'),
-    ('threads', 'Worker threads'),
-    ('extensions', 'ESMTP extensions'),
-    ('controller', 'Controller'),
-    ('web', 'Web inbox'),
-    ('_version', 'Package'),
-)
+# The capability modules -c looks a bare class name up in (after
+# smtpd_compat itself), in the order of their option groups, and the
+# heading of each group's options in the help text.
+_CAPABILITIES = tuple((group.module, group.title) for group in _GROUPS)
 _TITLES = dict(_CAPABILITIES)
 
 # The help text's width (the stdlib's own text fits it, bar the Usage line
@@ -80,21 +56,13 @@ _WIDTH = 79
 
 
 def _capability_modules() -> List[types.ModuleType]:
-    modules = []
-    for name, _ in _CAPABILITIES:
-        fullname = 'smtpd_compat.' + name
-        try:
-            modules.append(importlib.import_module(fullname))
-        except ModuleNotFoundError as e:
-            if e.name != fullname:
-                raise
-    return modules
+    return [importlib.import_module('smtpd_compat.' + name)
+            for name, _ in _CAPABILITIES]
 
 
-def _long_options(modules: collections.abc.Sequence[types.ModuleType]) -> List[str]:
-    """The getopt long option names the capability modules add."""
-    return [name for mod in modules
-            for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
+def _long_options() -> List[str]:
+    """The getopt long option names the capabilities add."""
+    return [name for group in _GROUPS for name, _, _ in group.options]
 
 
 class CLI:
@@ -140,7 +108,6 @@ class CLI:
         given is a CLI error (see _configuration_error), and an address it
         cannot listen on one line naming it (see _listen_failure), never a
         traceback; exceptions from the user's own code still propagate."""
-        from smtpd_compat._compose import compose_server
         cls = compose_server(self.server_class, self.mixins)
         missing = [name for name in _required_keywords(cls)
                    if name not in self.server_kwargs]
@@ -252,8 +219,9 @@ def _listen_failure(exc: OSError) -> Optional[str]:
 
 def _required_keywords(cls: type) -> List[str]:
     """Keyword-only arguments without a default in the __init__ methods of
-    ``cls``, as far as its MRO stays in smtpd_compat (a user's __init__ may
-    supply them itself)."""
+    ``cls`` (none, or smtpd_compat.compose.REQUIRED unless ``cls`` sets the
+    attribute of that name), as far as its MRO stays in smtpd_compat (a
+    user's __init__ may supply them itself)."""
     required: List[str] = []
     for klass in cls.__mro__:
         init = klass.__dict__.get('__init__')
@@ -263,8 +231,10 @@ def _required_keywords(cls: type) -> List[str]:
         if code is None or not _in_package(code.co_filename):
             break
         for param in inspect.signature(init).parameters.values():
-            if (param.kind is param.KEYWORD_ONLY and param.default is param.empty
-                    and param.name not in required):
+            if param.kind is not param.KEYWORD_ONLY or param.name in required:
+                continue
+            if param.default is param.empty or (
+                    param.default is REQUIRED and not hasattr(cls, param.name)):
                 required.append(param.name)
     return required
 
@@ -333,10 +303,6 @@ def _start_line(server: _smtpd.SMTPServer) -> str:
     return line
 
 
-# Longest wait of the CLI's loop between two looks at pending signals.
-_SIGNAL_TICK = 1.0
-
-
 def _serve(cli: CLI, server: _smtpd.SMTPServer) -> None:
     """Serve with smtpd_compat's epoll loop (asyncore.loop's select() stops
     at 1,024 descriptors), with the open-files limit raised to the hard
@@ -344,10 +310,11 @@ def _serve(cli: CLI, server: _smtpd.SMTPServer) -> None:
     from smtpd_compat import loop
     loop.raise_fd_limit()
     # A stop signal that lands between the loop's check for pending signals
-    # and its epoll_wait() is only acted on when the wait ends (the classic
-    # signal/select race; seen as a rare 30 s delay before SIGTERM took
-    # effect on a loaded machine).  Waking at least once a second bounds it.
-    loop.loop(timeout=_SIGNAL_TICK)
+    # and its epoll_wait() would only be acted on when the wait ends (the
+    # classic signal/select race; seen as a rare 30 s delay before SIGTERM
+    # took effect on a loaded machine): the signal itself wakes the loop.
+    with loop.services(server._map).wake_on_signals():
+        loop.loop(map=server._map)
 
 
 # Set once a stop signal has been acted on (or serving is over).
@@ -393,13 +360,13 @@ def _ignore_stop_signals() -> None:
 # -- SIGHUP: reload certificates and the auth file -------------------------
 #
 # logrotate and ``systemctl reload`` send SIGHUP, whose default action would
-# end the process.  The handler only raises a flag; a timer on the server's
-# loop looks at it once a second and runs the reloads there, between
-# events, so no file is read inside a signal handler and no connection is
-# interrupted halfway through a handler.  Each ``reload()`` keeps what it
-# had when the new files are bad, and raises; that is logged.
+# end the process.  Until the server exists the handler only notes it; then
+# the server's loop takes the signal over (LoopServices.add_signal_handler)
+# and runs the reloads on the loop thread, between events, so no file is
+# read inside a signal handler and no connection is interrupted halfway
+# through a handler.  Each ``reload()`` keeps what it had when the new files
+# are bad, and raises; that is logged.
 
-_RELOAD_CHECK = 1.0
 _reload_wanted: List[int] = []
 
 
@@ -422,20 +389,22 @@ def _reload_all(server: _smtpd.SMTPServer) -> None:
                          'loaded: %s', type(target).__name__, e)
 
 
-def _install_reload(server: _smtpd.SMTPServer) -> None:
-    """Reload on SIGHUP while ``server``'s loop runs."""
+def _install_reload(server: _smtpd.SMTPServer) -> Callable[[], None]:
+    """Reload on SIGHUP while ``server``'s loop runs; returns a function
+    that puts the early handler back."""
     from smtpd_compat import loop
+    if not hasattr(signal, 'SIGHUP'):
+        return lambda: None
+    services = loop.services(server._map)
+    services.add_signal_handler(signal.SIGHUP, _reload_all, server)
+    if _reload_wanted:
+        # One came before the server existed.
+        del _reload_wanted[:]
+        services.call_later(0, _reload_all, server)
+    return lambda: services.remove_signal_handler(signal.SIGHUP)
 
-    def check() -> None:
-        if _reload_wanted:
-            del _reload_wanted[:]
-            _reload_all(server)
-        loop.call_later(_RELOAD_CHECK, check, map=server._map)
 
-    loop.call_later(_RELOAD_CHECK, check, map=server._map)
-
-
-def _help_text(modules: collections.abc.Sequence[types.ModuleType]) -> str:
+def _help_text() -> str:
     """smtpd_compat's options for the help, after the stdlib's text: one
     group per capability module, wrapped to _WIDTH columns."""
     def fill(text: str, indent: str) -> str:
@@ -443,13 +412,11 @@ def _help_text(modules: collections.abc.Sequence[types.ModuleType]) -> str:
                              subsequent_indent=indent, break_on_hyphens=False)
 
     groups = []
-    for mod in modules:
-        options: collections.abc.Sequence[Tuple[str, str, str]] = getattr(mod, 'CLI_OPTIONS', ())
-        if not options:
+    for group in _GROUPS:
+        if not group.options:
             continue
-        name = mod.__name__.rpartition('.')[2]
-        lines = ['%s (smtpd_compat.%s):' % (_TITLES.get(name, name), name), '']
-        for option, metavar, text in options:
+        lines = ['%s (smtpd_compat.%s):' % (group.title, group.module), '']
+        for option, metavar, text in group.options:
             flag = '--' + option.rstrip('=')
             if metavar:
                 flag += ' ' + metavar
@@ -474,17 +441,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         # script's path: name the program the way the stdlib's usage did.
         _smtpd.program = sys.argv[0]
     modules = _capability_modules()
-    longopts = _long_options(modules)
-    _smtpd._usage_epilog = _help_text(modules)
+    longopts = _long_options()
+    _smtpd._usage_epilog = _help_text()
     try:
         options = _smtpd._parseargs(argv, longopts, cli=True)
     except getopt.GetoptError as e:
         _short_error(e.msg + _did_you_mean(e, longopts))
     cli = CLI(options, _resolve_class(options.classname, modules))
-    for mod in modules:
-        configure = getattr(mod, 'cli_configure', None)
-        if configure is not None:
-            configure(cli)
+    for group in _GROUPS:
+        if group.configure is not None:
+            group.configure(cli)
     try:
         # SIGTERM ends the server like Ctrl-C: quietly, with status 0 --
         # from before the port is bound, so that no signal finds the
@@ -493,14 +459,17 @@ def main(argv: Optional[List[str]] = None) -> None:
         if hasattr(signal, 'SIGHUP'):
             signal.signal(signal.SIGHUP, _request_reload)
         server = cli.make_server()
-        _install_reload(server)
-        if options.setuid:
-            _become_nobody(server)
-        if not _stdlib_invocation(cli):
-            # The stdlib's command line said nothing; with anything of
-            # ours, one line says where to connect.
-            print(_start_line(server), file=sys.stderr, flush=True)
-        cli.serve(cli, server)
+        uninstall_reload = _install_reload(server)
+        try:
+            if options.setuid:
+                _become_nobody(server)
+            if not _stdlib_invocation(cli):
+                # The stdlib's command line said nothing; with anything of
+                # ours, one line says where to connect.
+                print(_start_line(server), file=sys.stderr, flush=True)
+            cli.serve(cli, server)
+        finally:
+            uninstall_reload()
     except KeyboardInterrupt:
         pass
     finally:

@@ -44,24 +44,20 @@ import sys
 import threading
 import time
 from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable,
-                    List, Optional, OrderedDict, Sequence, Tuple, Type,
-                    Union)
+                    List, Literal, Optional, OrderedDict, Sequence, Tuple,
+                    Type, Union)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin, UNSET
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.tls import TLSServerMixin
 
-if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
-
 __all__ = [
     'AuthChannelMixin', 'AuthServerMixin', 'SubmissionServer',
     'FileAuthenticator', 'AuthThrottle', 'hash_password', 'verify_password',
-    'decode_response', 'parse_plain', 'MECHANISMS',
-    'CLI_OPTIONS', 'cli_configure', 'main',
+    'decode_response', 'parse_plain', 'MECHANISMS', 'main',
 ]
 
 logger = logging.getLogger(__name__)
@@ -447,8 +443,6 @@ class AuthChannelMixin(OffloadChannelMixin):
     layer = LAYERS['auth']
     capability_name = 'Auth'
     smtp_server: AuthServerMixin
-    #: The login of the authenticated client, or None.
-    auth_user: Optional[str] = None
     _auth_failures = 0
     # The exchange in progress: None, 'PLAIN' (waiting for the PLAIN
     # message), 'LOGIN-USER' or 'LOGIN-PASSWORD'.
@@ -465,7 +459,7 @@ class AuthChannelMixin(OffloadChannelMixin):
     _auth_redact_line = False
 
     def _auth_offered(self) -> bool:
-        return (getattr(self, 'tls_active', False)
+        return (self.tls_active
                 or self.smtp_server.auth_allow_plaintext)
 
     def extra_ehlo_keywords(self) -> List[str]:
@@ -542,7 +536,7 @@ class AuthChannelMixin(OffloadChannelMixin):
         if not self.extended_smtp:
             self.push('503 5.5.1 Error: send EHLO first')
             return
-        if not getattr(self, 'tls_active', False):
+        if not self.tls_active:
             if getattr(server, 'require_starttls', False):
                 self.push('530 5.7.0 Must issue a STARTTLS command first')
                 return
@@ -699,11 +693,9 @@ class AuthChannelMixin(OffloadChannelMixin):
             return
         self.push('535 5.7.8 Authentication credentials invalid')
 
-    def _tls_reset_session(self) -> None:
+    def reset_session(self) -> None:
         # RFC 3207 section 4.2: nothing learnt before TLS survives it.
-        reset = getattr(super(), '_tls_reset_session', None)
-        if reset is not None:
-            reset()
+        super().reset_session()
         self.auth_user = None
         self._auth_state = self._auth_login = None
 
@@ -712,7 +704,7 @@ class AuthChannelMixin(OffloadChannelMixin):
     def smtp_MAIL(self, arg: str) -> None:
         if self.smtp_server.auth_required and self.auth_user is None:
             if (getattr(self.smtp_server, 'require_starttls', False)
-                    and not getattr(self, 'tls_active', False)):
+                    and not self.tls_active):
                 self.push('530 5.7.0 Must issue a STARTTLS command first')
             else:
                 self.push('530 5.7.0 Authentication required')
@@ -780,10 +772,29 @@ class AuthServerMixin(CapabilityServerMixin):
     auth_max_failures: int
     auth_throttle: Optional[AuthThrottle]
 
-    def __init__(self, *args, authenticator: Callable = None,
-                 auth_required: bool = False, auth_allow_plaintext: bool = False,
-                 auth_mechanisms=MECHANISMS, auth_max_failures: int = 3,
-                 auth_throttle=UNSET, **kwargs):
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
+                 authenticator: Union[_Authenticator, None, Unset] = UNSET,
+                 auth_required: Union[bool, Unset] = UNSET,
+                 auth_allow_plaintext: Union[bool, Unset] = UNSET,
+                 auth_mechanisms: Union[str, Sequence[str], Unset] = UNSET,
+                 auth_max_failures: Union[int, Unset] = UNSET,
+                 auth_throttle: Union[AuthThrottle, None, Literal[False], Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        # Each keyword: as given, else the class attribute, else the
+        # default (smtpd_compat.compose.setting); SubmissionServer's class
+        # attribute makes auth_required default to True there.
+        authenticator = setting(self, 'authenticator', authenticator, None)
+        auth_required = setting(self, 'auth_required', auth_required, False)
+        auth_allow_plaintext = setting(self, 'auth_allow_plaintext',
+                                       auth_allow_plaintext, False)
+        auth_mechanisms = setting(self, 'auth_mechanisms', auth_mechanisms,
+                                  MECHANISMS)
+        auth_max_failures = setting(self, 'auth_max_failures',
+                                    auth_max_failures, 3)
+        # The default is a throttle of this server's own.
+        throttle: Union[AuthThrottle, None, Literal[False]] = setting(
+            self, 'auth_throttle', auth_throttle, AuthThrottle())
         if not callable(authenticator):
             raise TypeError('authenticator must be a callable '
                             '(mechanism, login, password, channel) -> bool, '
@@ -803,13 +814,8 @@ class AuthServerMixin(CapabilityServerMixin):
         self.auth_allow_plaintext = bool(auth_allow_plaintext)
         self.auth_mechanisms = mechanisms
         self.auth_max_failures = auth_max_failures
-        if auth_throttle is UNSET:
-            # A class attribute wins; else each server gets its own.
-            auth_throttle = getattr(type(self), 'auth_throttle', UNSET)
-            if auth_throttle is UNSET:
-                auth_throttle = AuthThrottle()
-        self.auth_throttle = auth_throttle or None
-        super().__init__(*args, **kwargs)
+        self.auth_throttle = throttle or None
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
         # Checked after super().__init__ so that a TLS mixin on either side
         # of this one has set tls_context.
         if getattr(self, 'tls_context', None) is None and not auth_allow_plaintext:
@@ -827,9 +833,8 @@ class SubmissionServer(AuthServerMixin, TLSServerMixin, _smtpd.SMTPServer):
     **kwargs)``."""
 
     auth_user_kwarg = True
-
-    def __init__(self, *args, auth_required: bool = True, **kwargs):
-        super().__init__(*args, auth_required=auth_required, **kwargs)
+    #: The default of the auth_required keyword here.
+    auth_required = True
 
     def process_message(self, peer: _smtpd._Address, mailfrom: str,
                         rcpttos: List[str], data: Union[bytes, str],
@@ -837,42 +842,7 @@ class SubmissionServer(AuthServerMixin, TLSServerMixin, _smtpd.SMTPServer):
         raise NotImplementedError
 
 
-# -- command line --------------------------------------------------------
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('auth-file=', 'FILE',
-     'Offer AUTH PLAIN/LOGIN, checking "login:hash" lines from FILE '
-     '(make them with: python -m smtpd_compat.auth hash LOGIN).'),
-    ('auth-required', '', 'Refuse MAIL with 530 until the client has authenticated.'),
-    ('auth-allow-plaintext', '',
-     'Offer AUTH without TLS too (only on a trusted network).'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    """Add AuthServerMixin when --auth-file is given; check the combination."""
-    given = cli.given
-    if 'auth-file' not in given:
-        for option in ('auth-required', 'auth-allow-plaintext'):
-            if option in given:
-                cli.error('--%s needs --auth-file' % option)
-        return
-    if 'tls-cert' not in given and 'auth-allow-plaintext' not in given:
-        cli.error('--auth-file needs --tls-cert (AUTH is offered only over '
-                  'TLS) or --auth-allow-plaintext')
-    try:
-        authenticator = FileAuthenticator(given['auth-file'])
-    except OSError as e:
-        cli.error('--auth-file: cannot read %r: %s'
-                  % (given['auth-file'], e.strerror or e))
-    except ValueError as e:     # names the file and the line
-        cli.error('--auth-file: %s' % e)
-    cli.mixins.append(AuthServerMixin)
-    cli.server_kwargs.update(
-        authenticator=authenticator,
-        auth_required='auth-required' in given,
-        auth_allow_plaintext='auth-allow-plaintext' in given)
-
+# -- python -m smtpd_compat.auth hash LOGIN ------------------------------
 
 def _read_password() -> str:
     import getpass

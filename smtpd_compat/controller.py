@@ -21,6 +21,8 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List,
                     Optional, Tuple, Type, TypeVar, Union, cast, overload)
 
 import smtpd_compat as _smtpd
+from smtpd_compat import loop as _loop
+from smtpd_compat.compose import compose_server, derive
 
 if TYPE_CHECKING:
     import email.message
@@ -32,10 +34,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# How long one poll may block.  Nothing waits for it to run out: stop() and
-# start() wake the loop through the waker socket.
-_POLL_TIMEOUT = 1.0
 
 #: A plain callable that handles messages: called like process_message.
 Handler = Callable[..., Optional[str]]
@@ -258,8 +256,8 @@ def with_capture(server_class: _ServerClass) -> _ServerClass:
     if not issubclass(server_class, _smtpd.SMTPServer):
         raise TypeError('with_capture() needs an SMTPServer subclass, not %r'
                         % (server_class,))
-    return cast(_ServerClass, type('Capturing' + server_class.__name__,
-                                   (CapturingServer, server_class), {}))
+    return derive(server_class, (CapturingServer,),
+                  'Capturing' + server_class.__name__)
 
 
 class _HandlerServer(_smtpd.SMTPServer):
@@ -278,54 +276,11 @@ class _HandlerServer(_smtpd.SMTPServer):
 # ---------------------------------------------------------------------------
 # The controller
 
-class _Waker(_smtpd.asyncore.dispatcher):
-    """The read end of a socketpair, in the server's own map.
-
-    A byte written to the other end makes the loop's poll return at once.
-    start() writes one to learn that the loop is polling; stop() sets
-    `stopping` and writes one, and the waker then closes every dispatcher
-    in the map (itself included), which ends the loop: it returns when the
-    map is empty.  So sessions are closed by the thread that serves them.
-    """
-
-    # asyncore.dispatcher's (the map it was added to).
-    _map: _Map
-
-    def __init__(self, sock: socket.socket, map: _Map,
-                 woken: threading.Event, stopping: threading.Event) -> None:
-        super().__init__(sock, map=map)
-        self._woken = woken
-        self._stopping = stopping
-
-    def writable(self) -> bool:
-        return False
-
-    def handle_read(self) -> None:
-        try:
-            self.recv(4096)
-        except OSError:
-            pass
-        self._woken.set()
-        if self._stopping.is_set():
-            _smtpd.asyncore.close_all(map=self._map, ignore_all=True)
-
-    def handle_close(self) -> None:
-        self.close()
-
-    def handle_error(self) -> None:
-        # asyncore's default prints to stdout; a test helper must not.
-        log.exception('error in the controller wake-up channel')
-        self.close()
-
-
 def _default_loop() -> Callable[..., None]:
-    """smtpd_compat.loop's loop when that capability exists, else asyncore's.
-    Both take (timeout, use_poll, map, count)."""
-    try:
-        from smtpd_compat import loop as loop_module
-    except ImportError:
-        return _smtpd.asyncore.loop
-    return loop_module.loop
+    """The loop a Controller serves its map with: smtpd_compat.loop's.
+    (Its wake-up works under plain asyncore.loop too, which the tests
+    check by replacing this.)"""
+    return _loop.loop
 
 
 def _connectable(host: str) -> str:
@@ -384,7 +339,6 @@ class Controller:
                             'callable, not %r' % (handler,))
         if server_kwargs.get('web') is not None:
             # web=(host, port) brings the web inbox along (smtpd_compat.web).
-            from smtpd_compat._compose import compose_server
             from smtpd_compat.web import WebInboxServerMixin
             server_class = compose_server(server_class, [WebInboxServerMixin])
         self.server_class = server_class
@@ -401,8 +355,9 @@ class Controller:
         #: when 0 was asked for.
         self.port: int = port
         self._thread: Optional[threading.Thread] = None
-        self._wake_end: Optional[socket.socket] = None
-        self._stopping = threading.Event()
+        # The server map's services (smtpd_compat.loop) while it runs:
+        # start() and stop() reach the loop thread through its wake-up.
+        self._services: Optional[_loop.LoopServices] = None
         self._error: Optional[BaseException] = None
         # Serialises start() and stop(), so two threads stopping at once
         # join one thread once.
@@ -422,36 +377,29 @@ class Controller:
                 raise RuntimeError('%r is already started' % (self,))
             map: _Map = {}
             woken = threading.Event()
-            read_end, wake_end = socket.socketpair()
-            try:
-                wake_end.setblocking(False)
-                _Waker(read_end, map, woken, self._stopping)
-                server = self._make_server(map)
-            except BaseException:
-                read_end.close()
-                wake_end.close()
-                raise
+            server = self._make_server(map)
+            services = _loop.services(map)
+            # The wake-up stays in the map, and the loop runs, until stop().
+            services.hold()
             self.server = server
             # (A server has its listening socket once it is made.)
             sock = cast(socket.socket, server.socket)
             host, port = sock.getsockname()[:2]
             self.hostname, self.port = _connectable(host), port
-            self._wake_end = wake_end
+            self._services = services
             self._error = None
-            self._stopping.clear()
-            loop = _default_loop()
             thread = threading.Thread(
-                target=self._serve, args=(loop, map, woken),
+                target=self._serve, args=(_default_loop(), map, woken),
                 name='smtpd_compat.Controller %s:%d' % (host, port),
                 daemon=True)
             self._thread = thread
             thread.start()
-            # The loop sets `woken` while handling this byte, which it can
-            # only do from a poll that also watches the listener: from here
-            # on a queued connection is accepted within one pass.  (No probe
-            # connection: it would reach the server's handle_accepted, and a
-            # PROXY-protocol or implicit-TLS server would not greet it.)
-            self._wake()
+            # The loop runs this once it polls, and it polls the listener
+            # too: from here on a queued connection is accepted within one
+            # pass.  (No probe connection: it would reach the server's
+            # handle_accepted, and a PROXY-protocol or implicit-TLS server
+            # would not greet it.)
+            services.call_soon_threadsafe(woken.set)
             if not woken.wait(self.ready_timeout) or self._error is not None:
                 error = self._error
                 self._stop_locked()
@@ -476,38 +424,37 @@ class Controller:
     def _serve(self, loop: Callable[..., object], map: _Map,
                woken: threading.Event) -> None:
         # The server thread.  The loop runs until the map is empty, which
-        # the waker brings about on stop(); one loop() call for the whole
-        # life keeps what smtpd_compat.loop learns between wake-ups.
+        # stop() brings about; one loop() call for the whole life keeps
+        # what smtpd_compat.loop learns between wake-ups.
         # poll (for asyncore's loop) has no FD_SETSIZE limit.
-        use_poll = hasattr(select, 'poll')
+        services = _loop.services(map)
         try:
-            loop(_POLL_TIMEOUT, use_poll, map)
+            loop(30.0, hasattr(select, 'poll'), map)
         except BaseException as e:
             self._error = e
             log.exception('the server loop of %r failed', self)
         finally:
-            # After a failure: close what the loop left open.
-            _smtpd.asyncore.close_all(map=map, ignore_all=True)
-            map.clear()
-            # One more call, on the now empty map, returns at once; it lets
-            # a loop that keeps per-map state (smtpd_compat.loop keeps a
-            # selector) release it, so no descriptor outlives the server.
+            # After a failure: close what the loop left open, and let go of
+            # the wake-up (stop() does both on the way out).
+            if map:
+                self._close_all(services)
+            # One more call of smtpd_compat.loop's loop, on the now empty
+            # map, returns at once; it lets the map's services release what
+            # they hold (the selector), so no descriptor outlives the
+            # server.
             try:
-                loop(0, use_poll, map, 1)
+                _loop.loop(0, False, map, 1)
             except Exception:
                 log.exception('the server loop of %r failed on an empty map', self)
             woken.set()
 
-    def _wake(self) -> None:
-        wake_end = self._wake_end
-        if wake_end is None:
-            return      # not started, or stopped: no loop to wake
-        try:
-            wake_end.send(b'\0')
-        except (BlockingIOError, OSError):
-            # A full buffer already holds a wake-up byte; a closed one means
-            # the loop is gone.
-            pass
+    @staticmethod
+    def _close_all(services: _loop.LoopServices) -> None:
+        # On the loop thread: every session, the listener and the wake-up.
+        # The loop returns once the map is empty.
+        services.release()
+        _smtpd.asyncore.close_all(map=services.map, ignore_all=True)
+        services.map.clear()
 
     def stop(self) -> None:
         """Close the listener and every open session, and join the thread.
@@ -521,10 +468,11 @@ class Controller:
 
     def _stop_locked(self) -> None:
         thread = self._thread
-        if thread is None:
+        services = self._services
+        if thread is None or services is None:
             return
-        self._stopping.set()
-        self._wake()
+        # (Refused when the loop has ended already: nothing left to close.)
+        services.call_soon_threadsafe(self._close_all, services)
         if thread is threading.current_thread():
             # stop() from a handler: the loop ends after this pass.
             return
@@ -533,9 +481,7 @@ class Controller:
             raise RuntimeError('the server thread of %r did not stop within '
                                '%s s' % (self, self.ready_timeout))
         self._thread = None
-        wake_end, self._wake_end = self._wake_end, None
-        if wake_end is not None:
-            wake_end.close()
+        self._services = None
 
     def __enter__(self) -> Self:
         return self.start()

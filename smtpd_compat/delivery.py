@@ -38,14 +38,14 @@ import os
 import re
 import time
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List,
-                    NamedTuple, Optional, Sequence, Tuple, Type, Union)
+                    NamedTuple, Optional, Sequence, Tuple, Type, Union, cast)
 
 import smtpd_compat as _smtpd
+from smtpd_compat.compose import REQUIRED, UNSET, Unset, setting
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadServerMixin
 
 if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
     # Typed as what it is composed into (a SessionStateMixin, and so an
     # SMTPChannel); at run time a plain mixin.
     from smtpd_compat.session import SessionStateMixin as _ChannelBase
@@ -136,7 +136,7 @@ class TraceChannelMixin(_ChannelBase):
     ``session``.  Calls super() in ``_message_kwargs`` (so it composes
     with every other mixin that adds keywords)."""
 
-    layer = LAYERS['message']
+    layer = LAYERS['trace']
     capability_name = 'Trace'
 
     def trace_session(self) -> Session:
@@ -145,9 +145,9 @@ class TraceChannelMixin(_ChannelBase):
         base = getattr(self, 'transmission_type', None) or (
             'ESMTP' if self.extended_smtp else 'SMTP')
         if base != 'SMTP':
-            if getattr(self, 'tls_active', False):
+            if self.tls_active:
                 base += 'S'
-            if getattr(self, 'auth_user', None) is not None:
+            if self.auth_user is not None:
                 base += 'A'
         return Session(self.seen_greeting or '', self.peer, base, self.fqdn)
 
@@ -279,6 +279,9 @@ class _StoringServer(OffloadServerMixin, _smtpd.SMTPServer):
         raise NotImplementedError
 
 
+_Path = Union[str, 'os.PathLike[str]']
+
+
 class MaildirServer(_StoringServer):
     """Deliver every message into the Maildir ``maildir`` (keyword-only;
     tmp/, new/ and cur/ are created if missing).  The message is stored
@@ -288,8 +291,13 @@ class MaildirServer(_StoringServer):
     _host: str
     _deliveries: Iterator[int]
 
-    def __init__(self, *args, maildir: str, **kwargs):
-        self.maildir = os.fspath(maildir)
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
+                 maildir: Union[_Path, Unset] = REQUIRED,
+                 **kwargs: Any) -> None:
+        # (cast: mypy infers the join of the union's members, object.)
+        self.maildir = os.fspath(cast(_Path, setting(self, 'maildir', maildir,
+                                                     REQUIRED)))
         for sub in ('tmp', 'new', 'cur'):
             _record_created(self, _make_dirs(
                 os.path.join(self.maildir, sub), 0o700))
@@ -297,7 +305,7 @@ class MaildirServer(_StoringServer):
         # The Maildir spec reserves "/" and ":" in file names.
         self._host = host.replace('/', r'\057').replace(':', r'\072')
         self._deliveries = itertools.count(1)
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def unique_name(self) -> str:
         """A file name no other delivery uses: time, microseconds, pid,
@@ -358,11 +366,15 @@ class MboxServer(_StoringServer):
     dotlock: bool
     lock_timeout: float
 
-    def __init__(self, *args, mbox: str, dotlock: bool = False,
-                 lock_timeout: float = 5.0, **kwargs):
-        self.mbox = os.fspath(mbox)
-        self.dotlock = dotlock
-        self.lock_timeout = lock_timeout
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
+                 mbox: Union[_Path, Unset] = REQUIRED,
+                 dotlock: Union[bool, Unset] = UNSET,
+                 lock_timeout: Union[float, Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        self.mbox = os.fspath(cast(_Path, setting(self, 'mbox', mbox, REQUIRED)))
+        self.dotlock = setting(self, 'dotlock', dotlock, False)
+        self.lock_timeout = setting(self, 'lock_timeout', lock_timeout, 5.0)
         if fcntl is None:
             # Appending without a lock could interleave with a mail reader
             # or another writer and corrupt the mbox; refuse to start.
@@ -375,7 +387,7 @@ class MboxServer(_StoringServer):
                          0o600))
         if not existed:
             _record_created(self, [self.mbox])
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def format_entry(self, mailfrom: Optional[str], data: bytes) -> bytes:
         """The mbox entry: "From " line, quoted message, blank line."""
@@ -450,47 +462,3 @@ class MboxServer(_StoringServer):
                         pass
         finally:
             os.close(fd)    # also drops the fcntl lock
-
-
-# ---------------------------------------------------------------------------
-# Command line
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('maildir=', 'DIR', 'With -c MaildirServer or -c LMTPServer: the Maildir to deliver into (tmp/, new/, cur/ are created).'),
-    ('mbox=', 'FILE', 'With -c MboxServer or -c LMTPServer: the mbox file to append to (mboxrd, fcntl-locked).'),
-    ('mbox-dotlock', '', 'With --mbox: also take the dot-lock FILE.lock while appending.'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    from smtpd_compat.lmtp import LMTPServer
-
-    cls = cli.server_class
-
-    def named(base: type) -> bool:
-        return isinstance(cls, type) and issubclass(cls, base)
-    # -c LMTPServer --maildir/--mbox: an LMTP delivery agent, the storing
-    # server composed in front of the LMTP server (lmtp's cli_configure
-    # refuses a bare LMTPServer, which would deliver nowhere).
-    lmtp = named(LMTPServer) and not named(_StoringServer)
-    for option, server_class in (('maildir', MaildirServer),
-                                 ('mbox', MboxServer)):
-        value = cli.given.get(option)
-        if named(server_class) and value is None:
-            cli.error('-c %s needs --%s' % (cls.__name__, option))
-        if value is None:
-            continue
-        if lmtp:
-            if any(issubclass(m, _StoringServer) for m in cli.mixins):
-                cli.error('--maildir and --mbox cannot be combined')
-            cli.mixins.append(server_class)
-        elif not named(server_class):
-            cli.error('--%s needs -c %s' % (option, server_class.__name__))
-        cli.server_kwargs[option] = value
-    if 'mbox' in cli.given and fcntl is None:
-        cli.error('--mbox needs POSIX file locks (the fcntl module), which '
-                  'this platform lacks; use -c MaildirServer --maildir DIR')
-    if 'mbox-dotlock' in cli.given:
-        if 'mbox' not in cli.given:
-            cli.error('--mbox-dotlock needs --mbox')
-        cli.server_kwargs['dotlock'] = True

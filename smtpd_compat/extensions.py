@@ -23,16 +23,14 @@ ValueError.
 from __future__ import annotations
 
 import re
-from typing import (TYPE_CHECKING, Callable, ClassVar, Dict, FrozenSet,
-                    Iterable, List, Optional, Tuple, Type)
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Dict, FrozenSet,
+                    Iterable, List, Optional, Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.compose import CapabilityServerMixin, UNSET, Unset, setting
 from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.session import LAYERS
 
-if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
 
 __all__ = [
     'EXTENSIONS', 'ExtensionsMixin', 'ExtensionsChannelMixin', 'ESMTPServer',
@@ -419,10 +417,12 @@ class ExtensionsMixin(CapabilityServerMixin):
     #: The enabled extensions (upper-case names from :data:`EXTENSIONS`).
     esmtp_extensions: FrozenSet[str]
 
-    def __init__(self, *args, esmtp_extensions=UNSET, **kwargs):
-        esmtp_extensions = settings(
-            self, {'esmtp_extensions': esmtp_extensions},
-            {'esmtp_extensions': EXTENSIONS})['esmtp_extensions']
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
+                 esmtp_extensions: Union[str, Iterable[str], Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        esmtp_extensions = setting(self, 'esmtp_extensions', esmtp_extensions,
+                                   EXTENSIONS)
         if isinstance(esmtp_extensions, str):
             esmtp_extensions = esmtp_extensions.split(',')
         enabled = frozenset(name.strip().upper() for name in esmtp_extensions)
@@ -432,38 +432,15 @@ class ExtensionsMixin(CapabilityServerMixin):
                              % (', '.join(sorted(unknown)), ', '.join(EXTENSIONS)))
         if 'BINARYMIME' in enabled and 'CHUNKING' not in enabled:
             raise ValueError('BINARYMIME needs CHUNKING (RFC 3030 section 3)')
-        decode_data = kwargs.get('decode_data', len(args) > 5 and args[5])
+        # (positionally the sixth argument: localaddr, remoteaddr, then args)
+        decode_data = kwargs.get('decode_data', len(args) > 3 and args[3])
         if 'CHUNKING' in enabled and decode_data:
             raise ValueError('CHUNKING needs decode_data=False')
         self.esmtp_extensions = enabled
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
 
 class ESMTPServer(ExtensionsMixin, _smtpd.SMTPServer):
     """An SMTPServer with the extensions enabled; override process_message.
     process_message also gets ``recipient_options``: one list of RCPT
     parameters per entry of rcpttos."""
-
-
-# ---------------------------------------------------------------------------
-# Command line
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('esmtp=', 'LIST',
-     'Enable ESMTP extensions: "all" or a comma list of '
-     + ','.join(EXTENSIONS) + '.'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    value = cli.given.get('esmtp')
-    if value is None:
-        return
-    names = EXTENSIONS if value.strip().lower() == 'all' else \
-        [n for n in value.split(',') if n.strip()]
-    unknown = {n.strip().upper() for n in names}.difference(EXTENSIONS)
-    if unknown:
-        cli.error('--esmtp: unknown extension(s) %s' % ', '.join(sorted(unknown)))
-    if not issubclass(cli.server_class, ExtensionsMixin):
-        cli.mixins.append(ExtensionsMixin)
-    cli.server_kwargs['esmtp_extensions'] = tuple(names)

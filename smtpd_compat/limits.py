@@ -58,19 +58,16 @@ from __future__ import annotations
 import collections
 import logging
 import socket
-import time
 from typing import (TYPE_CHECKING, Any, Callable, Counter, Dict, Optional,
                     Set, Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.compose import CapabilityServerMixin, UNSET, Unset, settings
 from smtpd_compat import loop as _loop
 from smtpd_compat.session import LAYERS
 from smtpd_compat.logging_ import LogEvery, SessionLogServerMixin, format_peer
-from smtpd_compat.production import hardening_requested
 
 if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
     # Typed as what it is composed into (a SessionStateMixin, and so an
     # SMTPChannel); at run time a plain mixin.
     from smtpd_compat.session import SessionStateMixin as _ChannelBase
@@ -79,8 +76,7 @@ else:
 
 __all__ = [
     'LimitsChannelMixin', 'LimitsServerMixin', 'LimitedServer',
-    'PRODUCTION_DEFAULTS', 'CLI_OPTIONS', 'cli_configure',
-    'hardening_requested',
+    'PRODUCTION_DEFAULTS',
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,11 +99,6 @@ PRODUCTION_DEFAULTS: Dict[str, Optional[float]] = {
 # a delivered message and the client is hung up on (Postfix's
 # smtpd_junk_command_limit counts NOOP, VRFY, ETRN and RSET).
 _JUNK_VERBS = frozenset(('NOOP', 'RSET', 'VRFY', 'EXPN', 'HELP', 'ETRN'))
-
-# Descriptors kept free for everything that is not a client connection
-# (listening sockets, log files, deliveries, an upstream connection) when
-# the command line fits max_connections to the descriptor limit.
-_FD_RESERVE = 64
 
 _NUMBERS = ('idle_timeout', 'data_timeout', 'min_data_rate')
 
@@ -177,7 +168,7 @@ class LimitsChannelMixin(_ChannelBase):
             timeout = self.smtp_server.data_timeout
             deadline = self.deadline    # (set while a phase is)
             if timeout is not None and deadline is not None:
-                now = time.monotonic()
+                now = self.now()
                 rate = self.smtp_server.min_data_rate
                 if rate:
                     # Progress buys time in proportion to its size, capped
@@ -311,11 +302,18 @@ class LimitsServerMixin(CapabilityServerMixin):
     _limits_per_ip: Counter[object]
     _limits_refused: LogEvery
 
-    def __init__(self, *args, idle_timeout=UNSET, data_timeout=UNSET,
-                 min_data_rate=UNSET, max_connections=UNSET,
-                 max_connections_per_ip=UNSET, max_recipients=UNSET,
-                 max_errors=UNSET, max_line_length=UNSET,
-                 max_junk_commands=UNSET, **kwargs):
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
+                 idle_timeout: Union[float, None, Unset] = UNSET,
+                 data_timeout: Union[float, None, Unset] = UNSET,
+                 min_data_rate: Union[float, None, Unset] = UNSET,
+                 max_connections: Union[int, None, Unset] = UNSET,
+                 max_connections_per_ip: Union[int, None, Unset] = UNSET,
+                 max_recipients: Union[int, None, Unset] = UNSET,
+                 max_errors: Union[int, None, Unset] = UNSET,
+                 max_line_length: Union[int, None, Unset] = UNSET,
+                 max_junk_commands: Union[int, None, Unset] = UNSET,
+                 **kwargs: Any) -> None:
         given = dict(idle_timeout=idle_timeout, data_timeout=data_timeout,
                      min_data_rate=min_data_rate,
                      max_connections=max_connections,
@@ -334,12 +332,12 @@ class LimitsServerMixin(CapabilityServerMixin):
         # ...): None (the command line without -s) or absent means the
         # production default, so that memory per message is bounded.
         default_size = PRODUCTION_DEFAULTS['data_size_limit']
-        if len(args) > 2:
-            if args[2] is None:
-                args = args[:2] + (default_size,) + args[3:]
+        if args:
+            if args[0] is None:
+                args = (default_size,) + args[1:]
         elif kwargs.get('data_size_limit') is None:
             kwargs['data_size_limit'] = default_size
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     @property
     def connection_count(self) -> int:
@@ -385,115 +383,3 @@ class LimitedServer(SessionLogServerMixin, LimitsServerMixin,
                     _smtpd.SMTPServer):
     """An SMTPServer with the production limits and the session log on
     (subclass it and override process_message)."""
-
-
-# -- command line ------------------------------------------------------------
-
-_CLI_LIMITS: Tuple[Tuple[str, str, Callable[[str], float], str], ...] = (
-    ('idle-timeout', 'idle_timeout', float,
-     'Seconds to wait for a command before "421 4.4.2" (default 300).'),
-    ('data-timeout', 'data_timeout', float,
-     'Seconds DATA may stall before "421 4.4.2" (default 300).'),
-    ('min-data-rate', 'min_data_rate', float,
-     'Bytes/s of DATA that keep the DATA deadline from coming closer '
-     '(default 500; 0 = any progress resets it).'),
-    ('max-connections', 'max_connections', int,
-     'Concurrent connections before "421 4.7.0" (default 1000).'),
-    ('max-connections-per-ip', 'max_connections_per_ip', int,
-     'Concurrent connections per client address (default 50).'),
-    ('max-recipients', 'max_recipients', int,
-     'Recipients per message before "452 4.5.3" (default 1000).'),
-    ('max-errors', 'max_errors', int,
-     'Error replies before "421" and close (default 20).'),
-    ('max-line-length', 'max_line_length', int,
-     'Longest command line in bytes (default 512).'),
-    ('max-junk-commands', 'max_junk_commands', int,
-     'NOOP/RSET/VRFY/EXPN/HELP/ETRN commands without a delivered message '
-     'before "421 4.7.0" and close (default 100).'),
-)
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('production', '',
-     'Production mode: every timeout and limit below with its default, the '
-     'session log and graceful shutdown (also implied by any option below '
-     'but --log-level); the message size limit becomes 10240000 bytes '
-     'unless -s gives another (-s 0: none).'),
-) + tuple((flag + '=', 'N', text) for flag, _, _, text in _CLI_LIMITS) + (
-    ('backlog=', 'N', 'Listen backlog (default: the system maximum).'),
-    ('log-level=', 'LEVEL',
-     'Log to stderr at this level (INFO shows one line per connection and '
-     'message; default INFO in production mode).  Does not switch on '
-     'production mode.'),
-)
-
-def cli_configure(cli: CLI) -> None:
-    """Add the limits and the session log in production mode (the rule is
-    smtpd_compat.production's), only the session log with --log-level alone;
-    without either, the stdlib's behaviour is kept exactly."""
-    given = cli.given
-    if not hardening_requested(given):
-        if 'log-level' in given:
-            _configure_logging(cli, given['log-level'])
-        return
-    kwargs: Dict[str, Optional[float]] = {}
-    for flag, keyword, kind, _ in _CLI_LIMITS:
-        if flag in given:
-            text = given[flag]
-            value: Optional[float]
-            try:
-                value = kind(text)
-            except ValueError:
-                cli.error('Invalid --%s: %s' % (flag, text))
-            if value <= 0:
-                # 0 switches a limit off (min-data-rate: "no rate").
-                value = None
-            kwargs[keyword] = value
-    try:
-        for keyword, value in kwargs.items():
-            _check_limit(keyword, value)
-    except (TypeError, ValueError) as e:
-        cli.error(str(e))
-    if 'backlog' in given:
-        try:
-            cli.server_kwargs['backlog'] = int(given['backlog'])
-        except ValueError:
-            cli.error('Invalid --backlog: %s' % given['backlog'])
-    cli.server_kwargs.update(kwargs)
-    _configure_logging(cli, given.get('log-level') or 'INFO')
-    cli.mixins.append(LimitsServerMixin)
-    # Thousands of connections need more descriptors than the usual soft
-    # limit of 1024.
-    soft = _loop.raise_fd_limit()
-    _fit_connections_to_descriptors(cli.server_kwargs, soft)
-
-
-def _configure_logging(cli: CLI, level: str) -> None:
-    """The session log, and the package's log lines on stderr at ``level``."""
-    cli.mixins.append(SessionLogServerMixin)
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        cli.error('Invalid --log-level: %s' % level)
-    # The package's logger: every module logs below it (smtpd_compat.*).
-    root = logging.getLogger('smtpd_compat')
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(
-            '%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s'))
-        root.addHandler(handler)
-    root.setLevel(numeric)
-
-
-def _fit_connections_to_descriptors(kwargs: Dict[str, Any],
-                                    soft: Optional[int]) -> None:
-    """Lower max_connections (in ``kwargs``, else the default) so that
-    the connections and a reserve fit in ``soft`` descriptors: a server
-    that runs out of them refuses with 421 instead of failing accept()."""
-    if soft is None or soft < 0:
-        return
-    wanted = kwargs.get('max_connections',
-                        PRODUCTION_DEFAULTS['max_connections'])
-    room = max(1, soft - min(_FD_RESERVE, soft // 4))
-    if wanted is None or wanted > room:
-        logger.warning('max_connections lowered from %s to %d: the '
-                       'descriptor limit is %d', wanted, room, soft)
-        kwargs['max_connections'] = room

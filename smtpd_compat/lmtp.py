@@ -30,13 +30,12 @@ from typing import (TYPE_CHECKING, Any, Dict, List, Optional, Sequence,
                     Tuple, Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.message import MessageChannelMixin
 
 if TYPE_CHECKING:
     import socket
 
-    from smtpd_compat.__main__ import CLI
 
 __all__ = ['LMTPChannel', 'LMTPServer']
 
@@ -106,6 +105,10 @@ def _per_recipient(status: _LMTPStatus, rcpttos: List[str]) -> List[str]:
     return [result or '250 <%s> OK' % r for result, r in zip(results, rcpttos)]
 
 
+# A file system path, as os.fspath() takes it.
+_Path = Union[str, 'os.PathLike[str]']
+
+
 class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
     """An LMTP server; override process_message (see the module docs).
 
@@ -120,15 +123,24 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
         # than the one reply SMTPServer's may (a subclass returning a list
         # or dict needs the same ignore: mypy checks it against SMTPServer
         # too).  Not defined at run time: the stdlib's raises
-        # NotImplementedError, and cli_configure looks for an override.
+        # NotImplementedError, and the command line looks for an override.
         def process_message(  # type: ignore[override]
                 self, peer: _smtpd._Address, mailfrom: str,
                 rcpttos: List[str], data: Union[bytes, str],
                 **kwargs: Any) -> _LMTPStatus: ...
 
-    def __init__(self, localaddr, remoteaddr, *args,
-                 unix_socket: Optional[str] = None,
-                 unix_socket_mode: Optional[int] = None, **kwargs):
+    def __init__(self, localaddr: _smtpd._Address, remoteaddr: _smtpd._Address,
+                 *args: Any,
+                 unix_socket: Union[_Path, None, Unset] = UNSET,
+                 unix_socket_mode: Union[int, None, Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        # (Through Any: mypy 1.14 infers the join of the union's members,
+        # object; mypy 2 gets it right.)
+        given: Optional[_Path] = cast(Any, setting(self, 'unix_socket',
+                                                   unix_socket, None))
+        unix_socket = self.unix_socket = given
+        unix_socket_mode = self.unix_socket_mode = setting(
+            self, 'unix_socket_mode', unix_socket_mode, None)
         if unix_socket is None:
             super().__init__(localaddr, remoteaddr, *args, **kwargs)
             return
@@ -156,43 +168,3 @@ class LMTPServer(CapabilityServerMixin, _smtpd.SMTPServer):
         except BaseException:
             self.close()
             raise
-
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('lmtp-socket=', 'PATH',
-     'With -c LMTPServer (or a subclass): listen on this UNIX socket instead of TCP.'),
-    ('lmtp-socket-mode=', 'MODE',
-     'With --lmtp-socket: the socket\'s permissions, octal (e.g. 660).'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    cls = cli.server_class
-    if isinstance(cls, type) and issubclass(cls, LMTPServer):
-        # LMTPServer's own process_message (the stdlib's) raises
-        # NotImplementedError: every message would drop the connection.
-        # delivery's cli_configure has put MaildirServer/MboxServer in
-        # front for --maildir/--mbox; without a store, refuse to start.
-        stock = _smtpd.SMTPServer.process_message
-        if not any(issubclass(c, _smtpd.SMTPServer)
-                   and c.process_message is not stock
-                   for c in list(cli.mixins) + [cls]):
-            cli.error('-c %s needs --maildir DIR or --mbox FILE to deliver '
-                      'into (or name a subclass that overrides '
-                      'process_message)' % cls.__name__)
-    path = cli.given.get('lmtp-socket')
-    mode = cli.given.get('lmtp-socket-mode')
-    if mode is not None:
-        if path is None:
-            cli.error('--lmtp-socket-mode needs --lmtp-socket')
-        try:
-            value = int(mode, 8)
-        except ValueError:
-            value = -1
-        if not 0 <= value <= 0o7777:
-            cli.error('--lmtp-socket-mode: not an octal mode: %s' % mode)
-        cli.server_kwargs['unix_socket_mode'] = value
-    if path is None:
-        return
-    cli.require_class(LMTPServer, 'lmtp-socket')
-    cli.server_kwargs['unix_socket'] = path

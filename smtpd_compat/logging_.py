@@ -13,10 +13,9 @@ aid, off by default); these lines are for operators.  At INFO level:
 * ``disconnect from 192.0.2.7:51234: messages=1 duration=0.42s`` (plus
   ``reason=...`` when the server hung up: a timeout, a limit, shutdown).
 
-Every field that comes from a client (an EHLO name, an address, PROXY
-data, an AUTH login, a reply echoing them) goes through :func:`safe` before
-it reaches a log line, so that a line is always one line: a client cannot
-forge another log line with CR, LF or an escape sequence of its own.
+Every field that comes from a client goes through
+:func:`smtpd_compat.logfmt.safe` before it reaches a log line (the helpers
+live in that leaf module; this one offers them under their old names too).
 
 The module is named ``logging_`` so that it never shadows the stdlib's
 ``logging``.  Nothing here configures handlers: the application (or
@@ -24,11 +23,17 @@ The module is named ``logging_`` so that it never shadows the stdlib's
 """
 import logging
 import os
-import re
-import time
+from typing import TYPE_CHECKING, Optional, Tuple, Type, Union
 
-from smtpd_compat._compose import CapabilityServerMixin
-from smtpd_compat.session import LAYERS
+import smtpd_compat as _smtpd
+from smtpd_compat.compose import CapabilityServerMixin
+from smtpd_compat.logfmt import LogEvery, format_peer, safe
+from smtpd_compat.session import LAYERS, SessionStateMixin
+
+if TYPE_CHECKING:
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
+else:
+    _ChannelBase = object
 
 __all__ = ['logger', 'SessionLogChannelMixin', 'SessionLogServerMixin',
            'LogEvery',
@@ -36,80 +41,7 @@ __all__ = ['logger', 'SessionLogChannelMixin', 'SessionLogServerMixin',
 
 logger = logging.getLogger(__name__)
 
-# What safe() escapes: the C0 controls (CR, LF, TAB, ESC, ...), DEL, the
-# C1 controls, the backslash itself (so that an escape in the log always
-# means an escaped byte, never a client's literal "\n"), and any other
-# character Python does not call printable (line and paragraph separators
-# U+2028/U+2029, which some log viewers break lines at, format characters,
-# unassigned code points).  The space stays as it is.
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f\\]|[^\x00-\x7e]')
-
-
-def _escape(match):
-    char = match.group()
-    if char == '\\':
-        return '\\\\'
-    if char.isprintable():
-        return char
-    code = ord(char)
-    if 0xdc80 <= code <= 0xdcff:
-        # A byte that was not UTF-8 (see safe()): shown as that byte.
-        return '\\x%02x' % (code - 0xdc00)
-    if code <= 0xff:
-        return '\\x%02x' % code
-    if code <= 0xffff:
-        return '\\u%04x' % code
-    return '\\U%08x' % code
-
-
-def safe(value) -> str:
-    """``value`` as text for one log field: ``str(value)`` (bytes are
-    decoded as UTF-8) with every control or non-printable character, and
-    the backslash, written as a backslash escape (``\\n``, ``\\x1b``,
-    ``\\u2028``, ``\\\\``; a byte that is not UTF-8 as ``\\xNN``).  The
-    result is one line without control characters, whatever a client
-    sent."""
-    if isinstance(value, (bytes, bytearray)):
-        value = bytes(value).decode('utf-8', 'surrogateescape')
-    else:
-        value = str(value)
-    return _UNSAFE.sub(_escape, value)
-
-
-
-class LogEvery:
-    """Counts events that a flood could repeat and says when to log them: at
-    most once per ``interval`` seconds, with how many happened since the
-    last line, so that a flood never floods the log."""
-
-    def __init__(self, interval: float = 1.0):
-        self.interval = interval
-        self._count = 0
-        self._last = -1e9
-
-    def count(self) -> int:
-        """Count one event.  Returns how many to report now (this one and
-        those held back since the last report), or 0 inside the interval."""
-        self._count += 1
-        now = time.monotonic()
-        if now < self._last + self.interval:
-            return 0
-        count, self._count, self._last = self._count, 0, now
-        return count
-
-def format_peer(peer) -> str:
-    """``host:port`` for an address tuple (``[v6]:port`` for IPv6),
-    escaped with :func:`safe` (an AF_UNIX peer is a path, a PROXY header
-    may carry anything)."""
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = safe(peer[0])
-        if ':' in host:
-            host = '[%s]' % host
-        return '%s:%s' % (host, safe(peer[1]))
-    return safe(peer)
-
-
-class SessionLogChannelMixin:
+class SessionLogChannelMixin(_ChannelBase):
     """Channel mixin writing the connection and message lines.
 
     ``close_reason`` (the shared state's, None by default) is added to the
@@ -119,16 +51,17 @@ class SessionLogChannelMixin:
 
     layer = LAYERS['session_log']
     capability_name = 'SessionLog'
-    _log_opened = None
-    _log_reply_pending = None
+    _log_opened: Optional[float] = None
+    _log_reply_pending: Optional[Tuple[int, int]] = None
+    _log_messages = 0
 
-    def _greet(self):
+    def _greet(self) -> None:
         # Logged here rather than in __init__ so that a PROXY header (read
         # before the greeting) has already replaced self.peer.
         if self._log_opened is None:
-            self._log_opened = time.monotonic()
+            self._log_opened = self.now()
             self._log_messages = 0
-            via = getattr(self, 'proxy_peer', None)
+            via = self.proxy_peer
             if via is not None and via != self.peer:
                 logger.info('connect from %s via %s', format_peer(self.peer),
                             format_peer(via))
@@ -136,7 +69,7 @@ class SessionLogChannelMixin:
                 logger.info('connect from %s', format_peer(self.peer))
         super()._greet()
 
-    def _process_data(self, data):
+    def _process_data(self, data: Union[bytes, str]) -> None:
         # The next reply pushed is process_message's answer.
         self._log_reply_pending = (len(data), len(self.rcpttos), self.mailfrom)
         try:
@@ -144,7 +77,7 @@ class SessionLogChannelMixin:
         finally:
             self._log_reply_pending = None
 
-    def push(self, msg):
+    def push(self, msg: str) -> None:  # type: ignore[override]
         pending = self._log_reply_pending
         if pending is not None:
             self._log_reply_pending = None
@@ -159,13 +92,13 @@ class SessionLogChannelMixin:
                         size, recipients, safe(msg))
         super().push(msg)
 
-    def close(self):
+    def close(self) -> None:
         opened = self._log_opened
         if opened is not None:
             self._log_opened = None
             text = 'disconnect from %s: messages=%d duration=%.2fs' % (
                 format_peer(self.peer), self._log_messages,
-                time.monotonic() - opened)
+                self.now() - opened)
             if self.close_reason:
                 text += ' reason=%s' % safe(self.close_reason)
             logger.info('%s', text)
@@ -175,4 +108,4 @@ class SessionLogChannelMixin:
 class SessionLogServerMixin(CapabilityServerMixin):
     """Server mixin adding :class:`SessionLogChannelMixin` to its channels."""
 
-    channel_mixin = SessionLogChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = SessionLogChannelMixin

@@ -43,12 +43,11 @@ from typing import (TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple,
                     Optional, Tuple, Type, Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin, UNSET, settings
+from smtpd_compat.compose import CapabilityServerMixin, UNSET, Unset, setting
 from smtpd_compat.logging_ import LogEvery, format_peer, safe
 from smtpd_compat.session import LAYERS
 
 if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
     # Typed as what it is composed into (a SessionStateMixin, and so an
     # SMTPChannel); at run time a plain mixin.
     from smtpd_compat.session import SessionStateMixin as _ChannelBase
@@ -59,7 +58,7 @@ __all__ = [
     'ProxyHeader', 'ProxyProtocolError', 'parse_proxy_header',
     'ProxyProtocolChannelMixin', 'ProxyProtocolServerMixin',
     'ProxyProtocolServer', 'V2_SIGNATURE', 'DEFAULT_TRUSTED',
-    'parse_networks', 'CLI_OPTIONS', 'cli_configure',
+    'parse_networks',
 ]
 
 logger = logging.getLogger(__name__)
@@ -462,16 +461,18 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
     proxy_trusted: Tuple[_Network, ...]
     _proxy_refused: LogEvery
 
-    def __init__(self, *args, proxy_header_timeout=UNSET, proxy_trusted=UNSET,
-                 **kwargs):
-        settings(self, {'proxy_header_timeout': proxy_header_timeout,
-                        'proxy_trusted': proxy_trusted},
-                 {'proxy_header_timeout': 10.0,
-                  'proxy_trusted': DEFAULT_TRUSTED})
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
+                 proxy_header_timeout: Union[float, None, Unset] = UNSET,
+                 proxy_trusted: Union[str, Iterable[str], Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        self.proxy_header_timeout = setting(
+            self, 'proxy_header_timeout', proxy_header_timeout, 10.0)
         # A bad value is a configuration mistake: raise before binding.
-        self.proxy_trusted = parse_networks(self.proxy_trusted)
+        self.proxy_trusted = parse_networks(setting(
+            self, 'proxy_trusted', proxy_trusted, DEFAULT_TRUSTED))
         self._proxy_refused = LogEvery(1.0)
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def handle_accepted(self, conn: socket.socket, addr: Any) -> None:
         if _trusted(addr, self.proxy_trusted):
@@ -490,30 +491,3 @@ class ProxyProtocolServerMixin(CapabilityServerMixin):
 class ProxyProtocolServer(ProxyProtocolServerMixin, _smtpd.SMTPServer):
     """An SMTPServer (subclass it and override process_message) behind a
     PROXY-protocol balancer."""
-
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('proxy-protocol', '',
-     'Expect a PROXY protocol (v1 or v2) header on every connection, as sent '
-     'by HAProxy\'s send-proxy / send-proxy-v2; X-Peer shows the original '
-     'client.'),
-    ('proxy-trusted=', 'CIDR[,CIDR...]',
-     'Balancers allowed to send the PROXY header; connections from anywhere '
-     'else are closed (default 127.0.0.0/8,::1/128).'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    """Add the PROXY mixin when --proxy-protocol is given."""
-    given = cli.given
-    if 'proxy-protocol' not in given:
-        if 'proxy-trusted' in given:
-            cli.error('--proxy-trusted needs --proxy-protocol')
-        return
-    if 'proxy-trusted' in given:
-        try:
-            trusted = parse_networks(given['proxy-trusted'])
-        except ValueError as e:
-            cli.error('Invalid --proxy-trusted: %s' % e)
-        cli.server_kwargs['proxy_trusted'] = trusted
-    cli.mixins.append(ProxyProtocolServerMixin)

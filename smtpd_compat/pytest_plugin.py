@@ -178,7 +178,7 @@ def _server_class(options: Dict[str, Any]
     import importlib
 
     import smtpd_compat
-    from smtpd_compat._compose import compose_server
+    from smtpd_compat.compose import compose_server
     from smtpd_compat.controller import CapturingServer, with_capture
 
     base: Optional[Type[smtpd_compat.SMTPServer]] = options.pop(

@@ -38,11 +38,11 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional,
 import smtpd_compat as _smtpd
 from smtpd_compat.delivery import (Session, TraceChannelMixin, line_end,
                                    trace_headers)
+from smtpd_compat.compose import UNSET, Unset, setting
 from smtpd_compat.message import MessageChannelMixin
 from smtpd_compat.threads import OffloadServerMixin, server_pool
 
 if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
     from smtpd_compat.threads import OffloadChannelMixin
 
 __all__ = ['RelayChannel', 'RelayServer', 'UPSTREAM_UNAVAILABLE',
@@ -293,11 +293,14 @@ class RelayServer(OffloadServerMixin, _smtpd.SMTPServer):
     channel_class = RelayChannel
     relay_timeout: float
 
-    def __init__(self, *args, relay_timeout: float = 30.0, **kwargs):
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any, relay_timeout: Union[float, Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        relay_timeout = setting(self, 'relay_timeout', relay_timeout, 30.0)
         if not relay_timeout or relay_timeout <= 0:
             raise ValueError('relay_timeout must be a positive number')
         self.relay_timeout = relay_timeout
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
         if not isinstance(self._remoteaddr, tuple) or len(self._remoteaddr) != 2:
             self.close()
             raise ValueError('RelayServer needs remoteaddr=(host, port)')
@@ -331,23 +334,3 @@ class RelayServer(OffloadServerMixin, _smtpd.SMTPServer):
         except (OSError, smtplib.SMTPException) as e:
             return _upstream_error(e)
         return _reply(code, msg)
-
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('relay-timeout=', 'SECONDS',
-     'With -c RelayServer: how long to wait for the upstream server (default 30).'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    value = cli.given.get('relay-timeout')
-    if value is None:
-        return
-    cli.require_class(RelayServer, 'relay-timeout')
-    try:
-        timeout = float(value)
-    except ValueError:
-        timeout = 0
-    if not timeout > 0:
-        cli.error('--relay-timeout: not a positive number: %s' % value)
-    cli.server_kwargs['relay_timeout'] = timeout

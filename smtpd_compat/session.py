@@ -1,7 +1,10 @@
-"""The state every capability shares: one place for "receiving a message",
-"closing", "waiting for server-side work" and the connection's one deadline.
+"""The state every capability shares, and the hooks several of them
+extend: one place for the facts about a session (TLS active, the
+authenticated user, the PROXY balancer, "receiving a message",
+"closing", "waiting for server-side work"), the connection's one deadline
+and its clock.
 
-Every channel class that :mod:`smtpd_compat._compose` builds for a server
+Every channel class that :mod:`smtpd_compat.compose` builds for a server
 with capabilities has :class:`SessionStateMixin` innermost, right in front of
 the server's own channel class, so each capability can rely on it instead of
 keeping its own copy of the same state (and each asks it instead of
@@ -25,6 +28,19 @@ States of one connection, as the capabilities see them:
   deadline passes, if the client does not read).
 * otherwise **idle**: between commands.
 
+Facts a layer sets and others read, with their defaults here (a layer
+that knows better overrides them): :attr:`~SessionStateMixin.tls_active`
+(the TLS layer), :attr:`~SessionStateMixin.auth_user` (AUTH),
+:attr:`~SessionStateMixin.proxy_peer` (PROXY; ``peer`` is then the
+client the header named).
+
+Hooks several layers extend, each calling ``super()``:
+:meth:`~SessionStateMixin.reset_session` (TLS calls it after STARTTLS;
+AUTH forgets its login), :meth:`~SessionStateMixin.message_processed`
+(once per message, with process_message's result),
+:meth:`~SessionStateMixin.handle_timeout` (a layer handles the phase it
+armed), :meth:`~SessionStateMixin.receiving_message` (extensions: BDAT).
+
 The deadline: at most one per connection, armed with
 :meth:`~SessionStateMixin.set_deadline` ``(seconds, phase)``.  The phase
 names who armed it and decides what happens when it passes
@@ -35,14 +51,21 @@ close without a reply, since no SMTP reply could be read there.  Timers
 fire only under :func:`smtpd_compat.loop.loop`.
 """
 import logging
-import time
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Deque, List, Optional, Union, cast
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
+from smtpd_compat.logfmt import format_peer
 
-__all__ = ['SessionStateMixin', 'receiving_message', 'busy', 'LAYERS',
-           'INTERNAL_ERROR']
+if TYPE_CHECKING:
+    # Every class this mixin is composed into is an SMTPChannel; at run
+    # time it is a plain mixin.
+    from smtpd_compat import SMTPChannel as _ChannelBase
+else:
+    _ChannelBase = object
+
+__all__ = ['SessionStateMixin', 'receiving_message', 'busy', 'hang_up',
+           'LAYERS', 'INTERNAL_ERROR']
 
 #: Where each capability's channel mixin sits, outermost first: the
 #: composed channel class lists its mixins in this order, whatever order the
@@ -57,6 +80,7 @@ LAYERS = {
     'threads': 55,      # process_message off the loop thread
     'extensions': 60,   # PIPELINING, CHUNKING/BDAT, DSN, ENHANCEDSTATUSCODES
     'message': 70,      # per-recipient options, the message path
+    'trace': 80,        # the session for Received: headers (delivery, relay)
     'state': 100,       # SessionStateMixin, innermost
 }
 
@@ -70,35 +94,80 @@ logger = logging.getLogger(__name__)
 INTERNAL_ERROR = '451 4.3.0 Error: internal server error'
 
 
-def receiving_message(channel) -> bool:
+def receiving_message(channel: '_smtpd.SMTPChannel') -> bool:
     """True while ``channel`` is receiving message content; works for the
     compat channels (DATA state) too."""
-    method = getattr(channel, 'receiving_message', None)
-    if method is not None:
-        return method()
+    if isinstance(channel, SessionStateMixin):
+        return channel.receiving_message()
     return channel.smtp_state == channel.DATA
 
 
-def busy(channel) -> bool:
+def busy(channel: '_smtpd.SMTPChannel') -> bool:
     """True while ``channel`` is receiving a message or waiting for work in
     flight: graceful shutdown lets such a channel finish."""
-    return receiving_message(channel) or bool(getattr(channel, 'waiting',
-                                                      False))
+    if isinstance(channel, SessionStateMixin):
+        return channel.busy()
+    return channel.smtp_state == channel.DATA
 
 
-class SessionStateMixin:
+def hang_up(channel: '_smtpd.SMTPChannel', reply: str, reason: str) -> None:
+    """Say ``reply`` (a 421) on ``channel``, process nothing more it sends,
+    and close it once the reply is sent: :meth:`SessionStateMixin.hang_up`
+    for a capability channel.  A compat channel has no session state; it
+    gets the same through the core's own hook ``_input_paused`` (no
+    further input is processed; set only here and by capabilities, never
+    by the core), and the reason is not kept.  Saying it twice does
+    nothing."""
+    if isinstance(channel, SessionStateMixin):
+        if channel.connected:
+            channel.hang_up(reply, reason)
+        return
+    if channel._input_paused:
+        return      # said already
+    channel._input_paused = True
+    cast(Any, channel).ac_in_buffer = b''
+    if not channel.connected:
+        return
+    try:
+        channel.push(reply)
+    except Exception:      # a channel broken in some way: just close it
+        logger.exception('while hanging up on %r', channel)
+        channel.close()
+        return
+    channel.close_when_done()
+    _loop.update(channel)
+
+
+class SessionStateMixin(_ChannelBase):
     """Channel mixin holding the state shared by the capabilities (see the
     module docstring).  Who overrides what:
 
     * :meth:`receiving_message`: the extensions module (BDAT) extends it,
       calling ``super()``.
     * :meth:`handle_timeout`: a capability that arms its own phase handles
-      that phase and calls ``super()`` for the others (TLS does).
+      that phase and calls ``super()`` for the others (TLS, PROXY do).
+    * :meth:`reset_session`: AUTH extends it (after ``super()``).
+    * :meth:`message_processed`: a layer that acts on each message's
+      outcome (the web inbox) extends it and calls ``super()``.
     * :meth:`readable`, :meth:`close`: capabilities may extend them and must
       call ``super()``.
     """
 
     layer = LAYERS['state']
+
+    # -- facts the layers share (set by one, read by others) -----------
+
+    @property
+    def tls_active(self) -> bool:
+        """True once TLS protects the session (the TLS layer answers;
+        without it a session is plaintext)."""
+        return False
+
+    #: The login of the client that authenticated (AUTH sets it), or None.
+    auth_user: Optional[str] = None
+    #: The TCP peer (the balancer) when a PROXY header named the client,
+    #: whose address ``peer`` then is; None without the PROXY layer.
+    proxy_peer: Any = None
 
     #: True once the server has said its last reply.
     closing = False
@@ -109,8 +178,13 @@ class SessionStateMixin:
     waiting = False
     #: The phase of the armed deadline, or None.
     deadline_phase: Optional[str] = None
-    _deadline = None
-    _deadline_timer = None
+    _deadline: Optional[float] = None
+    _deadline_timer: Optional[_loop.TimerHandle] = None
+    _loop_services: Optional[_loop.LoopServices] = None
+    # asyncore's, for the type checker (no class attributes).
+    _map: _loop.SocketMap
+    _fileno: Optional[int]
+    producer_fifo: Deque[Any]
 
     # -- state ----------------------------------------------------------
 
@@ -137,7 +211,22 @@ class SessionStateMixin:
         self.set_deadline(_HANG_UP_GRACE, 'closing')
         _loop.update(self)
 
-    # -- the deadline -----------------------------------------------------
+    # -- time and the deadline ---------------------------------------------
+
+    @property
+    def loop_services(self) -> _loop.LoopServices:
+        """The services of this connection's socket map
+        (:func:`smtpd_compat.loop.services`): its timers and clock."""
+        services = self._loop_services
+        if services is None:
+            services = self._loop_services = _loop.services(self._map)
+        return services
+
+    def now(self) -> float:
+        """The time on this connection's clock (its socket map's
+        :attr:`~smtpd_compat.loop.LoopServices.clock`): what deadlines and
+        data rates are measured in."""
+        return self.loop_services.clock()
 
     def set_deadline(self, seconds: Optional[float],
                      phase: str = 'idle') -> None:
@@ -149,7 +238,8 @@ class SessionStateMixin:
             self._deadline = None
             self.deadline_phase = None
             return
-        when = time.monotonic() + seconds
+        services = self.loop_services
+        when = services.clock() + seconds
         self._deadline = when
         self.deadline_phase = phase
         timer = self._deadline_timer
@@ -157,21 +247,25 @@ class SessionStateMixin:
             return
         if timer is not None:
             timer.cancel()
-        self._deadline_timer = _loop.call_later(
-            seconds, self._check_deadline, map=self._map)
+        self._deadline_timer = services.call_at(when, self._check_deadline)
 
     def extend_deadline(self, when: float) -> None:
-        """Move the armed deadline to the monotonic time ``when`` (progress
-        in a phase that allows it, such as DATA)."""
+        """Move the armed deadline to the time ``when`` on the connection's
+        clock (:meth:`now`): progress in a phase that allows it, such as
+        DATA."""
         if self._deadline is not None:
             self._deadline = when
             timer = self._deadline_timer
             if timer is None or timer.when > when:
-                self.set_deadline(when - time.monotonic(), self.deadline_phase)
+                if timer is not None:
+                    timer.cancel()
+                self._deadline_timer = self.loop_services.call_at(
+                    when, self._check_deadline)
 
     @property
     def deadline(self) -> Optional[float]:
-        """The armed deadline (``time.monotonic()`` scale), or None."""
+        """The armed deadline (on the connection's clock, :meth:`now`), or
+        None."""
         return self._deadline
 
     def reset_idle_deadline(self) -> None:
@@ -179,15 +273,15 @@ class SessionStateMixin:
         ``idle_timeout`` when it has one (limits), else disarm it."""
         self.set_deadline(getattr(self.smtp_server, 'idle_timeout', None))
 
-    def _check_deadline(self):
+    def _check_deadline(self) -> None:
         self._deadline_timer = None
         deadline = self._deadline
         if deadline is None or not self.connected:
             return
-        left = deadline - time.monotonic()
-        if left > 0:
-            self._deadline_timer = _loop.call_later(
-                left, self._check_deadline, map=self._map)
+        services = self.loop_services
+        if deadline > services.clock():
+            # Moved later since the timer was set (see set_deadline).
+            self._deadline_timer = services.call_at(deadline, self._check_deadline)
             return
         phase = self.deadline_phase
         self._deadline = None
@@ -209,9 +303,33 @@ class SessionStateMixin:
         self.push('421 4.4.2 %s Error: timeout exceeded' % self.fqdn)
         self.close()
 
-    # -- the message ------------------------------------------------------
+    # -- the session and the message ---------------------------------------
 
-    def _call_process_message(self, peer, mailfrom, rcpttos, data):
+    def reset_session(self) -> None:
+        """Forget everything learnt from the client: the envelope, the
+        greeting, EHLO-raised line limits (RFC 3207 section 4.2: after a
+        STARTTLS handshake; the client must send EHLO again).  Layers that
+        keep more session state (AUTH: its login) extend this and call
+        ``super()``."""
+        self._set_rset_state()
+        self.seen_greeting = ''
+        self.extended_smtp = False
+        self.command_size_limits.clear()
+
+    def message_processed(self, peer: Any, mailfrom: Optional[str],
+                          rcpttos: List[str], data: Union[bytes, str],
+                          status: Any) -> None:
+        """process_message returned ``status`` for this message (None, a
+        reply line, or LMTP's list or dict; :data:`INTERNAL_ERROR` or
+        the threads module's ``PROCESSING_FAILED`` when it raised).  Called
+        once per message on the loop thread, wherever process_message ran,
+        before the reply is sent; whatever process_message a subclass
+        wrote, and whether or not it called ``super()``.  Layers extend it
+        (calling ``super()``) to act on every outcome: the web inbox keeps
+        what was accepted.  Here: nothing."""
+
+    def _call_process_message(self, peer: Any, mailfrom: str, rcpttos: List[str],
+                              data: Union[bytes, str]) -> Optional[str]:
         # Capability servers only (the compat classes let the exception
         # reach asyncore, which prints it and drops the connection): an
         # exception from process_message is logged with its traceback and
@@ -219,20 +337,20 @@ class SessionStateMixin:
         # status, the client retries); the transaction ends and the
         # session goes on.
         try:
-            return super()._call_process_message(peer, mailfrom, rcpttos, data)
+            status = super()._call_process_message(peer, mailfrom, rcpttos, data)
         except _smtpd.asyncore.ExitNow:
             raise       # leaves the loop, as the stdlib lets it
         except Exception:
-            # (Imported here: logging_ imports this module.)
-            from smtpd_compat.logging_ import format_peer
             logger.exception('process_message failed for a message from %s '
                              '(%d recipient(s)); answered 451',
                              format_peer(peer), len(rcpttos))
-            return INTERNAL_ERROR
+            status = INTERNAL_ERROR
+        self.message_processed(peer, mailfrom, rcpttos, data, status)
+        return status
 
     # -- asyncore plumbing ------------------------------------------------
 
-    def readable(self):
+    def readable(self) -> bool:
         if self.closing or self.waiting:
             return False
         return super().readable()
@@ -246,7 +364,7 @@ class SessionStateMixin:
     # True while handle_read processes a read: initiate_send waits.
     _batching = False
 
-    def handle_read(self):
+    def handle_read(self) -> None:
         if self._batching:
             super().handle_read()
             return
@@ -258,7 +376,7 @@ class SessionStateMixin:
             if self.producer_fifo:
                 self._send_queued()
 
-    def initiate_send(self):
+    def initiate_send(self) -> None:
         if self._batching:
             return      # handle_read sends once the read is processed
         fifo = self.producer_fifo
@@ -276,7 +394,7 @@ class SessionStateMixin:
             fifo.appendleft(b''.join(parts))
         super().initiate_send()
 
-    def _send_queued(self):
+    def _send_queued(self) -> None:
         """Send what is queued, as far as the socket takes it; the rest
         goes out from handle_write."""
         fifo = self.producer_fifo
@@ -286,12 +404,12 @@ class SessionStateMixin:
             if len(fifo) >= count:
                 return      # a partial send (or none): wait for writable
 
-    def _handle_input(self, data):
+    def _handle_input(self, data: bytes) -> None:
         if self.closing:
             return
         super()._handle_input(data)
 
-    def found_terminator(self):
+    def found_terminator(self) -> None:
         if self.closing:
             self.received_lines = []
             return
@@ -305,7 +423,7 @@ class SessionStateMixin:
             if not self._answer_escaped(err):
                 raise
 
-    def close(self):
+    def close(self) -> None:
         if self._batching and self.producer_fifo and self.connected:
             # Closed while a read is processed: send the replies queued so
             # far first, as the stdlib (which sent each one at once) did.

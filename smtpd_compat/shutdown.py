@@ -15,44 +15,46 @@ until a stop signal arrives, then:
    message was never acknowledged, so the client still owns it) and
    returns, so the process exits with status 0.
 
-The signal handler only sets a flag; process_message is never interrupted,
-so no message is half delivered, and every 250 was sent after
-process_message returned.  A second or third stop signal while the shutdown
-runs (an impatient operator, a supervisor repeating SIGTERM) sets the same
-flag again: it changes nothing, prints nothing, and the exit status stays 0.
-(``python -m smtpd_compat`` ignores stop signals once serve_gracefully has
-returned; see ``_terminate`` in ``__main__``.)
+The stop signals are handled on the loop thread, from the loop
+(:meth:`smtpd_compat.loop.LoopServices.add_signal_handler`): a signal wakes
+the loop at once, and the shutdown begins between two events, so
+process_message is never interrupted, no message is half delivered, and
+every 250 was sent after process_message returned.  A second or third stop
+signal while the shutdown runs (an impatient operator, a supervisor
+repeating SIGTERM) asks for the same shutdown again: it changes nothing,
+prints nothing, and the exit status stays 0.  (``python -m smtpd_compat``
+ignores stop signals once serve_gracefully has returned; see
+``_terminate`` in ``__main__``.)
+
+No step polls: the loop sleeps until the next event, timer or signal.
+Between the steps the shutdown looks at the connections after each
+wake-up, and the grace period and the flush time are read from the map's
+clock (:attr:`smtpd_compat.loop.LoopServices.clock`).
 """
 import logging
 import signal
-import time
+from typing import Any, Optional, Sequence, cast
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
-from smtpd_compat.session import busy
+from smtpd_compat.session import busy, hang_up
 
-__all__ = ['serve_gracefully', 'GracefulShutdown', 'DEFAULT_GRACE_PERIOD',
-           'CLI_OPTIONS', 'cli_configure']
+__all__ = ['serve_gracefully', 'GracefulShutdown', 'DEFAULT_GRACE_PERIOD']
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE_PERIOD = 30.0
-# How often the loop looks at the stop flag: a signal interrupts the wait
-# but Python resumes it (PEP 475), so the flag is seen within this time.
-_TICK = 0.2
 # After the last goodbye, how long the 421 replies may take to go out.
 _FLUSH_TIME = 2.0
-
-
-def _never():
-    return False
+# Input a channel may send after its 421 before it is closed unread.
+_MAX_UNPROCESSED = 65536
 
 
 class GracefulShutdown:
     """Runs a socket map and stops it gracefully; :meth:`request` (safe from
-    a signal handler) asks it to stop."""
+    a signal handler and from any thread) asks it to stop."""
 
-    def __init__(self, map: dict = None,
+    def __init__(self, map: Optional[_loop.SocketMap] = None,
                  grace_period: float = DEFAULT_GRACE_PERIOD):
         if grace_period is None or grace_period < 0:
             raise ValueError('grace_period must be >= 0, not %r'
@@ -60,24 +62,40 @@ class GracefulShutdown:
         self.map = _smtpd.asyncore.socket_map if map is None else map
         self.grace_period = grace_period
         self.requested = False
+        # The map's services while run() runs.
+        self._services: Optional[_loop.LoopServices] = None
 
-    def request(self, *args) -> None:
-        """Ask the loop to begin the shutdown (usable as a signal
-        handler)."""
+    def request(self, *args: Any) -> None:
+        """Ask the loop to begin the shutdown (usable as a signal handler,
+        or from another thread)."""
         self.requested = True
+        services = self._services
+        if services is not None:
+            services.stop()
 
     def run(self) -> None:
         """Serve until the map is empty or a shutdown has completed."""
         map = self.map
-        while map and not self.requested:
-            _loop.loop(timeout=_TICK, map=map, count=1)
-        if not map:
+        services = self._services = _loop.services(map)
+        # So that request() from another thread wakes the loop.
+        services.enable_wakeup()
+        try:
+            self._run(services)
+        finally:
+            self._services = None
+
+    def _run(self, services: _loop.LoopServices) -> None:
+        map = self.map
+        if not self.requested:
+            _loop.loop(map=map)     # until request() stops it
+        if not self.requested or not services.serving():
             return
         logger.info('shutting down: grace period %.1fs', self.grace_period)
         for obj in list(map.values()):
             if obj.accepting:
                 obj.close()
-        deadline = time.monotonic() + self.grace_period
+        clock = services.clock
+        deadline = clock() + self.grace_period
         while True:
             waiting = False
             for obj in list(map.values()):
@@ -89,88 +107,50 @@ class GracefulShutdown:
                     waiting = True
                 else:
                     self._goodbye(obj)
-            left = deadline - time.monotonic()
-            if not waiting or left <= 0 or not map:
+            left = deadline - clock()
+            if not waiting or left <= 0 or not services.serving():
                 break
-            _loop.loop(timeout=min(_TICK, left), map=map, count=1)
-        for obj in list(map.values()):
-            if isinstance(obj, _smtpd.SMTPChannel):
-                self._goodbye(obj)
+            # One wake-up: whatever ends a message (its last bytes, the
+            # result of its delivery) is one.
+            _loop.loop(timeout=left, map=map, count=1)
         # Let the replies go out, then close whatever is left.
-        flush_until = time.monotonic() + _FLUSH_TIME
-        while map and time.monotonic() < flush_until:
-            _loop.loop(timeout=_TICK, map=map, count=1)
+        flush_until = clock() + _FLUSH_TIME
+        while True:
+            for obj in list(map.values()):
+                if isinstance(obj, _smtpd.SMTPChannel):
+                    self._goodbye(obj)
+            left = flush_until - clock()
+            if left <= 0 or not services.serving():
+                break
+            _loop.loop(timeout=left, map=map, count=1)
         _smtpd.asyncore.close_all(map=map)
         logger.info('shut down')
 
-    def _goodbye(self, channel):
-        if getattr(channel, '_shutdown_said', False):
-            return
-        channel._shutdown_said = True
-        reply = '421 4.3.2 %s Error: server shutting down' % channel.fqdn
-        if hasattr(channel, 'hang_up'):
-            # A capability channel: the shared "closing" state.
-            if channel.connected and not channel.closing:
-                channel.hang_up(reply, 'shutdown')
-            return
-        # A compat channel has no such state: the same by hand.
-        channel.close_reason = 'shutdown'
-        # Read nothing more: a command after the 421 must not be processed.
-        channel.readable = _never
-        channel.ac_in_buffer = b''
-        if not channel.connected:
-            return
-        try:
-            channel.push(reply)
-        except Exception:      # a channel broken in some way: just close it
-            logger.exception('while saying goodbye to %r', channel)
+    def _goodbye(self, channel: _smtpd.SMTPChannel) -> None:
+        hang_up(channel, '421 4.3.2 %s Error: server shutting down'
+                % channel.fqdn, 'shutdown')
+        if channel.connected and \
+                len(cast(Any, channel).ac_in_buffer) > _MAX_UNPROCESSED:
+            # A compat channel reads on (only a capability channel stops
+            # reading once it has hung up), keeping what it reads
+            # unprocessed: a client that floods instead of reading its
+            # 421 is cut off, so that memory stays bounded.
             channel.close()
-            return
-        channel.close_when_done()
-        _loop.update(channel)
 
 
-def serve_gracefully(map: dict = None,
+def serve_gracefully(map: Optional[_loop.SocketMap] = None,
                      grace_period: float = DEFAULT_GRACE_PERIOD,
-                     signals=(signal.SIGTERM, signal.SIGINT)) -> None:
+                     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
     """Serve ``map`` (default ``asyncore.socket_map``) until one of
     ``signals`` arrives, then shut down gracefully (see the module
     docstring) and return.  Signal handlers are restored on return.  Call
     from the main thread."""
     shutdown = GracefulShutdown(map, grace_period)
-    previous = {}
+    services = _loop.services(shutdown.map)
     for signum in signals:
-        previous[signum] = signal.signal(signum, shutdown.request)
+        services.add_signal_handler(signum, shutdown.request)
     try:
         shutdown.run()
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-CLI_OPTIONS = (
-    ('grace-period=', 'SECONDS',
-     'On SIGTERM/SIGINT stop accepting, let messages in DATA finish for up '
-     'to this long, then 421 the rest and exit 0 (default 30 in '
-     'production mode).'),
-)
-
-def cli_configure(cli):
-    """Serve with graceful shutdown when a production option is given."""
-    from smtpd_compat.production import hardening_requested
-    if not hardening_requested(cli.given):
-        return
-    grace = DEFAULT_GRACE_PERIOD
-    if 'grace-period' in cli.given:
-        text = cli.given['grace-period']
-        try:
-            grace = float(text)
-        except ValueError:
-            cli.error('Invalid --grace-period: %s' % text)
-        if not grace >= 0:
-            cli.error('Invalid --grace-period: %s' % text)
-
-    def serve(cli, server):
-        serve_gracefully(server._map, grace)
-
-    cli.serve = serve
+        for signum in signals:
+            services.remove_signal_handler(signum)

@@ -13,12 +13,13 @@ How it fits together:
   one piece of work in flight, so the queue is bounded by the number of
   connections.  A saturated pool is logged (at most every
   :data:`SATURATION_LOG_INTERVAL` seconds).
-* Results come back through a *waker*: the read end of a socketpair, a
-  dispatcher in the connection's socket map.  A worker queues its result
-  and writes one byte; the loop wakes and runs the continuation on the
-  loop thread.  So it works under :func:`smtpd_compat.loop.loop` and under
-  plain ``asyncore.loop()``.  The waker is in the map only while work is in
-  flight, so a loop still returns once its map is otherwise empty.
+* Results come back through the socket map's one wake-up
+  (:meth:`smtpd_compat.loop.LoopServices.call_soon_threadsafe`): a worker
+  hands its result to the loop thread, which runs the continuation.  So it
+  works under :func:`smtpd_compat.loop.loop` and under plain
+  ``asyncore.loop()``.  Work in flight holds the wake-up in the map; once
+  none is, it leaves, so a loop still returns once its map is otherwise
+  empty.
 * :class:`OffloadChannelMixin` (channel layer 55) gives a channel
   :meth:`~OffloadChannelMixin.offload`.  While the work runs the channel
   is ``waiting``: it reads nothing (``readable()`` is False), input it had
@@ -39,27 +40,33 @@ What work running in a thread may touch: its own arguments.  Not the
 channel, not the socket map, not the loop (none of them is thread-safe);
 shared state of the server only under a lock.  See docs/threads.rst.
 """
-import collections
+from __future__ import annotations
+
+import functools
 import logging
 import os
 import queue
 import socket
 import sys
 import threading
-import time
 import weakref
-from typing import Any, Callable, Optional, Sequence
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence,
+                    Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
-from smtpd_compat._compose import UNSET, CapabilityServerMixin
-from smtpd_compat.logging_ import LogEvery
-from smtpd_compat.session import LAYERS
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
+from smtpd_compat.logfmt import LogEvery
+from smtpd_compat.session import LAYERS, SessionStateMixin
+
+if TYPE_CHECKING:
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
+else:
+    _ChannelBase = object
 
 __all__ = [
     'OffloadChannelMixin', 'OffloadServerMixin', 'ThreadedServerMixin', 'WorkerPool',
     'server_pool', 'release_server_pool', 'DEFAULT_THREADS', 'PROCESSING_FAILED',
-    'CLI_OPTIONS', 'cli_configure',
 ]
 
 logger = logging.getLogger('smtpd_compat.threads')
@@ -77,147 +84,54 @@ SATURATION_LOG_INTERVAL = 10.0
 PROCESSING_FAILED = '451 4.3.0 Error: local error in processing'
 
 # Errors that must leave the loop, as asyncore lets them.
-_RERAISED = (KeyboardInterrupt, SystemExit, _smtpd.asyncore.ExitNow)
+_RERAISED = _loop._RERAISED
 
-# Which process made a pool or a waker: a forked worker process
-# (smtpd_compat.workers) makes its own instead of using its parent's.
-# Kept up to date here rather than asked of the kernel for every job.
-_pid = os.getpid()
-
-
-def _forked():
-    global _pid
-    _pid = os.getpid()
+# Called on the loop thread with (True, result) or (False, the exception).
+_Done = Callable[[bool, Any], object]
+if TYPE_CHECKING:
+    _Jobs = queue.SimpleQueue[Optional[Callable[[], object]]]
 
 
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_forked)
-    _pid_now = lambda: _pid      # noqa: E731
-else:
-    _pid_now = os.getpid
+def _nothing() -> None:
+    pass
 
-
-# -- the waker --------------------------------------------------------------
 
 class _Job:
     """One piece of work: made and finished on the loop thread, run on a
     worker.  ``ok``/``value`` are the outcome: (True, result) or (False,
     the exception)."""
 
-    __slots__ = ('fn', 'args', 'done', 'ok', 'value', 'waker')
+    __slots__ = ('fn', 'args', 'done', 'ok', 'value', 'services')
 
-    def __init__(self, fn, args, done, waker):
+    def __init__(self, fn: Callable[..., object], args: Tuple[Any, ...],
+                 done: _Done, services: _loop.LoopServices) -> None:
         self.fn = fn
         self.args = args
         self.done = done          # called on the loop thread with (ok, value)
-        self.waker = waker
+        self.services = services
         self.ok = False
-        self.value = None
+        self.value: Any = None
 
-    def run(self):
+    def run(self) -> None:
         # On a worker thread.
         try:
             self.value = self.fn(*self.args)
             self.ok = True
         except BaseException as e:   # handed to the loop thread, not lost
             self.value = e
-        self.fn = self.args = None
-        self.waker.post(self)
+        self.fn, self.args = _nothing, ()
+        # False when no loop serves the map any more: nobody waits.
+        self.services.call_soon_threadsafe(self.finish)
 
-
-class _Waker(_smtpd.asyncore.dispatcher):
-    """The read end of a socketpair in one socket map; workers post
-    finished jobs and write a byte to the other end.  Made when the first
-    job of its map is submitted; closes itself when no job is in flight and
-    it is alone in the map, so that it never keeps a loop running."""
-
-    def __init__(self, map):
-        rsock, self._wsock = socket.socketpair()
-        self._wsock.setblocking(False)
-        super().__init__(rsock, map=map)
-        self._finished = collections.deque()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._signalled = False
-        self._pid = _pid_now()
-        self.pending = 0          # jobs submitted and not yet delivered
-
-    def post(self, job):
-        """From any thread: queue a finished job and wake the loop (one
-        byte per wake-up, however many jobs finish meanwhile)."""
-        self._finished.append(job)
-        with self._lock:
-            if self._closed or self._signalled:
-                return
-            self._signalled = True
-            try:
-                self._wsock.send(b'\0')
-            except OSError:
-                pass    # closed under us: nobody waits for the result
-
-    def readable(self):
-        # Asked again whenever the loop looks at everyone: once nothing
-        # but this waker is left in the map, leave it, so the loop ends.
-        if self.pending <= 0 and len(self._map) <= 1:
-            self.close()
-            return False
-        return True
-
-    def writable(self):
-        return False
-
-    def handle_read(self):
-        try:
-            self.socket.recv(4096)
-        except OSError:
-            pass
-        # Reset before draining: a job queued from now on sends a new byte.
-        with self._lock:
-            self._signalled = False
-        finished = self._finished
-        while finished:
-            job = finished.popleft()
-            self.pending -= 1
-            try:
-                job.done(job.ok, job.value)
-            except _RERAISED:
-                raise
-            except BaseException:
-                logger.exception('error handing back the result of %r', job.done)
-        if self.pending <= 0 and len(self._map) <= 1:
-            self.close()
-
-    def handle_close(self):
-        self.close()
-
-    def handle_error(self):
-        # asyncore's default prints to stdout.
-        logger.exception('error in the worker wake-up channel')
-        self.close()
-
-    def close(self):
-        with self._lock:
-            self._closed = True
-            self._wsock.close()
-        if _wakers.get(id(self._map)) is self:
-            del _wakers[id(self._map)]
-        super().close()
-
-
-# id(map) -> its _Waker (the waker holds the map, so the id stays unique).
-_wakers = {}
-
-
-def _waker_for(map):
-    waker = _wakers.get(id(map))
-    if waker is None or waker._closed or waker._pid != _pid_now():
-        waker = _wakers[id(map)] = _Waker(map)
-    return waker
+    def finish(self) -> None:
+        # On the loop thread.
+        self.services.release()
+        self.done(self.ok, self.value)
 
 
 # -- the pool -----------------------------------------------------------------
 
-def _work(jobs):
+def _work(jobs: '_Jobs') -> None:
     # A worker thread: run jobs until the None that stops it.
     if sys.platform.startswith('linux') and hasattr(threading, 'get_native_id'):
         # Linux schedules threads as tasks: this thread's own priority
@@ -236,7 +150,7 @@ def _work(jobs):
         job = None
 
 
-def _stop_workers(jobs, count):
+def _stop_workers(jobs: '_Jobs', count: int) -> None:
     for _ in range(count):
         jobs.put(None)
 
@@ -254,15 +168,16 @@ class WorkerPool:
                              % (threads,))
         self.threads = threads
         self.name = name
-        self._jobs = queue.SimpleQueue()
+        self._jobs: '_Jobs' = queue.SimpleQueue()
         self._started = 0
-        self._pid = _pid_now()
+        self._pid = _loop._pid_now()
+        #: Jobs submitted and not yet finished.
         self.in_flight = 0
         self._saturated = LogEvery(SATURATION_LOG_INTERVAL)
         # Collected with its server: the threads stop too.
         self._finalizer = weakref.finalize(self, _stop_workers, self._jobs, 0)
 
-    def _put(self, job, busy):
+    def _put(self, job: Callable[[], object], busy: int) -> None:
         if self._started < min(busy, self.threads):
             self._started += 1
             thread = threading.Thread(target=_work, args=(self._jobs,), daemon=True,
@@ -273,19 +188,19 @@ class WorkerPool:
                                                self._started)
         self._jobs.put(job)
 
-    def submit(self, fn: Callable, args: Sequence, done: Callable,
-               map: Optional[dict] = None) -> None:
+    def submit(self, fn: Callable[..., object], args: Sequence[Any], done: _Done,
+               map: Optional[_loop.SocketMap] = None) -> None:
         """Run ``fn(*args)`` on a worker; then ``done(ok, value)`` runs on
         the thread serving ``map`` (default ``asyncore.socket_map``), with
         (True, the result) or (False, the exception)."""
-        waker = _waker_for(_smtpd.asyncore.socket_map if map is None else map)
+        services = _loop.services(map)
 
-        def finished(ok, value):
+        def finished(ok: bool, value: Any) -> None:
             self.in_flight -= 1
             done(ok, value)
 
-        job = _Job(fn, tuple(args), finished, waker)
-        waker.pending += 1
+        job = _Job(fn, tuple(args), finished, services)
+        services.hold()
         self.in_flight += 1
         if self.in_flight > self.threads and self._saturated.count():
             logger.warning('worker pool saturated: %d jobs for %d threads '
@@ -293,10 +208,10 @@ class WorkerPool:
                            self.threads)
         self._put(job.run, self.in_flight)
 
-    def submit_detached(self, fn: Callable, args: Sequence = ()) -> None:
+    def submit_detached(self, fn: Callable[..., object], args: Sequence[Any] = ()) -> None:
         """Run ``fn(*args)`` on a worker when nobody waits for the result
         (closing an upstream session); an exception is logged."""
-        def run():
+        def run() -> None:
             try:
                 fn(*args)
             except Exception:
@@ -308,34 +223,40 @@ class WorkerPool:
         self._finalizer()
 
 
-def server_pool(server) -> WorkerPool:
+def server_pool(server: _smtpd.SMTPServer) -> WorkerPool:
     """The worker pool of ``server``, made on first use with
     ``server.offload_threads`` threads (default ``DEFAULT_THREADS``)."""
-    pool = server.__dict__.get('_smtpd_compat_pool')
-    if pool is None or pool._pid != _pid_now():   # new, or a forked worker
+    pool: Optional[WorkerPool] = server.__dict__.get('_smtpd_compat_pool')
+    if pool is None or pool._pid != _loop._pid_now():   # new, or a forked worker
         threads = getattr(server, 'offload_threads', None) or DEFAULT_THREADS
-        pool = server._smtpd_compat_pool = WorkerPool(threads)
+        pool = WorkerPool(threads)
+        server.__dict__['_smtpd_compat_pool'] = pool
+        if isinstance(server, CapabilityServerMixin):
+            # Its threads end once its listening socket is closed.
+            server.add_close_callback(functools.partial(release_server_pool,
+                                                        server))
     return pool
 
 
-def release_server_pool(server) -> None:
+def release_server_pool(server: _smtpd.SMTPServer) -> None:
     """Let the threads of ``server``'s pool, if it has one, end once the
     work queued so far is done: its listening socket closed.  Sessions
     that outlive the listener (graceful shutdown) and still need a thread
     get a new pool.  Without this, each closed server kept its idle
     threads until the server object itself was collected."""
-    pool = server.__dict__.pop('_smtpd_compat_pool', None)
-    if pool is not None and pool._pid == _pid_now():
+    pool: Optional[WorkerPool] = server.__dict__.pop('_smtpd_compat_pool', None)
+    if pool is not None and pool._pid == _loop._pid_now():
         pool.shutdown()
 
 
 # -- the channel side ---------------------------------------------------------
 
 # _offload_outcome when no outcome is being answered.
-_NO_OUTCOME = object()
+_NO_OUTCOME: Tuple[bool, Any] = (False, None)
+_Then = Callable[[bool, Any], None]
 
 
-class OffloadChannelMixin:
+class OffloadChannelMixin(_ChannelBase):
     """Channel mixin: run blocking work in the server's pool and wait for it
     without blocking the loop or reading further input.
 
@@ -348,15 +269,11 @@ class OffloadChannelMixin:
     # Not a capability users name: composed classes keep their names.
     capability_name = ''
 
-    #: True while work for this channel is in flight: nothing is read or
-    #: processed, and graceful shutdown waits for it.
-    waiting = False
     # process_message's outcome while _process_data runs again to answer it.
     _offload_outcome = _NO_OUTCOME
 
-    def offload(self, fn: Callable, args: Sequence,
-                then: Callable[[bool, Any], None],
-                dropped: Optional[Callable[[bool, Any], None]] = None) -> None:
+    def offload(self, fn: Callable[..., object], args: Sequence[Any],
+                then: _Then, dropped: Optional[_Then] = None) -> None:
         """Run ``fn(*args)`` in the pool, then ``then(ok, value)`` on the
         loop thread: (True, the return value) or (False, the exception).
         Until then the channel is ``waiting``.  If it has closed when the
@@ -367,29 +284,28 @@ class OffloadChannelMixin:
         pool = server_pool(self.smtp_server)
         self.waiting = True
         self._input_paused = True
-        self._offload_suspend_deadline()
+        # The server's work never counts as the client's idleness.
+        self.set_deadline(None)
 
-        def done(ok, value):
+        def done(ok: bool, value: Any) -> None:
             self._offload_done(then, dropped, ok, value)
         pool.submit(fn, args, done, self._map)
         _loop.update(self)
 
-    def _offload_suspend_deadline(self):
-        set_deadline = getattr(self, 'set_deadline', None)
-        if set_deadline is not None:
-            set_deadline(None)
-
-    def _offload_gone(self):
+    def _offload_gone(self) -> bool:
         fd = self._fileno
         if (not self.connected or fd is None or self._map.get(fd) is not self
-                or getattr(self, 'closing', False)):
+                or self.closing):
             return True
         # The channel read nothing while it waited, so a client that reset
         # the connection meanwhile is only known by the socket's pending
         # error.  (A client that merely closed its side may still read the
         # replies to what it pipelined: it is answered as usual.)
+        sock = self.socket
+        if sock is None:
+            return False
         try:
-            error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except (OSError, AttributeError, TypeError):
             return False
         if error:
@@ -397,8 +313,9 @@ class OffloadChannelMixin:
             return True
         return False
 
-    def _offload_done(self, then, dropped, ok, value):
-        # On the loop thread, from the waker.
+    def _offload_done(self, then: _Then, dropped: Optional[_Then], ok: bool,
+                      value: Any) -> None:
+        # On the loop thread, from the wake-up.
         self.waiting = False
         self._input_paused = False
         if self._offload_gone():
@@ -419,30 +336,28 @@ class OffloadChannelMixin:
             return
         if self.waiting or not self.connected:
             return
-        reset = getattr(self, 'reset_idle_deadline', None)
-        if reset is not None:
-            reset()
+        self.reset_idle_deadline()
         # Go on with what the client pipelined meanwhile.
         self._handle_input(b'')
         _loop.update(self)
 
     # -- asyncore / core hooks ------------------------------------------------
 
-    def readable(self):
+    def readable(self) -> bool:
         if self.waiting:
             return False
         return super().readable()
 
-    def _handle_input(self, data):
+    def _handle_input(self, data: bytes) -> None:
         super()._handle_input(data)
         if self.waiting:
             # Mixins outside this one (limits) re-arm the deadline after
             # each command; while the server works the client is not idle.
-            self._offload_suspend_deadline()
+            self.set_deadline(None)
 
     # -- the message path -----------------------------------------------------
 
-    def _process_data(self, data):
+    def _process_data(self, data: Union[bytes, str]) -> None:
         # The core's _process_data runs process_message and answers at
         # once; mixins outside this one (session log, limits) wrap it and
         # expect the answer inside.  So the first call starts the work, and
@@ -459,7 +374,7 @@ class OffloadChannelMixin:
                          (self.smtp_server.process_message, args,
                           self._message_kwargs()),
                          lambda ok, value: self._message_done(data, ok, value),
-                         self._message_dropped)
+                         lambda ok, value: self._message_gone(data, ok, value))
             return
         self._offload_outcome = _NO_OUTCOME
         ok, status = outcome
@@ -468,22 +383,32 @@ class OffloadChannelMixin:
                          exc_info=status)
             status = PROCESSING_FAILED
         rcpttos = self.rcpttos      # _set_post_data_state() empties it
+        self.message_processed(self.peer, self.mailfrom, rcpttos, data, status)
         self._set_post_data_state()
         self._reply_to_message(status, rcpttos)
 
-    def _message_done(self, data, ok, value):
+    def _message_done(self, data: Union[bytes, str], ok: bool, value: Any) -> None:
         self._offload_outcome = (ok, value)
         try:
             self._process_data(data)
         finally:
             self._offload_outcome = _NO_OUTCOME
 
-    def _message_dropped(self, ok, value):
+    def _message_gone(self, data: Union[bytes, str], ok: bool, value: Any) -> None:
+        # process_message finished after the client had gone: nobody reads
+        # the reply, but the outcome stands (a message it accepted was
+        # delivered), with the envelope still as it was.
+        self.message_processed(self.peer, self.mailfrom, list(self.rcpttos),
+                               data, value if ok else PROCESSING_FAILED)
+        self._message_dropped(ok, value)
+
+    def _message_dropped(self, ok: bool, value: Any) -> None:
         """process_message finished for a connection that has closed
         (relay overrides it to close its upstream session)."""
 
 
-def _call_process_message(process_message, args, kwargs):
+def _call_process_message(process_message: Callable[..., Optional[str]],
+                          args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[str]:
     return process_message(*args, **kwargs)
 
 
@@ -495,7 +420,7 @@ class OffloadServerMixin(CapabilityServerMixin):
     may set ``offload_process_message = False`` to run it on the loop
     thread again."""
 
-    channel_mixin = OffloadChannelMixin
+    channel_mixin: Optional[Type[_smtpd.SMTPChannel]] = OffloadChannelMixin
     offload_process_message = True
 
 
@@ -512,10 +437,15 @@ class ThreadedServerMixin(OffloadServerMixin):
     raises is logged and answered ``451 4.3.0``.
     """
 
-    def __init__(self, *args, process_message_threads: int = UNSET, **kwargs):
-        if process_message_threads is UNSET:
-            process_message_threads = getattr(type(self), 'offload_threads',
-                                              DEFAULT_THREADS)
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any, process_message_threads: Union[int, Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        # As given, else the class attribute of that name, else the class
+        # attribute offload_threads (the pool's own setting), else the
+        # default.
+        process_message_threads = setting(
+            self, 'process_message_threads', process_message_threads,
+            getattr(type(self), 'offload_threads', DEFAULT_THREADS))
         if (not isinstance(process_message_threads, int)
                 or isinstance(process_message_threads, bool)
                 or process_message_threads < 1):
@@ -523,28 +453,4 @@ class ThreadedServerMixin(OffloadServerMixin):
                              'integer, not %r' % (process_message_threads,))
         self.offload_threads = process_message_threads
         self.offload_process_message = True
-        super().__init__(*args, **kwargs)
-
-
-# -- command line -------------------------------------------------------------
-
-CLI_OPTIONS = (
-    ('threads=', 'N',
-     'Run process_message in N worker threads, so a slow handler does not '
-     'stop other sessions (it must be thread-safe; see docs/threads.rst).'),
-)
-
-
-def cli_configure(cli):
-    """Put ThreadedServerMixin in front of the server class for --threads."""
-    value = cli.given.get('threads')
-    if value is None:
-        return
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        cli.error('--threads: not a positive integer: %s' % value)
-    cli.mixins.append(ThreadedServerMixin)
-    cli.server_kwargs['process_message_threads'] = threads
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)

@@ -26,17 +26,16 @@ import logging
 import socket
 import ssl
 from typing import (TYPE_CHECKING, Any, Deque, List, Optional, Tuple, Type,
-                    cast)
+                    Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import CapabilityServerMixin
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-    from smtpd_compat.__main__ import CLI
     # Typed as what it is composed into (a SessionStateMixin, and so an
     # SMTPChannel); at run time a plain mixin.
     from smtpd_compat.session import SessionStateMixin as _ChannelBase
@@ -45,7 +44,6 @@ else:
 
 __all__ = [
     'TLSChannelMixin', 'TLSServerMixin', 'TLSServer', 'server_context',
-    'CLI_OPTIONS', 'cli_configure',
 ]
 
 logger = logging.getLogger(__name__)
@@ -216,24 +214,14 @@ class TLSChannelMixin(_ChannelBase):
         if self.smtp_server.implicit_tls:
             super()._greet()
         else:
-            self._tls_reset_session()
+            # RFC 3207 section 4.2: after the handshake the server forgets
+            # everything learnt from the client before it; the session
+            # (and AUTH) know what that is.
+            self.reset_session()
         # The client may already have sent its first command behind its
         # Finished message, and OpenSSL may hold it decrypted.
         if self.connected and sock.pending():
             self.handle_read()
-
-    def _tls_reset_session(self) -> None:
-        """RFC 3207 section 4.2: after the handshake the server forgets
-        everything learnt from the client before it (greeting, envelope,
-        EHLO-raised limits); the client must send EHLO again.  Mixins that
-        keep more session state (AUTH) extend this and call super()."""
-        self._set_rset_state()
-        self.seen_greeting = ''
-        self.extended_smtp = False
-        self.command_size_limits.clear()
-        reset = getattr(super(), '_tls_reset_session', None)
-        if reset is not None:
-            reset()
 
     def _tls_failed(self, error: object) -> None:
         logger.info('TLS handshake with %s failed: %s', format_peer(self.peer),
@@ -351,11 +339,24 @@ class TLSServerMixin(CapabilityServerMixin):
     tls_certfile: Optional[str]
     tls_keyfile: Optional[str]
 
-    def __init__(self, *args, tls_context: ssl.SSLContext = None,
-                 implicit_tls: bool = False, require_starttls: bool = False,
-                 tls_handshake_timeout: Optional[float] = None,
-                 tls_certfile: Optional[str] = None,
-                 tls_keyfile: Optional[str] = None, **kwargs):
+    def __init__(self, localaddr: _smtpd._Address,
+                 remoteaddr: _smtpd._Address, *args: Any,
+                 tls_context: Union[ssl.SSLContext, None, Unset] = UNSET,
+                 implicit_tls: Union[bool, Unset] = UNSET,
+                 require_starttls: Union[bool, Unset] = UNSET,
+                 tls_handshake_timeout: Union[float, None, Unset] = UNSET,
+                 tls_certfile: Union[str, None, Unset] = UNSET,
+                 tls_keyfile: Union[str, None, Unset] = UNSET,
+                 **kwargs: Any) -> None:
+        # Each keyword: as given, else the class attribute, else the
+        # default (smtpd_compat.compose.setting).
+        tls_context = setting(self, 'tls_context', tls_context, None)
+        implicit_tls = setting(self, 'implicit_tls', implicit_tls, False)
+        require_starttls = setting(self, 'require_starttls', require_starttls, False)
+        tls_handshake_timeout = setting(self, 'tls_handshake_timeout',
+                                        tls_handshake_timeout, None)
+        tls_certfile = setting(self, 'tls_certfile', tls_certfile, None)
+        tls_keyfile = setting(self, 'tls_keyfile', tls_keyfile, None)
         if tls_certfile is not None:
             if tls_context is not None:
                 raise TypeError('give tls_context or tls_certfile, not both')
@@ -378,7 +379,7 @@ class TLSServerMixin(CapabilityServerMixin):
         self.implicit_tls = bool(implicit_tls)
         self.require_starttls = bool(require_starttls)
         self.tls_handshake_timeout = tls_handshake_timeout
-        super().__init__(*args, **kwargs)
+        super().__init__(localaddr, remoteaddr, *args, **kwargs)
 
     def reload(self) -> None:
         """Build a new SSLContext from ``tls_certfile``/``tls_keyfile`` (a
@@ -461,51 +462,3 @@ def _pem_error(certfile: str, keyfile: Optional[str], error: OSError) -> OSError
             certfile, '' if keyfile is None else ' and %r' % keyfile, error)
     # (errno, message): an SSLError shows its message as its text.
     return ssl.SSLError(error.errno, problem)
-
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('tls-cert=', 'FILE',
-     'PEM certificate chain (may also hold the key); enables STARTTLS.'),
-    ('tls-key=', 'FILE', 'PEM private key for --tls-cert.'),
-    ('smtps', '',
-     'Implicit TLS (RFC 8314, port 465) instead of STARTTLS; needs --tls-cert.'),
-    ('require-starttls', '',
-     'Refuse MAIL/RCPT/DATA/AUTH with 530 until the client has used STARTTLS.'),
-    ('tls-handshake-timeout=', 'SECONDS',
-     'Close connections that have not finished the TLS handshake in time.'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    """Add TLSServerMixin when --tls-cert is given; check the combination."""
-    given = cli.given
-    if 'tls-cert' not in given:
-        for option in ('tls-key', 'smtps', 'require-starttls',
-                       'tls-handshake-timeout'):
-            if option in given:
-                cli.error('--%s needs --tls-cert' % option)
-        return
-    if 'smtps' in given and 'require-starttls' in given:
-        cli.error('--require-starttls has no meaning with --smtps')
-    timeout: Optional[float] = None
-    if 'tls-handshake-timeout' in given:
-        try:
-            timeout = float(given['tls-handshake-timeout'])
-        except ValueError:
-            timeout = -1.0
-        if not timeout > 0:
-            cli.error('Invalid --tls-handshake-timeout: %s'
-                      % given['tls-handshake-timeout'])
-    certfile, keyfile = given['tls-cert'], given.get('tls-key') or None
-    try:
-        # Loaded here too so that a bad file is a usage error, not a
-        # traceback from the constructor.
-        server_context(certfile, keyfile)
-    except OSError as e:    # ssl.SSLError is one
-        cli.error('--tls-cert/--tls-key: %s' % (e.strerror or e))
-    cli.mixins.append(TLSServerMixin)
-    cli.server_kwargs.update(
-        tls_certfile=certfile, tls_keyfile=keyfile,
-        implicit_tls='smtps' in given,
-        require_starttls='require-starttls' in given,
-        tls_handshake_timeout=timeout)

@@ -32,9 +32,8 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List,
 
 if TYPE_CHECKING:
     import smtpd_compat as _smtpd
-    from smtpd_compat.__main__ import CLI
 
-__all__ = ['run_workers', 'CLI_OPTIONS', 'cli_configure']
+__all__ = ['run_workers']
 
 logger = logging.getLogger(__name__)
 
@@ -156,31 +155,3 @@ def _child(serve: Callable[[], object], handlers: Dict[int, _Handler],
         finally:
             # Never return into the parent's code (its supervisor loop).
             os._exit(code)
-
-
-CLI_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
-    ('workers=', 'N',
-     'Run N worker processes sharing the listening socket; a dead worker '
-     'is restarted; SIGTERM stops them all gracefully.'),
-)
-
-
-def cli_configure(cli: CLI) -> None:
-    """Fork workers around the (graceful) serve of the other modules."""
-    if 'workers' not in cli.given:
-        return
-    text = cli.given['workers']
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        cli.error('Invalid --workers: %s' % text)
-    if not hasattr(os, 'fork'):
-        cli.error('--workers needs os.fork(), which this platform lacks')
-    inner = cli.serve
-
-    def serve(cli: CLI, server: _smtpd.SMTPServer) -> None:
-        run_workers(count, lambda: inner(cli, server))
-
-    cli.serve = serve

@@ -287,9 +287,8 @@ def test_our_errors_are_short(python_path_env, args, message):
 
 
 def _all_longopts():
-    from smtpd_compat.__main__ import _capability_modules
-    return [name for mod in _capability_modules()
-            for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
+    from smtpd_compat.cli_options import GROUPS
+    return [name for group in GROUPS for name, _, _ in group.options]
 
 
 def test_stdlib_prefixes_keep_their_meaning():
@@ -322,8 +321,7 @@ def test_user_class_errors_keep_their_traceback(python_path_env, tmp_path):
 
 
 def test_help_is_grouped_and_fits_79_columns(python_path_env):
-    from smtpd_compat.__main__ import _capability_modules
-    from smtpd_compat.production import RULE
+    from smtpd_compat.cli_options import GROUPS, RULE
 
     text = run_cli(python_path_env, '-h').stderr
     lines = text.splitlines()
@@ -333,9 +331,9 @@ def test_help_is_grouped_and_fits_79_columns(python_path_env):
     ours = text[text.index('\nsmtpd_compat options'):]
     assert ' '.join(RULE.split()) in ' '.join(ours.split())
     # One heading per capability with options, each option under its own.
-    for mod in _capability_modules():
-        name = mod.__name__
-        options = getattr(mod, 'CLI_OPTIONS', ())
+    for group in GROUPS:
+        name = 'smtpd_compat.' + group.module
+        options = group.options
         if not options:
             continue
         heading = [l for l in lines if l.endswith('(%s):' % name)]
@@ -350,19 +348,18 @@ def test_help_is_grouped_and_fits_79_columns(python_path_env):
 # -- which options imply production mode ---------------------------------
 
 def _configured(argv, tmp_logging=True):
-    """The CLI after every capability's cli_configure (nothing is bound)."""
+    """The CLI after every group's configure (nothing is bound)."""
     import logging
-    from smtpd_compat.__main__ import CLI, _capability_modules
-    modules = _capability_modules()
+    from smtpd_compat.__main__ import CLI
+    from smtpd_compat.cli_options import GROUPS
     options = smtpd_compat._parseargs(argv + ['127.0.0.1:0'], _all_longopts())
     cli = CLI(options, smtpd_compat.DebuggingServer)
     logger = logging.getLogger('smtpd_compat')
     handlers, level = list(logger.handlers), logger.level
     try:
-        for mod in modules:
-            configure = getattr(mod, 'cli_configure', None)
-            if configure is not None:
-                configure(cli)
+        for group in GROUPS:
+            if group.configure is not None:
+                group.configure(cli)
     finally:
         logger.handlers[:] = handlers
         logger.setLevel(level)
@@ -414,16 +411,14 @@ def test_log_level_alone_only_configures_logging():
 
 
 def test_production_options_match_the_modules():
-    # The rule's list names every option of the production-only modules
+    # The rule's list names every option of the production-only groups
     # (but --log-level) and no option of any other capability.
-    from smtpd_compat.__main__ import _capability_modules
-    from smtpd_compat.production import PRODUCTION_OPTIONS
-    production_modules = {'smtpd_compat.limits', 'smtpd_compat.shutdown',
-                          'smtpd_compat.workers'}
-    for mod in _capability_modules():
-        for option, _, _ in getattr(mod, 'CLI_OPTIONS', ()):
+    from smtpd_compat.cli_options import GROUPS, PRODUCTION_OPTIONS
+    production_groups = {'limits', 'shutdown', 'workers'}
+    for group in GROUPS:
+        for option, _, _ in group.options:
             name = option.rstrip('=')
-            expected = mod.__name__ in production_modules and name != 'log-level'
+            expected = group.module in production_groups and name != 'log-level'
             assert (name in PRODUCTION_OPTIONS) is expected, name
 
 

@@ -23,7 +23,7 @@ import time
 import pytest
 
 import smtpd_compat
-from smtpd_compat._compose import channel_class_for, compose_server
+from smtpd_compat.compose import channel_class_for, compose_server
 from smtpd_compat.auth import AuthServerMixin
 from smtpd_compat.delivery import MaildirServer, MboxServer
 from smtpd_compat.extensions import ExtensionsMixin
@@ -119,7 +119,7 @@ def test_every_order_builds_the_same_channel_class(base):
     # may bring its own message layer, as LMTPChannel does), are in layer
     # order, the shared state innermost.
     mro = channel.__mro__
-    added = mro[1:mro.index(channel._composed_base)]
+    added = mro[1:mro.index(channel.composed_base)]
     layers = [c.__dict__['layer'] for c in added]
     assert layers == sorted(layers) and added[-1] is SessionStateMixin
     names = [c.__name__ for c in _capability_mro(channel)]
@@ -130,15 +130,18 @@ def test_every_order_builds_the_same_channel_class(base):
         'OffloadChannelMixin', 'ExtensionsChannelMixin']
     assert SessionStateMixin in channel.__mro__
     # Tracebacks name the user's module, not the composing one.
-    assert channel.__module__ == channel._composed_base.__module__
+    assert channel.__module__ == channel.composed_base.__module__
 
 
 def test_layers_cover_every_capability():
     for mixin in MIXINS:
         assert mixin.channel_mixin.layer in LAYERS.values()
     assert LAYERS['proxy'] < LAYERS['session_log'] < LAYERS['limits'] \
-        < LAYERS['tls'] < LAYERS['auth'] < LAYERS['extensions'] \
-        < LAYERS['message'] < LAYERS['state']
+        < LAYERS['tls'] < LAYERS['auth'] < LAYERS['inbox'] \
+        < LAYERS['threads'] < LAYERS['extensions'] < LAYERS['message'] \
+        < LAYERS['trace'] < LAYERS['state']
+    # One layer, one number: a layer is a place of its own.
+    assert len(set(LAYERS.values())) == len(LAYERS)
 
 
 def test_capability_defaults_never_shadow_user_attributes():
@@ -524,3 +527,184 @@ def test_shutdown_lets_a_message_in_progress_finish(verb):
     assert not thread.is_alive()
     expected = b'Subject: x\n\nfirst second' + (b'\n' if verb == 'BDAT' else b'')
     assert server.messages[0][3] == expected
+
+
+# -- the contract: refused compositions, the class cache, the session ----------
+
+from smtpd_compat import compose  # noqa: E402
+from smtpd_compat.compose import (  # noqa: E402
+    CapabilityServerMixin, CompositionError)
+
+
+class OtherTLSChannelMixin:
+    layer = LAYERS['tls']
+
+
+class OtherTLSServerMixin(CapabilityServerMixin):
+    channel_mixin = OtherTLSChannelMixin
+
+
+def test_two_mixins_claiming_one_layer_are_refused_naming_both():
+    for bases in [(OtherTLSServerMixin, TLSServerMixin),
+                  (TLSServerMixin, OtherTLSServerMixin)]:
+        with pytest.raises(CompositionError) as info:
+            type('Both', bases + (smtpd_compat.SMTPServer,), {})
+        message = str(info.value)
+        for name in ('OtherTLSChannelMixin', 'OtherTLSServerMixin',
+                     'TLSChannelMixin', 'TLSServerMixin', "40 (tls)"):
+            assert name in message, message
+    # The CLI's and the plugin's way is refused alike.
+    with pytest.raises(CompositionError):
+        compose_server(RecordingServer, [OtherTLSServerMixin, TLSServerMixin])
+
+
+class NeedsTLSChannelMixin:
+    layer = 45
+    requires = ('tls',)
+
+
+class NeedsTLSServerMixin(CapabilityServerMixin):
+    channel_mixin = NeedsTLSChannelMixin
+
+
+def test_a_missing_layer_is_refused_naming_the_capability_to_add():
+    with pytest.raises(CompositionError) as info:
+        class Lacking(NeedsTLSServerMixin, RecordingServer):
+            pass
+    message = str(info.value)
+    assert 'NeedsTLSChannelMixin (from NeedsTLSServerMixin)' in message
+    assert "'tls'" in message and 'smtpd_compat.tls.TLSServerMixin' in message
+
+    class Complete(NeedsTLSServerMixin, TLSServerMixin, RecordingServer):
+        pass
+    # (Mixins in the making, not server classes yet, are not judged.)
+
+    class Partial(NeedsTLSServerMixin):
+        pass
+    assert issubclass(Complete, Partial.__mro__[1])
+
+
+def test_composed_classes_are_freed_with_the_users_class(tls_certs):
+    import gc
+    import weakref
+
+    class UsersChannel(smtpd_compat.SMTPChannel):
+        pass
+
+    class Users(TLSServerMixin, LimitsServerMixin, RecordingServer):
+        channel_class = UsersChannel
+    server = Users(('127.0.0.1', 0), None, map={},
+                   tls_context=tls_certs.server_context)
+    server.close()
+    channel = weakref.ref(server.channel_class)
+    composed = weakref.ref(compose_server(Users, [ExtensionsMixin]))
+    user = weakref.ref(Users)
+    # Shared while in use: the same composition gives the same classes.
+    assert compose_server(Users, [ExtensionsMixin]) is composed()
+    assert channel_class_for(Users, Users.channel_class) is channel()
+    entries = len(compose._cache)
+    del Users, UsersChannel, server
+    gc.collect()
+    assert user() is None and channel() is None and composed() is None
+    assert len(compose._cache) <= entries - 2
+
+
+def test_the_old_module_name_is_the_same_module():
+    import smtpd_compat._compose as old
+    assert old is compose
+    assert old.CapabilityServerMixin is CapabilityServerMixin
+
+
+def test_session_facts_have_defaults_without_their_layers(live_server, raw_client):
+    class Plain(LimitsServerMixin, RecordingServer):
+        pass
+    runner = live_server(Plain)
+    sock, greeting = raw_client(runner.address)
+    assert greeting.startswith(b'220 ')
+    channel = next(obj for obj in list(runner.map.values())
+                   if isinstance(obj, SessionStateMixin))
+    assert channel.tls_active is False
+    assert channel.auth_user is None
+    assert channel.proxy_peer is None
+    assert channel.receiving_message() is False
+
+
+class OutcomeChannelMixin:
+    """A layer of a test capability: what message_processed was told."""
+    layer = LAYERS['inbox']
+
+    def message_processed(self, peer, mailfrom, rcpttos, data, status):
+        self.smtp_server.outcomes.append((mailfrom, list(rcpttos), data, status))
+        super().message_processed(peer, mailfrom, rcpttos, data, status)
+
+
+class OutcomeServerMixin(CapabilityServerMixin):
+    channel_mixin = OutcomeChannelMixin
+    outcomes = None
+
+
+class OwnProcessMessage(smtpd_compat.SMTPServer):
+    """process_message that calls no super(), answers per mailfrom."""
+
+    def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):
+        if mailfrom == 'boom@x':
+            raise RuntimeError('handler bug')
+        return '550 refused' if mailfrom == 'no@x' else None
+
+
+@pytest.mark.parametrize('threaded', [False, True], ids=['loop', 'threads'])
+def test_message_processed_hook_sees_every_outcome(threaded, live_server, caplog):
+    from smtpd_compat.session import INTERNAL_ERROR
+    from smtpd_compat.threads import PROCESSING_FAILED, ThreadedServerMixin
+    bases = (OutcomeServerMixin,) + ((ThreadedServerMixin,) if threaded else ()) \
+        + (OwnProcessMessage,)
+    cls = type('S', bases, {})
+    runner = live_server(cls)
+    runner.server.outcomes = []
+    import smtplib
+    with caplog.at_level(logging.CRITICAL, logger='smtpd_compat'):
+        with smtplib.SMTP(*runner.address, timeout=10) as client:
+            client.sendmail('yes@x', ['a@x'], b'one\r\n')
+            with pytest.raises(smtplib.SMTPDataError):
+                client.sendmail('no@x', ['b@x', 'c@x'], b'two\r\n')
+            with pytest.raises(smtplib.SMTPDataError):
+                client.sendmail('boom@x', ['d@x'], b'three\r\n')
+    failed = PROCESSING_FAILED if threaded else INTERNAL_ERROR
+    assert runner.server.outcomes == [
+        ('yes@x', ['a@x'], b'one', None),
+        ('no@x', ['b@x', 'c@x'], b'two', '550 refused'),
+        ('boom@x', ['d@x'], b'three', failed)]
+
+
+def test_graceful_shutdown_hangs_up_on_a_compat_channel_without_patching_it():
+    """A plain SMTPChannel has no session state: it is hung up through the
+    core's _input_paused hook, and a command pipelined behind the 421 is
+    not processed."""
+    from smtpd_compat.shutdown import GracefulShutdown
+    map = {}
+    server = RecordingServer(('127.0.0.1', 0), None, map=map)
+    shutdown = GracefulShutdown(map, grace_period=5)
+    thread = threading.Thread(target=shutdown.run, daemon=True)
+    thread.start()
+    sock = socket.create_connection(server.socket.getsockname()[:2], timeout=10)
+    try:
+        assert recv_reply(sock).startswith(b'220 ')
+        sock.sendall(b'HELO c\r\n')
+        assert recv_reply(sock).startswith(b'250 ')
+        channel = next(obj for obj in list(map.values())
+                       if isinstance(obj, smtpd_compat.SMTPChannel))
+        shutdown.request()
+        reply = recv_reply(sock, timeout=10)
+        assert reply.startswith(b'421 4.3.2 ')
+        try:
+            sock.sendall(b'MAIL FROM:<a@b>\r\n')
+        except OSError:
+            pass
+        assert sock.recv(100) == b''        # closed, nothing more said
+        assert 'readable' not in vars(channel)
+        assert channel.mailfrom is None
+    finally:
+        sock.close()
+        thread.join(15)
+    assert not thread.is_alive()
+    assert map == {}

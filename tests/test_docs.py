@@ -133,15 +133,15 @@ def test_docs_build_from_the_sdist(built_from_sdist):
 
 
 def test_man_page_lists_every_option(built_from_sdist):
-    from smtpd_compat import __main__ as cli
+    from smtpd_compat.cli_options import GROUPS
     page = (built_from_sdist / 'man' / 'smtpd-compat.1').read_text(encoding='utf-8')
     text = page.replace('\\-', '-')
     assert text.startswith('.\\" Man page generated')
     assert '.TH "SMTPD-COMPAT" "1"' in text
     flags = ['--nosetuid', '--version', '--class', '--size', '--smtputf8',
              '--debug', '--help']
-    for module in cli._capability_modules():
-        flags += ['--' + name.rstrip('=') for name, _, _ in getattr(module, 'CLI_OPTIONS', ())]
+    for group in GROUPS:
+        flags += ['--' + name.rstrip('=') for name, _, _ in group.options]
     assert '--package-version' in flags and '--production' in flags
     missing = [flag for flag in flags if not re.search(re.escape(flag) + r'\b', text)]
     assert missing == []

@@ -12,8 +12,10 @@ import pytest
 import smtpd_compat
 from smtpd_compat import loop as sloop
 from smtpd_compat.__main__ import CLI
+from smtpd_compat.cli_options import GROUPS
+from smtpd_compat.cli_options import configure_limits as cli_configure
 from smtpd_compat.limits import (
-    LimitedServer, LimitsServerMixin, PRODUCTION_DEFAULTS, cli_configure)
+    LimitedServer, LimitsServerMixin, PRODUCTION_DEFAULTS)
 from smtpd_compat.logging_ import SessionLogServerMixin
 
 from conftest import RecordingServer, read_to_eof, recv_reply
@@ -381,10 +383,7 @@ def test_session_log_lines(serve, caplog):
 
 
 def make_cli(argv):
-    from smtpd_compat.__main__ import _capability_modules
-    modules = _capability_modules()
-    longopts = [name for mod in modules
-                for name, _, _ in getattr(mod, 'CLI_OPTIONS', ())]
+    longopts = [name for group in GROUPS for name, _, _ in group.options]
     options = smtpd_compat._parseargs(argv, longopts)
     return CLI(options, smtpd_compat.DebuggingServer)
 
@@ -496,7 +495,7 @@ def test_cli_junk_option():
     (1024, {'max_connections': None}, 960),
 ], ids=['default-1024', 'default-plenty', 'tiny', 'too-many', 'fits', 'off'])
 def test_connections_fit_descriptors(soft, given, expected):
-    from smtpd_compat.limits import _fit_connections_to_descriptors
+    from smtpd_compat.cli_options import _fit_connections_to_descriptors
     kwargs = dict(given)
     _fit_connections_to_descriptors(kwargs, soft)
     assert kwargs.get('max_connections', 1000) == expected

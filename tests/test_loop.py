@@ -1,5 +1,6 @@
 """Tests for smtpd_compat.loop: the selectors-based loop and its timers."""
 import logging
+import signal
 import smtplib
 import socket
 import threading
@@ -80,7 +81,7 @@ def served():
     server = RecordingServer(('127.0.0.1', 0), None, map=map)
     yield server, map
     smtpd_compat.asyncore.close_all(map=map)
-    loopmod._states.pop(id(map), None)
+    loopmod._services.pop(id(map), None)
 
 
 def test_transaction_under_loop(served):
@@ -118,7 +119,7 @@ def test_loop_returns_when_map_empty_and_count_bounds():
     finally:
         server.close()
         loop(map=map, count=1)
-    assert id(map) not in loopmod._states
+    assert id(map) not in loopmod._services
 
 
 def test_timers_order_cancel_and_nesting():
@@ -132,11 +133,16 @@ def test_timers_order_cancel_and_nesting():
     dropped.cancel()
     dropped.cancel()                                    # harmless twice
 
+    def inner():
+        fired.append('inner')
+        server.close()      # empties the map: the loop ends
+
     def nested():
         fired.append('outer')
-        call_later(0, fired.append, 'inner', map=map)
+        # Scheduled for "now": it runs at the next wake-up, not in the
+        # batch of timers being run.
+        call_later(0, inner, map=map)
     call_later(0.04, nested, map=map)
-    call_later(0.06, server.close, map=map)    # empties the map: loop ends
     start = time.monotonic()
     loop(timeout=30, map=map)
     elapsed = time.monotonic() - start
@@ -144,6 +150,148 @@ def test_timers_order_cancel_and_nesting():
     # The loop slept until each deadline, not for its 30 s timeout.
     assert elapsed < 20
     assert not map
+
+
+def test_timers_follow_the_injected_clock():
+    """The map's clock decides when timers are due: a test moves it
+    forward and runs what is due, without sleeping."""
+    map = {}
+    services = loopmod.services(map)
+    now = [1000.0]
+    services.clock = lambda: now[0]
+    fired = []
+    services.call_later(300, fired.append, 'late')
+    services.call_at(1010.0, fired.append, 'at')
+    assert services.run_timers() == 10.0
+    assert fired == []
+    now[0] = 1010.0
+    assert services.run_timers() == 290.0
+    assert fired == ['at']
+    now[0] += 290
+    assert services.run_timers() is None
+    assert fired == ['at', 'late']
+    assert loopmod.services(map) is services
+    loop(map=map, count=1)      # empty, nothing scheduled: released
+    assert id(map) not in loopmod._services
+
+
+def test_idle_timeout_fires_on_the_injected_clock():
+    """A connection's deadline (limits' idle timeout) is on the map's
+    clock: moved 301 s forward, the 300 s idle timeout has passed."""
+    from smtpd_compat.limits import LimitsServerMixin
+
+    class Limited(LimitsServerMixin, RecordingServer):
+        pass
+    map = {}
+    services = loopmod.services(map)
+    now = [5000.0]
+    services.clock = lambda: now[0]
+    server = Limited(('127.0.0.1', 0), None, map=map, idle_timeout=300)
+    client = socket.create_connection(server.socket.getsockname()[:2],
+                                      timeout=10)
+    try:
+        drive(map, lambda: len(map) == 2)
+        assert recv_reply(client).startswith(b'220 ')
+        channel = next(obj for obj in map.values() if obj is not server)
+        assert channel.deadline == 5300.0
+        now[0] += 299
+        services.run_timers()
+        assert channel.connected
+        now[0] += 2
+        services.run_timers()
+        assert recv_reply(client).startswith(b'421 4.4.2 ')
+        assert not channel.connected
+    finally:
+        client.close()
+        smtpd_compat.asyncore.close_all(map=map)
+        loop(map=map, count=1)
+
+
+@pytest.mark.parametrize('use_timers', [True, False],
+                         ids=['smtpd_compat.loop', 'asyncore'])
+def test_call_soon_threadsafe_wakes_the_loop(use_timers):
+    """Another thread hands work to the loop thread through the map's one
+    wake-up, under both loops; held, the wake-up keeps the loop running,
+    released, it leaves the map and the loop ends."""
+    map = {}
+    services = loopmod.services(map)
+    services.hold()
+    ran = []
+
+    def on_loop_thread(value):
+        ran.append((value, threading.get_ident()))
+        services.release()
+    run = loop if use_timers else smtpd_compat.asyncore.loop
+    runner, result = in_thread(lambda: run(timeout=30, map=map))
+    try:
+        time.sleep(0.05)        # (it need not be waiting yet)
+        assert services.call_soon_threadsafe(on_loop_thread, 'x')
+        runner.join(10)
+        assert not runner.is_alive(), 'the loop was not woken'
+        assert ran == [('x', runner.ident)]
+        assert map == {}
+        # No loop serves the map now: a late call is refused.
+        assert not services.call_soon_threadsafe(ran.append, 'late')
+    finally:
+        if runner.is_alive():
+            smtpd_compat.asyncore.close_all(map=map)
+            runner.join(10)
+    assert 'error' not in result
+
+
+def test_stop_from_another_thread_ends_the_loop():
+    map = {}
+    server = RecordingServer(('127.0.0.1', 0), None, map=map)
+    services = loopmod.services(map)
+    services.enable_wakeup()
+    runner, result = in_thread(lambda: loop(timeout=30, map=map))
+    try:
+        time.sleep(0.05)
+        services.stop()
+        runner.join(10)
+        assert not runner.is_alive(), 'stop() did not wake the loop'
+        assert server in map.values()       # stopped, not emptied
+        assert 'error' not in result
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)
+        loop(map=map, count=1)
+
+
+@pytest.mark.skipif(not hasattr(signal, 'pthread_kill'),
+                    reason='POSIX signals needed')
+def test_signal_wakes_the_loop_at_once():
+    """A signal whose C handler runs in another thread does not interrupt
+    the loop's wait (no EINTR in the loop thread): only the wake-up
+    written by the C handler (signal.set_wakeup_fd) ends it, and the
+    callback runs on the loop thread.  Without it the loop would sleep
+    out its 30 s timeout."""
+    map = {}
+    server = RecordingServer(('127.0.0.1', 0), None, map=map)
+    services = loopmod.services(map)
+    got = []
+
+    def on_signal():
+        got.append(threading.get_ident())
+        services.stop()
+    services.add_signal_handler(signal.SIGUSR1, on_signal)
+
+    def send():
+        time.sleep(0.2)     # (the loop is waiting by then, or soon)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+    sender = threading.Thread(target=send)
+    try:
+        sender.start()
+        started = time.monotonic()
+        loop(timeout=30, map=map)
+        assert time.monotonic() - started < 20
+        assert got == [threading.get_ident()]
+    finally:
+        sender.join(10)
+        assert services.remove_signal_handler(signal.SIGUSR1)
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+        server.close()
+        loop(map=map, count=1)
+    assert id(map) not in loopmod._services
 
 
 def test_timer_exception_logged_loop_survives(caplog):
@@ -367,4 +515,4 @@ def test_repeated_loop_calls_do_not_ask_everyone_each_time(monkeypatch):
         smtpd_compat.asyncore.close_all(map=map)
         for a, b in pairs:
             b.close()
-        loopmod._states.pop(id(map), None)
+        loopmod._services.pop(id(map), None)

@@ -186,3 +186,43 @@ def test_repeated_stop_signals_exit_quietly(cli_server, tmp_path, first, flags,
     assert sent >= 2
     assert 'Traceback' not in output, output
     assert proc.wait(10) == 0, (proc.returncode, output)
+
+
+# ---------------------------------------------------------------------------
+# The grace period is read from the socket map's clock
+
+def test_grace_period_runs_on_the_maps_clock():
+    """An hour's grace period passes at once on a clock that jumps: the
+    client still in DATA gets the 421 (its message never acknowledged,
+    nothing delivered), without anyone waiting an hour."""
+    import threading
+
+    import smtpd_compat
+    from smtpd_compat import loop
+    from smtpd_compat.shutdown import GracefulShutdown
+
+    from conftest import RecordingServer
+
+    map = {}
+    server = RecordingServer(('127.0.0.1', 0), None, map=map)
+    now = [0.0]
+
+    def jumping():
+        now[0] += 5000.0
+        return now[0]
+    shutdown = GracefulShutdown(map, grace_period=3600)
+    thread = threading.Thread(target=shutdown.run, daemon=True)
+    thread.start()
+    sock = open_transaction(server.socket.getsockname()[:2])
+    try:
+        sock.sendall(b'Subject: unfinished\r\n\r\nhalf')
+        loop.services(map).clock = jumping
+        shutdown.request()
+        assert recv_reply(sock, timeout=10).startswith(b'421 4.3.2 ')
+    finally:
+        sock.close()
+        thread.join(15)
+    assert not thread.is_alive()
+    assert server.messages == []
+    assert map == {}
+    smtpd_compat.asyncore.close_all(map=map)

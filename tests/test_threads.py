@@ -233,7 +233,7 @@ def test_loop_ends_when_only_the_waker_is_left(use_timers):
     try:
         with smtplib.SMTP(*server.socket.getsockname(), timeout=10) as client:
             client.sendmail('a@x', ['b@x'], b'x\r\n')
-            assert any(isinstance(d, threads._Waker) for d in list(map.values()))
+            assert any(isinstance(d, smtpd_compat.loop._Waker) for d in list(map.values()))
         runner.join(10)
         assert not runner.is_alive(), 'the loop did not end'
         assert map == {}

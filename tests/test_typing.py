@@ -49,25 +49,7 @@ _CONFIG = ['--mypy-config-file', str(ROOT / 'setup.cfg')]
 # that for these modules only (and fails once one of them is checked from
 # its code, until it is taken out).  The coordinator empties this as the
 # stubs go; it must end empty.
-STUB_SHADOWED_FOR_NOW = {
-    'smtpd_compat._compose',        # composition, session, loop services (c19)
-    'smtpd_compat.logging_',
-    'smtpd_compat.loop',
-    'smtpd_compat.production',
-    'smtpd_compat.session',
-    'smtpd_compat.shutdown',
-    'smtpd_compat.threads',
-}
-
-# TEMPORARY (issue 19), with setup.cfg's section for the same reason: the
-# capability servers' __init__ signatures stay unannotated until helper
-# c19's settings() work lands, so the calls the old stubs typed are
-# unchecked (compat_script.py calls untyped constructors; rejected.py's
-# wrong constructor arguments pass).  Strict: remove the mark once they
-# pass.
-_UNTYPED_SIGNATURES = pytest.mark.xfail(
-    strict=True, reason='server __init__ signatures not annotated yet '
-    '(setup.cfg: TEMPORARY section)')
+STUB_SHADOWED_FOR_NOW: set = set()
 
 
 def _installed():
@@ -158,15 +140,12 @@ def test_stubs_match_the_code(mypy_cache):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize('script', [
-    'legacy_script.py',
-    pytest.param('compat_script.py', marks=_UNTYPED_SIGNATURES)])
+@pytest.mark.parametrize('script', ['legacy_script.py', 'compat_script.py'])
 def test_user_scripts_pass_strict(mypy_cache, script):
     result = _mypy(mypy_cache, str(SCRIPTS / script))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@_UNTYPED_SIGNATURES
 def test_rejected_calls_fail(mypy_cache):
     path = SCRIPTS / 'rejected.py'
     expected = set()

@@ -35,10 +35,10 @@ database, writes it (the reply waits for that, off the loop thread).
 import contextvars
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple, Union, cast
 
 import smtpd_compat as _smtpd
-from smtpd_compat._compose import UNSET, CapabilityServerMixin, settings
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, settings
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.web.db import Database
@@ -49,15 +49,14 @@ from smtpd_compat.web.store import (
     DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, Inbox, StoredMessage)
 
 if TYPE_CHECKING:
-    from smtpd_compat.__main__ import CLI
-    _ChannelBase = _smtpd.SMTPChannel
+    from smtpd_compat.session import SessionStateMixin as _ChannelBase
 else:
     _ChannelBase = object
 
 __all__ = [
     'Inbox', 'StoredMessage', 'WebInboxServerMixin', 'WebInboxChannelMixin',
     'WebInboxServer', 'WebServer', 'parse_address', 'html_to_text',
-    'DEFAULT_ADDRESS', 'CLI_OPTIONS', 'cli_configure', 'Upstream',
+    'DEFAULT_ADDRESS', 'Upstream',
 ]
 
 log = logging.getLogger(__name__)
@@ -136,22 +135,40 @@ class WebInboxChannelMixin(_ChannelBase):
     :meth:`~WebInboxServerMixin.message_accepted` hook, before the reply
     goes out.  So the inbox sees what the server's own class decided,
     whether or not its ``process_message`` calls ``super()``, in the
-    worker threads (``--threads``) as on the loop.
-
-    It sits outside the threads layer (``LAYERS['inbox']``): the envelope
-    of a message handed to the worker threads passes through here on the
-    way in, and the outcome on the way back.
+    worker threads (``--threads``) as on the loop, and also when the
+    client left while a worker ran it: the session's
+    :meth:`~smtpd_compat.session.SessionStateMixin.message_processed`
+    hook reports every outcome.
     """
 
     layer = LAYERS['inbox']
     capability_name = 'WebInbox'
 
-    # (peer, mailfrom, data) of the message being answered: the core's
-    # _set_post_data_state() forgets the envelope before the reply.
-    _inbox_message: Optional[Tuple[Any, Optional[str], Union[bytes, str]]] = None
     # (status, rcpttos) of a reply held until the inbox's database has
     # the message.
     _inbox_held: Optional[Tuple[Any, List[str]]] = None
+    # The message being answered, while process_message's reply is due:
+    # (data, accepted), set by message_processed.
+    _inbox_pending: Optional[Tuple[Union[bytes, str], bool]] = None
+
+    def message_processed(self, peer: Any, mailfrom: Optional[str],
+                          rcpttos: List[str], data: Union[bytes, str],
+                          status: Any) -> None:
+        accepted = _accepted(status)
+        if accepted:
+            server = cast('WebInboxServerMixin', self.smtp_server)
+            token = _smtp_user.set(self.auth_user)
+            try:
+                # (mailfrom is never None here: DATA needs MAIL first.)
+                server.message_accepted(peer, mailfrom or '', list(rcpttos), data)
+            except Exception:
+                # The message is delivered already: a fault in the inbox
+                # must not turn that into an error for the client.
+                log.exception('web inbox: cannot record a message')
+            finally:
+                _smtp_user.reset(token)
+        self._inbox_pending = (data, accepted)
+        super().message_processed(peer, mailfrom, rcpttos, data, status)
 
     def _process_data(self, data: Union[bytes, str]) -> None:
         held = self._inbox_held
@@ -162,22 +179,20 @@ class WebInboxChannelMixin(_ChannelBase):
             self._inbox_held = None
             super()._reply_to_message(*held)
             return
-        self._inbox_message = (self.peer, self.mailfrom, data)
         try:
             super()._process_data(data)
         finally:
-            self._inbox_message = None
+            self._inbox_pending = None
 
     def _reply_to_message(self, status: Any, rcpttos: List[str]) -> None:
-        message = self._inbox_message
-        if message is not None:
-            self._inbox_report(status, message[0], message[1], rcpttos, message[2])
+        pending, self._inbox_pending = self._inbox_pending, None
+        if pending is not None and pending[1] and hasattr(self, 'offload'):
             inbox = cast('WebInboxServerMixin', self.smtp_server).inbox
-            if inbox.durable and _accepted(status) and hasattr(self, 'offload'):
+            if inbox.durable:
                 # A message with a database: the 250 only once it is
                 # written there (so it survives a crash right after),
                 # waited for in a worker thread, never on the loop.
-                data = message[2]
+                data = pending[0]
                 self.offload(inbox.flush, (), lambda ok, value: self._inbox_written(
                     data, status, rcpttos))
                 return
@@ -190,30 +205,6 @@ class WebInboxChannelMixin(_ChannelBase):
             self._process_data(data)
         finally:
             self._inbox_held = None
-
-    def _message_dropped(self, ok: bool, value: Any) -> None:
-        # The threads layer: process_message finished after the client
-        # had gone (nobody reads the reply), with the envelope still set.
-        if ok:
-            self._inbox_report(value, self.peer, self.mailfrom,
-                               list(self.rcpttos), self.received_data)
-        super()._message_dropped(ok, value)  # type: ignore[misc]
-
-    def _inbox_report(self, status: Any, peer: Any, mailfrom: Optional[str],
-                      rcpttos: Sequence[str], data: Union[bytes, str]) -> None:
-        if not _accepted(status):
-            return
-        server = cast('WebInboxServerMixin', self.smtp_server)
-        token = _smtp_user.set(getattr(self, 'auth_user', None))
-        try:
-            # (mailfrom is never None here: DATA needs MAIL first.)
-            server.message_accepted(peer, mailfrom or '', list(rcpttos), data)
-        except Exception:
-            # The message is delivered already: a fault in the inbox must
-            # not turn that into an error for the client.
-            log.exception('web inbox: cannot record a message')
-        finally:
-            _smtp_user.reset(token)
 
 
 class WebInboxServerMixin(CapabilityServerMixin):
@@ -348,74 +339,3 @@ class WebInboxServer(WebInboxServerMixin, _smtpd.SMTPServer):
     def process_message(self, peer: Any, mailfrom: str, rcpttos: List[str],
                         data: Union[bytes, str], **kwargs: Any) -> Optional[str]:
         return None
-
-
-# ---------------------------------------------------------------------------
-# Command line
-
-CLI_OPTIONS = (
-    ('web=', '[HOST:]PORT',
-     'Also show every accepted message in a web inbox on this address '
-     '(host default 127.0.0.1), with a Mailpit-compatible API.'),
-    ('web-db=', 'FILE',
-     'Keep the web inbox in this SQLite file, so it survives a restart.'),
-    ('web-allowed-hosts=', 'NAMES',
-     'Host names the web inbox answers to besides localhost, IP addresses '
-     'and its bound name (comma-separated; .example.org for subdomains).'),
-    ('web-relay=', 'HOST:PORT',
-     'With --web: release (relay) messages from the inbox to this SMTP '
-     'server on request (off by default).'),
-    ('web-relay-allowed=', 'REGEX',
-     'With --web-relay: only release to addresses this regular expression '
-     'matches.'),
-)
-
-
-def cli_configure(cli: 'CLI') -> None:
-    """``--web [HOST:]PORT``: put the inbox in front of the -c class (the
-    command line's start line says where the page is)."""
-    has_inbox = isinstance(cli.server_class, type) and issubclass(
-        cli.server_class, WebInboxServerMixin)
-    for option in ('web-db', 'web-allowed-hosts'):
-        if option in cli.given and 'web' not in cli.given and not has_inbox:
-            cli.error('--%s needs --web' % option)
-    if 'web-allowed-hosts' in cli.given:
-        try:
-            cli.server_kwargs['web_allowed_hosts'] = parse_allowed_hosts(
-                cli.given['web-allowed-hosts'])
-        except ValueError as e:
-            cli.error('Invalid --web-allowed-hosts: %s' % (e,))
-    if 'web-db' in cli.given:
-        path = cli.given['web-db']
-        try:
-            # Checked here: a file that cannot serve is a short error.
-            Database(path).close()
-        except (OSError, ValueError) as e:
-            cli.error('Invalid --web-db: %s' % (e,))
-        cli.server_kwargs['web_db'] = path
-    if 'web' in cli.given:
-        try:
-            address = parse_address(cli.given['web'])
-        except (TypeError, ValueError) as e:
-            cli.error('Invalid --web: %s' % (e,))
-        if 'workers' in cli.given:
-            # Each forked worker would keep its own inbox, invisible to the
-            # one page the parent serves.
-            cli.error('--web cannot be combined with --workers')
-        if not has_inbox:
-            cli.mixins.append(WebInboxServerMixin)
-        cli.server_kwargs['web'] = address
-    elif not has_inbox:
-        for option in ('web-relay', 'web-relay-allowed'):
-            if option in cli.given:
-                cli.error('--%s needs --web' % option)
-        return
-    if 'web-relay-allowed' in cli.given and 'web-relay' not in cli.given:
-        cli.error('--web-relay-allowed needs --web-relay')
-    if 'web-relay' in cli.given:
-        try:
-            make_upstream(cli.given['web-relay'], cli.given.get('web-relay-allowed'))
-        except (TypeError, ValueError) as e:
-            cli.error('Invalid --web-relay: %s' % (e,))
-        cli.server_kwargs['web_relay'] = cli.given['web-relay']
-        cli.server_kwargs['web_relay_allowed'] = cli.given.get('web-relay-allowed')

@@ -30,7 +30,13 @@ from typing import (
     Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Pattern, Tuple, Union, cast)
 
 from smtpd_compat._version import VERSION
-from smtpd_compat.web import api, events, mailhog, openapi, static
+# (The submodules themselves, not through their parent: smtpd_compat.web
+# imports this module.)
+import smtpd_compat.web.api as api
+import smtpd_compat.web.events as events
+import smtpd_compat.web.mailhog as mailhog
+import smtpd_compat.web.openapi as openapi
+import smtpd_compat.web.static as static
 from smtpd_compat.web.api import (
     DATA_CSP, MESSAGE_CSP, BadRequest, Body, Forbidden, HTTPError,
     MethodNotAllowed, NotFound, PayloadTooLarge, parse_body)
