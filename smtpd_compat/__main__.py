@@ -401,7 +401,11 @@ def _install_reload(server: _smtpd.SMTPServer) -> Callable[[], None]:
         # One came before the server existed.
         del _reload_wanted[:]
         services.call_later(0, _reload_all, server)
-    return lambda: services.remove_signal_handler(signal.SIGHUP)
+
+    def uninstall() -> None:
+        services.remove_signal_handler(signal.SIGHUP)
+
+    return uninstall
 
 
 def _help_text() -> str:

@@ -52,7 +52,8 @@ class SessionLogChannelMixin(_ChannelBase):
     layer = LAYERS['session_log']
     capability_name = 'SessionLog'
     _log_opened: Optional[float] = None
-    _log_reply_pending: Optional[Tuple[int, int]] = None
+    # (size, recipients, sender) of the message whose reply is due.
+    _log_reply_pending: Optional[Tuple[int, int, Optional[str]]] = None
     _log_messages = 0
 
     def _greet(self) -> None:
