@@ -436,6 +436,18 @@ process.stdin.on('data', () => { mailpit.disconnect(); process.exit(0); });
 '''
 
 
+def node_environment():
+    """The environment for npm and node: Node.js reads only its own bundled
+    CA list unless NODE_EXTRA_CA_CERTS names more, so where the machine's
+    trust store is given to Python and curl as SSL_CERT_FILE (tox passes
+    that on), Node.js is given it too; otherwise npm cannot reach a
+    registry behind a TLS-inspecting proxy and hangs until the timeout."""
+    env = dict(os.environ)
+    if 'NODE_EXTRA_CA_CERTS' not in env and env.get('SSL_CERT_FILE'):
+        env['NODE_EXTRA_CA_CERTS'] = env['SSL_CERT_FILE']
+    return env
+
+
 def npm_install(tmp_path_factory, *packages):
     """A folder with these npm packages installed (skipped without npm or
     the registry; a failure under SMTPD_COMPAT_REQUIRE_TOOLS=1)."""
@@ -444,7 +456,8 @@ def npm_install(tmp_path_factory, *packages):
     folder = tmp_path_factory.mktemp('npm')
     proc = subprocess.run([npm, 'install', '--no-audit', '--no-fund', '--silent',
                            '--prefix', str(folder)] + list(packages),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env=node_environment())
     if proc.returncode != 0:
         message = 'npm install %s failed: %s' % (' '.join(packages), proc.stderr[-500:])
         if REQUIRE_TOOLS:
@@ -458,7 +471,7 @@ def test_mailpit_api_event_listener(w, tmp_path_factory):
     script = folder / 'listen.js'
     script.write_text(NODE_SCRIPT)
     with subprocess.Popen(['node', str(script), w.url.rstrip('/')], cwd=folder,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+                          env=node_environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
         listen(w, proc)
 
 

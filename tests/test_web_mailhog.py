@@ -12,7 +12,7 @@ import pytest
 
 import test_web
 from test_web import make_message
-from test_web_events import WAIT, npm_install
+from test_web_events import WAIT, node_environment, npm_install
 
 inbox_web = test_web.inbox_web
 w = test_web.w
@@ -160,7 +160,7 @@ def test_mailhog_npm_client(w, tmp_path_factory):
                         html='<p>Grüße</p>'), to=['bob@example.org'])
     host, port = w.controller.server.web_server.server_address[:2]
     proc = subprocess.run(['node', str(script), host, str(port)], cwd=folder,
-                          capture_output=True, text=True, timeout=WAIT * 4)
+                          env=node_environment(), capture_output=True, text=True, timeout=WAIT * 4)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert (out['total'], out['count']) == (2, 2)
