@@ -138,23 +138,6 @@ def _stop(proc, sig=signal.SIGTERM):
 MESSAGE = b'From: a@example.org\r\nSubject: cli\r\n\r\nbody line\r\n.leading dot\r\n'
 
 
-@pytest.fixture
-def sigint_default_in_children():
-    """Start children with SIGINT at its default disposition.
-
-    A child inherits an *ignored* SIGINT (a non-interactive shell starts
-    background jobs that way: ``tox &`` in a CI script), and Python then
-    installs no KeyboardInterrupt handler, so the server would rightly keep
-    ignoring Ctrl-C.  The SIGINT test is about the server, not about how the
-    test run was started: while a Python-level handler is set here, exec()
-    resets SIGINT to SIG_DFL in the child."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
 def test_debugging_server_prints_message_and_exits_quietly(cli_server, sig,
                                                            sigint_default_in_children):

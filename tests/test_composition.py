@@ -401,7 +401,7 @@ def test_composed_tls_deadline_is_the_one_deadline(live_server, tls_certs):
     connection's deadline in the 'tls' phase."""
     class S(TLSServerMixin, LimitsServerMixin, RecordingServer):
         pass
-    runner = live_server(S, use_timers=True, tls_context=tls_certs.server_context,
+    runner = live_server(S, loop='smtpd_compat', tls_context=tls_certs.server_context,
                          implicit_tls=True, tls_handshake_timeout=0.3)
     sock = socket.create_connection(runner.address, timeout=10)
     try:
@@ -446,7 +446,7 @@ def _trickle(sock, data, rate):
 def test_slow_message_is_accepted_by_data_and_bdat_alike(verb, live_server):
     # 2400 bytes at 800 B/s take 3 s, under a 1 s timeout and a 100 B/s
     # minimum rate: progress keeps the data deadline ahead, by either verb.
-    runner = live_server(Chunked, use_timers=True, idle_timeout=1.0,
+    runner = live_server(Chunked, loop='smtpd_compat', idle_timeout=1.0,
                          data_timeout=1.0, min_data_rate=100)
     assert len(MESSAGE) == 2400
     sock = _open_transaction(runner.address)
@@ -478,7 +478,7 @@ def test_slow_message_is_accepted_by_data_and_bdat_alike(verb, live_server):
 def test_stalled_bdat_transaction_still_times_out(live_server):
     # The data deadline is not a free pass: a BDAT transaction that stops
     # between chunks is cut off like a stalled DATA.
-    runner = live_server(Chunked, use_timers=True, idle_timeout=0.5,
+    runner = live_server(Chunked, loop='smtpd_compat', idle_timeout=0.5,
                          data_timeout=0.5, min_data_rate=100)
     sock = _open_transaction(runner.address)
     try:

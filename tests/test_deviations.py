@@ -538,7 +538,7 @@ def test_b_escaped_reply_counts_as_an_error_for_limits(live_server, raw_client):
     class Limited(LimitsServerMixin, RecordingServer):
         pass
 
-    live = live_server(Limited, max_errors=2, use_timers=True)
+    live = live_server(Limited, max_errors=2, loop='smtpd_compat')
     sock, replies = _session(raw_client, live, ['HELO c', 'F\u00dc x', 'MAIL FROM:<a@'])
     assert replies[1] == b'500 Error: command "F\\xdc" not recognized\r\n'
     # The second error (a parser crash in 3.11) reaches the limit.
@@ -576,7 +576,7 @@ def test_b_answered_line_moves_the_idle_deadline(live_server, raw_client, line):
     class Limited(LimitsServerMixin, RecordingServer):
         pass
 
-    live = live_server(Limited, idle_timeout=300, use_timers=True)
+    live = live_server(Limited, idle_timeout=300, loop='smtpd_compat')
     sock, _ = _session(raw_client, live, ['HELO c'])
     channel, = [c for c in live.map.values() if isinstance(c, smtpd_compat.SMTPChannel)]
     # Let the server finish with HELO (its deadline is set after the reply

@@ -149,8 +149,7 @@ def test_flow_control_resumes_when_replies_are_read(live_server, request,
         class server_class(TLSServerMixin, Counting):
             pass
         kwargs = {'tls_context': certs.server_context, 'implicit_tls': True}
-    live = live_server(server_class, use_timers=loop_name == 'smtpd_compat',
-                       **kwargs)
+    live = live_server(server_class, loop=loop_name, **kwargs)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     sock.settimeout(10)

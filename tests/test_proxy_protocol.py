@@ -428,7 +428,7 @@ def test_incomplete_header_closed_without_reply_at_deadline(live_server, caplog)
                   RecordingServer):
         pass
 
-    server = live_server(Limited, proxy_header_timeout=0.5, use_timers=True)
+    server = live_server(Limited, proxy_header_timeout=0.5, loop='smtpd_compat')
     assert server.server.proxy_header_timeout == 0.5
     sock = socket.create_connection(server.address, timeout=10)
     with sock:

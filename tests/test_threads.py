@@ -91,9 +91,9 @@ PIPELINED = (b'EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
              b'second\r\n.\r\nNOOP\r\nQUIT\r\n')
 
 
-@pytest.mark.parametrize('use_timers', [False, True], ids=['asyncore', 'smtpd_compat.loop'])
-def test_pipelined_replies_stay_in_order(live_server, use_timers):
-    live = live_server(SlowServer, use_timers=use_timers)
+@pytest.mark.parametrize('loop', ['asyncore', 'smtpd_compat'], ids=['asyncore', 'smtpd_compat.loop'])
+def test_pipelined_replies_stay_in_order(live_server, loop):
+    live = live_server(SlowServer, loop=loop)
     with socket.create_connection(live.address, timeout=10) as sock:
         recv_reply(sock)
         sock.sendall(PIPELINED)
@@ -341,7 +341,7 @@ def test_shutdown_waits_for_a_threaded_message():
 def test_auth_brute_force_does_not_block_others(live_server, tmp_path, capsys):
     users = tmp_path / 'users'
     users.write_text('user:%s\n' % hash_password('right'))
-    live = live_server(SlowAuthServer, use_timers=True,
+    live = live_server(SlowAuthServer, loop='smtpd_compat',
                        authenticator=FileAuthenticator(str(users)),
                        auth_allow_plaintext=True, auth_max_failures=10 ** 6,
                        # Every guess really checked (no 454 from the
@@ -391,7 +391,7 @@ class SlowUpstream(RecordingServer):
 def test_relay_waiting_on_upstream_does_not_block_others(live_server, capsys):
     upstream = live_server(SlowUpstream)
     relay = live_server(RelayServer, remoteaddr=upstream.address,
-                        relay_timeout=10, use_timers=True)
+                        relay_timeout=10, loop='smtpd_compat')
     outcome = {}
 
     def slow_sender():
@@ -583,7 +583,7 @@ class SlowLimited(LimitedServer):
 def test_server_work_does_not_count_as_client_idleness(live_server, caplog):
     caplog.set_level(logging.INFO, logger='smtpd_compat')
     live = live_server(type('S', (threads.ThreadedServerMixin, SlowLimited), {}),
-                       use_timers=True, idle_timeout=1.0)
+                       loop='smtpd_compat', idle_timeout=1.0)
     with socket.create_connection(live.address, timeout=10) as sock:
         recv_reply(sock)
         start = time.monotonic()

@@ -226,7 +226,7 @@ def test_big_message_and_pipelined_burst_over_tls(starttls_server, tls_certs):
 def test_handshake_timeout_with_loop_timers(live_server, tls_certs):
     live = live_server(TLSRecorder, None, tls_context=tls_certs.server_context,
                        implicit_tls=True, tls_handshake_timeout=0.2,
-                       use_timers=True)
+                       loop='smtpd_compat')
     sock = socket.create_connection(live.address, timeout=10)
     sock.sendall(_client_hello()[:20])
     try:
