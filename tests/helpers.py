@@ -58,6 +58,30 @@ LOOPS = ('asyncore', 'smtpd_compat')
 # ---------------------------------------------------------------------------
 # In this process
 
+def poll_until(predicate, timeout=START_TIMEOUT, what=None, interval=0.001):
+    """Return once ``predicate()`` is true, asking every ``interval``
+    seconds; AssertionError (naming ``what``) after ``timeout``.  Only for
+    a state that gives no event to wait on (bytes leaving a client socket,
+    a listener closing in another thread or process); a server started
+    here is asked on its loop thread instead (:meth:`Served.wait_until`)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError('%s still false after %s s'
+                                 % (what or predicate, timeout))
+        time.sleep(interval)
+
+
+def refused(address):
+    """True when nothing listens on ``address`` (a TCP connection to it is
+    refused)."""
+    try:
+        socket.create_connection(address, timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
 class ManualClock:
     """A clock for a socket map's services
     (:attr:`smtpd_compat.loop.LoopServices.clock`) that reads ``now`` and
@@ -192,11 +216,8 @@ class Served:
             return sum(_unread(obj.socket) for obj in list(self.map.values())
                        if isinstance(obj, smtpd_compat.SMTPChannel)
                        and obj.connected)
-        deadline = time.monotonic() + timeout
-        while any(_unsent(sock) for sock in clients):
-            if time.monotonic() > deadline:
-                raise AssertionError('a client did not send within %s s' % timeout)
-            time.sleep(0.001)
+        poll_until(lambda: not any(_unsent(sock) for sock in clients),
+                   timeout, 'every client has sent what it wrote')
         self.wait_until(lambda: unread() == 0, timeout)
 
     def advance(self, seconds):
