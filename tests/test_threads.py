@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import RecordingServer, read_to_eof, recv_reply
+import helpers
 import smtpd_compat
 import smtpd_compat.loop
 from smtpd_compat import threads
@@ -159,10 +160,9 @@ def test_disconnect_during_work(live_server, caplog):
         # Reset (not just close) the connection while the handler runs.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
         sock.close()
-        deadline = time.monotonic() + 10
-        while not any('result dropped' in r.getMessage() for r in caplog.records):
-            assert time.monotonic() < deadline, 'the result was not dropped'
-            time.sleep(0.05)
+        helpers.poll_until(lambda: any('result dropped' in r.getMessage()
+                                       for r in caplog.records),
+                           10, 'the result was dropped')
     # The work finished; the server goes on serving.
     assert [m[3] for m in live.server.messages] == [b'gone']
     assert connect_noop(live.address) < FAST
@@ -365,8 +365,7 @@ def test_auth_brute_force_does_not_block_others(live_server, tmp_path, capsys):
     for t in attackers:
         t.start()
     try:
-        while len(attempts) < 16:
-            time.sleep(0.05)
+        helpers.poll_until(lambda: len(attempts) >= 16, what='16 attempts')
         samples = []
         for _ in range(10):
             samples.append(connect_noop(live.address))
@@ -383,13 +382,19 @@ def test_auth_brute_force_does_not_block_others(live_server, tmp_path, capsys):
 
 
 class SlowUpstream(RecordingServer):
+    """An upstream whose handler runs until the test releases it
+    (``started``, ``release``)."""
+
     def process_message(self, *args, **kwargs):
-        time.sleep(3)
+        self.started.set()
+        assert self.release.wait(30)
         return super().process_message(*args, **kwargs)
 
 
 def test_relay_waiting_on_upstream_does_not_block_others(live_server, capsys):
     upstream = live_server(SlowUpstream)
+    upstream.server.started = threading.Event()
+    upstream.server.release = threading.Event()
     relay = live_server(RelayServer, remoteaddr=upstream.address,
                         relay_timeout=10, loop='smtpd_compat')
     outcome = {}
@@ -402,17 +407,18 @@ def test_relay_waiting_on_upstream_does_not_block_others(live_server, capsys):
             outcome['data'] = client.data(b'Subject: slow\r\n\r\nbody\r\n')
 
     sender = threading.Thread(target=slow_sender)
-    start = time.monotonic()
     sender.start()
-    while len(upstream.server.messages) == 0 and time.monotonic() - start < 1.0:
-        time.sleep(0.05)
-    samples = []
-    while sender.is_alive() and time.monotonic() - start < 2.5:
-        samples.append(greet_ehlo_quit(relay.address))
-    sender.join(20)
+    try:
+        # The relay waits on the upstream's answer meanwhile.
+        assert upstream.server.started.wait(10)
+        samples = [greet_ehlo_quit(relay.address) for _ in range(20)]
+        assert sender.is_alive()
+    finally:
+        upstream.server.release.set()
+        sender.join(20)
     with capsys.disabled():
-        print('\n[figure] relay, upstream taking 3 s: greeting+EHLO+QUIT max %.0f ms '
-              'over %d samples' % (max(samples) * 1000, len(samples)))
+        print('\n[figure] relay, upstream holding the message: greeting+EHLO+QUIT '
+              'max %.0f ms over %d samples' % (max(samples) * 1000, len(samples)))
     assert samples and max(samples) < FAST
     assert outcome['data'] == (250, b'OK')
     assert len(upstream.server.messages) == 1
@@ -573,30 +579,41 @@ def test_bad_pool_size_raises(value):
 
 # -- with the other capabilities -------------------------------------------
 
-class SlowLimited(LimitedServer):
-    """Production limits and the session log, with a slow threaded handler."""
+class HeldLimited(LimitedServer):
+    """Production limits and the session log, with a threaded handler that
+    runs until the test releases it (``started``, ``release``)."""
 
     def process_message(self, *args, **kwargs):
-        time.sleep(2.0)
+        self.started.set()
+        assert self.release.wait(30)
 
 
 def test_server_work_does_not_count_as_client_idleness(live_server, caplog):
     caplog.set_level(logging.INFO, logger='smtpd_compat')
-    live = live_server(type('S', (threads.ThreadedServerMixin, SlowLimited), {}),
-                       loop='smtpd_compat', idle_timeout=1.0)
+    live = live_server(type('S', (threads.ThreadedServerMixin, HeldLimited), {}),
+                       loop='smtpd_compat', idle_timeout=1.0, clock=True)
+    live.server.started, live.server.release = threading.Event(), threading.Event()
     with socket.create_connection(live.address, timeout=10) as sock:
         recv_reply(sock)
-        start = time.monotonic()
-        # The handler takes 2 s, twice the idle timeout: still answered.
         sock.sendall(b'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
                      b'x\r\n.\r\n')
+        assert live.server.started.wait(10)
+        # The handler takes twice the idle timeout on the server's clock:
+        # still answered.
+        live.advance(2.0)
+        live.server.release.set()
         assert replies(sock, 5)[-1] == '250 OK'
-        answered = time.monotonic()
         # Then the idle deadline runs again, from the answer.
+        answered = live.clock.now
+        channel, = live.channels()
+        live.wait_until(lambda: channel.deadline == answered + 1.0)
+        live.advance(0.9)
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(100)
+        sock.settimeout(10)
+        live.advance(0.1)
         assert read_to_eof(sock).startswith(b'421 4.4.2 ')
-        closed = time.monotonic()
-    assert answered - start >= 2.0
-    assert closed - answered >= 0.9
     messages = [r.getMessage() for r in caplog.records]
     assert sum('message from' in m and "reply='250 OK'" in m for m in messages) == 1
 
