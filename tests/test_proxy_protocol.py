@@ -158,9 +158,7 @@ def test_live_v1_sets_peer_and_proxy_peer(live_server):
         assert codes == [b'250', b'250', b'250', b'354'], replies
         sock.sendall(b'hi\r\n.\r\nQUIT\r\n')
         assert recv_reply(sock).startswith(b'250 ')
-    deadline = time.monotonic() + 5
-    while not server.server.messages and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # (Recorded before the 250 went out.)
     peer, mailfrom, rcpttos, data, _ = server.server.messages[0]
     assert peer == ('192.0.2.7', 51234)
     assert data == b'hi'
