@@ -165,7 +165,9 @@ def test_flow_control_resumes_when_replies_are_read(live_server, request,
         sender = threading.Thread(target=sock.sendall, args=(
             b'HELO x\r\n' + b'HELP\r\n' * count + b'QUIT\r\n',))
         sender.start()
-        time.sleep(0.5)         # let the queue fill up, then read it all
+        # Let the queue fill up until the server stops reading, then read
+        # it all.
+        live.wait_until(lambda: Channel.paused)
         pieces = []
         while True:
             piece = sock.recv(1 << 16)
