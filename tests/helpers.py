@@ -159,6 +159,8 @@ class Served:
             self.host, self.port = name[:2]
         else:                   # an AF_UNIX socket: its path
             self.host, self.port = name, None
+        self._loop_thread = None
+        self._loop_thread = self.call(threading.current_thread)
 
     @property
     def address(self):
@@ -166,7 +168,11 @@ class Served:
 
     def call(self, function, *args, timeout=START_TIMEOUT):
         """Run ``function(*args)`` on the server's loop thread, between two
-        events, and return its result (or raise its exception)."""
+        events, and return its result (or raise its exception).  Called
+        on the loop thread (from a predicate of :meth:`wait_until`), it
+        runs it there and then."""
+        if threading.current_thread() is self._loop_thread:
+            return function(*args)
         done = threading.Event()
         outcome = []
 

@@ -33,7 +33,8 @@ FAST = 1.0
 
 
 class SlowServer(threads.ThreadedServerMixin, RecordingServer):
-    """Records each message after ``delay`` seconds, with the thread it ran
+    """Records each message after ``delay`` seconds (or, when the test
+    gives it a ``release`` event, once that is set), with the thread it ran
     in; a message whose body holds "boom" raises."""
 
     delay = 0.3
@@ -42,7 +43,12 @@ class SlowServer(threads.ThreadedServerMixin, RecordingServer):
         started = getattr(self, 'started', None)
         if started is not None:
             started.set()
-        time.sleep(self.delay)
+        release = getattr(self, 'release', None)
+        if release is not None:
+            assert release.wait(30)
+        else:
+            # Work that takes a while (the replies must wait for it).
+            time.sleep(self.delay)
         if b'boom' in data:
             raise RuntimeError('handler bug')
         self.threads_seen = getattr(self, 'threads_seen', set())
@@ -150,16 +156,21 @@ def test_handler_exception_is_451_and_session_goes_on(live_server, caplog):
 
 def test_disconnect_during_work(live_server, caplog):
     live = live_server(SlowServer)
-    live.server.delay = 0.5
+    live.server.started = threading.Event()
+    live.server.release = threading.Event()
     with caplog.at_level(logging.INFO, logger='smtpd_compat.threads'):
         sock = socket.create_connection(live.address, timeout=10)
         recv_reply(sock)
         sock.sendall(b'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
                      b'gone\r\n.\r\n')
         assert replies(sock, 4)[-1].startswith('354')
-        # Reset (not just close) the connection while the handler runs.
+        # Reset (not just close) the connection while the handler runs;
+        # the handler ends after that.  (The server's socket has the reset
+        # once close() returns: loopback delivers it within the call.)
+        assert live.server.started.wait(10)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
         sock.close()
+        live.server.release.set()
         helpers.poll_until(lambda: any('result dropped' in r.getMessage()
                                        for r in caplog.records),
                            10, 'the result was dropped')
@@ -246,11 +257,13 @@ def test_loop_ends_when_only_the_waker_is_left(use_timers):
 # -- shutdown -------------------------------------------------------------
 
 check_started = threading.Event()
+check_release = threading.Event()
 
 
 def slow_check(mechanism, login, password, channel):
+    # A check that runs until the test releases it.
     check_started.set()
-    time.sleep(1.0)
+    assert check_release.wait(30)
     return password == 'right'
 
 
@@ -300,11 +313,16 @@ def test_shutdown_waits_for_work_in_flight():
             # AUTH PLAIN \0user\0right: the check is in flight (COMMAND
             # state, not DATA) when the shutdown begins.
             check_started.clear()
+            check_release.clear()
             sock.sendall(b"AUTH PLAIN AHVzZXIAcmlnaHQ=\r\n")
             assert check_started.wait(10)
             shutdown.request()
+            # The check ends once the shutdown has begun (listener closed).
+            helpers.poll_until(lambda: not server.accepting)
+            check_release.set()
             data = read_to_eof(sock)
     finally:
+        check_release.set()
         shutdown.request()
         runner.join(20)
     assert data.startswith(b'235 2.7.0 Authentication successful\r\n421 4.3.2 ')
@@ -314,8 +332,7 @@ def test_shutdown_waits_for_work_in_flight():
 def test_shutdown_waits_for_a_threaded_message():
     map = {}
     server = SlowServer(('127.0.0.1', 0), None, map=map)
-    server.delay = 1.0
-    server.started = threading.Event()
+    server.started, server.release = threading.Event(), threading.Event()
     address = server.socket.getsockname()
     shutdown = GracefulShutdown(map, grace_period=10)
     runner = threading.Thread(target=shutdown.run)
@@ -328,8 +345,12 @@ def test_shutdown_waits_for_a_threaded_message():
             assert replies(sock, 4)[-1].startswith('354')
             assert server.started.wait(10)
             shutdown.request()
+            # The handler ends once the shutdown has begun.
+            helpers.poll_until(lambda: not server.accepting)
+            server.release.set()
             data = read_to_eof(sock)
     finally:
+        server.release.set()
         shutdown.request()
         runner.join(20)
     assert data.startswith(b'250 OK\r\n421 4.3.2 ')
