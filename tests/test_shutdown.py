@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import helpers
 from conftest import read_to_eof, recv_reply
 
 if not hasattr(signal, 'SIGTERM') or sys.platform == 'win32':
@@ -60,16 +61,11 @@ def open_transaction(address):
     return sock
 
 
-def wait_until_refused(address, timeout=10.0):
-    """Wait until the server stopped listening: its shutdown has begun."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(address, timeout=1).close()
-        except OSError:
-            return
-        assert time.monotonic() < deadline, 'server still listening'
-        time.sleep(0.02)
+def wait_until_refused(address):
+    """Wait until the server (another process) stopped listening: its
+    shutdown has begun."""
+    helpers.poll_until(lambda: helpers.refused(address), what='refused',
+                       interval=0.02)
 
 
 def test_sigterm_during_data_loses_nothing(start_server):
