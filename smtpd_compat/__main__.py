@@ -372,7 +372,9 @@ def _ignore_stop_signals() -> None:
     # noted with no Python handler to run, and CPython prints "OSError:
     # Signal 15 ignored due to race condition".  Blocked, it waits in the
     # kernel instead, and SIG_IGN discards it.  (pthread_sigmask runs the
-    # handlers of signals that came before it: _terminate, quietly.)
+    # handlers of signals that came before it: _terminate, quietly.)  The
+    # mask is the main thread's: a process with threads that do not block
+    # these signals (--threads workers) can still take one there.
     previous = (signal.pthread_sigmask(signal.SIG_BLOCK, ours)
                 if hasattr(signal, 'pthread_sigmask') else None)
     try:
