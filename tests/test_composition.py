@@ -18,7 +18,6 @@ import re
 import socket
 import ssl
 import threading
-import time
 
 import pytest
 

@@ -547,7 +547,6 @@ runpy.run_module('smtpd_compat', run_name='__main__')
 
 
 def test_production_survives_running_out_of_descriptors(cli_server):
-    import subprocess
     import sys
     limit = 40
     proc, port = cli_server('--production', '-c', 'DebuggingServer',
