@@ -333,28 +333,56 @@ def _terminate(signum: int, frame: Optional[types.FrameType]) -> None:
     raise KeyboardInterrupt
 
 
+# The stop signals main() took over (_handle_stop_signals), and so ignores
+# once it is stopping.
+_stop_signals: List[int] = []
+
+
 def _handle_stop_signals() -> None:
     global _stopping
     _stopping = False
+    _stop_signals[:] = [signal.SIGTERM]
     signal.signal(signal.SIGTERM, _terminate)
     # Only where Python's own Ctrl-C handler is in place: a SIGINT ignored
     # by the parent (a background job of a non-interactive shell) stays
     # ignored.
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        _stop_signals.append(signal.SIGINT)
         signal.signal(signal.SIGINT, _terminate)
 
 
 def _ignore_stop_signals() -> None:
-    """From now on the process is stopping: SIGTERM and SIGINT (where
-    _terminate handles them) are ignored.  SIG_IGN rather than a quiet
-    Python handler: at finalization Python resets the signals it handles
-    to their default action, and a late SIGTERM would then kill the
-    process (status -15) on its way out."""
+    """From now on the process is stopping: the stop signals main() took
+    over are ignored.  SIG_IGN rather than a quiet Python handler: at
+    finalization Python resets the signals it handles to their default
+    action, and a late SIGTERM would then kill the process (status -15) on
+    its way out.
+
+    Whatever handles them now: _terminate, or the graceful shutdown's
+    handler (production mode) when a signal interrupted the shutdown as it
+    put _terminate back, one signal at a time -- the other one then keeps
+    a Python handler, and a late SIGINT killed the process (-2)."""
     global _stopping
     _stopping = True
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(signum) is _terminate:
+    ours, _stop_signals[:] = list(_stop_signals), []
+    if not ours:
+        return
+    # Blocked while the handlers change: signal.signal() runs the pending
+    # handlers, then switches; a signal landing in between would be left
+    # noted with no Python handler to run, and CPython prints "OSError:
+    # Signal 15 ignored due to race condition".  Blocked, it waits in the
+    # kernel instead, and SIG_IGN discards it.  (pthread_sigmask runs the
+    # handlers of signals that came before it: _terminate, quietly.)  The
+    # mask is the main thread's: a process with threads that do not block
+    # these signals (--threads workers) can still take one there.
+    previous = (signal.pthread_sigmask(signal.SIG_BLOCK, ours)
+                if hasattr(signal, 'pthread_sigmask') else None)
+    try:
+        for signum in ours:
             signal.signal(signum, signal.SIG_IGN)
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # -- SIGHUP: reload certificates and the auth file -------------------------

@@ -384,13 +384,19 @@ class Controller:
             self.server = server
             # (A server has its listening socket once it is made.)
             sock = cast(socket.socket, server.socket)
-            host, port = sock.getsockname()[:2]
-            self.hostname, self.port = _connectable(host), port
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                host, port = name[:2]
+                self.hostname, self.port = _connectable(host), port
+                where = '%s:%d' % (host, port)
+            else:
+                # An AF_UNIX socket (LMTPServer's unix_socket=): its path.
+                self.hostname, where = name, name
             self._services = services
             self._error = None
             thread = threading.Thread(
                 target=self._serve, args=(_default_loop(), map, woken),
-                name='smtpd_compat.Controller %s:%d' % (host, port),
+                name='smtpd_compat.Controller %s' % where,
                 daemon=True)
             self._thread = thread
             thread.start()

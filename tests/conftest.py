@@ -2,21 +2,24 @@
 
 Live tests run real servers on 127.0.0.1, port 0, each on its own asyncore
 socket map in a background thread, and talk to them with real clients.
+Servers are started one way in process and one way as a process: see
+helpers.py (the live_server and cli_server fixtures here are its
+functions, cleaned up after each test).
 """
 import os
 import shutil
 import socket
 import ssl
-import subprocess
 import sys
-import threading
-import time
 import warnings
 from typing import NamedTuple
 
 import pytest
 
 import smtpd_compat
+
+import helpers
+from helpers import free_port, free_ports, wait_for_port  # noqa: F401 (for test modules)
 
 # Imported once, up front: cryptography (under trustme) is a PyO3 module that
 # cannot be initialised twice in one process, and pytester's in-process runs
@@ -57,64 +60,25 @@ CONFIGS = {
 }
 
 
-class LiveServer:
-    """A server instance running its own socket map in a daemon thread.
-
-    The map is served by ``asyncore.loop`` (what legacy code runs), or with
-    ``use_timers=True`` by ``smtpd_compat.loop.loop``, the only loop in
-    which timers (``smtpd_compat.loop.call_later``: idle timeouts,
-    handshake deadlines, ...) fire."""
-
-    def __init__(self, server, map, use_timers=False):
-        self.server = server
-        self.map = map
-        name = server.socket.getsockname()
-        if isinstance(name, tuple):
-            self.host, self.port = name[:2]
-        else:                   # an AF_UNIX socket: its path
-            self.host, self.port = name, None
-        if use_timers:
-            from smtpd_compat import loop as timer_loop
-            self._loop, self._timeout = timer_loop.loop, 0.05
-        else:
-            self._loop, self._timeout = smtpd_compat.asyncore.loop, 0.01
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set() and self.map:
-            self._loop(timeout=self._timeout, map=self.map, count=1)
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join(10)
-        smtpd_compat.asyncore.close_all(map=self.map)
-
-    @property
-    def address(self):
-        return (self.host, self.port)
-
-
 @pytest.fixture
 def live_server():
-    """Factory: ``live_server(ServerClass, **kwargs)`` starts the server on
-    127.0.0.1 port 0 (or ``localaddr``) and returns a LiveServer; all are
-    stopped at teardown.  ``use_timers=True`` serves it with
-    smtpd_compat.loop instead of asyncore.loop (see LiveServer)."""
+    """Factory: ``live_server(ServerClass, remoteaddr=..., *, localaddr=...,
+    loop='asyncore', clock=False, **kwargs)`` starts the server in a
+    Controller thread (127.0.0.1 port 0 unless ``localaddr`` says
+    otherwise) and returns a :class:`helpers.Served`; all are stopped at
+    teardown.  ``loop='smtpd_compat'`` serves it with smtpd_compat.loop,
+    where timers fire; ``clock=True`` gives it a manual clock (see
+    helpers.start_server)."""
     started = []
 
-    def start(server_class, remoteaddr=('127.0.0.1', 9), *,
-              localaddr=('127.0.0.1', 0), use_timers=False, **kwargs):
-        map = {}
-        server = server_class(localaddr, remoteaddr, map=map, **kwargs)
-        live = LiveServer(server, map, use_timers=use_timers)
-        started.append(live)
-        return live
+    def start(server_class, remoteaddr=('127.0.0.1', 9), **kwargs):
+        served = helpers.start_server(server_class, remoteaddr, **kwargs)
+        started.append(served)
+        return served
 
     yield start
-    for live in started:
-        live.stop()
+    for served in started:
+        served.stop()
 
 
 class RecordingServer(smtpd_compat.SMTPServer):
@@ -208,86 +172,42 @@ def tls_certs(tmp_path_factory):
     return TLSCerts(server_ctx, client_ctx, str(d / 'ca.pem'), str(d / 'server.pem'))
 
 
-def free_ports(count):
-    """``count`` distinct TCP ports free on 127.0.0.1 (bound all at once so
-    none repeats), for servers started in another process."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(('127.0.0.1', 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def free_port():
-    """A TCP port free on 127.0.0.1."""
-    return free_ports(1)[0]
-
-
-def wait_for_port(proc, port, timeout=30.0):
-    """Wait until 127.0.0.1:``port`` accepts connections; fail (with the
-    process's output when it was piped) if ``proc`` exits first or after
-    ``timeout`` seconds (generous: interpreter start-up on a loaded CI
-    machine)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail('process exited with %r before port %d was open: '
-                        'stdout %r, stderr %r' % (proc.returncode, port, out, err))
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                out, err = proc.communicate()
-                pytest.fail('port %d not open after %ss: stdout %r, stderr %r'
-                            % (port, timeout, out, err))
-            time.sleep(0.05)
-
-
 @pytest.fixture
 def cli_server(python_path_env):
     """Factory: ``cli_server(*args, env=None, remoteaddr=None, **popen)``
     runs ``python -m smtpd_compat -n ARGS 127.0.0.1:PORT [REMOTEADDR]``
     (stdout and stderr piped as text unless ``popen`` says otherwise),
     waits until it listens and returns ``(proc, port)``.  Processes still
-    running at teardown are killed."""
-    procs = []
+    running at teardown are killed (helpers.CLIServers.start)."""
+    servers = helpers.CLIServers(python_path_env)
+    yield servers.start
+    servers.close()
 
-    def start(*args, env=None, remoteaddr=None, **popen):
-        port = free_port()
-        argv = [sys.executable, '-m', 'smtpd_compat', '-n'] + list(args)
-        argv.append('127.0.0.1:%d' % port)
-        if remoteaddr is not None:
-            argv.append('%s:%d' % tuple(remoteaddr))
-        popen.setdefault('stdout', subprocess.PIPE)
-        popen.setdefault('stderr', subprocess.PIPE)
-        popen.setdefault('text', True)
-        proc = subprocess.Popen(argv, env=python_path_env if env is None else env,
-                                **popen)
-        procs.append(proc)
-        wait_for_port(proc, port)
-        return proc, port
 
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+@pytest.fixture
+def cli():
+    """A helpers.CLIServers for the test: ``cli.run(*args)`` runs
+    ``python -m smtpd_compat ARGS`` to its end, ``cli.start(*args)`` a
+    listening server, ``cli.popen(*args)`` anything else; whatever still
+    runs at teardown is killed."""
+    servers = helpers.CLIServers()
+    yield servers
+    servers.close()
 
 
 @pytest.fixture
 def python_path_env():
     """Environment for subprocesses that must import this checkout's
     smtpd_compat."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(smtpd_compat.__file__)))
-    env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
-    return env
+    return helpers.python_path_env()
+
+
+@pytest.fixture(name='sigint_default_in_children')
+def _sigint_default_in_children():
+    """SIGINT at its default disposition in the children the test starts
+    (see helpers.sigint_default_in_children)."""
+    with helpers.sigint_default_in_children():
+        yield
 
 
 HAVE_STDLIB_SMTPD = sys.version_info < (3, 12)

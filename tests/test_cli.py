@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -136,23 +135,6 @@ def _stop(proc, sig=signal.SIGTERM):
 
 
 MESSAGE = b'From: a@example.org\r\nSubject: cli\r\n\r\nbody line\r\n.leading dot\r\n'
-
-
-@pytest.fixture
-def sigint_default_in_children():
-    """Start children with SIGINT at its default disposition.
-
-    A child inherits an *ignored* SIGINT (a non-interactive shell starts
-    background jobs that way: ``tox &`` in a CI script), and Python then
-    installs no KeyboardInterrupt handler, so the server would rightly keep
-    ignoring Ctrl-C.  The SIGINT test is about the server, not about how the
-    test run was started: while a Python-level handler is set here, exec()
-    resets SIGINT to SIG_DFL in the child."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
@@ -460,43 +442,16 @@ def test_bad_ipv6_forms_keep_the_stdlib_messages(python_path_env, spec, message)
     _assert_short_error(run_cli(python_path_env, '-n', spec), message)
 
 
-def _free_ipv6_ports(count):
-    socks = [socket.socket(socket.AF_INET6) for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(('::1', 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _wait_ipv6(proc, port, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            socket.create_connection(('::1', port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, 'port %d not open' % port
-            time.sleep(0.05)
-
-
 @needs_ipv6
-def test_ipv6_listen_and_relay(python_path_env):
+def test_ipv6_listen_and_relay(python_path_env, cli_server):
     # A DebuggingServer on [::1] behind a PureProxy on [::1] whose remote
     # address is [::1] too.
-    sink_port, proxy_port = _free_ipv6_ports(2)
-    base = [sys.executable, '-m', 'smtpd_compat', '-n']
     env = dict(python_path_env, PYTHONUNBUFFERED='1')
-    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for argv in (base + ['-c', 'DebuggingServer', '[::1]:%d' % sink_port],
-                          base + ['[::1]:%d' % proxy_port, '[::1]:%d' % sink_port])]
+    sink, sink_port = cli_server('-c', 'DebuggingServer', env=env, host='::1')
+    proxy, proxy_port = cli_server(env=env, host='::1',
+                                   remoteaddr=('::1', sink_port))
+    procs = [sink, proxy]
     try:
-        _wait_ipv6(procs[0], sink_port)
-        _wait_ipv6(procs[1], proxy_port)
         with smtplib.SMTP('::1', proxy_port, timeout=10) as client:
             assert client.sendmail('a@example.org', ['b@example.net'], MESSAGE) == {}
         outs = [_stop(proc) for proc in procs]

@@ -18,7 +18,6 @@ import re
 import socket
 import ssl
 import threading
-import time
 
 import pytest
 
@@ -35,6 +34,7 @@ from smtpd_compat.relay import RelayServer
 from smtpd_compat.session import LAYERS, SessionStateMixin
 from smtpd_compat.tls import TLSServerMixin
 
+import helpers
 from conftest import RecordingServer, recv_reply
 
 MIXINS = (ProxyProtocolServerMixin, LimitsServerMixin, SessionLogServerMixin,
@@ -260,7 +260,8 @@ def run_session(server, address, client_context, lmtp):
         s.close()
 
 
-def check_outcome(server, log, tmp_path, base):
+def check_outcome(runner, log, tmp_path, base):
+    server = runner.server
     messages = server.messages
     assert len(messages) == 2, messages
     (peer1, from1, to1, data1, kw1), (peer2, from2, to2, data2, kw2) = messages
@@ -274,15 +275,11 @@ def check_outcome(server, log, tmp_path, base):
     assert kw1['mail_options'] == ['RET=HDRS', 'ENVID=env1']
     assert kw1['recipient_options'] == [
         ['NOTIFY=SUCCESS', 'ORCPT=rfc822;b@example.com'], []]
-    # Every counter back to zero once the connection is gone.
-    deadline = time.monotonic() + 5
-    while (server._limits_per_ip or server._limits_channels) \
-            and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert not server._limits_per_ip and not server._limits_channels
-    while not any(line.startswith('disconnect') for line in log) \
-            and time.monotonic() < deadline:
-        time.sleep(0.005)
+    # Every counter back to zero once the connection is gone (the server
+    # closes its side after the client has read the 221).
+    runner.wait_until(lambda: not server._limits_per_ip
+                      and not server._limits_channels)
+    runner.wait_until(lambda: any(line.startswith('disconnect') for line in log))
     connects = [line for line in log if line.startswith('connect')]
     disconnects = [line for line in log if line.startswith('disconnect')]
     assert len(connects) == 1 and len(disconnects) == 1, log
@@ -321,20 +318,9 @@ SAMPLED = [(base, ORDERS.index(order)) for base in sorted(BASES)
 @pytest.fixture(scope='module')
 def upstream():
     """A recording SMTP server for the relay base, on its own loop."""
-    map = {}
-    server = RecordingServer(('127.0.0.1', 0), None, map=map)
-    stop = threading.Event()
-
-    def run():
-        while not stop.is_set():
-            smtpd_compat.asyncore.loop(timeout=0.01, map=map, count=1)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    yield server
-    stop.set()
-    thread.join(5)
-    smtpd_compat.asyncore.close_all(map=map)
+    served = helpers.start_server(RecordingServer, None)
+    yield served.server
+    served.stop()
 
 
 @pytest.mark.parametrize('base,first', FULL + SAMPLED,
@@ -359,7 +345,7 @@ def test_full_session_in_every_order(base, first, live_server, tls_certs,
         try:
             run_session(runner.server, runner.address,
                         tls_certs.client_context, lmtp)
-            check_outcome(runner.server, log_lines, directory, base)
+            check_outcome(runner, log_lines, directory, base)
         except AssertionError as e:
             raise AssertionError('order %s: %s' % (
                 [m.__name__ for m in order], e)) from None
@@ -390,9 +376,7 @@ def test_counter_bug_of_the_natural_spelling(live_server, raw_client):
         sock.sendall(b'QUIT\r\n')
         assert recv_reply(sock)[:3] == b'221'
         sock.close()
-        deadline = time.monotonic() + 5
-        while runner.server._limits_per_ip and time.monotonic() < deadline:
-            time.sleep(0.005)
+        runner.wait_until(lambda: not runner.server._limits_per_ip)
         assert runner.server._limits_per_ip == collections.Counter()
 
 
@@ -401,13 +385,19 @@ def test_composed_tls_deadline_is_the_one_deadline(live_server, tls_certs):
     connection's deadline in the 'tls' phase."""
     class S(TLSServerMixin, LimitsServerMixin, RecordingServer):
         pass
-    runner = live_server(S, use_timers=True, tls_context=tls_certs.server_context,
-                         implicit_tls=True, tls_handshake_timeout=0.3)
+    runner = live_server(S, loop='smtpd_compat', tls_context=tls_certs.server_context,
+                         implicit_tls=True, tls_handshake_timeout=0.3,
+                         clock=True)
     sock = socket.create_connection(runner.address, timeout=10)
     try:
-        started = time.monotonic()
+        runner.wait_until(lambda: runner.server.connection_count == 1)
+        runner.advance(0.29)
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(100)                  # still open, nothing sent
+        sock.settimeout(10)
+        runner.advance(0.01)
         assert sock.recv(100) == b''        # closed without a reply
-        assert time.monotonic() - started < 8
     finally:
         sock.close()
 
@@ -425,6 +415,8 @@ class Chunked(ExtensionsMixin, LimitsServerMixin, RecordingServer):
 
 def _open_transaction(address):
     sock = socket.create_connection(address, timeout=10)
+    # Each write goes out at once (see helpers.Served.settle).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     assert recv_reply(sock)[:3] == b'220'
     for line in (b'EHLO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>'):
         sock.sendall(line + b'\r\n')
@@ -435,35 +427,37 @@ def _open_transaction(address):
 MESSAGE = b'Subject: slow\r\n\r\n' + b'x' * 2381 + b'\r\n'   # 2400 bytes
 
 
-def _trickle(sock, data, rate):
-    """Send ``data`` at ``rate`` bytes per second, in 100-byte pieces."""
+def _trickle(runner, sock, data, rate):
+    """Send ``data`` at ``rate`` bytes per second of ``runner``'s manual
+    clock, in 100-byte pieces."""
     for i in range(0, len(data), 100):
         sock.sendall(data[i:i + 100])
-        time.sleep(100 / rate)
+        runner.settle(sock)
+        runner.advance(100 / rate)
 
 
 @pytest.mark.parametrize('verb', ['DATA', 'BDAT', 'BDAT-chunks'])
 def test_slow_message_is_accepted_by_data_and_bdat_alike(verb, live_server):
     # 2400 bytes at 800 B/s take 3 s, under a 1 s timeout and a 100 B/s
     # minimum rate: progress keeps the data deadline ahead, by either verb.
-    runner = live_server(Chunked, use_timers=True, idle_timeout=1.0,
-                         data_timeout=1.0, min_data_rate=100)
+    runner = live_server(Chunked, loop='smtpd_compat', idle_timeout=1.0,
+                         data_timeout=1.0, min_data_rate=100, clock=True)
     assert len(MESSAGE) == 2400
     sock = _open_transaction(runner.address)
     try:
         if verb == 'DATA':
             sock.sendall(b'DATA\r\n')
             assert recv_reply(sock)[:3] == b'354'
-            _trickle(sock, MESSAGE, 800)
+            _trickle(runner, sock, MESSAGE, 800)
             sock.sendall(b'.\r\n')
         elif verb == 'BDAT':
             sock.sendall(b'BDAT %d LAST\r\n' % len(MESSAGE))
-            _trickle(sock, MESSAGE, 800)
+            _trickle(runner, sock, MESSAGE, 800)
         else:
             for n, start in enumerate(range(0, 2400, 800)):
                 last = b' LAST' if start == 1600 else b''
                 sock.sendall(b'BDAT 800%s\r\n' % last)
-                _trickle(sock, MESSAGE[start:start + 800], 800)
+                _trickle(runner, sock, MESSAGE[start:start + 800], 800)
                 if not last:
                     assert recv_reply(sock)[:3] == b'250'
         assert recv_reply(sock, timeout=10)[:3] == b'250'
@@ -478,16 +472,15 @@ def test_slow_message_is_accepted_by_data_and_bdat_alike(verb, live_server):
 def test_stalled_bdat_transaction_still_times_out(live_server):
     # The data deadline is not a free pass: a BDAT transaction that stops
     # between chunks is cut off like a stalled DATA.
-    runner = live_server(Chunked, use_timers=True, idle_timeout=0.5,
-                         data_timeout=0.5, min_data_rate=100)
+    runner = live_server(Chunked, loop='smtpd_compat', idle_timeout=0.5,
+                         data_timeout=0.5, min_data_rate=100, clock=True)
     sock = _open_transaction(runner.address)
     try:
         sock.sendall(b'BDAT 5\r\nhello')
         assert recv_reply(sock)[:3] == b'250'
-        started = time.monotonic()
+        runner.advance(0.5)
         reply = recv_reply(sock, timeout=10)
         assert reply.startswith(b'421 4.4.2')
-        assert time.monotonic() - started < 8
     finally:
         sock.close()
 
@@ -510,9 +503,9 @@ def test_shutdown_lets_a_message_in_progress_finish(verb):
         else:
             sock.sendall(b'BDAT 19\r\nSubject: x\r\n\r\nfirst')
             assert recv_reply(sock)[:3] == b'250'
-        time.sleep(0.1)
         shutdown.request()
-        time.sleep(0.5)
+        # The rest comes once the shutdown has begun: the listener closed.
+        helpers.poll_until(lambda: not server.accepting)
         if verb == 'DATA':
             sock.sendall(b' second\r\n.\r\n')
         else:

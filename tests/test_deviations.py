@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 
+import helpers
 import smtpd_compat
 from conftest import HAVE_STDLIB_SMTPD, RecordingServer, read_to_eof, recv_reply
 
@@ -469,14 +470,14 @@ def _greeted(port, timeout):
 
 def _start_fd_server(python_path_env, module, loop_name):
     import subprocess
-    from conftest import free_port, wait_for_port
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-c', _FD_SERVER, str(FD_LIMIT), str(port), module,
-         loop_name],
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    wait_for_port(proc, port)
+    # (DebuggingServer sets SO_REUSEADDR: it can listen on a reserved port.)
+    with helpers.reserved_port() as port:
+        proc = subprocess.Popen(
+            [sys.executable, '-c', _FD_SERVER, str(FD_LIMIT), str(port), module,
+             loop_name],
+            env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        helpers.wait_for_port(proc, port)
     return proc, port
 
 
@@ -538,7 +539,7 @@ def test_b_escaped_reply_counts_as_an_error_for_limits(live_server, raw_client):
     class Limited(LimitsServerMixin, RecordingServer):
         pass
 
-    live = live_server(Limited, max_errors=2, use_timers=True)
+    live = live_server(Limited, max_errors=2, loop='smtpd_compat')
     sock, replies = _session(raw_client, live, ['HELO c', 'F\u00dc x', 'MAIL FROM:<a@'])
     assert replies[1] == b'500 Error: command "F\\xdc" not recognized\r\n'
     # The second error (a parser crash in 3.11) reaches the limit.
@@ -569,27 +570,26 @@ def test_b_answered_line_moves_the_idle_deadline(live_server, raw_client, line):
     # The answer is given where the exception leaves the user's channel
     # class, so the limits' work after each line (a new idle deadline)
     # still runs for a line that crashed 3.11.
-    import time
-
     from smtpd_compat.limits import LimitsServerMixin
 
     class Limited(LimitsServerMixin, RecordingServer):
         pass
 
-    live = live_server(Limited, idle_timeout=300, use_timers=True)
+    live = live_server(Limited, idle_timeout=300, loop='smtpd_compat',
+                       clock=True)
     sock, _ = _session(raw_client, live, ['HELO c'])
-    channel, = [c for c in live.map.values() if isinstance(c, smtpd_compat.SMTPChannel)]
-    # Let the server finish with HELO (its deadline is set after the reply
-    # went out), then the only thing that can move the deadline past
-    # sent_at + idle_timeout is handling the line.
-    time.sleep(0.5)
-    sent_at = time.monotonic()
+    channel, = live.channels()
+    # The server is done with HELO (its deadline is set after the reply
+    # went out) once the deadline is armed from the time of HELO.
+    helo_at = live.clock.now
+    live.wait_until(lambda: channel.deadline == helo_at + 300)
+    # Later on the manual clock, the only thing that can move the deadline
+    # to sent_at + idle_timeout is handling the line.
+    live.advance(100)
+    sent_at = live.clock.now
     sock.sendall(line.encode() + b'\r\n')
     assert recv_reply(sock).startswith(b'50')
-    give_up = time.monotonic() + 5
-    while channel._deadline < sent_at + 300 and time.monotonic() < give_up:
-        time.sleep(0.01)
-    assert channel._deadline >= sent_at + 300
+    live.wait_until(lambda: channel.deadline == sent_at + 300, timeout=10)
 
 
 # -- the command line --------------------------------------------------------
@@ -618,20 +618,15 @@ def _our_cli(python_path_env, *args):
                 env=python_path_env)
 
 
-def test_cli_options_may_follow_the_address(python_path_env):
+def test_cli_options_may_follow_the_address(cli):
     import signal
     import smtplib
-    import subprocess
 
-    from conftest import free_port, wait_for_port
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'smtpd_compat', '127.0.0.1:%d' % port, '-n',
-         '-c', 'DebuggingServer', '--log-level', 'WARNING'],
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    with helpers.reserved_port() as port:
+        proc = cli.popen('127.0.0.1:%d' % port, '-n', '-c', 'DebuggingServer',
+                         '--log-level', 'WARNING')
+        helpers.wait_for_port(proc, port)
     try:
-        wait_for_port(proc, port)
         with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
             client.sendmail('a@example.org', ['b@example.org'], 'Subject: after\r\n\r\nx\r\n')
     finally:

@@ -297,7 +297,7 @@ def test_bdat_unparsable_size_closes(live_server, raw_client, bdat, limits):
             pass
     else:
         Server = Recorder
-    live = live_server(Server, use_timers=limits)
+    live = live_server(Server, loop='smtpd_compat' if limits else 'asyncore')
     sock, _ = session(raw_client, live)
     sock.sendall(b'MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n' + bdat + b'\r\n'
                  + SMUGGLED + b'QUIT\r\n')

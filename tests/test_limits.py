@@ -1,6 +1,8 @@
 """Timeouts, connection/recipient/error/line limits and the session log,
 on live loopback servers driven by smtpd_compat.loop (whose timers fire
-the deadlines)."""
+the deadlines).  The timeout tests run on a manual clock
+(helpers.ManualClock): time passes when the test says so, not while the
+machine is busy."""
 import logging
 import selectors
 import smtplib
@@ -28,9 +30,10 @@ class Limited(LimitsServerMixin, RecordingServer):
 @pytest.fixture
 def serve(live_server):
     """Factory: a live server (Limited by default) served by
-    smtpd_compat.loop, whose timers drive the timeouts."""
+    smtpd_compat.loop, whose timers drive the timeouts (``clock=True``: on
+    a manual clock)."""
     def start(server_class=Limited, **kwargs):
-        return live_server(server_class, use_timers=True, **kwargs)
+        return live_server(server_class, loop='smtpd_compat', **kwargs)
 
     return start
 
@@ -42,6 +45,8 @@ def connect():
     def open_(address, source='127.0.0.1', greet=True):
         sock = socket.socket()
         socks.append(sock)
+        # Each write goes out at once (see helpers.Served.settle).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(5)
         sock.bind((source, 0))
         sock.connect(address)
@@ -60,9 +65,10 @@ def command(sock, line):
 # -- timeouts ----------------------------------------------------------------
 
 def test_idle_timeout_sends_421_and_closes(serve, connect):
-    runner = serve(idle_timeout=0.3)
+    runner = serve(idle_timeout=0.3, clock=True)
     sock, greeting = connect(runner.address)
     assert greeting.startswith(b'220 ')
+    runner.advance(0.3)
     rest = read_to_eof(sock)
     assert rest.startswith(b'421 4.4.2 ')
     assert b'timeout exceeded' in rest
@@ -70,37 +76,34 @@ def test_idle_timeout_sends_421_and_closes(serve, connect):
 
 
 def test_idle_timeout_is_reset_by_commands_not_by_bytes(serve, connect):
-    # Timings leave each gap a second of slack for a loaded machine.
-    runner = serve(idle_timeout=1.5)
+    runner = serve(idle_timeout=1.5, clock=True)
     sock, _ = connect(runner.address)
     # Complete commands keep the session alive past the timeout (2.1 s)...
     for _ in range(6):
-        time.sleep(0.35)
+        runner.advance(0.35)
         assert command(sock, b'NOOP').startswith(b'250 ')
     # ...a line dripped byte by byte does not.
-    started = time.monotonic()
+    started = runner.clock.now
     reply = b''
-    sock.settimeout(0.2)
-    for _ in range(50):          # at most ~10 s
+    sock.settimeout(0)
+    for _ in range(50):          # at most 10 s on the server's clock
         try:
             sock.sendall(b'N')
-            chunk = sock.recv(100)
-        except socket.timeout:
-            continue
         except OSError:
             break
-        if not chunk:
+        # The server has read the byte before its clock moves on.
+        runner.settle(sock)
+        runner.advance(0.2)
+        if not runner.channels():
             break
-        reply += chunk
-        if b'421' in reply:
-            break
+    sock.settimeout(10)
+    reply = read_to_eof(sock)
     assert reply.startswith(b'421 4.4.2 ')
-    assert time.monotonic() - started < 5
+    assert runner.clock.now - started < 5
 
 
 def test_data_timeout_uses_minimum_rate(serve, connect):
-    # (data_timeout leaves the fast client ~1.4 s of slack between sends.)
-    runner = serve(data_timeout=1.5, min_data_rate=2000)
+    runner = serve(data_timeout=1.5, min_data_rate=2000, clock=True)
     fast, _ = connect(runner.address)
     slow, _ = connect(runner.address)
     for sock in (fast, slow):
@@ -111,9 +114,9 @@ def test_data_timeout_uses_minimum_rate(serve, connect):
     # minimum) for longer than data_timeout; the slow one 10 bytes (100
     # B/s).  A fixed total timeout would cut both; a per-read timeout
     # neither.
-    slow.settimeout(0.01)
+    slow.settimeout(0)
     slow_reply = b''
-    for _ in range(25):          # >= 2.5 s, longer than data_timeout
+    for _ in range(25):          # 2.5 s, longer than data_timeout
         fast.sendall(b'x' * 998 + b'\r\n')
         try:
             slow.sendall(b'y' * 8 + b'\r\n')
@@ -121,9 +124,11 @@ def test_data_timeout_uses_minimum_rate(serve, connect):
             pass
         try:
             slow_reply += slow.recv(100)
-        except socket.timeout:
+        except (BlockingIOError, socket.timeout):
             pass
-        time.sleep(0.1)
+        runner.settle(fast, slow)
+        runner.advance(0.1)
+    slow.settimeout(10)
     assert command(fast, b'.').startswith(b'250 ')
     assert len(runner.server.messages) == 1
     # 25 lines of 998 bytes; the last line end belongs to the terminator.
@@ -133,24 +138,26 @@ def test_data_timeout_uses_minimum_rate(serve, connect):
 
 
 def test_data_timeout_without_rate_is_reset_by_progress(serve, connect):
-    runner = serve(data_timeout=1.5, min_data_rate=None, idle_timeout=1.5)
+    runner = serve(data_timeout=1.5, min_data_rate=None, idle_timeout=1.5,
+                   clock=True)
     sock, _ = connect(runner.address)
     for line in (b'HELO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>'):
         command(sock, line)
     assert command(sock, b'DATA').startswith(b'354')
-    for _ in range(12):          # 2.4 s in all, 0.2 s apart (1.3 s slack)
+    for _ in range(12):          # 2.4 s in all, 0.2 s apart
         sock.sendall(b'z\r\n')
-        time.sleep(0.2)
+        runner.settle(sock)
+        runner.advance(0.2)
     assert command(sock, b'.').startswith(b'250 ')
 
 
 def test_set_deadline_hook_for_other_phases(serve, connect):
-    runner = serve(idle_timeout=30)
+    runner = serve(idle_timeout=30, clock=True)
     sock, _ = connect(runner.address)
-    channel = next(c for c in list(runner.map.values())
-                   if isinstance(c, smtpd_compat.SMTPChannel))
+    channel, = runner.channels()
     # What a TLS handshake would do: a short deadline of its own.
-    sloop.call_later(0, channel.set_deadline, 0.2, map=runner.map)
+    runner.call(channel.set_deadline, 0.2)
+    runner.advance(0.2)
     assert read_to_eof(sock).startswith(b'421 4.4.2 ')
 
 
@@ -166,9 +173,7 @@ def test_max_connections(serve, connect):
     assert read_to_eof(c) == b''
     command(a, b'QUIT')
     read_to_eof(a)
-    deadline = time.monotonic() + 5
-    while runner.server.connection_count > 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    runner.wait_until(lambda: runner.server.connection_count <= 1)
     d, gd = connect(runner.address)
     assert gd.startswith(b'220 ')
 
@@ -219,16 +224,17 @@ def test_slowloris_2000_dripping_sockets(serve, connect):
     n = 2000
     if sloop.raise_fd_limit(2 * n + 200) < 2 * n + 200:
         pytest.skip('cannot raise the open file limit for 4,000 sockets')
-    # The idle timeout leaves room for accepting 2,000 connections and a
-    # delivery on a loaded machine (6 s was once too short in CI).
-    runner = serve(idle_timeout=15.0, max_connections=None,
-                   max_connections_per_ip=None)
+    # On a manual clock: however long accepting 2,000 connections and a
+    # delivery take on a loaded machine, no idle timeout passes meanwhile.
+    runner = serve(idle_timeout=6.0, max_connections=None,
+                   max_connections_per_ip=None, clock=True)
     attackers = []
     sel = selectors.DefaultSelector()
     received = {}
     try:
         for _ in range(n):
             s = socket.socket()
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.setblocking(False)
             s.connect_ex(runner.address)
             attackers.append(s)
@@ -242,7 +248,7 @@ def test_slowloris_2000_dripping_sockets(serve, connect):
                     s.send(bytes([drip]))
                 except OSError:
                     pass
-            time.sleep(0.2)
+            runner.settle(*attackers)
         # Meanwhile, a normal client delivers.
         client = smtplib.SMTP(*runner.address, timeout=10)
         client.sendmail('a@b', ['c@d'], b'Subject: hi\r\n\r\nbody\r\n')
@@ -255,7 +261,11 @@ def test_slowloris_2000_dripping_sockets(serve, connect):
             assert chunk, 'an attacker was disconnected before the client finished'
             received[key.fileobj] += chunk
         assert not any(b'421' in data for data in received.values()), [d for d in received.values() if b'421' in d][:3]
-        # Then every attacker gets the timeout reply and EOF.
+        # Then, once the idle timeout has passed, every attacker gets the
+        # timeout reply and EOF.
+        # (Every attacker is a session by then, its deadline armed.)
+        runner.wait_until(lambda: runner.server.connection_count >= n)
+        runner.advance(6.0)
         closed = 0
         deadline = time.monotonic() + 30
         while closed < n and time.monotonic() < deadline:
@@ -368,13 +378,13 @@ def test_session_log_lines(serve, caplog):
     client = smtplib.SMTP(*runner.address, timeout=10)
     client.sendmail('a@b', ['c@d', 'e@f'], b'Subject: x\r\n\r\n12345\r\n')
     client.quit()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        messages = [r.getMessage() for r in caplog.records
-                    if r.name.startswith('smtpd_compat')]
-        if any(m.startswith('disconnect') for m in messages):
-            break
-        time.sleep(0.02)
+
+    def logged():
+        return [r.getMessage() for r in caplog.records
+                if r.name.startswith('smtpd_compat')]
+    # (The session ends on the server after the 221 has reached the client.)
+    runner.wait_until(lambda: any(m.startswith('disconnect') for m in logged()))
+    messages = logged()
     assert any(m.startswith('connect from 127.0.0.1:') for m in messages)
     assert any('size=17 recipients=2' in m and "reply='250 OK'" in m
                for m in messages), messages
@@ -536,19 +546,12 @@ runpy.run_module('smtpd_compat', run_name='__main__')
 '''
 
 
-def test_production_survives_running_out_of_descriptors(python_path_env):
-    import subprocess
+def test_production_survives_running_out_of_descriptors(cli_server):
     import sys
-    from conftest import free_port, wait_for_port
     limit = 40
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-c', _FD_CLI, str(limit), '-n', '--production',
-         '-c', 'DebuggingServer', '127.0.0.1:%d' % port],
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    proc, port = cli_server('--production', '-c', 'DebuggingServer',
+                            command=[sys.executable, '-c', _FD_CLI, str(limit)])
     try:
-        wait_for_port(proc, port)
         socks, refused = [], 0
         try:
             for _ in range(2 * limit):
@@ -562,8 +565,15 @@ def test_production_survives_running_out_of_descriptors(python_path_env):
         # max_connections was fitted below the limit: the surplus was
         # refused with 421 instead of failing accept().
         assert 0 < refused < 2 * limit
-        time.sleep(0.5)
-        client = smtplib.SMTP('127.0.0.1', port, timeout=20)
+        # The server counts a session until it has read the client's end
+        # of it: a client that comes before then may still be refused
+        # (421), and one that comes after is served.
+        for _ in range(50):
+            try:
+                client = smtplib.SMTP('127.0.0.1', port, timeout=20)
+                break
+            except smtplib.SMTPConnectError as e:
+                assert e.smtp_code == 421
         assert client.noop()[0] == 250
         client.quit()
     finally:

@@ -149,8 +149,7 @@ def test_flow_control_resumes_when_replies_are_read(live_server, request,
         class server_class(TLSServerMixin, Counting):
             pass
         kwargs = {'tls_context': certs.server_context, 'implicit_tls': True}
-    live = live_server(server_class, use_timers=loop_name == 'smtpd_compat',
-                       **kwargs)
+    live = live_server(server_class, loop=loop_name, **kwargs)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     sock.settimeout(10)
@@ -166,7 +165,9 @@ def test_flow_control_resumes_when_replies_are_read(live_server, request,
         sender = threading.Thread(target=sock.sendall, args=(
             b'HELO x\r\n' + b'HELP\r\n' * count + b'QUIT\r\n',))
         sender.start()
-        time.sleep(0.5)         # let the queue fill up, then read it all
+        # Let the queue fill up until the server stops reading, then read
+        # it all.
+        live.wait_until(lambda: Channel.paused)
         pieces = []
         while True:
             piece = sock.recv(1 << 16)

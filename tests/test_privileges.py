@@ -21,7 +21,9 @@ import time
 import pytest
 
 import smtpd_compat
-from conftest import REQUIRE_TOOLS, free_port, require_tool, wait_for_port
+import helpers
+from conftest import REQUIRE_TOOLS, require_tool
+from helpers import free_port, wait_for_port
 
 SYSTEM_PYTHON = '/usr/bin/python3'
 
@@ -157,10 +159,10 @@ def test_root_without_n_delivers_as_nobody(nobody_env, root_server, store):
     uid, gid, _ = nobody_ids()
     base = workdir(nobody_env, 'deliver-' + store)
     target = os.path.join(base, 'Maildir' if store == 'maildir' else 'mbox')
-    port = free_port()
     cls = 'MaildirServer' if store == 'maildir' else 'MboxServer'
-    proc = root_server('-c', cls, '--' + store, target, '127.0.0.1:%d' % port)
-    wait_for_port(proc, port)
+    with helpers.reserved_port() as port:
+        proc = root_server('-c', cls, '--' + store, target, '127.0.0.1:%d' % port)
+        wait_for_port(proc, port)
     # (The port is bound before the switch: wait for it.)
     wait_until_nobody(proc, uid)
     # The process is nobody through and through: no root group left over.

@@ -149,10 +149,9 @@ def test_upstream_gone_mid_transaction(live_server, upstream):
         client.ehlo()
         assert client.mail('a@x')[0] == 250
         assert client.rcpt('ok@x')[0] == 250
-        # Drop the upstream's side of the session.
-        for channel in list(upstream.map.values()):
-            if channel is not upstream.server:
-                channel.close()
+        # Drop the upstream's side of the session (on its loop thread).
+        for channel in upstream.channels():
+            upstream.call(channel.close)
         code, _ = client.rcpt('ok2@x')
         assert code == 451
         with pytest.raises(smtplib.SMTPDataError) as info:

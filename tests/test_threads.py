@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import RecordingServer, read_to_eof, recv_reply
+import helpers
 import smtpd_compat
 import smtpd_compat.loop
 from smtpd_compat import threads
@@ -32,7 +33,8 @@ FAST = 1.0
 
 
 class SlowServer(threads.ThreadedServerMixin, RecordingServer):
-    """Records each message after ``delay`` seconds, with the thread it ran
+    """Records each message after ``delay`` seconds (or, when the test
+    gives it a ``release`` event, once that is set), with the thread it ran
     in; a message whose body holds "boom" raises."""
 
     delay = 0.3
@@ -41,7 +43,12 @@ class SlowServer(threads.ThreadedServerMixin, RecordingServer):
         started = getattr(self, 'started', None)
         if started is not None:
             started.set()
-        time.sleep(self.delay)
+        release = getattr(self, 'release', None)
+        if release is not None:
+            assert release.wait(30)
+        else:
+            # Work that takes a while (the replies must wait for it).
+            time.sleep(self.delay)
         if b'boom' in data:
             raise RuntimeError('handler bug')
         self.threads_seen = getattr(self, 'threads_seen', set())
@@ -91,9 +98,9 @@ PIPELINED = (b'EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
              b'second\r\n.\r\nNOOP\r\nQUIT\r\n')
 
 
-@pytest.mark.parametrize('use_timers', [False, True], ids=['asyncore', 'smtpd_compat.loop'])
-def test_pipelined_replies_stay_in_order(live_server, use_timers):
-    live = live_server(SlowServer, use_timers=use_timers)
+@pytest.mark.parametrize('loop', ['asyncore', 'smtpd_compat'], ids=['asyncore', 'smtpd_compat.loop'])
+def test_pipelined_replies_stay_in_order(live_server, loop):
+    live = live_server(SlowServer, loop=loop)
     with socket.create_connection(live.address, timeout=10) as sock:
         recv_reply(sock)
         sock.sendall(PIPELINED)
@@ -149,20 +156,24 @@ def test_handler_exception_is_451_and_session_goes_on(live_server, caplog):
 
 def test_disconnect_during_work(live_server, caplog):
     live = live_server(SlowServer)
-    live.server.delay = 0.5
+    live.server.started = threading.Event()
+    live.server.release = threading.Event()
     with caplog.at_level(logging.INFO, logger='smtpd_compat.threads'):
         sock = socket.create_connection(live.address, timeout=10)
         recv_reply(sock)
         sock.sendall(b'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
                      b'gone\r\n.\r\n')
         assert replies(sock, 4)[-1].startswith('354')
-        # Reset (not just close) the connection while the handler runs.
+        # Reset (not just close) the connection while the handler runs;
+        # the handler ends after that.  (The server's socket has the reset
+        # once close() returns: loopback delivers it within the call.)
+        assert live.server.started.wait(10)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
         sock.close()
-        deadline = time.monotonic() + 10
-        while not any('result dropped' in r.getMessage() for r in caplog.records):
-            assert time.monotonic() < deadline, 'the result was not dropped'
-            time.sleep(0.05)
+        live.server.release.set()
+        helpers.poll_until(lambda: any('result dropped' in r.getMessage()
+                                       for r in caplog.records),
+                           10, 'the result was dropped')
     # The work finished; the server goes on serving.
     assert [m[3] for m in live.server.messages] == [b'gone']
     assert connect_noop(live.address) < FAST
@@ -246,11 +257,13 @@ def test_loop_ends_when_only_the_waker_is_left(use_timers):
 # -- shutdown -------------------------------------------------------------
 
 check_started = threading.Event()
+check_release = threading.Event()
 
 
 def slow_check(mechanism, login, password, channel):
+    # A check that runs until the test releases it.
     check_started.set()
-    time.sleep(1.0)
+    assert check_release.wait(30)
     return password == 'right'
 
 
@@ -300,11 +313,16 @@ def test_shutdown_waits_for_work_in_flight():
             # AUTH PLAIN \0user\0right: the check is in flight (COMMAND
             # state, not DATA) when the shutdown begins.
             check_started.clear()
+            check_release.clear()
             sock.sendall(b"AUTH PLAIN AHVzZXIAcmlnaHQ=\r\n")
             assert check_started.wait(10)
             shutdown.request()
+            # The check ends once the shutdown has begun (listener closed).
+            helpers.poll_until(lambda: not server.accepting)
+            check_release.set()
             data = read_to_eof(sock)
     finally:
+        check_release.set()
         shutdown.request()
         runner.join(20)
     assert data.startswith(b'235 2.7.0 Authentication successful\r\n421 4.3.2 ')
@@ -314,8 +332,7 @@ def test_shutdown_waits_for_work_in_flight():
 def test_shutdown_waits_for_a_threaded_message():
     map = {}
     server = SlowServer(('127.0.0.1', 0), None, map=map)
-    server.delay = 1.0
-    server.started = threading.Event()
+    server.started, server.release = threading.Event(), threading.Event()
     address = server.socket.getsockname()
     shutdown = GracefulShutdown(map, grace_period=10)
     runner = threading.Thread(target=shutdown.run)
@@ -328,8 +345,12 @@ def test_shutdown_waits_for_a_threaded_message():
             assert replies(sock, 4)[-1].startswith('354')
             assert server.started.wait(10)
             shutdown.request()
+            # The handler ends once the shutdown has begun.
+            helpers.poll_until(lambda: not server.accepting)
+            server.release.set()
             data = read_to_eof(sock)
     finally:
+        server.release.set()
         shutdown.request()
         runner.join(20)
     assert data.startswith(b'250 OK\r\n421 4.3.2 ')
@@ -341,7 +362,7 @@ def test_shutdown_waits_for_a_threaded_message():
 def test_auth_brute_force_does_not_block_others(live_server, tmp_path, capsys):
     users = tmp_path / 'users'
     users.write_text('user:%s\n' % hash_password('right'))
-    live = live_server(SlowAuthServer, use_timers=True,
+    live = live_server(SlowAuthServer, loop='smtpd_compat',
                        authenticator=FileAuthenticator(str(users)),
                        auth_allow_plaintext=True, auth_max_failures=10 ** 6,
                        # Every guess really checked (no 454 from the
@@ -365,8 +386,7 @@ def test_auth_brute_force_does_not_block_others(live_server, tmp_path, capsys):
     for t in attackers:
         t.start()
     try:
-        while len(attempts) < 16:
-            time.sleep(0.05)
+        helpers.poll_until(lambda: len(attempts) >= 16, what='16 attempts')
         samples = []
         for _ in range(10):
             samples.append(connect_noop(live.address))
@@ -383,15 +403,21 @@ def test_auth_brute_force_does_not_block_others(live_server, tmp_path, capsys):
 
 
 class SlowUpstream(RecordingServer):
+    """An upstream whose handler runs until the test releases it
+    (``started``, ``release``)."""
+
     def process_message(self, *args, **kwargs):
-        time.sleep(3)
+        self.started.set()
+        assert self.release.wait(30)
         return super().process_message(*args, **kwargs)
 
 
 def test_relay_waiting_on_upstream_does_not_block_others(live_server, capsys):
     upstream = live_server(SlowUpstream)
+    upstream.server.started = threading.Event()
+    upstream.server.release = threading.Event()
     relay = live_server(RelayServer, remoteaddr=upstream.address,
-                        relay_timeout=10, use_timers=True)
+                        relay_timeout=10, loop='smtpd_compat')
     outcome = {}
 
     def slow_sender():
@@ -402,17 +428,18 @@ def test_relay_waiting_on_upstream_does_not_block_others(live_server, capsys):
             outcome['data'] = client.data(b'Subject: slow\r\n\r\nbody\r\n')
 
     sender = threading.Thread(target=slow_sender)
-    start = time.monotonic()
     sender.start()
-    while len(upstream.server.messages) == 0 and time.monotonic() - start < 1.0:
-        time.sleep(0.05)
-    samples = []
-    while sender.is_alive() and time.monotonic() - start < 2.5:
-        samples.append(greet_ehlo_quit(relay.address))
-    sender.join(20)
+    try:
+        # The relay waits on the upstream's answer meanwhile.
+        assert upstream.server.started.wait(10)
+        samples = [greet_ehlo_quit(relay.address) for _ in range(20)]
+        assert sender.is_alive()
+    finally:
+        upstream.server.release.set()
+        sender.join(20)
     with capsys.disabled():
-        print('\n[figure] relay, upstream taking 3 s: greeting+EHLO+QUIT max %.0f ms '
-              'over %d samples' % (max(samples) * 1000, len(samples)))
+        print('\n[figure] relay, upstream holding the message: greeting+EHLO+QUIT '
+              'max %.0f ms over %d samples' % (max(samples) * 1000, len(samples)))
     assert samples and max(samples) < FAST
     assert outcome['data'] == (250, b'OK')
     assert len(upstream.server.messages) == 1
@@ -573,30 +600,41 @@ def test_bad_pool_size_raises(value):
 
 # -- with the other capabilities -------------------------------------------
 
-class SlowLimited(LimitedServer):
-    """Production limits and the session log, with a slow threaded handler."""
+class HeldLimited(LimitedServer):
+    """Production limits and the session log, with a threaded handler that
+    runs until the test releases it (``started``, ``release``)."""
 
     def process_message(self, *args, **kwargs):
-        time.sleep(2.0)
+        self.started.set()
+        assert self.release.wait(30)
 
 
 def test_server_work_does_not_count_as_client_idleness(live_server, caplog):
     caplog.set_level(logging.INFO, logger='smtpd_compat')
-    live = live_server(type('S', (threads.ThreadedServerMixin, SlowLimited), {}),
-                       use_timers=True, idle_timeout=1.0)
+    live = live_server(type('S', (threads.ThreadedServerMixin, HeldLimited), {}),
+                       loop='smtpd_compat', idle_timeout=1.0, clock=True)
+    live.server.started, live.server.release = threading.Event(), threading.Event()
     with socket.create_connection(live.address, timeout=10) as sock:
         recv_reply(sock)
-        start = time.monotonic()
-        # The handler takes 2 s, twice the idle timeout: still answered.
         sock.sendall(b'HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n'
                      b'x\r\n.\r\n')
+        assert live.server.started.wait(10)
+        # The handler takes twice the idle timeout on the server's clock:
+        # still answered.
+        live.advance(2.0)
+        live.server.release.set()
         assert replies(sock, 5)[-1] == '250 OK'
-        answered = time.monotonic()
         # Then the idle deadline runs again, from the answer.
+        answered = live.clock.now
+        channel, = live.channels()
+        live.wait_until(lambda: channel.deadline == answered + 1.0)
+        live.advance(0.9)
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(100)
+        sock.settimeout(10)
+        live.advance(0.1)
         assert read_to_eof(sock).startswith(b'421 4.4.2 ')
-        closed = time.monotonic()
-    assert answered - start >= 2.0
-    assert closed - answered >= 0.9
     messages = [r.getMessage() for r in caplog.records]
     assert sum('message from' in m and "reply='250 OK'" in m for m in messages) == 1
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import helpers
 import smtpd_compat
 from smtpd_compat import tls
 from conftest import RecordingServer, recv_reply, require_tool
@@ -226,7 +227,7 @@ def test_big_message_and_pipelined_burst_over_tls(starttls_server, tls_certs):
 def test_handshake_timeout_with_loop_timers(live_server, tls_certs):
     live = live_server(TLSRecorder, None, tls_context=tls_certs.server_context,
                        implicit_tls=True, tls_handshake_timeout=0.2,
-                       use_timers=True)
+                       loop='smtpd_compat')
     sock = socket.create_connection(live.address, timeout=10)
     sock.sendall(_client_hello()[:20])
     try:
@@ -376,12 +377,12 @@ def test_reload_without_files_is_a_no_op(live_server, tls_certs):
 
 
 def wait_until(predicate, timeout=20.0):
-    import time
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
+    """True once ``predicate()`` is (the server is another process: asked
+    every 0.1 s), False after ``timeout``."""
+    try:
+        helpers.poll_until(predicate, timeout, interval=0.1)
+    except AssertionError:
+        return False
     return True
 
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import free_port, wait_for_port
+from helpers import free_port
 
 # Run before smtpd_compat is imported: the interpreter a Windows user has,
 # as far as imports and attribute lookups can tell.
@@ -38,14 +38,9 @@ def _argv(*args):
     return [sys.executable, '-c', _NO_POSIX] + list(args)
 
 
-def test_debugging_server_runs_and_prints_a_message(python_path_env):
-    port = free_port()
-    proc = subprocess.Popen(
-        _argv('-n', '-c', 'DebuggingServer', '127.0.0.1:%d' % port),
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+def test_debugging_server_runs_and_prints_a_message(cli_server):
+    proc, port = cli_server('-c', 'DebuggingServer', command=_argv())
     try:
-        wait_for_port(proc, port)
         with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
             refused = client.sendmail('a@example.org', ['b@example.org'],
                                       'Subject: from windows\r\n\r\nhello\r\n')
@@ -58,17 +53,12 @@ def test_debugging_server_runs_and_prints_a_message(python_path_env):
     assert proc.returncode == 0, err
 
 
-def test_maildir_delivery_works_without_posix_modules(python_path_env, tmp_path):
+def test_maildir_delivery_works_without_posix_modules(cli_server, tmp_path):
     # The alternative the mbox error message points to.
-    port = free_port()
     maildir = tmp_path / 'Maildir'
-    proc = subprocess.Popen(
-        _argv('-n', '-c', 'MaildirServer', '--maildir', str(maildir),
-              '127.0.0.1:%d' % port),
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    proc, port = cli_server('-c', 'MaildirServer', '--maildir', str(maildir),
+                            command=_argv())
     try:
-        wait_for_port(proc, port)
         with smtplib.SMTP('127.0.0.1', port, timeout=10) as client:
             client.sendmail('a@example.org', ['b@example.org'],
                             'Subject: stored\r\n\r\nline one\r\nline two\r\n')

@@ -7,12 +7,11 @@ import smtplib
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from smtpd_compat.workers import run_workers
-from conftest import free_port
+import helpers
 from test_tls import served_cert, two_certs, wait_until  # noqa: F401 (fixture)
 
 if not hasattr(os, 'fork'):
@@ -24,30 +23,43 @@ class Lines:
 
     def __init__(self, stream):
         self.lines = []
+        self._changed = threading.Condition()
         self._stream = stream
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self):
         for line in self._stream:
-            self.lines.append(line)
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
 
     def wait_for(self, pattern, count=1, timeout=30):
         # (Generous: the first wait includes interpreter start-up and two
         # forks on a loaded CI machine; a pass returns as soon as it is seen.)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [m for m in (re.search(pattern, line)
-                                 for line in list(self.lines)) if m]
-            if len(found) >= count:
-                return found
-            time.sleep(0.02)
-        raise AssertionError('%r x%d not in %s' % (pattern, count,
-                                                    ''.join(self.lines)))
+        found = []
+
+        def seen():
+            found[:] = [m for m in (re.search(pattern, line)
+                                    for line in self.lines) if m]
+            return len(found) >= count
+        with self._changed:
+            if self._changed.wait_for(seen, timeout):
+                return list(found)
+            raise AssertionError('%r x%d not in %s' % (pattern, count,
+                                                        ''.join(self.lines)))
 
     def close(self):
         self._thread.join(10)
         self._stream.close()
+
+
+@pytest.fixture
+def port():
+    """A port reserved for the test's server (it sets SO_REUSEADDR, as
+    every asyncore server does), taken by nobody else meanwhile."""
+    with helpers.reserved_port() as port:
+        yield port
 
 
 def alive(pid):
@@ -63,8 +75,7 @@ def alive(pid):
         return True
 
 
-def test_workers_restart_and_stop(python_path_env):
-    port = free_port()
+def test_workers_restart_and_stop(python_path_env, port):
     proc = subprocess.Popen(
         [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'DebuggingServer',
          '--workers', '2', '--grace-period', '2', '127.0.0.1:%d' % port],
@@ -151,14 +162,13 @@ def test_stop_signal_between_fork_and_handler_setup_is_not_lost(
     assert out.read_text() == 'served by worker 2\n'
 
 
-def test_sighup_to_the_parent_reloads_every_worker(two_certs, tmp_path,  # noqa: F811
+def test_sighup_to_the_parent_reloads_every_worker(two_certs, tmp_path, port,  # noqa: F811
                                                    python_path_env):
     # logrotate and systemctl reload signal the main process: the workers,
     # who serve, must reload (and must not pass it on to each other).
     client, pems, ders = two_certs
     cert = tmp_path / 'server.pem'
     cert.write_bytes(pems[0])
-    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'DebuggingServer',
          '--workers', '2', '--tls-cert', str(cert), '127.0.0.1:%d' % port],
