@@ -25,7 +25,7 @@ import pytest
 import smtpd_compat
 from smtpd_compat import web
 from smtpd_compat.web import mime
-from smtpd_compat.controller import Controller, with_capture
+from smtpd_compat.controller import CapturingServer, Controller, with_capture
 from smtpd_compat.delivery import MaildirServer
 from smtpd_compat import pytest_plugin
 from smtpd_compat.web import Inbox, WebInboxServer, WebInboxServerMixin
@@ -1018,7 +1018,55 @@ def test_shared_inbox_and_capture(inbox_web):
     w = inbox_web(with_capture(WebInboxServer), inbox=inbox)
     w.send(make_message(subject='both'))
     assert w.controller.messages[0]['Subject'] == 'both'
-    assert len(inbox) == 1 and w.inbox is inbox
+    # One store: the capture's messages are the inbox, each message once.
+    assert w.controller.messages is inbox and w.inbox is inbox
+    assert len(inbox) == 1
+
+
+class WebFirst(WebInboxServerMixin, CapturingServer):
+    pass
+
+
+@pytest.mark.parametrize('server_class', [with_capture(WebInboxServer), WebFirst, None],
+                         ids=['capture-first', 'web-first', 'controller'])
+def test_capture_and_web_share_one_store_in_any_order(server_class):
+    # (The capture's class before the inbox's in the MRO, after it, and
+    # what Controller(web=...) composes.)
+    controller = Controller(server_class, web=('127.0.0.1', 0),
+                            reply=None if server_class else '550 No thanks')
+    with controller as c:
+        server = c.server
+        assert c.messages is server.inbox and server.messages is server.inbox
+        with smtplib.SMTP(c.hostname, c.port, timeout=30) as client:
+            try:
+                client.sendmail('a@example.org', ['b@example.org'],
+                                'Subject: once\r\n\r\nx\r\n')
+            except smtplib.SMTPDataError as e:
+                assert server_class is None and e.smtp_code == 550
+        # Recorded once, by the capture, as a CapturedMessage (with the
+        # MAIL parameters), also when the reply refused it; the page shows
+        # the very same message.
+        [m] = c.messages
+        assert m['Subject'] == 'once' and m.mail_options == ['SIZE=20']
+        listed = json.loads(urllib.request.urlopen(c.web_url + 'api/v1/messages',
+                                                   timeout=30).read())
+        assert [item['ID'] for item in listed['messages']] == [m.id]
+        # wait_for and indexing read the inbox: it is the one store.
+        assert c.wait_for(1, timeout=5) == [m] and server.inbox[0] is m
+        c.clear()
+        assert c.messages == [] and server.inbox.stats()['total'] == 0
+
+
+def test_the_inbox_hook_still_runs_beside_the_capture(inbox_web):
+    class Hooked(WebInboxServer):
+        def message_accepted(self, peer, mailfrom, rcpttos, data):
+            self.hooked = mailfrom
+            super().message_accepted(peer, mailfrom, rcpttos, data)
+
+    w = inbox_web(with_capture(Hooked))
+    w.send(make_message(), mailfrom='hook@example.org')
+    assert w.controller.server.hooked == 'hook@example.org'
+    assert len(w.inbox) == 1 and w.controller.messages is w.inbox
 
 
 def test_close_stops_the_web_server(inbox_web):

@@ -15,9 +15,10 @@ in this list):
 * :mod:`~smtpd_compat.web.search`: Mailpit's search syntax over summaries;
 * :mod:`~smtpd_compat.web.db`: the optional SQLite file that keeps the
   inbox across restarts;
-* :mod:`~smtpd_compat.web.store`: :class:`Inbox`, the bounded store (IDs,
-  read flags, tags, the caches of summaries and parsed messages, the
-  background thread that ingests and writes);
+* :mod:`~smtpd_compat.web.store`: :class:`Inbox`, the store (IDs, read
+  flags, tags, the caches of summaries and parsed messages, the bounds,
+  the background thread that ingests and writes); also the store of the
+  test helpers' captured mail (:mod:`smtpd_compat.controller`);
 * :mod:`~smtpd_compat.web.static`: the page's HTML, CSS and JavaScript,
   package data;
 * :mod:`~smtpd_compat.web.transport`: HTTP connections, bounded in
@@ -257,6 +258,12 @@ class WebInboxServerMixin(CapabilityServerMixin):
     inbox: Inbox
     web_server: WebServer
     web_url: str
+    #: Whether :meth:`message_accepted` records the message in
+    #: :attr:`inbox`.  False on a server whose own ``process_message``
+    #: records every message there already, so that each is kept once: a
+    #: :class:`smtpd_compat.controller.CapturingServer` sets it so on
+    #: itself when it shares the inbox as its store.
+    inbox_records_accepted = True
 
     def __init__(self, *args: Any, web: Any = UNSET, inbox: Any = UNSET,
                  web_max_messages: Any = UNSET, web_max_bytes: Any = UNSET,
@@ -312,12 +319,14 @@ class WebInboxServerMixin(CapabilityServerMixin):
         ``process_message``'s arguments once it accepted the message,
         before the client gets the reply (also when the client left while
         ``process_message`` ran in a worker thread).  Records the message
-        in ``self.inbox``; a subclass may extend it (and call ``super()``).
+        in ``self.inbox`` (unless :attr:`inbox_records_accepted` is
+        False); a subclass may extend it (and call ``super()``).
         An exception is logged, never answered: the message is delivered
         already.  A message handed to ``process_message`` by other code
         than an SMTP session is not recorded.
         """
-        self.inbox.add(data, mailfrom, rcpttos, peer, username=_smtp_user.get())
+        if self.inbox_records_accepted:
+            self.inbox.add(data, mailfrom, rcpttos, peer, username=_smtp_user.get())
 
     def close(self) -> None:
         super().close()
