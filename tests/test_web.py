@@ -834,61 +834,8 @@ def test_class_attributes_are_read_not_shadowed(inbox_web):
     assert Small.web_max_messages == 2
 
 
-# Every keyword of WebInboxServerMixin -> (the class attribute read when the
-# keyword is not given, a non-default value for it, a check that the server
-# uses that value).  test_every_keyword_is_covered keeps this complete.
-SHARED_INBOX = Inbox(max_messages=3)
-CLASS_ATTRIBUTES = {
-    'web': ('web_address', '127.0.0.1:0',
-            lambda server: server.web_server.server_address[1] not in (0, 8025)),
-    'inbox': ('inbox', SHARED_INBOX,
-              lambda server: server.inbox is SHARED_INBOX),
-    'web_max_messages': ('web_max_messages', 2,
-                         lambda server: server.inbox.max_messages == 2),
-    'web_max_bytes': ('web_max_bytes', 5000,
-                      lambda server: server.inbox.max_bytes == 5000),
-    'web_relay': ('web_relay', '127.0.0.1:2525',
-                  lambda server: server.web_server.upstream.port == 2525),
-    'web_relay_allowed': ('web_relay_allowed', '@example[.]org$',
-                          lambda server: server.web_server.upstream.allowed.pattern
-                          == '@example[.]org$'),
-    # (SQLite's name for a database of one connection: no file to clean.)
-    'web_db': ('web_db', ':memory:',
-               lambda server: server.inbox.database.path == ':memory:'),
-    'web_allowed_hosts': ('web_allowed_hosts', 'mail.example',
-                          lambda server: 'mail.example' in server.web_server.allowed_hosts),
-}
-
-
-def test_every_keyword_is_covered():
-    import inspect
-    parameters = inspect.signature(WebInboxServerMixin.__init__).parameters
-    keywords = {name for name, p in parameters.items()
-                if p.kind is p.KEYWORD_ONLY}
-    assert keywords == set(CLASS_ATTRIBUTES)
-
-
-@pytest.mark.parametrize('keyword', sorted(CLASS_ATTRIBUTES))
-def test_keyword_set_as_a_class_attribute_is_used(keyword):
-    attribute, value, uses = CLASS_ATTRIBUTES[keyword]
-    cls = type('Configured', (WebInboxServer,), {attribute: value})
-    given = {} if keyword == 'web' else {'web': ('127.0.0.1', 0)}
-    if keyword == 'web_relay_allowed':
-        given['web_relay'] = '127.0.0.1:2525'
-    server = cls(('127.0.0.1', 0), None, map={}, **given)
-    try:
-        assert uses(server)
-        assert getattr(server, attribute) == value
-    finally:
-        server.close()
-    # An explicit keyword wins over the class attribute.
-    if keyword == 'web_max_messages':
-        server = cls(('127.0.0.1', 0), None, map={}, web=('127.0.0.1', 0),
-                     web_max_messages=7)
-        try:
-            assert server.inbox.max_messages == 7
-        finally:
-            server.close()
+# That every keyword of WebInboxServerMixin honours a class attribute is
+# checked with every other capability's keywords, in test_settings.py.
 
 
 def test_the_inbox_patches_no_instance(inbox_web):

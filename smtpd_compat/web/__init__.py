@@ -33,13 +33,16 @@ The SMTP side only appends the raw message to the inbox (a few dictionary
 operations under a lock); the inbox's own thread parses it and, with a
 database, writes it (the reply waits for that, off the loop thread).
 """
+from __future__ import annotations
+
 import contextvars
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple, Union, cast
+from typing import (
+    TYPE_CHECKING, Any, Iterable, List, Mapping, Optional, Tuple, Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat.compose import UNSET, CapabilityServerMixin, settings
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, settings
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.web.db import Database
@@ -265,10 +268,15 @@ class WebInboxServerMixin(CapabilityServerMixin):
     #: itself when it shares the inbox as its store.
     inbox_records_accepted = True
 
-    def __init__(self, *args: Any, web: Any = UNSET, inbox: Any = UNSET,
-                 web_max_messages: Any = UNSET, web_max_bytes: Any = UNSET,
-                 web_relay: Any = UNSET, web_relay_allowed: Any = UNSET,
-                 web_db: Any = UNSET, web_allowed_hosts: Any = UNSET,
+    def __init__(self, *args: Any,
+                 web: Union[Address, str, int, None, Unset] = UNSET,
+                 inbox: Union[Inbox[Any], None, Unset] = UNSET,
+                 web_max_messages: Union[int, Unset] = UNSET,
+                 web_max_bytes: Union[int, Unset] = UNSET,
+                 web_relay: Union[str, Address, Upstream, None, Unset] = UNSET,
+                 web_relay_allowed: Union[str, None, Unset] = UNSET,
+                 web_db: Union[str, None, Unset] = UNSET,
+                 web_allowed_hosts: Union[str, Iterable[str], None, Unset] = UNSET,
                  **kwargs: Any) -> None:
         # A keyword not given: the user's class attribute, else the default.
         values = settings(

@@ -263,8 +263,13 @@ class _Worker:
         return db
 
 
-#: The kind of message an inbox is read as (see :class:`Inbox`).
-_M = TypeVar('_M', bound=StoredMessage, default=StoredMessage)
+# The kind of message an inbox is read as (see :class:`Inbox`).
+if TYPE_CHECKING:
+    _M = TypeVar('_M', bound=StoredMessage, default=StoredMessage)
+else:
+    # (A default only for the checker: typing's TypeVar takes one from
+    # Python 3.13.)
+    _M = TypeVar('_M', bound=StoredMessage)
 
 
 class Inbox(Generic[_M]):
