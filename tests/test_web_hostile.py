@@ -133,6 +133,9 @@ def test_hostile_message_is_listed_shown_and_capped(w, case):
         assert status in (200, 404), path
         assert headers['X-Content-Type-Options'] == 'nosniff'
     assert w.json('/api/v1/search?query=hostile')['total'] == 1
+    # MailHog's API, from the same parser (its caps).
+    assert w.json('/api/v2/messages')['items'][0]['ID'] == id
+    assert w.json('/api/v2/search?kind=containing&query=hostile')['total'] == 1
     check(detail, w)
     smtp_noop(w.controller)
 

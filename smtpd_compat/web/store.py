@@ -46,7 +46,8 @@ from typing import (
     Sequence, Tuple, Union, cast, overload)
 
 from smtpd_compat.web.db import Database
-from smtpd_compat.web.mime import MAX_TAGS, Parsed, clean_tag, cost_of, summarise
+from smtpd_compat.web.mime import MAX_TAGS, Parsed, Part, clean_tag, cost_of, summarise
+from smtpd_compat.web.mime import tree as _tree
 from smtpd_compat.web.search import matches, parse_query
 
 if TYPE_CHECKING:
@@ -796,6 +797,17 @@ class Inbox(Generic[_M]):
                 del self._flights[message.id]
             flight.done.set()
         return parsed
+
+    def tree(self, message: StoredMessage) -> Part:
+        """The MIME structure of ``message`` (its root part): the parse's
+        that is cached or being used, else parsed here, without what
+        :meth:`parsed` works out besides (the text, the HTML, the
+        checksums): cheaper, and not cached."""
+        with self._lock:
+            parsed = self._parsed.get(message.id) or self._live.get(message.id)
+        if parsed is not None:
+            return parsed.msg
+        return _tree(message, self.max_parse_bytes)
 
     def _ingest(self, message: StoredMessage) -> None:
         # The background thread: what a message costs, paid once.

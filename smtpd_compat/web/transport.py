@@ -45,6 +45,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 
 __all__ = [
     'Server', 'Connection', 'Response', 'Stream', 'ResponseBody', 'DETACH', 'json_chunks',
+    'RawJSON',
     'text_chunks', 'DEFAULT_MAX_CONNECTIONS', 'DEFAULT_THREADS',
     'HEADER_TIMEOUT', 'IDLE_TIMEOUT', 'IO_TIMEOUT', 'MAX_HEAD', 'CHUNK',
 ]
@@ -107,10 +108,23 @@ def text_chunks(text: str, size: int = CHUNK // 4) -> Iterator[bytes]:
 _JSON = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False)
 
 
+class RawJSON:
+    """A value of :func:`json_chunks` whose JSON text is made as it is
+    sent, ``pieces`` of it at a time (a value in one of the top two levels:
+    an item of a list that the response holds)."""
+
+    __slots__ = ('pieces',)
+
+    def __init__(self, pieces: Iterable[str]) -> None:
+        self.pieces = pieces
+
+
 def _json_pieces(value: Any, depth: int) -> Iterator[str]:
     # The top levels piece by piece, long strings a slice at a time;
     # the rest (small) by the C encoder in one go.
-    if isinstance(value, str) and len(value) > CHUNK // 4:
+    if isinstance(value, RawJSON):
+        yield from value.pieces
+    elif isinstance(value, str) and len(value) > CHUNK // 4:
         yield '"'
         for i in range(0, len(value), CHUNK // 4):
             yield _JSON.encode(value[i:i + CHUNK // 4])[1:-1]
