@@ -13,12 +13,14 @@ import os
 import socket
 import struct
 import subprocess
+import threading
 import time
 import urllib.parse
 
 import pytest
 
 from smtpd_compat.web import Inbox, events
+from smtpd_compat.web.transport import IOThread
 from smtpd_compat.web.events import (
     CLOSE, PING, PONG, TEXT, BINARY, CONTINUATION, Frame, ProtocolError, accept_key,
     encode_frame, parse_frame)
@@ -402,12 +404,30 @@ def test_a_reader_that_does_not_read_is_dropped_and_costs_bounded_memory(w):
 
 def test_the_listener_is_quick_without_clients():
     inbox = Inbox()
-    hub = events.Hub(inbox)
+    io = IOThread()
+    hub = events.Hub(inbox, io)
     try:
         inbox.add(b'Subject: x\r\n\r\ny\r\n')
-        assert not hub._changes and hub._thread is None
+        # Nothing queued, nothing handed to the IOThread.
+        assert not hub._changes and not io._ready
     finally:
         hub.close()
+        io.stop()
+
+
+def test_one_thread_waits_on_the_connections_and_the_websockets(w, ws):
+    # One mechanism for one job: the events hub has no thread, selector
+    # or wake-up of its own; the HTTP side's IOThread serves its clients.
+    client = ws()
+    hub = w.controller.server.web_server.events
+    wait_for_clients(hub, 1)
+    w.send(make_message(subject='one thread'))
+    assert client.event()['Data']['Subject'] == 'one thread'
+    assert hub.io is w.controller.server.web_server._server.io
+    assert hub.io._thread.is_alive()
+    names = [t.name for t in threading.enumerate()]
+    assert 'smtpd_compat web events' not in names
+    assert not any(hasattr(hub, name) for name in ('_thread', '_selector', '_wake_r'))
 
 
 def test_closing_the_server_says_going_away(inbox_web):

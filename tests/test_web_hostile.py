@@ -29,6 +29,7 @@ import pytest
 from smtpd_compat.controller import Controller
 from smtpd_compat.web import Inbox, WebInboxServer, html_to_text, mime
 from smtpd_compat.web.http import WebServer
+from smtpd_compat.web.transport import IOThread
 from smtpd_compat.web.mime import Parsed
 
 from conftest import free_port, read_to_eof, recv_reply, wait_for_port
@@ -493,6 +494,30 @@ def test_dripping_connections_cost_no_thread_and_are_capped(inbox_web):  # noqa:
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_the_io_thread_runs_calls_in_order_timers_and_survives_errors(caplog):
+    io = IOThread('test io')
+    ran = []
+    done = threading.Event()
+    io.start()
+    try:
+        io.call_soon(lambda: ran.append('first'))
+        io.call_soon(lambda: 1 / 0)             # logged, and the thread goes on
+        io.call_soon(lambda: io.call_later(0.05, done.set))
+        io.call_soon(lambda: io.call_later(0.01, lambda: ran.append('timer')))
+        io.call_soon(lambda: ran.append('second'))
+        assert done.wait(DID_NOT_HANG)
+        io.call(lambda: ran.append('waited for'))
+        assert ran == ['first', 'second', 'timer', 'waited for']
+        assert 'ZeroDivisionError' in caplog.text
+    finally:
+        io.stop()
+    assert not io._thread.is_alive()
+    # Stopped: calls are refused (their owners then act themselves).
+    assert io.call_soon(lambda: None) is False
+    io.call(lambda: ran.append('here'))
+    assert ran[-1] == 'here'
 
 
 def test_a_head_that_never_ends_is_dropped():

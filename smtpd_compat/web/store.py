@@ -3,15 +3,17 @@ and (optionally) in an SQLite file.
 
 Who does what:
 
-* The SMTP loop only calls :meth:`Inbox.add`: a few dictionary operations
-  under a lock, and a message queued for the inbox's one background
-  thread.  No parsing, no database work, no waiting.
+* The SMTP loop only calls :meth:`Inbox.add` (or, for a capturing
+  server, :meth:`Inbox.append`): a few dictionary operations under a
+  lock, and a message queued for the inbox's one background thread.  No
+  parsing, no database work, no waiting.
 * The background thread (started when there is work, gone when there is
   none for a while) does, in this order of priority: the database writes,
   in the order of the changes (one transaction for all that are queued);
   then the work a message costs, once: it parses it, caches its summary
-  (what the list and the search read) on the message, and keeps the parse
-  in a small cache.  So polling the list reads what is cached.
+  (what the list, the live events and the search read) on the message,
+  and keeps the parse in a small cache.  So listing reads what is cached.
+  (Without ingest, a store for tests, this happens when first asked.)
 * Readers (the HTTP workers) read snapshots taken under the lock.
   Whatever is computed on demand (a message not ingested yet, a parse
   that left the cache) is computed once however many ask at the same time
@@ -283,7 +285,8 @@ class Inbox(Generic[_M]):
     message whose raw size is over ``max_bytes`` is not kept (and counted
     in ``ignored``).  None for a bound: no bound (the test helpers'
     :class:`~smtpd_compat.controller.Mailbox`).  ``version`` changes on
-    every add, delete and read change, so a page can poll it cheaply.
+    every add, delete and read change, so a page without the live
+    events can poll it cheaply.
 
     ``ingest``: parse and summarise each message in the inbox's thread as
     it arrives, so that a page reads what is cached (the default); False
