@@ -22,8 +22,15 @@ in this list):
 * :mod:`~smtpd_compat.web.static`: the page's HTML, CSS and JavaScript,
   package data;
 * :mod:`~smtpd_compat.web.transport`: HTTP connections, bounded in
-  number, threads and time, responses streamed;
+  number, threads and time, responses streamed; the one thread that waits
+  on the web side's sockets (``IOThread``);
+* :mod:`~smtpd_compat.web.release`: the upstream SMTP server a message is
+  released to;
 * :mod:`~smtpd_compat.web.api`: Mailpit's API v1, one function per route;
+* :mod:`~smtpd_compat.web.openapi`: the OpenAPI description of the routes;
+* :mod:`~smtpd_compat.web.events`: the live events (the websocket and the
+  hub);
+* :mod:`~smtpd_compat.web.mailhog`: MailHog's API;
 * :mod:`~smtpd_compat.web.http`: :class:`WebServer`, its routes and the
   page's Content-Security-Policy;
 * this module: the capability (the server mixin and its channel layer) and
