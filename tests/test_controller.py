@@ -159,6 +159,15 @@ def test_missing_message_says_so_and_how_to_wait(count, index, message):
     assert box[:5] == list(box)
 
 
+def test_mailbox_index_of_another_type_is_a_type_error_as_for_a_list():
+    box = Mailbox()
+    box.append(CapturedMessage(None, 'a', ['b'], b'Subject: 1\n\n'))
+    for index in ('0', 0.0, None):
+        with pytest.raises(TypeError, match='indices must be integers or slices, not'):
+            box[index]
+    assert box[False] is box[0]     # (an int, as for a list)
+
+
 def test_captured_message_private_names_and_copy():
     m = CapturedMessage(None, 'a', ['b'], b'Subject: s\n\nbody\n')
     with pytest.raises(AttributeError):

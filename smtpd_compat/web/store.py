@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import secrets
 import threading
 import time
@@ -851,7 +852,12 @@ class Inbox(Generic[_M]):
             count = len(values)
             if isinstance(index, slice):
                 return list(values)[index]
-            index = index.__index__()
+            # (TypeError for what a list does not take as an index either.)
+            try:
+                index = operator.index(index)
+            except TypeError:
+                raise TypeError('%s indices must be integers or slices, not %s'
+                                % (type(self).__name__, type(index).__name__)) from None
             if 0 <= index < count:
                 return next(itertools.islice(values, index, None))
             if -count <= index < 0:
