@@ -1077,11 +1077,27 @@ def test_parse_address_rejects(text):
                          indirect=True)
 def test_pytest_fixture_exposes_the_inbox(smtpd_compat_server):
     smtpd = smtpd_compat_server
+    # What docs/testing.rst promises of smtpd.messages holds with the page
+    # too: it is the inbox itself.
+    assert smtpd.messages is smtpd.server.inbox
+    assert smtpd.messages == [] and not smtpd.messages
+    with pytest.raises(IndexError, match=r'^no message has arrived \(the inbox is empty\); '
+                                         r'.*wait_for\(1, timeout=5\)$'):
+        smtpd.messages[0]
     with smtplib.SMTP(smtpd.host, smtpd.port) as client:
         client.sendmail('a@example.org', ['b@example.org'], 'Subject: fixture\r\n\r\nx\r\n')
-    assert smtpd.messages[0]['Subject'] == 'fixture'
+        client.sendmail('a@example.org', ['b@example.org'], 'Subject: second\r\n\r\nx\r\n')
+    first, second = smtpd.messages
+    assert first['Subject'] == 'fixture' and smtpd.messages == [first, second]
     with urllib.request.urlopen(smtpd.web_url + 'api/v1/message/latest') as r:
-        assert json.load(r)['Subject'] == 'fixture'
+        assert json.load(r)['Subject'] == 'second'
+    # A message the page deletes is gone from messages too.
+    request = urllib.request.Request(
+        smtpd.web_url + 'api/v1/messages', method='DELETE',
+        data=json.dumps({'IDs': [first.id]}).encode(),
+        headers={'Content-Type': 'application/json'})
+    urllib.request.urlopen(request).close()
+    assert smtpd.messages == [second] and smtpd.wait_for(1, timeout=5) == [second]
 
 
 def test_controller_web_keyword_adds_the_inbox():
