@@ -848,6 +848,26 @@ def test_the_inbox_patches_no_instance(inbox_web):
     assert issubclass(server.channel_class, web.WebInboxChannelMixin)
 
 
+def test_no_class_is_built_at_run_time():
+    # Classes are written out, or composed by smtpd_compat.compose
+    # (derive(), compose_server()), never made with type(name, bases,
+    # namespace) or types.new_class: one way to make a class.
+    import ast
+    from pathlib import Path
+    package = Path(smtpd_compat.__file__).parent
+    files = sorted(package.glob('web/*.py')) + [package / 'controller.py',
+                                                 package / 'pytest_plugin.py']
+    built = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, 'id', None) or getattr(node.func, 'attr', None)
+            if (name == 'type' and len(node.args) == 3) or name == 'new_class':
+                built.append('%s:%d' % (path.name, node.lineno))
+    assert len(files) > 10 and built == []
+
+
 def test_message_accepted_is_a_hook_subclasses_extend(inbox_web):
     class Counting(AnsweringServer):
         def message_accepted(self, peer, mailfrom, rcpttos, data):
