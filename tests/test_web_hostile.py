@@ -441,32 +441,40 @@ def test_every_response_carries_the_csp_and_nosniff(w, request_line):
     assert b'\r\nx-content-type-options: nosniff' in head
 
 
+def held_by_idle_readers(inbox, path, readers=6):
+    """The bytes a server of ``inbox`` holds (tracemalloc) for ``readers``
+    clients that asked for ``path`` and, the status line aside, read
+    nothing."""
+    server = WebServer(('127.0.0.1', 0), inbox).start()
+    socks = []
+    try:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(readers):
+            sock = socket.create_connection(('127.0.0.1', server.server_address[1]))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b'GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n' % path.encode())
+            sock.settimeout(DID_NOT_HANG)
+            assert sock.recv(12) == b'HTTP/1.1 200'
+            socks.append(sock)
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        for sock in socks:
+            sock.close()
+        server.stop()
+
+
 def test_big_answers_are_streamed_not_copied_per_reader():
     # 6 clients ask for a 4 MiB message's JSON and read nothing: what the
     # server holds for them is a chunk each, not a copy (JSON of non-ASCII
     # text was up to 6 times the message) each.
     inbox = Inbox()
     message = inbox.add(hostile.big_text(4 * 1024 * 1024, 0), 'a@x', ['b@x'])
-    server = WebServer(('127.0.0.1', 0), inbox).start()
-    socks = []
     try:
         inbox.parsed(message)
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(6):
-            sock = socket.create_connection(('127.0.0.1', server.server_address[1]))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.sendall(b'GET /api/v1/message/%s HTTP/1.1\r\nHost: localhost\r\n\r\n'
-                         % message.id.encode())
-            sock.settimeout(DID_NOT_HANG)
-            assert sock.recv(12) == b'HTTP/1.1 200'
-            socks.append(sock)
-        held = tracemalloc.get_traced_memory()[0] - before
+        held = held_by_idle_readers(inbox, '/api/v1/message/%s' % message.id)
     finally:
-        tracemalloc.stop()
-        for sock in socks:
-            sock.close()
-        server.stop()
         inbox.close()
     assert held < 4 * 1024 * 1024, held
 
