@@ -21,7 +21,9 @@ the SMTP loop too -- so it only appends to a bounded queue and, when that
 was empty, hands the queue to the web side's
 :class:`~smtpd_compat.web.transport.IOThread`, the thread that serves the
 HTTP connections too; there each event is encoded once and written to
-every client, without blocking.
+every client, without blocking, in the order of the changes.  That thread
+never parses: a new message's event waits for its summary, which the
+inbox's thread makes (:meth:`Inbox.when_summarised`).
 
 Bounds: at most ``max_clients`` connections (more get 503); each client's
 unsent output is at most ``max_pending`` bytes and must move within
@@ -235,6 +237,12 @@ class Hub:
         # its way to the IOThread while this is not empty).
         self._changes: Deque[Tuple[str, Any]] = collections.deque()
         self._overflow = False
+        # The IOThread's: changes taken, in order, not yet sent (the first
+        # may be a new message waiting for its summary), and the message
+        # whose summary the inbox's thread is asked to make.
+        self._backlog: Deque[Tuple[str, Any]] = collections.deque()
+        self._asked: Optional[StoredMessage] = None
+        self._waiting = False
         self._adopted: Dict[socket.socket, Tuple[Any, bytes]] = {}
         self._clients: Dict[socket.socket, _Client] = {}
         self._count = 0         # clients, adopted or served
@@ -302,6 +310,7 @@ class Hub:
     # -- the IOThread -------------------------------------------------------------
 
     def _goodbye(self) -> None:
+        self._backlog.clear()
         for client in list(self._clients.values()):
             try:
                 client.sock.send(_close_frame(1001, 'server going away'))
@@ -350,12 +359,40 @@ class Hub:
             changes = list(self._changes)
             self._changes.clear()
             overflow, self._overflow = self._overflow, False
-        if overflow:
+        if overflow or len(self._backlog) + len(changes) > _MAX_CHANGES:
+            # Too many to tell one by one: the clients reload.
+            self._backlog.clear()
             self._broadcast('prune', None)
-        for kind, data in changes:
+        self._backlog.extend(changes)
+        self._send_backlog()
+
+    def _send_backlog(self) -> None:
+        # The events, in order.  A new message's waits until its summary
+        # is made, by the inbox's thread (at ingest, or asked here): this
+        # thread serves every socket of the page, and never parses.
+        while self._backlog and not self._waiting:
             if not self._clients:
+                self._backlog.clear()
                 return
+            kind, data = self._backlog[0]
+            if kind == 'new' and data._summary is None and data is not self._asked:
+                self._asked = data
+                self._waiting = True
+                self.inbox.when_summarised(data, self._summarised)
+                continue
+            self._backlog.popleft()
+            self._asked = None
+            if kind == 'new' and data._summary is None:
+                continue    # (the inbox was closed before it was made)
             self._event(kind, data)
+
+    def _summarised(self) -> None:
+        # Any thread: the summary asked for is made.
+        self.io.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._waiting = False
+        self._send_backlog()
 
     def _event(self, kind: str, data: Any) -> None:
         if kind == 'new':

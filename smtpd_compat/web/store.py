@@ -164,16 +164,40 @@ class _Flight:
         self.result: Optional[Parsed] = None
 
 
+class _Then:
+    """A call the inbox's thread makes in its ingest queue: once the
+    messages queued before it are ingested and, when given, ``message``
+    has its summary.  A closed inbox makes the call alone, at once."""
+
+    __slots__ = ('message', 'callback')
+
+    def __init__(self, message: Optional[StoredMessage],
+                 callback: Callable[[], object]) -> None:
+        self.message = message
+        self.callback = callback
+
+    def __call__(self, inbox: Optional[Inbox[Any]]) -> None:
+        try:
+            if inbox is not None and self.message is not None:
+                inbox.summary(self.message)
+        finally:
+            try:
+                self.callback()
+            except Exception:   # the caller's fault: the inbox's thread goes on
+                log.exception('web inbox: an error in %r', self.callback)
+
+
 class _Worker:
     """The inbox's background thread: database writes first, in order,
-    each batch one transaction; then messages to ingest.  Started when
-    work is queued, ended after :data:`_IDLE` seconds without any."""
+    each batch one transaction; then messages to ingest (and the calls
+    queued among them).  Started when work is queued, ended after
+    :data:`_IDLE` seconds without any."""
 
     def __init__(self, inbox: Inbox[Any]) -> None:
         self._inbox = weakref.ref(inbox)
         self._cond = threading.Condition(threading.Lock())
         self._writes: Deque[Union[Callable[[Database], None], threading.Event]] = deque()
-        self._ingest: Deque[Union[StoredMessage, threading.Event]] = deque()
+        self._ingest: Deque[Union[StoredMessage, _Then]] = deque()
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         self.name = 'smtpd_compat web inbox'
@@ -183,14 +207,14 @@ class _Worker:
             self._writes.append(op)
             self._wake()
 
-    def ingest(self, message: Union[StoredMessage, threading.Event]) -> None:
+    def ingest(self, message: Union[StoredMessage, _Then]) -> None:
         with self._cond:
-            if self._closed:
-                if isinstance(message, threading.Event):
-                    message.set()
-                return
-            self._ingest.append(message)
-            self._wake()
+            closed = self._closed
+            if not closed:
+                self._ingest.append(message)
+                self._wake()
+        if closed and isinstance(message, _Then):
+            message(None)
 
     def _wake(self) -> None:
         # Under the condition's lock.  (Closed, a thread still comes for
@@ -206,12 +230,12 @@ class _Worker:
         """Finish the queued writes (not the ingests), then end."""
         with self._cond:
             self._closed = True
-            for item in self._ingest:
-                if isinstance(item, threading.Event):
-                    item.set()
+            calls = [item for item in self._ingest if isinstance(item, _Then)]
             self._ingest.clear()
             thread = self._thread
             self._cond.notify()
+        for call in calls:
+            call(None)
         if thread is not None:
             thread.join(timeout)
 
@@ -234,8 +258,8 @@ class _Worker:
                     return
                 if writes:
                     db = self._apply(inbox, db, writes)
-                elif isinstance(message, threading.Event):
-                    message.set()
+                elif isinstance(message, _Then):
+                    message(inbox)
                 elif message is not None:
                     inbox._ingest(message)
                 del inbox
@@ -492,7 +516,7 @@ class Inbox(Generic[_M]):
                 return False
         if ingested:
             done = threading.Event()
-            self._worker.ingest(done)
+            self._worker.ingest(_Then(None, done.set))
             return done.wait(None if deadline is None
                              else max(0.0, deadline - time.monotonic()))
         return True
@@ -812,6 +836,17 @@ class Inbox(Generic[_M]):
         if parsed is not None:
             return parsed.msg
         return _tree(message, self.max_parse_bytes)
+
+    def when_summarised(self, message: StoredMessage, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once ``message`` has its summary: at once,
+        here, when it has; else from the inbox's thread, which makes it
+        (as at ingest; also for a message deleted meanwhile).  For a
+        thread that must not parse: the one that serves the page's
+        sockets.  A closed inbox calls back without a summary."""
+        if message._summary is not None:
+            callback()
+        else:
+            self._worker.ingest(_Then(message, callback))
 
     def _ingest(self, message: StoredMessage) -> None:
         # The background thread: what a message costs, paid once.
