@@ -269,7 +269,7 @@ class WebInboxServerMixin(CapabilityServerMixin):
     web_server: WebServer
     web_url: str
     #: Whether :meth:`message_accepted` records the message in
-    #: :attr:`inbox`.  False on a server whose own ``process_message``
+    #: ``self.inbox``.  False on a server whose own ``process_message``
     #: records every message there already, so that each is kept once: a
     #: :class:`smtpd_compat.controller.CapturingServer` sets it so on
     #: itself when it shares the inbox as its store.
