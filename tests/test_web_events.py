@@ -436,10 +436,10 @@ def test_the_io_thread_never_parses_a_new_message(monkeypatch):
     client = WSClient(server.url)
     try:
         wait_for_clients(server.events, 1)
-        first = inbox.add(make_message(subject='first', X_Hub_Test='1'),
+        first = inbox.add(make_message(subject='first', X_Hub_Test='1').as_bytes(),
                           'a@example.org', ['b@example.org'])
         inbox.delete([first.id])
-        inbox.add(make_message(subject='second', X_Hub_Test='1'),
+        inbox.add(make_message(subject='second', X_Hub_Test='1').as_bytes(),
                   'a@example.org', ['b@example.org'])
         got = [client.event() for _ in range(3)]
         assert [(e['Type'], e['Data'].get('Subject')) for e in got] == [
