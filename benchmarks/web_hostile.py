@@ -255,6 +255,8 @@ def case_hostile(make, case):
             ('view html', '/view/%s.html?embed=1' % id),
             ('view text', '/view/%s.txt' % id),
             ('search', '/api/v1/search?query=zzz'),
+            ('mailhog list', '/api/v2/messages'),
+            ('mailhog search', '/api/v2/search?kind=containing&query=zzz'),
         ], args.timeout)
     return run
 

@@ -49,7 +49,7 @@ nitpick_ignore_regex = [
     # The inline annotations: the core's type aliases (smtpd_compat/__init__.pyi
     # has them, the module does not), private aliases and type variables,
     # and Sphinx's reading of ``Callable[[], T]`` (it cuts at the ``[]``).
-    ('py:class', r'_smtpd\._\w+|smtpd_compat\.\w+\._\w+|_[A-Z]\w*'),
+    ('py:class', r'_smtpd\._\w+|smtpd_compat(\.\w+)+\._\w+|_[A-Z]\w*'),
     ('py:obj', r'typing\.Callable\[\[\]'),
     # asyncore's dispatcher methods and private hooks named bare in the
     # capability modules' docstrings.

@@ -10,22 +10,30 @@ Controllers, so any number can run side by side.
 :class:`Mailbox`, a thread-safe sequence of :class:`CapturedMessage` with a
 ``wait_for(n, timeout)`` helper.  The ``smtpd`` pytest fixture
 (:mod:`smtpd_compat.pytest_plugin`) is a started Controller running one.
+
+The store is the web inbox's (:class:`smtpd_compat.web.Inbox`, of which
+Mailbox is one without bounds): a Controller with ``web=`` shows in its
+page the very store that ``controller.messages`` is.
 """
 from __future__ import annotations
 
+import email.message
+import email.parser
+import email.policy
 import logging
 import select
 import socket
 import threading
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List,
-                    Optional, Tuple, Type, TypeVar, Union, cast, overload)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple,
+                    Type, TypeVar, Union, cast)
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
 from smtpd_compat.compose import compose_server, derive
+from smtpd_compat.web import WebInboxServerMixin
+from smtpd_compat.web.store import DEFAULT_MAX_PARSE_BYTES, Inbox, StoredMessage
 
 if TYPE_CHECKING:
-    import email.message
     from typing_extensions import Self
 
 __all__ = [
@@ -46,7 +54,7 @@ _ServerClass = TypeVar('_ServerClass', bound=Type[_smtpd.SMTPServer])
 # ---------------------------------------------------------------------------
 # Message capture
 
-class CapturedMessage:
+class CapturedMessage(StoredMessage):
     """One message as the server received it.
 
     Made from the arguments of ``process_message``: ``peer``, ``mailfrom``,
@@ -58,20 +66,29 @@ class CapturedMessage:
 
     It also behaves like the parsed :class:`email.message.EmailMessage`
     (``email.policy.default``): ``msg["Subject"]``, ``"To" in msg`` and every
-    attribute not listed above (``get_content()``, ``get_body()``,
+    attribute not listed here (``get_content()``, ``get_body()``,
     ``get_all()`` ...) go to :attr:`message`.
+
+    It is a :class:`smtpd_compat.web.StoredMessage` (what the web inbox
+    keeps; the store of captured mail is an
+    :class:`~smtpd_compat.web.Inbox`), so it also has an ``id``, ``raw``
+    (the bytes as received: ``data`` itself, or ``data`` encoded when it
+    is str), ``received`` (a timestamp), ``read`` and ``tags``, and a page
+    can show it.
     """
 
     def __init__(self, peer: Any, mailfrom: str, rcpttos: List[str],
                  data: Union[bytes, str], **kwargs: Any) -> None:
-        self.peer = peer
-        self.mailfrom = mailfrom
-        self.rcpttos = list(rcpttos)
+        auth_user: Optional[str] = kwargs.get('auth_user')
+        super().__init__(
+            # (What the web inbox keeps of a decode_data=True message.)
+            data.encode('utf-8', 'surrogateescape') if isinstance(data, str) else data,
+            mailfrom, rcpttos, peer, username=auth_user or '')
         self.data = data
         self.kwargs = kwargs
         self.mail_options = list(kwargs.get('mail_options') or ())
         self.rcpt_options = list(kwargs.get('rcpt_options') or ())
-        self.auth_user: Optional[str] = kwargs.get('auth_user')
+        self.auth_user = auth_user
         self._message: Optional[email.message.EmailMessage] = None
 
     @property
@@ -83,11 +100,6 @@ class CapturedMessage:
         session that delivered it.
         """
         if self._message is None:
-            # Imported here: the email package is not needed to run a server.
-            import email.message
-            import email.parser
-            import email.policy
-
             # What email.message_from_string/bytes(policy=default) do.
             factory, policy = email.message.EmailMessage, email.policy.default
             if isinstance(self.data, str):
@@ -119,94 +131,26 @@ class CapturedMessage:
             self.mailfrom, self.rcpttos, len(self.data))
 
 
-class Mailbox:
-    """A thread-safe, growing sequence of :class:`CapturedMessage`.
+class Mailbox(Inbox[CapturedMessage]):
+    """The store a :class:`CapturingServer` records into (when it has no
+    web inbox to share): an :class:`~smtpd_compat.web.Inbox` of
+    :class:`CapturedMessage`, without bounds and without ingest (nothing
+    is parsed unless a test asks; no thread is started), by default.
 
-    The server thread appends; tests read.  Indexing, ``len()`` and
-    iteration see a consistent snapshot.  It compares equal to a list of
-    the same messages (``assert smtpd.messages == []``).  Asking for a
-    message that has not arrived raises :class:`IndexError` saying so, with
-    a pointer to :meth:`wait_for`: mail sent from another thread or process
-    may still be on its way.
+    The server thread appends; tests read.  Indexing (oldest first),
+    ``len()`` and iteration see a consistent snapshot.  It compares equal
+    to a list of the same messages (``assert smtpd.messages == []``).
+    Asking for a message that has not arrived raises :class:`IndexError`
+    saying so, with a pointer to :meth:`~smtpd_compat.web.Inbox.wait_for`:
+    mail sent from another thread or process may still be on its way.
+    ``clear()`` forgets every message.  The keywords are the Inbox's.
     """
 
-    def __init__(self) -> None:
-        self._messages: List[CapturedMessage] = []
-        self._changed = threading.Condition()
-
-    def append(self, message: CapturedMessage) -> None:
-        """Add a message and wake every :meth:`wait_for`."""
-        with self._changed:
-            self._messages.append(message)
-            self._changed.notify_all()
-
-    def clear(self) -> None:
-        """Forget every message received so far."""
-        with self._changed:
-            del self._messages[:]
-
-    def wait_for(self, n: int = 1, timeout: float = 5.0) -> List[CapturedMessage]:
-        """Block until at least ``n`` messages have arrived; return them all.
-
-        Raises :class:`TimeoutError` (naming how many did arrive) after
-        ``timeout`` seconds.  Not needed after a synchronous send such as
-        ``smtplib.SMTP.sendmail``: the server records a message before it
-        answers the end of DATA, so it is already here when sendmail returns.
-        """
-        with self._changed:
-            if not self._changed.wait_for(lambda: len(self._messages) >= n,
-                                          timeout):
-                raise TimeoutError(
-                    'expected %d message(s) within %s s, got %d'
-                    % (n, timeout, len(self._messages)))
-            return list(self._messages)
-
-    @overload
-    def __getitem__(self, index: int) -> CapturedMessage: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> List[CapturedMessage]: ...
-
-    def __getitem__(self, index: Union[int, slice]
-                    ) -> Union[CapturedMessage, List[CapturedMessage]]:
-        with self._changed:
-            try:
-                return self._messages[index]
-            except IndexError:
-                count = len(self._messages)
-        if count == 0:
-            arrived = 'no message has arrived (the mailbox is empty)'
-        else:
-            arrived = 'message %r has not arrived: %d so far' % (index, count)
-        # (A slice never raises IndexError.)
-        assert isinstance(index, int)
-        wanted = index + 1 if index >= 0 else -index
-        raise IndexError(
-            '%s; for mail sent from another thread or process, wait for it: '
-            'wait_for(%d, timeout=5)' % (arrived, wanted)) from None
-
-    def __eq__(self, other: object) -> bool:
-        """Equal to a list (or Mailbox) of the same messages, in order."""
-        if isinstance(other, Mailbox):
-            other = list(other)
-        if not isinstance(other, list):
-            return NotImplemented
-        return list(self) == other
-
-    # Its contents change: not hashable, as a list is not.
-    __hash__ = None  # type: ignore[assignment]
-
-    def __len__(self) -> int:
-        with self._changed:
-            return len(self._messages)
-
-    def __iter__(self) -> Iterator[CapturedMessage]:
-        with self._changed:
-            return iter(list(self._messages))
-
-    def __repr__(self) -> str:
-        with self._changed:
-            return 'Mailbox(%r)' % (self._messages,)
+    def __init__(self, max_messages: Optional[int] = None,
+                 max_bytes: Optional[int] = None,
+                 max_parse_bytes: int = DEFAULT_MAX_PARSE_BYTES,
+                 path: Optional[str] = None, ingest: bool = False) -> None:
+        super().__init__(max_messages, max_bytes, max_parse_bytes, path, ingest)
 
 
 class CapturingServer(_smtpd.SMTPServer):
@@ -217,7 +161,17 @@ class CapturingServer(_smtpd.SMTPServer):
     ``'550 No such user here'`` to test how a client handles refusals).
     Takes the stdlib SMTPServer arguments; it cooperates with other server
     classes and mixins (see :func:`with_capture`).
+
+    ``messages`` is a :class:`Mailbox`, or, on a server that also has the
+    web inbox (:class:`smtpd_compat.web.WebInboxServerMixin`, in either
+    order of the bases: ``Controller(web=...)`` composes one), that
+    inbox itself: one store, which the page shows and the test reads.
+    The capture records every message there (those ``reply`` refuses
+    too, with their MAIL and RCPT parameters); the inbox's own
+    after-accept hook then adds nothing.
     """
+
+    messages: Inbox[CapturedMessage]
 
     def __init__(self, *args: Any, reply: Optional[str] = None,
                  **kwargs: Any) -> None:
@@ -226,8 +180,15 @@ class CapturingServer(_smtpd.SMTPServer):
             raise ValueError('reply must be None or a full SMTP reply line '
                              'such as "550 No such user", not %r' % (reply,))
         self.reply = reply
-        self.messages = Mailbox()
         super().__init__(*args, **kwargs)
+        # After super(): the web inbox's __init__ has run by now, whether
+        # its class comes before or after this one.
+        if isinstance(self, WebInboxServerMixin):
+            # The inbox records into itself what the capture records.
+            self.messages = cast('Inbox[CapturedMessage]', self.inbox)
+            self.inbox_records_accepted = False
+        else:
+            self.messages = Mailbox()
 
     # With smtpd_compat.auth's server mixin: also pass auth_user.
     auth_user_kwarg = True
@@ -338,8 +299,8 @@ class Controller:
             raise TypeError('Controller needs an SMTPServer subclass or a '
                             'callable, not %r' % (handler,))
         if server_kwargs.get('web') is not None:
-            # web=(host, port) brings the web inbox along (smtpd_compat.web).
-            from smtpd_compat.web import WebInboxServerMixin
+            # web=(host, port) brings the web inbox along (smtpd_compat.web);
+            # a capturing server shares its store with it.
             server_class = compose_server(server_class, [WebInboxServerMixin])
         self.server_class = server_class
         self.server_kwargs = server_kwargs
@@ -508,11 +469,12 @@ class Controller:
         return (self.hostname, self.port)
 
     @property
-    def messages(self) -> Mailbox:
+    def messages(self) -> Inbox[CapturedMessage]:
         """The captured messages (servers made by :func:`with_capture` or
-        :class:`CapturingServer` only)."""
+        :class:`CapturingServer` only): a :class:`Mailbox`, or with
+        ``web=`` the web inbox, which holds the same messages."""
         mailbox = getattr(self.server, 'messages', None)
-        if not isinstance(mailbox, Mailbox):
+        if not isinstance(mailbox, Inbox):
             raise AttributeError('%r does not capture messages (use '
                                  'CapturingServer or with_capture())' % (self,))
         return mailbox
@@ -534,7 +496,7 @@ class Controller:
         self.messages.clear()
 
     def wait_for(self, n: int = 1, timeout: float = 5.0) -> List[CapturedMessage]:
-        """See :meth:`Mailbox.wait_for`."""
+        """See :meth:`smtpd_compat.web.Inbox.wait_for`."""
         return self.messages.wait_for(n, timeout)
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ import smtpd_compat
 from smtpd_compat import controller as controller_module
 from smtpd_compat.controller import (
     CapturedMessage, CapturingServer, Controller, Mailbox, with_capture)
+from smtpd_compat.web import Inbox, StoredMessage
 
 from conftest import recv_reply
 
@@ -119,9 +120,14 @@ def test_mailbox_iteration_is_a_snapshot():
     seen = []
     for m in box:
         seen.append(m)
-        box.append(m)   # appending while iterating neither fails nor loops
+        # Appending while iterating neither fails nor loops.
+        box.append(CapturedMessage(None, 'a', ['b'], b'Subject: 2\n\n'))
     assert len(seen) == 1 and len(box) == 2
-    assert box[-1]['Subject'] == '1'
+    assert box[-1]['Subject'] == '2' and box[0] is seen[0]
+    # A message is kept once (the store is keyed by its ID).
+    with pytest.raises(ValueError, match='already'):
+        box.append(seen[0])
+    assert len(box) == 2
 
 
 def test_mailbox_compares_equal_to_lists():
@@ -153,6 +159,15 @@ def test_missing_message_says_so_and_how_to_wait(count, index, message):
     assert box[:5] == list(box)
 
 
+def test_mailbox_index_of_another_type_is_a_type_error_as_for_a_list():
+    box = Mailbox()
+    box.append(CapturedMessage(None, 'a', ['b'], b'Subject: 1\n\n'))
+    for index in ('0', 0.0, None):
+        with pytest.raises(TypeError, match='indices must be integers or slices, not'):
+            box[index]
+    assert box[False] is box[0]     # (an int, as for a list)
+
+
 def test_captured_message_private_names_and_copy():
     m = CapturedMessage(None, 'a', ['b'], b'Subject: s\n\nbody\n')
     with pytest.raises(AttributeError):
@@ -160,6 +175,36 @@ def test_captured_message_private_names_and_copy():
     assert copy.copy(m)['Subject'] == 's'
     with pytest.raises(AttributeError):
         m.no_such_method_on_email_message
+
+
+def test_the_mailbox_is_an_unbounded_inbox_that_starts_no_thread():
+    # One store type: the web inbox's, without bounds and without ingest
+    # (nothing parsed until a test asks, no thread started).
+    box = Mailbox()
+    assert isinstance(box, Inbox)
+    assert (box.max_messages, box.max_bytes, box.ingest) == (None, None, False)
+    for i in range(1200):       # more than a web inbox keeps by default
+        box.append(CapturedMessage(None, 'a', ['b'], b'Subject: %d\n\n' % i))
+    assert len(box) == 1200 and box[0]['Subject'] == '0' and box[-1]['Subject'] == '1199'
+    assert box[1:3] == [box[1], box[2]]
+    assert box._worker._thread is None
+    # Every message has an ID of the shape of Mailpit's, as in the web inbox.
+    assert len({m.id for m in box}) == 1200
+    assert all(len(m.id) == 22 and m.id.isalnum() for m in box[:10])
+    # What it holds is what a web page shows: summaries on demand.
+    assert box.summary(box[-1])['Subject'] == '1199'
+
+
+def test_captured_message_is_a_stored_message():
+    m = CapturedMessage(('127.0.0.1', 1), 'a@example.org', ['b@example.org'],
+                        'Subject: s\n\nnaïve\n', auth_user='ann')
+    assert isinstance(m, StoredMessage)
+    assert m.raw == 'Subject: s\n\nnaïve\n'.encode('utf-8')
+    assert m.data == 'Subject: s\n\nnaïve\n'       # as received (decode_data)
+    assert (m.username, m.auth_user) == ('ann', 'ann')
+    assert m.read is False and m.tags == [] and m.size == len(m.raw)
+    raw = b'Subject: b\n\nbytes\n'
+    assert CapturedMessage(None, 'a', ['b'], raw).raw is raw     # not copied
 
 
 def test_with_capture_composes_on_a_server_class():

@@ -32,14 +32,13 @@ import smtpd_compat
 from smtpd_compat.auth import AuthServerMixin, AuthThrottle
 from smtpd_compat.compose import CapabilityServerMixin, Unset
 from smtpd_compat.tls import TLSServerMixin
+from smtpd_compat.web import Inbox
 
 from conftest import RecordingServer, recv_reply
 
-# Capability modules whose server mixins are checked.  (smtpd_compat.web is
-# being made a package; its keywords are listed in the closing note of
-# issue 19 and join this test with it.)
+# Capability modules whose server mixins are checked.
 MODULES = ('tls', 'auth', 'proxy_protocol', 'limits', 'extensions', 'lmtp',
-           'delivery', 'relay', 'threads', 'logging_', 'workers')
+           'delivery', 'relay', 'threads', 'logging_', 'workers', 'web')
 
 
 def _server_mixins():
@@ -95,6 +94,8 @@ SETUPS = {
     'MaildirServer': ((), lambda ctx, tmp: {'maildir': str(tmp / 'base-maildir')}),
     'MboxServer': ((), lambda ctx, tmp: {'mbox': str(tmp / 'base-mbox')}),
     'RelayServer': ((), lambda ctx, tmp: {}),
+    # (A free port: the default, 8025, would collide between workers.)
+    'WebInboxServerMixin': ((RecordingServer,), lambda ctx, tmp: {'web': '127.0.0.1:0'}),
 }
 
 # Keywords that only mean something beside another one, or replace one.
@@ -105,7 +106,9 @@ COMPANIONS = {
 }
 
 # Where a keyword's value ends up, when not under its own name.
-ATTRIBUTE = {'process_message_threads': 'offload_threads'}
+ATTRIBUTE = {'process_message_threads': 'offload_threads', 'web': 'web_address'}
+# The class attribute a keyword reads, when not its own name.
+CLASS_ATTRIBUTE = {'web': 'web_address'}
 
 
 def _cert_only(ctx, tmp):
@@ -129,6 +132,10 @@ BY_KEYWORD = {
     'auth_mechanisms': lambda base, ctx, tmp: ('LOGIN',),
     'proxy_trusted': lambda base, ctx, tmp: '10.0.0.0/8',
     'esmtp_extensions': lambda base, ctx, tmp: ('DSN',),
+    'web_relay': lambda base, ctx, tmp: '127.0.0.1:2525',
+    'web_relay_allowed': lambda base, ctx, tmp: '@example[.]org$',
+    'web_db': lambda base, ctx, tmp: str(tmp / 'inbox.db'),
+    'web_allowed_hosts': lambda base, ctx, tmp: 'mail.example',
 }
 
 
@@ -136,6 +143,14 @@ def _new_context(base, ctx, tmp):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(ctx.cert_file)
     return context
+
+
+def _new_inbox(base, ctx, tmp):
+    # Not empty: inboxes compare by their messages, and the server's own
+    # (the default) starts empty.  No ingest thread to outlive the test.
+    inbox = Inbox(ingest=False)
+    inbox.add(b'Subject: settings\n\nx\n', 'a@example.org', ['b@example.org'])
+    return inbox
 
 
 # ... else by type: the first member of the keyword's annotation (besides
@@ -146,6 +161,10 @@ VALUES = [
     (float, lambda base, ctx, tmp: (base or 0) + 7.5),
     (ssl.SSLContext, _new_context),
     (AuthThrottle, lambda base, ctx, tmp: AuthThrottle(max_failures=2)),
+    (Inbox, _new_inbox),
+    # An address, (host, port): another free port's spelling than the
+    # setup's '127.0.0.1:0'.
+    (tuple, lambda base, ctx, tmp: ('127.0.0.1', 0)),
     (collections.abc.Callable, lambda base, ctx, tmp: other_authenticator),
 ]
 
@@ -183,7 +202,9 @@ def test_the_mixins_and_keywords_are_found():
                      ('ExtensionsMixin', 'esmtp_extensions'),
                      ('LMTPServer', 'unix_socket'), ('MaildirServer', 'maildir'),
                      ('MboxServer', 'dotlock'), ('RelayServer', 'relay_timeout'),
-                     ('ThreadedServerMixin', 'process_message_threads')]:
+                     ('ThreadedServerMixin', 'process_message_threads'),
+                     ('WebInboxServerMixin', 'web'), ('WebInboxServerMixin', 'inbox'),
+                     ('WebInboxServerMixin', 'web_db')]:
         assert expected in names
     assert len(CASES) >= 30
 
@@ -200,6 +221,7 @@ def test_every_keyword_honours_a_class_attribute(cls, keyword, tls_certs, tmp_pa
     companions = COMPANIONS.get(keyword, lambda c, t: {})(tls_certs, tmp_path)
     remote = ('127.0.0.1', 9)
     attribute = ATTRIBUTE.get(keyword, keyword)
+    class_attribute = CLASS_ATTRIBUTE.get(keyword, keyword)
     made = []
 
     def build(namespace, **extra):
@@ -207,7 +229,7 @@ def test_every_keyword_honours_a_class_attribute(cls, keyword, tls_certs, tmp_pa
         given = dict(kwargs, **extra)
         if namespace or extra:
             given.update(companions)
-        if keyword in namespace:
+        if class_attribute in namespace:
             # The class attribute under test, not a keyword from the setup.
             given.pop(keyword, None)
         server = server_class(('127.0.0.1', 0), remote, map={}, **given)
@@ -218,7 +240,7 @@ def test_every_keyword_honours_a_class_attribute(cls, keyword, tls_certs, tmp_pa
         default = build({})
         value = _value_for(param, default, tls_certs, tmp_path)
         by_keyword = build({}, **{keyword: value})
-        by_attribute = build({keyword: value})
+        by_attribute = build({class_attribute: value})
     finally:
         for server in made:
             server.close()

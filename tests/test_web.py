@@ -25,7 +25,7 @@ import pytest
 import smtpd_compat
 from smtpd_compat import web
 from smtpd_compat.web import mime
-from smtpd_compat.controller import Controller, with_capture
+from smtpd_compat.controller import CapturingServer, Controller, with_capture
 from smtpd_compat.delivery import MaildirServer
 from smtpd_compat import pytest_plugin
 from smtpd_compat.web import Inbox, WebInboxServer, WebInboxServerMixin
@@ -834,61 +834,8 @@ def test_class_attributes_are_read_not_shadowed(inbox_web):
     assert Small.web_max_messages == 2
 
 
-# Every keyword of WebInboxServerMixin -> (the class attribute read when the
-# keyword is not given, a non-default value for it, a check that the server
-# uses that value).  test_every_keyword_is_covered keeps this complete.
-SHARED_INBOX = Inbox(max_messages=3)
-CLASS_ATTRIBUTES = {
-    'web': ('web_address', '127.0.0.1:0',
-            lambda server: server.web_server.server_address[1] not in (0, 8025)),
-    'inbox': ('inbox', SHARED_INBOX,
-              lambda server: server.inbox is SHARED_INBOX),
-    'web_max_messages': ('web_max_messages', 2,
-                         lambda server: server.inbox.max_messages == 2),
-    'web_max_bytes': ('web_max_bytes', 5000,
-                      lambda server: server.inbox.max_bytes == 5000),
-    'web_relay': ('web_relay', '127.0.0.1:2525',
-                  lambda server: server.web_server.upstream.port == 2525),
-    'web_relay_allowed': ('web_relay_allowed', '@example[.]org$',
-                          lambda server: server.web_server.upstream.allowed.pattern
-                          == '@example[.]org$'),
-    # (SQLite's name for a database of one connection: no file to clean.)
-    'web_db': ('web_db', ':memory:',
-               lambda server: server.inbox.database.path == ':memory:'),
-    'web_allowed_hosts': ('web_allowed_hosts', 'mail.example',
-                          lambda server: 'mail.example' in server.web_server.allowed_hosts),
-}
-
-
-def test_every_keyword_is_covered():
-    import inspect
-    parameters = inspect.signature(WebInboxServerMixin.__init__).parameters
-    keywords = {name for name, p in parameters.items()
-                if p.kind is p.KEYWORD_ONLY}
-    assert keywords == set(CLASS_ATTRIBUTES)
-
-
-@pytest.mark.parametrize('keyword', sorted(CLASS_ATTRIBUTES))
-def test_keyword_set_as_a_class_attribute_is_used(keyword):
-    attribute, value, uses = CLASS_ATTRIBUTES[keyword]
-    cls = type('Configured', (WebInboxServer,), {attribute: value})
-    given = {} if keyword == 'web' else {'web': ('127.0.0.1', 0)}
-    if keyword == 'web_relay_allowed':
-        given['web_relay'] = '127.0.0.1:2525'
-    server = cls(('127.0.0.1', 0), None, map={}, **given)
-    try:
-        assert uses(server)
-        assert getattr(server, attribute) == value
-    finally:
-        server.close()
-    # An explicit keyword wins over the class attribute.
-    if keyword == 'web_max_messages':
-        server = cls(('127.0.0.1', 0), None, map={}, web=('127.0.0.1', 0),
-                     web_max_messages=7)
-        try:
-            assert server.inbox.max_messages == 7
-        finally:
-            server.close()
+# That every keyword of WebInboxServerMixin honours a class attribute is
+# checked with every other capability's keywords, in test_settings.py.
 
 
 def test_the_inbox_patches_no_instance(inbox_web):
@@ -899,6 +846,26 @@ def test_the_inbox_patches_no_instance(inbox_web):
     assert 'process_message' not in vars(server)
     assert type(server).process_message is AnsweringServer.process_message
     assert issubclass(server.channel_class, web.WebInboxChannelMixin)
+
+
+def test_no_class_is_built_at_run_time():
+    # Classes are written out, or composed by smtpd_compat.compose
+    # (derive(), compose_server()), never made with type(name, bases,
+    # namespace) or types.new_class: one way to make a class.
+    import ast
+    from pathlib import Path
+    package = Path(smtpd_compat.__file__).parent
+    files = sorted(package.glob('web/*.py')) + [package / 'controller.py',
+                                                 package / 'pytest_plugin.py']
+    built = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, 'id', None) or getattr(node.func, 'attr', None)
+            if (name == 'type' and len(node.args) == 3) or name == 'new_class':
+                built.append('%s:%d' % (path.name, node.lineno))
+    assert len(files) > 10 and built == []
 
 
 def test_message_accepted_is_a_hook_subclasses_extend(inbox_web):
@@ -1018,7 +985,55 @@ def test_shared_inbox_and_capture(inbox_web):
     w = inbox_web(with_capture(WebInboxServer), inbox=inbox)
     w.send(make_message(subject='both'))
     assert w.controller.messages[0]['Subject'] == 'both'
-    assert len(inbox) == 1 and w.inbox is inbox
+    # One store: the capture's messages are the inbox, each message once.
+    assert w.controller.messages is inbox and w.inbox is inbox
+    assert len(inbox) == 1
+
+
+class WebFirst(WebInboxServerMixin, CapturingServer):
+    pass
+
+
+@pytest.mark.parametrize('server_class', [with_capture(WebInboxServer), WebFirst, None],
+                         ids=['capture-first', 'web-first', 'controller'])
+def test_capture_and_web_share_one_store_in_any_order(server_class):
+    # (The capture's class before the inbox's in the MRO, after it, and
+    # what Controller(web=...) composes.)
+    controller = Controller(server_class, web=('127.0.0.1', 0),
+                            reply=None if server_class else '550 No thanks')
+    with controller as c:
+        server = c.server
+        assert c.messages is server.inbox and server.messages is server.inbox
+        with smtplib.SMTP(c.hostname, c.port, timeout=30) as client:
+            try:
+                client.sendmail('a@example.org', ['b@example.org'],
+                                'Subject: once\r\n\r\nx\r\n')
+            except smtplib.SMTPDataError as e:
+                assert server_class is None and e.smtp_code == 550
+        # Recorded once, by the capture, as a CapturedMessage (with the
+        # MAIL parameters), also when the reply refused it; the page shows
+        # the very same message.
+        [m] = c.messages
+        assert m['Subject'] == 'once' and m.mail_options == ['SIZE=20']
+        listed = json.loads(urllib.request.urlopen(c.web_url + 'api/v1/messages',
+                                                   timeout=30).read())
+        assert [item['ID'] for item in listed['messages']] == [m.id]
+        # wait_for and indexing read the inbox: it is the one store.
+        assert c.wait_for(1, timeout=5) == [m] and server.inbox[0] is m
+        c.clear()
+        assert c.messages == [] and server.inbox.stats()['total'] == 0
+
+
+def test_the_inbox_hook_still_runs_beside_the_capture(inbox_web):
+    class Hooked(WebInboxServer):
+        def message_accepted(self, peer, mailfrom, rcpttos, data):
+            self.hooked = mailfrom
+            super().message_accepted(peer, mailfrom, rcpttos, data)
+
+    w = inbox_web(with_capture(Hooked))
+    w.send(make_message(), mailfrom='hook@example.org')
+    assert w.controller.server.hooked == 'hook@example.org'
+    assert len(w.inbox) == 1 and w.controller.messages is w.inbox
 
 
 def test_close_stops_the_web_server(inbox_web):
@@ -1082,11 +1097,27 @@ def test_parse_address_rejects(text):
                          indirect=True)
 def test_pytest_fixture_exposes_the_inbox(smtpd_compat_server):
     smtpd = smtpd_compat_server
+    # What docs/testing.rst promises of smtpd.messages holds with the page
+    # too: it is the inbox itself.
+    assert smtpd.messages is smtpd.server.inbox
+    assert smtpd.messages == [] and not smtpd.messages
+    with pytest.raises(IndexError, match=r'^no message has arrived \(the inbox is empty\); '
+                                         r'.*wait_for\(1, timeout=5\)$'):
+        smtpd.messages[0]
     with smtplib.SMTP(smtpd.host, smtpd.port) as client:
         client.sendmail('a@example.org', ['b@example.org'], 'Subject: fixture\r\n\r\nx\r\n')
-    assert smtpd.messages[0]['Subject'] == 'fixture'
+        client.sendmail('a@example.org', ['b@example.org'], 'Subject: second\r\n\r\nx\r\n')
+    first, second = smtpd.messages
+    assert first['Subject'] == 'fixture' and smtpd.messages == [first, second]
     with urllib.request.urlopen(smtpd.web_url + 'api/v1/message/latest') as r:
-        assert json.load(r)['Subject'] == 'fixture'
+        assert json.load(r)['Subject'] == 'second'
+    # A message the page deletes is gone from messages too.
+    request = urllib.request.Request(
+        smtpd.web_url + 'api/v1/messages', method='DELETE',
+        data=json.dumps({'IDs': [first.id]}).encode(),
+        headers={'Content-Type': 'application/json'})
+    urllib.request.urlopen(request).close()
+    assert smtpd.messages == [second] and smtpd.wait_for(1, timeout=5) == [second]
 
 
 def test_controller_web_keyword_adds_the_inbox():

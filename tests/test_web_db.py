@@ -121,6 +121,40 @@ def test_cli_web_db_errors(python_path_env, tmp_path, args, message):
     assert message in proc.stderr and 'Traceback' not in proc.stderr
 
 
+# A Python built without SQLite: only --web-db needs it.
+WITHOUT_SQLITE = r"""
+import smtplib, sys
+sys.modules['sqlite3'] = None           # import sqlite3: ImportError
+from smtpd_compat.controller import Controller
+from smtpd_compat.web import Inbox
+with Controller(web=('127.0.0.1', 0)) as c:
+    with smtplib.SMTP(c.hostname, c.port, timeout=30) as client:
+        client.sendmail('a@example.org', ['b@example.org'], 'Subject: no sqlite\r\n\r\nx\r\n')
+    assert c.messages[0]['Subject'] == 'no sqlite'
+try:
+    Inbox(path='inbox.db')
+except OSError as e:
+    print(e)
+if len(sys.argv) > 1:
+    import runpy
+    sys.argv[:] = sys.argv[1:]
+    runpy.run_module('smtpd_compat', run_name='__main__', alter_sys=True)
+"""
+
+
+def test_without_sqlite3_only_the_database_is_missing(python_path_env, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, '-c', WITHOUT_SQLITE, 'smtpd_compat', '-n', '-c', 'DebuggingServer',
+         '--web', '0', '--web-db', 'x.db', '127.0.0.1:%d' % free_port()],
+        env=python_path_env, cwd=str(tmp_path), capture_output=True, text=True,
+        timeout=DID_NOT_HANG)
+    assert proc.stdout == ('cannot open the inbox database inbox.db: this Python has no '
+                           'sqlite3 module (it was built without SQLite)\n'), proc.stderr
+    assert proc.returncode == 1
+    assert 'Invalid --web-db: cannot open the inbox database x.db: this Python has no ' \
+        'sqlite3' in proc.stderr and 'Traceback' not in proc.stderr
+
+
 # ---------------------------------------------------------------------------
 # off the loop: the 250 waits for the commit, the loop does not
 

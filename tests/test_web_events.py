@@ -13,12 +13,15 @@ import os
 import socket
 import struct
 import subprocess
+import threading
 import time
 import urllib.parse
 
 import pytest
 
-from smtpd_compat.web import Inbox, events
+from smtpd_compat.web import Inbox, events, store
+from smtpd_compat.web.http import WebServer
+from smtpd_compat.web.transport import IOThread
 from smtpd_compat.web.events import (
     CLOSE, PING, PONG, TEXT, BINARY, CONTINUATION, Frame, ProtocolError, accept_key,
     encode_frame, parse_frame)
@@ -402,12 +405,67 @@ def test_a_reader_that_does_not_read_is_dropped_and_costs_bounded_memory(w):
 
 def test_the_listener_is_quick_without_clients():
     inbox = Inbox()
-    hub = events.Hub(inbox)
+    io = IOThread()
+    hub = events.Hub(inbox, io)
     try:
         inbox.add(b'Subject: x\r\n\r\ny\r\n')
-        assert not hub._changes and hub._thread is None
+        # Nothing queued, nothing handed to the IOThread.
+        assert not hub._changes and not io._ready
     finally:
         hub.close()
+        io.stop()
+
+
+def test_the_io_thread_never_parses_a_new_message(monkeypatch):
+    # The thread that serves every socket of the page does not make a new
+    # message's summary for its event: the inbox's thread does (here one
+    # of an inbox that does not ingest by itself, as a test's Mailbox),
+    # and the events wait for it, in order.
+    summarised_on = []
+    summarise = store.summarise
+
+    def recording(message, *args):
+        # (Other tests' inboxes may still be ingesting in this process.)
+        if b'\nX-Hub-Test: 1' in message.raw:
+            summarised_on.append(threading.current_thread())
+        return summarise(message, *args)
+
+    monkeypatch.setattr(store, 'summarise', recording)
+    inbox = Inbox(ingest=False)
+    server = WebServer(('127.0.0.1', 0), inbox).start()
+    client = WSClient(server.url)
+    try:
+        wait_for_clients(server.events, 1)
+        first = inbox.add(make_message(subject='first', X_Hub_Test='1').as_bytes(),
+                          'a@example.org', ['b@example.org'])
+        inbox.delete([first.id])
+        inbox.add(make_message(subject='second', X_Hub_Test='1').as_bytes(),
+                  'a@example.org', ['b@example.org'])
+        got = [client.event() for _ in range(3)]
+        assert [(e['Type'], e['Data'].get('Subject')) for e in got] == [
+            ('new', 'first'), ('delete', None), ('new', 'second')]
+        assert got[1]['Data'] == {'ID': first.id}
+        io_thread = server.events.io._thread
+    finally:
+        client.close()
+        server.stop()
+        inbox.close()
+    assert len(summarised_on) == 2 and io_thread not in summarised_on
+
+
+def test_one_thread_waits_on_the_connections_and_the_websockets(w, ws):
+    # One mechanism for one job: the events hub has no thread, selector
+    # or wake-up of its own; the HTTP side's IOThread serves its clients.
+    client = ws()
+    hub = w.controller.server.web_server.events
+    wait_for_clients(hub, 1)
+    w.send(make_message(subject='one thread'))
+    assert client.event()['Data']['Subject'] == 'one thread'
+    assert hub.io is w.controller.server.web_server._server.io
+    assert hub.io._thread.is_alive()
+    names = [t.name for t in threading.enumerate()]
+    assert 'smtpd_compat web events' not in names
+    assert not any(hasattr(hub, name) for name in ('_thread', '_selector', '_wake_r'))
 
 
 def test_closing_the_server_says_going_away(inbox_web):

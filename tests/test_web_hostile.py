@@ -29,6 +29,7 @@ import pytest
 from smtpd_compat.controller import Controller
 from smtpd_compat.web import Inbox, WebInboxServer, html_to_text, mime
 from smtpd_compat.web.http import WebServer
+from smtpd_compat.web.transport import IOThread
 from smtpd_compat.web.mime import Parsed
 
 from conftest import free_port, read_to_eof, recv_reply, wait_for_port
@@ -133,6 +134,9 @@ def test_hostile_message_is_listed_shown_and_capped(w, case):
         assert status in (200, 404), path
         assert headers['X-Content-Type-Options'] == 'nosniff'
     assert w.json('/api/v1/search?query=hostile')['total'] == 1
+    # MailHog's API, from the same parser (its caps).
+    assert w.json('/api/v2/messages')['items'][0]['ID'] == id
+    assert w.json('/api/v2/search?kind=containing&query=hostile')['total'] == 1
     check(detail, w)
     smtp_noop(w.controller)
 
@@ -437,32 +441,40 @@ def test_every_response_carries_the_csp_and_nosniff(w, request_line):
     assert b'\r\nx-content-type-options: nosniff' in head
 
 
+def held_by_idle_readers(inbox, path, readers=6):
+    """The bytes a server of ``inbox`` holds (tracemalloc) for ``readers``
+    clients that asked for ``path`` and, the status line aside, read
+    nothing."""
+    server = WebServer(('127.0.0.1', 0), inbox).start()
+    socks = []
+    try:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(readers):
+            sock = socket.create_connection(('127.0.0.1', server.server_address[1]))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b'GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n' % path.encode())
+            sock.settimeout(DID_NOT_HANG)
+            assert sock.recv(12) == b'HTTP/1.1 200'
+            socks.append(sock)
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        for sock in socks:
+            sock.close()
+        server.stop()
+
+
 def test_big_answers_are_streamed_not_copied_per_reader():
     # 6 clients ask for a 4 MiB message's JSON and read nothing: what the
     # server holds for them is a chunk each, not a copy (JSON of non-ASCII
     # text was up to 6 times the message) each.
     inbox = Inbox()
     message = inbox.add(hostile.big_text(4 * 1024 * 1024, 0), 'a@x', ['b@x'])
-    server = WebServer(('127.0.0.1', 0), inbox).start()
-    socks = []
     try:
         inbox.parsed(message)
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(6):
-            sock = socket.create_connection(('127.0.0.1', server.server_address[1]))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.sendall(b'GET /api/v1/message/%s HTTP/1.1\r\nHost: localhost\r\n\r\n'
-                         % message.id.encode())
-            sock.settimeout(DID_NOT_HANG)
-            assert sock.recv(12) == b'HTTP/1.1 200'
-            socks.append(sock)
-        held = tracemalloc.get_traced_memory()[0] - before
+        held = held_by_idle_readers(inbox, '/api/v1/message/%s' % message.id)
     finally:
-        tracemalloc.stop()
-        for sock in socks:
-            sock.close()
-        server.stop()
         inbox.close()
     assert held < 4 * 1024 * 1024, held
 
@@ -490,6 +502,30 @@ def test_dripping_connections_cost_no_thread_and_are_capped(inbox_web):  # noqa:
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_the_io_thread_runs_calls_in_order_timers_and_survives_errors(caplog):
+    io = IOThread('test io')
+    ran = []
+    done = threading.Event()
+    io.start()
+    try:
+        io.call_soon(lambda: ran.append('first'))
+        io.call_soon(lambda: 1 / 0)             # logged, and the thread goes on
+        io.call_soon(lambda: io.call_later(0.05, done.set))
+        io.call_soon(lambda: io.call_later(0.01, lambda: ran.append('timer')))
+        io.call_soon(lambda: ran.append('second'))
+        assert done.wait(DID_NOT_HANG)
+        io.call(lambda: ran.append('waited for'))
+        assert ran == ['first', 'second', 'timer', 'waited for']
+        assert 'ZeroDivisionError' in caplog.text
+    finally:
+        io.stop()
+    assert not io._thread.is_alive()
+    # Stopped: calls are refused (their owners then act themselves).
+    assert io.call_soon(lambda: None) is False
+    io.call(lambda: ran.append('here'))
+    assert ran[-1] == 'here'
 
 
 def test_a_head_that_never_ends_is_dropped():

@@ -7,12 +7,17 @@ import on Python 3.13).
 """
 import json
 import subprocess
+import urllib.request
 
 import pytest
 
 import test_web
+from smtpd_compat.relay import crlf_only
+from smtpd_compat.web import Inbox, mailhog, mime
+from smtpd_compat.web.http import WebServer
 from test_web import make_message
 from test_web_events import WAIT, node_environment, npm_install
+from test_web_hostile import held_by_idle_readers, hostile
 
 inbox_web = test_web.inbox_web
 w = test_web.w
@@ -197,3 +202,93 @@ def test_mailhog_pypi_client(w):
     w.send(make_message())
     api.delete_all()
     assert api.messages().total == 0
+
+
+# ---------------------------------------------------------------------------
+# What it costs: the web inbox's parser, sources streamed a slice at a time
+
+SLICE = mailhog._SLICE
+
+
+def _straddling_source():
+    # Bare LF line ends (as smtpd hands the data over), a CRLF and a
+    # two-byte UTF-8 character each cut by a slice boundary, a bare CR,
+    # and a byte that is not UTF-8.
+    head = b'Subject: slices\nTo: bob@example.org\n\n'
+    filler = b'a' * (SLICE - len(head) - 1)
+    return (head + filler + b'\r\n' + b'b' * (SLICE - 2) + '\u00e9'.encode('utf-8')
+            + b'c\rd\n\xffend marker\n')
+
+
+def test_sources_are_sent_with_crlf_line_ends_across_slices():
+    raw = _straddling_source()
+    inbox = Inbox()
+    inbox.add(raw, 'ann@example.org', ['bob@example.org'])
+    server = WebServer(('127.0.0.1', 0), inbox).start()
+    try:
+        with urllib.request.urlopen(server.url + 'api/v2/messages', timeout=WAIT) as r:
+            # Streamed: more than a chunk, so not a Content-Length.
+            assert r.headers['Transfer-Encoding'] == 'chunked'
+            item = json.load(r)['items'][0]
+    finally:
+        server.stop()
+        inbox.close()
+    data = crlf_only(raw).decode('utf-8', 'replace')
+    assert item['Raw']['Data'] == data
+    assert item['Content']['Body'] == data.partition('\r\n\r\n')[2]
+    assert item['Content']['Size'] == len(crlf_only(raw))
+    assert item['Content']['Headers']['Subject'] == ['slices']
+    assert '\u00e9c\r\nd\r\n\ufffdend marker' in item['Raw']['Data']
+
+
+def test_search_reads_bodies_across_slices(w):
+    w.send(_straddling_source())
+    w.send(make_message(subject='other'))
+    # Each query's text is cut by a slice boundary in the message.
+    for query in ('aa%0D%0Abb', 'b%C3%A9C', 'END%20MARKER'):
+        data = w.json('/api/v2/search?kind=containing&query=' + query)
+        assert [i['Content']['Headers']['Subject'][0] for i in data['items']] == [
+            'slices'], query
+
+
+def test_parts_as_mailhog_splits_them_within_the_parsers_caps(w):
+    # A part without headers is left out (as MailHog leaves it out); the
+    # parts are those the inbox's parser follows (its cap, not 60,000).
+    w.send(b'Subject: parts\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n'
+           b'preamble\r\n--b\r\n\r\nheaderless\r\n--b\r\nContent-Type: text/plain\r\n\r\n'
+           b'\r\nbody\r\n\r\n--b--\r\nepilogue\r\n')
+    w.send(b'Subject: many\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n'
+           + b'--b\r\nContent-Type: text/plain\r\n\r\nx\r\n' * 2000 + b'--b--\r\n')
+    w.send(hostile.many_parts())        # 60,000 parts without headers
+    items = w.json('/api/v2/messages')['items']
+    assert items[0]['MIME'] == {'Parts': []}
+    assert len(items[1]['MIME']['Parts']) == mime.MAX_PARTS
+    [part] = items[2]['MIME']['Parts']
+    assert part['Headers'] == {'Content-Type': ['text/plain']}
+    # What lies between the boundaries, without the line breaks around it;
+    # the body is what follows the first empty line (here another one).
+    assert part['Body'] == '\r\nbody'
+    assert part['Size'] == len('Content-Type: text/plain\r\n\r\n\r\nbody')
+
+
+def test_the_list_reuses_a_cached_parse():
+    inbox = Inbox(ingest=False)
+    message = inbox.add(make_message().as_bytes(), 'a@x', ['b@x'])
+    tree = inbox.tree(message)
+    assert tree is not inbox.tree(message)            # not cached: parsed each time
+    parsed = inbox.parsed(message)                     # the Mailpit view caches one
+    assert inbox.tree(message) is parsed.msg
+
+
+def test_a_big_list_is_streamed_not_copied_per_reader():
+    # 6 clients ask for MailHog's list of a 4 MiB message (its source is in
+    # it twice: Body and Raw.Data) and read nothing: the server holds a
+    # chunk each, not the item (several times the message) each.
+    inbox = Inbox()
+    inbox.add(hostile.big_text(4 * 1024 * 1024, 0), 'a@x', ['b@x'])
+    try:
+        inbox.flush(ingested=True)
+        held = held_by_idle_readers(inbox, '/api/v2/messages')
+    finally:
+        inbox.close()
+    assert held < 4 * 1024 * 1024, held

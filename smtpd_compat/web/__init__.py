@@ -15,14 +15,22 @@ in this list):
 * :mod:`~smtpd_compat.web.search`: Mailpit's search syntax over summaries;
 * :mod:`~smtpd_compat.web.db`: the optional SQLite file that keeps the
   inbox across restarts;
-* :mod:`~smtpd_compat.web.store`: :class:`Inbox`, the bounded store (IDs,
-  read flags, tags, the caches of summaries and parsed messages, the
-  background thread that ingests and writes);
+* :mod:`~smtpd_compat.web.store`: :class:`Inbox`, the store (IDs, read
+  flags, tags, the caches of summaries and parsed messages, the bounds,
+  the background thread that ingests and writes); also the store of the
+  test helpers' captured mail (:mod:`smtpd_compat.controller`);
 * :mod:`~smtpd_compat.web.static`: the page's HTML, CSS and JavaScript,
   package data;
 * :mod:`~smtpd_compat.web.transport`: HTTP connections, bounded in
-  number, threads and time, responses streamed;
+  number, threads and time, responses streamed; the one thread that waits
+  on the web side's sockets (``IOThread``);
+* :mod:`~smtpd_compat.web.release`: the upstream SMTP server a message is
+  released to;
 * :mod:`~smtpd_compat.web.api`: Mailpit's API v1, one function per route;
+* :mod:`~smtpd_compat.web.openapi`: the OpenAPI description of the routes;
+* :mod:`~smtpd_compat.web.events`: the live events (the websocket and the
+  hub);
+* :mod:`~smtpd_compat.web.mailhog`: MailHog's API;
 * :mod:`~smtpd_compat.web.http`: :class:`WebServer`, its routes and the
   page's Content-Security-Policy;
 * this module: the capability (the server mixin and its channel layer) and
@@ -32,13 +40,16 @@ The SMTP side only appends the raw message to the inbox (a few dictionary
 operations under a lock); the inbox's own thread parses it and, with a
 database, writes it (the reply waits for that, off the loop thread).
 """
+from __future__ import annotations
+
 import contextvars
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple, Union, cast
+from typing import (
+    TYPE_CHECKING, Any, Iterable, List, Mapping, Optional, Tuple, Union, cast)
 
 import smtpd_compat as _smtpd
-from smtpd_compat.compose import UNSET, CapabilityServerMixin, settings
+from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, settings
 from smtpd_compat.session import LAYERS
 from smtpd_compat.threads import OffloadChannelMixin
 from smtpd_compat.web.db import Database
@@ -257,11 +268,22 @@ class WebInboxServerMixin(CapabilityServerMixin):
     inbox: Inbox
     web_server: WebServer
     web_url: str
+    #: Whether :meth:`message_accepted` records the message in
+    #: ``self.inbox``.  False on a server whose own ``process_message``
+    #: records every message there already, so that each is kept once: a
+    #: :class:`smtpd_compat.controller.CapturingServer` sets it so on
+    #: itself when it shares the inbox as its store.
+    inbox_records_accepted = True
 
-    def __init__(self, *args: Any, web: Any = UNSET, inbox: Any = UNSET,
-                 web_max_messages: Any = UNSET, web_max_bytes: Any = UNSET,
-                 web_relay: Any = UNSET, web_relay_allowed: Any = UNSET,
-                 web_db: Any = UNSET, web_allowed_hosts: Any = UNSET,
+    def __init__(self, *args: Any,
+                 web: Union[Address, str, int, None, Unset] = UNSET,
+                 inbox: Union[Inbox[Any], None, Unset] = UNSET,
+                 web_max_messages: Union[int, Unset] = UNSET,
+                 web_max_bytes: Union[int, Unset] = UNSET,
+                 web_relay: Union[str, Address, Upstream, None, Unset] = UNSET,
+                 web_relay_allowed: Union[str, None, Unset] = UNSET,
+                 web_db: Union[str, None, Unset] = UNSET,
+                 web_allowed_hosts: Union[str, Iterable[str], None, Unset] = UNSET,
                  **kwargs: Any) -> None:
         # A keyword not given: the user's class attribute, else the default.
         values = settings(
@@ -312,12 +334,14 @@ class WebInboxServerMixin(CapabilityServerMixin):
         ``process_message``'s arguments once it accepted the message,
         before the client gets the reply (also when the client left while
         ``process_message`` ran in a worker thread).  Records the message
-        in ``self.inbox``; a subclass may extend it (and call ``super()``).
+        in ``self.inbox`` (unless :attr:`inbox_records_accepted` is
+        False); a subclass may extend it (and call ``super()``).
         An exception is logged, never answered: the message is delivered
         already.  A message handed to ``process_message`` by other code
         than an SMTP session is not recorded.
         """
-        self.inbox.add(data, mailfrom, rcpttos, peer, username=_smtp_user.get())
+        if self.inbox_records_accepted:
+            self.inbox.add(data, mailfrom, rcpttos, peer, username=_smtp_user.get())
 
     def close(self) -> None:
         super().close()

@@ -18,8 +18,15 @@ thread makes its own with :meth:`Database.writer`.
 """
 import json
 import logging
-import sqlite3
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional
+
+try:
+    import sqlite3
+except ImportError:
+    # A Python built without SQLite (pyenv without libsqlite3-dev, some
+    # minimal images): only a database needs it, not the inbox in memory
+    # nor the test helpers, which import the store.
+    sqlite3 = None  # type: ignore[assignment]
 
 __all__ = ['Database', 'Row', 'SCHEMA_VERSION']
 
@@ -76,10 +83,14 @@ def _unpeer(text: Optional[str]) -> Any:
 class Database:
     """An open inbox database at ``path`` (made when missing).  A file
     that is not an inbox database of this version raises ValueError; one
-    that cannot be opened raises OSError."""
+    that cannot be opened, or any on a Python without :mod:`sqlite3`,
+    raises OSError."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        if sqlite3 is None:
+            raise OSError('cannot open the inbox database %s: this Python has no '
+                          'sqlite3 module (it was built without SQLite)' % (path,))
         try:
             # A writer waits this long for another one (a backup tool).
             self.conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)

@@ -17,10 +17,13 @@ text messages, ``{"Type": ..., "Data": ...}``:
 
 The events come from the store's listeners (:meth:`Inbox.subscribe`), never
 from polling.  The listener runs on whichever thread changed the inbox --
-the SMTP loop too -- so it only appends to a bounded queue and wakes the
-hub's thread; that one thread (started with the first client) encodes each
-event once and writes it to every client, without blocking, from a
-selector.
+the SMTP loop too -- so it only appends to a bounded queue and, when that
+was empty, hands the queue to the web side's
+:class:`~smtpd_compat.web.transport.IOThread`, the thread that serves the
+HTTP connections too; there each event is encoded once and written to
+every client, without blocking, in the order of the changes.  That thread
+never parses: a new message's event waits for its summary, which the
+inbox's thread makes (:meth:`Inbox.when_summarised`).
 
 Bounds: at most ``max_clients`` connections (more get 503); each client's
 unsent output is at most ``max_pending`` bytes and must move within
@@ -40,6 +43,7 @@ sans-IO: bytes in, a frame or None ("more bytes needed") out.
 import base64
 import codecs
 import collections
+import functools
 import hashlib
 import json
 import logging
@@ -52,6 +56,7 @@ from typing import Any, Deque, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
 from smtpd_compat.web.api import VERSION_TEXT, BadRequest, HTTPError, Request, message_summary
 from smtpd_compat.web.store import Inbox, StoredMessage
+from smtpd_compat.web.transport import EventHandler, IOThread
 
 __all__ = ['Frame', 'ProtocolError', 'parse_frame', 'encode_frame', 'accept_key',
            'Hub', 'get_events', 'GUID']
@@ -178,12 +183,13 @@ def accept_key(key: str) -> str:
 # One client
 
 class _Client:
-    """A connection's state, used by the hub's thread only (but
-    ``pending`` also under the hub's lock)."""
+    """A connection's state, used by the IOThread only."""
 
     def __init__(self, sock: socket.socket, address: Any, now: float) -> None:
         self.sock = sock
         self.address = address
+        #: What the IOThread calls when the socket is ready.
+        self.handler: EventHandler = lambda mask: None
         self.inbuf = bytearray()
         self.out: Deque[memoryview] = collections.deque()
         self.pending = 0
@@ -210,14 +216,16 @@ class _Upgradable(Request, Protocol):
 
 
 class Hub:
-    """The event stream of one inbox to its websocket clients (see the
-    module's description for the bounds)."""
+    """The event stream of one inbox to its websocket clients, served by
+    ``io`` (the IOThread of the HTTP connections; see the module's
+    description for the bounds)."""
 
-    def __init__(self, inbox: Inbox, max_clients: int = 64,
+    def __init__(self, inbox: Inbox, io: IOThread, max_clients: int = 64,
                  max_pending: int = 1024 * 1024, max_message: int = 64 * 1024,
                  write_timeout: float = 30.0, ping_interval: float = 30.0,
                  idle_timeout: float = 75.0) -> None:
         self.inbox = inbox
+        self.io = io
         self.max_clients = max_clients
         self.max_pending = max_pending
         self.max_message = max_message
@@ -225,18 +233,22 @@ class Hub:
         self.ping_interval = ping_interval
         self.idle_timeout = idle_timeout
         self._lock = threading.Lock()
+        # Changes not yet turned into events (a call to take them is on
+        # its way to the IOThread while this is not empty).
         self._changes: Deque[Tuple[str, Any]] = collections.deque()
         self._overflow = False
+        # The IOThread's: changes taken, in order, not yet sent (the first
+        # may be a new message waiting for its summary), and the message
+        # whose summary the inbox's thread is asked to make.
+        self._backlog: Deque[Tuple[str, Any]] = collections.deque()
+        self._asked: Optional[StoredMessage] = None
+        self._waiting = False
         self._adopted: Dict[socket.socket, Tuple[Any, bytes]] = {}
         self._clients: Dict[socket.socket, _Client] = {}
         self._count = 0         # clients, adopted or served
-        self._thread: Optional[threading.Thread] = None
         self._closed = False
-        self._stats_due: Optional[float] = None
-        self._selector: Optional[selectors.BaseSelector] = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._stats_due = False
+        self._ticking = False
         inbox.subscribe(self._on_change)
 
     # -- any thread ----------------------------------------------------------
@@ -252,23 +264,20 @@ class Hub:
         with self._lock:
             return sock in self._adopted or sock in self._clients
 
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b'\0')
-        except (BlockingIOError, OSError):
-            pass    # a wake-up is pending already, or the hub is closed
-
     def _on_change(self, kind: str, data: Any) -> None:
         # The inbox's listener: on the thread that changed it (the SMTP
-        # loop too), under its lock.  Only a bounded append and a wake-up.
+        # loop too), under its lock.  Only a bounded append, and a call
+        # handed to the IOThread when there was nothing queued.
         if not self._count:
             return
         with self._lock:
             if len(self._changes) >= _MAX_CHANGES:
                 self._overflow = True
                 self._changes.clear()
+            first = not self._changes and not self._overflow
             self._changes.append((kind, data))
-        self._wake()
+        if first:
+            self.io.call_soon(self._take_changes)
 
     def adopt(self, sock: socket.socket, address: Any, leftover: bytes = b'') -> bool:
         """Take over a connection whose handshake was answered; False when
@@ -278,13 +287,11 @@ class Hub:
                 return False
             self._count += 1
             self._adopted[sock] = (address, leftover)
-            if self._thread is None:
-                self._selector = selectors.DefaultSelector()
-                self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-                self._thread = threading.Thread(
-                    target=self._run, name='smtpd_compat web events', daemon=True)
-                self._thread.start()
-        self._wake()
+        if not self.io.call_soon(self._take_adopted):
+            with self._lock:
+                self._adopted.pop(sock, None)
+                self._count -= 1
+            return False
         return True
 
     def has_room(self) -> bool:
@@ -292,71 +299,29 @@ class Hub:
             return not self._closed and self._count < self.max_clients
 
     def close(self) -> None:
-        """Say goodbye (1001) to every client and stop the thread."""
+        """Say goodbye (1001) to every client; the hub takes no more."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            thread = self._thread
         self.inbox.unsubscribe(self._on_change)
-        self._wake()
-        if thread is not None:
-            thread.join(10)
-        for sock in list(self._adopted):
+        self.io.call(self._goodbye)
+
+    # -- the IOThread -------------------------------------------------------------
+
+    def _goodbye(self) -> None:
+        self._backlog.clear()
+        for client in list(self._clients.values()):
+            try:
+                client.sock.send(_close_frame(1001, 'server going away'))
+            except OSError:
+                pass
+            self._drop(client)
+        with self._lock:
+            adopted, self._adopted = list(self._adopted), {}
+            self._count -= len(adopted)
+        for sock in adopted:
             sock.close()
-        self._wake_r.close()
-        self._wake_w.close()
-
-    # -- the hub's thread --------------------------------------------------------
-
-    def _run(self) -> None:
-        selector = self._selector
-        assert selector is not None
-        next_tick = time.monotonic() + 1.0
-        try:
-            while True:
-                now = time.monotonic()
-                timeout = next_tick - now
-                if self._stats_due is not None:
-                    timeout = min(timeout, self._stats_due - now)
-                for key, mask in selector.select(max(timeout, 0.0)):
-                    if key.data is None:
-                        try:
-                            while self._wake_r.recv(4096):
-                                pass
-                        except (BlockingIOError, OSError):
-                            pass
-                        continue
-                    client: _Client = key.data
-                    try:
-                        if mask & selectors.EVENT_READ:
-                            self._read(client)
-                        if mask & selectors.EVENT_WRITE and client.sock in self._clients:
-                            self._flush(client)
-                    except Exception:
-                        log.exception('web inbox: events client %s failed', client.address)
-                        self._drop(client)
-                if self._closed:
-                    break
-                self._take_adopted()
-                self._take_changes()
-                now = time.monotonic()
-                if self._stats_due is not None and now >= self._stats_due:
-                    self._stats_due = None
-                    self._send_stats()
-                if now >= next_tick:
-                    next_tick = now + 1.0
-                    self._check_timers(now)
-        except Exception:
-            log.exception('web inbox: the events thread failed')
-        finally:
-            for client in list(self._clients.values()):
-                try:
-                    client.sock.send(_close_frame(1001, 'server going away'))
-                except OSError:
-                    pass
-                self._drop(client)
-            selector.close()
 
     def _take_adopted(self) -> None:
         with self._lock:
@@ -364,28 +329,70 @@ class Hub:
         now = time.monotonic()
         for sock, (address, leftover) in adopted:
             client = _Client(sock, address, now)
+            client.handler = functools.partial(self._on_event, client)
             sock.setblocking(False)
             with self._lock:
-                del self._adopted[sock]
+                if self._adopted.pop(sock, None) is None:
+                    continue        # said goodbye to already
                 self._clients[sock] = client
-            assert self._selector is not None
-            self._selector.register(sock, selectors.EVENT_READ, client)
+            self.io.register(sock, selectors.EVENT_READ, client.handler)
+            if not self._ticking:
+                self._ticking = True
+                self.io.call_later(1.0, self._tick)
             # Mailpit sends the stats to a new client.
             self._schedule_stats()
             if leftover:
                 self._received(client, leftover)
+
+    def _on_event(self, client: _Client, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_READ:
+                self._read(client)
+            if mask & selectors.EVENT_WRITE and client.sock in self._clients:
+                self._flush(client)
+        except Exception:
+            log.exception('web inbox: events client %s failed', client.address)
+            self._drop(client)
 
     def _take_changes(self) -> None:
         with self._lock:
             changes = list(self._changes)
             self._changes.clear()
             overflow, self._overflow = self._overflow, False
-        if overflow:
+        if overflow or len(self._backlog) + len(changes) > _MAX_CHANGES:
+            # Too many to tell one by one: the clients reload.
+            self._backlog.clear()
             self._broadcast('prune', None)
-        for kind, data in changes:
+        self._backlog.extend(changes)
+        self._send_backlog()
+
+    def _send_backlog(self) -> None:
+        # The events, in order.  A new message's waits until its summary
+        # is made, by the inbox's thread (at ingest, or asked here): this
+        # thread serves every socket of the page, and never parses.
+        while self._backlog and not self._waiting:
             if not self._clients:
+                self._backlog.clear()
                 return
+            kind, data = self._backlog[0]
+            if kind == 'new' and data._summary is None and data is not self._asked:
+                self._asked = data
+                self._waiting = True
+                self.inbox.when_summarised(data, self._summarised)
+                continue
+            self._backlog.popleft()
+            self._asked = None
+            if kind == 'new' and data._summary is None:
+                continue    # (the inbox was closed before it was made)
             self._event(kind, data)
+
+    def _summarised(self) -> None:
+        # Any thread: the summary asked for is made.
+        self.io.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._waiting = False
+        self._send_backlog()
 
     def _event(self, kind: str, data: Any) -> None:
         if kind == 'new':
@@ -411,13 +418,26 @@ class Hub:
             self._schedule_stats()
 
     def _schedule_stats(self) -> None:
-        if self._stats_due is None:
-            self._stats_due = time.monotonic() + _STATS_DELAY
+        # At most one stats event each _STATS_DELAY, after changes.
+        if not self._stats_due:
+            self._stats_due = True
+            self.io.call_later(_STATS_DELAY, self._send_stats)
 
     def _send_stats(self) -> None:
+        self._stats_due = False
+        if not self._clients:
+            return
         stats = self.inbox.stats()
         self._broadcast('stats', {'Total': stats['total'], 'Unread': stats['unread'],
                                   'Version': VERSION_TEXT})
+
+    def _tick(self) -> None:
+        # Each second while there are clients: the timeouts and pings.
+        if not self._clients:
+            self._ticking = False
+            return
+        self.io.call_later(1.0, self._tick)
+        self._check_timers(time.monotonic())
 
     def _broadcast(self, kind: str, data: Any) -> None:
         text = json.dumps({'Type': kind, 'Data': data}, separators=(',', ':'))
@@ -457,9 +477,7 @@ class Hub:
             self._drop(client)
             return
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.out else 0)
-        assert self._selector is not None
-        if self._selector.get_key(client.sock).events != events:
-            self._selector.modify(client.sock, events, client)
+        self.io.modify(client.sock, events, client.handler)
 
     def _read(self, client: _Client) -> None:
         try:
@@ -563,11 +581,7 @@ class Hub:
             if self._clients.pop(client.sock, None) is None:
                 return
             self._count -= 1
-        assert self._selector is not None
-        try:
-            self._selector.unregister(client.sock)
-        except (KeyError, ValueError):
-            pass
+        self.io.unregister(client.sock)
         try:
             client.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

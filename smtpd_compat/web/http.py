@@ -45,7 +45,7 @@ from smtpd_compat.web.release import Upstream
 from smtpd_compat.web.store import Inbox
 from smtpd_compat.web.transport import (
     DEFAULT_MAX_CONNECTIONS, DEFAULT_THREADS, DETACH, HEADER_TIMEOUT, IDLE_TIMEOUT,
-    IO_TIMEOUT, Connection, Response, ResponseBody, Server, Stream, json_chunks)
+    IO_TIMEOUT, Connection, IOThread, Response, ResponseBody, Server, Stream, json_chunks)
 
 __all__ = [
     'WebServer', 'Handler', 'ROUTES', 'find_route', 'Address', 'PAGE_CSP',
@@ -359,7 +359,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                    csp=PAGE_CSP)
 
     def get_state(self) -> None:
-        # What the page polls: cheap, and changes whenever the list does.
+        # What the page polls while it has no event stream (a proxy
+        # without websockets): cheap, and changes whenever the list does.
         stats = self.inbox.stats()
         self._send_json({'version': stats['version'], 'total': stats['total'],
                          'unread': stats['unread']})
@@ -504,9 +505,13 @@ class WebServer:
         self.inbox = inbox
         #: Where released messages go (None: release is off).
         self.upstream = upstream
+        # The one thread that waits on this server's sockets: the HTTP
+        # connections and the websockets.
+        self._io = IOThread('smtpd_compat web')
         #: The live events (``/api/events``).
-        self.events = Hub(inbox)
-        self._server = Server(sock, self._answer, max_connections=max_connections,
+        self.events = Hub(inbox, self._io)
+        self._server = Server(sock, self._answer, io=self._io,
+                              max_connections=max_connections,
                               threads=threads, header_timeout=header_timeout,
                               idle_timeout=idle_timeout, io_timeout=io_timeout,
                               name='smtpd_compat web inbox')
@@ -548,12 +553,14 @@ class WebServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket and every connection."""
+        """Stop serving and close the socket and every connection (the
+        websockets told the server is going away)."""
+        self.events.close()
         if self._started:
             self._server.stop()
             self._started = False
+        self._io.stop()
         self.socket.close()
-        self.events.close()
 
     def _answer(self, conn: Connection) -> Optional[Response]:
         # In a worker: one request.

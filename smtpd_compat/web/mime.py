@@ -46,7 +46,7 @@ import sys
 from typing import Any, Dict, Iterator, List, Optional, Protocol, Tuple
 
 __all__ = [
-    'RawMessage', 'Part', 'Parsed', 'summarise', 'html_to_text',
+    'RawMessage', 'Part', 'Parsed', 'tree', 'summarise', 'html_to_text',
     'header_text', 'decode_header', 'part_bytes', 'iso_time', 'cost_of',
     'clean', 'clean_tag', 'list_unsubscribe', 'MAX_TAGS',
     'MAX_PARTS', 'MAX_DEPTH', 'MAX_HEADERS', 'MAX_PARAMS',
@@ -349,13 +349,15 @@ class Part:
     inbox asks (content type, charset, file name, disposition), from
     header values already cut to their cap."""
 
-    __slots__ = ('raw', 'fields', 'start', 'end', 'children', 'default_type',
+    __slots__ = ('raw', 'fields', 'head', 'start', 'end', 'children', 'default_type',
                  '_params', '_size', 'notes')
 
     def __init__(self, raw: bytes, fields: _Fields, start: int, end: int,
-                 default_type: str = 'text/plain') -> None:
+                 default_type: str = 'text/plain', head: int = 0) -> None:
         self.raw = raw
         self.fields = fields
+        #: Where the entity (its header section) starts in ``raw``.
+        self.head = head
         #: The body: ``raw[start:end]``, before transfer decoding.
         self.start = start
         self.end = end
@@ -583,7 +585,7 @@ def _split(part: Part, budget: _Budget, depth: int) -> None:
 def _entity(raw: bytes, start: int, end: int, default_type: str,
             budget: _Budget, depth: int, root: bool = False) -> Part:
     fields, body = _read_fields(raw, start, end, budget, root)
-    part = Part(raw, fields, body, end, default_type)
+    part = Part(raw, fields, body, end, default_type, start)
     budget.parts.append(part)
     if part.get_content_maintype() == 'multipart':
         _split(part, budget, depth)
@@ -637,6 +639,31 @@ def _body(part: Part, subtype: str) -> Optional[Part]:
 # ---------------------------------------------------------------------------
 # Parsing
 
+def _tree(raw: bytes, max_parse_bytes: int, budget: _Budget) -> Part:
+    """The root entity of ``raw`` with its parts; past ``max_parse_bytes``
+    the header section only (an empty body that starts where the real
+    one does)."""
+    if len(raw) > max_parse_bytes:
+        fields, body = _read_fields(raw, 0, min(len(raw), max_parse_bytes), budget, True)
+        part = Part(raw, fields, body, body)
+        budget.parts.append(part)
+        return part
+    return _entity(raw, 0, len(raw), 'text/plain', budget, 0, True)
+
+
+def tree(stored: RawMessage, max_parse_bytes: int) -> Part:
+    """A message's MIME structure (its root :class:`Part`), with the caps
+    of a parse, without the details :class:`Parsed` works out (the text,
+    the HTML, checksums): what an API that shows the source's structure
+    needs (MailHog's).  Never raises: an entity without headers or parts
+    when the parser fails."""
+    try:
+        return _tree(stored.raw, max_parse_bytes, _Budget())
+    except Exception:   # a bug here must not cost the answer
+        log.debug('web inbox: cannot parse %s', stored.id, exc_info=True)
+        return Part(b'', _Fields(), 0, 0)
+
+
 class Parsed:
     """A parsed message (:attr:`msg`, its root :class:`Part`) and its
     details, computed at once.  Never raises: a message the parser cannot
@@ -655,13 +682,7 @@ class Parsed:
         self.too_large = len(raw) > max_parse_bytes
         budget = _Budget()
         try:
-            if self.too_large:
-                fields, _ = _read_fields(raw, 0, min(len(raw), max_parse_bytes),
-                                         budget, True)
-                self.msg = Part(raw, fields, 0, 0)
-                budget.parts.append(self.msg)
-            else:
-                self.msg = _entity(raw, 0, len(raw), 'text/plain', budget, 0, True)
+            self.msg = _tree(raw, max_parse_bytes, budget)
         except Exception:   # a bug here must not cost the message
             log.debug('web inbox: cannot parse %s', stored.id, exc_info=True)
             self.msg = Part(b'', _Fields(), 0, 0)

@@ -3,15 +3,17 @@ and (optionally) in an SQLite file.
 
 Who does what:
 
-* The SMTP loop only calls :meth:`Inbox.add`: a few dictionary operations
-  under a lock, and a message queued for the inbox's one background
-  thread.  No parsing, no database work, no waiting.
+* The SMTP loop only calls :meth:`Inbox.add` (or, for a capturing
+  server, :meth:`Inbox.append`): a few dictionary operations under a
+  lock, and a message queued for the inbox's one background thread.  No
+  parsing, no database work, no waiting.
 * The background thread (started when there is work, gone when there is
   none for a while) does, in this order of priority: the database writes,
   in the order of the changes (one transaction for all that are queued);
   then the work a message costs, once: it parses it, caches its summary
-  (what the list and the search read) on the message, and keeps the parse
-  in a small cache.  So polling the list reads what is cached.
+  (what the list, the live events and the search read) on the message,
+  and keeps the parse in a small cache.  So listing reads what is cached.
+  (Without ingest, a store for tests, this happens when first asked.)
 * Readers (the HTTP workers) read snapshots taken under the lock.
   Whatever is computed on demand (a message not ingested yet, a parse
   that left the cache) is computed once however many ask at the same time
@@ -25,20 +27,38 @@ then the oldest messages.
 
 Listeners (:meth:`Inbox.subscribe`) hear of every change: the live events
 of :mod:`smtpd_compat.web.events` come from them, never from polling.
+
+It is also the store of the test helpers' captured mail
+(:class:`smtpd_compat.controller.Mailbox` is an Inbox without bounds and
+without ingest): a sequence, oldest first, with :meth:`Inbox.wait_for`,
+indexing and list equality, so that a test reads the same store the page
+shows.
 """
+from __future__ import annotations
+
+import itertools
 import logging
+import operator
 import secrets
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
 from typing import (
-    Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple,
-    Union)
+    TYPE_CHECKING, Any, Callable, Deque, Dict, Generic, Iterable, Iterator, List, Optional,
+    Sequence, Tuple, Union, cast, overload)
 
 from smtpd_compat.web.db import Database
-from smtpd_compat.web.mime import MAX_TAGS, Parsed, clean_tag, cost_of, summarise
+from smtpd_compat.web.mime import MAX_TAGS, Parsed, Part, clean_tag, cost_of, summarise
+from smtpd_compat.web.mime import tree as _tree
 from smtpd_compat.web.search import matches, parse_query
+
+if TYPE_CHECKING:
+    # A type parameter with a default (PEP 696): a bare ``Inbox`` is an
+    # ``Inbox[StoredMessage]``.
+    from typing_extensions import TypeVar
+else:
+    from typing import TypeVar
 
 __all__ = [
     'StoredMessage', 'Inbox', 'DEFAULT_MAX_MESSAGES', 'DEFAULT_MAX_BYTES',
@@ -65,11 +85,16 @@ _IDLE = 5.0
 
 _ID_ALPHABET = ('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ'
                 'abcdefghijklmnopqrstuvwxyz')
+# A random byte -> a character of the alphabet (byte % 62: 8 characters
+# a little likelier than the others, about 130 bits in 22 characters).
+_ID_TABLE = bytes(ord(_ID_ALPHABET[i % 62]) for i in range(256))
 
 
 def _new_id() -> str:
-    # 22 base-62 characters, the shape of Mailpit's IDs.
-    return ''.join(secrets.choice(_ID_ALPHABET) for _ in range(22))
+    # 22 base-62 characters, the shape of Mailpit's IDs.  One draw from the
+    # system's generator and a translate: it runs on the SMTP loop for
+    # every message, in well under a microsecond.
+    return secrets.token_bytes(22).translate(_ID_TABLE).decode('ascii')
 
 
 class StoredMessage:
@@ -139,16 +164,40 @@ class _Flight:
         self.result: Optional[Parsed] = None
 
 
+class _Then:
+    """A call the inbox's thread makes in its ingest queue: once the
+    messages queued before it are ingested and, when given, ``message``
+    has its summary.  A closed inbox makes the call alone, at once."""
+
+    __slots__ = ('message', 'callback')
+
+    def __init__(self, message: Optional[StoredMessage],
+                 callback: Callable[[], object]) -> None:
+        self.message = message
+        self.callback = callback
+
+    def __call__(self, inbox: Optional[Inbox[Any]]) -> None:
+        try:
+            if inbox is not None and self.message is not None:
+                inbox.summary(self.message)
+        finally:
+            try:
+                self.callback()
+            except Exception:   # the caller's fault: the inbox's thread goes on
+                log.exception('web inbox: an error in %r', self.callback)
+
+
 class _Worker:
     """The inbox's background thread: database writes first, in order,
-    each batch one transaction; then messages to ingest.  Started when
-    work is queued, ended after :data:`_IDLE` seconds without any."""
+    each batch one transaction; then messages to ingest (and the calls
+    queued among them).  Started when work is queued, ended after
+    :data:`_IDLE` seconds without any."""
 
-    def __init__(self, inbox: 'Inbox') -> None:
+    def __init__(self, inbox: Inbox[Any]) -> None:
         self._inbox = weakref.ref(inbox)
         self._cond = threading.Condition(threading.Lock())
         self._writes: Deque[Union[Callable[[Database], None], threading.Event]] = deque()
-        self._ingest: Deque[Union[StoredMessage, threading.Event]] = deque()
+        self._ingest: Deque[Union[StoredMessage, _Then]] = deque()
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         self.name = 'smtpd_compat web inbox'
@@ -158,14 +207,14 @@ class _Worker:
             self._writes.append(op)
             self._wake()
 
-    def ingest(self, message: Union[StoredMessage, threading.Event]) -> None:
+    def ingest(self, message: Union[StoredMessage, _Then]) -> None:
         with self._cond:
-            if self._closed:
-                if isinstance(message, threading.Event):
-                    message.set()
-                return
-            self._ingest.append(message)
-            self._wake()
+            closed = self._closed
+            if not closed:
+                self._ingest.append(message)
+                self._wake()
+        if closed and isinstance(message, _Then):
+            message(None)
 
     def _wake(self) -> None:
         # Under the condition's lock.  (Closed, a thread still comes for
@@ -181,12 +230,12 @@ class _Worker:
         """Finish the queued writes (not the ingests), then end."""
         with self._cond:
             self._closed = True
-            for item in self._ingest:
-                if isinstance(item, threading.Event):
-                    item.set()
+            calls = [item for item in self._ingest if isinstance(item, _Then)]
             self._ingest.clear()
             thread = self._thread
             self._cond.notify()
+        for call in calls:
+            call(None)
         if thread is not None:
             thread.join(timeout)
 
@@ -209,8 +258,8 @@ class _Worker:
                     return
                 if writes:
                     db = self._apply(inbox, db, writes)
-                elif isinstance(message, threading.Event):
-                    message.set()
+                elif isinstance(message, _Then):
+                    message(inbox)
                 elif message is not None:
                     inbox._ingest(message)
                 del inbox
@@ -220,7 +269,7 @@ class _Worker:
             if db is not None:
                 db.close()
 
-    def _apply(self, inbox: 'Inbox', db: Optional[Database],
+    def _apply(self, inbox: Inbox[Any], db: Optional[Database],
                writes: List[Union[Callable[[Database], None], threading.Event]]
                ) -> Optional[Database]:
         ops = [op for op in writes if not isinstance(op, threading.Event)]
@@ -242,41 +291,72 @@ class _Worker:
         return db
 
 
-class Inbox:
-    """A thread-safe, bounded store of received messages, oldest first.
+# The kind of message an inbox is read as (see :class:`Inbox`).
+if TYPE_CHECKING:
+    _M = TypeVar('_M', bound=StoredMessage, default=StoredMessage)
+else:
+    # (A default only for the checker: typing's TypeVar takes one from
+    # Python 3.13.)
+    _M = TypeVar('_M', bound=StoredMessage)
+
+
+class Inbox(Generic[_M]):
+    """A thread-safe store of received messages, oldest first, bounded by
+    default.
 
     Keeps the newest ``max_messages`` messages within ``max_bytes``, which
     counts everything kept for them (raw bytes, summaries, search text,
     cached parses); adding drops the oldest beyond either bound.  A single
     message whose raw size is over ``max_bytes`` is not kept (and counted
-    in ``ignored``).  ``version`` changes on every add, delete and read
-    change, so a page can poll it cheaply.
+    in ``ignored``).  None for a bound: no bound (the test helpers'
+    :class:`~smtpd_compat.controller.Mailbox`).  ``version`` changes on
+    every add, delete and read change, so a page without the live
+    events can poll it cheaply.
+
+    ``ingest``: parse and summarise each message in the inbox's thread as
+    it arrives, so that a page reads what is cached (the default); False
+    computes that only when asked, and starts no thread for it (a store
+    that tests read).
 
     ``path``: an SQLite file that keeps the messages too, so they survive
     a restart (:mod:`smtpd_compat.web.db`); the messages in it are read
     back here.  Call :meth:`close` when done with a persistent inbox.
+
+    It is also a sequence for tests: ``len()``, iteration (a snapshot),
+    indexing oldest first (``inbox[0]``, ``inbox[-1]``, slices), equality
+    with a list of the same messages (``assert inbox == []``), and
+    :meth:`wait_for`.  Reading a message that has not arrived raises
+    IndexError saying so.  The type parameter is the kind of message it
+    is read as: ``Inbox[CapturedMessage]`` for a capturing server's store
+    (:class:`StoredMessage` unless said).
     """
 
-    def __init__(self, max_messages: int = DEFAULT_MAX_MESSAGES,
-                 max_bytes: int = DEFAULT_MAX_BYTES,
+    def __init__(self, max_messages: Optional[int] = DEFAULT_MAX_MESSAGES,
+                 max_bytes: Optional[int] = DEFAULT_MAX_BYTES,
                  max_parse_bytes: int = DEFAULT_MAX_PARSE_BYTES,
-                 path: Optional[str] = None) -> None:
-        for name, value in (('max_messages', max_messages),
-                            ('max_bytes', max_bytes),
-                            ('max_parse_bytes', max_parse_bytes)):
+                 path: Optional[str] = None, ingest: bool = True) -> None:
+        for name, value, optional in (('max_messages', max_messages, True),
+                                      ('max_bytes', max_bytes, True),
+                                      ('max_parse_bytes', max_parse_bytes, False)):
+            if value is None and optional:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError('%s must be a positive integer, not %r'
-                                 % (name, value))
+                raise ValueError('%s must be a positive integer%s, not %r'
+                                 % (name, ' or None' if optional else '', value))
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.max_parse_bytes = max_parse_bytes
-        self._messages: 'OrderedDict[str, StoredMessage]' = OrderedDict()
+        #: Whether messages are parsed and summarised as they arrive.
+        self.ingest = ingest
+        self._messages: OrderedDict[str, _M] = OrderedDict()
         self._bytes = 0
-        self._lock = threading.Lock()
-        self._parsed: 'OrderedDict[str, Parsed]' = OrderedDict()
+        # The lock of every change and read, and the condition wait_for()
+        # waits on (notified by each message added).
+        self._lock = threading.Condition(threading.Lock())
+        self._parsed: OrderedDict[str, Parsed] = OrderedDict()
         self._parsed_bytes = 0
         # Parses someone still holds (a response being written), shared.
-        self._live: 'weakref.WeakValueDictionary[str, Parsed]' = (
+        self._live: weakref.WeakValueDictionary[str, Parsed] = (
             weakref.WeakValueDictionary())
         self._flights: Dict[str, _Flight] = {}
         self._worker = _Worker(self)
@@ -348,7 +428,9 @@ class Inbox:
             # (The state first: a summary read back keeps the tags set.)
             message.restore(row.state)
             with self._lock:
-                self._messages[message.id] = message
+                # (Read back as the web keeps it, whatever the inbox is
+                # read as.)
+                self._messages[message.id] = cast(_M, message)
                 self._bytes += message.cost
                 if row.summary is not None:
                     dropped += self._account(message, row.summary)
@@ -358,9 +440,10 @@ class Inbox:
         if dropped:
             # Over the bounds (smaller now than when they were written).
             self._worker.write(lambda db: db.delete(dropped))
-        pending = [m for m in self.newest_first() if m._summary is None]
-        for message in reversed(pending):
-            self._worker.ingest(message)
+        if self.ingest:
+            pending = [m for m in self.newest_first() if m._summary is None]
+            for message in reversed(pending):
+                self._worker.ingest(message)
         log.info('web inbox: %d messages read back from %s', loaded, self.database.path)
 
     # -- writing (any thread; the SMTP loop calls add) -----------------------
@@ -378,16 +461,24 @@ class Inbox:
             data = data.encode('utf-8', 'surrogateescape')
         message = StoredMessage(bytes(data), mailfrom, list(rcpttos), peer,
                                 username=username or '')
-        return message if self.append(message) else None
+        # (A StoredMessage, also in an inbox read as a subclass of it: one
+        # the send API puts in a capturing server's store.)
+        return message if self.append(cast(_M, message)) else None
 
-    def append(self, message: StoredMessage) -> bool:
-        """Store a message made elsewhere (its ID kept), newest; False when
-        it alone is over ``max_bytes`` and so is not kept."""
+    def append(self, message: _M) -> bool:
+        """Store a message made elsewhere (its ID kept), newest, and wake
+        every :meth:`wait_for`; False when it alone is over ``max_bytes``
+        and so is not kept.  A few dictionary operations under the lock:
+        the SMTP loop (a capturing server's ``process_message``) calls it,
+        and the message is here when the client gets its reply.  A message
+        (an ID) is kept once: ValueError for one that is here already."""
         size = len(message.raw)
         with self._lock:
+            if message.id in self._messages:
+                raise ValueError('message %s is in the inbox already' % message.id)
             self.accepted += 1
             self.accepted_bytes += size
-            if size > self.max_bytes:
+            if self.max_bytes is not None and size > self.max_bytes:
                 self.ignored += 1
                 log.warning('web inbox: a message of %d bytes is over the '
                             'inbox byte cap (%d) and is not shown',
@@ -400,6 +491,7 @@ class Inbox:
             self._notify('new', message)
             if dropped:
                 self._notify('delete', dropped)
+            self._lock.notify_all()
         if self.database is not None:
             state = message.state()
             self._worker.write(lambda db: db.insert(
@@ -407,7 +499,7 @@ class Inbox:
                 message.peer, state, message.raw))
             if dropped:
                 self._worker.write(lambda db: db.delete(dropped))
-        if message._summary is None:
+        if self.ingest and message._summary is None:
             self._worker.ingest(message)
         return True
 
@@ -424,7 +516,7 @@ class Inbox:
                 return False
         if ingested:
             done = threading.Event()
-            self._worker.ingest(done)
+            self._worker.ingest(_Then(None, done.set))
             return done.wait(None if deadline is None
                              else max(0.0, deadline - time.monotonic()))
         return True
@@ -571,7 +663,7 @@ class Inbox:
     def _retag(self, change: Callable[[str], str]) -> List[StoredMessage]:
         # Under the lock: every message's tags through ``change`` ('' drops);
         # returns the messages whose tags changed.
-        changed = []
+        changed: List[StoredMessage] = []
         for message in self._messages.values():
             if message._tags:
                 tags = sorted((t for t in map(change, message._tags) if t), key=str.lower)
@@ -602,11 +694,14 @@ class Inbox:
     def _trim(self) -> List[str]:
         """Drop what is over the bounds: cached parses first, then the
         oldest messages (never the newest); returns the IDs dropped."""
-        dropped = []
-        while len(self._messages) > self.max_messages:
+        dropped: List[str] = []
+        max_messages, max_bytes = self.max_messages, self.max_bytes
+        while max_messages is not None and len(self._messages) > max_messages:
             dropped.append(next(iter(self._messages)))
             self._drop(dropped[-1])
-        while self._bytes + self._parsed_bytes > self.max_bytes:
+        if max_bytes is None:
+            return dropped
+        while self._bytes + self._parsed_bytes > max_bytes:
             if self._parsed:
                 self._uncache(next(iter(self._parsed)))
             elif len(self._messages) > 1:
@@ -635,7 +730,8 @@ class Inbox:
     def _cache(self, message: StoredMessage, parsed: Parsed) -> None:
         """Keep a parse in the small cache, if it fits the budget."""
         if (message.id not in self._messages or message.id in self._parsed
-                or parsed.cost > self.max_bytes - self._bytes):
+                or (self.max_bytes is not None
+                    and parsed.cost > self.max_bytes - self._bytes)):
             return
         self._parsed[message.id] = parsed
         self._parsed_bytes += parsed.cost
@@ -651,12 +747,12 @@ class Inbox:
             return next(reversed(self._messages))
         return id
 
-    def get(self, id: str) -> Optional[StoredMessage]:
+    def get(self, id: str) -> Optional[_M]:
         """The message with this ID (or the newest for ``'latest'``)."""
         with self._lock:
             return self._messages.get(self._resolve(id))
 
-    def newest_first(self) -> List[StoredMessage]:
+    def newest_first(self) -> List[_M]:
         """A snapshot of every message, newest first."""
         with self._lock:
             return list(reversed(self._messages.values()))
@@ -672,7 +768,7 @@ class Inbox:
                 'version': self.version,
             }
 
-    def search(self, query: str, tz: str = '') -> List[StoredMessage]:
+    def search(self, query: str, tz: str = '') -> List[_M]:
         """The messages matching a Mailpit search, newest first (see
         :mod:`smtpd_compat.web.search`; ``tz``: the time zone of dates
         without an offset)."""
@@ -730,20 +826,115 @@ class Inbox:
             flight.done.set()
         return parsed
 
+    def tree(self, message: StoredMessage) -> Part:
+        """The MIME structure of ``message`` (its root part): the parse's
+        that is cached or being used, else parsed here, without what
+        :meth:`parsed` works out besides (the text, the HTML, the
+        checksums): cheaper, and not cached."""
+        with self._lock:
+            parsed = self._parsed.get(message.id) or self._live.get(message.id)
+        if parsed is not None:
+            return parsed.msg
+        return _tree(message, self.max_parse_bytes)
+
+    def when_summarised(self, message: StoredMessage, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once ``message`` has its summary: at once,
+        here, when it has; else from the inbox's thread, which makes it
+        (as at ingest; also for a message deleted meanwhile).  For a
+        thread that must not parse: the one that serves the page's
+        sockets.  A closed inbox calls back without a summary."""
+        if message._summary is not None:
+            callback()
+        else:
+            self._worker.ingest(_Then(message, callback))
+
     def _ingest(self, message: StoredMessage) -> None:
         # The background thread: what a message costs, paid once.
         if message._summary is None and self.get(message.id) is message:
             self.summary(message)
 
+    # -- a sequence, for tests ------------------------------------------------
+
+    def wait_for(self, n: int = 1, timeout: float = 5.0) -> List[_M]:
+        """Block until at least ``n`` messages are here; return them all,
+        oldest first.
+
+        Raises :class:`TimeoutError` (naming how many did arrive) after
+        ``timeout`` seconds.  Not needed after a synchronous send such as
+        ``smtplib.SMTP.sendmail``: a capturing server records a message
+        before it answers the end of DATA, so it is already here when
+        sendmail returns.
+        """
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._messages) >= n, timeout):
+                raise TimeoutError(
+                    'expected %d message(s) within %s s, got %d'
+                    % (n, timeout, len(self._messages)))
+            return list(self._messages.values())
+
+    @overload
+    def __getitem__(self, index: int) -> _M: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List[_M]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[_M, List[_M]]:
+        """The messages oldest first: ``inbox[0]`` the oldest,
+        ``inbox[-1]`` the newest, a slice a list.  IndexError, for a
+        message that has not arrived, says so and how to wait for it."""
+        with self._lock:
+            values = self._messages.values()
+            count = len(values)
+            if isinstance(index, slice):
+                return list(values)[index]
+            # (TypeError for what a list does not take as an index either.)
+            try:
+                index = operator.index(index)
+            except TypeError:
+                raise TypeError('%s indices must be integers or slices, not %s'
+                                % (type(self).__name__, type(index).__name__)) from None
+            if 0 <= index < count:
+                return next(itertools.islice(values, index, None))
+            if -count <= index < 0:
+                return next(itertools.islice(reversed(values), -index - 1, None))
+        if count == 0:
+            arrived = 'no message has arrived (the %s is empty)' % (
+                type(self).__name__.lower())
+        else:
+            arrived = 'message %r has not arrived: %d so far' % (index, count)
+        wanted = index + 1 if index >= 0 else -index
+        raise IndexError(
+            '%s; for mail sent from another thread or process, wait for it: '
+            'wait_for(%d, timeout=5)' % (arrived, wanted))
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a list (or another inbox) of the same messages, in
+        order."""
+        if isinstance(other, Inbox):
+            other = list(other)
+        if not isinstance(other, list):
+            return NotImplemented
+        return list(self) == other
+
+    # Its contents change: not hashable, as a list is not.
+    __hash__ = None  # type: ignore[assignment]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._messages)
 
-    def __iter__(self) -> Iterator[StoredMessage]:
+    def __iter__(self) -> Iterator[_M]:
         """The messages, oldest first (a snapshot)."""
         with self._lock:
             return iter(list(self._messages.values()))
 
     def __repr__(self) -> str:
-        stats = self.stats()
-        return '<Inbox %d messages, %d bytes>' % (stats['total'], stats['bytes'])
+        # What a failed ``assert inbox == [...]`` shows: the messages (the
+        # newest 20 of more).
+        with self._lock:
+            count = len(self._messages)
+            shown = list(itertools.islice(reversed(self._messages.values()), 20))
+        shown.reverse()
+        more = '%d older, ' % (count - len(shown)) if count > len(shown) else ''
+        return '%s([%s%s])' % (type(self).__name__, more,
+                               ', '.join(map(repr, shown)))

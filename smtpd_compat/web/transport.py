@@ -1,10 +1,12 @@
 """The inbox's HTTP connections: a bounded number of them, served by a
 bounded number of threads, with timeouts, and responses streamed.
 
-One thread (the *connection thread*) owns every connection that is not
-being answered: it accepts, reads request heads with non-blocking
-sockets, enforces the caps and timeouts, and writes responses as the
-client takes them.  A small pool of *workers* answers requests: a worker
+One thread (the *connection thread*, an :class:`IOThread`) owns every
+connection that is not being answered: it accepts, reads request heads
+with non-blocking sockets, enforces the caps and timeouts, and writes
+responses as the client takes them.  It is the one thread of the web side
+that waits on sockets: the live events' websockets
+(:mod:`smtpd_compat.web.events`) are served by it too.  A small pool of *workers* answers requests: a worker
 gets a connection whose request head is complete, runs the handler
 (which may read a request body, with a deadline) and hands back a
 :class:`Response`: its head, and a body of bytes, of text, or of chunks
@@ -32,6 +34,9 @@ handler replaces whatever it had prepared by a whole error response.
 from __future__ import annotations
 
 import collections
+import functools
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -41,10 +46,12 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Union
+from typing import (
+    Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union)
 
 __all__ = [
-    'Server', 'Connection', 'Response', 'Stream', 'ResponseBody', 'DETACH', 'json_chunks',
+    'IOThread', 'Server', 'Connection', 'Response', 'Stream', 'ResponseBody', 'DETACH',
+    'json_chunks', 'RawJSON',
     'text_chunks', 'DEFAULT_MAX_CONNECTIONS', 'DEFAULT_THREADS',
     'HEADER_TIMEOUT', 'IDLE_TIMEOUT', 'IO_TIMEOUT', 'MAX_HEAD', 'CHUNK',
 ]
@@ -81,6 +88,204 @@ _LINGER = 2.0
 _WORKER_NICENESS = 5
 
 
+#: What :meth:`IOThread.register` calls with the events that are ready
+#: (``selectors.EVENT_READ`` and/or ``EVENT_WRITE``).
+EventHandler = Callable[[int], None]
+
+
+def _no_events(mask: int) -> None:
+    pass
+
+
+class _Timer:
+    """A call :meth:`IOThread.call_later` scheduled; ``cancel()`` withdraws
+    it."""
+
+    __slots__ = ('when', 'callback', 'cancelled')
+
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class IOThread:
+    """One thread that waits on sockets for the web side: one selector,
+    one wake-up, the calls other threads hand it, and timers.
+
+    The HTTP connections that wait (:class:`Server`) and the websockets of
+    the live events (:class:`smtpd_compat.web.events.Hub`) are served by
+    one IOThread: sockets are non-blocking, and a handler does a bounded
+    amount of work each time it is called, so no socket waits on another.
+    The SMTP loop, the workers and the inbox's listeners reach it only
+    through :meth:`call_soon`.
+
+    :meth:`register`, :meth:`modify`, :meth:`unregister` and
+    :meth:`call_later` are for the thread itself (the handlers and the
+    calls it runs); :meth:`call_soon`, :meth:`start` and :meth:`stop` for
+    any thread.  An exception in a handler or a call is logged and the
+    thread goes on.
+    """
+
+    def __init__(self, name: str = 'smtpd_compat web') -> None:
+        self.name = name
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._ready: Deque[Callable[[], object]] = collections.deque()
+        self._timers: List[Tuple[float, int, _Timer]] = []
+        self._order = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        # 'new', 'running', 'stopping' (the thread ends after this pass),
+        # 'stopped' (calls are refused).
+        self._state = 'new'
+
+    # -- any thread ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        with self._lock:
+            if self._state != 'new':
+                return
+            self._state = 'running'
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """Does the thread serve (or will it, once started)?  False once
+        :meth:`stop` was called."""
+        return self._state in ('new', 'running')
+
+    def in_thread(self) -> bool:
+        """Is the caller the thread itself?"""
+        return self._thread is threading.current_thread()
+
+    def call_soon(self, callback: Callable[[], object]) -> bool:
+        """Run ``callback()`` on the thread, soon (in the order asked);
+        False when the thread is stopping or stopped (it will not run)."""
+        with self._lock:
+            if self._state not in ('new', 'running'):
+                return False
+            self._ready.append(callback)
+        self._wake()
+        return True
+
+    def call(self, callback: Callable[[], object], timeout: float = 30.0) -> None:
+        """Run ``callback()`` on the thread and wait until it has run (or
+        at once, here, when the thread is not serving: never started,
+        stopped, or the caller itself)."""
+        if self.in_thread() or self._thread is None:
+            callback()
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                callback()
+            finally:
+                done.set()
+        if not self.call_soon(run):
+            callback()
+            return
+        if not done.wait(timeout):
+            log.warning('web: %s did not run a call within %s s', self.name, timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the thread after the calls already asked for, and close the
+        selector and the wake-up.  (What is registered is its owners' to
+        close first.)"""
+        with self._lock:
+            if self._state == 'stopped':
+                return
+            started = self._state == 'running'
+            self._state = 'stopping'
+        self._wake()
+        thread = self._thread
+        if started and thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._lock:
+            self._state = 'stopped'
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b'\0')
+        except OSError:
+            pass    # a wake-up is pending already (the buffer is full), or closed
+
+    # -- the thread ---------------------------------------------------------
+
+    def register(self, sock: socket.socket, events: int, handler: EventHandler) -> None:
+        """Call ``handler(events)`` when ``sock`` is ready for ``events``."""
+        self._selector.register(sock, events, handler)
+
+    def modify(self, sock: socket.socket, events: int, handler: EventHandler) -> None:
+        """Change what ``sock`` waits for (a no-op when it is that already)."""
+        key = self._selector.get_key(sock)
+        if key.events != events or key.data is not handler:
+            self._selector.modify(sock, events, handler)
+
+    def unregister(self, sock: socket.socket) -> None:
+        """Stop waiting on ``sock`` (not registered: nothing happens)."""
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> _Timer:
+        """Run ``callback()`` on the thread after ``delay`` seconds."""
+        timer = _Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, (timer.when, next(self._order), timer))
+        return timer
+
+    def _run(self) -> None:
+        while self._state == 'running' or self._ready:
+            timeout: Optional[float] = None
+            if self._ready:
+                timeout = 0.0
+            elif self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            try:
+                events = self._selector.select(timeout)
+            except OSError:
+                if self._state != 'running':
+                    break
+                raise
+            for key, mask in events:
+                if key.data is None:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                self._guard(functools.partial(key.data, mask))
+            with self._lock:
+                ready, self._ready = self._ready, collections.deque()
+            for callback in ready:
+                self._guard(callback)
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                timer = heapq.heappop(self._timers)[2]
+                if not timer.cancelled:
+                    self._guard(timer.callback)
+
+    def _guard(self, callback: Callable[[], object]) -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception('web: %s: an error in %r', self.name, callback)
+
+
 class Stream:
     """A response body made as it is sent: ``chunks`` of bytes, and their
     total ``length`` when known (then sent with a Content-Length)."""
@@ -107,10 +312,23 @@ def text_chunks(text: str, size: int = CHUNK // 4) -> Iterator[bytes]:
 _JSON = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False)
 
 
+class RawJSON:
+    """A value of :func:`json_chunks` whose JSON text is made as it is
+    sent, ``pieces`` of it at a time (a value in one of the top two levels:
+    an item of a list that the response holds)."""
+
+    __slots__ = ('pieces',)
+
+    def __init__(self, pieces: Iterable[str]) -> None:
+        self.pieces = pieces
+
+
 def _json_pieces(value: Any, depth: int) -> Iterator[str]:
     # The top levels piece by piece, long strings a slice at a time;
     # the rest (small) by the C encoder in one go.
-    if isinstance(value, str) and len(value) > CHUNK // 4:
+    if isinstance(value, RawJSON):
+        yield from value.pieces
+    elif isinstance(value, str) and len(value) > CHUNK // 4:
         yield '"'
         for i in range(0, len(value), CHUNK // 4):
             yield _JSON.encode(value[i:i + CHUNK // 4])[1:-1]
@@ -256,7 +474,7 @@ class Connection:
 
     __slots__ = ('sock', 'address', 'inbuf', 'scanned', 'state', 'deadline',
                  'out', 'body', 'chunked', 'close_after', 'sent', 'promised',
-                 'requests', 'io_timeout')
+                 'requests', 'io_timeout', 'handler')
 
     def __init__(self, sock: socket.socket, address: Any, io_timeout: float) -> None:
         self.sock = sock
@@ -277,6 +495,9 @@ class Connection:
         self.promised: Optional[int] = None
         self.requests = 0
         self.io_timeout = io_timeout
+        #: What the IOThread calls when its socket is ready (set by the
+        #: server that accepted it).
+        self.handler: EventHandler = _no_events
 
     def reader(self) -> _Reader:
         """The input of the request a worker answers (see :class:`_Reader`)."""
@@ -340,10 +561,12 @@ class Server:
     """Serve the connections of a listening ``sock`` with ``handle``,
     which a worker calls with a :class:`Connection` whose request head is
     complete and which returns a :class:`Response` (or None to close the
-    connection)."""
+    connection).  The connections that wait are served by ``io`` (its
+    own :class:`IOThread` when not given)."""
 
     def __init__(self, sock: socket.socket,
                  handle: Callable[[Connection], Optional[Response]], *,
+                 io: Optional[IOThread] = None,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  threads: int = DEFAULT_THREADS,
                  header_timeout: float = HEADER_TIMEOUT,
@@ -362,93 +585,70 @@ class Server:
         self.io_timeout = io_timeout
         self.name = name
         sock.setblocking(False)
+        # (A thread of its own when none is shared: then it is ours to stop.)
+        self._own_io = io is None
+        self.io = IOThread(name) if io is None else io
         self._conns: Dict[int, Connection] = {}
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._returned: Deque[Connection] = collections.deque()
         self._jobs: 'queue.SimpleQueue[Optional[Connection]]' = queue.SimpleQueue()
         self._workers: List[threading.Thread] = []
-        self._thread: Optional[threading.Thread] = None
+        self._sweeper: Optional[_Timer] = None
         self._stopping = False
         self._lock = threading.Lock()
 
     # -- life --------------------------------------------------------------
 
     def start(self) -> None:
-        self._selector.register(self.sock, selectors.EVENT_READ, None)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._serve, name=self.name,
-                                        daemon=True)
-        self._thread.start()
+        """Accept and serve (from the IOThread, started here if it is not
+        yet)."""
+        self.io.call_soon(self._listen)
+        self.io.start()
+
+    def _listen(self) -> None:
+        self.io.register(self.sock, selectors.EVENT_READ, self._on_listener)
+        self._sweeper = self.io.call_later(_SWEEP, self._sweep)
 
     def stop(self) -> None:
         """Stop accepting, close every connection (a request being
-        answered is closed when its worker is done), end the threads."""
+        answered is closed when its worker is done), end the workers (and
+        the IOThread, when it is the server's own)."""
         self._stopping = True
-        self._wake()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self.io.call(self._close_all)
         with self._lock:
             workers, self._workers = self._workers, []
         for _ in workers:
             self._jobs.put(None)
+        if self._own_io:
+            self.io.stop()
+
+    def _close_all(self) -> None:
+        # The IOThread (or the caller, once it has ended).
+        self.io.unregister(self.sock)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self._conns.values()):
             self._close(conn)
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
 
     @property
     def connections(self) -> int:
         """Connections open now."""
         return len(self._conns)
 
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b'\0')
-        except OSError:
-            pass
-
     # -- the connection thread ------------------------------------------------
 
-    def _serve(self) -> None:
-        next_sweep = time.monotonic() + _SWEEP
-        while not self._stopping:
-            try:
-                events = self._selector.select(_SWEEP)
-            except OSError:
-                if self._stopping:
-                    break
-                raise
-            for key, mask in events:
-                if key.fileobj is self.sock:
-                    self._accept()
-                elif key.fileobj is self._wake_r:
-                    try:
-                        self._wake_r.recv(4096)
-                    except OSError:
-                        pass
-                else:
-                    conn = key.data
-                    try:
-                        if mask & selectors.EVENT_READ and conn.state == 'head':
-                            self._read(conn)
-                        elif mask & selectors.EVENT_READ and conn.state == 'drain':
-                            self._drain(conn)
-                        elif mask & selectors.EVENT_WRITE and conn.state == 'write':
-                            self._write(conn)
-                    except Exception:
-                        log.debug('web inbox: connection error', exc_info=True)
-                        self._close(conn)
-            while self._returned:
-                self._resume(self._returned.popleft())
-            now = time.monotonic()
-            if now >= next_sweep:
-                next_sweep = now + _SWEEP
-                self._sweep(now)
+    def _on_listener(self, mask: int) -> None:
+        self._accept()
+
+    def _on_event(self, conn: Connection, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_READ and conn.state == 'head':
+                self._read(conn)
+            elif mask & selectors.EVENT_READ and conn.state == 'drain':
+                self._drain(conn)
+            elif mask & selectors.EVENT_WRITE and conn.state == 'write':
+                self._write(conn)
+        except Exception:
+            log.debug('web inbox: connection error', exc_info=True)
+            self._close(conn)
 
     def _accept(self) -> None:
         for _ in range(64):
@@ -469,9 +669,10 @@ class Server:
                 sock.close()
                 continue
             conn = Connection(sock, address, self.io_timeout)
+            conn.handler = functools.partial(self._on_event, conn)
             conn.deadline = time.monotonic() + self.header_timeout
             self._conns[id(conn)] = conn
-            self._selector.register(sock, selectors.EVENT_READ, conn)
+            self.io.register(sock, selectors.EVENT_READ, conn.handler)
 
     def _make_room(self) -> bool:
         """At the cap: close the connection that has waited longest for a
@@ -514,7 +715,7 @@ class Server:
             return
         conn.state = 'busy'
         conn.scanned = 0        # the worker consumes the head
-        self._selector.unregister(conn.sock)
+        self.io.unregister(conn.sock)
         with self._lock:
             if len(self._workers) < self.threads:
                 worker = threading.Thread(target=self._work, daemon=True,
@@ -530,19 +731,19 @@ class Server:
         conn.body = None
         conn.close_after = True
         conn.deadline = time.monotonic() + self.io_timeout
-        self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        self.io.modify(conn.sock, selectors.EVENT_WRITE, conn.handler)
 
     def _resume(self, conn: Connection) -> None:
         # A worker is done with it: write its response.
         if conn.state == 'gone':
             self._conns.pop(id(conn), None)
             return
-        if conn.state == 'done' or conn.sock.fileno() < 0:
+        if conn.state == 'done' or self._stopping or conn.sock.fileno() < 0:
             self._close(conn)
             return
         try:
             conn.sock.setblocking(False)
-            self._selector.register(conn.sock, selectors.EVENT_WRITE, conn)
+            self.io.register(conn.sock, selectors.EVENT_WRITE, conn.handler)
         except (OSError, ValueError):
             self._close(conn)
             return
@@ -603,11 +804,11 @@ class Server:
             conn.state = 'drain'
             conn.inbuf.clear()
             conn.deadline = time.monotonic() + _LINGER
-            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            self.io.modify(conn.sock, selectors.EVENT_READ, conn.handler)
             return
         conn.state = 'head'
         conn.deadline = time.monotonic() + self.idle_timeout
-        self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+        self.io.modify(conn.sock, selectors.EVENT_READ, conn.handler)
         if conn.inbuf:
             # Pipelined: the next request may be here already.
             conn.deadline = min(conn.deadline, time.monotonic() + self.header_timeout)
@@ -624,7 +825,10 @@ class Server:
         if not data:
             self._close(conn)
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self) -> None:
+        # Every _SWEEP seconds: the connections past their deadline.
+        self._sweeper = self.io.call_later(_SWEEP, self._sweep)
+        now = time.monotonic()
         for conn in list(self._conns.values()):
             if conn.state != 'busy' and conn.deadline <= now:
                 log.debug('web inbox: %s timed out (%s)', conn.address, conn.state)
@@ -634,10 +838,7 @@ class Server:
         # The connection thread (or stop(), once it has ended).
         self._conns.pop(id(conn), None)
         if conn.state in ('head', 'write', 'drain') and conn.sock.fileno() >= 0:
-            try:
-                self._selector.unregister(conn.sock)
-            except (KeyError, ValueError, OSError):
-                pass
+            self.io.unregister(conn.sock)
         conn.body = None
         conn.out = memoryview(b'')
         try:
@@ -670,18 +871,16 @@ class Server:
         # connection thread (which owns the selector).
         if response is DETACH:
             conn.state = 'gone'
-            self._returned.append(conn)
-            self._wake()
+            self._give_back(conn)
             return
         if self._stopping:
-            # The connection thread has ended (or is ending): close here.
+            # The connection thread is done with the server: close here.
             self._conns.pop(id(conn), None)
             conn.sock.close()
             return
         if response is None:
             conn.state = 'done'
-            self._returned.append(conn)
-            self._wake()
+            self._give_back(conn)
             return
         conn.requests += 1
         conn.out = memoryview(response.head)
@@ -700,5 +899,12 @@ class Server:
         else:
             conn.promised = body.length
             conn.body = iter(body.chunks)
-        self._returned.append(conn)
-        self._wake()
+        self._give_back(conn)
+
+    def _give_back(self, conn: Connection) -> None:
+        if not self.io.call_soon(functools.partial(self._resume, conn)):
+            # The IOThread has ended: forget the connection here (a
+            # websocket's belongs to its hub now).
+            self._conns.pop(id(conn), None)
+            if conn.state != 'gone':
+                conn.sock.close()
