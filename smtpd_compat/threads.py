@@ -424,8 +424,14 @@ class WorkerPool:
         # On the loop thread, before the job's continuation.
         job.pool = None
         self.in_flight -= 1
+        self._uncount(job)
+
+    def _uncount(self, job: _Job) -> None:
+        # The job no longer counts against its address's cap: the next of
+        # its parked jobs, if any, is queued.
         if not job.counted:
             return
+        job.counted = False
         key = job.key
         count = self._counts[key] - 1
         if count:
@@ -451,6 +457,9 @@ class WorkerPool:
             if not parked:
                 del self._parked[job.key]
         elif not self._queue.cancel(job):
+            # Still running: it no longer holds its address's turn either
+            # (the address's next work goes on, on the spare thread).
+            self._uncount(job)
             return
         job.state = _CANCELLED
         job.ok, job.value = False, HandlerTimeout('cancelled before it ran')
@@ -545,7 +554,7 @@ class OffloadChannelMixin(_ChannelBase):
     def offload(self, fn: Callable[..., object], args: Sequence[Any],
                 then: _Then, dropped: Optional[_Then] = None, *,
                 finished: Optional[Callable[[], None]] = None,
-                low_priority: bool = False) -> _Work:
+                low_priority: bool = False, what: Optional[str] = None) -> _Work:
         """Run ``fn(*args)`` in the pool, then ``then(ok, value)`` on the
         loop thread: (True, the return value) or (False, the exception).
         Until then the channel is ``waiting``.  If it has closed when the
@@ -556,12 +565,13 @@ class OffloadChannelMixin(_ChannelBase):
         ``finished()``, if given, runs once the work no longer runs,
         whatever became of it.  ``low_priority``: run it only when no
         other work waits (an AUTH check from an address that failed
-        repeatedly).  One offload at a time."""
+        repeatedly).  ``what`` names the work in log lines (default: the
+        name of ``fn``).  One offload at a time."""
         if self.waiting:
             raise RuntimeError('offload() while work is in flight for %r' % (self,))
         pool = server_pool(self.smtp_server)
         work = _Work(then, dropped, finished,
-                     getattr(fn, '__qualname__', None) or repr(fn))
+                     what or getattr(fn, '__qualname__', None) or repr(fn))
         self.waiting = True
         self._input_paused = True
         self._offload_work = work
@@ -721,7 +731,8 @@ class OffloadChannelMixin(_ChannelBase):
                                 (self.smtp_server.process_message, args,
                                  self._message_kwargs()),
                                 lambda ok, value: self._message_done(data, ok, value),
-                                gone, finished=self._hand_over_message())
+                                gone, finished=self._hand_over_message(),
+                                what='process_message')
             return
         self._offload_outcome = _NO_OUTCOME
         ok, status = outcome
