@@ -554,7 +554,8 @@ class OffloadChannelMixin(_ChannelBase):
     def offload(self, fn: Callable[..., object], args: Sequence[Any],
                 then: _Then, dropped: Optional[_Then] = None, *,
                 finished: Optional[Callable[[], None]] = None,
-                low_priority: bool = False, what: Optional[str] = None) -> _Work:
+                low_priority: bool = False, what: Optional[str] = None,
+                delay: float = 0.0) -> _Work:
         """Run ``fn(*args)`` in the pool, then ``then(ok, value)`` on the
         loop thread: (True, the return value) or (False, the exception).
         Until then the channel is ``waiting``.  If it has closed when the
@@ -566,25 +567,44 @@ class OffloadChannelMixin(_ChannelBase):
         whatever became of it.  ``low_priority``: run it only when no
         other work waits (an AUTH check from an address that failed
         repeatedly).  ``what`` names the work in log lines (default: the
-        name of ``fn``).  One offload at a time."""
+        name of ``fn``).  ``delay``: seconds to wait, with the channel
+        waiting, before the work is queued (a timer: only under
+        :func:`smtpd_compat.loop.loop`, which runs timers; elsewhere it is
+        queued at once).  One offload at a time."""
         if self.waiting:
             raise RuntimeError('offload() while work is in flight for %r' % (self,))
-        pool = server_pool(self.smtp_server)
         work = _Work(then, dropped, finished,
                      what or getattr(fn, '__qualname__', None) or repr(fn))
         self.waiting = True
         self._input_paused = True
         self._offload_work = work
+        services = self.loop_services
+        # (_running: the map is served by smtpd_compat.loop.loop, whose
+        # timers fire; under asyncore.loop a timer would never come.)
+        if delay > 0 and services._running:
+            self.set_deadline(None)
+            services.call_later(delay, self._offload_submit, work, fn, args,
+                                low_priority)
+        else:
+            self._offload_submit(work, fn, args, low_priority)
+        _loop.update(self)
+        return work
+
+    def _offload_submit(self, work: _Work, fn: Callable[..., object],
+                        args: Sequence[Any], low_priority: bool) -> None:
+        if self._offload_work is not work or not self.connected:
+            # Closed during the delay: nothing to run.
+            if work.finished is not None:
+                work.finished()
+            return
         timeout = getattr(self.smtp_server, 'handler_timeout', None)
         if timeout is not None:
             work.until = self.now() + timeout
         # The server's work never counts as the client's idleness.
         self._arm_handler_deadline()
-        work.job = pool.submit(
+        work.job = server_pool(self.smtp_server).submit(
             fn, args, functools.partial(self._offload_done, work), self._map,
             key=self._client_key(), low=low_priority)
-        _loop.update(self)
-        return work
 
     def _client_key(self) -> str:
         # The client's address (the PROXY header's behind a balancer),
