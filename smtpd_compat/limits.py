@@ -190,6 +190,14 @@ class LimitsChannelMixin(_ChannelBase):
                 # Past the budget: read on to the end of the message, keep
                 # none of it (the inner layers see no bytes; their own
                 # counts of the stream go on), refuse it at the end.
+                if not self._budget_over and self.smtp_state == self.DATA:
+                    # What DATA kept so far goes now (the core's buffer;
+                    # the core empties it alike past the size limit), and
+                    # with it the charge: when many messages arrive at
+                    # once, each one refused lets the others finish,
+                    # instead of all of them running out together.
+                    self.received_lines = []
+                    self._budget_release()
                 self._budget_over = True
                 data = b''
             else:

@@ -168,3 +168,33 @@ def test_budget_bookkeeping():
                                         ('256M', 256 << 20), ('1G', 1 << 30)])
 def test_cli_sizes(text, size):
     assert _size(text) == size
+
+
+def test_a_refused_message_frees_its_share_for_the_others(live_server):
+    # Many messages at once: the one that runs out is refused and lets go
+    # of what it held, so the others finish (instead of all running out).
+    class Server(LimitsServerMixin, RecordingServer):
+        pass
+    live = live_server(Server, max_message_memory=250000)
+    a, b = (smtplib.SMTP(*live.address, timeout=WAIT) for _ in range(2))
+    try:
+        for client in (a, b):
+            client.ehlo()
+            client.mail('a@x')
+            client.rcpt('b@x')
+            assert client.docmd('DATA')[0] == 354
+        chunk = (b'y' * 998 + b'\r\n') * 100
+        a.send(chunk)
+        b.send(chunk)
+        wait_for(lambda: PROCESS_BUDGET.used >= 200000, 'not charged')
+        a.send(chunk)           # a runs out: refused, its share freed
+        wait_for(lambda: PROCESS_BUDGET.used < 150000, 'not freed')
+        b.send(chunk + b'.\r\n')
+        assert b.getreply()[0] == 250
+        a.send(b'.\r\n')
+        assert a.getreply() == (452, REPLY)
+    finally:
+        a.close()
+        b.close()
+    assert len(live.server.messages) == 1
+    wait_for(lambda: PROCESS_BUDGET.used == 0, 'not released')
