@@ -333,9 +333,13 @@ class Verdict(NamedTuple):
     #: Seconds to wait before the check (the attacked login's delay for an
     #: address that has failed before).
     delay: float = 0.0
-    #: Run the check only when no other work waits (an address failing
-    #: repeatedly: its hashing must not hold up everyone else's).
-    low_priority: bool = False
+    #: The check's priority in the worker pool
+    #: (:meth:`smtpd_compat.threads.OffloadChannelMixin.offload`): 0 for an
+    #: address without failures, 1 after one, 2 after more; the lower ones
+    #: run only when no ordinary work waits, so a guesser's hashing does
+    #: not hold up other clients' logins, and the owner after a typo goes
+    #: before the guessers.
+    priority: int = 0
 
 
 def normalise_login(login: str) -> str:
@@ -374,9 +378,12 @@ class AuthThrottle:
     * an address with ``max_failures`` failed checks within ``window``
       seconds gets at most one check per ``interval`` seconds; its other
       guesses are answered ``454 4.7.0`` without looking at the password.
-      From ``low_priority_after`` failures on, its checks run only when
-      no other work waits (:mod:`smtpd_compat.threads`), so a flood of
-      guesses does not hold up other clients' logins;
+      Once it has failed, its checks run at a lower priority in the worker
+      pool (:mod:`smtpd_compat.threads`): only when no ordinary work
+      waits, an address that failed once before one that failed more
+      often.  So a flood of guesses, each a slow hash, does not hold up
+      the logins of clean addresses, and the owner after a typo goes
+      before the guessers;
     * failures count per login too (case-folded and trimmed, so ``Alice``
       and ``alice `` are one), but a login under attack only *delays*:
       a check for it from an address that has failed before (and not yet
@@ -398,19 +405,18 @@ class AuthThrottle:
     def __init__(self, max_failures: int = 10, window: float = 300.0,
                  interval: float = 1.0, max_entries: int = 20000,
                  clock: Callable[[], float] = time.monotonic, *,
-                 max_delay: float = 15.0, low_priority_after: int = 3) -> None:
+                 max_delay: float = 15.0) -> None:
         if not isinstance(max_failures, int) or max_failures < 1:
             raise ValueError('max_failures must be a positive integer')
         if not window > 0 or not interval > 0 or max_entries < 1 \
-                or not max_delay > 0 or low_priority_after < 1:
-            raise ValueError('window, interval, max_entries, max_delay and '
-                             'low_priority_after must be positive')
+                or not max_delay > 0:
+            raise ValueError('window, interval, max_entries and max_delay '
+                             'must be positive')
         self.max_failures = max_failures
         self.window = window
         self.interval = interval
         self.max_entries = max_entries
         self.max_delay = max_delay
-        self.low_priority_after = low_priority_after
         self._clock = clock
         self._lock = threading.Lock()
         # key -> deque of the times of its last failures, oldest key first
@@ -490,7 +496,7 @@ class AuthThrottle:
                 times.append(now)
             if len(entries) > self.max_entries:
                 self._shrink(since)
-            return Verdict(True, delay, failures >= self.low_priority_after)
+            return Verdict(True, delay, min(failures, 2))
 
     def allow(self, address: object, login: Optional[str]) -> bool:
         """:meth:`assess`, as a yes or no (the delay and priority left to
@@ -770,7 +776,7 @@ class AuthChannelMixin(OffloadChannelMixin):
         self.offload(self.smtp_server.authenticator,
                      (mechanism, login, password, self),
                      lambda done, ok: self._auth_verdict(mechanism, login, done, ok),
-                     low_priority=verdict.low_priority, delay=verdict.delay,
+                     priority=verdict.priority, delay=verdict.delay,
                      what='AUTH check')
 
     def _auth_address(self) -> object:

@@ -19,9 +19,9 @@ How it fits together:
   address has at most ``server.offload_per_address`` jobs queued or
   running (default: the pool's size); its further work is *parked* -- the
   client waits, its input paused -- until one of them ends.  Work offered
-  at low priority (AUTH checks from an address that has failed
-  repeatedly) runs only when no other work waits, on at most a quarter of
-  the threads.
+  at a lower priority, 1 or 2 (AUTH checks from an address that has
+  failed once, or more often), runs only when no ordinary work waits --
+  priority 1 before 2 -- on at most a quarter of the threads.
 * Results come back through the socket map's one wake-up
   (:meth:`smtpd_compat.loop.LoopServices.call_soon_threadsafe`): a worker
   hands its result to the loop thread, which runs the continuation.  So it
@@ -155,17 +155,17 @@ class _Job:
     the exception)."""
 
     __slots__ = ('fn', 'args', 'done', 'ok', 'value', 'services', 'key',
-                 'low', 'state', 'abandoned', 'spared', 'counted', 'pool')
+                 'priority', 'state', 'abandoned', 'spared', 'counted', 'pool')
 
     def __init__(self, fn: Callable[..., object], args: Tuple[Any, ...],
                  done: Optional[_Done], services: Optional[_loop.LoopServices],
-                 key: Hashable = None, low: bool = False) -> None:
+                 key: Hashable = None, priority: int = 0) -> None:
         self.fn = fn
         self.args = args
         self.done = done          # called on the loop thread with (ok, value)
         self.services = services
         self.key = key
-        self.low = low
+        self.priority = priority    # 0 ordinary; 1, 2 lower and lower
         self.state = _PARKED
         self.abandoned = False    # its continuation ran without it
         self.spared = False       # a spare thread stands in for it
@@ -242,8 +242,8 @@ class _Ring:
 
 
 class _Queue:
-    """What a pool's threads share (thread-safe): the jobs waiting, in two
-    rings (ordinary work, then low-priority work), and the count of
+    """What a pool's threads share (thread-safe): the jobs waiting, in
+    three rings (ordinary work, then priorities 1 and 2), and the count of
     threads.  Kept apart from the pool so that a pool that is collected
     can stop its threads (they hold this, not the pool)."""
 
@@ -254,7 +254,7 @@ class _Queue:
         # Low-priority work runs on at most this many threads at once, so
         # that a flood of it (password hashes) leaves CPU for the rest.
         self.low_limit = max(1, threads // 4)
-        self.rings = (_Ring(), _Ring())
+        self.rings = (_Ring(), _Ring(), _Ring())
         self.alive = 0          # threads started and not ended
         self.idle = 0           # of them, waiting for work
         self.running_low = 0
@@ -268,11 +268,11 @@ class _Queue:
     # (All under self.cond.)
 
     def _next(self) -> Optional[_Job]:
-        ordinary, low = self.rings
+        ordinary = self.rings[0]
         if ordinary:
             job = ordinary.take()
-        elif low and self.running_low < self.low_limit:
-            job = low.take()
+        elif self.running_low < self.low_limit and (self.rings[1] or self.rings[2]):
+            job = (self.rings[1] or self.rings[2]).take()
             self.running_low += 1
         else:
             return None
@@ -292,7 +292,7 @@ class _Queue:
     def put(self, job: _Job) -> None:
         with self.cond:
             job.state = _QUEUED
-            self.rings[job.low].put(job)
+            self.rings[job.priority].put(job)
             self._start_if_needed()
 
     def cancel(self, job: _Job) -> bool:
@@ -300,7 +300,7 @@ class _Queue:
         abandoned, and let a spare thread stand in for it."""
         with self.cond:
             if job.state == _QUEUED:
-                self.rings[job.low].remove(job)
+                self.rings[job.priority].remove(job)
                 job.state = _CANCELLED
                 return True
             if job.state == _RUNNING and self.spare < self.threads:
@@ -350,11 +350,11 @@ def _work(queue: _Queue) -> None:
             # FINISHED before the outcome leaves: cancel() no longer
             # counts it as running.
             job.state = _FINISHED
-            if job.low:
+            if job.priority:
                 queue.running_low -= 1
             if job.spared:
                 queue.spare -= 1
-            if queue.rings[1]:
+            if queue.rings[1] or queue.rings[2]:
                 cond.notify()     # a low-priority job may run now
         job.deliver()
 
@@ -393,15 +393,18 @@ class WorkerPool:
 
     def submit(self, fn: Callable[..., object], args: Sequence[Any], done: _Done,
                map: Optional[_loop.SocketMap] = None, *, key: Hashable = None,
-               low: bool = False) -> _Job:
+               priority: int = 0) -> _Job:
         """Run ``fn(*args)`` on a worker; then ``done(ok, value)`` runs on
         the thread serving ``map`` (default ``asyncore.socket_map``), with
         (True, the result) or (False, the exception).  ``key`` (a client
         address, :func:`address_key`) is what the pool is fair between;
-        ``low`` offers the work at low priority.  Returns a handle for
+        ``priority`` 1 or 2 offers it at a lower priority (run only when
+        no ordinary work waits; 1 before 2).  Returns a handle for
         :meth:`abandon`."""
         services = _loop.services(map)
-        job = _Job(fn, tuple(args), done, services, key, low)
+        if priority not in (0, 1, 2):
+            raise ValueError('priority must be 0, 1 or 2, not %r' % (priority,))
+        job = _Job(fn, tuple(args), done, services, key, priority)
         job.pool = self
         services.hold()
         self.in_flight += 1
@@ -554,7 +557,7 @@ class OffloadChannelMixin(_ChannelBase):
     def offload(self, fn: Callable[..., object], args: Sequence[Any],
                 then: _Then, dropped: Optional[_Then] = None, *,
                 finished: Optional[Callable[[], None]] = None,
-                low_priority: bool = False, what: Optional[str] = None,
+                priority: int = 0, what: Optional[str] = None,
                 delay: float = 0.0) -> _Work:
         """Run ``fn(*args)`` in the pool, then ``then(ok, value)`` on the
         loop thread: (True, the return value) or (False, the exception).
@@ -564,9 +567,9 @@ class OffloadChannelMixin(_ChannelBase):
         at that time), ``dropped(ok, value)`` runs instead once the work is
         done (to release what it opened), and the drop is logged.
         ``finished()``, if given, runs once the work no longer runs,
-        whatever became of it.  ``low_priority``: run it only when no
-        other work waits (an AUTH check from an address that failed
-        repeatedly).  ``what`` names the work in log lines (default: the
+        whatever became of it.  ``priority`` 1 or 2: run it only when no
+        ordinary work waits, 1 before 2 (an AUTH check from an address
+        that has failed once, or more often).  ``what`` names the work in log lines (default: the
         name of ``fn``).  ``delay``: seconds to wait, with the channel
         waiting, before the work is queued (a timer: only under
         :func:`smtpd_compat.loop.loop`, which runs timers; elsewhere it is
@@ -584,14 +587,14 @@ class OffloadChannelMixin(_ChannelBase):
         if delay > 0 and services._running:
             self.set_deadline(None)
             services.call_later(delay, self._offload_submit, work, fn, args,
-                                low_priority)
+                                priority)
         else:
-            self._offload_submit(work, fn, args, low_priority)
+            self._offload_submit(work, fn, args, priority)
         _loop.update(self)
         return work
 
     def _offload_submit(self, work: _Work, fn: Callable[..., object],
-                        args: Sequence[Any], low_priority: bool) -> None:
+                        args: Sequence[Any], priority: int) -> None:
         if self._offload_work is not work or not self.connected:
             # Closed during the delay: nothing to run.
             if work.finished is not None:
@@ -604,7 +607,7 @@ class OffloadChannelMixin(_ChannelBase):
         self._arm_handler_deadline()
         work.job = server_pool(self.smtp_server).submit(
             fn, args, functools.partial(self._offload_done, work), self._map,
-            key=self._client_key(), low=low_priority)
+            key=self._client_key(), priority=priority)
 
     def _client_key(self) -> str:
         # The client's address (the PROXY header's behind a balancer),

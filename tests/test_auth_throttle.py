@@ -14,19 +14,12 @@ import time
 import pytest
 
 from conftest import RecordingServer
+from test_auth import FakeClock
 
 from smtpd_compat import auth
 from smtpd_compat.auth import AuthThrottle, Verdict, normalise_login
 
 WAIT = 10.0
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def fail(throttle, address, login):
@@ -95,12 +88,14 @@ def test_login_variants_count_as_one(variant):
     assert normalise_login(variant) == 'alice'
 
 
-def test_repeated_failures_go_to_low_priority():
-    throttle = AuthThrottle(clock=FakeClock(), low_priority_after=3)
-    priorities = [fail(throttle, '192.0.2.1', 'u%d' % n).low_priority
-                  for n in range(5)]
-    assert priorities == [False, False, False, True, True]
-    assert not throttle.assess('192.0.2.2', 'u9').low_priority
+def test_failures_lower_the_priority():
+    # 0 for a clean address, 1 after one failure (the owner's typo), 2
+    # after more (the guessers): the pool runs 1 before 2.
+    throttle = AuthThrottle(clock=FakeClock())
+    priorities = [fail(throttle, '192.0.2.1', 'u%d' % n).priority
+                  for n in range(4)]
+    assert priorities == [0, 1, 2, 2]
+    assert throttle.assess('192.0.2.2', 'u9').priority == 0
 
 
 def test_ipv6_counts_per_slash64():
