@@ -474,13 +474,18 @@ def configure_relay(cli: CommandLine) -> None:
     if value is None:
         return
     cli.require_class(RelayServer, 'relay-timeout')
+    cli.server_kwargs['relay_timeout'] = _seconds(cli, 'relay-timeout', value)
+
+
+def _seconds(cli: CommandLine, option: str, value: str) -> float:
+    # A positive number of seconds, else a usage error.
     try:
-        timeout = float(value)
+        seconds = float(value)
     except ValueError:
-        timeout = 0
-    if not timeout > 0:
-        cli.error('--relay-timeout: not a positive number: %s' % value)
-    cli.server_kwargs['relay_timeout'] = timeout
+        seconds = 0.0
+    if not seconds > 0:
+        cli.error('--%s: not a positive number: %s' % (option, value))
+    return seconds
 
 
 LMTP_OPTIONS: _Options = (
@@ -537,16 +542,12 @@ THREADS_OPTIONS: _Options = (
 
 
 def configure_threads(cli: CommandLine) -> None:
-    """Put ThreadedServerMixin in front of the server class for --threads."""
+    """Put ThreadedServerMixin in front of the server class for --threads;
+    the pool's settings (PoolServerMixin) for --handler-timeout alone."""
     timeout = cli.given.get('handler-timeout')
     if timeout is not None:
-        try:
-            seconds = float(timeout)
-        except ValueError:
-            seconds = 0.0
-        if not seconds > 0:
-            cli.error('--handler-timeout: not a positive number: %s' % timeout)
-        cli.server_kwargs['handler_timeout'] = seconds
+        cli.server_kwargs['handler_timeout'] = _seconds(
+            cli, 'handler-timeout', timeout)
     value = cli.given.get('threads')
     if value is None:
         if timeout is not None:
