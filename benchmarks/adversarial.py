@@ -232,7 +232,7 @@ def auth_file(tree, python, workdir, logins):
                 'h = hash_password("right"); '
                 'print("\\n".join("%s:%s" % (u, h) for u in sys.argv[1:]))')
         out = subprocess.run([python, '-c', code] + logins, check=True,
-                             capture_output=True, text=True,
+                             capture_output=True, text=True, cwd=tree,
                              env=dict(os.environ, PYTHONPATH=tree)).stdout
         with open(path, 'w') as f:
             f.write(out)
@@ -339,7 +339,8 @@ VARIANTS = textwrap.dedent('''
 
 
 def case_variants(tree, args, workdir):
-    return subprocess.run([args.python, '-c', VARIANTS], check=True,
+    # (cwd: python -c puts it first on sys.path.)
+    return subprocess.run([args.python, '-c', VARIANTS], check=True, cwd=tree,
                           capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=tree)).stdout.strip()
 
