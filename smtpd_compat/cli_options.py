@@ -149,7 +149,7 @@ _CLI_LIMITS: Tuple[Tuple[str, str, Callable[[str], float], str], ...] = (
     ('max-message-memory', 'max_message_memory', _size,
      'Bytes of message content the whole process holds at once (DATA/BDAT '
      'buffers, messages in worker threads; K, M, G suffixes) before DATA '
-     'gets "452 4.3.1" (default 256M).'),
+     'gets "452 4.3.1" (default 128M; peak memory is about twice it).'),
 )
 
 

@@ -15,7 +15,7 @@ def test_max_message_memory_is_a_limit(text, size):
 
 
 def test_production_default_budget():
-    assert PRODUCTION_DEFAULTS['max_message_memory'] == 256 << 20
+    assert PRODUCTION_DEFAULTS['max_message_memory'] == 128 << 20
     cli = _configured(['--production'])
     assert 'max_message_memory' not in cli.server_kwargs    # the default applies
 
