@@ -344,7 +344,7 @@ class Verdict(NamedTuple):
 
 def normalise_login(login: str) -> str:
     """A login as the throttle counts it: ``Alice``, ``ALICE`` and
-    `` alice `` are one login (case-folded, surrounding white space
+    ``" alice "`` are one login (case-folded, surrounding white space
     trimmed)."""
     return login.strip().casefold()
 
@@ -385,7 +385,7 @@ class AuthThrottle:
       the logins of clean addresses, and the owner after a typo goes
       before the guessers;
     * failures count per login too (case-folded and trimmed, so ``Alice``
-      and ``alice `` are one), but a login under attack only *delays*:
+      and ``"alice "`` are one), but a login under attack only *delays*:
       a check for it from an address that has failed before (and not yet
       ``max_failures`` times) waits ``interval`` seconds, doubled for each
       further failure of that address, at most ``max_delay`` (Dovecot's 15
