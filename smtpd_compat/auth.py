@@ -23,8 +23,10 @@ sent for an AUTH it did not wait on (even one answered 503 or 538) are
 printed as ``***`` in the core's ``Data:`` debug line.
 
 Password guessing is slowed down across connections by the server's
-:class:`AuthThrottle` (after 10 failures from one address, one check a
-second, ``454 4.7.0`` for the rest).
+:class:`AuthThrottle`: after 10 failures from one address (IPv6: /64), one
+check a second, ``454 4.7.0`` for the rest, and its checks wait behind
+everyone else's; a login under attack delays (never refuses) addresses
+that have failed before, so its owner gets in after a typo.
 
 ``python -m smtpd_compat.auth hash USER`` prints a ``USER:HASH`` line for
 an auth file (the password is read from the terminal or stdin).
@@ -44,19 +46,20 @@ import sys
 import threading
 import time
 from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable,
-                    List, Literal, Optional, OrderedDict, Sequence, Tuple,
-                    Type, Union)
+                    List, Literal, NamedTuple, Optional, OrderedDict,
+                    Sequence, Tuple, Type, Union, cast)
 
 import smtpd_compat as _smtpd
 from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS
-from smtpd_compat.threads import OffloadChannelMixin
+from smtpd_compat.threads import OffloadChannelMixin, address_key
 from smtpd_compat.tls import TLSServerMixin
 
 __all__ = [
     'AuthChannelMixin', 'AuthServerMixin', 'SubmissionServer',
-    'FileAuthenticator', 'AuthThrottle', 'hash_password', 'verify_password',
+    'FileAuthenticator', 'AuthThrottle', 'Verdict', 'normalise_login',
+    'hash_password', 'verify_password',
     'decode_response', 'parse_plain', 'MECHANISMS', 'main',
 ]
 
@@ -322,88 +325,166 @@ class FileAuthenticator:
 
 # -- throttling password guesses ----------------------------------------
 
-class AuthThrottle:
-    """Limits password guessing across connections (RFC 4954 section 9
-    asks servers to slow down guessers); shared by every channel of a
-    server, safe to call from any thread.
+class Verdict(NamedTuple):
+    """What :meth:`AuthThrottle.assess` says about one password check."""
 
-    After ``max_failures`` failed checks within ``window`` seconds from one
-    client address (an IPv6 address counts with its /64, which one host
-    commonly holds), at most one check per ``interval`` seconds is made for
-    that address; the others are answered ``454 4.7.0`` without looking at
-    the password.  The same holds per login, but only for addresses that
-    have themselves failed within the window: a distributed guesser is
-    slowed down on the login it attacks, while its owner, from an address
-    that has not failed, still logs in at once.  At most ``max_entries``
-    addresses and logins are remembered (the oldest are forgotten first;
-    about 1.3 KB each, so some 26 MB at worst with the default).
+    #: False: answer ``454 4.7.0`` without checking.
+    allowed: bool
+    #: Seconds to wait before the check (the attacked login's delay for an
+    #: address that has failed before).
+    delay: float = 0.0
+    #: The check's priority in the worker pool
+    #: (:meth:`smtpd_compat.threads.OffloadChannelMixin.offload`): 0 for an
+    #: address without failures, 1 after one, 2 after more; the lower ones
+    #: run only when no ordinary work waits, so a guesser's hashing does
+    #: not hold up other clients' logins, and the owner after a typo goes
+    #: before the guessers.
+    priority: int = 0
+
+
+def normalise_login(login: str) -> str:
+    """A login as the throttle counts it: ``Alice``, ``ALICE`` and
+    ``" alice "`` are one login (case-folded, surrounding white space
+    trimmed)."""
+    return login.strip().casefold()
+
+
+# Wider prefixes an address's failures are folded into when the table is
+# full of throttled entries: IPv4 /24 then /16, IPv6 /48 then /32.
+_WIDER = {4: (24, 16), 6: (48, 32)}
+
+
+def _address_levels(address: object) -> List[str]:
+    """The address's key (:func:`smtpd_compat.threads.address_key`: IPv6
+    per /64), then its two wider prefixes.  Also for a key that is a
+    prefix already (a folded entry's)."""
+    key = address_key(address)
+    try:
+        net = ipaddress.ip_network(key, strict=False)
+    except ValueError:
+        return [key]        # not an IP address (a UNIX socket's peer)
+    return [key] + [str(net.supernet(new_prefix=min(bits, net.prefixlen)))
+                    for bits in _WIDER[net.version]]
+
+
+class AuthThrottle:
+    """Slows password guessing across connections (RFC 4954 section 9 asks
+    servers to), without locking the owner out; shared by every channel of
+    a server, safe to call from any thread.
+
+    Like Dovecot's authentication penalty, failures count per client
+    address (an IPv6 address with its /64, which one host commonly holds):
+
+    * an address with ``max_failures`` failed checks within ``window``
+      seconds gets at most one check per ``interval`` seconds; its other
+      guesses are answered ``454 4.7.0`` without looking at the password.
+      Once it has failed, its checks run at a lower priority in the worker
+      pool (:mod:`smtpd_compat.threads`): only when no ordinary work
+      waits, an address that failed once before one that failed more
+      often.  So a flood of guesses, each a slow hash, does not hold up
+      the logins of clean addresses, and the owner after a typo goes
+      before the guessers;
+    * failures count per login too (case-folded and trimmed, so ``Alice``
+      and ``"alice "`` are one), but a login under attack only *delays*:
+      a check for it from an address that has failed before (and not yet
+      ``max_failures`` times) waits ``interval`` seconds, doubled for each
+      further failure of that address, at most ``max_delay`` (Dovecot's 15
+      s).  An address that has not failed is never delayed, and a right
+      password is never refused for the login's sake: after one typo the
+      owner waits ``interval`` (1 s) and is in.
+
+    At most ``max_entries`` addresses and logins are remembered.  When the
+    table is full, entries that throttle nothing are forgotten first (the
+    oldest first); when every entry throttles, the addresses are folded
+    into wider prefixes (IPv4 /24 then /16, IPv6 /48 then /32), whose
+    failures then count for every address in them; only when that is not
+    enough are the oldest throttling entries forgotten.  About 1.3 KB an
+    entry: some 26 MB at worst with the default.
     """
 
     def __init__(self, max_failures: int = 10, window: float = 300.0,
                  interval: float = 1.0, max_entries: int = 20000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 max_delay: float = 15.0) -> None:
         if not isinstance(max_failures, int) or max_failures < 1:
             raise ValueError('max_failures must be a positive integer')
-        if not window > 0 or not interval > 0 or max_entries < 1:
-            raise ValueError('window, interval and max_entries must be positive')
+        if not window > 0 or not interval > 0 or max_entries < 1 \
+                or not max_delay > 0:
+            raise ValueError('window, interval, max_entries and max_delay '
+                             'must be positive')
         self.max_failures = max_failures
         self.window = window
         self.interval = interval
         self.max_entries = max_entries
+        self.max_delay = max_delay
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> deque of the times of its last failures.  A
-        # check is counted as a failure when it is allowed, before its
-        # outcome is known, and withdrawn if it succeeds: checks run in
-        # worker threads, and a burst of concurrent guesses must not all
-        # pass while none has failed yet.
+        # key -> deque of the times of its last failures, oldest key first
+        # (least recently touched).  A check is counted as a failure when
+        # it is allowed, before its outcome is known, and withdrawn if it
+        # succeeds: checks run in worker threads, and a burst of concurrent
+        # guesses must not all pass while none has failed yet.
         self._entries: OrderedDict[Hashable, Deque[float]] = \
             collections.OrderedDict()
 
     @staticmethod
-    def _address_key(address: object) -> Tuple[str, str]:
-        text = str(address).split('%', 1)[0]
-        try:
-            ip = ipaddress.ip_address(text)
-        except ValueError:
-            return ('address', text)
-        if ip.version == 6 and ip.ipv4_mapped is None:
-            return ('address', str(ipaddress.ip_network(text + '/64', False)))
-        return ('address', str(getattr(ip, 'ipv4_mapped', None) or ip))
-
-    @staticmethod
     def _login_key(login: str) -> Tuple[str, bytes]:
         # A digest, not the login: a client may send logins of 12 KB.
-        return ('login', hashlib.sha256(
-            login.encode('utf-8', 'surrogatepass')).digest()[:16])
+        return ('login', hashlib.sha256(normalise_login(login).encode(
+            'utf-8', 'surrogatepass')).digest()[:16])
 
-    def _keys(self, address: object, login: Optional[str]
-              ) -> List[Hashable]:
-        keys: List[Hashable] = [self._address_key(address)]
-        if login is not None:
-            keys.append(self._login_key(login))
-        return keys
+    def _throttles(self, times: Optional[Deque[float]], since: float) -> bool:
+        # max_failures failures within the window.
+        return (times is not None and len(times) >= self.max_failures
+                and times[-self.max_failures] > since)
 
-    def allow(self, address: object, login: Optional[str]) -> bool:
-        """May a password from ``address`` for ``login`` be checked now?
-        False: answer 454 without checking.  True: the check is counted as
-        a failure until :meth:`record` says it succeeded."""
+    def _address_times(self, address: object, since: float
+                       ) -> Tuple[List[Hashable], int, Optional[float]]:
+        # The address's keys present (its own first: where failures are
+        # recorded), its recent failures (the most of its own and of the
+        # prefixes it was folded into) and the last of them.
+        entries = self._entries
+        levels = _address_levels(address)
+        keys: List[Hashable] = [('address', levels[0])]
+        count, last = 0, None
+        for n, level in enumerate(levels):
+            key = ('address', level)
+            times = entries.get(key)
+            if times is None or (n and level in levels[:n]):
+                continue
+            if n:
+                keys.append(key)
+            recent = sum(1 for t in times if t > since)
+            if recent > count:
+                count = recent
+            if times and (last is None or times[-1] > last):
+                last = times[-1]
+        return keys, count, last
+
+    def assess(self, address: object, login: Optional[str]) -> Verdict:
+        """May a password from ``address`` for ``login`` be checked, when,
+        and at which priority?  When allowed, the check is counted as a
+        failure until :meth:`record` says it succeeded."""
         now = self._clock()
         since = now - self.window
-        keys = self._keys(address, login)
         with self._lock:
             entries = self._entries
-            times = entries.get(keys[0])
-            # The login's own limit binds only addresses that have failed.
-            limited = keys if times and times[-1] > since else keys[:1]
-            for key in limited:
-                times = entries.get(key)
-                if (times is not None and len(times) >= self.max_failures
-                        and times[-self.max_failures] > since
-                        and now < times[-1] + self.interval):
-                    # Over the limit: one check an interval, counted from
-                    # the last failure or allowed check.
-                    return False
+            keys, failures, last = self._address_times(address, since)
+            if (failures >= self.max_failures and last is not None
+                    and now < last + self.interval):
+                # Over the limit: one check an interval, counted from the
+                # last failure or allowed check.
+                return Verdict(False)
+            delay = 0.0
+            if login is not None:
+                login_key = self._login_key(login)
+                if failures and self._throttles(entries.get(login_key), since):
+                    # The login is under attack and this address has
+                    # failed before: wait, never refuse (Dovecot doubles
+                    # from 2 s up to 15 s; here from ``interval``).
+                    delay = min(self.max_delay,
+                                self.interval * 2 ** min(failures - 1, 30))
+                keys.append(login_key)
             for key in keys:
                 times = entries.get(key)
                 if times is None:
@@ -413,22 +494,71 @@ class AuthThrottle:
                 else:
                     entries.move_to_end(key)
                 times.append(now)
-            while len(entries) > self.max_entries:
-                entries.popitem(last=False)
-            return True
+            if len(entries) > self.max_entries:
+                self._shrink(since)
+            return Verdict(True, delay, min(failures, 2))
+
+    def allow(self, address: object, login: Optional[str]) -> bool:
+        """:meth:`assess`, as a yes or no (the delay and priority left to
+        the caller)."""
+        return self.assess(address, login).allowed
 
     def record(self, address: object, login: Optional[str],
                ok: Optional[bool]) -> None:
-        """The outcome of a check :meth:`allow` let through: True (or None,
-        no verdict: the authenticator failed) withdraws the failure counted
-        in advance; False leaves it."""
+        """The outcome of a check :meth:`assess` let through: True (or
+        None, no verdict: the authenticator failed) withdraws the failure
+        counted in advance; False leaves it."""
         if ok is False:
             return
         with self._lock:
-            for key in self._keys(address, login):
+            since = self._clock() - self.window
+            keys = self._address_times(address, since)[0]
+            if login is not None:
+                keys.append(self._login_key(login))
+            for key in keys:
                 times = self._entries.get(key)
                 if times:
                     times.pop()
+
+    def _shrink(self, since: float) -> None:
+        # Under the lock, the table over max_entries: down to 90% of it at
+        # once, so that the scans below are paid once per many inserts.
+        entries = self._entries
+        target = max(1, self.max_entries * 9 // 10)
+        # 1. Forget entries that throttle nothing, oldest first.
+        for key in [key for key, times in entries.items()
+                    if not self._throttles(times, since)]:
+            if len(entries) <= target:
+                return
+            del entries[key]
+        # 2. Every entry throttles: fold addresses into wider prefixes.
+        for depth in (1, 2):
+            if len(entries) <= target:
+                return
+            self._fold(depth)
+        # 3. Still full of throttling entries: the oldest go.
+        while len(entries) > target:
+            entries.popitem(last=False)
+
+    def _fold(self, depth: int) -> None:
+        # Merge every address entry into its prefix ``depth`` levels wider.
+        entries = self._entries
+        for key in list(entries):
+            kind, text = cast(Tuple[str, str], key)
+            if kind != 'address':
+                continue
+            levels = _address_levels(text)
+            if len(levels) <= depth or text == levels[depth]:
+                continue
+            wider = ('address', levels[depth])
+            times = entries.pop(key)
+            merged = entries.get(wider)
+            if merged is None:
+                entries[wider] = times
+            else:
+                both = sorted(list(merged) + list(times))
+                merged.clear()
+                merged.extend(both[-merged.maxlen:] if merged.maxlen else both)
 
 
 # -- the channel ---------------------------------------------------------
@@ -630,18 +760,24 @@ class AuthChannelMixin(OffloadChannelMixin):
         """Check the credentials and answer (the throttle first: a
         throttled guess is answered 454 without looking at it)."""
         throttle = self.smtp_server.auth_throttle
-        if throttle and not throttle.allow(self._auth_address(), login):
-            self._auth_result(mechanism, login, 'throttled')
-            return
+        verdict = Verdict(True)
+        if throttle:
+            verdict = throttle.assess(self._auth_address(), login)
+            if not verdict.allowed:
+                self._auth_result(mechanism, login, 'throttled')
+                return
         if login is None:
             self._auth_verdict(mechanism, login, True, False)
             return
         # The check may take long (a deliberately slow hash, or a user's
         # authenticator asking a database): it runs in the server's worker
-        # threads while this session reads nothing more (smtpd_compat.threads).
+        # threads while this session reads nothing more (smtpd_compat.threads),
+        # after the throttle's delay, at its priority.
         self.offload(self.smtp_server.authenticator,
                      (mechanism, login, password, self),
-                     lambda done, ok: self._auth_verdict(mechanism, login, done, ok))
+                     lambda done, ok: self._auth_verdict(mechanism, login, done, ok),
+                     priority=verdict.priority, delay=verdict.delay,
+                     what='AUTH check')
 
     def _auth_address(self) -> object:
         # The client's address (the PROXY header's behind a balancer).

@@ -44,7 +44,7 @@ from smtpd_compat.logging_ import SessionLogServerMixin
 from smtpd_compat.proxy_protocol import ProxyProtocolServerMixin, parse_networks
 from smtpd_compat.relay import RelayServer
 from smtpd_compat.shutdown import DEFAULT_GRACE_PERIOD, serve_gracefully
-from smtpd_compat.threads import ThreadedServerMixin
+from smtpd_compat.threads import PoolServerMixin, ThreadedServerMixin
 from smtpd_compat.tls import TLSServerMixin, server_context
 from smtpd_compat.web import WebInboxServerMixin, make_upstream, parse_address
 from smtpd_compat.web.db import Database
@@ -92,7 +92,7 @@ PRODUCTION_OPTIONS = frozenset({
     # smtpd_compat.limits
     'idle-timeout', 'data-timeout', 'min-data-rate', 'max-connections',
     'max-connections-per-ip', 'max-recipients', 'max-errors',
-    'max-line-length', 'max-junk-commands', 'backlog',
+    'max-line-length', 'max-junk-commands', 'max-message-memory', 'backlog',
     # smtpd_compat.shutdown
     'grace-period',
     # smtpd_compat.workers
@@ -116,6 +116,15 @@ def hardening_requested(given: Container[str]) -> bool:
 
 # -- limits and the session log -------------------------------------------------
 
+def _size(text: str) -> int:
+    # "268435456", "256M", "1g": bytes.
+    text = text.strip()
+    scale = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}.get(text[-1:].upper())
+    if scale is not None:
+        return int(text[:-1]) * scale
+    return int(text)
+
+
 _CLI_LIMITS: Tuple[Tuple[str, str, Callable[[str], float], str], ...] = (
     ('idle-timeout', 'idle_timeout', float,
      'Seconds to wait for a command before "421 4.4.2" (default 300).'),
@@ -137,7 +146,12 @@ _CLI_LIMITS: Tuple[Tuple[str, str, Callable[[str], float], str], ...] = (
     ('max-junk-commands', 'max_junk_commands', int,
      'NOOP/RSET/VRFY/EXPN/HELP/ETRN commands without a delivered message '
      'before "421 4.7.0" and close (default 100).'),
+    ('max-message-memory', 'max_message_memory', _size,
+     'Bytes of message content the whole process holds at once (DATA/BDAT '
+     'buffers, messages in worker threads; K, M, G suffixes) before DATA '
+     'gets "452 4.3.1" (default 128M; peak memory is about twice it).'),
 )
+
 
 LIMITS_OPTIONS: _Options = (
     ('production', '',
@@ -460,13 +474,18 @@ def configure_relay(cli: CommandLine) -> None:
     if value is None:
         return
     cli.require_class(RelayServer, 'relay-timeout')
+    cli.server_kwargs['relay_timeout'] = _seconds(cli, 'relay-timeout', value)
+
+
+def _seconds(cli: CommandLine, option: str, value: str) -> float:
+    # A positive number of seconds, else a usage error.
     try:
-        timeout = float(value)
+        seconds = float(value)
     except ValueError:
-        timeout = 0
-    if not timeout > 0:
-        cli.error('--relay-timeout: not a positive number: %s' % value)
-    cli.server_kwargs['relay_timeout'] = timeout
+        seconds = 0.0
+    if not seconds > 0:
+        cli.error('--%s: not a positive number: %s' % (option, value))
+    return seconds
 
 
 LMTP_OPTIONS: _Options = (
@@ -515,13 +534,25 @@ THREADS_OPTIONS: _Options = (
     ('threads=', 'N',
      'Run process_message in N worker threads, so a slow handler does not '
      'stop other sessions (it must be thread-safe; see docs/threads.rst).'),
+    ('handler-timeout=', 'SECONDS',
+     'Answer "451 4.3.0" (AUTH: "454 4.7.0") when work in a worker thread '
+     '(a handler, a delivery, a relay step, a password check) runs longer; '
+     'the thread is left to finish and its result is dropped and logged.'),
 )
 
 
 def configure_threads(cli: CommandLine) -> None:
-    """Put ThreadedServerMixin in front of the server class for --threads."""
+    """Put ThreadedServerMixin in front of the server class for --threads;
+    the pool's settings (PoolServerMixin) for --handler-timeout alone."""
+    timeout = cli.given.get('handler-timeout')
+    if timeout is not None:
+        cli.server_kwargs['handler_timeout'] = _seconds(
+            cli, 'handler-timeout', timeout)
     value = cli.given.get('threads')
     if value is None:
+        if timeout is not None:
+            # The pool's settings, for AUTH, delivery and relay work.
+            cli.mixins.append(PoolServerMixin)
         return
     try:
         threads = int(value)

@@ -284,8 +284,10 @@ _Path = Union[str, 'os.PathLike[str]']
 
 class MaildirServer(_StoringServer):
     """Deliver every message into the Maildir ``maildir`` (keyword-only;
-    tmp/, new/ and cur/ are created if missing).  The message is stored
-    as received, after a Return-Path: and a Received: header."""
+    tmp/, new/ and cur/ are created if missing; ValueError when tmp/ and
+    new/ are on different filesystems, where no message could be moved
+    from one to the other).  The message is stored as received, after a
+    Return-Path: and a Received: header."""
 
     maildir: str
     _host: str
@@ -301,6 +303,7 @@ class MaildirServer(_StoringServer):
         for sub in ('tmp', 'new', 'cur'):
             _record_created(self, _make_dirs(
                 os.path.join(self.maildir, sub), 0o700))
+        _check_one_filesystem(self.maildir)
         host = _smtpd.socket.gethostname() or 'localhost'
         # The Maildir spec reserves "/" and ":" in file names.
         self._host = host.replace('/', r'\057').replace(':', r'\072')
@@ -342,6 +345,19 @@ class MaildirServer(_StoringServer):
             except OSError:
                 pass
             raise
+
+
+def _check_one_filesystem(maildir: str) -> None:
+    # A delivery is a rename from tmp/ to new/ (atomic only within one
+    # filesystem): across two, every rename fails with EXDEV.  Refused at
+    # start (a configuration mistake), not answered 451 on every message.
+    tmp, new = (os.path.join(maildir, sub) for sub in ('tmp', 'new'))
+    if os.stat(tmp).st_dev != os.stat(new).st_dev:
+        raise ValueError(
+            'Maildir %r: tmp/ and new/ are on different filesystems; a '
+            'delivery moves each message from tmp/ to new/ with rename(), '
+            'which only works within one filesystem: put them on one (mount '
+            'the whole Maildir, not its subdirectories)' % (maildir,))
 
 
 _FROM_LINE = re.compile(rb'^(>*From )', re.M)

@@ -18,6 +18,7 @@ keyword                      default   on breach
 ``max_line_length``          512       the stdlib's ``500 Error: line too long``
 ``max_junk_commands``        100       ``421 4.7.0`` and close
 ``data_size_limit``          10240000  ``552`` (advertised with SIZE, RFC 1870)
+``max_message_memory``       128 MiB   ``452 4.3.1`` (see below)
 ===========================  ========  =========================================
 
 Junk commands are NOOP, RSET, VRFY, EXPN, HELP and ETRN; the count (like
@@ -25,6 +26,15 @@ the error count) starts again after each delivered message.
 ``data_size_limit`` is the stdlib's own argument: given as None (or left
 out), the production default applies; 0 means no limit.  It bounds DATA
 and BDAT alike, and a message over it is not kept in memory.
+
+``max_message_memory`` bounds the bytes of message content held by the
+whole process at once (:mod:`smtpd_compat.budget`): every DATA and BDAT
+buffer, and every message queued for or held by a worker thread, until
+that work ends.  Past it, DATA gets ``452 4.3.1`` and a message whose
+content arrives meanwhile is read to its end without being kept and
+refused with the same reply.  ``data_size_limit`` (SIZE) bounds one
+message and ``max_connections`` the connections, so without this budget
+the bound is their product (1000 x 10 MB); with it, the budget.
 
 ``None`` switches a limit off.  The defaults are Postfix's (smtpd_timeout,
 smtpd_min_data_rate, smtpd_client_connection_count_limit,
@@ -62,6 +72,8 @@ from typing import (TYPE_CHECKING, Any, Callable, Counter, Dict, Optional,
                     Set, Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
+from smtpd_compat.budget import (INSUFFICIENT_STORAGE, PIECE_OVERHEAD,
+                                 PROCESS_BUDGET)
 from smtpd_compat.compose import CapabilityServerMixin, UNSET, Unset, settings
 from smtpd_compat import loop as _loop
 from smtpd_compat.session import LAYERS
@@ -93,6 +105,9 @@ PRODUCTION_DEFAULTS: Dict[str, Optional[float]] = {
     'max_line_length': 512,
     'max_junk_commands': 100,
     'data_size_limit': 10240000,
+    # Peak RSS reaches about twice this (measured): each message's pieces,
+    # then its joined copy, and the allocator keeps the pieces' memory.
+    'max_message_memory': 128 * 1024 * 1024,
 }
 
 # Commands that move no mail: more than max_junk_commands of them without
@@ -115,6 +130,11 @@ class LimitsChannelMixin(_ChannelBase):
     smtp_server: LimitsServerMixin
     # The client's address while it is counted in _limits_per_ip.
     _limits_ip: Optional[object] = None
+    # Bytes of the message being received charged to the memory budget,
+    # and whether it went past the budget (its content is then dropped
+    # and the message refused).
+    _budget_held = 0
+    _budget_over = False
 
     def __init__(self, server: LimitsServerMixin, conn: socket.socket,
                  addr: Any, *args: Any, **kwargs: Any) -> None:
@@ -164,6 +184,26 @@ class LimitsChannelMixin(_ChannelBase):
                           else server.idle_timeout, 'data')
 
     def collect_incoming_data(self, data: bytes) -> None:
+        limit = self.smtp_server.max_message_memory
+        if limit is not None and self.smtp_state != self.COMMAND \
+                and self.receiving_message():
+            if self._budget_over or not PROCESS_BUDGET.charge(
+                    len(data) + PIECE_OVERHEAD, limit):
+                # Past the budget: read on to the end of the message, keep
+                # none of it (the inner layers see no bytes; their own
+                # counts of the stream go on), refuse it at the end.
+                if not self._budget_over and self.smtp_state == self.DATA:
+                    # What DATA kept so far goes now (the core's buffer;
+                    # the core empties it alike past the size limit), and
+                    # with it the charge: when many messages arrive at
+                    # once, each one refused lets the others finish,
+                    # instead of all of them running out together.
+                    self.received_lines = []
+                    self._budget_release()
+                self._budget_over = True
+                data = b''
+            else:
+                self._budget_held += len(data) + PIECE_OVERHEAD
         if self.deadline_phase == 'data' and self.receiving_message():
             timeout = self.smtp_server.data_timeout
             deadline = self.deadline    # (set while a phase is)
@@ -228,12 +268,51 @@ class LimitsChannelMixin(_ChannelBase):
             return '452 4.5.3 Error: too many recipients'
         return super().check_rcpt_parameters(params)
 
+    def smtp_DATA(self, arg: str) -> None:
+        limit = self.smtp_server.max_message_memory
+        if (limit is not None and self.rcpttos and not arg
+                and self.smtp_state == self.COMMAND
+                and PROCESS_BUDGET.full(limit)):
+            # A transaction that would be accepted; the budget says no
+            # before any content comes.
+            self.push(INSUFFICIENT_STORAGE)
+            return
+        super().smtp_DATA(arg)
+
     def _process_data(self, data: Union[bytes, str]) -> None:
+        if self._budget_over:
+            self._set_post_data_state()
+            self.push(INSUFFICIENT_STORAGE)
+            return
         self._limits_in_process = True
         try:
             super()._process_data(data)
         finally:
             self._limits_in_process = False
+            self._budget_release()
+
+    def _hand_over_message(self) -> Callable[[], None]:
+        # The message goes to a worker thread: its bytes stay charged until
+        # that work has ended.  (Called by the threads layer, inside this
+        # one, which is then present.)
+        release: Callable[[], None] = getattr(
+            super(), '_hand_over_message')()
+        held, self._budget_held = self._budget_held, 0
+
+        def finished() -> None:
+            PROCESS_BUDGET.release(held)
+            release()
+        return finished
+
+    def _budget_release(self) -> None:
+        held, self._budget_held = self._budget_held, 0
+        PROCESS_BUDGET.release(held)
+
+    def _set_post_data_state(self) -> None:
+        # Every end of a transaction (message answered, 552, RSET, EHLO).
+        self._budget_release()
+        self._budget_over = False
+        super()._set_post_data_state()
 
     # SMTPChannel.push takes a reply line (str), async_chat's takes bytes.
     def push(self, msg: str) -> None:  # type: ignore[override]
@@ -256,6 +335,7 @@ class LimitsChannelMixin(_ChannelBase):
     # -- bookkeeping --------------------------------------------------------
 
     def close(self) -> None:
+        self._budget_release()
         server = self.smtp_server
         server._limits_channels.discard(self)
         ip = self._limits_ip
@@ -276,7 +356,9 @@ class LimitsServerMixin(CapabilityServerMixin):
     ``min_data_rate`` (bytes per second), ``max_connections``,
     ``max_connections_per_ip``, ``max_recipients``, ``max_errors``,
     ``max_line_length`` (bytes of a command line, CRLF excluded),
-    ``max_junk_commands``.  A keyword not given takes the value of the
+    ``max_junk_commands``, ``max_message_memory`` (bytes of message
+    content held by the whole process, see :mod:`smtpd_compat.budget`).
+    A keyword not given takes the value of the
     class attribute of the same name when the server's class defines one,
     else the default.  The stdlib's ``data_size_limit`` (third positional
     argument or keyword) defaults to 10,240,000 bytes here when it is left
@@ -297,6 +379,7 @@ class LimitsServerMixin(CapabilityServerMixin):
     max_errors: Optional[int]
     max_line_length: Optional[int]
     max_junk_commands: Optional[int]
+    max_message_memory: Optional[int]
     _limits_channels: Set[_smtpd.SMTPChannel]
     # Open connections per client address.
     _limits_per_ip: Counter[object]
@@ -313,6 +396,7 @@ class LimitsServerMixin(CapabilityServerMixin):
                  max_errors: Union[int, None, Unset] = UNSET,
                  max_line_length: Union[int, None, Unset] = UNSET,
                  max_junk_commands: Union[int, None, Unset] = UNSET,
+                 max_message_memory: Union[int, None, Unset] = UNSET,
                  **kwargs: Any) -> None:
         given = dict(idle_timeout=idle_timeout, data_timeout=data_timeout,
                      min_data_rate=min_data_rate,
@@ -320,7 +404,8 @@ class LimitsServerMixin(CapabilityServerMixin):
                      max_connections_per_ip=max_connections_per_ip,
                      max_recipients=max_recipients, max_errors=max_errors,
                      max_line_length=max_line_length,
-                     max_junk_commands=max_junk_commands)
+                     max_junk_commands=max_junk_commands,
+                     max_message_memory=max_message_memory)
         defaults = {name: value for name, value in PRODUCTION_DEFAULTS.items()
                     if name in given}
         for name, value in settings(self, given, defaults).items():

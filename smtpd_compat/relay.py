@@ -40,7 +40,7 @@ from smtpd_compat.delivery import (Session, TraceChannelMixin, line_end,
                                    trace_headers)
 from smtpd_compat.compose import UNSET, Unset, setting
 from smtpd_compat.message import MessageChannelMixin
-from smtpd_compat.threads import OffloadServerMixin, server_pool
+from smtpd_compat.threads import HandlerTimeout, OffloadServerMixin, server_pool
 
 if TYPE_CHECKING:
     from smtpd_compat.threads import OffloadChannelMixin
@@ -206,10 +206,12 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
         except _Deferred as deferred:
             # offload() is OffloadChannelMixin's, which RelayServer
             # composes in front of this class (OffloadServerMixin).
+            # The session RCPT works on (MAIL opens its own).
+            used = self._upstream if verb == 'RCPT' else None
             cast('OffloadChannelMixin', self).offload(
                 deferred.fn, deferred.args,
                 lambda ok, value: self._relay_answered(verb, arg, ok, value),
-                lambda ok, value: self._relay_dropped(verb, ok, value))
+                lambda ok, value: self._relay_dropped(verb, ok, value, used))
 
     def _relay_answered(self, verb: str, arg: str, ok: bool, value: Any
                         ) -> None:
@@ -218,7 +220,11 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
             self._upstream = session
         else:
             reply, usable = value if ok else (_upstream_error(value), False)
-            if not usable:
+            if isinstance(value, HandlerTimeout):
+                # The worker still uses the session: it is quit once the
+                # worker is done with it (_relay_dropped), not now.
+                self._upstream = None
+            elif not usable:
                 self._close_upstream()
         self._relay_verdict = (reply,)
         try:
@@ -227,14 +233,31 @@ class RelayChannel(TraceChannelMixin, MessageChannelMixin, _smtpd.SMTPChannel):
         finally:
             self._relay_verdict = None
 
-    def _relay_dropped(self, verb: str, ok: bool, value: Any) -> None:
-        # The client went away while the upstream worked.
+    def _relay_dropped(self, verb: str, ok: bool, value: Any,
+                       used: Optional[smtplib.SMTP]) -> None:
+        # The client went away while the upstream worked, or the handler
+        # timeout answered for the step: the session is not needed now.
+        pool = server_pool(self.smtp_server)
         if verb == 'MAIL' and ok and value[0] is not None:
-            server_pool(self.smtp_server).submit_detached(_quit, (value[0],))
-        self._close_upstream()
+            pool.submit_detached(_quit, (value[0],))
+        if used is not None and used is not self._upstream:
+            pool.submit_detached(_quit, (used,))
+        if not self.connected:
+            self._close_upstream()
 
-    def _message_dropped(self, ok: bool, value: Any) -> None:
-        self._close_upstream()
+    def _hand_over_message(self) -> Callable[[], None]:
+        # process_message sends the message on the upstream session (its
+        # upstream= keyword, taken just before this): from now on the
+        # session is the worker's, and is quit once the worker no longer
+        # uses it -- not at the end of the transaction, which comes first
+        # when the handler timeout answers (or the client leaves).
+        session, self._upstream = self._upstream, None
+        pool = server_pool(self.smtp_server)
+
+        def finished() -> None:
+            if session is not None:
+                pool.submit_detached(_quit, (session,))
+        return finished
 
     def _take_verdict(self) -> Optional[Tuple[Optional[str]]]:
         verdict, self._relay_verdict = self._relay_verdict, None

@@ -123,7 +123,15 @@ def run_workers(count: int, serve: Callable[[], object], *,
                 spawn(slot)
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            _restore(signum, handler)
+
+
+def _restore(signum: int, handler: _Handler) -> None:
+    # signal.signal() returns None for a handler that was not installed
+    # from Python (by C code embedding the interpreter), and refuses None
+    # back (TypeError): such a handler cannot be put back from Python, so
+    # the signal gets its default action.
+    signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def _child(serve: Callable[[], object], handlers: Dict[int, _Handler],
@@ -133,7 +141,7 @@ def _child(serve: Callable[[], object], handlers: Dict[int, _Handler],
     code = 0
     try:
         for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+            _restore(signum, handler)
         # A stop signal that came between fork() and the restore above ran
         # the parent's handler copied by fork (it marks our copy of
         # ``stopping``) and is gone: serving now would ignore it and the

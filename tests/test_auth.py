@@ -420,16 +420,15 @@ def test_throttle_per_address_and_login():
     # Another address is unaffected, even for the attacked login...
     assert throttle.allow('192.0.2.2', 'alice')
     throttle.record('192.0.2.2', 'alice', True)
-    # ... unless it has failed itself: then alice's own limit applies
-    # (one check a second for her, from all such addresses together).
+    # ... and one that has failed itself is delayed for it, never refused
+    # (issue 21: the owner after a typo got 454 while the attack went on).
     fail(throttle, '192.0.2.3', 'carol')
     clock.now += 1.0
-    assert throttle.allow('192.0.2.3', 'alice')
-    assert not throttle.allow('192.0.2.3', 'alice')
-    assert throttle.allow('192.0.2.4', 'alice')     # a clean address
-    assert throttle.allow('192.0.2.3', 'carol')
-    clock.now += 1.0
-    assert throttle.allow('192.0.2.3', 'alice')
+    for _ in range(3):
+        verdict = throttle.assess('192.0.2.3', 'alice')
+        assert verdict.allowed and verdict.delay == 1.0
+        throttle.record('192.0.2.3', 'alice', True)
+    assert throttle.assess('192.0.2.4', 'alice') == (True, 0.0, False)
     clock.now += 1.0
     assert throttle.allow('192.0.2.1', 'alice')
     assert not throttle.allow('192.0.2.1', 'alice')

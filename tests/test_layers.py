@@ -36,6 +36,7 @@ LAYER = {
     'smtpd_compat.message': CAPABILITIES,
     'smtpd_compat.logging_': CAPABILITIES,
     'smtpd_compat.limits': CAPABILITIES,
+    'smtpd_compat.budget': CAPABILITIES,
     'smtpd_compat.proxy_protocol': CAPABILITIES,
     'smtpd_compat.tls': CAPABILITIES,
     'smtpd_compat.auth': CAPABILITIES,

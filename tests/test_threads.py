@@ -147,7 +147,7 @@ def test_handler_exception_is_451_and_session_goes_on(live_server, caplog):
             with pytest.raises(smtplib.SMTPDataError) as info:
                 client.sendmail('a@x', ['b@x'], b'boom\r\n')
             assert info.value.smtp_code == 451
-            assert info.value.smtp_error == b'4.3.0 Error: local error in processing'
+            assert info.value.smtp_error == b'4.3.0 Error: internal server error'
             assert client.noop()[0] == 250
             assert client.sendmail('a@x', ['b@x'], b'fine\r\n') == {}
     failures = [r for r in caplog.records if 'process_message failed' in r.getMessage()]
