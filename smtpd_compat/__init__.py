@@ -297,6 +297,22 @@ class SMTPChannel(asynchat.async_chat):
     COMMAND = 0
     DATA = 1
 
+    # Idle memory (issue 20): CPython shares one table of attribute names
+    # among the instances of a class only while an instance has at most 29
+    # attributes in its __dict__ (the stdlib's channel had exactly 29);
+    # past that every channel carries a whole dict of its own, ~1.3 KiB
+    # more.  The core's private per-connection state therefore lives in
+    # slots (reached as fast as instance attributes), and so do the
+    # stdlib's private per-decode_data constants, so that __dict__ holds
+    # the stdlib's public attributes and a few more.  Instances still have
+    # a __dict__ (async_chat gives them one): users and subclasses set
+    # attributes as before, and a subclass may define class attributes of
+    # these names (they then live in __dict__).
+    __slots__ = ('_data_start', '_input_paused', '_on_escape', '_in_dispatch',
+                 '_utf8_pending', '_reading_paused', '_read_size',
+                 '_plain_mro', '_bad_utf8', '_decoder', '_emptystring',
+                 '_linesep', '_dotsep', '_newline')
+
     command_size_limit = 512
     # Kept as a class attribute for code that reads it; every channel gets
     # its own dict in __init__ (deviation (d)).
