@@ -252,6 +252,33 @@ def test_loop_calls_an_overridden_or_patched_handle_read_event():
     assert patched.call_count == 2
 
 
+# -- idle memory: the core's private state in slots -------------------------
+
+def test_channel_dict_within_the_shared_keys_limit():
+    # CPython shares the attribute-name table of instances with at most 29
+    # attributes in __dict__ (the stdlib's channel had 29); the core's
+    # private state lives in slots, so a channel stays within it.
+    with session(smtpd_compat) as s:
+        assert len(vars(s.channel)) <= 29
+        assert '_input_paused' not in vars(s.channel)
+        assert s.channel._input_paused is False
+        # Instances still have a __dict__: users set attributes as before.
+        s.channel.my_note = 'kept'
+        assert vars(s.channel)['my_note'] == 'kept'
+
+
+def test_subclass_class_attribute_of_a_slot_name():
+    # A subclass defining one of the slot names as a class attribute: the
+    # value lives in the instance's __dict__, and everything still works.
+    class Paused(smtpd_compat.SMTPChannel):
+        _reading_paused = False
+
+    with session(smtpd_compat, Paused) as s:
+        s.send(b'HELO a', b'NOOP')
+        assert s.received().endswith(b'250 test.invalid\r\n250 OK\r\n')
+        assert 'ac_in_buffer' in vars(s.channel)
+
+
 def _record():
     """Print EXPECTED_LIMITS as observed on the stdlib (Python 3.11)."""
     import pprint
