@@ -297,22 +297,25 @@ class SMTPChannel(asynchat.async_chat):
     COMMAND = 0
     DATA = 1
 
-    # Idle memory (issue 20): CPython shares one table of attribute names
-    # among the instances of a class only while an instance has at most 29
-    # attributes in its __dict__ (the stdlib's channel had 29 before MAIL
-    # added mail_options and rcpt_options); past that every channel carries
-    # a whole dict of its own, ~1.3 KiB more, and converting to one costs
-    # time on the first MAIL.  The core's private per-connection state
-    # therefore lives in slots (reached as fast as instance attributes),
-    # and so do the stdlib's and asyncore's private attributes, so that
-    # __dict__ holds the stdlib's public attributes and little more.
-    # Instances still have a __dict__ (async_chat gives them one): users
-    # and subclasses set attributes as before, and a subclass may define
-    # class attributes of these names (they then live in __dict__).
-    # Not on 3.13+, where an instance of a class with slots loses the
-    # inline attribute values that make a fresh channel cheap (a session
-    # cost ~11% more instructions there).
-    if sys.version_info < (3, 13):
+    # Idle memory (issue 20): CPython 3.11+ shares one table of attribute
+    # names among the instances of a class only while an instance has at
+    # most 29 attributes in its __dict__ (the stdlib's channel had 29
+    # before MAIL added mail_options and rcpt_options); past that every
+    # channel carries a whole dict of its own, ~1.3 KiB more.  The core's
+    # private per-connection state therefore lives in slots (reached as
+    # fast as instance attributes), and so do the stdlib's and asyncore's
+    # private attributes, so that __dict__ holds the stdlib's public
+    # attributes and little more.  Instances still have a __dict__
+    # (async_chat gives them one): users and subclasses set attributes as
+    # before, and a subclass may define class attributes of these names
+    # (they then live in __dict__).
+    # Only on 3.11 and 3.12: before 3.11 a dict shares its keys without
+    # that limit (there slots only add their own size), and on 3.13 an
+    # instance of a class with slots loses the inline attribute values
+    # that make a fresh channel cheap (a session cost ~11% more
+    # instructions).  The price on 3.11: ~4% more instructions per
+    # connection, for ~3% fewer per command (docs/performance.rst).
+    if (3, 11) <= sys.version_info < (3, 13):
         __slots__ = ('_data_start', '_input_paused', '_on_escape',
                      '_in_dispatch', '_utf8_pending', '_reading_paused',
                      '_read_size', '_plain_mro', '_bad_utf8', '_decoder',
