@@ -2,7 +2,7 @@
 """Instructions per message, counted by valgrind: a speed comparison that
 other load on the machine does not disturb.
 
-    python3.11 benchmarks/instructions.py --baseline b3fed92 [--workloads W1,W4]
+    python3.11 benchmarks/instructions.py --baseline b3fed92 [--workloads W1,W2s,W4]
 
 Throughput on a shared machine moves by 10-30% between runs of the same
 code, so a change of a few percent cannot be seen in run.py's tables.
@@ -11,7 +11,7 @@ Here the sink (peers/sink.py, the same one run.py measures) runs under
 twice, with a small and a larger message count; the difference of the two
 totals divided by the difference of the counts is the cost of one message
 in the server process (start-up, imports and connection set-up cancel
-out).  Repeated runs agree to within about 2%.  Kernel work (the system calls) is
+out; in W2s every message has a connection of its own, which counts).  Repeated runs agree to within about 2%.  Kernel work (the system calls) is
 not counted; it is the same for every revision that makes the same calls
 (strace -c shows it).  Needs valgrind and Postfix's smtp-source.
 """
