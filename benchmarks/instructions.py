@@ -32,19 +32,21 @@ sys.path.insert(0, HERE)
 import loadgen  # noqa: E402
 from run import Server, baseline_tree, stop  # noqa: E402
 
-# name: (sessions, recipients, smaller count, larger count, persistent)
+# name: (sessions, recipients, smaller count, larger count, persistent,
+#        message size)
 WORKLOADS = {
-    'W1': (20, 1, 100, 600, True),
+    'W1': (20, 1, 100, 600, True, 1024),
     # A connection per message: its set-up and close are part of the cost.
-    'W2s': (5, 1, 100, 400, False),
-    'W4': (5, 100, 10, 60, True),
+    'W2s': (5, 1, 100, 400, False, 1024),
+    'W3': (4, 1, 4, 12, True, 8 * 1024 * 1024),
+    'W4': (5, 100, 10, 60, True, 1024),
 }
 
 
 def count(tree, python, workload, messages, tmpdir):
     """Instructions valgrind counted in the sink of ``tree`` while it took
     ``messages`` messages of ``workload``."""
-    sessions, rcpts, _, _, persistent = WORKLOADS[workload]
+    sessions, rcpts, _, _, persistent, size = WORKLOADS[workload]
     sink = Server('sink', ['valgrind', '--tool=callgrind', '--callgrind-out-file=/dev/null',
                            python, os.path.join(tree, 'benchmarks', 'peers', 'sink.py'),
                            'ours'])
@@ -57,7 +59,7 @@ def count(tree, python, workload, messages, tmpdir):
         # runs in the background, where a shell ignores SIGINT.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        done, _ = loadgen.smtp_source(port, sessions, messages, 1024, rcpts=rcpts,
+        done, _ = loadgen.smtp_source(port, sessions, messages, size, rcpts=rcpts,
                                       persistent=persistent, time_limit=600)
         if done != messages:
             raise RuntimeError('%d of %d messages went through' % (done, messages))

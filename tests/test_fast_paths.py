@@ -253,6 +253,48 @@ def test_loop_calls_an_overridden_or_patched_handle_read_event():
     assert patched.call_count == 2
 
 
+# -- DATA read in bigger pieces ----------------------------------------------
+
+def _data_read_sizes(channel_class=None, set_size=None):
+    """The sizes the socket's recv is asked for while DATA content is read."""
+    with session(smtpd_compat, channel_class) as s:
+        if set_size is not None:
+            s.channel.ac_in_buffer_size = set_size
+        s.send(b'HELO a', MAIL, RCPT, b'DATA')
+        sizes = []
+        real = socket.socket.recv
+
+        def recording(sock, size, *args):
+            sizes.append(size)
+            return real(sock, size, *args)
+
+        with mock.patch.object(socket.socket, 'recv', recording):
+            s.peer.sendall(b'x\r\n.\r\n')
+            s.channel.handle_read()
+        assert s.received().endswith(b'354 End data with <CR><LF>.<CR><LF>\r\n'
+                                     b'250 OK\r\n')
+        assert s.server.process_message.call_args.args[3] == b'x'
+        return sizes
+
+
+def test_data_read_in_bigger_pieces():
+    assert _data_read_sizes() == [smtpd_compat._DATA_READ_SIZE]
+
+
+def test_data_read_size_set_by_a_subclass_or_program_is_kept():
+    # asynchat's documented knob: whoever sets ac_in_buffer_size (even to
+    # asynchat's own number) gets reads of that size.
+    class Small(smtpd_compat.SMTPChannel):
+        ac_in_buffer_size = 8192
+
+    class Same(smtpd_compat.SMTPChannel):
+        ac_in_buffer_size = int('65536')    # equal, but not asynchat's object
+
+    assert _data_read_sizes(Small) == [8192]
+    assert _data_read_sizes(Same) == [65536]
+    assert _data_read_sizes(set_size=16384) == [16384]
+
+
 # -- idle memory: the core's private state in slots -------------------------
 
 @pytest.mark.skipif(not (3, 11) <= sys.version_info < (3, 13),
