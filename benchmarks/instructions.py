@@ -2,7 +2,7 @@
 """Instructions per message, counted by valgrind: a speed comparison that
 other load on the machine does not disturb.
 
-    python3.11 benchmarks/instructions.py --baseline b3fed92 [--workloads W1,W4]
+    python3.11 benchmarks/instructions.py --baseline b3fed92 [--workloads W1,W2s,W4]
 
 Throughput on a shared machine moves by 10-30% between runs of the same
 code, so a change of a few percent cannot be seen in run.py's tables.
@@ -11,7 +11,7 @@ Here the sink (peers/sink.py, the same one run.py measures) runs under
 twice, with a small and a larger message count; the difference of the two
 totals divided by the difference of the counts is the cost of one message
 in the server process (start-up, imports and connection set-up cancel
-out).  Repeated runs agree to within about 2%.  Kernel work (the system calls) is
+out; in W2s every message has a connection of its own, which counts).  Repeated runs agree to within about 2%.  Kernel work (the system calls) is
 not counted; it is the same for every revision that makes the same calls
 (strace -c shows it).  Needs valgrind and Postfix's smtp-source.
 """
@@ -32,17 +32,21 @@ sys.path.insert(0, HERE)
 import loadgen  # noqa: E402
 from run import Server, baseline_tree, stop  # noqa: E402
 
-# name: (sessions, recipients, smaller count, larger count)
+# name: (sessions, recipients, smaller count, larger count, persistent,
+#        message size)
 WORKLOADS = {
-    'W1': (20, 1, 100, 600),
-    'W4': (5, 100, 10, 60),
+    'W1': (20, 1, 100, 600, True, 1024),
+    # A connection per message: its set-up and close are part of the cost.
+    'W2s': (5, 1, 100, 400, False, 1024),
+    'W3': (4, 1, 4, 12, True, 8 * 1024 * 1024),
+    'W4': (5, 100, 10, 60, True, 1024),
 }
 
 
 def count(tree, python, workload, messages, tmpdir):
     """Instructions valgrind counted in the sink of ``tree`` while it took
     ``messages`` messages of ``workload``."""
-    sessions, rcpts = WORKLOADS[workload][:2]
+    sessions, rcpts, _, _, persistent, size = WORKLOADS[workload]
     sink = Server('sink', ['valgrind', '--tool=callgrind', '--callgrind-out-file=/dev/null',
                            python, os.path.join(tree, 'benchmarks', 'peers', 'sink.py'),
                            'ours'])
@@ -55,8 +59,8 @@ def count(tree, python, workload, messages, tmpdir):
         # runs in the background, where a shell ignores SIGINT.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        done, _ = loadgen.smtp_source(port, sessions, messages, 1024, rcpts=rcpts,
-                                      persistent=True, time_limit=600)
+        done, _ = loadgen.smtp_source(port, sessions, messages, size, rcpts=rcpts,
+                                      persistent=persistent, time_limit=600)
         if done != messages:
             raise RuntimeError('%d of %d messages went through' % (done, messages))
         proc.send_signal(signal.SIGINT)     # the sink exits; valgrind reports
@@ -70,7 +74,7 @@ def count(tree, python, workload, messages, tmpdir):
 
 
 def per_message(tree, python, workload, tmpdir):
-    small, large = WORKLOADS[workload][2:]
+    small, large = WORKLOADS[workload][2:4]
     a = count(tree, python, workload, small, tmpdir)
     b = count(tree, python, workload, large, tmpdir)
     return (b - a) / (large - small)
@@ -80,7 +84,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--baseline', metavar='REV',
                    help='git revision (or checkout directory) to compare with')
-    p.add_argument('--workloads', default='W1,W4')
+    p.add_argument('--workloads', default='W1,W2s,W4')
     p.add_argument('--python', default=sys.executable, help='interpreter for the sinks')
     args = p.parse_args(argv)
     for tool in ('valgrind',):

@@ -135,6 +135,9 @@ _WRITE = selectors.EVENT_WRITE
 # Errors a handler must not swallow; the same set asyncore re-raises
 # (legacy code raises asyncore.ExitNow from a handler to leave the loop).
 _RERAISED = (KeyboardInterrupt, SystemExit, _asyncore.ExitNow)
+# asyncore's own, for the fast path in _poll (taken while it is not
+# overridden or patched).
+_HANDLE_READ_EVENT = _Dispatcher.handle_read_event
 
 # Which process made a wake-up: a forked worker process
 # (smtpd_compat.workers) makes its own instead of sharing its parent's
@@ -768,7 +771,13 @@ class LoopServices:
             mask &= events.get(fd, 0)
             if mask & _READ:
                 try:
-                    obj.handle_read_event()
+                    if type(obj).handle_read_event is _HANDLE_READ_EVENT \
+                            and obj.connected and not obj.accepting:
+                        # Speed fix: what asyncore's own handle_read_event
+                        # does for a connected socket, without the call.
+                        obj.handle_read()
+                    else:
+                        obj.handle_read_event()
                 except _RERAISED:
                     raise
                 except BaseException:

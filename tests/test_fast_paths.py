@@ -1,0 +1,338 @@
+"""The fast paths of speed round 2 (issue 20), each shown both ways: taken
+when nothing is overridden or patched (seen with a profiler, which patches
+nothing), and giving way to an override or a patch, which then sees every
+call the stdlib made.  Also command_size_limits, which a lookup fills as
+the stdlib's defaultdict did (compared with CPython 3.11's smtpd where it
+exists, with the values recorded from it elsewhere).
+
+The helpers come from tests/test_patching.py, which holds the idioms of
+the first round.
+"""
+import socket
+import sys
+from unittest import mock
+
+import pytest
+
+import smtpd_compat
+from smtpd_compat import loop as event_loop
+from test_patching import _fqdn, _module, _profiled, _ran, session  # noqa: F401
+
+MAIL = b'MAIL FROM:<a@example.org>'
+RCPT = b'RCPT TO:<b@example.org>'
+
+
+# -- command_size_limits as the stdlib fills it -----------------------------
+
+LIMITS_SESSION = [
+    b'HELO a', b'NOOP', b'FOO', b'RSET',
+]
+LIMITS_ESMTP_SESSION = [
+    b'EHLO a', b'NOOP', b'noop', b'FOO', b'Xyzzy arg', MAIL, RCPT,
+    b'NOOP ' + b'x' * 520, b'MAIL FROM:<c@example.org> ' + b'x' * 505,
+    b'HELP', b'RSET', b'VRFY b@example.org',
+]
+
+
+def _limits_seen(module, lines):
+    """After each line: (the reply, command_size_limits as a sorted list,
+    max_command_size_limit)."""
+    seen = []
+    with session(module) as s:
+        s.received()
+        for line in lines:
+            s.send(line)
+            limits = s.channel.command_size_limits
+            seen.append((s.received(), sorted(limits.items()),
+                         s.channel.max_command_size_limit))
+    return seen
+
+
+# Recorded from CPython 3.11.7's smtpd (see _record at the end).
+EXPECTED_LIMITS = {
+    'helo': [
+        (b'250 test.invalid\r\n', [], 512),
+        (b'250 OK\r\n', [], 512),
+        (b'500 Error: command "FOO" not recognized\r\n', [], 512),
+        (b'250 OK\r\n', [], 512),
+    ],
+    'ehlo': [
+        (b'250-test.invalid\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250 HELP\r\n',
+         [('MAIL', 538)], 538),
+        (b'250 OK\r\n', [('MAIL', 538), ('NOOP', 512)], 538),
+        (b'250 OK\r\n', [('MAIL', 538), ('NOOP', 512)], 538),
+        (b'500 Error: command "FOO" not recognized\r\n',
+         [('FOO', 512), ('MAIL', 538), ('NOOP', 512)], 538),
+        (b'500 Error: command "XYZZY" not recognized\r\n',
+         [('FOO', 512), ('MAIL', 538), ('NOOP', 512), ('XYZZY', 512)], 538),
+        (b'250 OK\r\n',
+         [('FOO', 512), ('MAIL', 538), ('NOOP', 512), ('XYZZY', 512)], 538),
+        (b'250 OK\r\n',
+         [('FOO', 512), ('MAIL', 538), ('NOOP', 512), ('RCPT', 512),
+          ('XYZZY', 512)], 538),
+        (b'500 Error: line too long\r\n',
+         [('FOO', 512), ('MAIL', 538), ('NOOP', 512), ('RCPT', 512),
+          ('XYZZY', 512)], 538),
+        (b'503 Error: nested MAIL command\r\n',
+         [('FOO', 512), ('MAIL', 538), ('NOOP', 512), ('RCPT', 512),
+          ('XYZZY', 512)], 538),
+        (b'250 Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY\r\n',
+         [('FOO', 512), ('HELP', 512), ('MAIL', 538), ('NOOP', 512),
+          ('RCPT', 512), ('XYZZY', 512)], 538),
+        (b'250 OK\r\n',
+         [('FOO', 512), ('HELP', 512), ('MAIL', 538), ('NOOP', 512),
+          ('RCPT', 512), ('RSET', 512), ('XYZZY', 512)], 538),
+        (b'252 Cannot VRFY user, but will accept message and attempt delivery\r\n',
+         [('FOO', 512), ('HELP', 512), ('MAIL', 538), ('NOOP', 512),
+          ('RCPT', 512), ('RSET', 512), ('VRFY', 512), ('XYZZY', 512)], 538),
+    ],
+}
+
+
+@pytest.mark.parametrize('which', ['ours', 'stdlib'])
+@pytest.mark.parametrize('name, lines', [('helo', LIMITS_SESSION),
+                                         ('ehlo', LIMITS_ESMTP_SESSION)],
+                         ids=['helo', 'ehlo'])
+def test_command_size_limits_filled_as_on_311(which, name, lines):
+    assert _limits_seen(_module(which), lines) == EXPECTED_LIMITS[name]
+
+
+def test_command_size_limits_bounded():
+    # Deviation (d): past _COMMAND_LIMITS_KEPT commands a new one is looked
+    # up without being added; the replies and limits stay the stdlib's.
+    kept = smtpd_compat._COMMAND_LIMITS_KEPT
+    with session(smtpd_compat) as s:
+        s.send(b'EHLO a')
+        for i in range(kept + 50):
+            s.send(b'JUNK%d' % i)
+            s.received()
+        limits = s.channel.command_size_limits
+        assert len(limits) == kept
+        assert 'JUNK0' in limits and 'JUNK%d' % (kept + 49) not in limits
+        s.send(b'NOOP ' + b'x' * 520, b'NOOP', MAIL)
+        assert s.received() == (b'500 Error: line too long\r\n250 OK\r\n'
+                                b'250 OK\r\n')
+        assert s.channel.max_command_size_limit == 538
+
+
+# -- each fast path taken, and giving way ------------------------------------
+
+def _esmtp_rcpt(channel_class=None, before=list):
+    """Profile a RCPT on an ESMTP session (after calling ``before()``);
+    returns (profile, replies)."""
+    with session(smtpd_compat, channel_class) as s:
+        s.send(b'EHLO a', MAIL)
+        s.received()
+        before()
+        with _profiled() as seen:
+            s.send(RCPT)
+        return seen, s.received()
+
+
+def test_per_line_fast_paths_taken():
+    seen, replies = _esmtp_rcpt()
+    assert replies == b'250 OK\r\n'
+    chat = smtpd_compat.asynchat.async_chat
+    channel = smtpd_compat.SMTPChannel
+    for skipped in (chat.get_terminator, channel._command_limit,
+                    channel._getparams, channel.check_rcpt_parameters,
+                    smtpd_compat._MAX_COMMAND_SIZE_LIMIT.fget):
+        assert _ran(seen, skipped) == [], skipped
+
+
+def test_overrides_still_called():
+    calls = []
+
+    class Overriding(smtpd_compat.SMTPChannel):
+        def get_terminator(self):
+            calls.append('get_terminator')
+            return super().get_terminator()
+
+        @property
+        def max_command_size_limit(self):
+            calls.append('max_command_size_limit')
+            return 600
+
+        def _getparams(self, params):
+            calls.append(('_getparams', params))
+            return super()._getparams(params)
+
+        def check_rcpt_parameters(self, params):
+            calls.append(('check_rcpt_parameters', params))
+            return '550 refused by the override'
+
+    _, replies = _esmtp_rcpt(Overriding, calls.clear)
+    assert replies == b'550 refused by the override\r\n'
+    assert calls == ['get_terminator', 'max_command_size_limit',
+                     ('_getparams', []), ('check_rcpt_parameters', {})]
+
+
+def test_getaddr_override_returning_none_fails_as_on_311():
+    # No parameters from an override that returns None for them: the
+    # stdlib's params.upper() raised, and so does ours.
+    class NoneParams(smtpd_compat.SMTPChannel):
+        def _getaddr(self, arg):
+            address, params = super()._getaddr(arg)
+            return address, None if address == 'b@example.org' else params
+
+    with session(smtpd_compat, NoneParams) as s:
+        s.send(b'EHLO a', MAIL)
+        with pytest.raises(AttributeError):
+            s.send(RCPT)
+
+
+def test_patched_get_terminator_sees_every_line():
+    with session(smtpd_compat) as s, \
+            mock.patch('asynchat.async_chat.get_terminator',
+                       return_value=b'\r\n') as get_terminator:
+        s.send(b'NOOP')
+        assert get_terminator.call_count == 1     # once a line
+        assert s.received().endswith(b'250 OK\r\n')
+
+
+# -- the loop: handle_read_event --------------------------------------------
+
+def _serve_one_command(channel_class=None):
+    """Run smtpd_compat.loop on a server whose channels are
+    ``channel_class`` until one NOOP is answered."""
+    class Server(smtpd_compat.SMTPServer):
+        def process_message(self, *args, **kwargs):
+            return None
+
+    if channel_class is not None:
+        Server.channel_class = channel_class
+    map = {}
+    server = Server(('127.0.0.1', 0), None, map=map)
+    try:
+        with socket.create_connection(server.socket.getsockname(),
+                                      timeout=5) as client:
+            event_loop.loop(timeout=0.05, map=map, count=2)   # accept, greet
+            client.sendall(b'NOOP\r\n')
+            data = b''
+            for _ in range(100):
+                event_loop.loop(timeout=0.05, map=map, count=1)
+                client.settimeout(0.01)
+                try:
+                    data += client.recv(1000)
+                except socket.timeout:
+                    continue
+                if data.endswith(b'250 OK\r\n'):
+                    break
+            return data
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)
+        event_loop._release(event_loop.services(map))
+
+
+def test_loop_skips_asyncores_handle_read_event():
+    with _profiled() as seen:
+        data = _serve_one_command()
+    assert data.endswith(b'250 OK\r\n')
+    dispatcher = smtpd_compat.asyncore.dispatcher
+    # (The listener's read event is an accept, left to asyncore.)
+    assert [args for args in _ran(seen, dispatcher.handle_read_event)
+            if isinstance(args['self'], smtpd_compat.SMTPChannel)] == []
+    assert _ran(seen, smtpd_compat.SMTPChannel.handle_read)
+
+
+def test_loop_calls_an_overridden_or_patched_handle_read_event():
+    events = []
+
+    class Counting(smtpd_compat.SMTPChannel):
+        def handle_read_event(self):
+            events.append('override')
+            super().handle_read_event()
+
+    assert _serve_one_command(Counting).endswith(b'250 OK\r\n')
+    assert events == ['override']
+    original = smtpd_compat.asyncore.dispatcher.handle_read_event
+    with mock.patch('asyncore.dispatcher.handle_read_event', autospec=True,
+                    side_effect=original) as patched:
+        assert _serve_one_command().endswith(b'250 OK\r\n')
+    # The listener's accept and the channel's NOOP.
+    assert patched.call_count == 2
+
+
+# -- DATA read in bigger pieces ----------------------------------------------
+
+def _data_read_sizes(channel_class=None, set_size=None):
+    """The sizes the socket's recv is asked for while DATA content is read."""
+    with session(smtpd_compat, channel_class) as s:
+        if set_size is not None:
+            s.channel.ac_in_buffer_size = set_size
+        s.send(b'HELO a', MAIL, RCPT, b'DATA')
+        sizes = []
+        real = socket.socket.recv
+
+        def recording(sock, size, *args):
+            sizes.append(size)
+            return real(sock, size, *args)
+
+        with mock.patch.object(socket.socket, 'recv', recording):
+            s.peer.sendall(b'x\r\n.\r\n')
+            s.channel.handle_read()
+        assert s.received().endswith(b'354 End data with <CR><LF>.<CR><LF>\r\n'
+                                     b'250 OK\r\n')
+        assert s.server.process_message.call_args.args[3] == b'x'
+        return sizes
+
+
+def test_data_read_in_bigger_pieces():
+    assert _data_read_sizes() == [smtpd_compat._DATA_READ_SIZE]
+
+
+def test_data_read_size_set_by_a_subclass_or_program_is_kept():
+    # asynchat's documented knob: whoever sets ac_in_buffer_size (even to
+    # asynchat's own number) gets reads of that size.
+    class Small(smtpd_compat.SMTPChannel):
+        ac_in_buffer_size = 8192
+
+    class Same(smtpd_compat.SMTPChannel):
+        ac_in_buffer_size = int('65536')    # equal, but not asynchat's object
+
+    assert _data_read_sizes(Small) == [8192]
+    assert _data_read_sizes(Same) == [65536]
+    assert _data_read_sizes(set_size=16384) == [16384]
+
+
+# -- idle memory: the core's private state in slots -------------------------
+
+@pytest.mark.skipif(not (3, 11) <= sys.version_info < (3, 13),
+                    reason='slots on 3.11 and 3.12 only (see SMTPChannel.__slots__)')
+def test_channel_dict_within_the_shared_keys_limit():
+    # CPython shares the attribute-name table of instances with at most 29
+    # attributes in __dict__ (the stdlib's channel had 29); the core's
+    # private state lives in slots, so a channel stays within it.
+    with session(smtpd_compat) as s:
+        s.send(b'EHLO a', MAIL, RCPT)   # mail_options and rcpt_options
+        assert len(vars(s.channel)) <= 29
+        assert '_input_paused' not in vars(s.channel)
+        assert s.channel._input_paused is False
+        # Instances still have a __dict__: users set attributes as before.
+        s.channel.my_note = 'kept'
+        assert vars(s.channel)['my_note'] == 'kept'
+
+
+def test_subclass_class_attribute_of_a_slot_name():
+    # A subclass defining one of the slot names as a class attribute: the
+    # value lives in the instance's __dict__, and everything still works.
+    class Paused(smtpd_compat.SMTPChannel):
+        _reading_paused = False
+
+    with session(smtpd_compat, Paused) as s:
+        s.send(b'HELO a', b'NOOP')
+        assert s.received().endswith(b'250 test.invalid\r\n250 OK\r\n')
+        assert 'ac_in_buffer' in vars(s.channel)
+
+
+def _record():
+    """Print EXPECTED_LIMITS as observed on the stdlib (Python 3.11)."""
+    import pprint
+    with mock.patch('socket.getfqdn', return_value='test.invalid'):
+        pprint.pprint({'helo': _limits_seen(_module('stdlib'), LIMITS_SESSION),
+                       'ehlo': _limits_seen(_module('stdlib'), LIMITS_ESMTP_SESSION)},
+                      width=100)
+
+
+if __name__ == '__main__':
+    _record()
