@@ -499,13 +499,13 @@ class AuthThrottle:
             return Verdict(True, delay, min(failures, 2))
 
     def allow(self, address: object, login: Optional[str]) -> bool:
-        """:meth:`assess`, as a yes or no (the delay and priority left to
+        """``assess()``, as a yes or no (the delay and priority left to
         the caller)."""
         return self.assess(address, login).allowed
 
     def record(self, address: object, login: Optional[str],
                ok: Optional[bool]) -> None:
-        """The outcome of a check :meth:`assess` let through: True (or
+        """The outcome of a check ``assess()`` let through: True (or
         None, no verdict: the authenticator failed) withdraws the failure
         counted in advance; False leaves it."""
         if ok is False:

@@ -169,7 +169,7 @@ def attempt(address, password, source):
 @pytest.mark.parametrize('attackers', [1, 20], ids=['one-attacker', 'twenty'])
 def test_live_owner_gets_235_after_a_typo_during_an_attack(live_server, attackers):
     live = live_server(Server, authenticator=check,
-                       auth_allow_plaintext=True, use_timers=True,
+                       auth_allow_plaintext=True, loop='smtpd_compat',
                        auth_throttle=AuthThrottle(max_failures=2, interval=1.0,
                                                   max_delay=0.05))
     sources = ['127.0.1.%d' % (n + 1) for n in range(attackers)]

@@ -6,6 +6,7 @@ The Sphinx builds need the ``docs`` extra; ``tox -e docs`` runs this file
 with it (elsewhere those tests skip).
 """
 import configparser
+import fcntl
 import importlib.util
 import os
 import re
@@ -33,10 +34,15 @@ def sdist_tree(tmp_path_factory):
     """The sdist built from this checkout, unpacked: its top directory."""
     _need('setuptools', 'needed to build the sdist')
     out = tmp_path_factory.mktemp('sdist')
-    built = subprocess.run(
-        [sys.executable, '-W', 'ignore', 'setup.py', '-q', 'sdist',
-         '--formats=gztar', '-d', str(out)], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    # setup.py writes its egg-info into the checkout: under xdist, two
+    # workers building at once race on it, so the build takes a lock that
+    # every worker of this run shares (their temp folders' common parent).
+    with open(str(tmp_path_factory.getbasetemp().parent / 'sdist.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = subprocess.run(
+            [sys.executable, '-W', 'ignore', 'setup.py', '-q', 'sdist',
+             '--formats=gztar', '-d', str(out)], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert built.returncode == 0, built.stdout
     archive, = [name for name in os.listdir(str(out)) if name.endswith('.tar.gz')]
     with tarfile.open(str(out / archive)) as tar:

@@ -153,7 +153,7 @@ class StuckServer(threads.ThreadedServerMixin, RecordingServer):
 
 
 def test_handler_timeout_answers_451_and_drops_the_late_result(live_server, caplog):
-    live = live_server(StuckServer, use_timers=True, handler_timeout=0.3,
+    live = live_server(StuckServer, loop='smtpd_compat', handler_timeout=0.3,
                        process_message_threads=1)
     with caplog.at_level(logging.INFO, logger='smtpd_compat.threads'):
         with smtplib.SMTP(*live.address, timeout=WAIT) as client:
@@ -254,7 +254,7 @@ def test_relay_closes_upstream_when_client_left_during_data(live_server):
 def test_relay_handler_timeout_leaves_the_session_to_the_worker(live_server):
     upstream = live_server(SlowUpstream)
     relay = live_server(RelayServer, remoteaddr=upstream.address, relay_timeout=5,
-                        handler_timeout=0.3, use_timers=True)
+                        handler_timeout=0.3, loop='smtpd_compat')
     with smtplib.SMTP(*relay.address, timeout=WAIT) as client:
         with pytest.raises(smtplib.SMTPDataError) as info:
             client.sendmail('a@x', ['b@x'], b'slow\r\n')
