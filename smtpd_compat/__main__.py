@@ -40,6 +40,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple, Type
 import smtpd_compat as _smtpd
 from smtpd_compat.cli_options import GROUPS as _GROUPS
 from smtpd_compat.cli_options import RULE as _PRODUCTION_RULE
+from smtpd_compat.cli_options import Serve
 from smtpd_compat.compose import REQUIRED, compose_server
 
 __all__ = ['main', 'CLI']
@@ -89,7 +90,7 @@ class CLI:
         self.server_kwargs: Dict[str, Any] = {}
         if options.enable_SMTPUTF8:
             self.server_kwargs['enable_SMTPUTF8'] = True
-        self.serve: Callable[['CLI', _smtpd.SMTPServer], object] = _serve
+        self.serve: Serve = _serve
 
     def error(self, msg: str) -> NoReturn:
         """Exit with status 1 after a short message on stderr: ``msg`` and

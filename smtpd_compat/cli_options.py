@@ -57,6 +57,14 @@ __all__ = ['GROUPS', 'Group', 'PRODUCTION_OPTIONS', 'RULE',
 _Options = Tuple[Tuple[str, str, str], ...]
 
 
+class Serve(Protocol):
+    """``cli.serve``: runs the built server until shutdown.  (A protocol
+    rather than a Callable attribute: older mypy binds a Callable declared
+    in a protocol's body like a method.)"""
+
+    def __call__(self, cli: Any, server: _smtpd.SMTPServer) -> object: ...
+
+
 class CommandLine(Protocol):
     """What a group's ``configure`` uses of :class:`smtpd_compat.__main__.CLI`."""
 
@@ -64,7 +72,7 @@ class CommandLine(Protocol):
     server_class: Any
     mixins: List[type]
     server_kwargs: Dict[str, Any]
-    serve: Callable[[Any, _smtpd.SMTPServer], object]
+    serve: Serve
 
     def error(self, msg: str) -> NoReturn: ...
 
