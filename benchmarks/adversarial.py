@@ -34,7 +34,6 @@ variants
 a checkout) first.  Linux only (/proc); only processes this script starts
 are stopped, by pid.
 """
-import argparse
 import base64
 import os
 import signal
@@ -358,22 +357,10 @@ CASES = {
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--baseline', help='git revision or checkout to compare with')
-    parser.add_argument('--cases', default=','.join(CASES),
-                        help='comma-separated, of: %s' % ', '.join(CASES))
-    parser.add_argument('--python', default=sys.executable)
-    parser.add_argument('--timeout', type=float, default=90.0,
-                        help='seconds the starved message may wait')
-    parser.add_argument('--quick', action='store_true',
-                        help='12 big messages, 30 guessing addresses')
-    args = parser.parse_args(argv)
-    cases = [c for c in args.cases.split(',') if c]
-    unknown = set(cases) - set(CASES)
-    if unknown:
-        parser.error('unknown cases: %s' % ', '.join(sorted(unknown)))
     sys.path.insert(0, HERE)
-    from run import baseline_tree
+    from run import baseline_tree, case_arguments, print_table
+    args = case_arguments(__doc__, CASES, 90.0, 'seconds the starved message may wait',
+                          '12 big messages, 30 guessing addresses', argv)
     trees = []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -384,17 +371,11 @@ def main(argv=None):
             with tempfile.TemporaryDirectory() as workdir:
                 with open(os.path.join(workdir, 'adv_handlers.py'), 'w') as f:
                     f.write(HANDLERS)
-                for case in cases:
+                for case in args.cases:
                     result = CASES[case](tree, args, workdir)
                     rows.append((name, case, result))
                     print('| %s | %s | %s |' % rows[-1], file=sys.stderr, flush=True)
-    print('Load average at the end: %.1f %.1f %.1f (%d CPUs); Python %s'
-          % (os.getloadavg() + (os.cpu_count() or 0, sys.version.split()[0])))
-    print()
-    print('| tree | case | result |')
-    print('|---|---|---|')
-    for row in rows:
-        print('| %s | %s | %s |' % row)
+    print_table(('tree', 'case', 'result'), rows)
 
 
 if __name__ == '__main__':

@@ -185,6 +185,40 @@ def baseline_tree(rev, tmpdir):
     return os.path.basename(os.path.normpath(rev)), tree
 
 
+def case_arguments(doc, cases, timeout, timeout_help, quick_help, argv=None,
+                   extra=lambda parser: None):
+    """The command line the adversarial case benchmarks share
+    (adversarial.py, web_hostile.py): --baseline, --cases, --python,
+    --timeout, --quick, and what ``extra`` adds.  ``args.cases`` comes back
+    as a list of known case names."""
+    parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+    parser.add_argument('--baseline', help='git revision or checkout to compare with')
+    parser.add_argument('--cases', default=','.join(cases),
+                        help='comma-separated, of: %s' % ', '.join(cases))
+    parser.add_argument('--python', default=sys.executable)
+    parser.add_argument('--timeout', type=float, default=timeout, help=timeout_help)
+    parser.add_argument('--quick', action='store_true', help=quick_help)
+    extra(parser)
+    args = parser.parse_args(argv)
+    args.cases = [c for c in args.cases.split(',') if c]
+    unknown = set(args.cases) - set(cases)
+    if unknown:
+        parser.error('unknown cases: %s' % ', '.join(sorted(unknown)))
+    return args
+
+
+def print_table(header, rows):
+    """The machine's load and Python, then a markdown table of ``rows``
+    (tuples of strings) under ``header``."""
+    print('Load average at the end: %.1f %.1f %.1f (%d CPUs); Python %s'
+          % (os.getloadavg() + (os.cpu_count() or 0, sys.version.split()[0])))
+    print()
+    print('| %s |' % ' | '.join(header))
+    print('|%s' % ('---|' * len(header)))
+    for row in rows:
+        print('| %s |' % ' | '.join(row))
+
+
 def run_one(workload, server, proc, port, args):
     """Run one workload against a started server; returns a dict."""
     s = args.scale

@@ -415,7 +415,7 @@ def run_tree(name, tree, args):
             base = server.rss()
             for row in CASES[case](server, probe, args):
                 rows.append((name,) + row + (base,))
-                print(format_row(rows[-1]), file=sys.stderr, flush=True)
+                print('| %s |' % ' | '.join(format_row(rows[-1])), file=sys.stderr, flush=True)
         finally:
             probe.stop()
             server.stop()
@@ -424,45 +424,28 @@ def run_tree(name, tree, args):
 
 def format_row(row):
     name, case, what, seconds, status, worst, median, peak, base = row
-    return '| %s | %s | %s | %.2f s | %s | %.1f ms | %.1f ms | %.0f MiB (start %.0f) |' % (
-        name, case, what, seconds, status, worst, median, peak or 0, base or 0)
+    return (name, case, what, '%.2f s' % seconds, str(status), '%.1f ms' % worst,
+            '%.1f ms' % median, '%.0f MiB (start %.0f)' % (peak or 0, base or 0))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--baseline', help='git revision or checkout to compare with')
-    parser.add_argument('--cases', default=','.join(CASES),
-                        help='comma-separated, of: %s' % ', '.join(CASES))
-    parser.add_argument('--python', default=sys.executable)
-    parser.add_argument('--timeout', type=float, default=60.0,
-                        help='seconds per request before it counts as hung')
-    parser.add_argument('--quick', action='store_true',
-                        help='32 MiB instead of 248 MiB of kept mail')
-    parser.add_argument('--probe', type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    sys.path.insert(0, HERE)
+    from run import baseline_tree, case_arguments, print_table
+    args = case_arguments(
+        __doc__, CASES, 60.0, 'seconds per request before it counts as hung',
+        '32 MiB instead of 248 MiB of kept mail', argv,
+        extra=lambda parser: parser.add_argument('--probe', type=int, help=argparse.SUPPRESS))
     if args.probe:
         probe_main(args.probe)
         return
-    args.cases = [c for c in args.cases.split(',') if c]
-    unknown = set(args.cases) - set(CASES)
-    if unknown:
-        parser.error('unknown cases: %s' % ', '.join(sorted(unknown)))
-    sys.path.insert(0, HERE)
-    from run import baseline_tree
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.baseline:
             name, tree = baseline_tree(args.baseline, tmp)
             rows += run_tree(name, tree, args)
         rows += run_tree('this tree', ROOT, args)
-    print('Load average at the end: %.1f %.1f %.1f (%d CPUs); Python %s'
-          % (os.getloadavg() + (os.cpu_count() or 0, sys.version.split()[0])))
-    print()
-    print('| tree | case | request | time | status | SMTP connect+NOOP worst '
-          '| median | peak RSS |')
-    print('|---|---|---|---|---|---|---|---|')
-    for row in rows:
-        print(format_row(row))
+    print_table(('tree', 'case', 'request', 'time', 'status', 'SMTP connect+NOOP worst',
+                 'median', 'peak RSS'), [format_row(row) for row in rows])
 
 
 if __name__ == '__main__':
