@@ -13,7 +13,9 @@ here are stopped, by their pid.  See benchmarks/README.md.
 """
 import argparse
 import datetime
+import hashlib
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -43,21 +45,37 @@ WORKLOADS = {
     'smtplib': ('one smtplib client, 1 KB messages', 'msg/s', True),
     'W5': ('idle connections held; fresh transaction (median)', 'ms', False),
     'S50': ('20 sessions, handler sleeping 50 ms per message', 'msg/s', True),
+    'W6': ('20 sessions, STARTTLS + AUTH PLAIN, 1 KB messages', 'msg/s', True),
 }
 # Run only when named with --workloads (see README: handlers that block).
 OPT_IN_WORKLOADS = ('S50',)
 # What the handler of every server does per message in these workloads
 # (peers' --sleep option); smtp-sink cannot, so it sits them out.
 SLEEP = {'S50': 0.05}
+# W6, the capability stack: ours is the command line (python -m
+# smtpd_compat --production --esmtp all) with STARTTLS and AUTH, aiosmtpd
+# gets TLS and an authenticator; peers without TLS sit it out, and the
+# table says so.
+STACK_NOT_APPLICABLE = {'stdlib': 'n/a (no TLS)', 'smtp-sink': 'n/a (no TLS)'}
+STACK_LOGIN, STACK_PASSWORD = 'bench', 'bench-password'
+# The auth file's scrypt cost: lighter than smtpd_compat.auth's default
+# (ln=14, ~50 ms a check), so that 20 password checks per run are not a
+# large part of what W6 measures; both servers check the same hash.
+STACK_SCRYPT = {'ln': 10, 'r': 8, 'p': 1}
 
 
 class Server:
-    """One peer: how to start it."""
+    """One peer: how to start it.  ``cli``: it is ``python -m
+    smtpd_compat``, which says where it listens on stderr (sent to a log
+    file in the temporary directory) instead of writing a port file;
+    ``popen``: more Popen keywords (cwd, env)."""
 
-    def __init__(self, name, argv, note=''):
+    def __init__(self, name, argv, note='', cli=False, popen=None):
         self.name = name
         self.argv = argv
         self.note = note
+        self.cli = cli
+        self.popen = popen or {}
 
     def start(self, tmpdir, extra=(), wait=15, **popen):
         """Start the peer (``popen``: more Popen keywords) and wait up to
@@ -67,6 +85,9 @@ class Server:
             os.unlink(portfile)
         if self.argv[0] == 'smtp-sink':
             return self._start_sink()
+        popen = dict(self.popen, **popen)
+        if self.cli:
+            return self._start_cli(tmpdir, extra, wait, popen)
         proc = subprocess.Popen(self.argv + list(extra) + [portfile],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 **popen)
@@ -81,6 +102,23 @@ class Server:
             time.sleep(0.02)
         with open(portfile) as f:
             return proc, int(f.read())
+
+    def _start_cli(self, tmpdir, extra, wait, popen):
+        log = os.path.join(tmpdir, self.name + '.log')
+        with open(log, 'wb') as f:
+            proc = subprocess.Popen(self.argv + list(extra) + ['127.0.0.1:0'],
+                                    stdout=subprocess.DEVNULL, stderr=f, **popen)
+        deadline = time.monotonic() + wait
+        while True:
+            with open(log, 'rb') as f:
+                text = f.read().decode(errors='replace')
+            m = re.search(r'listening for SMTP on 127\.0\.0\.1:(\d+)\.', text)
+            if m:
+                return proc, int(m.group(1))
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop(proc)
+                raise RuntimeError('%s did not start: %s' % (self.name, text[-500:]))
+            time.sleep(0.02)
 
     def _start_sink(self):
         import socket
@@ -165,7 +203,62 @@ def find_servers(args):
         sink = os.path.join(args.baseline_tree, 'benchmarks', 'peers', 'sink.py')
         servers.insert(1, Server('ours@' + args.baseline, [args.python, sink, 'ours'],
                                  note='(%s)' % args.baseline_tree))
+        servers[1].tree = args.baseline_tree
     return servers, notes
+
+
+def make_stack(tmpdir):
+    """W6's files in ``tmpdir``: a self-signed certificate for localhost
+    and 127.0.0.1 made now by openssl (``cert.pem``, ``key.pem`` and both
+    in ``server.pem``) and an auth file with one user; returns a dict of
+    their paths, or None without openssl."""
+    openssl = shutil.which('openssl')
+    if not openssl:
+        return None
+    stack = {name: os.path.join(tmpdir, name + '.pem') for name in ('cert', 'key', 'server')}
+    subprocess.run([openssl, 'req', '-x509', '-newkey', 'rsa:2048', '-nodes',
+                    '-keyout', stack['key'], '-out', stack['cert'], '-days', '2',
+                    '-subj', '/CN=localhost',
+                    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(stack['server'], 'w') as out:
+        for name in ('cert', 'key'):
+            with open(stack[name]) as f:
+                out.write(f.read())
+    salt = os.urandom(16)
+    key = hashlib.scrypt(STACK_PASSWORD.encode(), salt=salt, n=2 ** STACK_SCRYPT['ln'],
+                         r=STACK_SCRYPT['r'], p=STACK_SCRYPT['p'], dklen=32)
+    stack['auth'] = os.path.join(tmpdir, 'users')
+    with open(stack['auth'], 'w') as f:
+        f.write('%s:$scrypt$ln=%d,r=%d,p=%d$%s$%s\n' % (
+            STACK_LOGIN, STACK_SCRYPT['ln'], STACK_SCRYPT['r'], STACK_SCRYPT['p'],
+            salt.hex(), key.hex()))
+    return stack
+
+
+def stack_server(srv, args, stack):
+    """The W6 version of peer ``srv``, or None where W6 does not apply.
+    Ours (and ours@REV, ours-threads) is the command line with a
+    discarding class (peers/cli_sink.py) and its own start-up line as the
+    port file."""
+    if srv.name == 'aiosmtpd':
+        return Server(srv.name, srv.argv + ['--tls-cert', stack['server'],
+                                            '--auth-file', stack['auth']], srv.note)
+    if not srv.name.startswith('ours'):
+        return None
+    argv = [args.python, '-m', 'smtpd_compat', '-n', '-c', 'cli_sink.Sink',
+            '--production', '--esmtp', 'all',
+            '--tls-cert', stack['cert'], '--tls-key', stack['key'], '--require-starttls',
+            '--auth-file', stack['auth'], '--auth-required']
+    if srv.name == 'ours-threads':
+        argv += ['--threads', str(args.threads)]
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [os.path.join(HERE, 'peers')] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+    # python -m finds smtpd_compat in its working directory first: this
+    # tree, or the baseline's.
+    return Server(srv.name, argv, srv.note, cli=True,
+                  popen={'cwd': getattr(srv, 'tree', ROOT), 'env': env})
 
 
 def baseline_tree(rev, tmpdir):
@@ -251,6 +344,11 @@ def run_one(workload, server, proc, port, args):
         return run_idle(server, proc, port, args)
     elif workload == 'S50':
         done, t = source(port, 20, n(2000), 1024, persistent=True, time_limit=tl)
+        value = done / t
+    elif workload == 'W6':
+        tls = loadgen.tls_client(args.stack['cert'], STACK_LOGIN, STACK_PASSWORD)
+        done, t = loadgen.python_source(port, 20, n(6000), 1024, persistent=True,
+                                        time_limit=tl, tls=tls)
         value = done / t
     cpu_after = proc_cpu(proc.pid)
     cpu_us = None
@@ -350,7 +448,9 @@ def markdown(table, servers, workloads, meta):
         cells = []
         for n in names:
             row = table[w].get(n)
-            if row is None:
+            if row is None and w == 'W6' and n in STACK_NOT_APPLICABLE:
+                cells.append(STACK_NOT_APPLICABLE[n])
+            elif row is None:
                 cells.append('—')
             elif w == 'W5':
                 if row['ok']:
@@ -474,11 +574,18 @@ def main(argv=None):
             wanted.append('ours@' + args.baseline)
         servers, notes = find_servers(args)
         servers = [s for s in servers if s.name in wanted]
+        args.stack = make_stack(tmpdir) if 'W6' in workloads else None
+        if 'W6' in workloads and args.stack is None:
+            notes.append('W6 skipped: no openssl to make its certificate')
+            workloads.remove('W6')
         for rnd in range(args.rounds):
             for w in workloads:
-                for srv in servers:
-                    if w == 'W5' and srv.name == 'smtp-sink':
+                for peer in servers:
+                    if w == 'W5' and peer.name == 'smtp-sink':
                         continue    # smtp-sink closes idle sessions itself
+                    srv = stack_server(peer, args, args.stack) if w == 'W6' else peer
+                    if srv is None:
+                        continue    # no TLS: the table says n/a
                     extra = ()
                     if w in SLEEP:
                         if srv.name == 'smtp-sink':
@@ -499,6 +606,8 @@ def main(argv=None):
     elapsed = time.monotonic() - started
     table = summarise(results, servers, workloads)
     gen = 'smtp-source' if loadgen.SMTP_SOURCE and not args.python_loadgen else 'python loadgen'
+    if 'W6' in workloads:
+        gen += ' (W6: python loadgen with STARTTLS and AUTH PLAIN)'
     cmd = 'python%d.%d benchmarks/run.py %s' % (sys.version_info[:2] + (' '.join(argv if argv is not None else sys.argv[1:]),))
     meta = ('Command: `%s`  \nDate: %s; load generator: %s; %d round(s), medians; '
             'servers: %s; %d CPUs; took %.0f s.%s' % (

@@ -32,7 +32,7 @@ def test_runner_smoke(tmp_path, python_path_env, loadgen):
     assert table.strip() == proc.stdout[proc.stdout.index('# smtpd_compat benchmark'):].strip()
     rows = {m.group(1): m.group(0) for m in
             re.finditer(r'^\| (\w+): .*$', table, re.M)}
-    wanted = ['W1', 'W2', 'W2s', 'W3', 'W4', 'EHLO', 'smtplib', 'W5'] \
+    wanted = ['W1', 'W2', 'W2s', 'W3', 'W4', 'EHLO', 'smtplib', 'W5', 'W6'] \
         if loadgen == 'python' else ['W1', 'W2s', 'EHLO']
     assert sorted(rows) == sorted(wanted)
     for name in wanted:
@@ -40,6 +40,14 @@ def test_runner_smoke(tmp_path, python_path_env, loadgen):
         assert ours not in ('—', '') and 'died' not in ours and 'failed' not in ours, rows[name]
     if loadgen == 'python':
         assert '30 held' in rows['W5']
+        # W6 (STARTTLS, AUTH PLAIN, the production command line): ours
+        # delivered messages (a refused STARTTLS or AUTH ends a session
+        # before its first one); the stdlib, which has no TLS, is not
+        # applicable.
+        assert float(rows['W6'].split(' | ')[2].replace(',', '')) > 0, rows['W6']
+        header = next(line for line in table.splitlines() if line.startswith('| workload | unit'))
+        if '| stdlib |' in header:
+            assert rows['W6'].split(' | ')[header.split(' | ').index('stdlib')] == 'n/a (no TLS)'
         if importlib.util.find_spec('matplotlib') is not None:
             assert (tmp_path / 'chart.png').stat().st_size > 1000
 
