@@ -255,8 +255,9 @@ def test_loop_calls_an_overridden_or_patched_handle_read_event():
 
 # -- DATA read in bigger pieces ----------------------------------------------
 
-def _data_read_sizes(channel_class=None, set_size=None):
-    """The sizes the socket's recv is asked for while DATA content is read."""
+def _data_read_sizes(channel_class=None, set_size=None, content=b'x'):
+    """The sizes the socket's recv is asked for while DATA content is read
+    (``content``: one line, sent in pieces the channel reads one by one)."""
     with session(smtpd_compat, channel_class) as s:
         if set_size is not None:
             s.channel.ac_in_buffer_size = set_size
@@ -269,16 +270,28 @@ def _data_read_sizes(channel_class=None, set_size=None):
             return real(sock, size, *args)
 
         with mock.patch.object(socket.socket, 'recv', recording):
-            s.peer.sendall(b'x\r\n.\r\n')
-            s.channel.handle_read()
+            rest = content + b'\r\n.\r\n'
+            while rest:
+                # As much as the next read asks for, so that each read is
+                # full but the last (which must fit the socket buffers).
+                size = s.channel._read_size
+                s.peer.sendall(rest[:size])
+                rest = rest[size:]
+                s.channel.handle_read()
         assert s.received().endswith(b'354 End data with <CR><LF>.<CR><LF>\r\n'
                                      b'250 OK\r\n')
-        assert s.server.process_message.call_args.args[3] == b'x'
+        assert s.server.process_message.call_args.args[3] == content
         return sizes
 
 
 def test_data_read_in_bigger_pieces():
-    assert _data_read_sizes() == [smtpd_compat._DATA_READ_SIZE]
+    # A small message is read 64 KiB at a time (a bigger buffer costs a
+    # memory mapping of its own); a read that fills that moves on to
+    # 256 KiB pieces for the rest of the message.
+    first, bigger = smtpd_compat._DATA_FIRST_READ_SIZE, smtpd_compat._DATA_READ_SIZE
+    assert (first, bigger) == (65536, 262144)
+    assert _data_read_sizes() == [first]
+    assert _data_read_sizes(content=b'x' * (first + 100)) == [first, bigger]
 
 
 def test_data_read_size_set_by_a_subclass_or_program_is_kept():
@@ -292,6 +305,7 @@ def test_data_read_size_set_by_a_subclass_or_program_is_kept():
 
     assert _data_read_sizes(Small) == [8192]
     assert _data_read_sizes(Same) == [65536]
+    assert _data_read_sizes(Same, content=b'x' * 65600) == [65536, 65536]
     assert _data_read_sizes(set_size=16384) == [16384]
 
 
@@ -336,3 +350,55 @@ def _record():
 
 if __name__ == '__main__':
     _record()
+
+
+# -- large message content: the terminator search and CRLF to LF ------------
+
+def _stdlib_content(content):
+    """What the stdlib hands process_message for message ``content`` (the
+    bytes between the DATA reply and the final dot line, without the CRLF
+    before that dot): lines split at CRLF, one leading dot taken off each,
+    joined with newlines."""
+    return b'\n'.join(line[1:] if line[:1] == b'.' else line
+                      for line in content.split(b'\r\n'))
+
+
+# Lines of a message: long ones without dots (the one-byte scan skips them),
+# dot-stuffed ones, sentences, bare CR and LF, CR before CRLF.
+LINE_KINDS = [b'X' * 76, b'..stuffed', b'.x', b'Two sentences. Here.', b'a\rb',
+              b'cr at end\r', b'\r', b'', b'lf\nalone', b'x' * 3000 + b'.']
+
+
+@pytest.mark.parametrize('seed', range(12))
+def test_large_content_in_any_pieces(seed):
+    import random
+    rnd = random.Random(seed)
+    lines = [rnd.choice(LINE_KINDS) for _ in range(rnd.randrange(200, 1500))]
+    if seed % 3 == 0:
+        lines = [b'X' * 76] * 600       # no dot, no bare CR
+    content = b'\r\n'.join(lines)
+    wire = content + b'\r\n.\r\n'
+    with session(smtpd_compat) as s:
+        s.send(b'HELO a', MAIL, RCPT, b'DATA')
+        s.received()
+        while wire:
+            # Pieces of any size up to what the channel reads at once: a
+            # CR, CRLF or the final dot line may be split anywhere.
+            size = min(rnd.choice([1, 2, 3, 5, 4096, 9000, 30000, 70000]),
+                       s.channel._read_size)
+            s.peer.sendall(wire[:size])
+            wire = wire[size:]
+            s.channel.handle_read()
+        assert s.received() == b'250 OK\r\n'
+        assert s.server.process_message.call_args.args[3] == _stdlib_content(content)
+
+
+def test_a_piece_ending_in_cr_keeps_it():
+    # The reader never ends a piece with a CR (it may start a CRLF), but a
+    # piece handed to collect_incoming_data otherwise keeps a final CR, as
+    # replacing CRLF would.
+    with session(smtpd_compat) as s:
+        s.send(b'HELO a', MAIL, RCPT, b'DATA')
+        s.channel.received_lines = [b'']
+        piece = b'x' * 9000 + b'\r\n' + b'y' * 10 + b'\r'
+        assert s.channel._unstuff_piece(piece) == piece.replace(b'\r\n', b'\n')

@@ -368,6 +368,36 @@ def test_timer_closes_channel_and_fd_is_reused(served):
     assert old_fd is not None
 
 
+def test_channel_that_closed_itself_is_dropped_without_unregistering(
+        served, selector_class, monkeypatch):
+    """A channel that closed its own socket in a handler: the kernel has
+    dropped its epoll registration, so the loop only forgets it (no
+    system call that would fail); other selectors unregister it.  The
+    next connection is served either way."""
+    server, map = served
+    port = server.socket.getsockname()[1]
+    calls = []
+    for name in ('unregister', 'closed'):
+        real = getattr(selector_class, name)
+        monkeypatch.setattr(selector_class, name,
+                            lambda self, fd, real=real, name=name:
+                            (calls.append(name), real(self, fd))[1])
+
+    def client():
+        with smtplib.SMTP('127.0.0.1', port, timeout=5) as c:
+            return c.noop()
+    for _ in range(2):
+        t, result = in_thread(client)
+        drive(map, lambda: not t.is_alive() and len(map) == 1)
+        assert result.get('value') == (250, b'OK')
+    assert calls == ['closed', 'closed']
+    selector = loopmod.services(map)._selector
+    if selector_class is getattr(loopmod, '_EpollSelector', None):
+        assert selector._registered == 1       # the listening socket
+    else:
+        assert len(selector._selector.get_map()) == 1
+
+
 def test_dispatcher_added_by_timer_is_served(served):
     """A second server created inside a timer callback gets registered."""
     server, map = served
