@@ -8,6 +8,7 @@ which also does what smtp-source cannot: STARTTLS and AUTH PLAIN (W6).
 """
 import base64
 import os
+import random
 import re
 import selectors
 import shutil
@@ -278,6 +279,11 @@ def _drain(sel, timeout):
 # closes them and exits: nothing outlives a run.
 
 HOLDER_SOURCE = '127.0.0.%d'
+# The last octet of the next holder's address (2-251).  Each run moves on
+# (from a random start, so that the next run of the script does too): the
+# ports a run used stay in TIME_WAIT for a minute after it closes them,
+# and a run from the same address would find none free.
+_next_source = [random.randrange(250)]
 
 
 class IdleHolders:
@@ -296,13 +302,14 @@ class IdleHolders:
         if len(shares) > 250:
             raise ValueError('%d holders: more than 127.0.0.2-251 can give'
                              % len(shares))
+        first, _next_source[0] = _next_source[0], _next_source[0] + len(shares)
         self.procs = []
         self.counts = []
         try:
             for i, share in enumerate(shares):
                 self.procs.append(subprocess.Popen(
                     [python or sys.executable, os.path.abspath(__file__), 'hold',
-                     str(port), str(share), HOLDER_SOURCE % (2 + i),
+                     str(port), str(share), HOLDER_SOURCE % (2 + (first + i) % 250),
                      str(time_limit), str(hold_limit), str(patience)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL))
