@@ -373,12 +373,13 @@ def run_idle(server, proc, port, args):
         samples = [loadgen.transaction_ms(port) for _ in range(args.idle_probes)] \
             if alive else [None]
         rss, workers = tree_rss(proc.pid)
+        pss = tree_pss(proc.pid, workers)
         alive = proc.poll() is None
     ok = alive and None not in samples and held.greeted >= args.idle
     good = [x for x in samples if x is not None]
     return {'value': statistics.median(good) if good else float('nan'),
             'probe_max': max(good) if good else None,
-            'rss': rss, 'ok': ok, 'held': held.greeted,
+            'rss': rss, 'pss': pss, 'ok': ok, 'held': held.greeted,
             'holders': held.counts, 'workers': workers}
 
 
@@ -405,6 +406,20 @@ def tree_rss(pid):
     if total is not None:
         total += sum(r for _, r, _ in children if r is not None)
     return total, children
+
+
+def tree_pss(pid, children):
+    """MiB of proportional set size (Pss: pages shared after fork() counted
+    once in all) of ``pid`` and ``children`` (tree_rss's), or None."""
+    total = 0.0
+    for p in [pid] + [c[0] for c in children]:
+        try:
+            with open('/proc/%d/smaps_rollup' % p) as f:
+                total += next(int(line.split()[1]) for line in f
+                              if line.startswith('Pss:')) / 1024
+        except (OSError, StopIteration, ValueError):
+            return None
+    return total
 
 
 def idle_server(srv, args):
