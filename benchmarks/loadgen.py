@@ -7,6 +7,8 @@ installed (threads speaking SMTP over raw sockets, one session each),
 which also does what smtp-source cannot: STARTTLS and AUTH PLAIN (W6).
 """
 import base64
+import os
+import random
 import re
 import selectors
 import shutil
@@ -15,6 +17,7 @@ import socket
 import ssl
 import statistics
 import subprocess
+import sys
 import threading
 import time
 
@@ -212,13 +215,17 @@ def transaction_ms(port, timeout=5.0):
     return (time.perf_counter() - start) * 1000
 
 
-def hold_idle(port, count, time_limit=30.0, alive=lambda: True, batch=100):
+def hold_idle(port, count, time_limit=30.0, alive=lambda: True, batch=100,
+              source=None, patience=3.0):
     """Open ``count`` connections and keep them idle; returns (list of
     sockets, number that got a 220 greeting).  The caller closes them.
 
     Connections are opened ``batch`` at a time, each batch waiting for its
-    greetings (up to 3 s), so that a server's listen backlog measures its
-    connection capacity, not how fast SYN retries back off."""
+    greetings (up to ``patience`` seconds), so that a server's listen
+    backlog measures its connection capacity, not how fast SYN retries
+    back off.  ``source``: the local address to connect from (127.0.0.2,
+    ...): one address reaches one server port from at most as many
+    connections as there are ephemeral ports (32768-60999 by default)."""
     sel = selectors.DefaultSelector()
     socks = []
     greeted = 0
@@ -227,15 +234,19 @@ def hold_idle(port, count, time_limit=30.0, alive=lambda: True, batch=100):
         while len(socks) < count and time.monotonic() < deadline and alive():
             for _ in range(min(batch, count - len(socks))):
                 s = socket.socket()
+                socks.append(s)
+                if source is not None:
+                    s.bind((source, 0))
                 s.setblocking(False)
                 s.connect_ex(('127.0.0.1', port))
-                socks.append(s)
                 sel.register(s, selectors.EVENT_READ)
-            batch_end = min(deadline, time.monotonic() + 3.0)
+            batch_end = min(deadline, time.monotonic() + patience)
             while greeted < len(socks) and time.monotonic() < batch_end:
                 greeted += _drain(sel, 0.2)
             if greeted < len(socks):
                 break     # the server stopped greeting: that is its limit
+    except OSError:
+        pass          # out of descriptors or ports here: what is open is held
     finally:
         sel.close()
     return socks, greeted
@@ -252,3 +263,129 @@ def _drain(sel, timeout):
         if data.startswith(b'220'):
             n += 1
     return n
+
+
+# -- idle connections held by other processes (W5) ---------------------------
+#
+# One process holds no more connections than its descriptor limit
+# (RLIMIT_NOFILE: 1,024 soft and a few thousand to 20,000 hard on many
+# systems) and one source address reaches one server port from no more
+# connections than there are ephemeral ports (~28,000).  So W5's
+# connections are held by holder processes, each with its own source
+# address on the loopback network (127.0.0.2, 127.0.0.3, ...: all of
+# 127.0.0.0/8 is local on Linux) and at most ``per_holder`` connections.
+# A holder opens its share, prints how many were greeted, and keeps them
+# until its standard input closes or ``hold_limit`` seconds pass, then
+# closes them and exits: nothing outlives a run.
+
+HOLDER_SOURCE = '127.0.0.%d'
+# The last octet of the next holder's address (2-251).  Each run moves on
+# (from a random start, so that the next run of the script does too): the
+# ports a run used stay in TIME_WAIT for a minute after it closes them,
+# and a run from the same address would find none free.
+_next_source = [random.randrange(250)]
+
+
+class IdleHolders:
+    """``count`` idle connections to 127.0.0.1:``port`` held by holder
+    processes of at most ``per_holder`` connections each, each from its own
+    source address, opened in parallel.  ``greeted`` is how many got a 220
+    greeting (the server holds them), ``counts`` the same per holder.
+    Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, port, count, per_holder=10000, time_limit=60.0,
+                 hold_limit=600.0, python=None, patience=5.0):
+        per_holder = max(1, per_holder)
+        shares = [per_holder] * (count // per_holder)
+        if count % per_holder:
+            shares.append(count % per_holder)
+        if len(shares) > 250:
+            raise ValueError('%d holders: more than 127.0.0.2-251 can give'
+                             % len(shares))
+        first, _next_source[0] = _next_source[0], _next_source[0] + len(shares)
+        self.procs = []
+        self.counts = []
+        try:
+            for i, share in enumerate(shares):
+                self.procs.append(subprocess.Popen(
+                    [python or sys.executable, os.path.abspath(__file__), 'hold',
+                     str(port), str(share), HOLDER_SOURCE % (2 + (first + i) % 250),
+                     str(time_limit), str(hold_limit), str(patience)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL))
+            deadline = time.monotonic() + time_limit + patience + 10
+            for proc in self.procs:
+                self.counts.append(_read_count(proc, deadline))
+        except BaseException:
+            self.close()
+            raise
+        self.greeted = sum(self.counts)
+
+    def close(self):
+        """Have every holder close its connections and wait for it (by its
+        pid only: killed if it has not gone after 30 s)."""
+        for proc in self.procs:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        self.procs = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _read_count(proc, deadline):
+    """The number a holder prints once its share is open (0 if it says
+    nothing before ``deadline``)."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if sel.select(max(0.0, deadline - time.monotonic())):
+            line = proc.stdout.readline()
+            if line.strip().isdigit():
+                return int(line)
+    finally:
+        sel.close()
+    return 0
+
+
+def _holder(port, count, source, time_limit, hold_limit, patience):
+    """A holder process (``loadgen.py hold PORT COUNT SOURCE TIME_LIMIT
+    HOLD_LIMIT PATIENCE``): its descriptor limit raised to the hard one."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+    socks, greeted = hold_idle(port, count, time_limit=time_limit,
+                               source=source, patience=patience)
+    try:
+        sys.stdout.write('%d\n' % greeted)
+        sys.stdout.flush()
+        # Until the parent closes our stdin (or dies), bounded.
+        sel = selectors.DefaultSelector()
+        sel.register(sys.stdin, selectors.EVENT_READ)
+        sel.select(hold_limit)
+        sel.close()
+    finally:
+        for s in socks:
+            s.close()
+
+
+if __name__ == '__main__' and sys.argv[1:2] == ['hold']:
+    _a = sys.argv[2:]
+    _holder(int(_a[0]), int(_a[1]), _a[2], float(_a[3]), float(_a[4]),
+            float(_a[5]))

@@ -360,18 +360,82 @@ def run_one(workload, server, proc, port, args):
 
 
 def run_idle(server, proc, port, args):
-    alive = lambda: proc.poll() is None   # noqa: E731
-    socks, greeted = loadgen.hold_idle(port, args.idle, time_limit=max(20, args.time_limit * 3),
-                                       alive=alive)
-    try:
-        samples = [loadgen.transaction_ms(port) for _ in range(5)] if alive() else [None]
-        ok = alive() and None not in samples and greeted >= args.idle
-        rss = proc_status(proc.pid, 'VmRSS')
-        value = statistics.median(samples) if None not in samples else float('nan')
-    finally:
-        for sk in socks:
-            sk.close()
-    return {'value': value, 'rss': rss, 'ok': ok, 'held': greeted}
+    """W5: ``args.idle`` connections held by holder processes (at most
+    ``args.idle_per_holder`` each, one source address each), then
+    ``args.idle_probes`` fresh transactions, one after another; the value
+    is their median, and the RSS that of the server's processes (a
+    --workers server's parent and workers together) while holding."""
+    time_limit = max(20, args.time_limit * 3) + args.idle / 1000
+    with loadgen.IdleHolders(port, args.idle, per_holder=args.idle_per_holder,
+                             time_limit=time_limit, hold_limit=time_limit + 120,
+                             python=sys.executable) as held:
+        alive = proc.poll() is None
+        samples = [loadgen.transaction_ms(port) for _ in range(args.idle_probes)] \
+            if alive else [None]
+        rss, workers = tree_rss(proc.pid)
+        pss = tree_pss(proc.pid, workers)
+        alive = proc.poll() is None
+    ok = alive and None not in samples and held.greeted >= args.idle
+    good = [x for x in samples if x is not None]
+    return {'value': statistics.median(good) if good else float('nan'),
+            'probe_max': max(good) if good else None,
+            'rss': rss, 'pss': pss, 'ok': ok, 'held': held.greeted,
+            'holders': held.counts, 'workers': workers}
+
+
+def tree_rss(pid):
+    """(MiB of VmRSS of ``pid`` and its child processes, [(child pid,
+    its VmRSS, its open descriptors)...]): a --workers server's parent and
+    workers together."""
+    children = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            try:
+                fds = len(os.listdir('/proc/%s/fd' % entry))
+            except OSError:
+                fds = None
+            children.append((int(entry), proc_status(int(entry), 'VmRSS'), fds))
+    total = proc_status(pid, 'VmRSS')
+    if total is not None:
+        total += sum(r for _, r, _ in children if r is not None)
+    return total, children
+
+
+def tree_pss(pid, children):
+    """MiB of proportional set size (Pss: pages shared after fork() counted
+    once in all) of ``pid`` and ``children`` (tree_rss's), or None."""
+    total = 0.0
+    for p in [pid] + [c[0] for c in children]:
+        try:
+            with open('/proc/%d/smaps_rollup' % p) as f:
+                total += next(int(line.split()[1]) for line in f
+                              if line.startswith('Pss:')) / 1024
+        except (OSError, StopIteration, ValueError):
+            return None
+    return total
+
+
+def idle_server(srv, args):
+    """W5's ``ours`` with --idle-workers N: the command line (python -m
+    smtpd_compat --workers N, the discarding class of peers/cli_sink.py),
+    with no connection limits but the descriptor limit (--workers is
+    production mode: 1,000 connections and 50 per address by default)."""
+    argv = [args.python, '-m', 'smtpd_compat', '-n', '-c', 'cli_sink.Sink',
+            '--workers', str(args.idle_workers),
+            '--max-connections', '0', '--max-connections-per-ip', '0',
+            '--log-level', 'WARNING']
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [os.path.join(HERE, 'peers')] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+    return Server(srv.name, argv, '--workers %d' % args.idle_workers, cli=True,
+                  popen={'cwd': getattr(srv, 'tree', ROOT), 'env': env})
 
 
 def fmt(x, digits=None):
@@ -403,6 +467,8 @@ def summarise(results, servers, workloads):
             }
             if w == 'W5':
                 row['held'] = min(r['held'] for r in runs)
+                maxes = [r['probe_max'] for r in runs if r.get('probe_max') is not None]
+                row['probe_max'] = max(maxes) if maxes else None
             table[w][srv.name] = row
     return table
 
@@ -454,7 +520,8 @@ def markdown(table, servers, workloads, meta):
                 cells.append('—')
             elif w == 'W5':
                 if row['ok']:
-                    cells.append('%s held, %s ms' % (fmt(row['held'], 0), fmt(row['value'])))
+                    cells.append('%s held, %s ms (max %s)' % (
+                        fmt(row['held'], 0), fmt(row['value']), fmt(row.get('probe_max'))))
                 else:
                     cells.append('**failed** (%s greeted)' % fmt(row['held'], 0))
             else:
@@ -471,7 +538,9 @@ def markdown(table, servers, workloads, meta):
         lines.append('| %s: %s | %s | %s | %s | %s |' % (
             w, title, unit, ' | '.join(cells), ' | '.join(rs), rss))
     lines += ['', 'Ratios are "times better" (for ms: the other\'s time / ours). '
-              'W5 RSS is the server\'s RSS while holding the idle connections; '
+              'W5 RSS is the server\'s RSS while holding the idle connections '
+              '(with --idle-workers: its parent\'s and workers\' together), '
+              'W5 "max" the slowest fresh transaction; '
               'other RSS figures are the peak (VmHWM) of the server process.', '']
     # A row for every workload measured (0 means less than one clock
     # tick of CPU time: a run too short to say).
@@ -535,6 +604,17 @@ def main(argv=None):
     p.add_argument('--time-limit', type=float, default=6.0,
                    help='seconds allowed per workload run')
     p.add_argument('--idle', type=int, default=10000, help='W5 connections')
+    p.add_argument('--idle-per-holder', type=int, default=10000,
+                   help='W5: connections per holder process, each from its own '
+                        'source address 127.0.0.2, 127.0.0.3, ... (default 10000; '
+                        'keep it under the descriptor limit and the ~28,000 '
+                        'ephemeral ports)')
+    p.add_argument('--idle-probes', type=int, default=20,
+                   help='W5: fresh transactions made while the connections are '
+                        'held (default 20; the median and the slowest are shown)')
+    p.add_argument('--idle-workers', type=int, default=0, metavar='N',
+                   help='W5: run ours as python -m smtpd_compat --workers N '
+                        '(N processes, each under the descriptor limit)')
     p.add_argument('--workloads',
                    default=','.join(w for w in WORKLOADS if w not in OPT_IN_WORKLOADS))
     p.add_argument('--servers', default='ours,stdlib,aiosmtpd,smtp-sink')
@@ -556,8 +636,8 @@ def main(argv=None):
                         'directory) as "ours@REV", interleaved with the rest')
     args = p.parse_args(argv)
 
-    # Each idle connection is one fd here and one in the server (children
-    # inherit the raised limit).
+    # Each idle connection is one fd in a holder process and one in the
+    # server (children inherit the raised limit).
     raise_fd_limit()
     workloads = [w for w in args.workloads.split(',') if w]
     for w in workloads:
@@ -584,6 +664,8 @@ def main(argv=None):
                     if w == 'W5' and peer.name == 'smtp-sink':
                         continue    # smtp-sink closes idle sessions itself
                     srv = stack_server(peer, args, args.stack) if w == 'W6' else peer
+                    if w == 'W5' and args.idle_workers and peer.name == 'ours':
+                        srv = idle_server(peer, args)
                     if srv is None:
                         continue    # no TLS: the table says n/a
                     extra = ()
