@@ -449,6 +449,10 @@ class SMTPChannel(asynchat.async_chat):
                 raise
             return
         if _TCP_NODELAY is not None and type(conn) is _SOCKET:
+            if self.peer == addr:
+                # Idle memory: one address tuple per connection, not two
+                # equal ones (~150 bytes).
+                self.peer = addr
             # Replies are written once per command and the client waits for
             # them: Nagle's algorithm only adds latency (a multi-line EHLO
             # reply otherwise waits for the client's delayed ACK).  Real

@@ -587,6 +587,8 @@ class AuthChannelMixin(OffloadChannelMixin):
     # printed as '***' and still get their ordinary replies.
     _auth_pipelined = 0
     _auth_redact_line = False
+    instance_state = ('_auth_failures', '_auth_state', '_auth_login',
+                      '_auth_pipelined', '_auth_redact_line')
 
     def _auth_offered(self) -> bool:
         return (self.tls_active

@@ -209,6 +209,8 @@ class ExtensionsChannelMixin(MessageChannelMixin):
     _bdat_refusal: Optional[str]
     _bdat_last: bool
     _bdat_started: bool
+    instance_state = ('_verb', '_chunks', '_chunk_received', '_bdat_size',
+                      '_bdat_refusal', '_bdat_last', '_bdat_started')
 
     def _enabled(self, name: str) -> bool:
         return name in getattr(self.smtp_server, 'esmtp_extensions', ())

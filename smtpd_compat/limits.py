@@ -118,6 +118,21 @@ _JUNK_VERBS = frozenset(('NOOP', 'RSET', 'VRFY', 'EXPN', 'HELP', 'ETRN'))
 _NUMBERS = ('idle_timeout', 'data_timeout', 'min_data_rate')
 
 
+_line_length_factories: Dict[int, Callable[[], int]] = {}
+
+
+def _line_length(length: int) -> Callable[[], int]:
+    """The default_factory of a channel's command_size_limits under
+    max_line_length ``length``: one function per length, not one per
+    connection (~200 bytes each, issue 20)."""
+    factory = _line_length_factories.get(length)
+    if factory is None:
+        if len(_line_length_factories) >= 32:
+            _line_length_factories.clear()
+        factory = _line_length_factories[length] = lambda: length
+    return factory
+
+
 class LimitsChannelMixin(_ChannelBase):
     """Channel mixin enforcing the limits its server was built with (read
     from ``self.smtp_server``, see :class:`LimitsServerMixin`).  The
@@ -135,6 +150,10 @@ class LimitsChannelMixin(_ChannelBase):
     # and the message refused).
     _budget_held = 0
     _budget_over = False
+    # (With _limits_errors, _limits_junk and _limits_in_process, which
+    # __init__ sets: no class defaults, see SMTPChannel.__init__.)
+    instance_state = ('_limits_ip', '_budget_held', '_budget_over',
+                      '_limits_errors', '_limits_junk', '_limits_in_process')
 
     def __init__(self, server: LimitsServerMixin, conn: socket.socket,
                  addr: Any, *args: Any, **kwargs: Any) -> None:
@@ -150,7 +169,7 @@ class LimitsChannelMixin(_ChannelBase):
         if length is not None:
             self.command_size_limit = length
             self.command_size_limits = collections.defaultdict(
-                lambda: length)
+                _line_length(length))
         if self.deadline is None and not self.closing:
             # Unless an outer phase (a PROXY header, a TLS handshake) has
             # armed its own deadline already.

@@ -55,6 +55,7 @@ class SessionLogChannelMixin(_ChannelBase):
     # (size, recipients, sender) of the message whose reply is due.
     _log_reply_pending: Optional[Tuple[int, int, Optional[str]]] = None
     _log_messages = 0
+    instance_state = ('_log_opened', '_log_reply_pending', '_log_messages')
 
     def _greet(self) -> None:
         # Logged here rather than in __init__ so that a PROXY header (read

@@ -9,7 +9,7 @@ complete envelope.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Tuple
 
 from smtpd_compat.session import LAYERS
 
@@ -48,6 +48,7 @@ class MessageChannelMixin(_ChannelBase):
     # address for the hooks; the argument is kept so that they can recover
     # both (ORCPT and ENVID values are case-sensitive xtext).
     _command_arg: Optional[str] = None
+    instance_state: ClassVar[Tuple[str, ...]] = ('_command_arg', '_recipient_options')
 
     def smtp_MAIL(self, arg: str) -> None:
         self._command_arg = arg

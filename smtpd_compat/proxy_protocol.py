@@ -332,6 +332,7 @@ class ProxyProtocolChannelMixin(_ChannelBase):
     #: The TCP peer (the balancer); ``peer`` becomes the header's source.
     proxy_peer: Any
     _proxy_buffer = b''
+    instance_state = ('proxy_header', '_proxy_buffer')
 
     def _greet(self) -> None:
         if self.proxy_header is None:

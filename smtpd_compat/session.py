@@ -51,7 +51,8 @@ close without a reply, since no SMTP reply could be read there.  Timers
 fire only under :func:`smtpd_compat.loop.loop`.
 """
 import logging
-from typing import TYPE_CHECKING, Any, Deque, List, Optional, Union, cast
+from typing import (TYPE_CHECKING, Any, ClassVar, Deque, List, Optional, Tuple,
+                    Union, cast)
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
@@ -181,6 +182,12 @@ class SessionStateMixin(_ChannelBase):
     _deadline: Optional[float] = None
     _deadline_timer: Optional[_loop.TimerHandle] = None
     _loop_services: Optional[_loop.LoopServices] = None
+    # Per-connection state with the class defaults above (and _batching
+    # below): slots in composed classes (smtpd_compat.compose.derive).
+    instance_state: ClassVar[Tuple[str, ...]] = (
+        'auth_user', 'proxy_peer', 'closing', 'close_reason', 'waiting',
+        'deadline_phase', '_deadline', '_deadline_timer', '_loop_services',
+        '_batching')
     # asyncore's, for the type checker (no class attributes).
     _map: _loop.SocketMap
     _fileno: Optional[int]

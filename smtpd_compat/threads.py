@@ -63,7 +63,7 @@ import socket
 import sys
 import threading
 import weakref
-from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable,
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Deque, Dict, Hashable,
                     Optional, Sequence, Tuple, Type, Union)
 
 import smtpd_compat as _smtpd
@@ -553,6 +553,9 @@ class OffloadChannelMixin(_ChannelBase):
     # The client's key for fair queueing, and the peer it was made from.
     _offload_key: Optional[str] = None
     _offload_key_peer: Any = None
+    instance_state: ClassVar[Tuple[str, ...]] = (
+        '_offload_outcome', '_offload_work', '_offload_key',
+        '_offload_key_peer')
 
     def offload(self, fn: Callable[..., object], args: Sequence[Any],
                 then: _Then, dropped: Optional[_Then] = None, *,

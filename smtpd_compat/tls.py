@@ -87,6 +87,7 @@ class TLSChannelMixin(_ChannelBase):
     # None (plaintext), 'flush', 'handshake' or 'active': see above.
     _tls_phase: Optional[str] = None
     _tls_want_write = False
+    instance_state = ('_tls_phase', '_tls_want_write')
     # async_chat's queue of output (typeshed's asynchat stub, used up to
     # Python 3.11, does not declare it).
     producer_fifo: Deque[Any]

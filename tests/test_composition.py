@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import threading
 
 import pytest
@@ -701,3 +702,74 @@ def test_graceful_shutdown_hangs_up_on_a_compat_channel_without_patching_it():
         thread.join(15)
     assert not thread.is_alive()
     assert map == {}
+
+
+# -- idle memory: the layers' state in slots (CPython 3.11 and 3.12) -------
+
+SLOTTED = (3, 11) <= sys.version_info < (3, 13)
+
+
+def _channel_of(served):
+    return served.call(lambda: next(
+        obj for obj in list(served.map.values())
+        if isinstance(obj, smtpd_compat.SMTPChannel)))
+
+
+@pytest.mark.skipif(not SLOTTED, reason='slots on 3.11 and 3.12 only')
+def test_composed_channel_dict_within_the_shared_keys_limit(live_server):
+    # CPython shares the attribute-name table of instances with at most 29
+    # names in __dict__; the stdlib's own attributes take 29 after MAIL,
+    # so the layers' per-connection state lives in slots of the composed
+    # class, each starting at its class default.
+    Server = compose_server(RecordingServer, [
+        SessionLogServerMixin, LimitsServerMixin, ExtensionsMixin,
+        ProxyProtocolServerMixin])
+    served = live_server(Server, loop='smtpd_compat', proxy_trusted=['127.0.0.1'])
+    sock = socket.create_connection(served.address, timeout=10)
+    try:
+        sock.sendall(b'PROXY TCP4 192.0.2.7 192.0.2.1 40000 25\r\n')
+        assert recv_reply(sock).startswith(b'220 ')
+        for line in (b'EHLO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>'):
+            sock.sendall(line + b'\r\n')
+            assert recv_reply(sock).startswith(b'250')
+        channel = _channel_of(served)
+        names = served.call(lambda: sorted(vars(channel)))
+        assert len(names) <= 29, (len(names), names)
+        for name in ('_deadline_timer', '_log_opened', '_limits_errors',
+                     '_verb', '_proxy_buffer', 'proxy_header'):
+            assert name not in names
+        assert channel._verb == 'RCPT'
+        assert channel.proxy_header.source == ('192.0.2.7', 40000)
+        assert channel.auth_user is None and channel.waiting is False
+        # Users still set attributes of their own.
+        channel.my_note = 'kept'
+        assert vars(channel)['my_note'] == 'kept'
+    finally:
+        sock.close()
+
+
+def test_a_user_class_attribute_of_a_layer_state_name_is_kept(live_server):
+    # A name the user's channel class defines is not put in a slot: it
+    # is looked up along the MRO exactly as without slots.
+    class Channel(smtpd_compat.SMTPChannel):
+        _limits_ip = 'from the class'
+        my_state = 1
+
+    class Server(SessionLogServerMixin, LimitsServerMixin, RecordingServer):
+        channel_class = Channel
+
+    served = live_server(Server, loop='smtpd_compat')
+    sock = socket.create_connection(served.address, timeout=10)
+    try:
+        assert recv_reply(sock).startswith(b'220 ')
+        channel = _channel_of(served)
+        cls = type(channel)
+        if SLOTTED:
+            assert '_budget_held' in cls.__slots__
+            assert '_limits_ip' not in cls.__slots__
+        assert channel._budget_held == 0
+        # Counted in _limits_per_ip under this key: set by the layer.
+        assert channel._limits_ip == '127.0.0.1'
+        assert 'my_state' not in vars(channel) and channel.my_state == 1
+    finally:
+        sock.close()

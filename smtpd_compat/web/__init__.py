@@ -161,6 +161,7 @@ class WebInboxChannelMixin(_ChannelBase):
     # The message being answered, while process_message's reply is due:
     # (data, accepted), set by message_processed.
     _inbox_pending: Optional[Tuple[Union[bytes, str], bool]] = None
+    instance_state = ('_inbox_held', '_inbox_pending')
 
     def message_processed(self, peer: Any, mailfrom: Optional[str],
                           rcpttos: List[str], data: Union[bytes, str],
