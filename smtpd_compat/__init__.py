@@ -324,6 +324,18 @@ class SMTPChannel(asynchat.async_chat):
     # (async_chat gives them one): users and subclasses set attributes as
     # before, and a subclass may define class attributes of these names
     # (they then live in __dict__).
+    # Speed (W2s, a connection per message): that table only takes names
+    # while CPython lets it grow, and every new instance shrinks the room
+    # left (down to one name), so once a few channels exist a name first
+    # set after __init__ no longer fits: the channel setting it gets a
+    # dict of its own, and then every attribute access in the per-event
+    # code, shared by channels with and without one, falls back to the
+    # unspecialised lookup (~12% of a connection's instructions).  So a
+    # channel's __dict__ gets all its names in __init__: mail_options and
+    # rcpt_options, first set by MAIL and RCPT (reading them before raises
+    # AttributeError as in the stdlib), are slots, and asyncore's
+    # ``connecting``, first set by close(), is copied from the class in
+    # __init__ (tests/test_fast_paths.py checks that no name comes later).
     # Only on 3.11 and 3.12: before 3.11 a dict shares its keys without
     # that limit (there slots only add their own size), and on 3.13 an
     # instance of a class with slots loses the inline attribute values
@@ -335,7 +347,8 @@ class SMTPChannel(asynchat.async_chat):
                      '_in_dispatch', '_utf8_pending', '_reading_paused',
                      '_read_size', '_plain_mro', '_bad_utf8', '_decoder',
                      '_emptystring', '_linesep', '_dotsep', '_newline',
-                     '_decode_data', '_map', '_fileno')
+                     '_decode_data', '_map', '_fileno',
+                     'mail_options', 'rcpt_options')
 
     command_size_limit = 512
     # Kept as a class attribute for code that reads it; every channel gets
@@ -403,6 +416,8 @@ class SMTPChannel(asynchat.async_chat):
         # message).  Same values; the buffer sizes are the class's at the
         # time the channel is made.
         self.accepting = False
+        # (See __slots__: close() sets it, so it gets its name in now.)
+        self.connecting = False
         self.ac_in_buffer_size = self.ac_in_buffer_size
         self.ac_out_buffer_size = self.ac_out_buffer_size
         asynchat.async_chat.__init__(self, conn, map=map)

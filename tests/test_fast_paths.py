@@ -327,6 +327,30 @@ def test_channel_dict_within_the_shared_keys_limit():
         assert vars(s.channel)['my_note'] == 'kept'
 
 
+@pytest.mark.skipif(not (3, 11) <= sys.version_info < (3, 13),
+                    reason='slots on 3.11 and 3.12 only (see SMTPChannel.__slots__)')
+def test_channel_dict_gets_every_name_in_init():
+    # Once a few channels exist, CPython's shared table of attribute names
+    # takes at most one more name, so a name first set after __init__ gives
+    # channels dicts of their own (and slow attribute access): a whole
+    # session, QUIT and close included, adds no name to __dict__.
+    with session(smtpd_compat) as s:
+        names = set(vars(s.channel))
+        s.send(b'EHLO a', MAIL, RCPT, b'DATA', b'text\r\n.', b'RSET', b'QUIT')
+        assert s.received().endswith(b'221 Bye\r\n')
+        s.channel.close()
+        assert set(vars(s.channel)) == names
+        # mail_options and rcpt_options (slots) are set by MAIL and RCPT,
+        # and missing before them, as in the stdlib.
+        assert s.channel.mail_options == [] and s.channel.rcpt_options == []
+    with session(smtpd_compat) as s:
+        with pytest.raises(AttributeError, match="no attribute 'mail_options'"):
+            s.channel.mail_options
+        with pytest.raises(AttributeError, match="no attribute 'rcpt_options'"):
+            s.channel.rcpt_options
+        assert s.channel.connecting is False
+
+
 def test_subclass_class_attribute_of_a_slot_name():
     # A subclass defining one of the slot names as a class attribute: the
     # value lives in the instance's __dict__, and everything still works.
