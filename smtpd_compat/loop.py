@@ -17,6 +17,10 @@ of ``select()``:
   insertion order); dispatchers that close themselves in a handler are
   dropped at once; after timer callbacks, or when the sizes disagree, the
   whole map is compared with the loop's record (in C, ~16 ns a connection).
+* an asynchat channel that a handler left with nothing queued but
+  ``close_when_done()``'s marker (SMTP's QUIT) gets the write event that
+  closes it right after that handler, in the same wake-up, rather than
+  after the next wait: its socket has just taken the last reply.
 
 Unlike ``asyncore.loop()``, ``readable()`` and ``writable()`` are not called
 on every pass for every dispatcher.  Code that changes what *another*
@@ -683,8 +687,9 @@ class LoopServices:
         self._known.clear()
         self._events.clear()
 
-    def _refresh(self, fd: int, obj: Any) -> None:
-        """Ask obj what it wants and update its registration."""
+    def _refresh(self, fd: int, obj: Any, handled: bool = False) -> None:
+        """Ask obj what it wants and update its registration.  ``handled``:
+        one of its handlers has just run (see _closes_when_written)."""
         mask = 0
         if obj.readable():
             mask = _READ
@@ -693,6 +698,26 @@ class LoopServices:
             mask |= _WRITE
         old = self._events.get(fd, 0)
         if mask == old:
+            return
+        if handled and mask & ~old & _WRITE and _closes_when_written(obj):
+            # Speed fix (a connection per message): the write event such a
+            # channel waits for only closes it (asynchat sends nothing
+            # more), and its socket has just taken the last reply, so the
+            # loop gives it that event now instead of registering for it
+            # and waiting one more wake-up (two system calls, and a read
+            # that fails once the client has hung up).  The same handler,
+            # called by the loop as after the next wait.
+            try:
+                obj.handle_write_event()
+            except _RERAISED:
+                raise
+            except BaseException:
+                obj.handle_error()
+            if obj is not self.map.get(fd):
+                if obj is self._known.get(fd):
+                    self._forget(fd, obj)    # it closed itself
+                return
+            self._refresh(fd, obj)
             return
         selector = self._get_selector()
         if not mask:
@@ -807,7 +832,7 @@ class LoopServices:
                 except BaseException:
                     obj.handle_error()
             if obj is map.get(fd):
-                self._refresh(fd, obj)
+                self._refresh(fd, obj, handled=True)
             elif obj is known.get(fd):
                 self._forget(fd, obj)    # it closed itself
         ran = self._run_due()
@@ -826,6 +851,14 @@ class LoopServices:
         hold or signal handler."""
         return (not self.map and self._next_delay() is None
                 and self._holds <= 0 and not self._signal_wakeups)
+
+
+def _closes_when_written(obj: Any) -> bool:
+    """True for a connected asynchat channel whose only queued output is
+    close_when_done()'s None: its next write event closes it."""
+    fifo = getattr(obj, 'producer_fifo', None)
+    return (type(fifo) is collections.deque and len(fifo) == 1
+            and fifo[0] is None and obj.connected)
 
 
 # id(map) -> its LoopServices.  The services hold the map itself, so the id

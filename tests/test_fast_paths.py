@@ -8,6 +8,8 @@ exists, with the values recorded from it elsewhere).
 The helpers come from tests/test_patching.py, which holds the idioms of
 the first round.
 """
+import contextlib
+import errno
 import socket
 import sys
 from unittest import mock
@@ -426,3 +428,97 @@ def test_a_piece_ending_in_cr_keeps_it():
         s.channel.received_lines = [b'']
         piece = b'x' * 9000 + b'\r\n' + b'y' * 10 + b'\r'
         assert s.channel._unstuff_piece(piece) == piece.replace(b'\r\n', b'\n')
+
+
+# -- accepting on a real listening socket ------------------------------------
+
+class _Quiet(smtpd_compat.SMTPServer):
+    def process_message(self, *args, **kwargs):
+        return None
+
+
+def _accepting(count, **patches):
+    """A server with ``count`` connections queued; handle_accept() once
+    under ``patches`` (socket.socket attributes replaced by wrappers that
+    record their calls).  Returns (channels made, calls per patched name)."""
+    map = {}
+    server = _Quiet(('127.0.0.1', 0), None, map=map)
+    clients = [socket.create_connection(server.socket.getsockname(), timeout=5)
+               for _ in range(count)]
+    calls = {name: [] for name in patches}
+    try:
+        with contextlib.ExitStack() as stack:
+            for name, real in patches.items():
+                def wrapper(*args, real=real, name=name):
+                    calls[name].append(args[1:])
+                    return real(*args)
+                stack.enter_context(mock.patch.object(socket.socket, name, wrapper))
+            server.handle_accept()
+        return len(map) - 1, calls
+    finally:
+        for client in clients:
+            client.close()
+        smtpd_compat.asyncore.close_all(map=map)
+
+
+def test_accept_fast_path_taken():
+    # socket.accept() is not called (it makes enum members of the family
+    # and type for every connection), and no accept() fails with EAGAIN:
+    # all three queued connections, three calls of the socket's _accept.
+    with _profiled() as seen:
+        made, calls = _accepting(3, _accept=socket.socket._accept)
+    assert made == 3
+    assert calls == {'_accept': [(), (), ()]}
+    assert not _ran(seen, socket.socket.accept)
+    assert not _ran(seen, smtpd_compat.asyncore.dispatcher.accept)
+
+
+def test_patched_socket_accept_is_called():
+    # A patched socket.socket.accept gets every call, as in the stdlib
+    # (through asyncore's accept), and the burst is still accepted.
+    made, calls = _accepting(2, accept=socket.socket.accept)
+    assert made == 2
+    assert len(calls['accept']) == 3     # the last one finds none queued
+
+
+def test_accept_fast_path_gives_the_socket_of_socket_accept():
+    map = {}
+    server = _Quiet(('127.0.0.1', 0), None, map=map)
+    try:
+        with socket.create_connection(server.socket.getsockname(), timeout=5) as client:
+            server.handle_accept()
+            channel, = [obj for obj in map.values() if obj is not server]
+            conn = channel.socket
+            assert type(conn) is socket.socket
+            assert (conn.family, conn.type, conn.proto) == \
+                (socket.AF_INET, socket.SOCK_STREAM, server.socket.proto)
+            assert conn.gettimeout() == 0.0     # asyncore made it non-blocking
+            assert channel.addr == client.getsockname() == channel.peer
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)
+
+
+def test_accept_errors_as_asyncore_takes_them():
+    map = {}
+    server = _Quiet(('127.0.0.1', 0), None, map=map)
+    try:
+        # Nothing queued: EAGAIN, nothing happens.
+        server.handle_accept()
+        assert list(map.values()) == [server]
+        # ECONNABORTED (the client gave up in the queue): nothing happens.
+        aborted = ConnectionAbortedError(errno.ECONNABORTED, 'aborted')
+        with mock.patch.object(socket.socket, '_accept', side_effect=aborted):
+            server.handle_accept()
+        assert list(map.values()) == [server]
+        # Others propagate, as from asyncore's accept.
+        with mock.patch.object(socket.socket, '_accept',
+                               side_effect=OSError(errno.EINVAL, 'invalid')):
+            with pytest.raises(OSError):
+                server.handle_accept()
+        # Out of descriptors: the listening socket pauses (deviation (h)).
+        with mock.patch.object(socket.socket, '_accept',
+                               side_effect=OSError(errno.EMFILE, 'too many')):
+            server.handle_accept()
+        assert server._accept_resume and not server.readable()
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)

@@ -1,4 +1,5 @@
 """Tests for smtpd_compat.loop: the selectors-based loop and its timers."""
+import collections
 import logging
 import signal
 import smtplib
@@ -546,3 +547,78 @@ def test_repeated_loop_calls_do_not_ask_everyone_each_time(monkeypatch):
         for a, b in pairs:
             b.close()
         loopmod._services.pop(id(map), None)
+
+
+def _quit_in_one_wakeup(served, channel_class=None):
+    """Connect, greet, send QUIT and run the loop for one wake-up that
+    reads it.  Returns (the client socket, the channel)."""
+    server, map = served
+    if channel_class is not None:
+        server.channel_class = channel_class
+    client = socket.create_connection(server.socket.getsockname(), timeout=5)
+    drive(map, lambda: len(map) == 2)
+    channel = next(obj for obj in map.values() if obj is not server)
+    assert recv_reply(client).startswith(b'220 ')
+    client.sendall(b'QUIT\r\n')
+    loop(timeout=5, map=map, count=1)
+    return client, channel
+
+
+def test_quit_closes_in_the_wakeup_that_read_it(served):
+    # After QUIT, the channel's only output is close_when_done's marker,
+    # and its write event would only close it: the loop gives it that
+    # event at once instead of waiting for the socket to be reported
+    # writable (asyncore's loop gave it on its next pass).
+    closes = []
+
+    class Channel(smtpd_compat.SMTPChannel):
+        def handle_close(self):
+            closes.append(self.producer_fifo.copy())
+            super().handle_close()
+
+    client, channel = _quit_in_one_wakeup(served, Channel)
+    try:
+        assert channel not in served[1].values()
+        assert closes == [collections.deque()]   # once, from the marker
+        assert recv_reply(client) == b'221 Bye\r\n'
+        assert client.recv(100) == b''
+    finally:
+        client.close()
+
+
+def test_quit_waits_for_a_channel_that_is_never_writable(served):
+    # A channel whose writable() says False never gets a write event from
+    # asyncore, so it stays open after QUIT: so it does here.
+    class Channel(smtpd_compat.SMTPChannel):
+        def writable(self):
+            return False
+
+    client, channel = _quit_in_one_wakeup(served, Channel)
+    try:
+        assert recv_reply(client) == b'221 Bye\r\n'
+        loop(timeout=0.05, map=served[1], count=2)
+        assert channel in served[1].values()
+        assert list(channel.producer_fifo) == [None]
+    finally:
+        client.close()
+
+
+def test_quit_with_a_reply_still_queued_waits_for_the_socket(served):
+    # Output not yet sent (a full socket buffer) is written when the
+    # socket is reported writable, never ahead of that.
+    sent = []
+
+    class Channel(smtpd_compat.SMTPChannel):
+        def send(self, data):
+            if data.startswith(b'221'):
+                sent.append('held')
+                return 0        # as if the buffer were full
+            return super().send(data)
+
+    client, channel = _quit_in_one_wakeup(served, Channel)
+    try:
+        assert channel in served[1].values()
+        assert list(channel.producer_fifo) == [b'221 Bye\r\n', None]
+        assert loopmod.services(served[1])._events[channel._fileno] & loopmod._WRITE
+    finally:
+        client.close()
