@@ -522,3 +522,73 @@ def test_accept_errors_as_asyncore_takes_them():
         assert server._accept_resume and not server.readable()
     finally:
         smtpd_compat.asyncore.close_all(map=map)
+
+
+# -- a channel's construction on a real socket -------------------------------
+
+def _getpeername_calls(seen):
+    return [f for f in seen['builtin'] if getattr(f, '__name__', '') == 'getpeername']
+
+
+def test_channel_init_fast_path_taken():
+    chat = smtpd_compat.asynchat.async_chat
+    dispatcher = smtpd_compat.asyncore.dispatcher
+    with _profiled() as seen:
+        with session(smtpd_compat) as s:
+            assert s.channel.connected and s.channel.addr == ('127.0.0.1', 1)
+            assert s.map == {s.ours.fileno(): s.channel}
+            assert s.ours.gettimeout() == 0.0
+            assert s.channel.peer == s.ours.getpeername()
+    for skipped in (chat.__init__, dispatcher.__init__, dispatcher.set_socket,
+                    dispatcher.add_channel):
+        assert not _ran(seen, skipped), skipped
+    # Asked once in the constructor (and once by the test above).
+    assert len(_getpeername_calls(seen)) == 2
+
+
+class _Recorded(smtpd_compat.SMTPChannel):
+    def add_channel(self, map=None):
+        self.added = True
+        super().add_channel(map)
+
+
+def test_channel_init_overrides_and_patches_still_called():
+    with session(smtpd_compat, _Recorded) as s:
+        assert s.channel.added and s.map == {s.ours.fileno(): s.channel}
+    with _profiled() as seen:
+        with session(smtpd_compat) as s:
+            pass
+    baseline = len(_getpeername_calls(seen))
+    asked = []
+    real = socket.socket.getpeername
+
+    def getpeername(sock):
+        asked.append(sock)
+        return real(sock)
+    with mock.patch.object(socket.socket, 'getpeername', getpeername):
+        with session(smtpd_compat) as s:
+            pass
+    # Twice, as the stdlib asked (asyncore's dispatcher, then SMTPChannel).
+    assert len(asked) == 2 and baseline == 1
+    original = smtpd_compat.asyncore.dispatcher.__init__
+    with mock.patch('asyncore.dispatcher.__init__', autospec=True,
+                    side_effect=original) as init:
+        with session(smtpd_compat) as s:
+            assert s.channel.connected
+    assert init.call_count == 1
+
+
+@pytest.mark.parametrize('channel_class', [None, _Recorded], ids=['fast', 'stdlib'])
+def test_channel_on_an_unconnected_socket(channel_class):
+    # getpeername() fails with ENOTCONN: asyncore takes the socket as not
+    # connected, and SMTPChannel closes it without a greeting; both ways.
+    map = {}
+    sock = socket.socket()
+    try:
+        cls = channel_class or smtpd_compat.SMTPChannel
+        channel = cls(mock.Mock(), sock, ('127.0.0.1', 1), map=map)
+        assert map == {} and not channel.connected
+        assert not hasattr(channel, 'peer') and channel.addr == ('127.0.0.1', 1)
+        assert sock.fileno() == -1      # closed
+    finally:
+        sock.close()
