@@ -241,9 +241,10 @@ def _debugging():
     They are skipped only where nobody can see them: DEBUGSTREAM is a
     Devnull (not a subclass, which may record), nothing on Devnull was ever
     replaced (a patched ``write``), and ``print`` is the builtin (not a
-    mock that counts calls).  found_terminator, smtp_MAIL and smtp_RCPT
-    inline this test: a call per command line and per recipient cost ~1%
-    of a message's time."""
+    mock that counts calls).  found_terminator, smtp_MAIL, smtp_RCPT,
+    SMTPChannel.__init__ and SMTPServer.handle_accepted inline this test: a
+    call per command line and per recipient cost ~1% of a message's
+    time."""
     return (type(DEBUGSTREAM) is not Devnull or print is not _PRINT
             or _devnull_watched)
 
@@ -506,7 +507,8 @@ class SMTPChannel(asynchat.async_chat):
                 conn.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
             except (OSError, AttributeError, TypeError):
                 pass
-        if _debugging():
+        if type(DEBUGSTREAM) is not Devnull or print is not _PRINT or \
+                _devnull_watched:       # _debugging(), inlined
             print('Peer:', repr(self.peer), file=DEBUGSTREAM)
         self._greet()
 
@@ -765,11 +767,18 @@ class SMTPChannel(asynchat.async_chat):
                 size = _DATA_FIRST_READ_SIZE
         elif term is not None and (
                 not isinstance(term, int) or term < _COMMAND_READ_SIZE):
-            size = min(size, _COMMAND_READ_SIZE)
+            # (min() without the call: the same object when equal.)
+            if _COMMAND_READ_SIZE < size:
+                size = _COMMAND_READ_SIZE
         self._read_size = size
         if self._plain_mro and \
                 _ASYNC_CHAT.set_terminator is _CHAT_SET_TERMINATOR:
-            _CHAT_SET_TERMINATOR(self, term)
+            if type(term) is bytes:
+                # Speed fix: all that asynchat's set_terminator does with
+                # bytes (it converts str and refuses negative counts).
+                self.terminator = term
+            else:
+                _CHAT_SET_TERMINATOR(self, term)
         else:
             super().set_terminator(term)    # patched: as the stdlib called it
 
@@ -1604,7 +1613,8 @@ class SMTPServer(asyncore.dispatcher):
         self._accept_resume = 0.0
 
     def handle_accepted(self, conn, addr):
-        if _debugging():
+        if type(DEBUGSTREAM) is not Devnull or print is not _PRINT or \
+                _devnull_watched:       # _debugging(), inlined
             print('Incoming connection from %s' % repr(addr), file=DEBUGSTREAM)
         self.channel_class(self, conn, addr, self.data_size_limit,
                            self._map, self.enable_SMTPUTF8,
