@@ -1337,23 +1337,41 @@ class SMTPChannel(asynchat.async_chat):
         if self.mailfrom:
             self.push('503 Error: nested MAIL command')
             return
+        cls = type(self)
+        if params == '' and cls._getparams is _GETPARAMS and \
+                cls.check_mail_parameters is _CHECK_MAIL_PARAMETERS and \
+                (self._decode_data or '7BIT' in self._accepted_body_types):
+            # Speed fix: no parameters, and the methods that would look at
+            # them are ours: what they make of none, without the calls (as
+            # in smtp_RCPT).
+            self.mail_options = []
+        elif not self._mail_parameters(params, syntaxerr):
+            return
+        self.mailfrom = address
+        if debugging:
+            print('sender:', self.mailfrom, file=DEBUGSTREAM)
+        self.push('250 OK')
+
+    def _mail_parameters(self, params, syntaxerr):
+        """smtp_MAIL's handling of the parameter text ``params``: sets
+        mail_options; False after answering a parameter it refuses."""
         self.mail_options = params.upper().split()
         params = self._getparams(self.mail_options)
         if params is None:
             self.push(syntaxerr)
-            return
+            return False
         if not self._decode_data:
             body = params.pop('BODY', '7BIT')
             if body not in self._accepted_body_types:
                 self.push('501 Error: BODY can only be one of 7BIT, 8BITMIME')
-                return
+                return False
         if self.enable_SMTPUTF8:
             smtputf8 = params.pop('SMTPUTF8', False)
             if smtputf8 is True:
                 self.require_SMTPUTF8 = True
             elif smtputf8 is not False:
                 self.push('501 Error: SMTPUTF8 takes no arguments')
-                return
+                return False
         size = params.pop('SIZE', None)
         if size:
             try:
@@ -1368,21 +1386,18 @@ class SMTPChannel(asynchat.async_chat):
                 raise
             if not digits:
                 self.push(syntaxerr)
-                return
+                return False
             elif too_big:
                 self.push('552 Error: message size exceeds fixed maximum message size')
-                return
+                return False
         refusal = self.check_mail_parameters(params)
         if refusal:
             self.push(refusal)
-            return
+            return False
         if len(params.keys()) > 0:
             self.push('555 MAIL FROM parameters not recognized or not implemented')
-            return
-        self.mailfrom = address
-        if debugging:
-            print('sender:', self.mailfrom, file=DEBUGSTREAM)
-        self.push('250 OK')
+            return False
+        return True
 
     def smtp_RCPT(self, arg):
         if not self.seen_greeting:
@@ -1457,6 +1472,7 @@ class SMTPChannel(asynchat.async_chat):
 _MAX_COMMAND_SIZE_LIMIT = SMTPChannel.__dict__['max_command_size_limit']
 _GETPARAMS = SMTPChannel._getparams
 _CHECK_RCPT_PARAMETERS = SMTPChannel.check_rcpt_parameters
+_CHECK_MAIL_PARAMETERS = SMTPChannel.check_mail_parameters
 
 
 class SMTPServer(asyncore.dispatcher):

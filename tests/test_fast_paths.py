@@ -592,3 +592,48 @@ def test_channel_on_an_unconnected_socket(channel_class):
         assert sock.fileno() == -1      # closed
     finally:
         sock.close()
+
+
+# -- MAIL without parameters --------------------------------------------------
+
+def _mail(channel_class=None):
+    """Profile a MAIL without parameters on an ESMTP session; returns
+    (profile, replies, the channel's mail_options)."""
+    with session(smtpd_compat, channel_class) as s:
+        s.send(b'EHLO a')
+        s.received()
+        with _profiled() as seen:
+            s.send(MAIL)
+        return seen, s.received(), s.channel.mail_options
+
+
+def test_mail_without_parameters_fast_path_taken():
+    seen, replies, options = _mail()
+    assert replies == b'250 OK\r\n' and options == []
+    channel = smtpd_compat.SMTPChannel
+    for skipped in (channel._getparams, channel.check_mail_parameters,
+                    channel._mail_parameters):
+        assert _ran(seen, skipped) == [], skipped
+
+
+def test_mail_without_parameters_overrides_still_called():
+    calls = []
+
+    class Overriding(smtpd_compat.SMTPChannel):
+        def _getparams(self, params):
+            calls.append(('_getparams', params))
+            return super()._getparams(params)
+
+        def check_mail_parameters(self, params):
+            calls.append(('check_mail_parameters', params))
+            return '550 refused by the override'
+
+    _, replies, options = _mail(Overriding)
+    assert replies == b'550 refused by the override\r\n' and options == []
+    assert calls == [('_getparams', []), ('check_mail_parameters', {})]
+
+    class No7Bit(smtpd_compat.SMTPChannel):
+        _accepted_body_types = ('8BITMIME',)
+
+    _, replies, _ = _mail(No7Bit)
+    assert replies == b'501 Error: BODY can only be one of 7BIT, 8BITMIME\r\n'
