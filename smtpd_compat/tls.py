@@ -259,8 +259,11 @@ class TLSChannelMixin(_ChannelBase):
         super().handle_read()
         # Plaintext that OpenSSL already decrypted raises no socket event.
         for _ in range(_MAX_PENDING_READS):
-            if not (self._tls_phase == 'active' and self.connected
-                    and self._tls_socket.pending() and self.readable()):
+            if not (self._tls_phase == 'active' and self.connected):
+                break
+            # (The wrapped socket: the 'active' phase has one.)
+            sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
+            if not (sock.pending() and self.readable()):
                 break
             super().handle_read()
 
@@ -273,15 +276,22 @@ class TLSChannelMixin(_ChannelBase):
     def recv(self, buffer_size: int) -> bytes:
         if self._tls_phase != 'active':
             return super().recv(buffer_size)
+        # The wrapped socket (set by _tls_start), without the property
+        # and cast of _tls_socket: this runs for every read.
+        sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
         try:
-            data = self._tls_socket.recv(buffer_size)
+            # read() is what SSLSocket.recv() calls on a wrapped socket
+            # (one call less per read).
+            data = sock.read(buffer_size)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # Not a whole TLS record yet: the plain-socket equivalent of
             # "nothing to read", which handle_read already ignores.
             raise BlockingIOError
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             data = b''
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            # (ValueError: read() on an SSL socket already closed, where
+            # recv() fell back to the closed plain socket's OSError.)
             logger.info('TLS read from %s failed: %s', format_peer(self.peer),
                         safe(e))
             data = b''
@@ -294,8 +304,9 @@ class TLSChannelMixin(_ChannelBase):
             return 0    # replies wait until the handshake is done
         if self._tls_phase != 'active':
             return super().send(data)
+        sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
         try:
-            return self._tls_socket.send(data)
+            return sock.send(data)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
         except OSError as e:
