@@ -144,6 +144,13 @@ _ESC_250_BY_VERB: Dict[Optional[str], str] = {'MAIL': '2.1.0',
 # HELO and EHLO (nor LHLO, its LMTP twin).
 _PLAIN_VERBS = (None, 'HELO', 'EHLO', 'LHLO')
 
+# enhance_reply's results for the replies seen so far, keyed by (line,
+# verb): at most _ENHANCED_MAX lines of at most _ENHANCED_LINE_MAX
+# characters (ExtensionsChannelMixin.push).
+_ENHANCED: Dict[Tuple[str, Optional[str]], str] = {}
+_ENHANCED_MAX = 256
+_ENHANCED_LINE_MAX = 200
+
 
 def enhance_reply(line: str, verb: Optional[str] = None) -> str:
     """Put an RFC 3463 enhanced status code after the reply code of a 2xx,
@@ -244,8 +251,23 @@ class ExtensionsChannelMixin(MessageChannelMixin):
 
     # SMTPChannel.push takes a reply line (str), async_chat's takes bytes.
     def push(self, msg: str) -> None:  # type: ignore[override]
-        if self._verb not in _PLAIN_VERBS and self._enabled('ENHANCEDSTATUSCODES'):
-            msg = enhance_reply(msg, self._verb)
+        verb = self._verb
+        # (_enabled(), inlined: this runs for every reply.)
+        if verb not in _PLAIN_VERBS and 'ENHANCEDSTATUSCODES' in getattr(
+                self.smtp_server, 'esmtp_extensions', ()):
+            # Speed fix: most replies are the same few lines, so each
+            # (line, verb) is enhanced once and then looked up.
+            key = (msg, verb)
+            enhanced = _ENHANCED.get(key)
+            if enhanced is None:
+                enhanced = enhance_reply(msg, verb)
+                if len(msg) <= _ENHANCED_LINE_MAX:
+                    if len(_ENHANCED) >= _ENHANCED_MAX:
+                        # Replies that echo client text are many and
+                        # seldom repeat: the table is bounded.
+                        _ENHANCED.clear()
+                    _ENHANCED[key] = enhanced
+            msg = enhanced
         super().push(msg)
 
     def _set_post_data_state(self) -> None:
