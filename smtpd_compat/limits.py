@@ -241,13 +241,26 @@ class LimitsChannelMixin(_ChannelBase):
     def found_terminator(self) -> None:
         limit = getattr(self.smtp_server, 'max_junk_commands', None)
         if (limit is not None and self.smtp_state == self.COMMAND
-                and not self.closing and self._is_junk()):
-            self._limits_junk += 1
-            if self._limits_junk > limit:
-                self.received_lines = []
-                self.hang_up('421 4.7.0 %s Error: too many junk commands'
-                             % self.fqdn, 'too many junk commands')
-                return
+                and not self.closing):
+            # Is the command line a junk verb?  (Inline: once per command.)
+            lines = self.received_lines
+            if len(lines) != 1:
+                # (All bytes, or all str on a decode_data=True channel.)
+                line = self._emptystring.join(lines)  # type: ignore[arg-type]
+                self.received_lines = [line]
+            else:
+                line = lines[0]
+            word = line[:6].split(None, 1)
+            verb = word[0] if word else ''
+            if isinstance(verb, bytes):
+                verb = verb.decode('ascii', 'replace')
+            if verb.upper() in _JUNK_VERBS:
+                self._limits_junk += 1
+                if self._limits_junk > limit:
+                    self.received_lines = []
+                    self.hang_up('421 4.7.0 %s Error: too many junk commands'
+                                 % self.fqdn, 'too many junk commands')
+                    return
         super().found_terminator()
         if self.closing or not self.connected or self.waiting:
             return
@@ -259,23 +272,6 @@ class LimitsChannelMixin(_ChannelBase):
                 self._data_deadline()
         else:
             self.set_deadline(self.smtp_server.idle_timeout)
-
-    def _is_junk(self) -> bool:
-        """True when the command line in received_lines is a junk verb."""
-        lines = self.received_lines
-        if len(lines) != 1:
-            # (All bytes, or all str on a decode_data=True channel.)
-            line = self._emptystring.join(lines)  # type: ignore[arg-type]
-            self.received_lines = [line]
-        else:
-            line = lines[0]
-        word = line[:6].split(None, 1)
-        if not word:
-            return False
-        verb = word[0]
-        if isinstance(verb, bytes):
-            verb = verb.decode('ascii', 'replace')
-        return verb.upper() in _JUNK_VERBS
 
     # -- recipients and errors ---------------------------------------------
 
