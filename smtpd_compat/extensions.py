@@ -311,11 +311,14 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             self, params: _smtpd._Params, options: List[str], keyword: str,
             parsers: Iterable[Tuple[str, Callable[[str], object]]]
     ) -> Optional[str]:
-        original = self._command_address(keyword)[1]
+        # The parameters as written, parsed only when one of these is given.
+        original: Optional[Dict[str, List[str]]] = None
         for name, parse in parsers:
             if name not in params:
                 continue
             del params[name]
+            if original is None:
+                original = self._command_address(keyword)[1]
             values = original.get(name, [])
             if len(values) != 1:
                 return '501 Error: duplicate %s parameter' % name
@@ -331,7 +334,8 @@ class ExtensionsChannelMixin(MessageChannelMixin):
         return None
 
     def check_mail_parameters(self, params: _smtpd._Params) -> Optional[str]:
-        if self._enabled('DSN'):
+        # (Without parameters there is nothing to take.)
+        if params and self._enabled('DSN'):
             refusal = self._take_dsn_params(
                 params, self.mail_options, 'FROM:',
                 (('RET', parse_ret), ('ENVID', parse_envid)))
@@ -340,7 +344,8 @@ class ExtensionsChannelMixin(MessageChannelMixin):
         return super().check_mail_parameters(params)
 
     def check_rcpt_parameters(self, params: _smtpd._Params) -> Optional[str]:
-        if self._enabled('DSN'):
+        # (Without parameters there is nothing to take.)
+        if params and self._enabled('DSN'):
             refusal = self._take_dsn_params(
                 params, self.rcpt_options, 'TO:',
                 (('NOTIFY', parse_notify), ('ORCPT', parse_orcpt)))
