@@ -320,8 +320,10 @@ class LimitsChannelMixin(_ChannelBase):
         return finished
 
     def _budget_release(self) -> None:
-        held, self._budget_held = self._budget_held, 0
-        PROCESS_BUDGET.release(held)
+        held = self._budget_held
+        if held:
+            self._budget_held = 0
+            PROCESS_BUDGET.release(held)
 
     def _set_post_data_state(self) -> None:
         # Every end of a transaction (message answered, 552, RSET, EHLO).
