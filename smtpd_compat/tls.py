@@ -143,16 +143,22 @@ class TLSChannelMixin(_ChannelBase):
             return True
         return False
 
+    # (An encrypted session, the usual case, is let through without the
+    # call, while tls_active is this layer's own.)
+
     def smtp_MAIL(self, arg: str) -> None:
-        if not self._tls_refused():
+        if (self._tls_phase == 'active' and type(self).tls_active is _TLS_ACTIVE
+                ) or not self._tls_refused():
             super().smtp_MAIL(arg)
 
     def smtp_RCPT(self, arg: str) -> None:
-        if not self._tls_refused():
+        if (self._tls_phase == 'active' and type(self).tls_active is _TLS_ACTIVE
+                ) or not self._tls_refused():
             super().smtp_RCPT(arg)
 
     def smtp_DATA(self, arg: str) -> None:
-        if not self._tls_refused():
+        if (self._tls_phase == 'active' and type(self).tls_active is _TLS_ACTIVE
+                ) or not self._tls_refused():
             super().smtp_DATA(arg)
 
     # -- switching the socket to TLS ---------------------------------------
@@ -314,6 +320,10 @@ class TLSChannelMixin(_ChannelBase):
                         safe(e))
             self.handle_close()
             return 0
+
+
+# The TLS layer's own tls_active (see smtp_MAIL).
+_TLS_ACTIVE = TLSChannelMixin.__dict__['tls_active']
 
 
 class TLSServerMixin(CapabilityServerMixin):
