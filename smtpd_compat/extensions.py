@@ -245,7 +245,8 @@ class ExtensionsChannelMixin(MessageChannelMixin):
     @property
     def _accepted_body_types(self) -> Tuple[str, ...]:  # type: ignore[override]
         types = super()._accepted_body_types
-        if self._enabled('BINARYMIME'):
+        # (_enabled(), inlined: asked for every MAIL.)
+        if 'BINARYMIME' in getattr(self.smtp_server, 'esmtp_extensions', ()):
             types = tuple(types) + ('BINARYMIME',)
         return types
 

@@ -204,8 +204,10 @@ class LimitsChannelMixin(_ChannelBase):
 
     def collect_incoming_data(self, data: bytes) -> None:
         limit = self.smtp_server.max_message_memory
+        # receiving_message(), asked at most once per piece.
+        receiving: Optional[bool] = None
         if limit is not None and self.smtp_state != self.COMMAND \
-                and self.receiving_message():
+                and (receiving := self.receiving_message()):
             if self._budget_over or not PROCESS_BUDGET.charge(
                     len(data) + PIECE_OVERHEAD, limit):
                 # Past the budget: read on to the end of the message, keep
@@ -223,7 +225,8 @@ class LimitsChannelMixin(_ChannelBase):
                 data = b''
             else:
                 self._budget_held += len(data) + PIECE_OVERHEAD
-        if self.deadline_phase == 'data' and self.receiving_message():
+        if self.deadline_phase == 'data' and (
+                receiving if receiving is not None else self.receiving_message()):
             timeout = self.smtp_server.data_timeout
             deadline = self.deadline    # (set while a phase is)
             if timeout is not None and deadline is not None:
