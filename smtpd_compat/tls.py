@@ -31,7 +31,7 @@ from typing import (TYPE_CHECKING, Any, Deque, List, Optional, Tuple, Type,
 import smtpd_compat as _smtpd
 from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.logging_ import format_peer, safe
-from smtpd_compat.session import LAYERS
+from smtpd_compat.session import LAYERS, SessionStateMixin
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -164,6 +164,37 @@ class TLSChannelMixin(_ChannelBase):
     # -- switching the socket to TLS ---------------------------------------
 
     def initiate_send(self) -> None:
+        if self._tls_phase == 'active':
+            # Speed fix: on an encrypted session, what the layers inside
+            # this one, the core and asynchat do here, while each of their
+            # initiate_send methods is the original (see _send_span) and
+            # none is patched: the session layer's wait while a read is
+            # processed, and asynchat's send of the one reply queued, with
+            # the same call to self.send() and the same handling of its
+            # result.  Anything else (several replies to join, a producer,
+            # a reply longer than ac_out_buffer_size) takes the long way.
+            span = type(self).__dict__.get(_SPAN_ATTRIBUTE, False)
+            if span is False:
+                span = _send_span(type(self))
+            if span is not None \
+                    and _CHAT.initiate_send is _CHAT_INITIATE_SEND \
+                    and _CORE.initiate_send is _CORE_INITIATE_SEND \
+                    and SessionStateMixin.initiate_send is _SESSION_INITIATE_SEND \
+                    and (not span or _unpatched(span)):
+                if self._batching:
+                    return      # the session layer sends after the read
+                fifo = self.producer_fifo
+                if len(fifo) == 1 and self.connected:
+                    first = fifo[0]
+                    if type(first) is bytes and \
+                            0 < len(first) <= self.ac_out_buffer_size:
+                        sent = self.send(first)
+                        if sent:
+                            if sent < len(first):
+                                fifo[0] = first[sent:]
+                            else:
+                                fifo.popleft()
+                        return
         super().initiate_send()
         if self._tls_phase == 'flush' and not self.producer_fifo and self.connected:
             self._tls_start()
@@ -324,6 +355,51 @@ class TLSChannelMixin(_ChannelBase):
 
 # The TLS layer's own tls_active (see smtp_MAIL).
 _TLS_ACTIVE = TLSChannelMixin.__dict__['tls_active']
+
+# What TLSChannelMixin.initiate_send's fast path stands in for: these very
+# functions, found where they are defined (the classes themselves, not the
+# module globals a test may rebind).
+_CHAT = _smtpd._ASYNC_CHAT
+_CHAT_INITIATE_SEND = _smtpd._CHAT_INITIATE_SEND
+_CORE = _smtpd.SMTPChannel
+_CORE_INITIATE_SEND = _CORE.__dict__['initiate_send']
+_SESSION_INITIATE_SEND = SessionStateMixin.__dict__['initiate_send']
+# A channel class's classes to look at again on every send (see
+# _send_span), kept in the class under this name.
+_SPAN_ATTRIBUTE = '_tls_send_span'
+
+
+def _send_span(cls: type) -> Optional[Tuple[type, ...]]:
+    """For the classes of ``cls``'s MRO after TLSChannelMixin and before
+    async_chat: None when one of them other than the session layer and the
+    core has an initiate_send of its own (the fast path is never taken);
+    else those that are not the package's own (a user's channel class),
+    which a patch may give one later.  Worked out once per class."""
+    mro = cls.__mro__
+    span: Optional[Tuple[type, ...]] = None
+    if TLSChannelMixin in mro and _CORE in mro and _CHAT in mro:
+        users = []
+        between = mro[mro.index(TLSChannelMixin) + 1:mro.index(_CHAT)]
+        for klass in between:
+            if klass is SessionStateMixin or klass is _CORE:
+                continue    # (their originals are checked on every call)
+            if 'initiate_send' in klass.__dict__:
+                break
+            if not klass.__module__.startswith('smtpd_compat.'):
+                users.append(klass)
+        else:
+            span = tuple(users)
+    setattr(cls, _SPAN_ATTRIBUTE, span)
+    return span
+
+
+def _unpatched(span: Tuple[type, ...]) -> bool:
+    """True while none of ``span`` (from _send_span) has an initiate_send
+    of its own."""
+    for klass in span:
+        if 'initiate_send' in klass.__dict__:
+            return False    # patched in since
+    return True
 
 
 class TLSServerMixin(CapabilityServerMixin):
