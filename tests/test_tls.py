@@ -485,15 +485,13 @@ class PlainTLSServer(TLSRecorder):
     channel_class = PlainChannel
 
 
-def encrypted_transaction(address, client_ctx):
-    """One message over STARTTLS; returns the TLS socket, still open."""
-    sock = starttls_raw(address, client_ctx)
+def encrypted_transaction(sock):
+    """One message on ``sock``, a client that has done STARTTLS."""
     send_line(sock, b'EHLO me')
     assert send_line(sock, b'MAIL FROM:<a@example.com>') == b'250 OK\r\n'
     assert send_line(sock, b'RCPT TO:<b@example.com>') == b'250 OK\r\n'
     assert send_line(sock, b'DATA')[:3] == b'354'
     assert send_line(sock, MESSAGE + b'.') == b'250 OK\r\n'
-    return sock
 
 
 def test_initiate_send_of_a_channel_class_sees_every_encrypted_reply(
@@ -512,7 +510,8 @@ def test_initiate_send_of_a_channel_class_sees_every_encrypted_reply(
 def test_initiate_send_patched_later_sees_encrypted_replies(live_server, tls_certs):
     served = live_server(PlainTLSServer, tls_context=tls_certs.server_context)
     # A first session: the fast path is taken and has looked at the class.
-    encrypted_transaction(served.address, tls_certs.client_context).close()
+    with starttls_raw(served.address, tls_certs.client_context) as sock:
+        encrypted_transaction(sock)
     for target in (PlainChannel, smtpd_compat.SMTPChannel,
                    smtpd_compat.asynchat.async_chat):
         original = target.initiate_send
@@ -521,10 +520,11 @@ def test_initiate_send_patched_later_sees_encrypted_replies(live_server, tls_cer
         def spy(self, original=original, seen=seen):
             seen.append(self)
             return original(self)
-        with mock.patch.object(target, 'initiate_send', spy):
-            sock = encrypted_transaction(served.address, tls_certs.client_context)
-            sock.close()
-        assert seen, target
+        with starttls_raw(served.address, tls_certs.client_context) as sock:
+            # Patched once the session is encrypted.
+            with mock.patch.object(target, 'initiate_send', spy):
+                encrypted_transaction(sock)
+        assert len(seen) >= 5, target
     assert len(served.server.messages) == 4
 
 
