@@ -54,7 +54,7 @@ def _message_id() -> str:
         return _ids.pop()
     except IndexError:
         raw = os.urandom(6 * _IDS_PER_BATCH).hex().upper()
-        _ids.extend(raw[i:i + 12] for i in range(12, len(raw), 12))
+        _ids.extend([raw[i:i + 12] for i in range(12, len(raw), 12)])
         return raw[:12]
 
 
