@@ -358,9 +358,10 @@ _TLS_ACTIVE = TLSChannelMixin.__dict__['tls_active']
 
 # What TLSChannelMixin.initiate_send's fast path stands in for: these very
 # functions, found where they are defined (the classes themselves, not the
-# module globals a test may rebind).
-_CHAT = _smtpd._ASYNC_CHAT
-_CHAT_INITIATE_SEND = _smtpd._CHAT_INITIATE_SEND
+# module globals a test may rebind).  asynchat's are the ones the core took
+# when it was imported (private to it, so not in its stub).
+_CHAT: Any = getattr(_smtpd, '_ASYNC_CHAT')
+_CHAT_INITIATE_SEND: Any = getattr(_smtpd, '_CHAT_INITIATE_SEND')
 _CORE = _smtpd.SMTPChannel
 _CORE_INITIATE_SEND = _CORE.__dict__['initiate_send']
 _SESSION_INITIATE_SEND = SessionStateMixin.__dict__['initiate_send']
