@@ -119,15 +119,17 @@ class SessionLogChannelMixin(_ChannelBase):
             # The sender and the reply (which may echo an address) are
             # client text.
             size, recipients, sender = pending
-            peer = self.peer
-            if peer is not self._log_peer or self._log_peer is None:
-                self._log_peer_text = format_peer(peer)
-                self._log_peer = peer
-            logger.info("message from %s: id=%s from=<%s> size=%d "
-                        "recipients=%d reply='%s'", self._log_peer_text,
-                        _message_id(),
-                        safe('' if sender == '<>' else sender or ''),
-                        size, recipients, safe(msg))
+            # (Its fields are worked out only for a line that is logged.)
+            if logger.isEnabledFor(logging.INFO):
+                peer = self.peer
+                if peer is not self._log_peer or self._log_peer is None:
+                    self._log_peer_text = format_peer(peer)
+                    self._log_peer = peer
+                logger.info("message from %s: id=%s from=<%s> size=%d "
+                            "recipients=%d reply='%s'", self._log_peer_text,
+                            _message_id(),
+                            safe('' if sender == '<>' else sender or ''),
+                            size, recipients, safe(msg))
         super().push(msg)
 
     def close(self) -> None:
