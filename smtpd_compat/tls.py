@@ -188,12 +188,16 @@ class TLSChannelMixin(_ChannelBase):
                     first = fifo[0]
                     if type(first) is bytes and \
                             0 < len(first) <= self.ac_out_buffer_size:
-                        sent = self.send(first)
+                        try:
+                            sent = self.send(first)
+                        except OSError:
+                            self.handle_error()
+                            return
                         if sent:
                             if sent < len(first):
                                 fifo[0] = first[sent:]
                             else:
-                                fifo.popleft()
+                                del fifo[0]
                         return
         super().initiate_send()
         if self._tls_phase == 'flush' and not self.producer_fifo and self.connected:
