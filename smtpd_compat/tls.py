@@ -378,22 +378,23 @@ def _send_span(cls: type) -> Optional[Tuple[type, ...]]:
     """For the classes of ``cls``'s MRO after TLSChannelMixin and before
     async_chat: None when one of them other than the session layer and the
     core has an initiate_send of its own (the fast path is never taken);
-    else those that are not the package's own (a user's channel class),
-    which a patch may give one later.  Worked out once per class."""
+    else those that are not a capability's channel mixin (a channel class,
+    the user's or the package's), which a patch may give one later.
+    Worked out once per class."""
     mro = cls.__mro__
     span: Optional[Tuple[type, ...]] = None
     if TLSChannelMixin in mro and _CORE in mro and _CHAT in mro:
-        users = []
+        others = []
         between = mro[mro.index(TLSChannelMixin) + 1:mro.index(_CHAT)]
         for klass in between:
             if klass is SessionStateMixin or klass is _CORE:
                 continue    # (their originals are checked on every call)
             if 'initiate_send' in klass.__dict__:
                 break
-            if not klass.__module__.startswith('smtpd_compat.'):
-                users.append(klass)
+            if 'layer' not in klass.__dict__:
+                others.append(klass)
         else:
-            span = tuple(users)
+            span = tuple(others)
     setattr(cls, _SPAN_ATTRIBUTE, span)
     return span
 
