@@ -28,6 +28,7 @@ import difflib
 import getopt
 import importlib
 import inspect
+import itertools
 import logging
 import os
 import signal
@@ -35,7 +36,8 @@ import socket
 import sys
 import textwrap
 import types
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple, Type
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, NoReturn,
+                    Optional, Tuple, Type)
 
 import smtpd_compat as _smtpd
 from smtpd_compat.cli_options import GROUPS as _GROUPS
@@ -56,9 +58,12 @@ _TITLES = dict(_CAPABILITIES)
 _WIDTH = 79
 
 
-def _capability_modules() -> List[types.ModuleType]:
-    return [importlib.import_module('smtpd_compat.' + name)
-            for name, _ in _CAPABILITIES]
+def _capability_modules() -> Iterator[types.ModuleType]:
+    """The capability modules, each imported only when reached: a -c class
+    found early (or named with its module) leaves the rest unimported
+    (the web package alone is ~10 MiB in every process)."""
+    for name, _ in _CAPABILITIES:
+        yield importlib.import_module('smtpd_compat.' + name)
 
 
 def _long_options() -> List[str]:
@@ -240,7 +245,7 @@ def _required_keywords(cls: type) -> List[str]:
     return required
 
 
-def _resolve_class(classname: str, modules: collections.abc.Sequence[types.ModuleType]) -> Any:
+def _resolve_class(classname: str, modules: Iterable[types.ModuleType]) -> Any:
     """A dotted name is imported; a bare one is looked up in smtpd_compat,
     then in the capability modules.  A name that finds no class is a CLI
     error; an exception raised by the imported module itself propagates."""
@@ -255,7 +260,7 @@ def _resolve_class(classname: str, modules: collections.abc.Sequence[types.Modul
         cls = getattr(module, attr, None)
     else:
         cls = None
-        for mod in [_smtpd] + list(modules):
+        for mod in itertools.chain([_smtpd], modules):
             cls = getattr(mod, classname, None)
             if cls is not None:
                 break

@@ -617,7 +617,6 @@ class AuthChannelMixin(OffloadChannelMixin):
         self._auth_redact_line = self._auth_pipelined > 0
         if self._auth_pipelined:
             self._auth_pipelined -= 1
-        self._auth_count_pipelined()
         if self._auth_state is not None:
             sz, self.num_bytes = self.num_bytes, 0
             line = self._take_line()
@@ -625,23 +624,18 @@ class AuthChannelMixin(OffloadChannelMixin):
                 print('Data:', repr(_REDACTED), file=_smtpd.DEBUGSTREAM)
             self._auth_continue(line, sz)
             return
-        super().found_terminator()
-
-    def _auth_count_pipelined(self) -> None:
-        """If the pending line is an AUTH command (whatever its fate: too
-        long, refused, accepted), count the responses that may follow it."""
-        if self._auth_state is not None:
-            return
+        # If the line is an AUTH command (whatever its fate: too long,
+        # refused, accepted), count the responses that may follow it.
         # (All bytes, or all str on a decode_data=True channel.)
         line = self._emptystring.join(
             self.received_lines)  # type: ignore[arg-type]
         self.received_lines = [line]    # joined once, not again by the core
         words = line.split(None, 2)
-        if not words or words[0].upper() not in ('AUTH', b'AUTH'):
-            return
-        mechanism = words[1].upper() if len(words) > 1 else ''
-        count = 2 if mechanism in ('LOGIN', b'LOGIN') else 1
-        self._auth_pipelined = count - (len(words) > 2)
+        if words and words[0].upper() in ('AUTH', b'AUTH'):
+            mechanism = words[1].upper() if len(words) > 1 else ''
+            count = 2 if mechanism in ('LOGIN', b'LOGIN') else 1
+            self._auth_pipelined = count - (len(words) > 2)
+        super().found_terminator()
 
     def _debug_line(self, line: Union[bytes, str, None]) -> None:
         # The core's "Data:" print: an initial response, or a line that may

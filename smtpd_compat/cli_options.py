@@ -26,7 +26,6 @@ configures logging.
 import importlib.util
 import logging
 import os
-import ssl
 import sys
 from typing import (Any, Callable, Container, Dict, List, NamedTuple, NoReturn,
                     Optional, Protocol, Tuple, cast)
@@ -34,7 +33,6 @@ from typing import (Any, Callable, Container, Dict, List, NamedTuple, NoReturn,
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
 from smtpd_compat._version import VERSION
-from smtpd_compat.auth import AuthServerMixin, FileAuthenticator
 from smtpd_compat.delivery import MaildirServer, MboxServer, _StoringServer
 from smtpd_compat.extensions import EXTENSIONS, ExtensionsMixin
 from smtpd_compat.limits import (
@@ -42,13 +40,8 @@ from smtpd_compat.limits import (
 from smtpd_compat.lmtp import LMTPServer
 from smtpd_compat.logging_ import SessionLogServerMixin
 from smtpd_compat.proxy_protocol import ProxyProtocolServerMixin, parse_networks
-from smtpd_compat.relay import RelayServer
 from smtpd_compat.shutdown import DEFAULT_GRACE_PERIOD, serve_gracefully
 from smtpd_compat.threads import PoolServerMixin, ThreadedServerMixin
-from smtpd_compat.tls import TLSServerMixin, server_context
-from smtpd_compat.web import WebInboxServerMixin, make_upstream, parse_address
-from smtpd_compat.web.db import Database
-from smtpd_compat.web.http import parse_allowed_hosts
 from smtpd_compat.workers import run_workers
 
 __all__ = ['GROUPS', 'Group', 'PRODUCTION_OPTIONS', 'RULE',
@@ -379,6 +372,7 @@ def configure_tls(cli: CommandLine) -> None:
         if not timeout > 0:
             cli.error('Invalid --tls-handshake-timeout: %s'
                       % given['tls-handshake-timeout'])
+    from smtpd_compat.tls import TLSServerMixin, server_context
     certfile, keyfile = given['tls-cert'], given.get('tls-key') or None
     try:
         # Loaded here too so that a bad file is a usage error, not a
@@ -415,6 +409,7 @@ def configure_auth(cli: CommandLine) -> None:
     if 'tls-cert' not in given and 'auth-allow-plaintext' not in given:
         cli.error('--auth-file needs --tls-cert (AUTH is offered only over '
                   'TLS) or --auth-allow-plaintext')
+    from smtpd_compat.auth import AuthServerMixin, FileAuthenticator
     try:
         authenticator = FileAuthenticator(given['auth-file'])
     except OSError as e:
@@ -481,6 +476,7 @@ def configure_relay(cli: CommandLine) -> None:
     value = cli.given.get('relay-timeout')
     if value is None:
         return
+    from smtpd_compat.relay import RelayServer
     cli.require_class(RelayServer, 'relay-timeout')
     cli.server_kwargs['relay_timeout'] = _seconds(cli, 'relay-timeout', value)
 
@@ -615,6 +611,15 @@ def configure_web(cli: CommandLine) -> None:
     """``--web [HOST:]PORT``: put the inbox in front of the -c class (the
     command line's start line says where the page is); its database,
     allowed host names and release relay."""
+    if 'smtpd_compat.web' not in sys.modules and not any(
+            option.startswith('web') for option in cli.given):
+        # Nothing asks for the inbox, and the -c class is none (its module
+        # would have imported the web package).  Not imported: ~10 MiB of
+        # memory in every process, --workers or not.
+        return
+    from smtpd_compat.web import WebInboxServerMixin, make_upstream, parse_address
+    from smtpd_compat.web.db import Database
+    from smtpd_compat.web.http import parse_allowed_hosts
     has_inbox = isinstance(cli.server_class, type) and issubclass(
         cli.server_class, WebInboxServerMixin)
     for option in ('web-db', 'web-allowed-hosts'):

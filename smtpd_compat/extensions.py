@@ -144,6 +144,13 @@ _ESC_250_BY_VERB: Dict[Optional[str], str] = {'MAIL': '2.1.0',
 # HELO and EHLO (nor LHLO, its LMTP twin).
 _PLAIN_VERBS = (None, 'HELO', 'EHLO', 'LHLO')
 
+# enhance_reply's results for the replies seen so far, keyed by (line,
+# verb): at most _ENHANCED_MAX lines of at most _ENHANCED_LINE_MAX
+# characters (ExtensionsChannelMixin.push).
+_ENHANCED: Dict[Tuple[str, Optional[str]], str] = {}
+_ENHANCED_MAX = 256
+_ENHANCED_LINE_MAX = 200
+
 
 def enhance_reply(line: str, verb: Optional[str] = None) -> str:
     """Put an RFC 3463 enhanced status code after the reply code of a 2xx,
@@ -238,14 +245,30 @@ class ExtensionsChannelMixin(MessageChannelMixin):
     @property
     def _accepted_body_types(self) -> Tuple[str, ...]:  # type: ignore[override]
         types = super()._accepted_body_types
-        if self._enabled('BINARYMIME'):
+        # (_enabled(), inlined: asked for every MAIL.)
+        if 'BINARYMIME' in getattr(self.smtp_server, 'esmtp_extensions', ()):
             types = tuple(types) + ('BINARYMIME',)
         return types
 
     # SMTPChannel.push takes a reply line (str), async_chat's takes bytes.
     def push(self, msg: str) -> None:  # type: ignore[override]
-        if self._verb not in _PLAIN_VERBS and self._enabled('ENHANCEDSTATUSCODES'):
-            msg = enhance_reply(msg, self._verb)
+        verb = self._verb
+        # (_enabled(), inlined: this runs for every reply.)
+        if verb not in _PLAIN_VERBS and 'ENHANCEDSTATUSCODES' in getattr(
+                self.smtp_server, 'esmtp_extensions', ()):
+            # Speed fix: most replies are the same few lines, so each
+            # (line, verb) is enhanced once and then looked up.
+            key = (msg, verb)
+            enhanced = _ENHANCED.get(key)
+            if enhanced is None:
+                enhanced = enhance_reply(msg, verb)
+                if len(msg) <= _ENHANCED_LINE_MAX:
+                    if len(_ENHANCED) >= _ENHANCED_MAX:
+                        # Replies that echo client text are many and
+                        # seldom repeat: the table is bounded.
+                        _ENHANCED.clear()
+                    _ENHANCED[key] = enhanced
+            msg = enhanced
         super().push(msg)
 
     def _set_post_data_state(self) -> None:
@@ -289,11 +312,14 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             self, params: _smtpd._Params, options: List[str], keyword: str,
             parsers: Iterable[Tuple[str, Callable[[str], object]]]
     ) -> Optional[str]:
-        original = self._command_address(keyword)[1]
+        # The parameters as written, parsed only when one of these is given.
+        original: Optional[Dict[str, List[str]]] = None
         for name, parse in parsers:
             if name not in params:
                 continue
             del params[name]
+            if original is None:
+                original = self._command_address(keyword)[1]
             values = original.get(name, [])
             if len(values) != 1:
                 return '501 Error: duplicate %s parameter' % name
@@ -309,7 +335,8 @@ class ExtensionsChannelMixin(MessageChannelMixin):
         return None
 
     def check_mail_parameters(self, params: _smtpd._Params) -> Optional[str]:
-        if self._enabled('DSN'):
+        # (Without parameters there is nothing to take.)
+        if params and self._enabled('DSN'):
             refusal = self._take_dsn_params(
                 params, self.mail_options, 'FROM:',
                 (('RET', parse_ret), ('ENVID', parse_envid)))
@@ -318,7 +345,8 @@ class ExtensionsChannelMixin(MessageChannelMixin):
         return super().check_mail_parameters(params)
 
     def check_rcpt_parameters(self, params: _smtpd._Params) -> Optional[str]:
-        if self._enabled('DSN'):
+        # (Without parameters there is nothing to take.)
+        if params and self._enabled('DSN'):
             refusal = self._take_dsn_params(
                 params, self.rcpt_options, 'TO:',
                 (('NOTIFY', parse_notify), ('ORCPT', parse_orcpt)))

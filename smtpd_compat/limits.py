@@ -204,8 +204,10 @@ class LimitsChannelMixin(_ChannelBase):
 
     def collect_incoming_data(self, data: bytes) -> None:
         limit = self.smtp_server.max_message_memory
+        # receiving_message(), asked at most once per piece.
+        receiving: Optional[bool] = None
         if limit is not None and self.smtp_state != self.COMMAND \
-                and self.receiving_message():
+                and (receiving := self.receiving_message()):
             if self._budget_over or not PROCESS_BUDGET.charge(
                     len(data) + PIECE_OVERHEAD, limit):
                 # Past the budget: read on to the end of the message, keep
@@ -223,7 +225,8 @@ class LimitsChannelMixin(_ChannelBase):
                 data = b''
             else:
                 self._budget_held += len(data) + PIECE_OVERHEAD
-        if self.deadline_phase == 'data' and self.receiving_message():
+        if self.deadline_phase == 'data' and (
+                receiving if receiving is not None else self.receiving_message()):
             timeout = self.smtp_server.data_timeout
             deadline = self.deadline    # (set while a phase is)
             if timeout is not None and deadline is not None:
@@ -241,13 +244,26 @@ class LimitsChannelMixin(_ChannelBase):
     def found_terminator(self) -> None:
         limit = getattr(self.smtp_server, 'max_junk_commands', None)
         if (limit is not None and self.smtp_state == self.COMMAND
-                and not self.closing and self._is_junk()):
-            self._limits_junk += 1
-            if self._limits_junk > limit:
-                self.received_lines = []
-                self.hang_up('421 4.7.0 %s Error: too many junk commands'
-                             % self.fqdn, 'too many junk commands')
-                return
+                and not self.closing):
+            # Is the command line a junk verb?  (Inline: once per command.)
+            lines = self.received_lines
+            if len(lines) != 1:
+                # (All bytes, or all str on a decode_data=True channel.)
+                line = self._emptystring.join(lines)  # type: ignore[arg-type]
+                self.received_lines = [line]
+            else:
+                line = lines[0]
+            word = line[:6].split(None, 1)
+            verb = word[0] if word else ''
+            if isinstance(verb, bytes):
+                verb = verb.decode('ascii', 'replace')
+            if verb.upper() in _JUNK_VERBS:
+                self._limits_junk += 1
+                if self._limits_junk > limit:
+                    self.received_lines = []
+                    self.hang_up('421 4.7.0 %s Error: too many junk commands'
+                                 % self.fqdn, 'too many junk commands')
+                    return
         super().found_terminator()
         if self.closing or not self.connected or self.waiting:
             return
@@ -259,23 +275,6 @@ class LimitsChannelMixin(_ChannelBase):
                 self._data_deadline()
         else:
             self.set_deadline(self.smtp_server.idle_timeout)
-
-    def _is_junk(self) -> bool:
-        """True when the command line in received_lines is a junk verb."""
-        lines = self.received_lines
-        if len(lines) != 1:
-            # (All bytes, or all str on a decode_data=True channel.)
-            line = self._emptystring.join(lines)  # type: ignore[arg-type]
-            self.received_lines = [line]
-        else:
-            line = lines[0]
-        word = line[:6].split(None, 1)
-        if not word:
-            return False
-        verb = word[0]
-        if isinstance(verb, bytes):
-            verb = verb.decode('ascii', 'replace')
-        return verb.upper() in _JUNK_VERBS
 
     # -- recipients and errors ---------------------------------------------
 
@@ -324,8 +323,10 @@ class LimitsChannelMixin(_ChannelBase):
         return finished
 
     def _budget_release(self) -> None:
-        held, self._budget_held = self._budget_held, 0
-        PROCESS_BUDGET.release(held)
+        held = self._budget_held
+        if held:
+            self._budget_held = 0
+            PROCESS_BUDGET.release(held)
 
     def _set_post_data_state(self) -> None:
         # Every end of a transaction (message answered, 552, RSET, EHLO).

@@ -49,7 +49,12 @@ def safe(value: object) -> str:
     ``\\u2028``, ``\\\\``; a byte that is not UTF-8 as ``\\xNN``).  The
     result is one line without control characters, whatever a client
     sent."""
-    if isinstance(value, (bytes, bytearray)):
+    if type(value) is str:
+        # Speed fix: the usual field, printable ASCII without a backslash,
+        # is its own escape (isascii() looks at a flag, no scan).
+        if value.isascii() and value.isprintable() and '\\' not in value:
+            return value
+    elif isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode('utf-8', 'surrogateescape')
     else:
         value = str(value)

@@ -23,7 +23,7 @@ The module is named ``logging_`` so that it never shadows the stdlib's
 """
 import logging
 import os
-from typing import TYPE_CHECKING, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Type, Union
 
 import smtpd_compat as _smtpd
 from smtpd_compat.compose import CapabilityServerMixin
@@ -41,6 +41,33 @@ __all__ = ['logger', 'SessionLogChannelMixin', 'SessionLogServerMixin',
 
 logger = logging.getLogger(__name__)
 
+# Message ids (12 hexadecimal digits, 48 random bits each) are made in
+# batches: one getrandom() system call for _IDS_PER_BATCH messages
+# instead of one per message.
+_IDS_PER_BATCH = 64
+_ids: List[str] = []
+
+
+def _message_id() -> str:
+    """A new random message id."""
+    try:
+        return _ids.pop()
+    except IndexError:
+        raw = os.urandom(6 * _IDS_PER_BATCH).hex().upper()
+        _ids.extend([raw[i:i + 12] for i in range(12, len(raw), 12)])
+        return raw[:12]
+
+
+def _forget_ids() -> None:
+    # A forked child (the command line's --workers) draws its own ids, not
+    # the ones its parent may also hand out.
+    del _ids[:]
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_forget_ids)
+
+
 class SessionLogChannelMixin(_ChannelBase):
     """Channel mixin writing the connection and message lines.
 
@@ -55,7 +82,12 @@ class SessionLogChannelMixin(_ChannelBase):
     # (size, recipients, sender) of the message whose reply is due.
     _log_reply_pending: Optional[Tuple[int, int, Optional[str]]] = None
     _log_messages = 0
-    instance_state = ('_log_opened', '_log_reply_pending', '_log_messages')
+    # The peer whose format_peer() text is in _log_peer_text (the peer may
+    # change once, when a PROXY header names the client).
+    _log_peer: object = None
+    _log_peer_text = ''
+    instance_state = ('_log_opened', '_log_reply_pending', '_log_messages',
+                      '_log_peer', '_log_peer_text')
 
     def _greet(self) -> None:
         # Logged here rather than in __init__ so that a PROXY header (read
@@ -87,11 +119,17 @@ class SessionLogChannelMixin(_ChannelBase):
             # The sender and the reply (which may echo an address) are
             # client text.
             size, recipients, sender = pending
-            logger.info("message from %s: id=%s from=<%s> size=%d "
-                        "recipients=%d reply='%s'", format_peer(self.peer),
-                        os.urandom(6).hex().upper(),
-                        safe('' if sender == '<>' else sender or ''),
-                        size, recipients, safe(msg))
+            # (Its fields are worked out only for a line that is logged.)
+            if logger.isEnabledFor(logging.INFO):
+                peer = self.peer
+                if peer is not self._log_peer or self._log_peer is None:
+                    self._log_peer_text = format_peer(peer)
+                    self._log_peer = peer
+                logger.info("message from %s: id=%s from=<%s> size=%d "
+                            "recipients=%d reply='%s'", self._log_peer_text,
+                            _message_id(),
+                            safe('' if sender == '<>' else sender or ''),
+                            size, recipients, safe(msg))
         super().push(msg)
 
     def close(self) -> None:

@@ -233,7 +233,7 @@ class SessionStateMixin(_ChannelBase):
         """The time on this connection's clock (its socket map's
         :attr:`~smtpd_compat.loop.LoopServices.clock`): what deadlines and
         data rates are measured in."""
-        return self.loop_services.clock()
+        return (self._loop_services or self.loop_services).clock()
 
     def set_deadline(self, seconds: Optional[float],
                      phase: str = 'idle') -> None:
@@ -245,7 +245,8 @@ class SessionStateMixin(_ChannelBase):
             self._deadline = None
             self.deadline_phase = None
             return
-        services = self.loop_services
+        # (The loop_services property, inlined: called for every command.)
+        services = self._loop_services or self.loop_services
         when = services.clock() + seconds
         self._deadline = when
         self.deadline_phase = phase

@@ -31,7 +31,7 @@ from typing import (TYPE_CHECKING, Any, Deque, List, Optional, Tuple, Type,
 import smtpd_compat as _smtpd
 from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.logging_ import format_peer, safe
-from smtpd_compat.session import LAYERS
+from smtpd_compat.session import LAYERS, SessionStateMixin
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -143,21 +143,62 @@ class TLSChannelMixin(_ChannelBase):
             return True
         return False
 
+    # (An encrypted session, the usual case, is let through without the
+    # call, while tls_active is this layer's own.)
+
     def smtp_MAIL(self, arg: str) -> None:
-        if not self._tls_refused():
+        if (self._tls_phase == 'active' and type(self).tls_active is _TLS_ACTIVE
+                ) or not self._tls_refused():
             super().smtp_MAIL(arg)
 
     def smtp_RCPT(self, arg: str) -> None:
-        if not self._tls_refused():
+        if (self._tls_phase == 'active' and type(self).tls_active is _TLS_ACTIVE
+                ) or not self._tls_refused():
             super().smtp_RCPT(arg)
 
     def smtp_DATA(self, arg: str) -> None:
-        if not self._tls_refused():
+        if (self._tls_phase == 'active' and type(self).tls_active is _TLS_ACTIVE
+                ) or not self._tls_refused():
             super().smtp_DATA(arg)
 
     # -- switching the socket to TLS ---------------------------------------
 
     def initiate_send(self) -> None:
+        if self._tls_phase == 'active':
+            # Speed fix: on an encrypted session, what the layers inside
+            # this one, the core and asynchat do here, while each of their
+            # initiate_send methods is the original (see _send_span) and
+            # none is patched: the session layer's wait while a read is
+            # processed, and asynchat's send of the one reply queued, with
+            # the same call to self.send() and the same handling of its
+            # result.  Anything else (several replies to join, a producer,
+            # a reply longer than ac_out_buffer_size) takes the long way.
+            span = type(self).__dict__.get(_SPAN_ATTRIBUTE, False)
+            if span is False:
+                span = _send_span(type(self))
+            if span is not None \
+                    and _CHAT.initiate_send is _CHAT_INITIATE_SEND \
+                    and _CORE.initiate_send is _CORE_INITIATE_SEND \
+                    and SessionStateMixin.initiate_send is _SESSION_INITIATE_SEND \
+                    and (not span or _unpatched(span)):
+                if self._batching:
+                    return      # the session layer sends after the read
+                fifo = self.producer_fifo
+                if len(fifo) == 1 and self.connected:
+                    first = fifo[0]
+                    if type(first) is bytes and \
+                            0 < len(first) <= self.ac_out_buffer_size:
+                        try:
+                            sent = self.send(first)
+                        except OSError:
+                            self.handle_error()
+                            return
+                        if sent:
+                            if sent < len(first):
+                                fifo[0] = first[sent:]
+                            else:
+                                del fifo[0]
+                        return
         super().initiate_send()
         if self._tls_phase == 'flush' and not self.producer_fifo and self.connected:
             self._tls_start()
@@ -259,8 +300,11 @@ class TLSChannelMixin(_ChannelBase):
         super().handle_read()
         # Plaintext that OpenSSL already decrypted raises no socket event.
         for _ in range(_MAX_PENDING_READS):
-            if not (self._tls_phase == 'active' and self.connected
-                    and self._tls_socket.pending() and self.readable()):
+            if not (self._tls_phase == 'active' and self.connected):
+                break
+            # (The wrapped socket: the 'active' phase has one.)
+            sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
+            if not (sock.pending() and self.readable()):
                 break
             super().handle_read()
 
@@ -273,15 +317,22 @@ class TLSChannelMixin(_ChannelBase):
     def recv(self, buffer_size: int) -> bytes:
         if self._tls_phase != 'active':
             return super().recv(buffer_size)
+        # The wrapped socket (set by _tls_start), without the property
+        # and cast of _tls_socket: this runs for every read.
+        sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
         try:
-            data = self._tls_socket.recv(buffer_size)
+            # read() is what SSLSocket.recv() calls on a wrapped socket
+            # (one call less per read).
+            data = sock.read(buffer_size)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # Not a whole TLS record yet: the plain-socket equivalent of
             # "nothing to read", which handle_read already ignores.
             raise BlockingIOError
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             data = b''
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            # (ValueError: read() on an SSL socket already closed, where
+            # recv() fell back to the closed plain socket's OSError.)
             logger.info('TLS read from %s failed: %s', format_peer(self.peer),
                         safe(e))
             data = b''
@@ -294,8 +345,9 @@ class TLSChannelMixin(_ChannelBase):
             return 0    # replies wait until the handshake is done
         if self._tls_phase != 'active':
             return super().send(data)
+        sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
         try:
-            return self._tls_socket.send(data)
+            return sock.send(data)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
         except OSError as e:
@@ -303,6 +355,57 @@ class TLSChannelMixin(_ChannelBase):
                         safe(e))
             self.handle_close()
             return 0
+
+
+# The TLS layer's own tls_active (see smtp_MAIL).
+_TLS_ACTIVE = TLSChannelMixin.__dict__['tls_active']
+
+# What TLSChannelMixin.initiate_send's fast path stands in for: these very
+# functions, found where they are defined (the classes themselves, not the
+# module globals a test may rebind).  asynchat's are the ones the core took
+# when it was imported (private to it, so not in its stub).
+_CHAT: Any = getattr(_smtpd, '_ASYNC_CHAT')
+_CHAT_INITIATE_SEND: Any = getattr(_smtpd, '_CHAT_INITIATE_SEND')
+_CORE = _smtpd.SMTPChannel
+_CORE_INITIATE_SEND = _CORE.__dict__['initiate_send']
+_SESSION_INITIATE_SEND = SessionStateMixin.__dict__['initiate_send']
+# A channel class's classes to look at again on every send (see
+# _send_span), kept in the class under this name.
+_SPAN_ATTRIBUTE = '_tls_send_span'
+
+
+def _send_span(cls: type) -> Optional[Tuple[type, ...]]:
+    """For the classes of ``cls``'s MRO after TLSChannelMixin and before
+    async_chat: None when one of them other than the session layer and the
+    core has an initiate_send of its own (the fast path is never taken);
+    else those that are not a capability's channel mixin (a channel class,
+    the user's or the package's), which a patch may give one later.
+    Worked out once per class."""
+    mro = cls.__mro__
+    span: Optional[Tuple[type, ...]] = None
+    if TLSChannelMixin in mro and _CORE in mro and _CHAT in mro:
+        others = []
+        between = mro[mro.index(TLSChannelMixin) + 1:mro.index(_CHAT)]
+        for klass in between:
+            if klass is SessionStateMixin or klass is _CORE:
+                continue    # (their originals are checked on every call)
+            if 'initiate_send' in klass.__dict__:
+                break
+            if 'layer' not in klass.__dict__:
+                others.append(klass)
+        else:
+            span = tuple(others)
+    setattr(cls, _SPAN_ATTRIBUTE, span)
+    return span
+
+
+def _unpatched(span: Tuple[type, ...]) -> bool:
+    """True while none of ``span`` (from _send_span) has an initiate_send
+    of its own."""
+    for klass in span:
+        if 'initiate_send' in klass.__dict__:
+            return False    # patched in since
+    return True
 
 
 class TLSServerMixin(CapabilityServerMixin):

@@ -1,6 +1,7 @@
 """``python -m smtpd_compat`` as a subprocess: help, version, argument
 errors and exit codes as in CPython 3.11's ``python -m smtpd``, a real
 message through ``-n -c DebuggingServer``, quiet exit on SIGTERM/SIGINT."""
+import ast
 import os
 import shutil
 import signal
@@ -722,3 +723,39 @@ def test_readme_commands_are_valid():
         options = smtpd_compat._parseargs(argv, _all_longopts(), cli=True)
         assert isinstance(_resolve_class(options.classname, modules), type)
         assert (options.localhost, options.localport) == ('localhost', 8025)
+
+
+# -- what a server process imports ------------------------------------------
+
+_IMPORTED = '''
+import sys
+import smtpd_compat.__main__ as cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in ('smtpd_compat.web', 'smtpd_compat.tls', 'ssl',
+                         'smtpd_compat.relay') if m in sys.modules))
+'''
+
+
+@pytest.mark.parametrize('args, present, absent', [
+    (['-c', 'DebuggingServer', '--production'], [],
+     ['smtpd_compat.web', 'smtpd_compat.tls', 'ssl', 'smtpd_compat.relay']),
+    (['-c', 'SMTPServer', '--workers', '2'], [],
+     ['smtpd_compat.web', 'smtpd_compat.tls', 'ssl', 'smtpd_compat.relay']),
+    (['--web', '127.0.0.1:0'], ['smtpd_compat.web'], []),
+    (['-c', 'CapturingServer'], ['smtpd_compat.web'], []),
+    (['-c', 'RelayServer'], ['smtpd_compat.relay', 'ssl'], ['smtpd_compat.web']),
+], ids=['production', 'workers', 'web', 'class-of-the-web-layer', 'relay'])
+def test_a_server_imports_only_the_capabilities_it_uses(python_path_env, args,
+                                                        present, absent):
+    # Each module costs memory in every process (the web package ~10 MiB,
+    # ssl ~4 MiB): with --workers, in every worker.  --package-version
+    # makes main() stop after every option group has configured.
+    out = subprocess.run(
+        [sys.executable, '-W', 'ignore', '-c', _IMPORTED] + args + ['--package-version'],
+        env=python_path_env, capture_output=True, text=True, timeout=60)
+    imported = ast.literal_eval(out.stdout.splitlines()[-1])
+    assert set(present) <= set(imported), out.stderr
+    assert not set(absent) & set(imported), out.stderr

@@ -753,6 +753,7 @@ def test_a_user_class_attribute_of_a_layer_state_name_is_kept(live_server):
     # is looked up along the MRO exactly as without slots.
     class Channel(smtpd_compat.SMTPChannel):
         _limits_ip = 'from the class'
+        _reading_paused = False     # one of the core's slots
         my_state = 1
 
     class Server(SessionLogServerMixin, LimitsServerMixin, RecordingServer):
@@ -767,9 +768,13 @@ def test_a_user_class_attribute_of_a_layer_state_name_is_kept(live_server):
         if SLOTTED:
             assert '_budget_held' in cls.__slots__
             assert '_limits_ip' not in cls.__slots__
+            assert '_reading_paused' not in cls.__slots__
         assert channel._budget_held == 0
         # Counted in _limits_per_ip under this key: set by the layer.
         assert channel._limits_ip == '127.0.0.1'
         assert 'my_state' not in vars(channel) and channel.my_state == 1
+        for line in (b'HELO c', b'NOOP'):
+            sock.sendall(line + b'\r\n')
+            assert recv_reply(sock).startswith(b'250 ')
     finally:
         sock.close()

@@ -547,3 +547,27 @@ def test_compat_class_exception_still_propagates(live_server, raw_client, capsys
     sock.settimeout(5)
     assert sock.recv(100) == b''
     assert 'ValueError' in capsys.readouterr().out
+
+
+def test_enhanced_replies_are_remembered_within_bounds(live_server, raw_client):
+    # push keeps enhance_reply's results in a table: the same replies as
+    # without it, for the same line answering different verbs too, and the
+    # table stays bounded however many different lines a client provokes.
+    live = live_server(Recorder)
+    sock, _ = session(raw_client, live)
+    count = extensions._ENHANCED_MAX + 50
+    sock.sendall(b''.join(b'X%d\r\nVRFY <u%d@x>\r\n' % (i, i)
+                          for i in range(count)) + b'NOOP\r\nRSET\r\n')
+    replies = read_replies(sock, 2 * count + 2)
+    assert replies[:2] == [
+        '500 5.5.2 Error: command "X0" not recognized',
+        '252 2.0.0 Cannot VRFY user, but will accept message and attempt '
+        'delivery']
+    assert replies[-4:] == [
+        '500 5.5.2 Error: command "X%d" not recognized' % (count - 1),
+        '252 2.0.0 Cannot VRFY user, but will accept message and attempt '
+        'delivery',
+        '250 2.0.0 OK', '250 2.0.0 OK']
+    assert 0 < len(extensions._ENHANCED) <= extensions._ENHANCED_MAX
+    assert all(value == enhance_reply(*key)
+               for key, value in list(extensions._ENHANCED.items()))

@@ -1,11 +1,14 @@
 """Log hygiene: whatever a client sends, a log line stays one line without
 control characters (issue 12, finding 2)."""
 import logging
+import os
 import re
 import socket
+import warnings
 
 import pytest
 
+from smtpd_compat import logfmt, logging_
 from smtpd_compat.limits import LimitedServer
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.proxy_protocol import ProxyProtocolServerMixin
@@ -119,3 +122,44 @@ def test_message_line_names_id_sender_recipients_and_size(live_server, caplog):
         ('', '5', '2', '250 OK')]
     # A new id for every message.
     assert lines[0][0] != lines[1][0]
+
+
+class Text(str):
+    """A str subclass: safe() escapes it the long way."""
+
+
+@pytest.mark.parametrize('value', [chr(c) + 'x' for c in range(0x80)] + [
+    '', 'a b', Text('sub\nclass'), Text('plain')],
+    ids=['ascii-%02x' % c for c in range(0x80)] + [
+        'empty', 'space', 'subclass-control', 'subclass-plain'])
+def test_safe_fast_path_agrees_with_the_escape(value):
+    # Printable ASCII without a backslash is returned as it is; every other
+    # string gets the same escapes as before.
+    assert safe(value) == logfmt._UNSAFE.sub(logfmt._escape, str(value))
+    assert type(safe(value)) is str
+
+
+def test_message_ids_are_new_in_a_forked_child():
+    if not hasattr(os, 'fork'):
+        pytest.skip('needs os.fork()')
+    first = logging_._message_id()      # the batch is drawn now
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        # (3.12+ warns about fork() while other tests' servers run threads;
+        # the child only draws an id and writes it.)
+        warnings.simplefilter('ignore', DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:    # the child: its next id, to the parent
+        try:
+            os.write(write, logging_._message_id().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = f.read()
+    os.waitpid(pid, 0)
+    ours = [logging_._message_id() for _ in range(200)]
+    assert re.fullmatch('[0-9A-F]{12}', child)
+    # The child drew a batch of its own, not the parent's next id.
+    assert child not in ours
+    assert len(set(ours + [first])) == 201

@@ -6,6 +6,7 @@ import socket
 import ssl
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
@@ -457,3 +458,97 @@ def test_cli_sighup_does_not_kill(cli_server, args):
         proc.terminate()
         out, err = proc.communicate(timeout=10)
     assert 'Traceback' not in out + err
+
+
+# -- fast paths on an encrypted session (tls.TLSChannelMixin.initiate_send,
+# smtp_MAIL/RCPT/DATA): taken only while the code they skip is the original
+
+class CountingChannel(smtpd_compat.SMTPChannel):
+    """A user's channel class that sees every initiate_send."""
+
+    calls = 0
+
+    def initiate_send(self):
+        CountingChannel.calls += 1
+        super().initiate_send()
+
+
+class CountingTLSServer(TLSRecorder):
+    channel_class = CountingChannel
+
+
+class PlainChannel(smtpd_compat.SMTPChannel):
+    """A user's channel class without an initiate_send of its own."""
+
+
+class PlainTLSServer(TLSRecorder):
+    channel_class = PlainChannel
+
+
+def encrypted_transaction(sock):
+    """One message on ``sock``, a client that has done STARTTLS."""
+    send_line(sock, b'EHLO me')
+    assert send_line(sock, b'MAIL FROM:<a@example.com>') == b'250 OK\r\n'
+    assert send_line(sock, b'RCPT TO:<b@example.com>') == b'250 OK\r\n'
+    assert send_line(sock, b'DATA')[:3] == b'354'
+    assert send_line(sock, MESSAGE + b'.') == b'250 OK\r\n'
+
+
+def test_initiate_send_of_a_channel_class_sees_every_encrypted_reply(
+        live_server, tls_certs):
+    served = live_server(CountingTLSServer, tls_context=tls_certs.server_context)
+    sock = starttls_raw(served.address, tls_certs.client_context)
+    before = CountingChannel.calls
+    send_line(sock, b'EHLO me')
+    send_line(sock, b'NOOP')
+    sock.close()
+    # The long way: a call for each reply, sent once its read was processed
+    # (the fast path would make it 0).
+    assert CountingChannel.calls - before >= 2
+
+
+def test_initiate_send_patched_later_sees_encrypted_replies(live_server, tls_certs):
+    served = live_server(PlainTLSServer, tls_context=tls_certs.server_context)
+    # A first session: the fast path is taken and has looked at the class.
+    with starttls_raw(served.address, tls_certs.client_context) as sock:
+        encrypted_transaction(sock)
+    for target in (PlainChannel, smtpd_compat.SMTPChannel,
+                   smtpd_compat.asynchat.async_chat):
+        original = target.initiate_send
+        seen = []
+
+        def spy(self, original=original, seen=seen):
+            seen.append(self)
+            return original(self)
+        with starttls_raw(served.address, tls_certs.client_context) as sock:
+            # Patched once the session is encrypted.
+            with mock.patch.object(target, 'initiate_send', spy):
+                encrypted_transaction(sock)
+        assert len(seen) >= 5, target
+    assert len(served.server.messages) == 4
+
+
+class NotEncrypted(tls.TLSChannelMixin):
+    """A subclass that says the session is not encrypted."""
+
+    @property
+    def tls_active(self):
+        return False
+
+
+def test_require_starttls_asks_an_overridden_tls_active(live_server, tls_certs):
+    class Channel(NotEncrypted, smtpd_compat.SMTPChannel):
+        pass
+
+    class Server(TLSRecorder):
+        channel_class = Channel
+
+    served = live_server(Server, tls_context=tls_certs.server_context,
+                         require_starttls=True)
+    sock = starttls_raw(served.address, tls_certs.client_context)
+    send_line(sock, b'EHLO me')
+    # The layer's shortcut for an encrypted session is not taken: the
+    # overriding tls_active says no.
+    assert send_line(sock, b'MAIL FROM:<a@example.com>') == \
+        b'530 5.7.0 Must issue a STARTTLS command first\r\n'
+    sock.close()
