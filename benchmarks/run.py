@@ -108,6 +108,7 @@ class Server:
         with open(log, 'wb') as f:
             proc = subprocess.Popen(self.argv + list(extra) + ['127.0.0.1:0'],
                                     stdout=subprocess.DEVNULL, stderr=f, **popen)
+        proc.own_group = popen.get('start_new_session', False)
         deadline = time.monotonic() + wait
         while True:
             with open(log, 'rb') as f:
@@ -141,8 +142,15 @@ class Server:
 
 
 def stop(proc):
-    """Stop a process this script started (by its pid only)."""
-    if proc.poll() is None:
+    """Stop a process this script started: by its pid, or, when it was
+    started in a session of its own (W5's --idle-workers), with every
+    process of that group (its workers would outlive a killed parent)."""
+    if getattr(proc, 'own_group', False):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    elif proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     if proc.stderr:
@@ -435,7 +443,8 @@ def idle_server(srv, args):
     env['PYTHONPATH'] = os.pathsep.join(
         [os.path.join(HERE, 'peers')] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
     return Server(srv.name, argv, '--workers %d' % args.idle_workers, cli=True,
-                  popen={'cwd': getattr(srv, 'tree', ROOT), 'env': env})
+                  popen={'cwd': getattr(srv, 'tree', ROOT), 'env': env,
+                         'start_new_session': True})
 
 
 def fmt(x, digits=None):
