@@ -729,12 +729,19 @@ def test_composed_channel_dict_within_the_shared_keys_limit(live_server):
     try:
         sock.sendall(b'PROXY TCP4 192.0.2.7 192.0.2.1 40000 25\r\n')
         assert recv_reply(sock).startswith(b'220 ')
-        for line in (b'EHLO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>'):
-            sock.sendall(line + b'\r\n')
-            assert recv_reply(sock).startswith(b'250')
         channel = _channel_of(served)
+        greeted = served.call(lambda: sorted(vars(channel)))
+        for line in (b'EHLO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>', b'DATA',
+                     b'Subject: x\r\n\r\nbody\r\n.', b'RSET',
+                     b'MAIL FROM:<a@b> BODY=8BITMIME', b'RCPT TO:<c@d>'):
+            sock.sendall(line + b'\r\n')
+            assert recv_reply(sock)[:1] in (b'2', b'3')
         names = served.call(lambda: sorted(vars(channel)))
         assert len(names) <= 29, (len(names), names)
+        # No name comes after the greeting: CPython 3.11 stops growing a
+        # class's shared table of names once instances exist, and a name
+        # added late gives the channel a dict of its own.
+        assert names == greeted
         for name in ('_deadline_timer', '_log_opened', '_limits_errors',
                      '_verb', '_proxy_buffer', 'proxy_header'):
             assert name not in names
@@ -778,3 +785,38 @@ def test_a_user_class_attribute_of_a_layer_state_name_is_kept(live_server):
             assert recv_reply(sock).startswith(b'250 ')
     finally:
         sock.close()
+
+
+@pytest.mark.skipif(not SLOTTED, reason='slots on 3.11 and 3.12 only')
+def test_a_full_stack_session_adds_no_name_after_its_first_command(
+        live_server, tls_certs):
+    # Every capability (PROXY, TLS, AUTH, BDAT, DSN, the session log ...):
+    # a name added to a channel's __dict__ after its construction would
+    # come after CPython 3.11 stopped growing the class's shared table of
+    # names, and give every channel a dict of its own.
+    seen = []
+
+    class Watched(smtpd_compat.SMTPChannel):
+        def found_terminator(self):
+            seen.append(sorted(vars(self)))
+            super().found_terminator()
+
+    base = type('Base', (Recorder, RecordingServer), {
+        'channel_class': Watched, 'auth_user_kwarg': True})
+    cls = type('S', MIXINS + (base,), {})
+    runner = live_server(cls, tls_context=tls_certs.server_context,
+                         authenticator=authenticate)
+    runner.server.messages = []
+    composed = runner.server.channel_class
+
+    class Built(composed):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(sorted(vars(self)))     # once every layer is done
+
+    runner.server.channel_class = Built
+    run_session(runner.server, runner.address, tls_certs.client_context, False)
+    assert len(seen) > 10
+    assert len(seen[0]) <= 29, seen[0]
+    for names in seen:
+        assert names == seen[0]
