@@ -28,7 +28,7 @@ import sys
 import time
 from types import FrameType
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List,
-                    NoReturn, Optional, Tuple, Union)
+                    NoReturn, Optional, Set, Tuple, Union)
 
 if TYPE_CHECKING:
     import smtpd_compat as _smtpd
@@ -91,9 +91,20 @@ def run_workers(count: int, serve: Callable[[], object], *,
     def spawn(slot: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child(serve, previous, stopping)
+        # The signals stay blocked across fork(): CPython forgets, in the
+        # child, every signal that arrived before its own after-fork
+        # bookkeeping ran, so a stop signal sent to a worker just forked
+        # (as below, when one came while forking) was lost, and the parent
+        # waited for that worker forever.  Blocked, it waits in the kernel
+        # until the child has its handlers back (_child unblocks it).
+        mask = _block(previous)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(serve, previous, stopping, mask)
+        finally:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         children[pid] = (slot, time.monotonic())
         if stopping:     # the signal came while we were forking
             os.kill(pid, stopping[0])
@@ -134,14 +145,26 @@ def _restore(signum: int, handler: _Handler) -> None:
     signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
+def _block(signals: Iterable[int]) -> Optional[Set[int]]:
+    """Block ``signals``; the mask before, or None where signals cannot be
+    blocked."""
+    if not hasattr(signal, 'pthread_sigmask'):
+        return None
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, list(signals)))
+
+
 def _child(serve: Callable[[], object], handlers: Dict[int, _Handler],
-           stopping: Iterable[int] = ()) -> NoReturn:
+           stopping: Iterable[int] = (),
+           mask: Optional[Set[int]] = None) -> NoReturn:
     # In the worker: the parent's handlers (fan-out) are not ours.  Restore
-    # what was there before run_workers; serve() installs its own.
+    # what was there before run_workers; serve() installs its own.  Signals
+    # blocked across fork() (see spawn) arrive once they are back.
     code = 0
     try:
         for signum, handler in handlers.items():
             _restore(signum, handler)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         # A stop signal that came between fork() and the restore above ran
         # the parent's handler copied by fork (it marks our copy of
         # ``stopping``) and is gone: serving now would ignore it and the
