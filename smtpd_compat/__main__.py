@@ -332,10 +332,16 @@ def _terminate(signum: int, frame: Optional[types.FrameType]) -> None:
     Ctrl-C did (a KeyboardInterrupt that main() catches); later ones are
     ignored, so that a second signal arriving while the first unwinds
     cannot raise again: no traceback, and no exit status 130."""
+    global _stopping
     if _stopping:
-        # Already tripped before the SIG_IGN below took effect.
         return
-    _ignore_stop_signals()
+    # Not SIG_IGN yet (main() switches to it on its way out): when two stop
+    # signals arrive together, CPython runs this handler for the first and
+    # leaves the second noted for its next check; had its handler become
+    # SIG_IGN meanwhile, CPython would print "OSError: Signal 15 ignored
+    # due to race condition".  Noted here, it finds this handler, which
+    # returns.
+    _stopping = True
     raise KeyboardInterrupt
 
 
