@@ -707,12 +707,7 @@ class LoopServices:
             # and waiting one more wake-up (two system calls, and a read
             # that fails once the client has hung up).  The same handler,
             # called by the loop as after the next wait.
-            try:
-                obj.handle_write_event()
-            except _RERAISED:
-                raise
-            except BaseException:
-                obj.handle_error()
+            _write_event(obj)
             if obj is not self.map.get(fd):
                 if obj is self._known.get(fd):
                     self._forget(fd, obj)    # it closed itself
@@ -825,12 +820,7 @@ class LoopServices:
                 except BaseException:
                     obj.handle_error()
             if mask & _WRITE and obj is map.get(fd):
-                try:
-                    obj.handle_write_event()
-                except _RERAISED:
-                    raise
-                except BaseException:
-                    obj.handle_error()
+                _write_event(obj)
             if obj is map.get(fd):
                 self._refresh(fd, obj, handled=True)
             elif obj is known.get(fd):
@@ -851,6 +841,17 @@ class LoopServices:
         hold or signal handler."""
         return (not self.map and self._next_delay() is None
                 and self._holds <= 0 and not self._signal_wakeups)
+
+
+def _write_event(obj: Any) -> None:
+    """A write event for ``obj``, its errors handled as asyncore's loop
+    handles them."""
+    try:
+        obj.handle_write_event()
+    except _RERAISED:
+        raise
+    except BaseException:
+        obj.handle_error()
 
 
 def _closes_when_written(obj: Any) -> bool:
