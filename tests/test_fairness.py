@@ -88,6 +88,10 @@ def test_one_address_cannot_starve_another(live_server, threads_, per_address):
             assert live.server.order == ['127.0.0.1', '127.0.0.2']
             live.server.gate.set()
         else:
+            # (Opened only once the other address's message is queued too:
+            # opened earlier, the flood ran before it was read, FIFO or not.)
+            wait_for(lambda: pool_of(live).in_flight == 5,
+                     'the other message was not submitted')
             live.server.gate.set()
             assert other.getreply()[0] == 250
             # Round-robin: at most one more flood message went first (FIFO
