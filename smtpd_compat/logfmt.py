@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 __all__ = ['safe', 'format_peer', 'LogEvery', 'LINE_FORMAT', 'stream_handler',
            'log_info']
@@ -109,6 +109,7 @@ LINE_FORMAT = '%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s'
 # LINE_FORMAT with its fields in order: asctime, name, process, levelname,
 # message (what PercentStyle makes of it).
 _LINE = '%s %s[%d] %s %s'
+_HEAD = '%s %s[%d] %s '
 
 # The handler stream_handler() made last: the one log_info() writes to
 # directly (see _direct_handler).
@@ -205,6 +206,34 @@ def _direct_handler(logger: logging.Logger) -> 'Optional[logging.StreamHandler[A
     return handler
 
 
+# Formatter.formatTime's text before the milliseconds is the same for
+# every line of one second: kept for the second of the last line, while
+# the converter is time's own localtime or gmtime and time.strftime is the
+# original.  (The key holds time.tzname, which time.tzset() replaces, so a
+# new time zone is seen at once.)
+_CONVERTERS = (time.localtime, time.gmtime)
+_STRFTIME = time.strftime
+_last_asctime: Tuple[Any, str] = ((), '')
+# The format of a whole line for each message format seen (a few
+# constants): LINE_FORMAT's fields, the message, the terminator.
+_line_formats: Dict[str, str] = {}
+
+
+def _asctime(formatter: Any, created: float) -> str:
+    global _last_asctime
+    converter = formatter.converter
+    fmt = formatter.default_time_format
+    if time.strftime is not _STRFTIME or converter not in _CONVERTERS:
+        return time.strftime(fmt, converter(created))
+    key = (int(created), converter, fmt, time.tzname)
+    last = _last_asctime
+    if last[0] == key:
+        return last[1]
+    text = time.strftime(fmt, converter(created))
+    _last_asctime = (key, text)
+    return text
+
+
 def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
     """``logger.info(msg, *args)``: the same line, written straight to the
     command line's handler (:func:`stream_handler`) while that is all the
@@ -214,7 +243,7 @@ def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
             or (len(args) == 1 and isinstance(args[0], collections.abc.Mapping)):
         logger.info(msg, *args)
         return
-    # LogRecord.__init__'s time, Formatter.formatTime's text.
+    # LogRecord.__init__'s time.
     if _NS_CLOCK:
         ns = time.time_ns()
         created = ns / 1e9
@@ -224,22 +253,35 @@ def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
     else:
         created = time.time()
         msecs = int((created - int(created)) * 1000) + 0.0
-    formatter: Any = handler.formatter
-    asctime = time.strftime(formatter.default_time_format,
-                            formatter.converter(created))
-    if formatter.default_msec_format:
-        asctime = formatter.default_msec_format % (asctime, msecs)
-    line = _LINE % (asctime, logger.name, os.getpid(),
-                    logging.getLevelName(logging.INFO),
-                    str(msg) % args if args else str(msg))
+    pid = os.getpid()
     # StreamHandler.emit and flush, under Handler.handle's lock.
     lock = handler.lock
     if lock:
         lock.acquire()
     try:
         try:
+            # Formatter.format: formatTime, getMessage, PercentStyle.
+            formatter: Any = handler.formatter
+            asctime = _asctime(formatter, created)
+            if formatter.default_msec_format:
+                asctime = formatter.default_msec_format % (asctime, msecs)
+            terminator = handler.terminator
+            if args and type(msg) is str and terminator == '\n':
+                # The message's format and LINE_FORMAT's in one: the same
+                # text, and the same errors for arguments that do not fit.
+                fmt = _line_formats.get(msg)
+                if fmt is None:
+                    if len(_line_formats) > 64:
+                        _line_formats.clear()
+                    fmt = _line_formats[msg] = _HEAD + msg + '\n'
+                text = fmt % ((asctime, logger.name, pid,
+                               logging.getLevelName(logging.INFO)) + args)
+            else:
+                text = _LINE % (asctime, logger.name, pid,
+                                logging.getLevelName(logging.INFO),
+                                str(msg) % args if args else str(msg)) + terminator
             stream = handler.stream
-            stream.write(line + handler.terminator)
+            stream.write(text)
             if stream and hasattr(stream, 'flush'):
                 stream.flush()
         except RecursionError:

@@ -358,3 +358,32 @@ def test_command_line_log_lines_come_the_short_way(cli_log):
     texts = [(text.split(' INFO ', 1)[1], by) for text, by in cli_log.lines]
     assert [t.split(' ', 1)[0] for t, _ in texts] == ['connect', 'message', 'disconnect']
     assert {by for _, by in texts} == {'logfmt.py'}
+
+
+@pytest.mark.skipif(not hasattr(time, 'tzset'), reason='time.tzset() is POSIX only')
+def test_log_info_sees_a_new_time_zone_within_the_second(cli_log, monkeypatch):
+    # log_info keeps the date and time of the last second it wrote; a time
+    # zone set in that very second shows at once, as in the stdlib's lines.
+    try:
+        lines = []
+        for zone in ('UTC0', 'EST+05'):
+            monkeypatch.setenv('TZ', zone)
+            time.tzset()
+            cli_log.lines.clear()
+            (fast, by_fast), (slow, by_slow) = _both_ways(cli_log)
+            assert (by_fast, by_slow) == ('logfmt.py', 'stdlib')
+            assert fast == slow
+            lines.append(fast)
+        assert lines[0][11:13] == '22' and lines[1][11:13] == '17'
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_log_info_reports_a_line_that_cannot_be_formatted_as_logging_does(cli_log):
+    _isolate()
+    with mock.patch.object(logging.StreamHandler, 'handleError', autospec=True) as error:
+        logfmt.log_info(logging_.logger, 'size=%d', 'not a number')
+        logging_.logger.info('size=%d', 'not a number')
+    assert cli_log.lines == []
+    assert [call.args[1].msg for call in error.call_args_list] == ['size=%d', 'size=%d']
