@@ -38,6 +38,7 @@ from smtpd_compat.extensions import EXTENSIONS, ExtensionsMixin
 from smtpd_compat.limits import (
     PRODUCTION_DEFAULTS, LimitsServerMixin, _check_limit)
 from smtpd_compat.lmtp import LMTPServer
+from smtpd_compat.logfmt import stream_handler
 from smtpd_compat.logging_ import SessionLogServerMixin
 from smtpd_compat.proxy_protocol import ProxyProtocolServerMixin, parse_networks
 from smtpd_compat.shutdown import DEFAULT_GRACE_PERIOD, serve_gracefully
@@ -227,10 +228,7 @@ def _configure_logging(cli: CommandLine, level: str) -> None:
     # The package's logger: every module logs below it (smtpd_compat.*).
     root = logging.getLogger('smtpd_compat')
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(
-            '%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s'))
-        root.addHandler(handler)
+        root.addHandler(stream_handler())
     root.setLevel(numeric)
 
 

@@ -1,6 +1,8 @@
 """Log helpers every module uses: one log field from client data
-(:func:`safe`), a peer address (:func:`format_peer`), and a rate limit for
-lines a flood could repeat (:class:`LogEvery`).
+(:func:`safe`), a peer address (:func:`format_peer`), a rate limit for
+lines a flood could repeat (:class:`LogEvery`), and the command line's log
+handler (:func:`stream_handler`) with a shorter way to it for the lines
+logged for every message (:func:`log_info`).
 
 Every field that comes from a client (an EHLO name, an address, PROXY
 data, an AUTH login, a reply echoing them) goes through :func:`safe`
@@ -11,10 +13,16 @@ own.
 A leaf: this module imports nothing from the package, so that every layer
 (the session, the capabilities, the command line) can use it.
 """
+import collections.abc
+import logging
+import os
 import re
+import sys
 import time
+from typing import Any, Dict, Optional, Tuple
 
-__all__ = ['safe', 'format_peer', 'LogEvery']
+__all__ = ['safe', 'format_peer', 'LogEvery', 'LINE_FORMAT', 'stream_handler',
+           'log_info']
 
 # What safe() escapes: the C0 controls (CR, LF, TAB, ESC, ...), DEL, the
 # C1 controls, the backslash itself (so that an escape in the log always
@@ -92,3 +100,196 @@ def format_peer(peer: object) -> str:
             host = '[%s]' % host
         return '%s:%s' % (host, safe(peer[1]))
     return safe(peer)
+
+
+# -- the command line's log lines ---------------------------------------------
+
+#: The format of the command line's log lines (``python -m smtpd_compat``).
+LINE_FORMAT = '%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s'
+# LINE_FORMAT with its fields in order: asctime, name, process, levelname,
+# message (what PercentStyle makes of it).
+_LINE = '%s %s[%d] %s %s'
+_HEAD = '%s %s[%d] %s '
+
+# The handler stream_handler() made last: the one log_info() writes to
+# directly (see _direct_handler).
+_own_handler: Optional[logging.StreamHandler] = None  # type: ignore[type-arg]
+
+
+def stream_handler(stream: Any = None) -> 'logging.StreamHandler[Any]':
+    """A ``logging.StreamHandler`` on ``stream`` (stderr by default)
+    writing :data:`LINE_FORMAT` lines: the command line's.  While it is the
+    only handler a line of :func:`log_info` reaches and nothing of logging
+    is changed, :func:`log_info` writes that line to it itself."""
+    global _own_handler, _sizes
+    handler = logging.StreamHandler(stream)
+    formatter = logging.Formatter(LINE_FORMAT)
+    handler.setFormatter(formatter)
+    _own_handler = handler
+    _sizes = (len(vars(handler)), len(vars(formatter)), len(vars(formatter._style)))
+    return handler
+
+
+# Speed fix (issue 20): a session-log line through the logging machinery
+# (Logger.info, findCaller, a LogRecord, Logger.handle, callHandlers,
+# Handler.handle, emit, Formatter.format, formatTime) was ~12% of the
+# instructions per message of the command line's TLS+AUTH stack.
+# log_info() writes the very same line to the same stream with the same
+# calls on it (write, then flush, under the handler's lock), while each
+# piece of logging it stands in for is the original: checked on every
+# call, by identity, so that a patch (mock.patch.object(logging.Logger,
+# 'makeRecord', ...)), a filter, another handler anywhere up the chain (a
+# user's, pytest's caplog), a changed format, level name or record
+# factory all get the stdlib's path and see every record.
+_L, _H, _F = logging.Logger, logging.StreamHandler, logging.Formatter
+_P, _R = logging.PercentStyle, logging.LogRecord
+
+
+def _originals() -> Tuple[Any, ...]:
+    # Every method the stdlib's path runs for an INFO line through a
+    # StreamHandler with a '%'-style Formatter (those a version lacks are
+    # None).
+    return (_L.info, _L.isEnabledFor, _L._log, _L.findCaller, _L.makeRecord,
+            _L.handle, _L.callHandlers, _L.filter, _R.__init__, _R.getMessage,
+            _H.handle, _H.filter, _H.emit, _H.format, _H.flush, _H.acquire,
+            _H.release, _F.format, _F.formatTime, _F.formatMessage, _F.usesTime,
+            _P.format, getattr(_P, '_format', None), _P.usesTime,
+            logging.getLevelName, logging.getLogRecordFactory())
+
+
+_ORIGINALS = _originals()
+# How many attributes a logger, and stream_handler()'s handler, formatter
+# and style, have of their own: one more is a method patched on the
+# instance (mock.patch.object(logger, 'handle')).  (getLogger() adds the
+# manager to the attributes of the loggers it makes.)
+_LOGGER_SIZE = len(vars(logging.Logger('smtpd_compat.logfmt')))
+_sizes: Tuple[int, int, int] = (0, 0, 0)
+# LogRecord takes the time from time.time_ns() from Python 3.13 on (the
+# milliseconds are worked out differently), from time.time() before.
+_NS_CLOCK = sys.version_info >= (3, 13)
+
+
+def _direct_handler(logger: logging.Logger) -> 'Optional[logging.StreamHandler[Any]]':
+    """stream_handler()'s handler when an INFO line of ``logger`` would
+    reach that handler alone, through nothing but the originals of the
+    logging machinery; None otherwise."""
+    handler = _own_handler
+    if handler is None or type(logger) is not _L or logger.filters \
+            or logger.disabled or not logging.logProcesses \
+            or len(logger.__dict__) - ('manager' in logger.__dict__) != _LOGGER_SIZE \
+            or _originals() != _ORIGINALS:
+        return None
+    # The handlers Logger.callHandlers would call: exactly ours.
+    found = None
+    current: Optional[logging.Logger] = logger
+    while current is not None:
+        handlers = current.handlers
+        if handlers:
+            if found is not None or len(handlers) != 1:
+                return None
+            found = handlers[0]
+        if not current.propagate:
+            break
+        current = current.parent
+    if found is not handler or type(handler) is not _H or handler.filters \
+            or handler.level > logging.INFO:
+        return None
+    formatter = handler.formatter
+    if type(formatter) is not _F or formatter.datefmt:
+        return None
+    style = formatter._style
+    if type(style) is not _P or style._fmt != LINE_FORMAT \
+            or getattr(style, '_defaults', None) \
+            or (len(handler.__dict__), len(formatter.__dict__),
+                len(style.__dict__)) != _sizes:
+        return None
+    return handler
+
+
+# Formatter.formatTime's text before the milliseconds is the same for
+# every line of one second: kept for the second of the last line, while
+# the converter is time's own localtime or gmtime and time.strftime is the
+# original.  (The key holds time.tzname, which time.tzset() replaces, so a
+# new time zone is seen at once.)
+_CONVERTERS = (time.localtime, time.gmtime)
+_STRFTIME = time.strftime
+_last_asctime: Tuple[Any, str] = ((), '')
+# The format of a whole line for each message format seen (a few
+# constants): LINE_FORMAT's fields, the message, the terminator.
+_line_formats: Dict[str, str] = {}
+
+
+def _asctime(formatter: Any, created: float) -> str:
+    global _last_asctime
+    converter = formatter.converter
+    fmt = formatter.default_time_format
+    if time.strftime is not _STRFTIME or converter not in _CONVERTERS:
+        return time.strftime(fmt, converter(created))
+    key = (int(created), converter, fmt, time.tzname)
+    last = _last_asctime
+    if last[0] == key:
+        return last[1]
+    text = time.strftime(fmt, converter(created))
+    _last_asctime = (key, text)
+    return text
+
+
+def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
+    """``logger.info(msg, *args)``: the same line, written straight to the
+    command line's handler (:func:`stream_handler`) while that is all the
+    line would reach and nothing of logging is changed (see above)."""
+    handler = _direct_handler(logger)
+    if handler is None or not logger.isEnabledFor(logging.INFO) \
+            or (len(args) == 1 and isinstance(args[0], collections.abc.Mapping)):
+        logger.info(msg, *args)
+        return
+    # LogRecord.__init__'s time.
+    if _NS_CLOCK:
+        ns = time.time_ns()
+        created = ns / 1e9
+        msecs = (ns % 1_000_000_000) // 1_000_000 + 0.0
+        if msecs == 999.0 and int(created) != ns // 1_000_000_000:
+            msecs = 0.0
+    else:
+        created = time.time()
+        msecs = int((created - int(created)) * 1000) + 0.0
+    pid = os.getpid()
+    # StreamHandler.emit and flush, under Handler.handle's lock.
+    lock = handler.lock
+    if lock:
+        lock.acquire()
+    try:
+        try:
+            # Formatter.format: formatTime, getMessage, PercentStyle.
+            formatter: Any = handler.formatter
+            asctime = _asctime(formatter, created)
+            if formatter.default_msec_format:
+                asctime = formatter.default_msec_format % (asctime, msecs)
+            terminator = handler.terminator
+            if args and type(msg) is str and terminator == '\n':
+                # The message's format and LINE_FORMAT's in one: the same
+                # text, and the same errors for arguments that do not fit.
+                fmt = _line_formats.get(msg)
+                if fmt is None:
+                    if len(_line_formats) > 64:
+                        _line_formats.clear()
+                    fmt = _line_formats[msg] = _HEAD + msg + '\n'
+                text = fmt % ((asctime, logger.name, pid,
+                               logging.getLevelName(logging.INFO)) + args)
+            else:
+                text = _LINE % (asctime, logger.name, pid,
+                                logging.getLevelName(logging.INFO),
+                                str(msg) % args if args else str(msg)) + terminator
+            stream = handler.stream
+            stream.write(text)
+            if stream and hasattr(stream, 'flush'):
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            # (What the stdlib reports it about: a record of this line.)
+            handler.handleError(logger.makeRecord(
+                logger.name, logging.INFO, '(unknown file)', 0, msg, args, None))
+    finally:
+        if lock:
+            lock.release()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple, Type, Union
 
 import smtpd_compat as _smtpd
 from smtpd_compat.compose import CapabilityServerMixin
-from smtpd_compat.logfmt import LogEvery, format_peer, safe
+from smtpd_compat.logfmt import LogEvery, format_peer, log_info, safe
 from smtpd_compat.session import LAYERS, SessionStateMixin
 
 if TYPE_CHECKING:
@@ -97,10 +97,10 @@ class SessionLogChannelMixin(_ChannelBase):
             self._log_messages = 0
             via = self.proxy_peer
             if via is not None and via != self.peer:
-                logger.info('connect from %s via %s', format_peer(self.peer),
-                            format_peer(via))
+                log_info(logger, 'connect from %s via %s', format_peer(self.peer),
+                         format_peer(via))
             else:
-                logger.info('connect from %s', format_peer(self.peer))
+                log_info(logger, 'connect from %s', format_peer(self.peer))
         super()._greet()
 
     def _process_data(self, data: Union[bytes, str]) -> None:
@@ -125,11 +125,13 @@ class SessionLogChannelMixin(_ChannelBase):
                 if peer is not self._log_peer or self._log_peer is None:
                     self._log_peer_text = format_peer(peer)
                     self._log_peer = peer
-                logger.info("message from %s: id=%s from=<%s> size=%d "
-                            "recipients=%d reply='%s'", self._log_peer_text,
-                            _message_id(),
-                            safe('' if sender == '<>' else sender or ''),
-                            size, recipients, safe(msg))
+                # (log_info: logger.info, the short way to the command
+                # line's handler while nothing else would see the line.)
+                log_info(logger, "message from %s: id=%s from=<%s> size=%d "
+                         "recipients=%d reply='%s'", self._log_peer_text,
+                         _message_id(),
+                         safe('' if sender == '<>' else sender or ''),
+                         size, recipients, safe(msg))
         super().push(msg)
 
     def close(self) -> None:
@@ -141,7 +143,7 @@ class SessionLogChannelMixin(_ChannelBase):
                 self.now() - opened)
             if self.close_reason:
                 text += ' reason=%s' % safe(self.close_reason)
-            logger.info('%s', text)
+            log_info(logger, '%s', text)
         super().close()
 
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from typing import (TYPE_CHECKING, Any, Deque, List, Optional, Tuple, Type,
+from typing import (TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple, Type,
                     Union, cast)
 
 import smtpd_compat as _smtpd
 from smtpd_compat.compose import UNSET, CapabilityServerMixin, Unset, setting
 from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.session import LAYERS, SessionStateMixin
+from smtpd_compat.threads import OffloadChannelMixin
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -88,6 +89,8 @@ class TLSChannelMixin(_ChannelBase):
     _tls_phase: Optional[str] = None
     _tls_want_write = False
     instance_state = ('_tls_phase', '_tls_want_write')
+    # What readable() and writable() skip in this class (see _inner_of).
+    _tls_inner: Tuple[Any, ...] = (None, None, None, None)
     # async_chat's queue of output (typeshed's asynchat stub, used up to
     # Python 3.11, does not declare it).
     producer_fifo: Deque[Any]
@@ -167,20 +170,21 @@ class TLSChannelMixin(_ChannelBase):
         if self._tls_phase == 'active':
             # Speed fix: on an encrypted session, what the layers inside
             # this one, the core and asynchat do here, while each of their
-            # initiate_send methods is the original (see _send_span) and
+            # initiate_send methods is the original (see _inner) and
             # none is patched: the session layer's wait while a read is
             # processed, and asynchat's send of the one reply queued, with
             # the same call to self.send() and the same handling of its
             # result.  Anything else (several replies to join, a producer,
             # a reply longer than ac_out_buffer_size) takes the long way.
-            span = type(self).__dict__.get(_SPAN_ATTRIBUTE, False)
-            if span is False:
-                span = _send_span(type(self))
+            known = type(self)._tls_inner
+            if known[0] is not type(self):
+                known = _inner_of(type(self))
+            span = known[3]
             if span is not None \
                     and _CHAT.initiate_send is _CHAT_INITIATE_SEND \
                     and _CORE.initiate_send is _CORE_INITIATE_SEND \
                     and SessionStateMixin.initiate_send is _SESSION_INITIATE_SEND \
-                    and (not span or _unpatched(span)):
+                    and (not span or _absent(span, 'initiate_send')):
                 if self._batching:
                     return      # the session layer sends after the read
                 fifo = self.producer_fifo
@@ -283,14 +287,42 @@ class TLSChannelMixin(_ChannelBase):
 
     # -- asyncore plumbing -------------------------------------------------
 
+    # Speed fix (issue 20): the loop asks readable() and writable() after
+    # every event, and readable() went through the threads layer and the
+    # session before the core's.  While what lies between this layer and
+    # the core (readable) or asynchat (writable) is as composed -- the
+    # threads layer's and the session's readable() their originals, no
+    # other class there with a method of that name, checked on every call
+    # (see _inner) -- this layer does what they do itself (not while
+    # waiting for a worker or closing) and calls the core's readable() or
+    # asynchat's writable() as they would have: the same answer, the same
+    # calls of the core and asynchat.
+
     def readable(self) -> bool:
         if self._tls_phase == 'flush':
             return False
+        known = type(self)._tls_inner
+        if known[0] is not type(self):
+            known = _inner_of(type(self))
+        inner = known[1]
+        if inner is not None \
+                and OffloadChannelMixin.readable is _THREADS_READABLE \
+                and SessionStateMixin.readable is _SESSION_READABLE \
+                and (not inner or _absent(inner, 'readable')):
+            if self.closing or self.waiting:
+                return False
+            return _CORE.readable(self)
         return super().readable()
 
     def writable(self) -> bool:
         if self._tls_phase == 'handshake':
             return self._tls_want_write
+        known = type(self)._tls_inner
+        if known[0] is not type(self):
+            known = _inner_of(type(self))
+        inner = known[2]
+        if inner is not None and (not inner or _absent(inner, 'writable')):
+            return _CHAT.writable(self)  # type: ignore[no-any-return]
         return super().writable()
 
     def handle_read(self) -> None:
@@ -360,52 +392,70 @@ class TLSChannelMixin(_ChannelBase):
 # The TLS layer's own tls_active (see smtp_MAIL).
 _TLS_ACTIVE = TLSChannelMixin.__dict__['tls_active']
 
-# What TLSChannelMixin.initiate_send's fast path stands in for: these very
-# functions, found where they are defined (the classes themselves, not the
-# module globals a test may rebind).  asynchat's are the ones the core took
-# when it was imported (private to it, so not in its stub).
+# What TLSChannelMixin's fast paths (initiate_send, readable, writable)
+# stand in for: these very functions, found where they are defined (the
+# classes themselves, not the module globals a test may rebind).
+# asynchat's are the ones the core took when it was imported (private to
+# it, so not in its stub).
 _CHAT: Any = getattr(_smtpd, '_ASYNC_CHAT')
 _CHAT_INITIATE_SEND: Any = getattr(_smtpd, '_CHAT_INITIATE_SEND')
 _CORE = _smtpd.SMTPChannel
 _CORE_INITIATE_SEND = _CORE.__dict__['initiate_send']
 _SESSION_INITIATE_SEND = SessionStateMixin.__dict__['initiate_send']
-# A channel class's classes to look at again on every send (see
-# _send_span), kept in the class under this name.
-_SPAN_ATTRIBUTE = '_tls_send_span'
+_THREADS_READABLE = OffloadChannelMixin.__dict__['readable']
+_SESSION_READABLE = SessionStateMixin.__dict__['readable']
+# For each fast path, the classes between this layer and the one whose
+# method it calls that may have the method, and the method they have.
+_READABLE_KNOWN: Dict[type, Any] = {OffloadChannelMixin: _THREADS_READABLE,
+                   SessionStateMixin: _SESSION_READABLE}
+_SEND_KNOWN: Dict[type, Any] = {SessionStateMixin: _SESSION_INITIATE_SEND,
+               _CORE: _CORE_INITIATE_SEND}
 
 
-def _send_span(cls: type) -> Optional[Tuple[type, ...]]:
+def _inner(cls: type, name: str, last: type, known: Dict[type, Any]
+           ) -> Optional[Tuple[Any, ...]]:
     """For the classes of ``cls``'s MRO after TLSChannelMixin and before
-    async_chat: None when one of them other than the session layer and the
-    core has an initiate_send of its own (the fast path is never taken);
-    else those that are not a capability's channel mixin (a channel class,
-    the user's or the package's), which a patch may give one later.
-    Worked out once per class."""
+    ``last``: None when one of them has a method ``name`` other than its
+    entry in ``known`` (the fast path is never taken); else the
+    ``__dict__`` of those that are not a capability's channel mixin (a
+    channel class, the user's or the package's), which a patch may give
+    one later: the fast path looks at them again on every call (_absent),
+    and at the methods of ``known`` by identity."""
     mro = cls.__mro__
-    span: Optional[Tuple[type, ...]] = None
-    if TLSChannelMixin in mro and _CORE in mro and _CHAT in mro:
-        others = []
-        between = mro[mro.index(TLSChannelMixin) + 1:mro.index(_CHAT)]
-        for klass in between:
-            if klass is SessionStateMixin or klass is _CORE:
-                continue    # (their originals are checked on every call)
-            if 'initiate_send' in klass.__dict__:
+    inner: Optional[Tuple[Any, ...]] = None
+    if TLSChannelMixin in mro and last in mro:
+        namespaces = []
+        for klass in mro[mro.index(TLSChannelMixin) + 1:mro.index(last)]:
+            if klass in known:
+                if klass.__dict__.get(name) is not known[klass]:
+                    break
+            elif name in klass.__dict__:
                 break
-            if 'layer' not in klass.__dict__:
-                others.append(klass)
+            elif 'layer' not in klass.__dict__:
+                namespaces.append(klass.__dict__)
         else:
-            span = tuple(others)
-    setattr(cls, _SPAN_ATTRIBUTE, span)
-    return span
+            inner = tuple(namespaces)
+    return inner
 
 
-def _unpatched(span: Tuple[type, ...]) -> bool:
-    """True while none of ``span`` (from _send_span) has an initiate_send
-    of its own."""
-    for klass in span:
-        if 'initiate_send' in klass.__dict__:
-            return False    # patched in since
+def _absent(namespaces: Tuple[Any, ...], name: str) -> bool:
+    """True while none of ``namespaces`` (from _inner) has ``name``."""
+    for namespace in namespaces:
+        if name in namespace:
+            return False
     return True
+
+
+def _inner_of(cls: type) -> Tuple[Any, ...]:
+    """``cls._tls_inner``: (``cls``, _inner() for readable, writable and
+    initiate_send), worked out once and kept in the class.  (The class is
+    there so that a subclass, which inherits the attribute, is not taken
+    for its base.)"""
+    known = (cls, _inner(cls, 'readable', _CORE, _READABLE_KNOWN),
+             _inner(cls, 'writable', _CHAT, {}),
+             _inner(cls, 'initiate_send', _CHAT, _SEND_KNOWN))
+    setattr(cls, '_tls_inner', known)
+    return known
 
 
 class TLSServerMixin(CapabilityServerMixin):

@@ -1,10 +1,15 @@
 """Log hygiene: whatever a client sends, a log line stays one line without
 control characters (issue 12, finding 2)."""
+import contextlib
 import logging
 import os
 import re
+import smtplib
 import socket
+import sys
+import time
 import warnings
+from unittest import mock
 
 import pytest
 
@@ -14,6 +19,7 @@ from smtpd_compat.logging_ import format_peer, safe
 from smtpd_compat.proxy_protocol import ProxyProtocolServerMixin
 
 from conftest import RecordingServer, read_to_eof, recv_reply
+from helpers import start_server
 
 # Every character a client could use to end a line or move the cursor.
 CONTROLS = [chr(c) for c in list(range(0x20)) + list(range(0x7f, 0xa0))] + [
@@ -163,3 +169,221 @@ def test_message_ids_are_new_in_a_forked_child():
     # The child drew a batch of its own, not the parent's next id.
     assert child not in ours
     assert len(set(ours + [first])) == 201
+
+
+# -- log_info: the command line's handler the short way (issue 20) ------------
+
+class _Stream:
+    """A stream that notes, for each line, whether the stdlib's logging
+    wrote it (StreamHandler.emit) or log_info itself."""
+
+    def __init__(self):
+        self.lines = []
+        self.flushes = 0
+
+    def write(self, text):
+        caller = sys._getframe(1).f_code.co_filename
+        self.lines.append((text, 'stdlib' if caller == logging.__file__ else
+                           os.path.basename(caller)))
+
+    def flush(self):
+        self.flushes += 1
+
+
+@pytest.fixture
+def cli_log():
+    """The command line's handler (logfmt.stream_handler) on the
+    package's logger, which alone gets its lines (see _isolate); the clock
+    stands still.  Restored after."""
+    package = logging.getLogger('smtpd_compat')
+    saved = (package.handlers[:], package.level, package.propagate,
+             logfmt._own_handler)
+    stream = _Stream()
+    package.handlers[:] = [logfmt.stream_handler(stream)]
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    ns = 1_700_000_000_123_456_789
+    with mock.patch('time.time', return_value=ns / 1e9), \
+            mock.patch('time.time_ns', return_value=ns):
+        yield stream
+    package.handlers[:], package.level, package.propagate, \
+        logfmt._own_handler = saved
+
+
+LINE = ("message from %s: id=%s from=<%s> size=%d recipients=%d reply='%s'",
+        '192.0.2.1:25', '5E0C3A9F17B2', 'a@b', 12, 1, '250 OK')
+
+
+def _isolate():
+    # pytest adds its capture handler to the root logger and, once a test
+    # runs, to every logger that does not propagate: taken off again here.
+    package = logging.getLogger('smtpd_compat')
+    package.handlers[:] = [logfmt._own_handler]
+
+
+def _both_ways(stream):
+    """The line written by log_info and by logger.info."""
+    _isolate()
+    logfmt.log_info(logging_.logger, *LINE)
+    logging_.logger.info(*LINE)
+    return stream.lines
+
+
+def test_log_info_writes_the_stdlib_line_itself(cli_log):
+    (fast, by_fast), (slow, by_slow) = _both_ways(cli_log)
+    assert (by_fast, by_slow) == ('logfmt.py', 'stdlib')
+    assert fast == slow
+    assert re.fullmatch(
+        r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,123 smtpd_compat\.logging_\[%d\] INFO '
+        r"message from 192\.0\.2\.1:25: id=5E0C3A9F17B2 from=<a@b> size=12 "
+        r"recipients=1 reply='250 OK'\n" % os.getpid(), fast)
+    assert cli_log.flushes == 2     # each line flushed, as emit() does
+
+
+def test_log_info_follows_what_logging_reads_at_call_time(cli_log):
+    # Not patches of the machinery: the converter, the level's name and
+    # the handlers' terminator are read as the stdlib reads them.
+    with mock.patch.object(logging.Formatter, 'converter', time.gmtime), \
+            mock.patch.object(logging.StreamHandler, 'terminator', '\r\n'), \
+            mock.patch.dict('logging._levelToName', {logging.INFO: 'NOTE'}):
+        (fast, by_fast), (slow, by_slow) = _both_ways(cli_log)
+    assert (by_fast, by_slow) == ('logfmt.py', 'stdlib')
+    assert fast == slow and ' NOTE ' in fast and fast.endswith('\r\n')
+
+
+def _patch_logger_method(stack, seen):
+    stack.enter_context(mock.patch.object(
+        logging.Logger, 'makeRecord', autospec=True,
+        side_effect=lambda *a, **k: seen.append('makeRecord')
+        or _MAKE_RECORD(*a, **k)))
+
+
+_MAKE_RECORD = logging.Logger.makeRecord
+
+
+def _patch_instance(stack, seen):
+    handle = logging_.logger.handle
+    stack.enter_context(mock.patch.object(
+        logging_.logger, 'handle',
+        side_effect=lambda record: seen.append('handle') or handle(record)))
+
+
+def _handler_filter(stack, seen):
+    handler = logging.getLogger('smtpd_compat').handlers[0]
+    seen_filter = lambda record: seen.append('filter') or True  # noqa: E731
+    handler.addFilter(seen_filter)
+    stack.callback(handler.removeFilter, seen_filter)
+
+
+def _logger_filter(stack, seen):
+    seen_filter = lambda record: seen.append('filter') or True  # noqa: E731
+    logging_.logger.addFilter(seen_filter)
+    stack.callback(logging_.logger.removeFilter, seen_filter)
+
+
+def _root_handler(stack, seen):
+    class Seen(logging.Handler):
+        def emit(self, record):
+            seen.append('emit')
+    package = logging.getLogger('smtpd_compat')
+    package.propagate = True
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [Seen()]
+    stack.callback(root.handlers.__setitem__, slice(None), saved)
+
+
+def _record_factory(stack, seen):
+    factory = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(
+        lambda *a, **k: seen.append('factory') or factory(*a, **k))
+    stack.callback(logging.setLogRecordFactory, factory)
+
+
+def _emit_patched(stack, seen):
+    emit = logging.StreamHandler.emit
+    stack.enter_context(mock.patch.object(
+        logging.StreamHandler, 'emit', autospec=True,
+        side_effect=lambda self, record: seen.append('emit') or emit(self, record)))
+
+
+def _own_format(stack, seen):
+    handler = logging.getLogger('smtpd_compat').handlers[0]
+    formatter = handler.formatter
+
+    class Seen(logging.Formatter):
+        def format(self, record):
+            seen.append('format')
+            return super().format(record)
+    handler.setFormatter(Seen(logfmt.LINE_FORMAT))
+    stack.callback(handler.setFormatter, formatter)
+
+
+@pytest.mark.parametrize('change', [
+    _patch_logger_method, _patch_instance, _handler_filter, _logger_filter,
+    _root_handler, _record_factory, _emit_patched, _own_format,
+], ids=['Logger.makeRecord', 'logger.handle', 'handler-filter', 'logger-filter',
+        'root-handler', 'record-factory', 'StreamHandler.emit', 'formatter'])
+def test_log_info_gives_way_to_any_change_of_logging(cli_log, change):
+    seen = []
+    _isolate()
+    with contextlib.ExitStack() as stack:
+        change(stack, seen)
+        logfmt.log_info(logging_.logger, *LINE)
+        assert seen, 'the change saw no call'
+        count = len(seen)
+        logging_.logger.info(*LINE)
+        assert len(seen) == 2 * count       # the same calls both ways
+    if change is not _root_handler:
+        (fast, by_fast), (slow, by_slow) = cli_log.lines
+        assert (by_fast, by_slow) == ('stdlib', 'stdlib') and fast == slow
+
+
+def test_command_line_log_lines_come_the_short_way(cli_log):
+    # The session log's lines of a live session: the connect, message and
+    # disconnect lines all go to the command line's handler directly.
+    from smtpd_compat.logging_ import SessionLogServerMixin
+
+    class Logged(SessionLogServerMixin, RecordingServer):
+        pass
+
+    _isolate()
+    with mock.patch('time.time', time.time), mock.patch('time.time_ns', time.time_ns):
+        server = start_server(Logged, ('127.0.0.1', 9))
+        try:
+            with smtplib.SMTP(*server.address, timeout=5) as client:
+                client.sendmail('a@b', ['c@d'], b'x')
+        finally:
+            server.stop()
+    texts = [(text.split(' INFO ', 1)[1], by) for text, by in cli_log.lines]
+    assert [t.split(' ', 1)[0] for t, _ in texts] == ['connect', 'message', 'disconnect']
+    assert {by for _, by in texts} == {'logfmt.py'}
+
+
+@pytest.mark.skipif(not hasattr(time, 'tzset'), reason='time.tzset() is POSIX only')
+def test_log_info_sees_a_new_time_zone_within_the_second(cli_log, monkeypatch):
+    # log_info keeps the date and time of the last second it wrote; a time
+    # zone set in that very second shows at once, as in the stdlib's lines.
+    try:
+        lines = []
+        for zone in ('UTC0', 'EST+05'):
+            monkeypatch.setenv('TZ', zone)
+            time.tzset()
+            cli_log.lines.clear()
+            (fast, by_fast), (slow, by_slow) = _both_ways(cli_log)
+            assert (by_fast, by_slow) == ('logfmt.py', 'stdlib')
+            assert fast == slow
+            lines.append(fast)
+        assert lines[0][11:13] == '22' and lines[1][11:13] == '17'
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_log_info_reports_a_line_that_cannot_be_formatted_as_logging_does(cli_log):
+    _isolate()
+    with mock.patch.object(logging.StreamHandler, 'handleError', autospec=True) as error:
+        logfmt.log_info(logging_.logger, 'size=%d', 'not a number')
+        logging_.logger.info('size=%d', 'not a number')
+    assert cli_log.lines == []
+    assert [call.args[1].msg for call in error.call_args_list] == ['size=%d', 'size=%d']

@@ -1,5 +1,6 @@
 """STARTTLS (RFC 3207) and implicit TLS (RFC 8314) over real loopback TLS,
 with certificates made at test time by trustme."""
+import contextlib
 import io
 import smtplib
 import socket
@@ -12,7 +13,7 @@ import pytest
 
 import helpers
 import smtpd_compat
-from smtpd_compat import tls
+from smtpd_compat import session, threads, tls
 from conftest import RecordingServer, recv_reply, require_tool
 
 MESSAGE = b'Subject: hello\r\n\r\nover TLS\r\n'
@@ -552,3 +553,63 @@ def test_require_starttls_asks_an_overridden_tls_active(live_server, tls_certs):
     assert send_line(sock, b'MAIL FROM:<a@example.com>') == \
         b'530 5.7.0 Must issue a STARTTLS command first\r\n'
     sock.close()
+
+
+# -- readable() and writable() on a TLS channel: the threads layer's and the
+# session's readable() done by the TLS layer itself, while they are the
+# originals and no class in between has one of its own (issue 20)
+
+class OffloadedTLS(tls.TLSServerMixin, threads.OffloadServerMixin, RecordingServer):
+    channel_class = PlainChannel
+
+
+def _callers_of(target, name, stack):
+    """Patch ``target.name`` with a spy noting the code that called it."""
+    original = getattr(target, name)
+    seen = []
+
+    def spy(self):
+        seen.append(sys._getframe(1).f_code)
+        return original(self)
+    stack.enter_context(mock.patch.object(target, name, spy))
+    return seen
+
+
+def test_readable_and_writable_fast_paths_taken(live_server, tls_certs):
+    served = live_server(OffloadedTLS, tls_context=tls_certs.server_context)
+    with contextlib.ExitStack() as stack:
+        # The core's readable() and asynchat's writable(), which the fast
+        # paths call in the end (patching them does not turn them off).
+        readable = _callers_of(smtpd_compat.SMTPChannel, 'readable', stack)
+        writable = _callers_of(smtpd_compat.asynchat.async_chat, 'writable', stack)
+        with starttls_raw(served.address, tls_certs.client_context) as sock:
+            encrypted_transaction(sock)
+    # Called by the TLS layer itself, never by the layers it stands in for
+    # (plaintext and encrypted alike).
+    assert set(readable) == {tls.TLSChannelMixin.readable.__code__}
+    assert set(writable) == {tls.TLSChannelMixin.writable.__code__}
+    assert len(readable) >= 4 and len(writable) >= 4
+    assert len(served.server.messages) == 1
+
+
+@pytest.mark.parametrize('target, name', [
+    (session.SessionStateMixin, 'readable'),
+    (threads.OffloadChannelMixin, 'readable'),
+    (PlainChannel, 'readable'),
+    (PlainChannel, 'writable'),
+    (smtpd_compat.SMTPChannel, 'writable'),
+], ids=['session.readable', 'threads.readable', 'channel-class.readable',
+        'channel-class.writable', 'SMTPChannel.writable'])
+def test_readable_and_writable_patched_later_see_every_call(
+        live_server, tls_certs, target, name):
+    served = live_server(OffloadedTLS, tls_context=tls_certs.server_context)
+    # A first session: the fast paths are taken and have looked at the class.
+    with starttls_raw(served.address, tls_certs.client_context) as sock:
+        encrypted_transaction(sock)
+    with contextlib.ExitStack() as stack:
+        with starttls_raw(served.address, tls_certs.client_context) as sock:
+            # Patched once the session is encrypted.
+            seen = _callers_of(target, name, stack)
+            encrypted_transaction(sock)
+    assert len(seen) >= 4
+    assert len(served.server.messages) == 2
