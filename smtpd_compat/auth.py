@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -330,8 +331,11 @@ class Verdict(NamedTuple):
 
     #: False: answer ``454 4.7.0`` without checking.
     allowed: bool
-    #: Seconds to wait before the check (the attacked login's delay for an
-    #: address that has failed before).
+    #: Allowed: seconds to wait before the check (the attacked login's
+    #: delay for an address that has failed before).  Not allowed: 0.0, or
+    #: when the refusal comes only from this address's checks still
+    #: running (counted as failures until they succeed), the time within
+    #: which to ask again instead of answering 454.
     delay: float = 0.0
     #: The check's priority in the worker pool
     #: (:meth:`smtpd_compat.threads.OffloadChannelMixin.offload`): 0 for an
@@ -340,6 +344,17 @@ class Verdict(NamedTuple):
     #: not hold up other clients' logins, and the owner after a typo goes
     #: before the guessers.
     priority: int = 0
+
+
+# A login refused only for its address's checks still running asks the
+# throttle again after _FIRST_RECHECK seconds, then after doubling waits,
+# for at most the throttle's max_delay (or this, for a throttle without).
+_FIRST_RECHECK = 0.05
+_MAX_RECHECK_WAIT = 15.0
+
+
+def _nothing() -> None:
+    """The work of a wait in the worker pool (see _auth_check)."""
 
 
 def normalise_login(login: str) -> str:
@@ -426,6 +441,10 @@ class AuthThrottle:
         # guesses must not all pass while none has failed yet.
         self._entries: OrderedDict[Hashable, Deque[float]] = \
             collections.OrderedDict()
+        # address key -> checks of that address let through and still
+        # running (see check_done()): those of its counted failures that
+        # may yet be withdrawn.
+        self._in_flight: Dict[Hashable, int] = {}
 
     @staticmethod
     def _login_key(login: str) -> Tuple[str, bytes]:
@@ -438,11 +457,12 @@ class AuthThrottle:
         return (times is not None and len(times) >= self.max_failures
                 and times[-self.max_failures] > since)
 
-    def _address_times(self, address: object, since: float
+    def _address_times(self, address: object, since: float, in_flight: int = 0
                        ) -> Tuple[List[Hashable], int, Optional[float]]:
         # The address's keys present (its own first: where failures are
         # recorded), its recent failures (the most of its own and of the
-        # prefixes it was folded into) and the last of them.
+        # prefixes it was folded into) and the last of them.  ``in_flight``:
+        # leave out that many of its own (checks still running).
         entries = self._entries
         levels = _address_levels(address)
         keys: List[Hashable] = [('address', levels[0])]
@@ -455,6 +475,8 @@ class AuthThrottle:
             if n:
                 keys.append(key)
             recent = sum(1 for t in times if t > since)
+            if not n:
+                recent -= in_flight
             if recent > count:
                 count = recent
             if times and (last is None or times[-1] > last):
@@ -474,6 +496,15 @@ class AuthThrottle:
                     and now < last + self.interval):
                 # Over the limit: one check an interval, counted from the
                 # last failure or allowed check.
+                in_flight = self._in_flight.get(keys[0], 0)
+                if in_flight and self._address_times(
+                        address, since, in_flight)[1] < self.max_failures:
+                    # ... but only by counting checks still running, which
+                    # a burst of logins from one client (a mail server's
+                    # parallel connections) has many of: ask again once
+                    # they are done, when their successes are withdrawn,
+                    # instead of refusing the right password.
+                    return Verdict(False, self.interval)
                 return Verdict(False)
             delay = 0.0
             if login is not None:
@@ -485,6 +516,7 @@ class AuthThrottle:
                     delay = min(self.max_delay,
                                 self.interval * 2 ** min(failures - 1, 30))
                 keys.append(login_key)
+            self._in_flight[keys[0]] = self._in_flight.get(keys[0], 0) + 1
             for key in keys:
                 times = entries.get(key)
                 if times is None:
@@ -502,6 +534,19 @@ class AuthThrottle:
         """``assess()``, as a yes or no (the delay and priority left to
         the caller)."""
         return self.assess(address, login).allowed
+
+    def check_done(self, address: object) -> None:
+        """A check from ``address`` that :meth:`assess` let through no
+        longer runs (call it once per such check, before :meth:`record`,
+        whatever became of it): while it ran, a refusal counting it was
+        answered with a time to ask again (see :class:`Verdict`)."""
+        key = ('address', address_key(address))
+        with self._lock:
+            count = self._in_flight.get(key, 0) - 1
+            if count > 0:
+                self._in_flight[key] = count
+            else:
+                self._in_flight.pop(key, None)
 
     def record(self, address: object, login: Optional[str],
                ok: Optional[bool]) -> None:
@@ -752,17 +797,42 @@ class AuthChannelMixin(OffloadChannelMixin):
         self.push(reply)
 
     def _auth_check(self, mechanism: str, login: Optional[str],
-                    password: Optional[str]) -> None:
+                    password: Optional[str], waited: float = 0.0) -> None:
         """Check the credentials and answer (the throttle first: a
-        throttled guess is answered 454 without looking at it)."""
+        throttled guess is answered 454 without looking at it).
+        ``waited``: seconds this check has already waited for the
+        address's other checks (see below)."""
         throttle = self.smtp_server.auth_throttle
         verdict = Verdict(True)
+        finished = None
         if throttle:
-            verdict = throttle.assess(self._auth_address(), login)
+            address = self._auth_address()
+            verdict = throttle.assess(address, login)
             if not verdict.allowed:
+                limit = getattr(throttle, 'max_delay', _MAX_RECHECK_WAIT)
+                if verdict.delay > 0 and waited < limit and \
+                        self.loop_services._running:
+                    # Refused only for this address's checks still running
+                    # (twenty connections of one mail server logging in at
+                    # once): wait without reading, and ask again, first
+                    # after 50 ms, then after twice as long as waited so
+                    # far, up to the throttle's delay each time and
+                    # max_delay in all (then 454).  (Under asyncore.loop,
+                    # which runs no timers, the 454 comes at once.)
+                    pause = min(verdict.delay, max(_FIRST_RECHECK, waited))
+                    self.offload(_nothing, (),
+                                 lambda done, value: self._auth_check(
+                                     mechanism, login, password, waited + pause),
+                                 delay=pause, what='AUTH wait')
+                    return
                 self._auth_result(mechanism, login, 'throttled')
                 return
+            check_done = getattr(throttle, 'check_done', None)
+            if check_done is not None:
+                finished = functools.partial(check_done, address)
         if login is None:
+            if finished is not None:
+                finished()
             self._auth_verdict(mechanism, login, True, False)
             return
         # The check may take long (a deliberately slow hash, or a user's
@@ -772,8 +842,8 @@ class AuthChannelMixin(OffloadChannelMixin):
         self.offload(self.smtp_server.authenticator,
                      (mechanism, login, password, self),
                      lambda done, ok: self._auth_verdict(mechanism, login, done, ok),
-                     priority=verdict.priority, delay=verdict.delay,
-                     what='AUTH check')
+                     finished=finished, priority=verdict.priority,
+                     delay=verdict.delay, what='AUTH check')
 
     def _auth_address(self) -> object:
         # The client's address (the PROXY header's behind a balancer).

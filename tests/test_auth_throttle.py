@@ -182,3 +182,83 @@ def test_live_owner_gets_235_after_a_typo_during_an_attack(live_server, attacker
     started = time.monotonic()
     assert attempt(live.address, 'right', '127.0.0.2') == 235
     assert time.monotonic() - started < WAIT    # (did not hang)
+
+
+# -- a burst of logins from one client --------------------------------------
+
+def test_a_refusal_only_for_checks_in_flight_says_when_to_ask_again():
+    clock = FakeClock()
+    throttle = AuthThrottle(max_failures=3, clock=clock)
+    address = '192.0.2.40'
+    for _ in range(3):
+        assert throttle.assess(address, 'alice').allowed
+    # Three checks run, none has failed: not a plain refusal.
+    assert throttle.assess(address, 'alice') == Verdict(False, 1.0, 0)
+    # Two succeed: their counts are withdrawn, and the next is checked.
+    for _ in range(2):
+        throttle.check_done(address)
+        throttle.record(address, 'alice', True)
+    assert throttle.assess(address, 'alice').allowed
+    # Both running checks fail, and a third: three real failures, a plain
+    # refusal.
+    for _ in range(2):
+        throttle.check_done(address)
+        throttle.record(address, 'alice', False)
+    assert throttle.assess(address, 'alice').allowed
+    throttle.check_done(address)
+    throttle.record(address, 'alice', False)
+    assert throttle.assess(address, 'alice') == Verdict(False)
+    assert throttle._in_flight == {}
+
+
+def test_guesses_in_flight_are_refused_once_they_have_failed():
+    clock = FakeClock()
+    throttle = AuthThrottle(max_failures=10, clock=clock)
+    address = '192.0.2.41'
+    assert sum(throttle.allow(address, 'alice') for _ in range(100)) == 10
+    for _ in range(10):
+        throttle.check_done(address)
+        throttle.record(address, 'alice', False)
+    # The burst's other 90, asking again: refused outright.
+    assert all(throttle.assess(address, 'alice') == Verdict(False)
+               for _ in range(90))
+
+
+def slow_check(mechanism, login, password, channel):
+    time.sleep(0.2)
+    return check(mechanism, login, password, channel)
+
+
+def test_live_parallel_logins_of_one_client_all_succeed(live_server):
+    # A mail server submitting over many connections at once logs them in
+    # at the same moment from one address: more checks in flight than
+    # max_failures must make the later ones wait, not answer 454.
+    live = live_server(Server, authenticator=slow_check,
+                       auth_allow_plaintext=True, loop='smtpd_compat',
+                       auth_throttle=AuthThrottle(max_failures=3))
+    barrier = threading.Barrier(12)
+    codes = []
+
+    def login():
+        barrier.wait()
+        codes.append(attempt(live.address, 'right', '127.0.0.1'))
+
+    threads = [threading.Thread(target=login) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [235] * 12
+    # Guessers from one address are still refused once they have failed.
+    guesses = []
+
+    def guess():
+        guesses.append(attempt(live.address, 'guess', '127.0.0.5'))
+
+    threads = [threading.Thread(target=guess) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(guesses).count(535) == 3 and guesses.count(454) == 9
+    assert live.server.auth_throttle._in_flight == {}
