@@ -801,10 +801,12 @@ class LoopServices:
     # -- one wake-up -----------------------------------------------------------
 
     def _poll(self, timeout: Optional[float]) -> None:
-        delay = self._next_delay()
+        # (Speed: the timer and selector calls only where there is
+        # something for them to do.)
+        delay = self._next_delay() if self._timers else None
         if delay is not None and (timeout is None or delay < timeout):
             timeout = delay
-        selector = self._get_selector()
+        selector = self._selector or self._get_selector()
         if self._events:
             ready = selector.select(timeout)
         else:
@@ -839,7 +841,7 @@ class LoopServices:
                 self._refresh(fd, obj, True)    # (handled: positional is cheaper)
             elif obj is known.get(fd):
                 self._forget(fd, obj)    # it closed itself
-        ran = self._run_due()
+        ran = self._run_due() if self._timers else False
         if ready or ran or self._dirty:
             # Timer callbacks may close any dispatcher: full check after
             # them; after handlers only, the cheap one.
