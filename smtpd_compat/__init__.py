@@ -998,16 +998,16 @@ class SMTPChannel(asynchat.async_chat):
                 else:
                     command = line[:i].upper()
                     arg = line[i+1:].strip()
-                if self.extended_smtp:
-                    if len(limits) < _COMMAND_LIMITS_KEPT:
-                        max_sz = limits[command]
-                    else:
-                        max_sz = self._command_limit(command)
-                else:
-                    max_sz = self.command_size_limit
                 self.ac_in_buffer = _PENDING
                 dispatching, self._in_dispatch = self._in_dispatch, True
                 try:
+                    if self.extended_smtp:
+                        if len(limits) < _COMMAND_LIMITS_KEPT:
+                            max_sz = limits[command]
+                        else:
+                            max_sz = self._command_limit(command)
+                    else:
+                        max_sz = self.command_size_limit
                     if size > max_sz:
                         self.push('500 Error: line too long')
                     elif command == 'RCPT' and \
