@@ -136,6 +136,13 @@ _ASK_EVERYONE_INTERVAL = 0.1
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
+if hasattr(select, 'epoll'):
+    # (The pairs epoll gives for reads are the loop's own where EPOLLIN
+    # is EVENT_READ, as on Linux; see _EpollSelector.select.)
+    _EPOLLIN = select.EPOLLIN if select.EPOLLIN == _READ else None
+    # Events other than these (errors, hang-ups) count as both.
+    _NOT_EPOLLIN = ~select.EPOLLIN
+    _NOT_EPOLLOUT = ~select.EPOLLOUT
 # Errors a handler must not swallow; the same set asyncore re-raises
 # (legacy code raises asyncore.ExitNow from a handler to leave the loop).
 _RERAISED = (KeyboardInterrupt, SystemExit, _asyncore.ExitNow)
@@ -202,13 +209,20 @@ class _EpollSelector:
             # Round up, so a wait for a timer that is due in less than a
             # millisecond does not spin.
             timeout = math.ceil(timeout * 1e3) * 1e-3
+        registered = self._registered
         try:
-            ready = self._epoll.poll(timeout, max(self._registered, 1))
+            ready = self._epoll.poll(timeout, registered if registered > 1 else 1)
         except InterruptedError:
             return []
-        not_in, not_out = ~select.EPOLLIN, ~select.EPOLLOUT
-        return [(fd, (_WRITE if event & not_in else 0)
-                 | (_READ if event & not_out else 0))
+        for fd, event in ready:
+            if event != _EPOLLIN:
+                break
+        else:
+            # Speed fix: only reads, and EPOLLIN is EVENT_READ: the pairs
+            # as epoll gave them, without making new ones.
+            return ready
+        return [(fd, (_WRITE if event & _NOT_EPOLLIN else 0)
+                 | (_READ if event & _NOT_EPOLLOUT else 0))
                 for fd, event in ready]
 
     def close(self) -> None:
@@ -787,10 +801,12 @@ class LoopServices:
     # -- one wake-up -----------------------------------------------------------
 
     def _poll(self, timeout: Optional[float]) -> None:
-        delay = self._next_delay()
+        # (Speed: the timer and selector calls only where there is
+        # something for them to do.)
+        delay = self._next_delay() if self._timers else None
         if delay is not None and (timeout is None or delay < timeout):
             timeout = delay
-        selector = self._get_selector()
+        selector = self._selector or self._get_selector()
         if self._events:
             ready = selector.select(timeout)
         else:
@@ -822,14 +838,14 @@ class LoopServices:
             if mask & _WRITE and obj is map.get(fd):
                 _write_event(obj)
             if obj is map.get(fd):
-                self._refresh(fd, obj, handled=True)
+                self._refresh(fd, obj, True)    # (handled: positional is cheaper)
             elif obj is known.get(fd):
                 self._forget(fd, obj)    # it closed itself
-        ran = self._run_due()
+        ran = self._run_due() if self._timers else False
         if ready or ran or self._dirty:
             # Timer callbacks may close any dispatcher: full check after
             # them; after handlers only, the cheap one.
-            self._sync(full=ran)
+            self._sync(ran)     # (full=ran: positional is cheaper)
         else:
             # A wake-up by timeout with nothing to do asks everyone, so that
             # a change made behind the loop's back cannot stall a connection

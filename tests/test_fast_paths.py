@@ -637,3 +637,248 @@ def test_mail_without_parameters_overrides_still_called():
 
     _, replies, _ = _mail(No7Bit)
     assert replies == b'501 Error: BODY can only be one of 7BIT, 8BITMIME\r\n'
+
+
+# -- a command line alone in a read (issue 20, W4) ---------------------------
+
+def _rcpt_line(channel_class=None, before=list):
+    """Profile one RCPT on a HELO session (after calling ``before()``);
+    returns (profile, replies, the channel)."""
+    with session(smtpd_compat, channel_class) as s:
+        s.send(b'HELO a', MAIL)
+        s.received()
+        before()
+        with _profiled() as seen:
+            s.send(RCPT)
+        return seen, s.received(), s.channel
+
+
+def test_command_line_fast_path_taken():
+    seen, replies, channel = _rcpt_line()
+    assert replies == b'250 OK\r\n'
+    assert channel.rcpttos == ['b@example.org'] and channel.rcpt_options == []
+    assert channel.ac_in_buffer == b'' and channel.received_lines == []
+    assert channel.num_bytes == 0 and not channel._in_dispatch
+    cls = smtpd_compat.SMTPChannel
+    chat = smtpd_compat.asynchat.async_chat
+    # The line was split, dispatched, parsed and answered without these.
+    for skipped in (cls.collect_incoming_data, cls.found_terminator,
+                    cls._take_line, cls.smtp_RCPT, cls._path_argument,
+                    cls._strip_command_keyword, cls._getaddr, cls._getparams,
+                    cls.check_rcpt_parameters, cls.push, cls.initiate_send,
+                    chat.push, chat.initiate_send):
+        assert _ran(seen, skipped) == [], skipped
+    assert getattr not in seen['builtin']
+
+
+class _Lines(smtpd_compat.SMTPChannel):
+    """Records the per-line calls of the general path."""
+    def __init__(self, *args, **kwargs):
+        self.calls = []
+        super().__init__(*args, **kwargs)
+
+    def collect_incoming_data(self, data):
+        self.calls.append(('collect_incoming_data', data))
+        super().collect_incoming_data(data)
+
+    def found_terminator(self):
+        self.calls.append('found_terminator')
+        super().found_terminator()
+
+    def _take_line(self):
+        line = super()._take_line()
+        self.calls.append(('_take_line', line))
+        return line
+
+    def _path_argument(self, keyword, arg, syntaxerr):
+        self.calls.append(('_path_argument', keyword, arg))
+        return super()._path_argument(keyword, arg, syntaxerr)
+
+    def push(self, msg):
+        self.calls.append(('push', msg))
+        super().push(msg)
+
+    def initiate_send(self):
+        self.calls.append('initiate_send')
+        super().initiate_send()
+
+
+def test_command_line_fast_path_gives_way_to_overrides():
+    channel = None
+
+    def clear():
+        channel_of[0].calls.clear()
+
+    channel_of = []
+
+    class Lines(_Lines):
+        def __init__(self, *args, **kwargs):
+            channel_of.append(self)
+            super().__init__(*args, **kwargs)
+
+    seen, replies, channel = _rcpt_line(Lines, clear)
+    assert replies == b'250 OK\r\n' and channel.rcpttos == ['b@example.org']
+    assert channel.calls == [
+        ('collect_incoming_data', RCPT), 'found_terminator',
+        ('_take_line', RCPT), ('_path_argument', 'TO:', 'TO:<b@example.org>'),
+        ('push', '250 OK'), 'initiate_send']
+
+
+@pytest.mark.parametrize('name', ['smtp_RCPT', 'push', '_getparams',
+                                  'check_rcpt_parameters', '_push_constant'])
+def test_recipient_fast_path_gives_way_to_an_override(name):
+    # Any one of the methods the recipient fast path stands in for,
+    # overridden alone, is called as the stdlib called it (push, once the
+    # path is taken as far as the reply; _push_constant, ours, only from
+    # push).
+    calls = []
+    original = getattr(smtpd_compat.SMTPChannel, name)
+
+    def override(self, *args):
+        calls.append(args)
+        return original(self, *args)
+
+    Overriding = type('Overriding', (smtpd_compat.SMTPChannel,),
+                      {name: override})
+    _, replies, channel = _rcpt_line(Overriding, calls.clear)
+    assert replies == b'250 OK\r\n' and channel.rcpttos == ['b@example.org']
+    expected = {'smtp_RCPT': [('TO:<b@example.org>',)],
+                'push': [('250 OK',)], '_getparams': [([],)],
+                'check_rcpt_parameters': [({},)],
+                '_push_constant': [(b'250 OK\r\n',)]}[name]
+    assert calls == expected
+
+
+@pytest.mark.parametrize('which', ['ours', 'stdlib'])
+def test_recipient_fast_path_leaves_the_rest_to_smtp_rcpt(which):
+    # Out of order, or an address of another form: smtp_RCPT answers, as
+    # CPython 3.11's did (values recorded from it).
+    with session(_module(which)) as s:
+        s.received()
+        s.send(RCPT, b'HELO a', RCPT, MAIL, b'RCPT TO:<>',
+               b'RCPT TO:<b@example.org> SIZE=1', b'RCPT',
+               b'RCPT TO:<"q"@example.org>', b'RCPT FROM:<b@example.org>')
+        assert s.received() == (
+            b'503 Error: send HELO first\r\n250 test.invalid\r\n'
+            b'503 Error: need MAIL command\r\n250 OK\r\n250 OK\r\n'
+            b'501 Syntax: RCPT TO: <address>\r\n'
+            b'501 Syntax: RCPT TO: <address>\r\n'
+            b'250 OK\r\n501 Syntax: RCPT TO: <address>\r\n')
+        assert s.channel.rcpttos == ['<>', 'q@example.org']
+
+
+@pytest.mark.parametrize('name, calls', [
+    # Once a line (HELO, MAIL, RCPT), once a path (MAIL, RCPT), once a
+    # reply (the greeting too).
+    ('collect_incoming_data', 3), ('found_terminator', 3), ('_take_line', 3),
+    ('_path_argument', 2), ('_getaddr', 2), ('_strip_command_keyword', 2),
+    ('initiate_send', 4)], ids=lambda x: str(x))
+def test_command_line_fast_path_gives_way_to_patches(name, calls):
+    original = getattr(smtpd_compat.SMTPChannel, name)
+    with mock.patch.object(smtpd_compat.SMTPChannel, name, autospec=True,
+                           side_effect=original) as patched:
+        _, replies, channel = _rcpt_line()
+    assert replies == b'250 OK\r\n' and channel.rcpttos == ['b@example.org']
+    assert patched.call_count == calls
+
+
+def test_patched_push_sees_every_reply_of_the_fast_path():
+    with session(smtpd_compat) as s:
+        s.received()
+        with mock.patch('asynchat.async_chat.push') as push:
+            s.send(b'HELO a', MAIL, RCPT, b'NOOP', b'XYZZY')
+        assert s.received() == b''
+    assert [c.args[-1] for c in push.call_args_list] == [
+        b'250 test.invalid\r\n', b'250 OK\r\n', b'250 OK\r\n', b'250 OK\r\n',
+        b'500 Error: command "XYZZY" not recognized\r\n']
+
+
+@pytest.mark.parametrize('lines, replies', [
+    ([b'HELO a', b'NOOP ' + b'x' * 600], b'250 test.invalid\r\n'
+     b'500 Error: line too long\r\n'),
+    ([b'HELO a', b'xyzzy'], b'250 test.invalid\r\n'
+     b'500 Error: command "XYZZY" not recognized\r\n'),
+    ([b'HELO a', b'\xff'], b'250 test.invalid\r\n500 Error: bad syntax\r\n'),
+    ([b'HELO a', b'MAIL FROM:<a@'], b'250 test.invalid\r\n'
+     b'501 Syntax: MAIL FROM: <address>\r\n'),
+    ([b'HELO a', b'MAIL FROM:<\xc3\xa9@example.org>'], b'250 test.invalid\r\n'
+     b'250 OK\r\n'),
+    ([b'HELO a', b'\xc3\xa9'], b'250 test.invalid\r\n'
+     b'500 Error: command "\\xc9" not recognized\r\n'),
+    ([b'helo a', b'mail from: <a@example.org>', b'rcpt to:  <b@example.org>',
+      b'RCPT tO:<c@example.org>  ', b' NOOP', b'NOOP '],
+     b'250 test.invalid\r\n250 OK\r\n250 OK\r\n250 OK\r\n'
+     b'500 Error: command "" not recognized\r\n250 OK\r\n'),
+], ids=['too-long', 'unknown', 'not-utf8', 'bad-address', 'non-ascii-address',
+        'escaped-echo', 'case-and-spaces'])
+@pytest.mark.parametrize('which', ['ours', 'stdlib'])
+def test_command_lines_answered_as_on_311(which, lines, replies):
+    # Each line alone in a read, as the fast path takes it; the same
+    # answers as CPython 3.11's smtpd, where it did not drop the
+    # connection (deviation (b)).
+    module = _module(which)
+    if which == 'stdlib' and lines[1] in (b'\xff', b'MAIL FROM:<a@',
+                                          b'\xc3\xa9'):
+        pytest.skip('the stdlib drops the connection here (deviation (b))')
+    with session(module) as s:
+        s.received()
+        s.send(*lines)
+        assert s.received() == replies
+
+
+def test_handler_that_replaces_the_buffer_goes_on_with_it():
+    # A verb of a subclass puts input in ac_in_buffer (as STARTTLS drops
+    # pipelined plaintext): the general path goes on with it, as before.
+    class Injecting(smtpd_compat.SMTPChannel):
+        def smtp_XINJECT(self, arg):
+            self.push('250 injected')
+            self.ac_in_buffer = b'NOOP\r\nNO'
+
+    with session(smtpd_compat, Injecting) as s:
+        s.received()
+        s.send(b'XINJECT')
+        assert s.received() == b'250 injected\r\n250 OK\r\n'
+        # (A partial line is collected, as asynchat did.)
+        assert s.channel.received_lines == [b'NO']
+
+
+def test_replies_of_the_fast_path_wait_when_the_socket_is_full():
+    # Replies sent straight to the socket: once it is full, they queue in
+    # order, and every byte arrives.
+    with session(smtpd_compat) as s:
+        s.received()
+        s.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        s.send(b'HELO a')
+        count = 0
+        while not s.channel.producer_fifo:
+            s.send(b'NOOP')
+            count += 1
+            assert count < 100000
+        for _ in range(5):
+            s.send(b'NOOP')
+        count += 5
+        expected = b'250 test.invalid\r\n' + b'250 OK\r\n' * count
+        data = b''
+        while len(data) < len(expected):
+            data += s.received()
+            s.channel.handle_write()
+        assert data + s.received() == expected
+        assert not s.channel.producer_fifo
+
+
+def test_method_names_looked_up_as_before():
+    # The usual verbs' method names are looked up interned; any other
+    # verb, and a verb a subclass overrides, as ever.
+    class Verbs(smtpd_compat.SMTPChannel):
+        def smtp_NOOP(self, arg):
+            self.push('250 overridden')
+
+        def smtp_XYZZY(self, arg):
+            self.push('250 nothing happens')
+
+    with session(smtpd_compat, Verbs) as s:
+        s.received()
+        s.send(b'noop', b'xyzzy', b'Xyzzy arg', b'smtp_noop')
+        assert s.received() == (b'250 overridden\r\n250 nothing happens\r\n'
+                                b'250 nothing happens\r\n'
+                                b'500 Error: command "SMTP_NOOP" not recognized\r\n')

@@ -1,6 +1,7 @@
 """Tests for smtpd_compat.loop: the selectors-based loop and its timers."""
 import collections
 import logging
+import selectors
 import signal
 import smtplib
 import socket
@@ -622,3 +623,41 @@ def test_quit_with_a_reply_still_queued_waits_for_the_socket(served):
         assert loopmod.services(served[1])._events[channel._fileno] & loopmod._WRITE
     finally:
         client.close()
+
+
+def test_selector_events_of_reads_writes_and_hangups(selector_class):
+    # What select() reports, on both selectors: a read as EVENT_READ, a
+    # write as EVENT_WRITE, a hang-up as both (the epoll selector hands
+    # back epoll's own pairs when every event is a plain read).
+    read = selectors.EVENT_READ
+    write = selectors.EVENT_WRITE
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    selector = selector_class()
+    try:
+        selector.register(a.fileno(), read)
+        selector.register(c.fileno(), read)
+        assert selector.select(0) == []
+        b.send(b'x')
+        assert sorted(selector.select(0)) == [(a.fileno(), read)]
+        d.send(b'y')
+        assert sorted(selector.select(0)) == sorted([(a.fileno(), read),
+                                                     (c.fileno(), read)])
+        selector.modify(c.fileno(), read | write)
+        assert sorted(selector.select(0)) == sorted(
+            [(a.fileno(), read), (c.fileno(), read | write)])
+        selector.modify(c.fileno(), write)
+        assert sorted(selector.select(0)) == sorted(
+            [(a.fileno(), read), (c.fileno(), write)])
+        a.recv(10)
+        b.close()
+        a.shutdown(socket.SHUT_WR)
+        selector.modify(c.fileno(), read)
+        c.recv(10)
+        ready = dict(selector.select(0))
+        # The hang-up: readable (and, with epoll, writable too).
+        assert ready[a.fileno()] & read and c.fileno() not in ready
+    finally:
+        selector.close()
+        for s in (a, c, d):
+            s.close()
