@@ -672,9 +672,20 @@ class AuthChannelMixin(OffloadChannelMixin):
         # If the line is an AUTH command (whatever its fate: too long,
         # refused, accepted), count the responses that may follow it.
         # (All bytes, or all str on a decode_data=True channel.)
-        line = self._emptystring.join(
-            self.received_lines)  # type: ignore[arg-type]
-        self.received_lines = [line]    # joined once, not again by the core
+        lines = self.received_lines
+        if len(lines) == 1:
+            line = lines[0]     # (what join() gives for one line: itself)
+        else:
+            line = self._emptystring.join(lines)  # type: ignore[arg-type]
+            self.received_lines = [line]    # joined once, not again by the core
+        if type(line) is bytes and line[:4].upper() != b'AUTH' \
+                and not line[:1].isspace():
+            # Speed (issue 20): a line that starts with neither AUTH (in
+            # any case) nor white space has another first word; its words
+            # are not needed.  (Bytes only: str.upper() maps a few other
+            # letters to ASCII ones.)
+            super().found_terminator()
+            return
         words = line.split(None, 2)
         if words and words[0].upper() in ('AUTH', b'AUTH'):
             mechanism = words[1].upper() if len(words) > 1 else ''

@@ -5,6 +5,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -664,6 +665,13 @@ REDACTION_CASES = [
      [b64(PASSWORD.encode())]),
     ('helo-not-ehlo', ['HELO me'], 'AUTH PLAIN', [PLAIN_IR]),
     ('unknown-mech', ['EHLO me'], 'AUTH XOAUTH2', [PLAIN_IR]),
+    # The verb in any case, after white space, or before a tab: an AUTH
+    # line all the same (its first word, upper-cased, is AUTH).
+    ('lower-case', ['EHLO me'], 'auth login', [b64(USER.encode()), b64(PASSWORD.encode())]),
+    ('mixed-case', ['EHLO me'], 'aUtH Plain', [PLAIN_IR]),
+    ('leading-space', ['EHLO me'], ' AUTH LOGIN',
+     [b64(USER.encode()), b64(PASSWORD.encode())]),
+    ('tab', ['EHLO me'], 'AUTH\tPLAIN', [PLAIN_IR]),
 ]
 
 
@@ -746,3 +754,42 @@ def test_cli_debug_refused_auth_never_shows_credentials(tls_certs, tmp_path,
     assert "Data: b'EHLO me'" in output     # debugging was on
     assert b64(PASSWORD.encode()) not in output
     assert b64(USER.encode()) not in output
+
+
+@pytest.mark.parametrize('decode_data', [False, True], ids=['bytes', 'str'])
+def test_auth_line_in_pieces_and_other_lines(live_server, monkeypatch, decode_data):
+    # Lines that are not AUTH commands (their first word is another) are
+    # shown and not counted; an AUTH line that arrives in several reads is
+    # recognised, on bytes and str channels alike.
+    debug = io.StringIO()
+    monkeypatch.setattr(smtpd_compat, 'DEBUGSTREAM', debug)
+
+    class Plain(auth.AuthServerMixin, smtpd_compat.SMTPServer):
+        pass
+
+    server = live_server(Plain, authenticator=check, auth_allow_plaintext=True,
+                         decode_data=decode_data)
+    server.server.auth_allow_plaintext = False      # answer 538
+    user, password = b64(USER.encode()), b64(PASSWORD.encode())
+    sock = socket.create_connection(server.address, timeout=5)
+    with sock:
+        recv_reply(sock)
+        sock.sendall(b'EHLO me\r\nAUTHX LOGIN\r\nAUTHENTICATE\r\nNOOPS\r\n'
+                     b'AUT\r\n')
+        replies = b''
+        while not replies.endswith(b'"AUT" not recognized\r\n'):
+            replies += sock.recv(4096)
+        assert replies.count(b'\r\n500 ') == 4, replies
+        sock.sendall(b'AU')
+        time.sleep(0.2)     # (a read of its own: the line comes in pieces)
+        sock.sendall(b'TH LO')
+        time.sleep(0.2)
+        sock.sendall(('GIN\r\n%s\r\n%s\r\nNOOP\r\nQUIT\r\n'
+                      % (user, password)).encode())
+        replies = read_to_eof(sock)
+    assert replies.startswith(b'538') and replies.endswith(b'221 Bye\r\n')
+    text = debug.getvalue()
+    prefix = "Data: '" if decode_data else "Data: b'"
+    for shown in ('AUTHX LOGIN', 'AUTHENTICATE', 'NOOPS', 'AUT', 'NOOP'):
+        assert prefix + shown + "'" in text, text
+    assert user not in text and password not in text, text
