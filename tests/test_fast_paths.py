@@ -404,7 +404,7 @@ def test_channel_dict_within_the_inline_values_limit():
 
 # The attributes that on 3.13 are properties over a _ColdState (and plain
 # instance attributes elsewhere) behave as the stdlib's instance attributes.
-_COLD = ('conn', 'addr', 'smtp_server', 'fqdn', 'peer', 'enable_SMTPUTF8',
+_COLD = ('conn', 'addr', 'fqdn', 'peer', 'enable_SMTPUTF8',
          '_map', '_fileno', 'mail_options', 'rcpt_options', '_on_escape',
          'accepting', 'connecting')
 
