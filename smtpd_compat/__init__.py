@@ -137,6 +137,8 @@ _DISPATCHER_SET_SOCKET = asyncore.dispatcher.set_socket
 _DISPATCHER_ADD_CHANNEL = asyncore.dispatcher.add_channel
 _SOCKET_GETPEERNAME = socket.socket.getpeername
 _CHAT_MRO = asynchat.async_chat.__mro__
+# CPython 3.13's inline attribute values (see SMTPChannel.__slots__).
+_INLINE_VALUES = sys.version_info >= (3, 13)
 _DISPATCHER_MRO = asyncore.dispatcher.__mro__
 # The errno values asyncore's send() and recv() take for a closed connection.
 _DISCONNECTED = asyncore._DISCONNECTED
@@ -371,6 +373,68 @@ _REPLIES = {reply: (reply + '\r\n').encode('ascii') for reply in (
 _OK = _REPLIES['250 OK']
 
 
+class _ColdState:
+    """Where a channel on CPython 3.13 keeps the values of its rarely used
+    attributes (see SMTPChannel.__slots__)."""
+    __slots__ = ('conn', 'addr', 'fqdn', 'peer',
+                 'enable_SMTPUTF8', '_map', '_fileno', 'mail_options',
+                 'rcpt_options', '_on_escape', 'accepting', 'connecting')
+
+
+def _cold_state(channel):
+    """The channel's _ColdState, made if it has none yet (a subclass that
+    sets one of these attributes before calling SMTPChannel.__init__)."""
+    try:
+        cold = object.__getattribute__(channel, '_cold')
+    except AttributeError:
+        cold = None
+    if type(cold) is not _ColdState:
+        cold = channel._cold = _ColdState()
+    return cold
+
+
+def _cold_attribute(name):
+    """A property for the attribute ``name`` of a channel on CPython 3.13,
+    kept in the channel's _ColdState."""
+    def missing(self):
+        # What reading or deleting a missing instance attribute raises (a
+        # __getattr__ of the class then has its say, as there).
+        return AttributeError('%r object has no attribute %r'
+                              % (type(self).__name__, name),
+                              name=name, obj=self)
+
+    def get(self):
+        try:
+            return getattr(self._cold, name)
+        except AttributeError:
+            pass
+        try:
+            # Unset: the class attribute, as for a missing instance
+            # attribute (asyncore's addr = None, accepting = False ...).
+            return getattr(super(SMTPChannel, self), name)
+        except AttributeError:
+            raise missing(self) from None
+
+    def set(self, value):
+        # self._cold, as found by the per-event code, unless something
+        # else answers for it (a __getattr__ before __init__ set it).
+        try:
+            cold = self._cold
+        except AttributeError:
+            cold = None
+        if type(cold) is not _ColdState:
+            cold = _cold_state(self)
+        setattr(cold, name, value)
+
+    def delete(self):
+        try:
+            delattr(_cold_state(self), name)
+        except AttributeError:
+            raise missing(self) from None
+
+    return property(get, set, delete)
+
+
 class SMTPChannel(asynchat.async_chat):
     COMMAND = 0
     DATA = 1
@@ -412,6 +476,45 @@ class SMTPChannel(asynchat.async_chat):
                      '_emptystring', '_linesep', '_dotsep', '_newline',
                      '_decode_data', '_map', '_fileno',
                      'mail_options', 'rcpt_options')
+    elif sys.version_info >= (3, 13):
+        # On 3.13 a class with slots has no inline values at all, and a
+        # channel keeps its attributes inline (found as fast as slots, no
+        # dict of its own) only while it has at most 29 of them, every one
+        # of which must also fit the class's shared table of names (see
+        # above).  The stdlib's channel alone had 31 after RCPT.  So here
+        # the attributes the per-event code rarely touches (the
+        # connection's identity but smtp_server, which the capability
+        # layers read several times a command (W6: 4.8% more instructions
+        # as a property), asyncore's map entry, EHLO's and MAIL's
+        # settings, MAIL's and RCPT's parameters, the note of an exception
+        # raised for client input, asyncore's accepting and connecting, which
+        # close() sets) are properties that keep
+        # their values in one slotted _ColdState object per channel; they
+        # read, write, delete and go missing (AttributeError, hasattr) as
+        # the instance attributes of the stdlib did, and a subclass's class
+        # attribute of the same name still takes precedence.  The decode_data
+        # constants are class attributes (instance attributes only on a
+        # decode_data=True channel), and asynchat's buffer sizes are not
+        # copied to the instance (see __init__).  A channel then has 28
+        # attributes from __init__ on, closed or not; as on 3.11 no name
+        # comes later (a name a user's subclass adds in its __init__ fits
+        # too).
+        conn = _cold_attribute('conn')
+        addr = _cold_attribute('addr')
+        fqdn = _cold_attribute('fqdn')
+        peer = _cold_attribute('peer')
+        enable_SMTPUTF8 = _cold_attribute('enable_SMTPUTF8')
+        _map = _cold_attribute('_map')
+        _fileno = _cold_attribute('_fileno')
+        mail_options = _cold_attribute('mail_options')
+        rcpt_options = _cold_attribute('rcpt_options')
+        _on_escape = _cold_attribute('_on_escape')     # error paths only
+        accepting = _cold_attribute('accepting')
+        connecting = _cold_attribute('connecting')
+        _emptystring = b''
+        _linesep = b'\r\n'
+        _dotsep = ord(b'.')
+        _newline = b'\n'
 
     command_size_limit = 512
     # Kept as a class attribute for code that reads it; every channel gets
@@ -473,16 +576,24 @@ class SMTPChannel(asynchat.async_chat):
         # SMTPChannel (which did not override them) did.
         mro = type(self).__mro__
         self._plain_mro = mro[mro.index(__class__) + 1:] == _CHAT_MRO
+        if _INLINE_VALUES:
+            # (See __slots__.)  Before the cold attributes are set; unless
+            # a subclass set one of them before calling this __init__.
+            _cold_state(self)
         # Speed fix, for CPython 3.11 (neutral on 3.13): asyncore's and
         # asynchat's class defaults the per-event paths read, copied to the
         # instance, where 3.11 finds them faster (together ~3% of a
         # message).  Same values; the buffer sizes are the class's at the
         # time the channel is made.
+        # (See __slots__: close() sets it, so it gets its name in now.  On
+        # 3.13 these two are properties.)
         self.accepting = False
-        # (See __slots__: close() sets it, so it gets its name in now.)
         self.connecting = False
-        self.ac_in_buffer_size = self.ac_in_buffer_size
-        self.ac_out_buffer_size = self.ac_out_buffer_size
+        # Not on 3.13: there it makes no difference to the speed, and the
+        # names would take 2 of the 29 a channel has for inline values.
+        if not _INLINE_VALUES:
+            self.ac_in_buffer_size = self.ac_in_buffer_size
+            self.ac_out_buffer_size = self.ac_out_buffer_size
         cls = type(self)
         if self._plain_mro and type(conn) is _SOCKET and \
                 asynchat.async_chat is _ASYNC_CHAT and \
@@ -512,7 +623,9 @@ class SMTPChannel(asynchat.async_chat):
             # Deviation (c): for chunks the stdlib could not decode on
             # their own (see collect_incoming_data).
             self._decoder = codecs.getincrementaldecoder('utf-8')()
-        else:
+        elif not _INLINE_VALUES:
+            # (On 3.13 the class attributes of the same values, see
+            # __slots__.)
             self._emptystring = b''
             self._linesep = b'\r\n'
             self._dotsep = ord(b'.')

@@ -9,6 +9,7 @@ The helpers come from tests/test_patching.py, which holds the idioms of
 the first round.
 """
 import contextlib
+import ctypes
 import errno
 import socket
 import sys
@@ -351,6 +352,122 @@ def test_channel_dict_gets_every_name_in_init():
         with pytest.raises(AttributeError, match="no attribute 'rcpt_options'"):
             s.channel.rcpt_options
         assert s.channel.connecting is False
+
+
+def _inline_values_kept(obj):
+    """CPython 3.13: whether ``obj`` still keeps its attribute values
+    inline (the ``valid`` flag of the values that follow the object's
+    header; 0 once they moved to a dict of its own)."""
+    assert type(obj).__flags__ & (1 << 2)     # Py_TPFLAGS_INLINE_VALUES
+    values = id(obj) + type(obj).__basicsize__
+    return ctypes.c_uint8.from_address(values + 3).value == 1
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 13) or
+                    sys.implementation.name != 'cpython',
+                    reason="CPython 3.13's inline values (see SMTPChannel.__slots__)")
+def test_channel_keeps_inline_values_on_313():
+    # Past 29 attributes a 3.13 instance moves them to a dict of its own
+    # (slower access, ~1.4 KiB more per connection): the check sees that.
+    class Plain:
+        pass
+
+    over = Plain()
+    for i in range(30):
+        setattr(over, 'a%d' % i, i)
+    assert not _inline_values_kept(over)
+    assert _inline_values_kept(Plain())
+    # A channel stays within the limit through a whole session and close.
+    with session(smtpd_compat) as s:
+        assert _inline_values_kept(s.channel)
+        s.send(b'EHLO a', MAIL, RCPT, b'DATA', b'text\r\n.', MAIL, RCPT)
+        assert _inline_values_kept(s.channel)
+        s.send(b'QUIT')
+        assert s.received().endswith(b'221 Bye\r\n')
+        s.channel.close()
+        assert _inline_values_kept(s.channel)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13),
+                    reason='properties on 3.13 (see SMTPChannel.__slots__)')
+def test_channel_dict_within_the_inline_values_limit():
+    # No name comes after __init__, close() included, and fewer than 29
+    # (room for a name of the user's).
+    with session(smtpd_compat) as s:
+        names = set(vars(s.channel))
+        assert len(names) < 29
+        s.send(b'EHLO a', MAIL, RCPT, b'DATA', b'text\r\n.', b'RSET', b'QUIT')
+        assert s.received().endswith(b'221 Bye\r\n')
+        s.channel.close()
+        assert set(vars(s.channel)) == names
+
+
+# The attributes that on 3.13 are properties over a _ColdState (and plain
+# instance attributes elsewhere) behave as the stdlib's instance attributes.
+_COLD = ('conn', 'addr', 'fqdn', 'peer', 'enable_SMTPUTF8',
+         '_map', '_fileno', 'mail_options', 'rcpt_options', '_on_escape',
+         'accepting', 'connecting')
+
+
+def test_cold_attributes_read_write_delete_as_instance_attributes():
+    with session(smtpd_compat) as s:
+        ch = s.channel
+        assert ch.conn is s.ours and ch.smtp_server is s.server
+        assert ch.addr == ('127.0.0.1', 1) and ch.fqdn == 'test.invalid'
+        assert ch._map is s.map and ch._fileno == s.ours.fileno()
+        assert ch.enable_SMTPUTF8 is False and ch._on_escape is None
+        assert ch.accepting is False and ch.connecting is False
+        # Missing before MAIL and RCPT (AttributeError through asyncore's
+        # __getattr__, as in the stdlib).
+        for name in ('mail_options', 'rcpt_options'):
+            assert not hasattr(ch, name)
+            with pytest.raises(AttributeError, match="no attribute '%s'" % name):
+                getattr(ch, name)
+        s.send(b'EHLO a', MAIL + b' BODY=8BITMIME', RCPT)
+        assert ch.mail_options == ['BODY=8BITMIME'] and ch.rcpt_options == []
+        kept = {name: getattr(ch, name) for name in _COLD}
+        for name in _COLD:
+            setattr(ch, name, ['mine', name])
+            assert getattr(ch, name) == ['mine', name]
+        for name in _COLD:
+            delattr(ch, name)
+            if name in ('addr', 'accepting', 'connecting'):
+                # asyncore's class attribute: None, False, False
+                assert getattr(ch, name) is getattr(
+                    smtpd_compat.asyncore.dispatcher, name)
+            else:
+                assert not hasattr(ch, name)
+            with pytest.raises(AttributeError):
+                delattr(ch, name)
+        for name, value in kept.items():
+            setattr(ch, name, value)
+        s.send(b'NOOP')
+        assert s.received().endswith(b'250 OK\r\n')
+
+
+def test_cold_attributes_set_by_the_user_and_by_subclasses():
+    # A subclass's class attribute of the same name takes precedence, as
+    # over the stdlib's instance attributes (then set per instance, in
+    # __dict__); one set before SMTPChannel.__init__ is kept unless that
+    # __init__ sets it (the stdlib set mail_options first in MAIL).
+    class Mine(smtpd_compat.SMTPChannel):
+        fqdn = 'class.invalid'
+
+        def __init__(self, *args, **kwargs):
+            self.mail_options = ['EARLY']
+            self.peer = 'early'
+            super().__init__(*args, **kwargs)
+
+    with session(smtpd_compat, Mine) as s:
+        assert s.channel.mail_options == ['EARLY']
+        assert s.channel.peer != 'early'
+        assert vars(s.channel)['fqdn'] == 'test.invalid'
+        s.send(b'HELO a', MAIL)
+        assert s.received().endswith(b'250 test.invalid\r\n250 OK\r\n')
+        assert s.channel.mail_options == []
+        s.channel.peer = 'changed'
+        s.send(b'RCPT TO:<b@example.org>', b'DATA', b'text\r\n.')
+        assert s.server.process_message.call_args.args[0] == 'changed'
 
 
 def test_subclass_class_attribute_of_a_slot_name():
