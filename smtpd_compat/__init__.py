@@ -801,8 +801,8 @@ class SMTPChannel(asynchat.async_chat):
         """What push() does with the encoded reply ``data`` (one of
         _REPLIES).  Speed fix: with nothing queued before it on a real
         socket, while initiate_send and send are the originals, the reply
-        is sent as initiate_send would send it (see there), without
-        queueing it first."""
+        is sent as initiate_send would send it (see there), without the
+        call and its checks."""
         if len(data) > self.ac_out_buffer_size or \
                 asynchat.async_chat.push is not _CHAT_PUSH:
             asynchat.async_chat.push(self, data)
@@ -814,19 +814,8 @@ class SMTPChannel(asynchat.async_chat):
                 _ASYNC_CHAT.initiate_send is _CHAT_INITIATE_SEND and \
                 cls.send is _DISPATCHER_SEND and \
                 type(self.socket) is _SOCKET:
-            try:
-                sent = self.socket.send(data)
-            except OSError as why:
-                fifo.append(data)
-                if why.errno == errno.EWOULDBLOCK:
-                    return
-                if why.errno in _DISCONNECTED:
-                    self.handle_close()
-                    return
-                self.handle_error()
-                return
-            if sent < len(data):
-                fifo.append(data[sent:] if sent else data)
+            fifo.append(data)
+            self._send_first(fifo, data)
             return
         fifo.append(data)
         self.initiate_send()
@@ -901,27 +890,32 @@ class SMTPChannel(asynchat.async_chat):
                 type(self.socket) is _SOCKET:
             first = fifo[0]
             if type(first) is bytes and 0 < len(first) <= self.ac_out_buffer_size:
-                try:
-                    sent = self.socket.send(first)
-                except OSError as why:
-                    # What asyncore's send and asynchat make of it.
-                    if why.errno == errno.EWOULDBLOCK:
-                        return
-                    if why.errno in _DISCONNECTED:
-                        self.handle_close()
-                        return
-                    self.handle_error()
-                    return
-                if sent < len(first):
-                    if sent:
-                        fifo[0] = first[sent:]
-                else:
-                    fifo.popleft()
+                self._send_first(fifo, first)
                 return
         _CHAT_INITIATE_SEND(self)
         if len(fifo) > 1 and not self._reading_paused and \
                 self._queued_output() > _OUTPUT_HIGH_WATER:
             self._reading_paused = True
+
+    def _send_first(self, fifo, first):
+        """Send ``first``, the one reply queued in ``fifo``, on the real
+        socket: the same call as asyncore's send() makes, and what it and
+        asynchat's initiate_send make of its result and errors."""
+        try:
+            sent = self.socket.send(first)
+        except OSError as why:
+            if why.errno == errno.EWOULDBLOCK:
+                return
+            if why.errno in _DISCONNECTED:
+                self.handle_close()
+                return
+            self.handle_error()
+            return
+        if sent < len(first):
+            if sent:
+                fifo[0] = first[sent:]
+        else:
+            fifo.popleft()
 
     def handle_write(self):
         if not self._plain_mro or \
