@@ -376,7 +376,7 @@ _OK = _REPLIES['250 OK']
 class _ColdState:
     """Where a channel on CPython 3.13 keeps the values of its rarely used
     attributes (see SMTPChannel.__slots__)."""
-    __slots__ = ('conn', 'addr', 'fqdn', 'peer',
+    __slots__ = ('conn', 'incoming', 'fqdn', 'peer',
                  'enable_SMTPUTF8', '_map', '_fileno', 'mail_options',
                  'rcpt_options', '_on_escape', 'accepting', 'connecting')
 
@@ -500,7 +500,7 @@ class SMTPChannel(asynchat.async_chat):
         # comes later (a name a user's subclass adds in its __init__ fits
         # too).
         conn = _cold_attribute('conn')
-        addr = _cold_attribute('addr')
+        incoming = _cold_attribute('incoming')
         fqdn = _cold_attribute('fqdn')
         peer = _cold_attribute('peer')
         enable_SMTPUTF8 = _cold_attribute('enable_SMTPUTF8')

@@ -404,7 +404,7 @@ def test_channel_dict_within_the_inline_values_limit():
 
 # The attributes that on 3.13 are properties over a _ColdState (and plain
 # instance attributes elsewhere) behave as the stdlib's instance attributes.
-_COLD = ('conn', 'addr', 'fqdn', 'peer', 'enable_SMTPUTF8',
+_COLD = ('conn', 'incoming', 'fqdn', 'peer', 'enable_SMTPUTF8',
          '_map', '_fileno', 'mail_options', 'rcpt_options', '_on_escape',
          'accepting', 'connecting')
 
@@ -416,6 +416,7 @@ def test_cold_attributes_read_write_delete_as_instance_attributes():
         assert ch.addr == ('127.0.0.1', 1) and ch.fqdn == 'test.invalid'
         assert ch._map is s.map and ch._fileno == s.ours.fileno()
         assert ch.enable_SMTPUTF8 is False and ch._on_escape is None
+        assert ch.incoming == []
         assert ch.accepting is False and ch.connecting is False
         # Missing before MAIL and RCPT (AttributeError through asyncore's
         # __getattr__, as in the stdlib).
@@ -431,8 +432,8 @@ def test_cold_attributes_read_write_delete_as_instance_attributes():
             assert getattr(ch, name) == ['mine', name]
         for name in _COLD:
             delattr(ch, name)
-            if name in ('addr', 'accepting', 'connecting'):
-                # asyncore's class attribute: None, False, False
+            if name in ('accepting', 'connecting'):
+                # asyncore's class attribute: False
                 assert getattr(ch, name) is getattr(
                     smtpd_compat.asyncore.dispatcher, name)
             else:
@@ -443,6 +444,20 @@ def test_cold_attributes_read_write_delete_as_instance_attributes():
             setattr(ch, name, value)
         s.send(b'NOOP')
         assert s.received().endswith(b'250 OK\r\n')
+
+
+@pytest.mark.parametrize('name', _COLD + ('addr', 'smtp_server'))
+def test_patching_a_channel_attribute_restores_it(name):
+    # mock.patch.object on a channel's attribute, a test idiom: the
+    # original value is back afterwards (mock deletes the attribute and
+    # sets it again only if it is then missing, so an attribute with a
+    # class default of asyncore's must stay a real instance attribute).
+    with session(smtpd_compat) as s:
+        s.send(b'EHLO a', MAIL, RCPT)
+        before = getattr(s.channel, name)
+        with mock.patch.object(s.channel, name, ['patched']):
+            assert getattr(s.channel, name) == ['patched']
+        assert getattr(s.channel, name) is before
 
 
 def test_cold_attributes_set_by_the_user_and_by_subclasses():
