@@ -616,13 +616,12 @@ class SMTPChannel(asynchat.async_chat):
             raise ValueError("decode_data and enable_SMTPUTF8 cannot"
                              " be set to True at the same time")
         if decode_data:
-            self._emptystring = ''
-            self._linesep = '\r\n'
-            self._dotsep = '.'
-            self._newline = NEWLINE
-            # Deviation (c): for chunks the stdlib could not decode on
-            # their own (see collect_incoming_data).
-            self._decoder = codecs.getincrementaldecoder('utf-8')()
+            if not _INLINE_VALUES:
+                self._set_text_state()
+            # (On 3.13 at the end of __init__: a channel's names must come
+            # in the same order as every other channel's, or it, or every
+            # channel made after it, loses its inline values; these come
+            # after the names all channels have.)
         elif not _INLINE_VALUES:
             # (On 3.13 the class attributes of the same values, see
             # __slots__.)
@@ -649,6 +648,8 @@ class SMTPChannel(asynchat.async_chat):
         except OSError as err:
             # a race condition  may occur if the other end is closing
             # before we can get the peername
+            if decode_data and _INLINE_VALUES:
+                self._set_text_state()
             self.close()
             if err.errno != errno.ENOTCONN:
                 raise
@@ -667,10 +668,22 @@ class SMTPChannel(asynchat.async_chat):
                 conn.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
             except (OSError, AttributeError, TypeError):
                 pass
+        if decode_data and _INLINE_VALUES:
+            self._set_text_state()
         if type(DEBUGSTREAM) is not Devnull or print is not _PRINT or \
                 _devnull_watched:       # _debugging(), inlined
             print('Peer:', repr(self.peer), file=DEBUGSTREAM)
         self._greet()
+
+    def _set_text_state(self):
+        """A decode_data=True channel's str constants, and its decoder."""
+        self._emptystring = ''
+        self._linesep = '\r\n'
+        self._dotsep = '.'
+        self._newline = NEWLINE
+        # Deviation (c): for chunks the stdlib could not decode on their
+        # own (see collect_incoming_data).
+        self._decoder = codecs.getincrementaldecoder('utf-8')()
 
     def _init_dispatcher(self, conn, map):
         """What asynchat's and asyncore's __init__ do for a connected

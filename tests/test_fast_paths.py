@@ -377,6 +377,14 @@ def test_channel_keeps_inline_values_on_313():
         setattr(over, 'a%d' % i, i)
     assert not _inline_values_kept(over)
     assert _inline_values_kept(Plain())
+    # A channel of another kind made first does not change the order of
+    # the names every channel shares (a different order would cost every
+    # channel after it its inline values): decode_data=True's names of
+    # its own come after them (that channel has too many to keep inline).
+    with session(smtpd_compat, decode_data=True) as s:
+        assert not _inline_values_kept(s.channel)
+    with session(smtpd_compat, enable_SMTPUTF8=True) as s:
+        assert _inline_values_kept(s.channel)
     # A channel stays within the limit through a whole session and close.
     with session(smtpd_compat) as s:
         assert _inline_values_kept(s.channel)
