@@ -326,6 +326,16 @@ def _plain_path(channel, pattern, arg):
     return None
 
 
+def _path_of(channel, pattern, keyword, arg, syntaxerr):
+    """smtp_MAIL's and smtp_RCPT's (address, parameter text): a plain path
+    in one match (see _plain_path), else what _path_argument makes of it
+    ((None, None) once it has answered)."""
+    plain = _plain_path(channel, pattern, arg)
+    if plain is not None:
+        return plain, ''
+    return channel._path_argument(keyword, arg, syntaxerr)
+
+
 def _parse_address(arg):
     """(address, rest of arg) for a MAIL/RCPT/VRFY argument, split by the
     email package's parser as the stdlib did.  Raises what the parser
@@ -1650,13 +1660,9 @@ class SMTPChannel(asynchat.async_chat):
         syntaxerr = '501 Syntax: MAIL FROM: <address>'
         if self.extended_smtp:
             syntaxerr += ' [SP <mail-parameters>]'
-        plain = _plain_path(self, _MAIL_PATH, arg)
-        if plain is not None:
-            address, params = plain, ''
-        else:
-            address, params = self._path_argument('FROM:', arg, syntaxerr)
-            if address is None:
-                return
+        address, params = _path_of(self, _MAIL_PATH, 'FROM:', arg, syntaxerr)
+        if address is None:
+            return
         if self.mailfrom:
             self.push('503 Error: nested MAIL command')
             return
@@ -1736,13 +1742,9 @@ class SMTPChannel(asynchat.async_chat):
         syntaxerr = '501 Syntax: RCPT TO: <address>'
         if self.extended_smtp:
             syntaxerr += ' [SP <mail-parameters>]'
-        plain = _plain_path(self, _RCPT_PATH, arg)
-        if plain is not None:
-            address, params = plain, ''
-        else:
-            address, params = self._path_argument('TO:', arg, syntaxerr)
-            if address is None:
-                return
+        address, params = _path_of(self, _RCPT_PATH, 'TO:', arg, syntaxerr)
+        if address is None:
+            return
         cls = type(self)
         if params == '' and cls._getparams is _GETPARAMS and \
                 cls.check_rcpt_parameters is _CHECK_RCPT_PARAMETERS:

@@ -229,6 +229,23 @@ def slow_check(mechanism, login, password, channel):
     return check(mechanism, login, password, channel)
 
 
+def at_once(n, fn):
+    """The results of ``fn()`` called in ``n`` threads started together."""
+    barrier = threading.Barrier(n)
+    results = []
+
+    def run():
+        barrier.wait()
+        results.append(fn())
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_live_parallel_logins_of_one_client_all_succeed(live_server):
     # A mail server submitting over many connections at once logs them in
     # at the same moment from one address: more checks in flight than
@@ -236,29 +253,9 @@ def test_live_parallel_logins_of_one_client_all_succeed(live_server):
     live = live_server(Server, authenticator=slow_check,
                        auth_allow_plaintext=True, loop='smtpd_compat',
                        auth_throttle=AuthThrottle(max_failures=3))
-    barrier = threading.Barrier(12)
-    codes = []
-
-    def login():
-        barrier.wait()
-        codes.append(attempt(live.address, 'right', '127.0.0.1'))
-
-    threads = [threading.Thread(target=login) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    codes = at_once(12, lambda: attempt(live.address, 'right', '127.0.0.1'))
     assert codes == [235] * 12
     # Guessers from one address are still refused once they have failed.
-    guesses = []
-
-    def guess():
-        guesses.append(attempt(live.address, 'guess', '127.0.0.5'))
-
-    threads = [threading.Thread(target=guess) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    guesses = at_once(12, lambda: attempt(live.address, 'guess', '127.0.0.5'))
     assert sorted(guesses).count(535) == 3 and guesses.count(454) == 9
     assert live.server.auth_throttle._in_flight == {}
