@@ -562,15 +562,17 @@ def test_a_head_too_long_gets_431(w):
 
 
 def test_at_the_cap_with_every_connection_answered_a_new_one_gets_503():
-    inbox = Inbox()
     gate = threading.Event()
+    answering = threading.Semaphore(0)
 
     class SlowInbox(Inbox):
         def stats(self):
+            answering.release()
             gate.wait(DID_NOT_HANG)
             return super().stats()
 
-    server = WebServer(('127.0.0.1', 0), SlowInbox(), max_connections=2, threads=2).start()
+    inbox = SlowInbox()
+    server = WebServer(('127.0.0.1', 0), inbox, max_connections=2, threads=2).start()
     socks = []
     try:
         for _ in range(2):
@@ -578,9 +580,10 @@ def test_at_the_cap_with_every_connection_answered_a_new_one_gets_503():
                                             timeout=DID_NOT_HANG)
             sock.sendall(b'GET /api/web/state HTTP/1.1\r\nHost: localhost\r\n\r\n')
             socks.append(sock)
-        deadline = time.monotonic() + DID_NOT_HANG
-        while server.connections < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Both requests read and being answered (accepted is not enough: a
+        # connection whose request is still unread may be closed for room).
+        for _ in range(2):
+            assert answering.acquire(timeout=DID_NOT_HANG)
         with socket.create_connection(('127.0.0.1', server.server_address[1]),
                                       timeout=DID_NOT_HANG) as sock:
             reply = read_to_eof(sock, DID_NOT_HANG)
