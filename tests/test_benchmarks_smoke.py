@@ -56,7 +56,7 @@ def test_runner_smoke(tmp_path, python_path_env, loadgen):
 def test_runner_baseline(tmp_path, python_path_env, baseline):
     """--baseline runs ours from another revision in the same run: a git
     revision (exported with git archive) or a checkout directory."""
-    if baseline == 'HEAD' and not os.path.isdir(os.path.join(ROOT, '.git')):
+    if baseline == 'HEAD' and not os.path.exists(os.path.join(ROOT, '.git')):
         pytest.skip('not a git checkout')
     rev = ROOT if baseline == 'checkout' else 'HEAD'
     name = 'ours@' + (os.path.basename(ROOT) if baseline == 'checkout' else 'HEAD')
