@@ -93,6 +93,13 @@ _PLAIN_ADDR: re.Pattern[str]
 # A placeholder equal to b'' (see handle_read).
 _PENDING: bytes
 
+# Where a channel on CPython 3.13 keeps its rarely used attributes (see
+# SMTPChannel.__slots__); smtpd_compat.compose.derive uses both for the
+# state of a composed class's layers.
+class _ColdState: ...
+def _cold_attribute(name: str, class_default: bool = True,
+                    kind: type[_ColdState] | None = None) -> property: ...
+
 class SMTPChannel(asynchat.async_chat):
     COMMAND: ClassVar[int]
     DATA: ClassVar[int]
