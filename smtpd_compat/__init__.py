@@ -385,27 +385,37 @@ _OK = _REPLIES['250 OK']
 
 class _ColdState:
     """Where a channel on CPython 3.13 keeps the values of its rarely used
-    attributes (see SMTPChannel.__slots__)."""
+    attributes (see SMTPChannel.__slots__).  A composed channel class keeps
+    its layers' rarely used state in a subclass of its own, with more slots
+    (smtpd_compat.compose.derive): the class's ``_cold_type``."""
     __slots__ = ('conn', 'incoming', 'fqdn', 'peer',
                  'enable_SMTPUTF8', '_map', '_fileno', 'mail_options',
                  'rcpt_options', '_on_escape', 'accepting', 'connecting')
 
 
 def _cold_state(channel):
-    """The channel's _ColdState, made if it has none yet (a subclass that
-    sets one of these attributes before calling SMTPChannel.__init__)."""
+    """The channel's cold state (of its class's ``_cold_type``), made if it
+    has none yet (a subclass, or a layer, that sets one of these attributes
+    before SMTPChannel.__init__ runs)."""
+    kind = type(channel)._cold_type
     try:
         cold = object.__getattribute__(channel, '_cold')
     except AttributeError:
         cold = None
-    if type(cold) is not _ColdState:
-        cold = channel._cold = _ColdState()
+    if type(cold) is not kind:
+        cold = channel._cold = kind()
     return cold
 
 
-def _cold_attribute(name):
+def _cold_attribute(name, class_default=True, kind=None):
     """A property for the attribute ``name`` of a channel on CPython 3.13,
-    kept in the channel's _ColdState."""
+    kept in the channel's cold state.  Unset, it reads as the class
+    attribute after SMTPChannel's (asyncore's ``accepting = False`` ...),
+    as a missing instance attribute does; without ``class_default`` (a
+    layer's state, which its cold state starts at the class default, as
+    a slot of a composed class on 3.11 does) it is missing then.  With
+    ``kind``, the type of the cold state of the class it is for, its
+    accessors are compiled for speed."""
     def missing(self):
         # What reading or deleting a missing instance attribute raises (a
         # __getattr__ of the class then has its say, as there).
@@ -419,9 +429,13 @@ def _cold_attribute(name):
         except AttributeError:
             pass
         try:
-            # Unset: the class attribute, as for a missing instance
-            # attribute (asyncore's addr = None, accepting = False ...).
-            return getattr(super(SMTPChannel, self), name)
+            if class_default:
+                # Unset: the class attribute, as for a missing instance
+                # attribute.
+                return getattr(super(SMTPChannel, self), name)
+            # Read before anything made the cold state (which starts
+            # with the layers' defaults), or deleted.
+            return getattr(_cold_state(self), name)
         except AttributeError:
             raise missing(self) from None
 
@@ -432,7 +446,7 @@ def _cold_attribute(name):
             cold = self._cold
         except AttributeError:
             cold = None
-        if type(cold) is not _ColdState:
+        if type(cold) is not type(self)._cold_type:
             cold = _cold_state(self)
         setattr(cold, name, value)
 
@@ -442,7 +456,36 @@ def _cold_attribute(name):
         except AttributeError:
             raise missing(self) from None
 
+    if kind is not None:
+        # For a cold state of the type ``kind``: getter and setter compiled
+        # for this name, which CPython specialises to direct slot access
+        # (a layer's cold attribute may be read a few times a command);
+        # anything else (unset, deleted, no cold state yet) goes on to the
+        # functions above.
+        code = {'_get': get, '_set': set, '_kind': kind}
+        exec(compile(_COLD_ACCESSORS.format(name=name),
+                     '<cold attribute %s>' % name, 'exec'), code)
+        get, set = code['get'], code['set']
     return property(get, set, delete)
+
+
+_COLD_ACCESSORS = """
+def get(self):
+    try:
+        return self._cold.{name}
+    except AttributeError:
+        return _get(self)
+
+def set(self, value):
+    try:
+        cold = self._cold
+    except AttributeError:
+        cold = None
+    if type(cold) is _kind:
+        cold.{name} = value
+    else:
+        _set(self, value)
+"""
 
 
 class SMTPChannel(asynchat.async_chat):
@@ -508,7 +551,10 @@ class SMTPChannel(asynchat.async_chat):
         # copied to the instance (see __init__).  A channel then has 28
         # attributes from __init__ on, closed or not; as on 3.11 no name
         # comes later (a name a user's subclass adds in its __init__ fits
-        # too).
+        # too).  A composed class (smtpd_compat.compose.derive) keeps its
+        # layers' state the same way, in a subclass of _ColdState with a
+        # slot for each name: its _cold_type.
+        _cold_type = _ColdState
         conn = _cold_attribute('conn')
         incoming = _cold_attribute('incoming')
         fqdn = _cold_attribute('fqdn')

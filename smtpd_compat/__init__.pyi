@@ -93,6 +93,25 @@ _PLAIN_ADDR: re.Pattern[str]
 # A placeholder equal to b'' (see handle_read).
 _PENDING: bytes
 
+# Where a channel on CPython 3.13 keeps its rarely used attributes (see
+# SMTPChannel.__slots__); smtpd_compat.compose.derive uses both for the
+# state of a composed class's layers.
+class _ColdState:
+    conn: Any
+    incoming: Any
+    fqdn: Any
+    peer: Any
+    enable_SMTPUTF8: Any
+    _map: Any
+    _fileno: Any
+    mail_options: Any
+    rcpt_options: Any
+    _on_escape: Any
+    accepting: Any
+    connecting: Any
+def _cold_attribute(name: str, class_default: bool = True,
+                    kind: type[_ColdState] | None = None) -> property: ...
+
 class SMTPChannel(asynchat.async_chat):
     COMMAND: ClassVar[int]
     DATA: ClassVar[int]

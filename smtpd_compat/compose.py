@@ -29,8 +29,12 @@ The composition contract, under these public names:
     in slots, each set to its class default before any ``__init__`` runs,
     so that a channel's ``__dict__`` keeps only the stdlib's attributes
     and CPython shares one table of names among all channels (~1.2 KiB
-    less per connection).  A name some other class of the composition
-    defines without listing it (a user's class attribute) is left alone.
+    less per connection); on 3.13, in one slotted object per channel,
+    behind properties, with the same effect (see ``_COLD``).  Either way
+    they read, write, delete and patch as instance attributes, except
+    that a deleted one is missing (AttributeError), not its class default.
+    A name some other class of the composition defines without listing it
+    (a user's class attribute) is left alone.
 ``composed_base`` (composed class)
     the class a composed class was built on.
 
@@ -196,11 +200,13 @@ def derive(base: _C, mixins: Sequence[type] = (), name: Optional[str] = None) ->
                 'composed_base': base,
                 '__doc__': base.__doc__,
             }
-            state = _slotted_state(mixins, base) if _SLOTS else ()
-            if state:
+            state = _layer_state(mixins, base) if _SLOTS or _COLD else ()
+            if state and _COLD:
+                _add_cold_state(namespace, mixins, base, state)
+            elif state:
                 namespace['__slots__'] = state
             cls = type(base)(name, mixins + (base,), namespace)
-            if state:
+            if state and _SLOTS:
                 _initialise_state(cls, state)
             _cache[key] = cls
     return cls  # type: ignore[return-value]
@@ -218,13 +224,30 @@ def derive(base: _C, mixins: Sequence[type] = (), name: Optional[str] = None) ->
 # attribute access through such a dict: +4.6% instructions per message even
 # with the core's state slotted as well (docs/performance.rst).
 _SLOTS = (3, 11) <= sys.version_info < (3, 13)
+# On 3.13 a channel keeps its attributes inline (no dict of its own, 1.5
+# KiB less per connection) only while it has at most 29 of them, and the
+# core's own take 28 (see SMTPChannel.__slots__); the production channel's
+# layers added 12 more at once, and more as the session went on.  So there
+# a composed class keeps those names, as the core keeps its rarely used
+# ones, in properties over one slotted object per channel (a subclass of
+# the core's _ColdState, with a slot for each, which starts at its class
+# default as a slot of 3.11 does): the channel's __dict__ then holds the
+# core's names alone, for every composition, from __init__ on.  Reading
+# the layers' state that way costs less than it did as instance
+# attributes: 3.13 does not specialise access to an instance attribute
+# that a class attribute of the same name shadows, which is what a layer's
+# state with a class default was, while a property over a slot is
+# specialised (the accessors are compiled for each name and composition);
+# with the inline values this made W6 (the whole capability stack) ~6%
+# cheaper per message on 3.13.
+_COLD = sys.version_info >= (3, 13) and hasattr(_smtpd.SMTPChannel, '_cold_type')
 
 
-def _slotted_state(mixins: Sequence[type], base: type) -> Tuple[str, ...]:
+def _layer_state(mixins: Sequence[type], base: type) -> Tuple[str, ...]:
     """The names the mixins list in ``instance_state``, less those some
     other class of the composition defines without listing (a user's class
-    attribute, or a slot of an earlier composition): they stay where they
-    are."""
+    attribute, or a slot or property of an earlier composition): they stay
+    where they are."""
     classes = [c for m in mixins for c in m.__mro__] + list(base.__mro__)
     listed = {name for c in classes
               for name in c.__dict__.get('instance_state', ())}
@@ -234,26 +257,33 @@ def _slotted_state(mixins: Sequence[type], base: type) -> Tuple[str, ...]:
     return tuple(kept)
 
 
-def _initialise_state(cls: type, state: Sequence[str]) -> None:
-    """Give ``cls`` (built with ``state`` in slots) an __init__ that sets
-    each slot to the class default its MRO had for that name, then goes on
-    to the next __init__.  (A name without a class default is the mixin's
-    own __init__'s to set.)"""
+def _defaults(classes: Iterable[type], state: Sequence[str]) -> Dict[str, Any]:
+    """The class default of each name of ``state`` that has one: the first
+    of ``classes`` (in MRO order) that defines it.  (A name without a class
+    default is the mixin's own __init__'s to set.)"""
+    classes = list(classes)
     defaults = {}
     for name in state:
-        for c in cls.__mro__[1:]:
+        for c in classes:
             if name in c.__dict__:
                 defaults[name] = c.__dict__[name]
                 break
-    if not defaults:
-        return
-    # Plain assignments (compiled once per class): CPython specialises them
-    # to direct slot stores, where a loop over descriptors costs ~10x more
-    # per connection.
+    return defaults
+
+
+def _set_defaults_first(cls: type, defaults: Mapping[str, Any],
+                        then: bool = True) -> None:
+    """Give ``cls`` an ``__init__`` that sets each attribute of
+    ``defaults`` on self, then (``then``) goes on to the next __init__.
+    Plain assignments compiled once per class: CPython specialises them to
+    direct slot stores, where a loop over descriptors costs ~10x more per
+    connection."""
     lines = ['def __init__(self, *args, **kwargs):']
     lines += ['    self.%s = _defaults[%r]' % (name, name) for name in defaults]
-    lines += ['    super(_cls, self).__init__(*args, **kwargs)']
-    namespace: Dict[str, Any] = {'_defaults': defaults, '_cls': cls}
+    if then:
+        lines += ['    super(_cls, self).__init__(*args, **kwargs)']
+    lines += ['    pass']      # (for a state without defaults)
+    namespace: Dict[str, Any] = {'_defaults': dict(defaults), '_cls': cls}
     exec(compile('\n'.join(lines), '<%s.__init__>' % cls.__qualname__, 'exec'), namespace)
     init = namespace['__init__']
     init.__qualname__ = cls.__qualname__ + '.__init__'
@@ -261,6 +291,33 @@ def _initialise_state(cls: type, state: Sequence[str]) -> None:
     klass: Any = cls
     init.__wrapped__ = super(klass, klass).__init__
     setattr(cls, '__init__', init)
+
+
+def _initialise_state(cls: type, state: Sequence[str]) -> None:
+    """Give ``cls`` (built with ``state`` in slots) an __init__ that sets
+    each slot to the class default its MRO had for that name, then goes on
+    to the next __init__."""
+    defaults = _defaults(cls.__mro__[1:], state)
+    if defaults:
+        _set_defaults_first(cls, defaults)
+
+
+def _add_cold_state(namespace: Dict[str, Any], mixins: Sequence[type],
+                    base: type, state: Sequence[str]) -> None:
+    """Put the names of ``state`` in the ``namespace`` of the class being
+    composed (on 3.13, see _COLD) as properties over its cold state, whose
+    type (``_cold_type``, with a slot for each name, set to its class
+    default when it is made) goes in the namespace too."""
+    classes = [c for m in mixins for c in m.__mro__] + list(base.__mro__)
+    parent: type = getattr(base, '_cold_type')
+    kind = type(namespace['__qualname__'] + '_ColdState', (parent,),
+                {'__slots__': tuple(state), '__module__': __name__})
+    # (The core's _ColdState has no defaults to set: no call to it.)
+    _set_defaults_first(kind, _defaults(classes, state),
+                        then=parent is not _smtpd._ColdState)
+    namespace['_cold_type'] = kind
+    for name in state:
+        namespace[name] = _smtpd._cold_attribute(name, class_default=False, kind=kind)
 
 
 def _layer(mixin: Any) -> int:

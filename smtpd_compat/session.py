@@ -183,7 +183,8 @@ class SessionStateMixin(_ChannelBase):
     _deadline_timer: Optional[_loop.TimerHandle] = None
     _loop_services: Optional[_loop.LoopServices] = None
     # Per-connection state with the class defaults above (and _batching
-    # below): slots in composed classes (smtpd_compat.compose.derive).
+    # below): slots in composed classes on 3.11 and 3.12, a cold state
+    # object on 3.13 (smtpd_compat.compose.derive).
     instance_state: ClassVar[Tuple[str, ...]] = (
         'auth_user', 'proxy_peer', 'closing', 'close_reason', 'waiting',
         'deadline_phase', '_deadline', '_deadline_timer', '_loop_services',

@@ -19,6 +19,7 @@ import socket
 import ssl
 import sys
 import threading
+from unittest import mock
 
 import pytest
 
@@ -37,6 +38,7 @@ from smtpd_compat.tls import TLSServerMixin
 
 import helpers
 from conftest import RecordingServer, recv_reply
+from test_fast_paths import _inline_values_kept
 
 MIXINS = (ProxyProtocolServerMixin, LimitsServerMixin, SessionLogServerMixin,
           TLSServerMixin, AuthServerMixin, ExtensionsMixin)
@@ -707,6 +709,11 @@ def test_graceful_shutdown_hangs_up_on_a_compat_channel_without_patching_it():
 # -- idle memory: the layers' state in slots (CPython 3.11 and 3.12) -------
 
 SLOTTED = (3, 11) <= sys.version_info < (3, 13)
+# CPython 3.13 (where a class with slots loses its inline values): a
+# composed class keeps its layers' state in a slotted cold state object,
+# behind properties (smtpd_compat.compose.derive).
+COLD = sys.version_info >= (3, 13)
+INLINE_VALUES = sys.version_info[:2] == (3, 13) and sys.implementation.name == 'cpython'
 
 
 def _channel_of(served):
@@ -715,12 +722,13 @@ def _channel_of(served):
         if isinstance(obj, smtpd_compat.SMTPChannel)))
 
 
-@pytest.mark.skipif(not SLOTTED, reason='slots on 3.11 and 3.12 only')
+@pytest.mark.skipif(not (SLOTTED or COLD), reason='slots on 3.11 and 3.12, cold state on 3.13')
 def test_composed_channel_dict_within_the_shared_keys_limit(live_server):
     # CPython shares the attribute-name table of instances with at most 29
     # names in __dict__; the stdlib's own attributes take 29 after MAIL,
     # so the layers' per-connection state lives in slots of the composed
-    # class, each starting at its class default.
+    # class (3.11, 3.12) or in its cold state (3.13: 29 inline values),
+    # each starting at its class default.
     Server = compose_server(RecordingServer, [
         SessionLogServerMixin, LimitsServerMixin, ExtensionsMixin,
         ProxyProtocolServerMixin])
@@ -776,6 +784,10 @@ def test_a_user_class_attribute_of_a_layer_state_name_is_kept(live_server):
             assert '_budget_held' in cls.__slots__
             assert '_limits_ip' not in cls.__slots__
             assert '_reading_paused' not in cls.__slots__
+        if COLD:
+            assert isinstance(cls.__dict__['_budget_held'], property)
+            assert '_limits_ip' not in cls.__dict__
+            assert '_limits_ip' in vars(channel)
         assert channel._budget_held == 0
         # Counted in _limits_per_ip under this key: set by the layer.
         assert channel._limits_ip == '127.0.0.1'
@@ -787,7 +799,137 @@ def test_a_user_class_attribute_of_a_layer_state_name_is_kept(live_server):
         sock.close()
 
 
-@pytest.mark.skipif(not SLOTTED, reason='slots on 3.11 and 3.12 only')
+# The CLI's --production composition (the session log and the limits).
+PRODUCTION = (SessionLogServerMixin, LimitsServerMixin)
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 13) or
+                    sys.implementation.name != 'cpython',
+                    reason="CPython 3.13's inline values (see compose._COLD)")
+def test_production_channels_keep_inline_values_on_313(live_server):
+    # Past 29 names (the production channel had 40 once greeted) every
+    # channel carried a dict of its own, ~1.5 KiB; and every channel must
+    # add its names in one order, or it and those after it lose them.
+    Server = compose_server(RecordingServer, PRODUCTION)
+    served = live_server(Server, loop='smtpd_compat')
+    socks = [socket.create_connection(served.address, timeout=10) for _ in range(3)]
+    try:
+        for sock in socks:
+            assert recv_reply(sock).startswith(b'220 ')
+        for sock in socks[:2]:
+            for line in (b'EHLO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>', b'DATA',
+                         b'Subject: x\r\n\r\nbody\r\n.', b'RSET', b'NOOP',
+                         b'MAIL FROM:<a@b> SIZE=10', b'RCPT TO:<c@d>'):
+                sock.sendall(line + b'\r\n')
+                assert recv_reply(sock)[:1] in (b'2', b'3')
+        channels = served.call(lambda: [obj for obj in list(served.map.values())
+                                        if isinstance(obj, smtpd_compat.SMTPChannel)])
+        assert len(channels) == 3
+        names = served.call(lambda: [list(vars(ch)) for ch in channels])
+        assert names[0] == names[1] == names[2] and len(names[0]) <= 29, names
+        assert served.call(lambda: [_inline_values_kept(ch) for ch in channels]) == [True] * 3
+        # The layers' state is there all the same.
+        assert served.call(lambda: channels[0]._limits_ip) == '127.0.0.1'
+        assert served.call(lambda: channels[0]._log_messages) == 1
+        assert served.call(lambda: channels[2].deadline_phase) == 'idle'
+        socks[0].sendall(b'QUIT\r\n')
+        assert recv_reply(socks[0]).startswith(b'221 ')
+        served.wait_until(lambda: not channels[0].connected)
+        assert served.call(lambda: [_inline_values_kept(ch) for ch in channels]) == [True] * 3
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _layer_names(channel):
+    """The names the layers of ``channel``'s composed class keep for it
+    (slots on 3.11 and 3.12, its cold state on 3.13): those they list,
+    less those another class defines (asyncore's ``closing``)."""
+    cls = type(channel)
+    return compose._layer_state(cls.__bases__[:-1], cls.composed_base)
+
+
+def test_layer_state_reads_writes_deletes_and_patches_as_attributes(live_server):
+    # Whether in slots (3.11, 3.12), properties over the cold state (3.13)
+    # or plain attributes (before 3.11): set, read, patched and restored
+    # like instance attributes, and not in vars(); deleted, one is missing
+    # where it is kept apart (AttributeError, not the class default).
+    Server = compose_server(RecordingServer, PRODUCTION)
+    served = live_server(Server, loop='smtpd_compat')
+    sock = socket.create_connection(served.address, timeout=10)
+    try:
+        assert recv_reply(sock).startswith(b'220 ')
+        channel = _channel_of(served)
+
+        def check():
+            names = _layer_names(channel)
+            assert {'_limits_ip', '_deadline', 'waiting', '_log_opened'} <= set(names)
+            assert 'closing' not in names       # asyncore's
+            # Each starts at its class default, or as its layer set it.
+            assert channel.waiting is False and channel.auth_user is None
+            assert channel._limits_ip == '127.0.0.1'
+            assert channel.deadline_phase == 'idle'
+            kept = {name: getattr(channel, name) for name in names
+                    if hasattr(channel, name)}
+            for name in kept:
+                value = ['mine', name]
+                with mock.patch.object(channel, name, value):
+                    assert getattr(channel, name) is value
+                assert getattr(channel, name) is kept[name], name
+                setattr(channel, name, value)
+                assert getattr(channel, name) is value
+                if SLOTTED or COLD:
+                    assert name not in vars(channel)
+                delattr(channel, name)
+                if SLOTTED or COLD:
+                    assert not hasattr(channel, name)
+                    with pytest.raises(AttributeError, match=name):
+                        getattr(channel, name)
+                    with pytest.raises(AttributeError):
+                        delattr(channel, name)
+                setattr(channel, name, kept[name])
+            return sorted(kept)
+
+        assert '_deadline_timer' in served.call(check)
+        for line in (b'EHLO c', b'MAIL FROM:<a@b>', b'RCPT TO:<c@d>', b'DATA',
+                     b'Subject: x\r\n\r\nbody\r\n.', b'NOOP'):
+            sock.sendall(line + b'\r\n')
+            assert recv_reply(sock)[:1] in (b'2', b'3')
+        assert served.call(lambda: channel._log_messages) == 1
+    finally:
+        sock.close()
+
+
+def test_a_class_attribute_of_a_subclass_of_the_composed_class_wins(live_server):
+    # As over an instance attribute: the subclass's class attribute is
+    # found first, and what the layer sets goes to the instance's __dict__.
+    Server = compose_server(RecordingServer, PRODUCTION)
+    served = live_server(Server, loop='smtpd_compat')
+    composed = served.server.channel_class
+
+    class Built(composed):
+        _log_messages = 'from the class'
+        _limits_junk = 'from the class'
+
+    served.server.channel_class = Built
+    sock = socket.create_connection(served.address, timeout=10)
+    try:
+        assert recv_reply(sock).startswith(b'220 ')
+        channel = _channel_of(served)
+        assert type(channel) is Built
+        assert served.call(lambda: vars(channel)['_limits_junk']) == 0
+        assert served.call(lambda: vars(channel)['_log_messages']) == 0
+        served.call(lambda: delattr(channel, '_limits_junk'))
+        assert served.call(lambda: channel._limits_junk) == 'from the class'
+        served.call(lambda: setattr(channel, '_limits_junk', 0))
+        for line in (b'HELO c', b'NOOP'):
+            sock.sendall(line + b'\r\n')
+            assert recv_reply(sock).startswith(b'250 ')
+    finally:
+        sock.close()
+
+
+@pytest.mark.skipif(not (SLOTTED or COLD), reason='slots on 3.11 and 3.12, cold state on 3.13')
 def test_a_full_stack_session_adds_no_name_after_its_first_command(
         live_server, tls_certs):
     # Every capability (PROXY, TLS, AUTH, BDAT, DSN, the session log ...):
@@ -796,9 +938,13 @@ def test_a_full_stack_session_adds_no_name_after_its_first_command(
     # names, and give every channel a dict of its own.
     seen = []
 
+    inline = []
+
     class Watched(smtpd_compat.SMTPChannel):
         def found_terminator(self):
             seen.append(sorted(vars(self)))
+            if INLINE_VALUES:
+                inline.append(_inline_values_kept(self))
             super().found_terminator()
 
     base = type('Base', (Recorder, RecordingServer), {
@@ -820,3 +966,5 @@ def test_a_full_stack_session_adds_no_name_after_its_first_command(
     assert len(seen[0]) <= 29, seen[0]
     for names in seen:
         assert names == seen[0]
+    # On 3.13: every channel keeps its attributes inline throughout.
+    assert all(inline) and len(inline) == INLINE_VALUES * (len(seen) - 1)
