@@ -91,6 +91,9 @@ __version__ = 'Python SMTP proxy version 0.3'
 _SOMAXCONN = socket.SOMAXCONN
 _IPPROTO_TCP = getattr(socket, 'IPPROTO_TCP', None)
 _TCP_NODELAY = getattr(socket, 'TCP_NODELAY', None)
+# Linux gives an accepted socket the TCP_NODELAY of the listening socket
+# it came from (as it was when the connection arrived).
+_NODELAY_INHERITED = sys.platform.startswith('linux')
 # The real socket class: what a channel or server gets from the system, as
 # opposed to a Mock, CPython's mock_socket, or a class patched in its place.
 _SOCKET = socket.socket
@@ -147,11 +150,13 @@ _DISPATCHER_MRO = asyncore.dispatcher.__mro__
 # The errno values asyncore's send() and recv() take for a closed connection.
 _DISCONNECTED = asyncore._DISCONNECTED
 _PRINT = print
-# (socket, address) that SMTPServer._accept_queued has just had from
-# accept() and hands to handle_accepted, None otherwise: a channel made on
-# that very socket with that very address knows its peer without asking
-# getpeername() (see SMTPChannel.__init__).  Compared by identity, so a
-# pair another thread set meanwhile only sends a channel the long way.
+# (socket, address, nodelay) that SMTPServer._accept_queued has just had
+# from accept() and hands to handle_accepted, None otherwise: a channel made
+# on that very socket with that very address knows its peer without asking
+# getpeername(), and with ``nodelay`` the socket has TCP_NODELAY from the
+# listening socket already (see SMTPChannel.__init__).  Compared by
+# identity, so a pair another thread set meanwhile only sends a channel
+# the long way.
 _accepted = None
 
 # How many connections one wake-up of the listening socket may accept.
@@ -710,11 +715,15 @@ class SMTPChannel(asynchat.async_chat):
             # Replies are written once per command and the client waits for
             # them: Nagle's algorithm only adds latency (a multi-line EHLO
             # reply otherwise waits for the client's delayed ACK).  Real
-            # sockets only: on a Mock() the stdlib made no such call.
-            try:
-                conn.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-            except (OSError, AttributeError, TypeError):
-                pass
+            # sockets only: on a Mock() the stdlib made no such call.  Not
+            # on a socket that has it from the listening socket already
+            # (see SMTPServer.__init__): one system call a connection.
+            accepted = _accepted
+            if accepted is None or accepted[0] is not conn or not accepted[2]:
+                try:
+                    conn.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+                except (OSError, AttributeError, TypeError):
+                    pass
         if decode_data and _INLINE_VALUES:
             self._set_text_state()
         if known_peer:
@@ -1902,6 +1911,20 @@ class SMTPServer(asyncore.dispatcher):
                 if type(self.socket) is _SOCKET and \
                         type(self).listen is _DISPATCHER_LISTEN:
                     backlog = _SOMAXCONN
+            # Speed fix (W2s, a connection per message): where accepted
+            # sockets inherit TCP_NODELAY (Linux), the listening socket gets
+            # it before it listens, so that every connection has it without
+            # a setsockopt() of its own (see SMTPChannel.__init__; a
+            # connection accepted by _accept_queued from this socket).  Real
+            # sockets only, as for the accepted ones.
+            if _NODELAY_INHERITED and _TCP_NODELAY is not None and \
+                    type(self.socket) is _SOCKET:
+                try:
+                    self.socket.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+                except OSError:
+                    pass
+                else:
+                    self._smtpd_compat_nodelay = self.socket
             self.listen(backlog)
         except:
             self.close()
@@ -1954,7 +1977,9 @@ class SMTPServer(asyncore.dispatcher):
         accept() that fails with EAGAIN (an exception, ~3% more), a poll()
         of the listening socket, which the kernel answers without one, says
         whether another connection is queued.  The pair accepted is
-        ``_accepted`` while handle_accepted runs (see SMTPChannel.__init__)."""
+        ``_accepted`` while handle_accepted runs (see SMTPChannel.__init__),
+        with whether it has TCP_NODELAY from this listening socket (set by
+        __init__ before it listened)."""
         global _accepted
         cached = self.__dict__.get('_smtpd_compat_accept')
         if cached is None or cached[0] is not sock:
@@ -1962,9 +1987,10 @@ class SMTPServer(asyncore.dispatcher):
             if hasattr(select, 'poll'):
                 poller = select.poll()
                 poller.register(sock, select.POLLIN)
+            nodelay = self.__dict__.get('_smtpd_compat_nodelay') is sock
             cached = self._smtpd_compat_accept = (
-                sock, sock.family, sock.type, sock.proto, poller)
-        _, family, type_, proto, poller = cached
+                sock, sock.family, sock.type, sock.proto, poller, nodelay)
+        _, family, type_, proto, poller, nodelay = cached
         for turn in range(_ACCEPTS_PER_WAKEUP):
             if turn and poller is not None and not poller.poll(0):
                 return
@@ -1984,7 +2010,7 @@ class SMTPServer(asyncore.dispatcher):
             # As socket.accept() (Python issue 7995).
             if _GETDEFAULTTIMEOUT() is None and sock.gettimeout():
                 conn.setblocking(True)
-            _accepted = (conn, addr)
+            _accepted = (conn, addr, nodelay)
             try:
                 self.handle_accepted(conn, addr)
             finally:

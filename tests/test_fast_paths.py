@@ -836,6 +836,48 @@ def test_connection_reset_before_it_is_accepted(channel_class):
     assert len(_getpeername_calls(seen)) == (0 if channel_class is None else 1)
 
 
+
+def _nodelay(sock):
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def _setsockopt_calls(seen):
+    return [f for f in seen['builtin'] if getattr(f, '__name__', '') == 'setsockopt']
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='Linux: accepted sockets inherit TCP_NODELAY')
+def test_accepted_socket_has_nodelay_from_the_listening_socket():
+    map = {}
+    server = _Keeping(('127.0.0.1', 0), None, map=map)
+    try:
+        assert _nodelay(server.socket)
+        with socket.create_connection(server.socket.getsockname(), timeout=5):
+            with _profiled() as seen:
+                server.handle_accept()
+            assert _nodelay(server.channel.socket)
+        assert _setsockopt_calls(seen) == []
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)
+
+
+def test_accepted_socket_gets_nodelay_of_its_own_otherwise():
+    # A listening socket without TCP_NODELAY (not set by the server, or
+    # turned off): each connection gets its own setsockopt().
+    map = {}
+    server = _Keeping(('127.0.0.1', 0), None, map=map)
+    try:
+        server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        server.__dict__.pop('_smtpd_compat_nodelay', None)
+        with socket.create_connection(server.socket.getsockname(), timeout=5):
+            with _profiled() as seen:
+                server.handle_accept()
+            assert _nodelay(server.channel.socket)
+        assert len(_setsockopt_calls(seen)) == 1
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)
+
+
 # -- MAIL without parameters --------------------------------------------------
 
 def _mail(channel_class=None):
