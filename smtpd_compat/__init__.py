@@ -296,6 +296,24 @@ def _server_fqdn(server):
     return socket.getfqdn()
 
 
+# (host name, __version__, the greeting's bytes) of the last greeting sent
+# by SMTPChannel.__init__'s fast path; bytes None where the greeting is not
+# ASCII (push escapes it then, deviation (b)).
+_greeting = (None, None, None)
+
+
+def _encode_greeting(fqdn):
+    """The greeting _greet() pushes, as push() encodes it at the start of a
+    session (ASCII, or None), kept in _greeting."""
+    global _greeting
+    try:
+        data = ('220 %s %s\r\n' % (fqdn, __version__)).encode('ascii')
+    except UnicodeEncodeError:
+        data = None
+    _greeting = (fqdn, __version__, data)
+    return _greeting
+
+
 # Speed fix (same results): MAIL/RCPT arguments of the plain forms
 # "<local@domain>" (optionally followed by spaces and parameters) and
 # "local@domain" (alone), with dot-atoms made of letters, digits and _+=-,
@@ -727,8 +745,23 @@ class SMTPChannel(asynchat.async_chat):
         if decode_data and _INLINE_VALUES:
             self._set_text_state()
         if known_peer:
-            # (Not debugging: see above.)
-            self._greet()
+            # (Not debugging: see above.)  _greet, push and initiate_send
+            # are the core's (checked above): the greeting they send,
+            # encoded once per host name, is queued and sent as they would
+            # (see _send_first), without the three calls and their checks.
+            greeting = _greeting
+            fqdn = self.fqdn
+            if greeting[0] is not fqdn or greeting[1] is not __version__:
+                greeting = _encode_greeting(fqdn)
+            data = greeting[2]
+            fifo = self.producer_fifo
+            if data is None or fifo or not self.connected or \
+                    len(data) > self.ac_out_buffer_size or \
+                    type(self.socket) is not _SOCKET:
+                self._greet()       # not ASCII, or not as usual: push's way
+            else:
+                fifo.append(data)
+                self._send_first(fifo, data)
             if not self.connected:
                 # The greeting's send() failed as on a connection the
                 # client has reset, where the stdlib's getpeername()

@@ -785,6 +785,25 @@ def test_accepted_channel_takes_its_peer_from_accept():
     assert channel.peer == channel.addr == address
     assert channel.peer is channel.addr     # one tuple, accept()'s
     assert _getpeername_calls(seen) == []
+    # The greeting was sent without _greet, push and initiate_send.
+    for skipped in (smtpd_compat.SMTPChannel._greet, smtpd_compat.SMTPChannel.push,
+                    smtpd_compat.SMTPChannel.initiate_send):
+        assert _ran(seen, skipped) == [], skipped
+
+
+@pytest.mark.parametrize('fqdn, version', [
+    ('mx.example', None), ('h\u00f4te.example', None), ('mx.example', 'v9'),
+], ids=['plain', 'not ASCII', 'patched __version__'])
+def test_accepted_channel_greets_as_push_would(fqdn, version):
+    # The same greeting both ways (a name that is not ASCII escaped, as
+    # push does, deviation (b)), and again from the encoded one kept.
+    with mock.patch('socket.getfqdn', return_value=fqdn), \
+            mock.patch.object(smtpd_compat, '__version__',
+                              version or smtpd_compat.__version__):
+        greetings = [_accepted_channel(cls)[2]
+                     for cls in (None, None, _ClosingRecorded)]
+    expected = '220 %s %s\r\n' % (fqdn, version or smtpd_compat.__version__)
+    assert greetings == [expected.encode('ascii', 'backslashreplace')] * 3
 
 
 def _debugging():
