@@ -91,6 +91,9 @@ __version__ = 'Python SMTP proxy version 0.3'
 _SOMAXCONN = socket.SOMAXCONN
 _IPPROTO_TCP = getattr(socket, 'IPPROTO_TCP', None)
 _TCP_NODELAY = getattr(socket, 'TCP_NODELAY', None)
+# Linux gives an accepted socket the TCP_NODELAY of the listening socket
+# it came from (as it was when the connection arrived).
+_NODELAY_INHERITED = sys.platform.startswith('linux')
 # The real socket class: what a channel or server gets from the system, as
 # opposed to a Mock, CPython's mock_socket, or a class patched in its place.
 _SOCKET = socket.socket
@@ -136,6 +139,10 @@ _DISPATCHER_INIT = asyncore.dispatcher.__init__
 _DISPATCHER_SET_SOCKET = asyncore.dispatcher.set_socket
 _DISPATCHER_ADD_CHANNEL = asyncore.dispatcher.add_channel
 _SOCKET_GETPEERNAME = socket.socket.getpeername
+# What a channel's greeting goes through when its send fails, for the
+# accepted socket's fast path in SMTPChannel.__init__ (see _accepted).
+_CHAT_HANDLE_CLOSE = asynchat.async_chat.handle_close
+_DISPATCHER_CLOSE = asyncore.dispatcher.close
 _CHAT_MRO = asynchat.async_chat.__mro__
 # CPython 3.13's inline attribute values (see SMTPChannel.__slots__).
 _INLINE_VALUES = sys.version_info >= (3, 13)
@@ -143,6 +150,14 @@ _DISPATCHER_MRO = asyncore.dispatcher.__mro__
 # The errno values asyncore's send() and recv() take for a closed connection.
 _DISCONNECTED = asyncore._DISCONNECTED
 _PRINT = print
+# (socket, address, nodelay) that SMTPServer._accept_queued has just had
+# from accept() and hands to handle_accepted, None otherwise: a channel made
+# on that very socket with that very address knows its peer without asking
+# getpeername(), and with ``nodelay`` the socket has TCP_NODELAY from the
+# listening socket already (see SMTPChannel.__init__).  Compared by
+# identity, so a pair another thread set meanwhile only sends a channel
+# the long way.
+_accepted = None
 
 # How many connections one wake-up of the listening socket may accept.
 _ACCEPTS_PER_WAKEUP = 64
@@ -279,6 +294,24 @@ def _server_fqdn(server):
             fqdn = server._smtpd_compat_fqdn = socket.getfqdn()
         return fqdn
     return socket.getfqdn()
+
+
+# (host name, __version__, the greeting's bytes) of the last greeting sent
+# by SMTPChannel.__init__'s fast path; bytes None where the greeting is not
+# ASCII (push escapes it then, deviation (b)).
+_greeting = (None, None, None)
+
+
+def _encode_greeting(fqdn):
+    """The greeting _greet() pushes, as push() encodes it at the start of a
+    session (ASCII, or None), kept in _greeting."""
+    global _greeting
+    try:
+        data = ('220 %s %s\r\n' % (fqdn, __version__)).encode('ascii')
+    except UnicodeEncodeError:
+        data = None
+    _greeting = (fqdn, __version__, data)
+    return _greeting
 
 
 # Speed fix (same results): MAIL/RCPT arguments of the plain forms
@@ -651,6 +684,8 @@ class SMTPChannel(asynchat.async_chat):
             self.ac_in_buffer_size = self.ac_in_buffer_size
             self.ac_out_buffer_size = self.ac_out_buffer_size
         cls = type(self)
+        # True when the peer is accept()'s address, not getpeername()'s.
+        known_peer = False
         if self._plain_mro and type(conn) is _SOCKET and \
                 asynchat.async_chat is _ASYNC_CHAT and \
                 _ASYNC_CHAT.__init__ is _CHAT_INIT and \
@@ -658,7 +693,32 @@ class SMTPChannel(asynchat.async_chat):
                 cls.set_socket is _DISPATCHER_SET_SOCKET and \
                 cls.add_channel is _DISPATCHER_ADD_CHANNEL and \
                 _SOCKET.getpeername is _SOCKET_GETPEERNAME:
-            peer = self._init_dispatcher(conn, map)
+            accepted = _accepted
+            # Speed fix (W2s, a connection per message): a socket that
+            # SMTPServer._accept_queued has just accepted (this socket, this
+            # address) has accept()'s address as its peer, so its
+            # getpeername() is not asked (a system call and an address
+            # conversion a connection).  What that call also told is
+            # whether the client had reset the connection before it was
+            # accepted (ENOTCONN: the stdlib closed the channel without a
+            # greeting); here the greeting's send() finds that out
+            # instead, and the channel is then left as the stdlib left it
+            # (see the end of __init__).  So only while the greeting goes
+            # through the core's own code to the socket's send() and a
+            # failed send closes the channel through asynchat's
+            # handle_close and asyncore's close, and without debug prints
+            # (the stdlib printed the peer only after getpeername()).
+            known_peer = accepted is not None and accepted[0] is conn and \
+                accepted[1] is addr and cls._greet is _GREET and \
+                cls.push is _PUSH and _ASYNC_CHAT.push is _CHAT_PUSH and \
+                cls.initiate_send is _INITIATE_SEND and \
+                _ASYNC_CHAT.initiate_send is _CHAT_INITIATE_SEND and \
+                cls.send is _DISPATCHER_SEND and \
+                cls.handle_close is _CHAT_HANDLE_CLOSE and \
+                cls.close is _DISPATCHER_CLOSE and \
+                type(DEBUGSTREAM) is Devnull and print is _PRINT and \
+                not _devnull_watched
+            peer = self._init_dispatcher(conn, map, addr if known_peer else None)
         else:
             peer = None
             asynchat.async_chat.__init__(self, conn, map=map)
@@ -719,13 +779,44 @@ class SMTPChannel(asynchat.async_chat):
             # Replies are written once per command and the client waits for
             # them: Nagle's algorithm only adds latency (a multi-line EHLO
             # reply otherwise waits for the client's delayed ACK).  Real
-            # sockets only: on a Mock() the stdlib made no such call.
-            try:
-                conn.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-            except (OSError, AttributeError, TypeError):
-                pass
+            # sockets only: on a Mock() the stdlib made no such call.  Not
+            # on a socket that has it from the listening socket already
+            # (see SMTPServer.__init__): one system call a connection.
+            accepted = _accepted
+            if accepted is None or accepted[0] is not conn or not accepted[2]:
+                try:
+                    conn.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+                except (OSError, AttributeError, TypeError):
+                    pass
         if decode_data and _INLINE_VALUES:
             self._set_text_state()
+        if known_peer:
+            # (Not debugging: see above.)  _greet, push and initiate_send
+            # are the core's (checked above): the greeting they send,
+            # encoded once per host name, is queued and sent as they would
+            # (see _send_first), without the three calls and their checks.
+            greeting = _greeting
+            fqdn = self.fqdn
+            if greeting[0] is not fqdn or greeting[1] is not __version__:
+                greeting = _encode_greeting(fqdn)
+            data = greeting[2]
+            fifo = self.producer_fifo
+            if data is None or fifo or not self.connected or \
+                    len(data) > self.ac_out_buffer_size or \
+                    type(self.socket) is not _SOCKET:
+                self._greet()       # not ASCII, or not as usual: push's way
+            else:
+                fifo.append(data)
+                self._send_first(fifo, data)
+            if not self.connected:
+                # The greeting's send() failed as on a connection the
+                # client has reset, where the stdlib's getpeername()
+                # failed with ENOTCONN and it closed the channel, and the
+                # close has been made (asynchat's handle_close): the
+                # stdlib's channel had no peer and nothing queued.
+                self.producer_fifo.clear()
+                del self.peer
+            return
         if type(DEBUGSTREAM) is not Devnull or print is not _PRINT or \
                 _devnull_watched:       # _debugging(), inlined
             print('Peer:', repr(self.peer), file=DEBUGSTREAM)
@@ -741,16 +832,17 @@ class SMTPChannel(asynchat.async_chat):
         # own (see collect_incoming_data).
         self._decoder = codecs.getincrementaldecoder('utf-8')()
 
-    def _init_dispatcher(self, conn, map):
+    def _init_dispatcher(self, conn, map, peer=None):
         """What asynchat's and asyncore's __init__ do for a connected
         socket (with set_socket and add_channel), inlined, for a real
         socket while they are the originals.  Speed fix (W2s, a connection
         per message): four calls fewer, and getpeername() asked once
         instead of twice (asyncore's answer, which it kept as ``addr``
-        until SMTPChannel replaced it with accept()'s, is ``peer``).
-        Returns that answer, or the OSError it raised where asyncore went
-        on (ENOTCONN, EINVAL: then __init__ takes it as its own
-        getpeername()'s, as in the stdlib, which asked again)."""
+        until SMTPChannel replaced it with accept()'s, is ``peer``), or
+        not at all when ``peer`` is given (accept()'s address, see
+        __init__).  Returns that answer, or the OSError it raised where
+        asyncore went on (ENOTCONN, EINVAL: then __init__ takes it as its
+        own getpeername()'s, as in the stdlib, which asked again)."""
         self.ac_in_buffer = b''
         self.incoming = []
         self.producer_fifo = collections.deque()
@@ -761,6 +853,9 @@ class SMTPChannel(asynchat.async_chat):
         self._fileno = conn.fileno()
         self._map[self._fileno] = self
         self.connected = True
+        if peer is not None:
+            self.addr = peer
+            return peer
         try:
             peer = self.addr = conn.getpeername()
         except OSError as err:
@@ -1848,6 +1943,7 @@ _MAX_COMMAND_SIZE_LIMIT = SMTPChannel.__dict__['max_command_size_limit']
 _COLLECT_INCOMING_DATA = SMTPChannel.collect_incoming_data
 _INITIATE_SEND = SMTPChannel.initiate_send
 _PUSH = SMTPChannel.push
+_GREET = SMTPChannel._greet
 _SMTP_RCPT = SMTPChannel.smtp_RCPT
 _PATH_ARGUMENT = SMTPChannel._path_argument
 _STRIP_COMMAND_KEYWORD = SMTPChannel._strip_command_keyword
@@ -1894,6 +1990,20 @@ class SMTPServer(asyncore.dispatcher):
                 if type(self.socket) is _SOCKET and \
                         type(self).listen is _DISPATCHER_LISTEN:
                     backlog = _SOMAXCONN
+            # Speed fix (W2s, a connection per message): where accepted
+            # sockets inherit TCP_NODELAY (Linux), the listening socket gets
+            # it before it listens, so that every connection has it without
+            # a setsockopt() of its own (see SMTPChannel.__init__; a
+            # connection accepted by _accept_queued from this socket).  Real
+            # sockets only, as for the accepted ones.
+            if _NODELAY_INHERITED and _TCP_NODELAY is not None and \
+                    type(self.socket) is _SOCKET:
+                try:
+                    self.socket.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+                except OSError:
+                    pass
+                else:
+                    self._smtpd_compat_nodelay = self.socket
             self.listen(backlog)
         except:
             self.close()
@@ -1945,16 +2055,21 @@ class SMTPServer(asyncore.dispatcher):
         listening socket; and rather than end every wake-up with an
         accept() that fails with EAGAIN (an exception, ~3% more), a poll()
         of the listening socket, which the kernel answers without one, says
-        whether another connection is queued."""
+        whether another connection is queued.  The pair accepted is
+        ``_accepted`` while handle_accepted runs (see SMTPChannel.__init__),
+        with whether it has TCP_NODELAY from this listening socket (set by
+        __init__ before it listened)."""
+        global _accepted
         cached = self.__dict__.get('_smtpd_compat_accept')
         if cached is None or cached[0] is not sock:
             poller = None
             if hasattr(select, 'poll'):
                 poller = select.poll()
                 poller.register(sock, select.POLLIN)
+            nodelay = self.__dict__.get('_smtpd_compat_nodelay') is sock
             cached = self._smtpd_compat_accept = (
-                sock, sock.family, sock.type, sock.proto, poller)
-        _, family, type_, proto, poller = cached
+                sock, sock.family, sock.type, sock.proto, poller, nodelay)
+        _, family, type_, proto, poller, nodelay = cached
         for turn in range(_ACCEPTS_PER_WAKEUP):
             if turn and poller is not None and not poller.poll(0):
                 return
@@ -1974,7 +2089,11 @@ class SMTPServer(asyncore.dispatcher):
             # As socket.accept() (Python issue 7995).
             if _GETDEFAULTTIMEOUT() is None and sock.gettimeout():
                 conn.setblocking(True)
-            self.handle_accepted(conn, addr)
+            _accepted = (conn, addr, nodelay)
+            try:
+                self.handle_accepted(conn, addr)
+            finally:
+                _accepted = None
 
     # Deviation (h): when accept() fails for want of descriptors (EMFILE,
     # ENFILE) or kernel memory (ENOBUFS, ENOMEM), asyncore's handle_error

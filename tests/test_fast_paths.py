@@ -11,15 +11,17 @@ the first round.
 import contextlib
 import ctypes
 import errno
+import io
 import socket
 import sys
+import time
 from unittest import mock
 
 import pytest
 
 import smtpd_compat
 from smtpd_compat import loop as event_loop
-from test_patching import _fqdn, _module, _profiled, _ran, session  # noqa: F401
+from test_patching import GREETING, _fqdn, _module, _profiled, _ran, session  # noqa: F401
 
 MAIL = b'MAIL FROM:<a@example.org>'
 RCPT = b'RCPT TO:<b@example.org>'
@@ -732,6 +734,169 @@ def test_channel_on_an_unconnected_socket(channel_class):
         assert sock.fileno() == -1      # closed
     finally:
         sock.close()
+
+
+
+# -- a channel on a socket the server has just accepted ------------------------
+
+class _Keeping(_Quiet):
+    """Keeps the channel it makes (handle_accepted passes accept()'s socket
+    and address on as they are)."""
+    def handle_accepted(self, conn, addr):
+        self.channel = self.channel_class(self, conn, addr, self.data_size_limit,
+                                          self._map)
+
+
+class _ClosingRecorded(smtpd_compat.SMTPChannel):
+    def handle_close(self):
+        self.closes = getattr(self, 'closes', 0) + 1
+        super().handle_close()
+
+
+def _accepted_channel(channel_class=None, reset=False):
+    """Accept one connection (reset by the client before it is accepted,
+    with ``reset``) and return (channel, the client's address, the
+    greeting the client got, the profile of handle_accept, the map)."""
+    map = {}
+    server = _Keeping(('127.0.0.1', 0), None, map=map)
+    if channel_class is not None:
+        server.channel_class = channel_class
+    try:
+        with socket.create_connection(server.socket.getsockname(), timeout=5) as client:
+            address = client.getsockname()
+            if reset:
+                # SO_LINGER 0: close() sends RST; the connection waits in
+                # the listen queue, reset (getpeername() fails: ENOTCONN).
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                  b'\x01\x00\x00\x00\x00\x00\x00\x00')
+                client.close()
+                time.sleep(0.05)
+            with _profiled() as seen:
+                server.handle_accept()
+            greeting = b'' if reset else client.recv(1024)
+        return server.channel, address, greeting, seen, map
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)
+
+
+def test_accepted_channel_takes_its_peer_from_accept():
+    channel, address, greeting, seen, _ = _accepted_channel()
+    assert greeting == GREETING
+    assert channel.peer == channel.addr == address
+    assert channel.peer is channel.addr     # one tuple, accept()'s
+    assert _getpeername_calls(seen) == []
+    # The greeting was sent without _greet, push and initiate_send.
+    for skipped in (smtpd_compat.SMTPChannel._greet, smtpd_compat.SMTPChannel.push,
+                    smtpd_compat.SMTPChannel.initiate_send):
+        assert _ran(seen, skipped) == [], skipped
+
+
+@pytest.mark.parametrize('fqdn, version', [
+    ('mx.example', None), ('h\u00f4te.example', None), ('mx.example', 'v9'),
+], ids=['plain', 'not ASCII', 'patched __version__'])
+def test_accepted_channel_greets_as_push_would(fqdn, version):
+    # The same greeting both ways (a name that is not ASCII escaped, as
+    # push does, deviation (b)), and again from the encoded one kept.
+    with mock.patch('socket.getfqdn', return_value=fqdn), \
+            mock.patch.object(smtpd_compat, '__version__',
+                              version or smtpd_compat.__version__):
+        greetings = [_accepted_channel(cls)[2]
+                     for cls in (None, None, _ClosingRecorded)]
+    expected = '220 %s %s\r\n' % (fqdn, version or smtpd_compat.__version__)
+    assert greetings == [expected.encode('ascii', 'backslashreplace')] * 3
+
+
+def _debugging():
+    return mock.patch.object(smtpd_compat, 'DEBUGSTREAM', io.StringIO())
+
+
+class _Greeting(smtpd_compat.SMTPChannel):
+    def _greet(self):
+        super()._greet()
+
+
+class _Pushing(smtpd_compat.SMTPChannel):
+    def push(self, msg):
+        super().push(msg)
+
+
+@pytest.mark.parametrize('channel_class, patch', [
+    (_ClosingRecorded, None),
+    (_Greeting, None),
+    (_Pushing, None),
+    (None, lambda: mock.patch('asynchat.async_chat.handle_close', autospec=True,
+                              side_effect=smtpd_compat.asyncore.dispatcher.close)),
+    (None, lambda: mock.patch('asyncore.dispatcher.close', autospec=True,
+                              side_effect=smtpd_compat.asyncore.dispatcher.close)),
+    (None, _debugging),
+], ids=['handle_close', '_greet', 'push', 'patched handle_close', 'patched close',
+        'debugging'])
+def test_accepted_channel_asks_getpeername_otherwise(channel_class, patch):
+    # Whatever could see the greeting or the close of a reset connection
+    # differently: getpeername() is asked, as in the stdlib.
+    with patch() if patch else contextlib.nullcontext():
+        channel, address, greeting, seen, _ = _accepted_channel(channel_class)
+    assert greeting == GREETING and channel.peer == address
+    assert len(_getpeername_calls(seen)) >= 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='Linux hands out a connection reset in the listen queue')
+@pytest.mark.parametrize('channel_class', [None, _ClosingRecorded],
+                         ids=['fast', 'stdlib'])
+def test_connection_reset_before_it_is_accepted(channel_class):
+    # The stdlib's getpeername() fails with ENOTCONN and the channel is
+    # closed without a greeting, no peer and no handle_close(); where
+    # getpeername() is not asked, the failed greeting leaves the same.
+    channel, address, _, seen, _ = _accepted_channel(channel_class, reset=True)
+    assert not channel.connected and channel.socket.fileno() == -1
+    assert not hasattr(channel, 'peer') and channel.addr == address
+    assert not channel.producer_fifo
+    assert getattr(channel, 'closes', 0) == 0
+    # (Asked once on the stdlib's way: see test_channel_init_fast_path_taken.)
+    assert len(_getpeername_calls(seen)) == (0 if channel_class is None else 1)
+
+
+
+def _nodelay(sock):
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def _setsockopt_calls(seen):
+    return [f for f in seen['builtin'] if getattr(f, '__name__', '') == 'setsockopt']
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='Linux: accepted sockets inherit TCP_NODELAY')
+def test_accepted_socket_has_nodelay_from_the_listening_socket():
+    map = {}
+    server = _Keeping(('127.0.0.1', 0), None, map=map)
+    try:
+        assert _nodelay(server.socket)
+        with socket.create_connection(server.socket.getsockname(), timeout=5):
+            with _profiled() as seen:
+                server.handle_accept()
+            assert _nodelay(server.channel.socket)
+        assert _setsockopt_calls(seen) == []
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)
+
+
+def test_accepted_socket_gets_nodelay_of_its_own_otherwise():
+    # A listening socket without TCP_NODELAY (not set by the server, or
+    # turned off): each connection gets its own setsockopt().
+    map = {}
+    server = _Keeping(('127.0.0.1', 0), None, map=map)
+    try:
+        server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        server.__dict__.pop('_smtpd_compat_nodelay', None)
+        with socket.create_connection(server.socket.getsockname(), timeout=5):
+            with _profiled() as seen:
+                server.handle_accept()
+            assert _nodelay(server.channel.socket)
+        assert len(_setsockopt_calls(seen)) == 1
+    finally:
+        smtpd_compat.asyncore.close_all(map=map)
 
 
 # -- MAIL without parameters --------------------------------------------------
