@@ -336,7 +336,14 @@ class TLSChannelMixin(_ChannelBase):
                 break
             # (The wrapped socket: the 'active' phase has one.)
             sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
-            if not (sock.pending() and self.readable()):
+            # (SSLSocket.pending() without its two calls, see _SSL_READ.)
+            cls = type(sock)
+            if cls.pending is _SSL_PENDING and cls._checkClosed is _SSL_CHECK_CLOSED \
+                    and (sslobj := sock._sslobj) is not None:
+                pending = sslobj.pending()
+            else:
+                pending = sock.pending()
+            if not (pending and self.readable()):
                 break
             super().handle_read()
 
@@ -354,8 +361,15 @@ class TLSChannelMixin(_ChannelBase):
         sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
         try:
             # read() is what SSLSocket.recv() calls on a wrapped socket
-            # (one call less per read).
-            data = sock.read(buffer_size)
+            # (one call less per read); and while SSLSocket's read() and
+            # _checkClosed() are the originals, what read() calls (see
+            # _SSL_READ).
+            cls = type(sock)
+            if cls.read is _SSL_READ and cls._checkClosed is _SSL_CHECK_CLOSED \
+                    and (sslobj := sock._sslobj) is not None:
+                data = sslobj.read(buffer_size)
+            else:
+                data = sock.read(buffer_size)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # Not a whole TLS record yet: the plain-socket equivalent of
             # "nothing to read", which handle_read already ignores.
@@ -379,6 +393,11 @@ class TLSChannelMixin(_ChannelBase):
             return super().send(data)
         sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
         try:
+            # (SSLSocket.send() without its two calls, see _SSL_READ.)
+            cls = type(sock)
+            if cls.send is _SSL_SEND and cls._checkClosed is _SSL_CHECK_CLOSED \
+                    and (sslobj := sock._sslobj) is not None:
+                return sslobj.write(data)  # type: ignore[no-any-return]
             return sock.send(data)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
@@ -388,6 +407,21 @@ class TLSChannelMixin(_ChannelBase):
             self.handle_close()
             return 0
 
+
+# Speed fix (issue 20, W6: a read, a check for pending plaintext and a
+# reply four times a message): ssl.SSLSocket's read(), send() and
+# pending() each call _checkClosed() (which does nothing) and then the
+# method of the same effect on the socket's SSL object, which is all an
+# encrypted session needs (send()'s flags are 0; a ragged EOF, which
+# read() turns into b'', is the SSLEOFError that recv() turns into b''
+# itself).  While SSLSocket's method and _checkClosed() are these very
+# functions (looked up on the socket's class at every call, so a patch
+# sees every call) and the SSL object is there, recv(), send() and
+# handle_read() call the SSL object's method: two Python calls less each.
+_SSL_READ = ssl.SSLSocket.__dict__['read']
+_SSL_SEND = ssl.SSLSocket.__dict__['send']
+_SSL_PENDING = ssl.SSLSocket.__dict__['pending']
+_SSL_CHECK_CLOSED = ssl.SSLSocket.__dict__['_checkClosed']
 
 # The TLS layer's own tls_active (see smtp_MAIL).
 _TLS_ACTIVE = TLSChannelMixin.__dict__['tls_active']
