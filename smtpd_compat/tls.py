@@ -180,29 +180,32 @@ class TLSChannelMixin(_ChannelBase):
             if known[0] is not type(self):
                 known = _inner_of(type(self))
             span = known[3]
+            # (While a read is processed the session's wait is all the long
+            # way does: the core's and asynchat's methods are looked at
+            # only for a send.)
             if span is not None \
-                    and _CHAT.initiate_send is _CHAT_INITIATE_SEND \
-                    and _CORE.initiate_send is _CORE_INITIATE_SEND \
                     and SessionStateMixin.initiate_send is _SESSION_INITIATE_SEND \
                     and (not span or _absent(span, 'initiate_send')):
                 if self._batching:
                     return      # the session layer sends after the read
-                fifo = self.producer_fifo
-                if len(fifo) == 1 and self.connected:
-                    first = fifo[0]
-                    if type(first) is bytes and \
-                            0 < len(first) <= self.ac_out_buffer_size:
-                        try:
-                            sent = self.send(first)
-                        except OSError:
-                            self.handle_error()
+                if _CHAT.initiate_send is _CHAT_INITIATE_SEND \
+                        and _CORE.initiate_send is _CORE_INITIATE_SEND:
+                    fifo = self.producer_fifo
+                    if len(fifo) == 1 and self.connected:
+                        first = fifo[0]
+                        if type(first) is bytes and \
+                                0 < len(first) <= self.ac_out_buffer_size:
+                            try:
+                                sent = self.send(first)
+                            except OSError:
+                                self.handle_error()
+                                return
+                            if sent:
+                                if sent < len(first):
+                                    fifo[0] = first[sent:]
+                                else:
+                                    del fifo[0]
                             return
-                        if sent:
-                            if sent < len(first):
-                                fifo[0] = first[sent:]
-                            else:
-                                del fifo[0]
-                        return
         super().initiate_send()
         if self._tls_phase == 'flush' and not self.producer_fifo and self.connected:
             self._tls_start()
