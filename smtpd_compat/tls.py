@@ -64,8 +64,12 @@ logger = logging.getLogger(__name__)
 # Bound on how many times one read event drains plaintext that OpenSSL
 # already decrypted and holds (SSLSocket.pending()); no socket event would
 # announce it.  One TLS record is at most 16 KiB and each read asks for
-# ac_in_buffer_size (64 KiB), so one extra read is the usual maximum.
+# that much (_TLS_RECORD_MAX), so one extra read is the usual maximum.
 _MAX_PENDING_READS = 16
+# The most plaintext a TLS record holds (RFC 8446 section 5.1, RFC 5246
+# section 6.2.1: 2**14 bytes), so the most one read of the SSL object
+# returns.
+_TLS_RECORD_MAX = 16384
 
 _TLS_ALREADY = '503 5.5.1 Error: TLS already active'
 _STARTTLS_FIRST = '530 5.7.0 Must issue a STARTTLS command first'
@@ -362,6 +366,13 @@ class TLSChannelMixin(_ChannelBase):
         # The wrapped socket (set by _tls_start), without the property
         # and cast of _tls_socket: this runs for every read.
         sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
+        if buffer_size > _TLS_RECORD_MAX:
+            # Speed fix (issue 20, W6): OpenSSL's read returns one record's
+            # plaintext at most, so asking for more (the core asks for 64
+            # KiB at the start of a message) returns the same bytes, only
+            # after allocating a buffer of that size and shrinking it (a
+            # ~1 KB message cost 8k instructions more).
+            buffer_size = _TLS_RECORD_MAX
         try:
             # read() is what SSLSocket.recv() calls on a wrapped socket
             # (one call less per read); and while SSLSocket's read() and

@@ -632,6 +632,8 @@ class _SSLObjectSpy:
         if name in ('read', 'write', 'pending'):
             def spy(*args):
                 self._seen.append((name, sys._getframe(1).f_code))
+                if name == 'read':
+                    self._seen.append(('read size', args[0]))
                 return attr(*args)
             return spy
         return attr
@@ -660,6 +662,11 @@ def test_ssl_object_called_directly_on_an_encrypted_session(live_server, tls_cer
             encrypted_transaction(sock)
     # By the TLS layer itself, never through SSLSocket's methods (but for
     # the check for plaintext once the handshake is done).
+    # Never more than a TLS record holds (16 KiB; the core asks for 64 KiB
+    # at the start of a message), which is all one read returns.
+    sizes = [size for name, size in seen if name == 'read size']
+    assert sizes and max(sizes) == 16384
+    seen = [item for item in seen if item[0] != 'read size']
     handshake = ('pending', ssl.SSLSocket.pending.__code__)
     assert seen.count(handshake) == 1
     assert set(seen) - {handshake} == {
