@@ -341,8 +341,9 @@ class TLSChannelMixin(_ChannelBase):
         for _ in range(_MAX_PENDING_READS):
             if not (self._tls_phase == 'active' and self.connected):
                 break
-            # (The wrapped socket: the 'active' phase has one.)
-            sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
+            # (The wrapped socket: the 'active' phase has one.  Any: its SSL
+            # object is not in typeshed's SSLSocket.)
+            sock: Any = self.socket
             # (SSLSocket.pending() without its two calls, see _SSL_READ.)
             cls = type(sock)
             if cls.pending is _SSL_PENDING and cls._checkClosed is _SSL_CHECK_CLOSED \
@@ -364,8 +365,10 @@ class TLSChannelMixin(_ChannelBase):
         if self._tls_phase != 'active':
             return super().recv(buffer_size)
         # The wrapped socket (set by _tls_start), without the property
-        # and cast of _tls_socket: this runs for every read.
-        sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
+        # and cast of _tls_socket: this runs for every read.  (Any: its SSL
+        # object is not in typeshed's SSLSocket.)
+        sock: Any = self.socket
+        data: bytes
         if buffer_size > _TLS_RECORD_MAX:
             # Speed fix (issue 20, W6): OpenSSL's read returns one record's
             # plaintext at most, so asking for more (the core asks for 64
@@ -405,14 +408,18 @@ class TLSChannelMixin(_ChannelBase):
             return 0    # replies wait until the handshake is done
         if self._tls_phase != 'active':
             return super().send(data)
-        sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
+        # (Any: its SSL object is not in typeshed's SSLSocket.)
+        sock: Any = self.socket
+        sent: int
         try:
             # (SSLSocket.send() without its two calls, see _SSL_READ.)
             cls = type(sock)
             if cls.send is _SSL_SEND and cls._checkClosed is _SSL_CHECK_CLOSED \
                     and (sslobj := sock._sslobj) is not None:
-                return sslobj.write(data)  # type: ignore[no-any-return]
-            return sock.send(data)
+                sent = sslobj.write(data)
+            else:
+                sent = sock.send(data)
+            return sent
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
         except OSError as e:
