@@ -696,6 +696,7 @@ def test_ssl_socket_methods_patched_see_every_call(live_server, tls_certs, name)
         with mock.patch.object(ssl.SSLSocket, name, spy):
             encrypted_transaction(sock)
     # Five commands: five reads, checks for pending plaintext and replies
-    # (the fast paths would make each 0).
-    assert len(seen) >= 5, seen
+    # (the fast paths would make each 0; the check after the last read may
+    # come after the client has its reply and the patch is gone).
+    assert len(seen) >= 4, seen
     assert len(served.server.messages) == 2
