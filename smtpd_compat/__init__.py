@@ -1233,15 +1233,17 @@ class SMTPChannel(asynchat.async_chat):
         # buffered or paused, decode_data, debug prints, and an overridden
         # or patched collect_incoming_data, found_terminator, _take_line,
         # get_terminator or max_command_size_limit.
+        # (The two methods that capability layers override are looked at
+        # first: on their channels the rest need not be.)
         cls = type(self)
-        if type(data) is bytes and not self.ac_in_buffer and \
+        if cls.collect_incoming_data is _COLLECT_INCOMING_DATA and \
+                cls.found_terminator is _FOUND_TERMINATOR and \
+                type(data) is bytes and not self.ac_in_buffer and \
                 self.terminator == b'\r\n' and \
                 data.find(b'\r\n') == len(data) - 2 > 0 and \
                 self.smtp_state == self.COMMAND and \
                 not self.received_lines and not self.num_bytes and \
                 not self._input_paused and not self._decode_data and \
-                cls.collect_incoming_data is _COLLECT_INCOMING_DATA and \
-                cls.found_terminator is _FOUND_TERMINATOR and \
                 cls._take_line is _TAKE_LINE and \
                 cls.get_terminator is _CHAT_GET_TERMINATOR and \
                 cls.max_command_size_limit is _MAX_COMMAND_SIZE_LIMIT and \

@@ -64,8 +64,12 @@ logger = logging.getLogger(__name__)
 # Bound on how many times one read event drains plaintext that OpenSSL
 # already decrypted and holds (SSLSocket.pending()); no socket event would
 # announce it.  One TLS record is at most 16 KiB and each read asks for
-# ac_in_buffer_size (64 KiB), so one extra read is the usual maximum.
+# that much (_TLS_RECORD_MAX), so one extra read is the usual maximum.
 _MAX_PENDING_READS = 16
+# The most plaintext a TLS record holds (RFC 8446 section 5.1, RFC 5246
+# section 6.2.1: 2**14 bytes), so the most one read of the SSL object
+# returns.
+_TLS_RECORD_MAX = 16384
 
 _TLS_ALREADY = '503 5.5.1 Error: TLS already active'
 _STARTTLS_FIRST = '530 5.7.0 Must issue a STARTTLS command first'
@@ -180,29 +184,32 @@ class TLSChannelMixin(_ChannelBase):
             if known[0] is not type(self):
                 known = _inner_of(type(self))
             span = known[3]
+            # (While a read is processed the session's wait is all the long
+            # way does: the core's and asynchat's methods are looked at
+            # only for a send.)
             if span is not None \
-                    and _CHAT.initiate_send is _CHAT_INITIATE_SEND \
-                    and _CORE.initiate_send is _CORE_INITIATE_SEND \
                     and SessionStateMixin.initiate_send is _SESSION_INITIATE_SEND \
                     and (not span or _absent(span, 'initiate_send')):
                 if self._batching:
                     return      # the session layer sends after the read
-                fifo = self.producer_fifo
-                if len(fifo) == 1 and self.connected:
-                    first = fifo[0]
-                    if type(first) is bytes and \
-                            0 < len(first) <= self.ac_out_buffer_size:
-                        try:
-                            sent = self.send(first)
-                        except OSError:
-                            self.handle_error()
+                if _CHAT.initiate_send is _CHAT_INITIATE_SEND \
+                        and _CORE.initiate_send is _CORE_INITIATE_SEND:
+                    fifo = self.producer_fifo
+                    if len(fifo) == 1 and self.connected:
+                        first = fifo[0]
+                        if type(first) is bytes and \
+                                0 < len(first) <= self.ac_out_buffer_size:
+                            try:
+                                sent = self.send(first)
+                            except OSError:
+                                self.handle_error()
+                                return
+                            if sent:
+                                if sent < len(first):
+                                    fifo[0] = first[sent:]
+                                else:
+                                    del fifo[0]
                             return
-                        if sent:
-                            if sent < len(first):
-                                fifo[0] = first[sent:]
-                            else:
-                                del fifo[0]
-                        return
         super().initiate_send()
         if self._tls_phase == 'flush' and not self.producer_fifo and self.connected:
             self._tls_start()
@@ -334,9 +341,17 @@ class TLSChannelMixin(_ChannelBase):
         for _ in range(_MAX_PENDING_READS):
             if not (self._tls_phase == 'active' and self.connected):
                 break
-            # (The wrapped socket: the 'active' phase has one.)
-            sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
-            if not (sock.pending() and self.readable()):
+            # (The wrapped socket: the 'active' phase has one.  Any: its SSL
+            # object is not in typeshed's SSLSocket.)
+            sock: Any = self.socket
+            # (SSLSocket.pending() without its two calls, see _SSL_READ.)
+            cls = type(sock)
+            if cls.pending is _SSL_PENDING and cls._checkClosed is _SSL_CHECK_CLOSED \
+                    and (sslobj := sock._sslobj) is not None:
+                pending = sslobj.pending()
+            else:
+                pending = sock.pending()
+            if not (pending and self.readable()):
                 break
             super().handle_read()
 
@@ -350,12 +365,28 @@ class TLSChannelMixin(_ChannelBase):
         if self._tls_phase != 'active':
             return super().recv(buffer_size)
         # The wrapped socket (set by _tls_start), without the property
-        # and cast of _tls_socket: this runs for every read.
-        sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
+        # and cast of _tls_socket: this runs for every read.  (Any: its SSL
+        # object is not in typeshed's SSLSocket.)
+        sock: Any = self.socket
+        data: bytes
+        if buffer_size > _TLS_RECORD_MAX:
+            # Speed fix (issue 20, W6): OpenSSL's read returns one record's
+            # plaintext at most, so asking for more (the core asks for 64
+            # KiB at the start of a message) returns the same bytes, only
+            # after allocating a buffer of that size and shrinking it (a
+            # ~1 KB message cost 8k instructions more).
+            buffer_size = _TLS_RECORD_MAX
         try:
             # read() is what SSLSocket.recv() calls on a wrapped socket
-            # (one call less per read).
-            data = sock.read(buffer_size)
+            # (one call less per read); and while SSLSocket's read() and
+            # _checkClosed() are the originals, what read() calls (see
+            # _SSL_READ).
+            cls = type(sock)
+            if cls.read is _SSL_READ and cls._checkClosed is _SSL_CHECK_CLOSED \
+                    and (sslobj := sock._sslobj) is not None:
+                data = sslobj.read(buffer_size)
+            else:
+                data = sock.read(buffer_size)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # Not a whole TLS record yet: the plain-socket equivalent of
             # "nothing to read", which handle_read already ignores.
@@ -377,9 +408,18 @@ class TLSChannelMixin(_ChannelBase):
             return 0    # replies wait until the handshake is done
         if self._tls_phase != 'active':
             return super().send(data)
-        sock: ssl.SSLSocket = self.socket  # type: ignore[assignment]
+        # (Any: its SSL object is not in typeshed's SSLSocket.)
+        sock: Any = self.socket
+        sent: int
         try:
-            return sock.send(data)
+            # (SSLSocket.send() without its two calls, see _SSL_READ.)
+            cls = type(sock)
+            if cls.send is _SSL_SEND and cls._checkClosed is _SSL_CHECK_CLOSED \
+                    and (sslobj := sock._sslobj) is not None:
+                sent = sslobj.write(data)
+            else:
+                sent = sock.send(data)
+            return sent
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
         except OSError as e:
@@ -388,6 +428,21 @@ class TLSChannelMixin(_ChannelBase):
             self.handle_close()
             return 0
 
+
+# Speed fix (issue 20, W6: a read, a check for pending plaintext and a
+# reply four times a message): ssl.SSLSocket's read(), send() and
+# pending() each call _checkClosed() (which does nothing) and then the
+# method of the same effect on the socket's SSL object, which is all an
+# encrypted session needs (send()'s flags are 0; a ragged EOF, which
+# read() turns into b'', is the SSLEOFError that recv() turns into b''
+# itself).  While SSLSocket's method and _checkClosed() are these very
+# functions (looked up on the socket's class at every call, so a patch
+# sees every call) and the SSL object is there, recv(), send() and
+# handle_read() call the SSL object's method: two Python calls less each.
+_SSL_READ = ssl.SSLSocket.__dict__['read']
+_SSL_SEND = ssl.SSLSocket.__dict__['send']
+_SSL_PENDING = ssl.SSLSocket.__dict__['pending']
+_SSL_CHECK_CLOSED = ssl.SSLSocket.__dict__['_checkClosed']
 
 # The TLS layer's own tls_active (see smtp_MAIL).
 _TLS_ACTIVE = TLSChannelMixin.__dict__['tls_active']

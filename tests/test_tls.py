@@ -613,3 +613,90 @@ def test_readable_and_writable_patched_later_see_every_call(
             encrypted_transaction(sock)
     assert len(seen) >= 4
     assert len(served.server.messages) == 2
+
+
+# -- the SSL object's read(), write() and pending() called by the TLS layer
+# itself, while ssl.SSLSocket's read(), send(), pending() and _checkClosed()
+# are the originals (issue 20)
+
+class _SSLObjectSpy:
+    """Stands in for an SSLSocket's SSL object: notes the code that calls
+    its read(), write() and pending()."""
+
+    def __init__(self, sslobj, seen):
+        self._obj = sslobj
+        self._seen = seen
+
+    def __getattr__(self, name):
+        attr = getattr(self._obj, name)
+        if name in ('read', 'write', 'pending'):
+            def spy(*args):
+                self._seen.append((name, sys._getframe(1).f_code))
+                if name == 'read':
+                    self._seen.append(('read size', args[0]))
+                return attr(*args)
+            return spy
+        return attr
+
+
+def _spied_ssl_socket_class(seen):
+    class SpiedSSLSocket(ssl.SSLSocket):
+        # (SSLSocket's own methods, not overridden: the fast path holds.)
+        @property
+        def _sslobj(self):
+            return self.__dict__['_spied_sslobj']
+
+        @_sslobj.setter
+        def _sslobj(self, value):
+            self.__dict__['_spied_sslobj'] = (
+                None if value is None else _SSLObjectSpy(value, seen))
+    return SpiedSSLSocket
+
+
+def test_ssl_object_called_directly_on_an_encrypted_session(live_server, tls_certs):
+    seen = []
+    context = tls_certs.server_context
+    with mock.patch.object(context, 'sslsocket_class', _spied_ssl_socket_class(seen)):
+        served = live_server(TLSRecorder, tls_context=context)
+        with starttls_raw(served.address, tls_certs.client_context) as sock:
+            encrypted_transaction(sock)
+    # By the TLS layer itself, never through SSLSocket's methods (but for
+    # the check for plaintext once the handshake is done).
+    # Never more than a TLS record holds (16 KiB; the core asks for 64 KiB
+    # at the start of a message), which is all one read returns.
+    sizes = [size for name, size in seen if name == 'read size']
+    assert sizes and max(sizes) == 16384
+    seen = [item for item in seen if item[0] != 'read size']
+    handshake = ('pending', ssl.SSLSocket.pending.__code__)
+    assert seen.count(handshake) == 1
+    assert set(seen) - {handshake} == {
+        ('read', tls.TLSChannelMixin.recv.__code__),
+        ('write', tls.TLSChannelMixin.send.__code__),
+        ('pending', tls.TLSChannelMixin.handle_read.__code__)}
+    assert sum(name == 'write' for name, _ in seen) >= 5
+    assert len(served.server.messages) == 1
+
+
+@pytest.mark.parametrize('name', ['read', 'send', 'pending', '_checkClosed'])
+def test_ssl_socket_methods_patched_see_every_call(live_server, tls_certs, name):
+    served = live_server(TLSRecorder, tls_context=tls_certs.server_context)
+    # A first session: the fast paths are taken.
+    with starttls_raw(served.address, tls_certs.client_context) as sock:
+        encrypted_transaction(sock)
+    original = ssl.SSLSocket.__dict__[name]
+    seen = []
+
+    def spy(self, *args, **kwargs):
+        if self.server_side:      # (not the client's own calls)
+            seen.append(name)
+        return original(self, *args, **kwargs)
+    with starttls_raw(served.address, tls_certs.client_context) as sock:
+        # Patched once the session is encrypted: every read, reply and check
+        # for pending plaintext of the transaction goes through SSLSocket.
+        with mock.patch.object(ssl.SSLSocket, name, spy):
+            encrypted_transaction(sock)
+    # Five commands: five reads, checks for pending plaintext and replies
+    # (the fast paths would make each 0; the check after the last read may
+    # come after the client has its reply and the patch is gone).
+    assert len(seen) >= 4, seen
+    assert len(served.server.messages) == 2
