@@ -671,13 +671,7 @@ class AuthChannelMixin(OffloadChannelMixin):
             return
         # If the line is an AUTH command (whatever its fate: too long,
         # refused, accepted), count the responses that may follow it.
-        # (All bytes, or all str on a decode_data=True channel.)
-        lines = self.received_lines
-        if len(lines) == 1:
-            line = lines[0]     # (what join() gives for one line: itself)
-        else:
-            line = self._emptystring.join(lines)  # type: ignore[arg-type]
-            self.received_lines = [line]    # joined once, not again by the core
+        line = self._command_line()
         if type(line) is bytes and line[:4].upper() != b'AUTH' \
                 and not line[:1].isspace():
             # Speed (issue 20): a line that starts with neither AUTH (in

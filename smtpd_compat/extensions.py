@@ -286,13 +286,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             self._end_chunk()
             return
         if state == self.COMMAND:
-            # (All bytes, or all str on a decode_data=True channel.)
-            lines = self.received_lines
-            if len(lines) == 1:
-                line = lines[0]     # (what join() gives for one line: itself)
-            else:
-                line = self._emptystring.join(lines)  # type: ignore[arg-type]
-                self.received_lines = [line]    # joined once, not again by the core
+            line = self._command_line()
             word = line[:16].split(None, 1)
             verb = word[0] if word else ''
             if isinstance(verb, bytes):

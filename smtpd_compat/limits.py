@@ -246,13 +246,7 @@ class LimitsChannelMixin(_ChannelBase):
         if (limit is not None and self.smtp_state == self.COMMAND
                 and not self.closing):
             # Is the command line a junk verb?  (Inline: once per command.)
-            lines = self.received_lines
-            if len(lines) != 1:
-                # (All bytes, or all str on a decode_data=True channel.)
-                line = self._emptystring.join(lines)  # type: ignore[arg-type]
-                self.received_lines = [line]
-            else:
-                line = lines[0]
+            line = self._command_line()
             word = line[:6].split(None, 1)
             verb = word[0] if word else ''
             if isinstance(verb, bytes):

@@ -413,6 +413,18 @@ class SessionStateMixin(_ChannelBase):
             if len(fifo) >= count:
                 return      # a partial send (or none): wait for writable
 
+    def _command_line(self) -> Union[bytes, str]:
+        """The command line received (bytes; str on a decode_data=True
+        channel), for a layer that looks at it before the core does.  It is
+        joined once: ``received_lines`` becomes that one line, so neither
+        the next layer nor the core joins it again."""
+        lines = self.received_lines
+        if len(lines) == 1:
+            return lines[0]     # (what join() gives for one line: itself)
+        line = self._emptystring.join(lines)  # type: ignore[arg-type]
+        self.received_lines = [line]
+        return line
+
     def _handle_input(self, data: bytes) -> None:
         if self.closing:
             return
