@@ -19,7 +19,7 @@ import pytest
 import smtpd_compat
 
 import helpers
-from helpers import free_port, free_ports, wait_for_port  # noqa: F401 (for test modules)
+from helpers import free_port, free_ports, reserved_port, reserved_ports, wait_for_port  # noqa: F401 (for test modules)
 
 # Imported once, up front: cryptography (under trustme) is a PyO3 module that
 # cannot be initialised twice in one process, and pytester's in-process runs

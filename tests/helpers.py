@@ -308,11 +308,23 @@ def reserved_port(host='127.0.0.1'):
     too (asyncore servers do) can bind and listen on it meanwhile; the
     kernel hands it to nobody else (no bind to port 0, no outgoing
     connection of another test or xdist worker takes it)."""
+    with reserved_ports(1, host) as ports:
+        yield ports[0]
+
+
+@contextlib.contextmanager
+def reserved_ports(count, host='127.0.0.1'):
+    """``count`` distinct ports on ``host``, each held as
+    :func:`reserved_port` holds one."""
     family = socket.AF_INET6 if ':' in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, 0))
-        yield sock.getsockname()[1]
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(family))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        yield ports
 
 
 def wait_for_port(proc, port, timeout=START_TIMEOUT, host='127.0.0.1'):

@@ -1,5 +1,6 @@
 """PROXY protocol: the sans-IO parser, the channel mixin on live sockets,
 and a real haproxy in front of two server processes."""
+import contextlib
 import os
 import re
 import smtplib
@@ -18,7 +19,7 @@ from smtpd_compat.proxy_protocol import (
 
 from conftest import (
     RecordingServer, free_ports, read_to_eof, recv_reply, require_tool,
-    wait_for_port)
+    reserved_ports, wait_for_port)
 
 
 def v2(cmd=1, fam=0x11, addresses=b'', tlvs=b''):
@@ -243,7 +244,11 @@ def example_haproxy_cfg():
 
 def test_haproxy_send_proxy_v1_and_v2(tmp_path, python_path_env):
     haproxy = require_tool('haproxy')
-    front, p1, p2 = free_ports(3)
+    # (Our servers' ports are reserved until they listen: see
+    # helpers.reserved_port; haproxy's is only free.)
+    hold = contextlib.ExitStack()
+    p1, p2 = hold.enter_context(reserved_ports(2))
+    front, = free_ports(1)
     cfg = example_haproxy_cfg()
     assert 'send-proxy-v2' in cfg and 'send-proxy\n' in cfg
     cfg = (cfg.replace('*:25', '127.0.0.1:%d' % front)
@@ -264,6 +269,7 @@ def test_haproxy_send_proxy_v1_and_v2(tmp_path, python_path_env):
                 stdout=out, stderr=subprocess.STDOUT, env=env))
         for port, proc in zip((p1, p2), procs):
             wait_for_port(proc, port)
+        hold.close()
         hap_out = open(tmp_path / 'haproxy.out', 'w+')
         outs.append(hap_out)
         hap = subprocess.Popen([haproxy, '-db', '-f',
@@ -294,6 +300,7 @@ def test_haproxy_send_proxy_v1_and_v2(tmp_path, python_path_env):
             if all('END MESSAGE' in t for t in texts):
                 break
     finally:
+        hold.close()
         stop_processes(procs)
         for out in outs:
             out.close()
@@ -549,7 +556,9 @@ def test_header_then_smtp_in_one_segment_still_works(live_server):
 
 def test_haproxy_send_proxy_with_implicit_tls(tmp_path, python_path_env, tls_certs):
     haproxy = require_tool('haproxy')
-    front, back = free_ports(2)
+    hold = contextlib.ExitStack()
+    back, = hold.enter_context(reserved_ports(1))   # (see above)
+    front, = free_ports(1)
     (tmp_path / 'haproxy.cfg').write_text(
         'global\n    maxconn 100\n'
         'defaults\n    mode tcp\n    timeout connect 5s\n'
@@ -567,6 +576,7 @@ def test_haproxy_send_proxy_with_implicit_tls(tmp_path, python_path_env, tls_cer
             stdout=out, stderr=subprocess.STDOUT, env=env)
         procs.append(server)
         wait_for_port(server, back)
+        hold.close()
         hap = subprocess.Popen([haproxy, '-db', '-f',
                                 str(tmp_path / 'haproxy.cfg')],
                                stdout=subprocess.DEVNULL,
@@ -591,6 +601,7 @@ def test_haproxy_send_proxy_with_implicit_tls(tmp_path, python_path_env, tls_cer
                 break
             time.sleep(0.05)
     finally:
+        hold.close()
         stop_processes(procs)
         out.close()
     assert text.count("b'X-Peer: 127.0.0.3'") == 3, text

@@ -30,7 +30,7 @@ from smtpd_compat.delivery import MaildirServer
 from smtpd_compat import pytest_plugin
 from smtpd_compat.web import Inbox, WebInboxServer, WebInboxServerMixin
 
-from conftest import free_port, recv_reply, wait_for_port
+from conftest import free_port, recv_reply, reserved_port, wait_for_port
 
 # The plugin's fixture (the package need not be installed for its entry
 # point to register it).
@@ -1139,13 +1139,15 @@ def test_controller_without_web_says_so():
 # the command line
 
 def _cli(python_path_env, *args):
-    port, web_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'smtpd_compat', '-n'] + list(args)
-        + ['--web', '127.0.0.1:%d' % web_port, '127.0.0.1:%d' % port],
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_port(proc, port)
-    wait_for_port(proc, web_port)
+    # (Reserved until both listen: see helpers.reserved_port.)
+    with reserved_port() as port, reserved_port() as web_port:
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'smtpd_compat', '-n'] + list(args)
+            + ['--web', '127.0.0.1:%d' % web_port, '127.0.0.1:%d' % port],
+            env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        wait_for_port(proc, port)
+        wait_for_port(proc, web_port)
     return proc, port, web_port
 
 

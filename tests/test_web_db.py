@@ -21,7 +21,7 @@ from smtpd_compat.threads import ThreadedServerMixin
 from smtpd_compat.web import Inbox, WebInboxServer, WebInboxServerMixin
 from smtpd_compat.web.db import Database
 
-from conftest import free_port, recv_reply, wait_for_port
+from conftest import free_port, recv_reply, reserved_port, wait_for_port
 from test_web import Sink, make_message
 
 DID_NOT_HANG = 30
@@ -51,14 +51,15 @@ class Process:
     """``python -m smtpd_compat -n -c WebInboxServer --web ... --web-db``."""
 
     def __init__(self, env, path):
-        self.smtp, self.web = free_port(), free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'WebInboxServer',
-             '--web', '127.0.0.1:%d' % self.web, '--web-db', str(path),
-             '127.0.0.1:%d' % self.smtp],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_for_port(self.proc, self.smtp)
-        wait_for_port(self.proc, self.web)
+        # (Reserved until both listen: see helpers.reserved_port.)
+        with reserved_port() as self.smtp, reserved_port() as self.web:
+            self.proc = subprocess.Popen(
+                [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'WebInboxServer',
+                 '--web', '127.0.0.1:%d' % self.web, '--web-db', str(path),
+                 '127.0.0.1:%d' % self.smtp],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            wait_for_port(self.proc, self.smtp)
+            wait_for_port(self.proc, self.web)
 
     def get(self, path):
         with urllib.request.urlopen('http://127.0.0.1:%d%s' % (self.web, path),

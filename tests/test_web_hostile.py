@@ -32,7 +32,7 @@ from smtpd_compat.web.http import WebServer
 from smtpd_compat.web.transport import IOThread
 from smtpd_compat.web.mime import Parsed
 
-from conftest import free_port, read_to_eof, recv_reply, wait_for_port
+from conftest import read_to_eof, recv_reply, reserved_port, wait_for_port
 from test_web import PNG, Web, inbox_web, make_message  # noqa: F401 (fixture)
 
 _spec = importlib.util.spec_from_file_location(
@@ -615,15 +615,22 @@ def test_host_is_checked_also_when_bound_to_all_addresses(inbox_web):  # noqa: F
 
 
 def test_cli_web_allowed_hosts_on_all_addresses(python_path_env, tmp_path):
-    smtp, web = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'WebInboxServer',
-         '--web', '0.0.0.0:%d' % web, '--web-allowed-hosts', 'mail.example',
-         '127.0.0.1:%d' % smtp],
-        env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # (Reserved, not just free: a port that is free when chosen can be any
+    # other test's connection's local port by the time the server binds.)
+    with reserved_port() as smtp, reserved_port('0.0.0.0') as web:
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'WebInboxServer',
+             '--web', '0.0.0.0:%d' % web, '--web-allowed-hosts', 'mail.example',
+             '127.0.0.1:%d' % smtp],
+            env=python_path_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_for_port(proc, smtp)
+            wait_for_port(proc, web)
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
     try:
-        wait_for_port(proc, smtp)
-        wait_for_port(proc, web)
         with smtplib.SMTP('127.0.0.1', smtp, timeout=DID_NOT_HANG) as client:
             client.sendmail('a@example.org', ['b@example.org'], 'Subject: kept\r\n\r\nx\r\n')
 
