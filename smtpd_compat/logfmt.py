@@ -145,6 +145,31 @@ _L, _H, _F = logging.Logger, logging.StreamHandler, logging.Formatter
 _P, _R = logging.PercentStyle, logging.LogRecord
 
 
+# This process's id, kept up to date at fork instead of asked of the
+# kernel each time (getpid() is a system call: one per logged line, and
+# per loop wake-up check).  The loop and the thread pool use it too.
+_GETPID = os.getpid
+_pid = os.getpid()
+
+
+def _process_id() -> int:
+    """``os.getpid()``, without the system call while ``os.getpid`` is the
+    original (a patched one is asked, as logging would ask it)."""
+    if os.getpid is _GETPID:
+        return _pid
+    return os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, 'register_at_fork'):
+    # (Registered before the loop's hook, which runs after it and reads it.)
+    os.register_at_fork(after_in_child=_forked)
+
+
 def _originals() -> Tuple[Any, ...]:
     # Every method the stdlib's path runs for an INFO line through a
     # StreamHandler with a '%'-style Formatter (those a version lacks are
@@ -253,7 +278,7 @@ def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
     else:
         created = time.time()
         msecs = int((created - int(created)) * 1000) + 0.0
-    pid = os.getpid()
+    pid = _pid if os.getpid is _GETPID else os.getpid()   # _process_id()
     # StreamHandler.emit and flush, under Handler.handle's lock.
     lock = handler.lock
     if lock:

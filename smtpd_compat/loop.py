@@ -114,6 +114,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List,
                     Optional, Set, Tuple, Union)
 
 import smtpd_compat as _smtpd
+from smtpd_compat import logfmt as _logfmt
 
 # The core's asyncore (pyasyncore on 3.12+), imported there without the
 # DeprecationWarning of 3.10 and 3.11.
@@ -152,13 +153,8 @@ _HANDLE_READ_EVENT = _Dispatcher.handle_read_event
 
 # Which process made a wake-up: a forked worker process
 # (smtpd_compat.workers) makes its own instead of sharing its parent's
-# socketpair.  Kept up to date here rather than asked of the kernel for
-# every use.
-_pid = os.getpid()
-
-
-def _pid_now() -> int:
-    return _pid
+# socketpair.
+_pid_now = _logfmt._process_id
 
 
 class _EpollSelector:
@@ -905,8 +901,6 @@ def _release(found: LoopServices) -> None:
 
 
 def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
     for found in list(_services.values()):
         found._after_fork()
 

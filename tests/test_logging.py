@@ -240,6 +240,37 @@ def test_log_info_writes_the_stdlib_line_itself(cli_log):
     assert cli_log.flushes == 2     # each line flushed, as emit() does
 
 
+def test_log_info_names_the_process_as_logging_does(cli_log):
+    # The id is kept, not asked of the kernel for every line: a patched
+    # os.getpid is still asked, as LogRecord asks it.
+    with mock.patch('os.getpid', return_value=4242):
+        (fast, _), (slow, _) = _both_ways(cli_log)
+    assert '[4242] INFO' in fast and fast == slow
+
+
+def test_log_info_names_a_forked_child(cli_log):
+    if not hasattr(os, 'fork'):
+        pytest.skip('needs os.fork()')
+    _isolate()
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)     # (see above)
+        pid = os.fork()
+    if pid == 0:    # the child: its line, to the parent
+        try:
+            logfmt.log_info(logging_.logger, *LINE)
+            os.write(write, cli_log.lines[-1][0].encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = f.read()
+    os.waitpid(pid, 0)
+    assert '[%d] INFO' % pid in child
+    logfmt.log_info(logging_.logger, *LINE)
+    assert '[%d] INFO' % os.getpid() in cli_log.lines[-1][0]
+
+
 def test_log_info_follows_what_logging_reads_at_call_time(cli_log):
     # Not patches of the machinery: the converter, the level's name and
     # the handlers' terminator are read as the stdlib reads them.
