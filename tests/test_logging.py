@@ -145,25 +145,31 @@ def test_safe_fast_path_agrees_with_the_escape(value):
     assert type(safe(value)) is str
 
 
-def test_message_ids_are_new_in_a_forked_child():
+def in_forked_child(work):
+    """(pid, text): ``work()``'s text, returned in a forked child."""
     if not hasattr(os, 'fork'):
         pytest.skip('needs os.fork()')
-    first = logging_._message_id()      # the batch is drawn now
     read, write = os.pipe()
     with warnings.catch_warnings():
         # (3.12+ warns about fork() while other tests' servers run threads;
-        # the child only draws an id and writes it.)
+        # the child only does ``work`` and writes its text.)
         warnings.simplefilter('ignore', DeprecationWarning)
         pid = os.fork()
-    if pid == 0:    # the child: its next id, to the parent
+    if pid == 0:
         try:
-            os.write(write, logging_._message_id().encode())
+            os.write(write, work().encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
-        child = f.read()
+        text = f.read()
     os.waitpid(pid, 0)
+    return pid, text
+
+
+def test_message_ids_are_new_in_a_forked_child():
+    first = logging_._message_id()      # the batch is drawn now
+    _, child = in_forked_child(logging_._message_id)
     ours = [logging_._message_id() for _ in range(200)]
     assert re.fullmatch('[0-9A-F]{12}', child)
     # The child drew a batch of its own, not the parent's next id.
@@ -249,23 +255,12 @@ def test_log_info_names_the_process_as_logging_does(cli_log):
 
 
 def test_log_info_names_a_forked_child(cli_log):
-    if not hasattr(os, 'fork'):
-        pytest.skip('needs os.fork()')
     _isolate()
-    read, write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', DeprecationWarning)     # (see above)
-        pid = os.fork()
-    if pid == 0:    # the child: its line, to the parent
-        try:
-            logfmt.log_info(logging_.logger, *LINE)
-            os.write(write, cli_log.lines[-1][0].encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        child = f.read()
-    os.waitpid(pid, 0)
+
+    def line():
+        logfmt.log_info(logging_.logger, *LINE)
+        return cli_log.lines[-1][0]
+    pid, child = in_forked_child(line)
     assert '[%d] INFO' % pid in child
     logfmt.log_info(logging_.logger, *LINE)
     assert '[%d] INFO' % os.getpid() in cli_log.lines[-1][0]
