@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -165,6 +166,18 @@ def proc_cpu(pid):
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def load_cpu():
+    """CPU seconds (user + system) this process and its reaped children
+    have used: the load generator's, measured around a run (smtp-source
+    is a child reaped when it ends; python_source runs in this process's
+    threads)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def proc_status(pid, field):
@@ -330,6 +343,10 @@ def run_one(workload, server, proc, port, args):
     # Server CPU per message: far steadier than throughput on a shared
     # machine (a neighbour's load slows the clock, not the work done).
     cpu_before = proc_cpu(proc.pid)
+    # The load generator's too: it shares the machine, so where server and
+    # load generator together use all of it, throughput is bounded by
+    # their sum, not by the server alone.
+    load_before = load_cpu()
     done = None
     if workload == 'W1':
         done, t = source(port, 20, n(6000), 1024, persistent=True, time_limit=tl)
@@ -359,12 +376,14 @@ def run_one(workload, server, proc, port, args):
                                         time_limit=tl, tls=tls)
         value = done / t
     cpu_after = proc_cpu(proc.pid)
+    load_us = (load_cpu() - load_before) / done * 1e6 if done else None
     cpu_us = None
     if done and cpu_before is not None and cpu_after is not None:
         cpu_us = (cpu_after - cpu_before) / done * 1e6
     rss = proc_status(proc.pid, 'VmHWM')
     alive = proc.poll() is None
-    return {'value': value, 'rss': rss, 'ok': alive, 'cpu_us': cpu_us}
+    return {'value': value, 'rss': rss, 'ok': alive, 'cpu_us': cpu_us,
+            'load_us': load_us}
 
 
 def run_idle(server, proc, port, args):
@@ -467,9 +486,11 @@ def summarise(results, servers, workloads):
             vals = [r['value'] for r in runs if r['value'] == r['value']]
             rss = [r['rss'] for r in runs if r['rss'] is not None]
             cpu = [r['cpu_us'] for r in runs if r.get('cpu_us') is not None]
+            load = [r['load_us'] for r in runs if r.get('load_us') is not None]
             row = {
                 'value': statistics.median(vals) if vals else float('nan'),
                 'cpu_us': statistics.median(cpu) if cpu else None,
+                'load_us': statistics.median(load) if load else None,
                 'rss': max(rss) if rss else None,
                 'ok': all(r['ok'] for r in runs),
                 'n': len(runs),
@@ -571,7 +592,36 @@ def markdown(table, servers, workloads, meta):
                 rs.append('—' if r is None else '%.2f×' % r)
             lines.append('| %s | %s | %s |' % (w, ' | '.join(cells), ' | '.join(rs)))
         lines.append('')
+        lines += ['Load generator CPU per message, µs, median, and the share of '
+                  'the machine\'s %d CPUs that server and load generator '
+                  'together kept busy (near 100%%, throughput is bounded by '
+                  'their sum: a server using less CPU gains less than in '
+                  'proportion).' % CPUS, '',
+                  '| workload | ' + ' | '.join(names) + ' |',
+                  '|' + '---|' * (len(names) + 1)]
+        for w in cpu_rows:
+            cells = []
+            for n in names:
+                row = table[w].get(n, {})
+                cells.append(_load_cell(row, w))
+            lines.append('| %s | %s |' % (w, ' | '.join(cells)))
+        lines.append('')
     return '\n'.join(lines)
+
+
+CPUS = os.cpu_count() or 1
+
+
+def _load_cell(row, w):
+    """A load-generator cell: its CPU per message, and the machine share
+    of server and load generator at the measured throughput."""
+    load, cpu, value = row.get('load_us'), row.get('cpu_us'), row.get('value')
+    if load is None:
+        return '—'
+    if cpu is None or not value or value != value or WORKLOADS[w][1] != 'msg/s':
+        return fmt(load)
+    busy = (cpu + load) * value / 1e6 / CPUS
+    return '%s (%.0f%%)' % (fmt(load), 100 * busy)
 
 
 def chart(table, servers, workloads, path):
