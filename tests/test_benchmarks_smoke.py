@@ -77,9 +77,18 @@ def test_runner_baseline(tmp_path, python_path_env, baseline):
     ratio = cells[header.split(' | ').index('ours / %s' % name)]
     assert re.fullmatch(r'\d+\.\d\d×', ratio), w1
     # The CPU table: a row per message-counting workload, both servers.
+    server_cpu, load_cpu = table.split('Load generator CPU per message')
     cpu_rows = {m.group(1): m.group(0) for m in
-                re.finditer(r'^\| (W1|smtplib) \| .*$', table, re.M)}
+                re.finditer(r'^\| (W1|smtplib) \| .*$', server_cpu, re.M)}
     assert sorted(cpu_rows) == ['W1', 'smtplib']
     for row in cpu_rows.values():
         ours, theirs = row.split(' | ')[1:3]
         assert re.fullmatch(r'[\d,.]+', ours) and re.fullmatch(r'[\d,.]+', theirs), row
+    # The load generator's table: its CPU per message in each server's run,
+    # and for workloads counted in msg/s the share of the machine busy.
+    load_rows = {m.group(1): m.group(0) for m in
+                 re.finditer(r'^\| (W1|smtplib) \| .*$', load_cpu, re.M)}
+    assert sorted(load_rows) == ['W1', 'smtplib']
+    for row in load_rows.values():
+        for cell in row.rstrip(' |').split(' | ')[1:3]:
+            assert re.fullmatch(r'[\d,.]+ \(\d+%\)', cell), row
