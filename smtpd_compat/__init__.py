@@ -448,7 +448,8 @@ def _cold_attribute(name, class_default=True, kind=None):
     layer's state, which its cold state starts at the class default, as
     a slot of a composed class on 3.11 does) it is missing then.  With
     ``kind``, the type of the cold state of the class it is for, its
-    accessors are compiled for speed."""
+    accessors are compiled for speed (a subclass's cold state, with the
+    same slot, is read the fast way and written the generic one)."""
     def missing(self):
         # What reading or deleting a missing instance attribute raises (a
         # __getattr__ of the class then has its say, as there).

@@ -278,7 +278,7 @@ def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
     else:
         created = time.time()
         msecs = int((created - int(created)) * 1000) + 0.0
-    pid = _pid if os.getpid is _GETPID else os.getpid()   # _process_id()
+    pid = _process_id()
     # StreamHandler.emit and flush, under Handler.handle's lock.
     lock = handler.lock
     if lock:
