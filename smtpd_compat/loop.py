@@ -370,9 +370,14 @@ class _Waker(_Dispatcher):
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            self._wsock.close()
+            self._closed = True     # (wake() sends nothing from now on)
+        # Signals stop writing to the socket before it closes: a signal in
+        # between had the C handler write to a closed descriptor
+        # ("Exception ignored when trying to write to the signal wakeup
+        # fd ... Bad file descriptor" on stderr, in a shutdown under a
+        # storm of signals).
         self._services._waker_closed(self)
+        self._wsock.close()
         super().close()
 
     def forget(self) -> None:
@@ -654,12 +659,13 @@ class LoopServices:
         waker, self._waker = self._waker, None
         self._holds = 0
         self._ready.clear()
-        wanted = self._signal_wakeups > 0
-        if waker is not None:
-            waker.forget()
-        if wanted:
+        if self._signal_wakeups > 0:
+            # (Before the parent's is closed: signals have somewhere to
+            # write meanwhile, see _Waker.close.)
             self._waker = _Waker(self)
             self._install_wakeup_fd()
+        if waker is not None:
+            waker.forget()
 
     # -- stopping --------------------------------------------------------------
 

@@ -296,6 +296,59 @@ def test_signal_wakes_the_loop_at_once():
     assert id(map) not in loopmod._services
 
 
+class _WatchedSocket:
+    """A wake-up's write socket that notes, when it is closed, which
+    descriptor signals were writing to (signal.set_wakeup_fd)."""
+
+    def __init__(self, sock, seen):
+        self.sock, self.seen = sock, seen
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def send(self, data):
+        return self.sock.send(data)
+
+    def close(self):
+        current = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(current)
+        self.seen.append((current, self.sock.fileno()))
+        self.sock.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, 'SIGUSR1'), reason='POSIX signals needed')
+@pytest.mark.parametrize('how', ['close', 'fork'])
+def test_signals_stop_writing_to_a_wakeup_before_it_closes(how):
+    """The wake-up's socket closes only once signals write elsewhere: a
+    signal in between had the C handler write to a closed descriptor
+    ("Exception ignored ... Bad file descriptor" on stderr, seen in a
+    shutdown under a storm of signals).  Closed when it leaves the map,
+    and in a forked child (simulated here), where the child's own wake-up
+    takes over."""
+    map = {}
+    server = RecordingServer(('127.0.0.1', 0), None, map=map)
+    services = loopmod.services(map)
+    services.add_signal_handler(signal.SIGUSR1, lambda: None)
+    waker = services._waker
+    seen = []
+    waker._wsock = _WatchedSocket(waker._wsock, seen)
+    try:
+        if how == 'close':
+            waker.close()
+        else:
+            services._after_fork()
+            assert services._waker not in (None, waker)
+        [(writing_to, closed)] = seen
+        assert writing_to != closed
+    finally:
+        assert services.remove_signal_handler(signal.SIGUSR1)
+        server.close()
+        if services._waker is not None:
+            services._waker.close()
+        loop(map=map, count=1)
+    assert signal.set_wakeup_fd(-1) == -1
+
+
 def test_timer_exception_logged_loop_survives(caplog):
     map = {}
     server = RecordingServer(('127.0.0.1', 0), None, map=map)
