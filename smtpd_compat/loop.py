@@ -659,13 +659,12 @@ class LoopServices:
         waker, self._waker = self._waker, None
         self._holds = 0
         self._ready.clear()
-        if self._signal_wakeups > 0:
-            # (Before the parent's is closed: signals have somewhere to
-            # write meanwhile, see _Waker.close.)
-            self._waker = _Waker(self)
-            self._install_wakeup_fd()
+        wanted = self._signal_wakeups > 0
         if waker is not None:
             waker.forget()
+        if wanted:
+            self._waker = _Waker(self)
+            self._install_wakeup_fd()
 
     # -- stopping --------------------------------------------------------------
 

@@ -317,14 +317,11 @@ class _WatchedSocket:
 
 
 @pytest.mark.skipif(not hasattr(signal, 'SIGUSR1'), reason='POSIX signals needed')
-@pytest.mark.parametrize('how', ['close', 'fork'])
-def test_signals_stop_writing_to_a_wakeup_before_it_closes(how):
+def test_signals_stop_writing_to_a_wakeup_before_it_closes():
     """The wake-up's socket closes only once signals write elsewhere: a
     signal in between had the C handler write to a closed descriptor
     ("Exception ignored ... Bad file descriptor" on stderr, seen in a
-    shutdown under a storm of signals).  Closed when it leaves the map,
-    and in a forked child (simulated here), where the child's own wake-up
-    takes over."""
+    shutdown under a storm of signals)."""
     map = {}
     server = RecordingServer(('127.0.0.1', 0), None, map=map)
     services = loopmod.services(map)
@@ -333,11 +330,7 @@ def test_signals_stop_writing_to_a_wakeup_before_it_closes(how):
     seen = []
     waker._wsock = _WatchedSocket(waker._wsock, seen)
     try:
-        if how == 'close':
-            waker.close()
-        else:
-            services._after_fork()
-            assert services._waker not in (None, waker)
+        waker.close()
         [(writing_to, closed)] = seen
         assert writing_to != closed
     finally:
