@@ -155,6 +155,7 @@ _HANDLE_READ_EVENT = _Dispatcher.handle_read_event
 # (smtpd_compat.workers) makes its own instead of sharing its parent's
 # socketpair.
 _pid_now = _logfmt._process_id
+_hold_lines, _release_lines = _logfmt.hold_lines, _logfmt.release_lines
 
 
 class _EpollSelector:
@@ -816,42 +817,48 @@ class LoopServices:
             if timeout:
                 time.sleep(timeout)
             ready = []
-        map: Dict[int, _Dispatcher] = self.map
-        known, events = self._known, self._events
-        for fd, mask in ready:
-            obj = map.get(fd)
-            if obj is None or known.get(fd) is not obj:
-                continue    # closed, or replaced, by an earlier handler
-            mask &= events.get(fd, 0)
-            if mask & _READ:
-                try:
-                    if type(obj).handle_read_event is _HANDLE_READ_EVENT \
-                            and obj.connected and not obj.accepting:
-                        # Speed fix: what asyncore's own handle_read_event
-                        # does for a connected socket, without the call.
-                        obj.handle_read()
-                    else:
-                        obj.handle_read_event()
-                except _RERAISED:
-                    raise
-                except BaseException:
-                    obj.handle_error()
-            if mask & _WRITE and obj is map.get(fd):
-                _write_event(obj)
-            if obj is map.get(fd):
-                self._refresh(fd, obj, True)    # (handled: positional is cheaper)
-            elif obj is known.get(fd):
-                self._forget(fd, obj)    # it closed itself
-        ran = self._run_due() if self._timers else False
-        if ready or ran or self._dirty:
-            # Timer callbacks may close any dispatcher: full check after
-            # them; after handlers only, the cheap one.
-            self._sync(ran)     # (full=ran: positional is cheaper)
-        else:
-            # A wake-up by timeout with nothing to do asks everyone, so that
-            # a change made behind the loop's back cannot stall a connection
-            # forever.
-            self._sync(everyone=True)
+        # The session log's lines of this wake-up are written when it ends
+        # (see smtpd_compat.logfmt.hold_lines).
+        holder = _hold_lines()
+        try:
+            map: Dict[int, _Dispatcher] = self.map
+            known, events = self._known, self._events
+            for fd, mask in ready:
+                obj = map.get(fd)
+                if obj is None or known.get(fd) is not obj:
+                    continue    # closed, or replaced, by an earlier handler
+                mask &= events.get(fd, 0)
+                if mask & _READ:
+                    try:
+                        if type(obj).handle_read_event is _HANDLE_READ_EVENT \
+                                and obj.connected and not obj.accepting:
+                            # Speed fix: what asyncore's own handle_read_event
+                            # does for a connected socket, without the call.
+                            obj.handle_read()
+                        else:
+                            obj.handle_read_event()
+                    except _RERAISED:
+                        raise
+                    except BaseException:
+                        obj.handle_error()
+                if mask & _WRITE and obj is map.get(fd):
+                    _write_event(obj)
+                if obj is map.get(fd):
+                    self._refresh(fd, obj, True)    # (handled: positional is cheaper)
+                elif obj is known.get(fd):
+                    self._forget(fd, obj)    # it closed itself
+            ran = self._run_due() if self._timers else False
+            if ready or ran or self._dirty:
+                # Timer callbacks may close any dispatcher: full check after
+                # them; after handlers only, the cheap one.
+                self._sync(ran)     # (full=ran: positional is cheaper)
+            else:
+                # A wake-up by timeout with nothing to do asks everyone, so that
+                # a change made behind the loop's back cannot stall a connection
+                # forever.
+                self._sync(everyone=True)
+        finally:
+            _release_lines(holder)
 
     def _idle(self) -> bool:
         """Nothing left that needs this object: no dispatcher, timer,

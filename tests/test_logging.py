@@ -7,12 +7,14 @@ import re
 import smtplib
 import socket
 import sys
+import threading
 import time
 import warnings
 from unittest import mock
 
 import pytest
 
+import smtpd_compat
 from smtpd_compat import logfmt, logging_
 from smtpd_compat.limits import LimitedServer
 from smtpd_compat.logging_ import format_peer, safe
@@ -413,3 +415,178 @@ def test_log_info_reports_a_line_that_cannot_be_formatted_as_logging_does(cli_lo
         logging_.logger.info('size=%d', 'not a number')
     assert cli_log.lines == []
     assert [call.args[1].msg for call in error.call_args_list] == ['size=%d', 'size=%d']
+
+
+# -- lines held while the loop handles a wake-up (issue 20, W6) --------------
+
+def _slow_line(stream, *line):
+    """What logger.info writes for ``line`` (taken off the stream again)."""
+    logging_.logger.info(*line)
+    return stream.lines.pop()[0]
+
+
+OTHER = ("connect from %s", '192.0.2.9:2525')
+
+
+def test_lines_held_in_a_wake_up_go_out_together_when_it_ends(cli_log):
+    _isolate()
+    holder = logfmt.hold_lines()
+    try:
+        logfmt.log_info(logging_.logger, *LINE)
+        logfmt.log_info(logging_.logger, *OTHER)
+        assert cli_log.lines == [] and cli_log.flushes == 0
+    finally:
+        logfmt.release_lines(holder)
+    expected = _slow_line(cli_log, *LINE) + _slow_line(cli_log, *OTHER)
+    # One write and one flush for both: the same text logging writes.
+    assert cli_log.lines == [(expected, 'logfmt.py')]
+    assert cli_log.flushes == 3
+
+
+def test_a_held_line_keeps_the_time_it_was_logged_at(cli_log):
+    _isolate()
+    holder = logfmt.hold_lines()
+    try:
+        logfmt.log_info(logging_.logger, *LINE)      # at ...,123
+        later = 1_700_000_001_456_000_000
+        with mock.patch('time.time', return_value=later / 1e9), \
+                mock.patch('time.time_ns', return_value=later):
+            logfmt.release_lines(holder)
+            holder = None
+    finally:
+        if holder is not None:
+            logfmt.release_lines(holder)
+    expected = _slow_line(cli_log, *LINE)
+    assert cli_log.lines == [(expected, 'logfmt.py')] and ',123 ' in expected
+
+
+def test_every_other_way_to_the_handler_writes_the_held_lines_first(cli_log):
+    # A record of the stdlib's path, a line of another thread and the
+    # handler's flush() (logging.shutdown() at exit): the stream gets the
+    # lines in the order they were logged.
+    _isolate()
+    handler = logfmt._own_handler
+
+    def words():
+        return [line.split(' INFO ')[-1].split(' WARNING ')[-1].split(' ')[0]
+                for text, _ in cli_log.lines for line in text.splitlines()]
+    holder = logfmt.hold_lines()
+    try:
+        logfmt.log_info(logging_.logger, *LINE)
+        logging_.logger.warning('warned')
+        assert words() == ['message', 'warned']
+        logfmt.log_info(logging_.logger, *LINE)
+        thread = threading.Thread(target=logfmt.log_info,
+                                  args=(logging_.logger,) + OTHER)
+        thread.start()
+        thread.join()
+        assert words() == ['message', 'warned', 'message', 'connect']
+        logfmt.log_info(logging_.logger, *LINE)
+        handler.flush()
+        assert words() == ['message', 'warned', 'message', 'connect', 'message']
+    finally:
+        logfmt.release_lines(holder)
+    assert len(words()) == 5        # nothing was left to write
+
+
+def test_a_held_line_sees_a_change_of_logging_made_before_it_is_written(cli_log):
+    # Whether a held line may take the short way is looked at when it is
+    # written: a filter added meanwhile sees it, as a record.
+    _isolate()
+    seen = []
+    holder = logfmt.hold_lines()
+    try:
+        logfmt.log_info(logging_.logger, *LINE)
+        logging_.logger.addFilter(lambda record: seen.append(record.msg) or True)
+    finally:
+        try:
+            logfmt.release_lines(holder)
+        finally:
+            logging_.logger.filters[:] = []
+    assert seen == [LINE[0]]
+    assert [by for _, by in cli_log.lines] == ['stdlib']
+
+
+def test_a_line_that_may_not_take_the_short_way_is_not_held(cli_log):
+    # A handler (pytest's caplog, say) or a filter up the chain: the line
+    # is the stdlib's record at once, after the lines held before it, so a
+    # test that reads its record right after the reply finds it.
+    _isolate()
+    seen = []
+    holder = logfmt.hold_lines()
+    try:
+        logfmt.log_info(logging_.logger, *OTHER)
+        logging_.logger.addFilter(lambda record: seen.append(record.msg) or True)
+        logfmt.hold_lines()     # a new wake-up: asked again
+        logfmt.log_info(logging_.logger, *LINE)
+        # (The line held before it is asked again as it is written first:
+        # the filter sees it too.)
+        assert seen == [OTHER[0], LINE[0]]
+        assert [by for _, by in cli_log.lines] == ['stdlib', 'stdlib']
+        assert 'connect from' in cli_log.lines[0][0]
+    finally:
+        try:
+            logfmt.release_lines(holder)
+        finally:
+            logging_.logger.filters[:] = []
+    assert len(cli_log.lines) == 2
+
+
+def test_a_held_line_that_cannot_be_formatted_is_reported_alone(cli_log):
+    _isolate()
+    with mock.patch.object(logging.StreamHandler, 'handleError', autospec=True) as error:
+        holder = logfmt.hold_lines()
+        try:
+            logfmt.log_info(logging_.logger, *LINE)
+            logfmt.log_info(logging_.logger, 'size=%d', 'not a number')
+            logfmt.log_info(logging_.logger, *OTHER)
+        finally:
+            logfmt.release_lines(holder)
+    assert [call.args[1].msg for call in error.call_args_list] == ['size=%d']
+    texts = [text for text, _ in cli_log.lines]
+    assert len(texts) == 2 and 'message from' in texts[0] and 'connect from' in texts[1]
+
+
+def test_a_forked_child_holds_none_of_its_parents_lines(cli_log):
+    _isolate()
+    holder = logfmt.hold_lines()
+    try:
+        logfmt.log_info(logging_.logger, *LINE)
+        _, child = in_forked_child(lambda: '%d %s' % (len(logfmt._held), logfmt._holder))
+        assert len(logfmt._held) == 1
+    finally:
+        logfmt.release_lines(holder)
+    assert child == '0 None'
+    assert len(cli_log.lines) == 1
+
+
+def test_the_loop_writes_a_wake_ups_lines_when_it_ends(cli_log):
+    # Lines logged by a timer callback inside smtpd_compat.loop's loop: held
+    # while it runs, written together right after it.
+    from smtpd_compat import loop as loopmod
+    _isolate()
+    during = []
+    socket_map = {}
+    reader, writer = socket.socketpair()
+    try:
+        class Idle(smtpd_compat.asyncore.dispatcher):
+            def readable(self):
+                return False
+
+            def writable(self):
+                return False
+        idle = Idle(reader, map=socket_map)
+
+        def log_two():
+            logfmt.log_info(logging_.logger, *LINE)
+            logfmt.log_info(logging_.logger, *OTHER)
+            during.append(list(cli_log.lines))
+            idle.close()
+        loopmod.services(socket_map).call_later(0, log_two)
+        loopmod.loop(timeout=1, map=socket_map)
+    finally:
+        reader.close()
+        writer.close()
+    assert during == [[]]
+    assert len(cli_log.lines) == 1 and cli_log.lines[0][1] == 'logfmt.py'
+    assert cli_log.lines[0][0].count('\n') == 2
