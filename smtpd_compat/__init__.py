@@ -2031,6 +2031,9 @@ class SMTPServer(asyncore.dispatcher):
                 _DISPATCHER.handle_accept is not _DISPATCHER_HANDLE_ACCEPT:
             super().handle_accept()     # patched: exactly the stdlib's
             return
+        balance = self._accept_balance
+        if balance is not None and balance(self):
+            return      # a worker with fewer connections takes it (workers)
         sock = self.socket
         if type(self).accept is _DISPATCHER_ACCEPT and type(sock) is _SOCKET \
                 and _SOCKET.accept is _SOCKET_ACCEPT \
@@ -2109,6 +2112,9 @@ class SMTPServer(asyncore.dispatcher):
     # (the pending connections wait in the listen backlog) and then tries
     # again; every other accept() error is still the stdlib's.
     _accept_resume = 0.0
+    # Set by smtpd_compat.workers in each worker process: called with the
+    # server before it accepts, True to leave the connection to another.
+    _accept_balance = None
 
     def readable(self):
         if self._accept_resume:
@@ -2119,20 +2125,25 @@ class SMTPServer(asyncore.dispatcher):
 
     def _pause_accepting(self, error):
         now = time.monotonic()
-        self._accept_resume = now + _ACCEPT_PAUSE
         if now >= getattr(self, '_accept_error_logged', -1e9) + 10.0:
             # At most one line per 10 s: a flood must not flood the log.
             self._accept_error_logged = now
             logging.getLogger('smtpd_compat').warning(
                 'accept() failed on %s: %s; not accepting for %.2f s',
                 self._localaddr, error, _ACCEPT_PAUSE)
+        self._stop_accepting(_ACCEPT_PAUSE)
+
+    def _stop_accepting(self, seconds):
+        """Accept nothing for ``seconds``: pending connections wait in the
+        listen backlog."""
+        self._accept_resume = time.monotonic() + seconds
         # smtpd_compat.loop asks readable() only after a handler or timer
         # of this dispatcher ran: a timer bound to it does.  (Looked up,
         # not imported: this module never imports its capabilities; under
         # asyncore.loop readable() is asked on every pass anyway.)
         event_loop = sys.modules.get('smtpd_compat.loop')
         if event_loop is not None:
-            event_loop.call_later(_ACCEPT_PAUSE, self._resume_accepting,
+            event_loop.call_later(seconds, self._resume_accepting,
                                   map=self._map)
 
     def _resume_accepting(self):

@@ -330,7 +330,7 @@ def configure_workers(cli: CommandLine) -> None:
     inner = cli.serve
 
     def serve(cli: CommandLine, server: _smtpd.SMTPServer) -> None:
-        run_workers(count, lambda: inner(cli, server))
+        run_workers(count, lambda: inner(cli, server), server=server)
 
     cli.serve = serve
 

@@ -16,12 +16,18 @@ and run their own loop.  The parent only supervises:
 A shared socket (rather than SO_REUSEPORT listeners) works with port 0 and
 everywhere fork exists; idle workers all wake on a new connection but only
 one accept() succeeds, the others see EAGAIN, which asyncore ignores.
+Given the server (``run_workers(..., server=server)``, as the command line
+does), the workers share the connections out evenly: one that serves more
+than a few connections above the fewest of the others leaves a new
+connection to them (see _Balance).
 
 Limits such as ``max_connections`` are per worker.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import mmap
 import os
 import signal
 import sys
@@ -48,18 +54,20 @@ _Handler = Union[Callable[[int, Optional[FrameType]], Any], int,
 
 
 def run_workers(count: int, serve: Callable[[], object], *,
-                signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)
-                ) -> None:
+                signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+                server: Optional['_smtpd.SMTPServer'] = None) -> None:
     """Fork ``count`` workers that each call ``serve()`` and exit when it
     returns; restart any that die until one of ``signals`` arrives, then
     pass it on to the workers and wait for them.  Call from the main thread
-    once the listening socket is open."""
+    once the listening socket is open.  ``server``: the listening server
+    the workers serve, whose connections they then share out evenly."""
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError('count must be a positive integer, not %r'
                          % (count,))
     if not hasattr(os, 'fork'):
         raise RuntimeError('workers need os.fork()')
     children: Dict[int, Tuple[int, float]] = {}     # pid -> (slot, start time)
+    shares = _Shares(count) if server is not None and count > 1 else None
     stopping: List[int] = []   # the signal that asked us to stop, once it came
 
     def stop(signum: int, frame: Optional[FrameType]) -> None:
@@ -97,11 +105,14 @@ def run_workers(count: int, serve: Callable[[], object], *,
         # (as below, when one came while forking) was lost, and the parent
         # waited for that worker forever.  Blocked, it waits in the kernel
         # until the child has its handlers back (_child unblocks it).
+        work = serve
+        if shares is not None:
+            work = functools.partial(_serve_sharing, serve, shares, slot, server)
         mask = _block(previous)
         try:
             pid = os.fork()
             if pid == 0:
-                _child(serve, previous, stopping, mask)
+                _child(work, previous, stopping, mask)
         finally:
             if mask is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -121,6 +132,8 @@ def run_workers(count: int, serve: Callable[[], object], *,
             if pid not in children:
                 continue
             slot, started = children.pop(pid)
+            if shares is not None:
+                shares.counts[slot] = _GONE     # until its successor says
             if stopping:
                 continue
             if sys.version_info >= (3, 9):
@@ -186,3 +199,65 @@ def _child(serve: Callable[[], object], handlers: Dict[int, _Handler],
         finally:
             # Never return into the parent's code (its supervisor loop).
             os._exit(code)
+
+
+# -- sharing the connections out ----------------------------------------------
+
+# Issue 20, W5 (50,000 idle connections on three workers): the kernel wakes
+# every worker for a new connection and the first accept() wins, so the
+# spread was uneven (15,550 to 19,943 of 50,000; with a descriptor limit of
+# 400, two workers took 336 and 85), and a worker at its max_connections
+# (which the command line lowers to fit the descriptor limit) answered 421
+# while another had room.  Each worker publishes how many dispatchers it
+# serves in memory the workers share; one serving more than _SLACK above
+# the fewest of the others leaves a new connection to them: it accepts
+# nothing for _DEFER seconds, the connection waiting in the listen backlog
+# for a worker with fewer.  It defers once in a row: on its next turn it
+# accepts, so a connection waits at most _DEFER longer when the worker
+# with fewest is busy.  A dead worker's slot counts as full until its
+# successor publishes its own count.
+_SLACK = 16
+_DEFER = 0.002
+_GONE = 2 ** 62
+
+
+class _Shares:
+    """How many dispatchers each worker serves, one slot per worker, in an
+    anonymous shared mapping made before the workers fork."""
+
+    def __init__(self, count: int) -> None:
+        self._memory = mmap.mmap(-1, 8 * count)
+        self.counts = memoryview(self._memory).cast('q')
+        for slot in range(count):
+            self.counts[slot] = _GONE
+
+
+def _serve_sharing(serve: Callable[[], object], shares: '_Shares', slot: int,
+                   server: Any) -> object:
+    """serve(), in worker ``slot``, sharing ``server``'s connections out."""
+    server._accept_balance = _Balance(shares, slot, server)
+    return serve()
+
+
+class _Balance:
+    """A worker's SMTPServer._accept_balance: True (having stopped
+    accepting for a moment) to leave a new connection to the others."""
+
+    def __init__(self, shares: _Shares, slot: int, server: Any) -> None:
+        self._counts = shares.counts
+        self._slot = slot
+        self._others = [other for other in range(len(shares.counts)) if other != slot]
+        self._deferred = False
+        self._counts[slot] = len(server._map)
+
+    def __call__(self, server: Any) -> bool:
+        counts = self._counts
+        mine = counts[self._slot] = len(server._map)
+        if self._deferred:
+            self._deferred = False
+            return False
+        if mine <= min([counts[other] for other in self._others]) + _SLACK:
+            return False
+        self._deferred = True
+        server._stop_accepting(_DEFER)
+        return True

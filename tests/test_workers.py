@@ -268,3 +268,78 @@ def _serves(port, client):
         return served_cert(('127.0.0.1', port), client)
     except OSError:
         return None
+
+
+# -- the workers share the connections out (issue 20, W5) ---------------------
+
+def _held_by(pid):
+    return len(os.listdir('/proc/%d/fd' % pid))
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='needs /proc')
+def test_workers_share_the_connections_out(python_path_env, port):
+    # Each worker may hold 256 connections (the limits layer fits
+    # max_connections to a descriptor limit of 320).  The kernel hands a
+    # new connection to whichever worker calls accept() first, which let
+    # one worker take nearly all of them and answer 421 once full, while
+    # the other had room.
+    import resource
+    import socket
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (320, 320))
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'smtpd_compat', '-n', '-c', 'DebuggingServer',
+         '--workers', '2', '--max-connections-per-ip', '0',
+         '127.0.0.1:%d' % port],
+        env=python_path_env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+    log = Lines(proc.stderr)
+    held = []
+    try:
+        started = log.wait_for(r'worker (\d) started, pid (\d+)', 2)
+        pids = [int(m.group(2)) for m in started]
+        log.wait_for(r'listening for SMTP')
+        replies = []
+        for _ in range(450):
+            sock = socket.create_connection(('127.0.0.1', port), timeout=10)
+            held.append(sock)
+            replies.append(sock.recv(100)[:3])
+        assert replies == [b'220'] * 450
+        counts = [_held_by(pid) for pid in pids]
+        assert abs(counts[0] - counts[1]) <= 40, counts
+    finally:
+        for sock in held:
+            sock.close()
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
+def test_a_worker_with_more_connections_leaves_a_new_one_to_the_others():
+    import smtpd_compat
+    from smtpd_compat import workers
+    shares = workers._Shares(3)
+    server = smtpd_compat.SMTPServer(('127.0.0.1', 0), None, map={})
+    try:
+        balance = workers._Balance(shares, 0, server)
+        assert shares.counts[0] == 1     # published at once: the listener
+        # The other slots have no worker yet (or a dead one): never waited for.
+        assert not balance(server)
+        shares.counts[1] = 1
+        server._map.update((-n, None) for n in range(1, 1 + workers._SLACK))
+        assert not balance(server)      # within the slack
+        server._map[-1000] = None
+        assert balance(server)          # above it: leaves this one
+        assert shares.counts[0] == 2 + workers._SLACK
+        assert not server.readable()    # for a moment
+        # Once in a row: the next one it takes, in case the worker with
+        # fewest is busy.
+        assert not balance(server)
+        assert balance(server)
+        shares.counts[1] = workers._GONE     # that worker died
+        shares.counts[2] = workers._GONE
+        assert not balance(server) and not balance(server)
+    finally:
+        server._map.clear()
+        server.socket.close()
