@@ -489,20 +489,33 @@ def test_every_other_way_to_the_handler_writes_the_held_lines_first(cli_log):
     assert len(words()) == 5        # nothing was left to write
 
 
-def test_a_held_line_sees_a_change_of_logging_made_before_it_is_written(cli_log):
-    # Whether a held line may take the short way is looked at when it is
-    # written: a filter added meanwhile sees it, as a record.
-    _isolate()
-    seen = []
+@contextlib.contextmanager
+def _holding():
+    """Lines held as in a wake-up of the loop; the filters a test adds to
+    the session log's logger are taken off again."""
     holder = logfmt.hold_lines()
     try:
-        logfmt.log_info(logging_.logger, *LINE)
-        logging_.logger.addFilter(lambda record: seen.append(record.msg) or True)
+        yield
     finally:
         try:
             logfmt.release_lines(holder)
         finally:
             logging_.logger.filters[:] = []
+
+
+def _seen_by_a_filter():
+    seen = []
+    logging_.logger.addFilter(lambda record: seen.append(record.msg) or True)
+    return seen
+
+
+def test_a_held_line_sees_a_change_of_logging_made_before_it_is_written(cli_log):
+    # Whether a held line may take the short way is looked at when it is
+    # written: a filter added meanwhile sees it, as a record.
+    _isolate()
+    with _holding():
+        logfmt.log_info(logging_.logger, *LINE)
+        seen = _seen_by_a_filter()
     assert seen == [LINE[0]]
     assert [by for _, by in cli_log.lines] == ['stdlib']
 
@@ -512,11 +525,9 @@ def test_a_line_that_may_not_take_the_short_way_is_not_held(cli_log):
     # is the stdlib's record at once, after the lines held before it, so a
     # test that reads its record right after the reply finds it.
     _isolate()
-    seen = []
-    holder = logfmt.hold_lines()
-    try:
+    with _holding():
         logfmt.log_info(logging_.logger, *OTHER)
-        logging_.logger.addFilter(lambda record: seen.append(record.msg) or True)
+        seen = _seen_by_a_filter()
         logfmt.hold_lines()     # a new wake-up: asked again
         logfmt.log_info(logging_.logger, *LINE)
         # (The line held before it is asked again as it is written first:
@@ -524,11 +535,6 @@ def test_a_line_that_may_not_take_the_short_way_is_not_held(cli_log):
         assert seen == [OTHER[0], LINE[0]]
         assert [by for _, by in cli_log.lines] == ['stdlib', 'stdlib']
         assert 'connect from' in cli_log.lines[0][0]
-    finally:
-        try:
-            logfmt.release_lines(holder)
-        finally:
-            logging_.logger.filters[:] = []
     assert len(cli_log.lines) == 2
 
 
