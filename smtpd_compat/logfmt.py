@@ -264,17 +264,18 @@ def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
     """``logger.info(msg, *args)``: the same line, written straight to the
     command line's handler (:func:`stream_handler`) while that is all the
     line would reach and nothing of logging is changed (see above).  While
-    the loop thread handles a wake-up (:func:`hold_lines`), the line is
-    held and written with the others of that wake-up when it ends."""
+    a loop's thread handles a wake-up (``hold_lines()``), the line is held
+    and written with the others of that wake-up when it ends."""
     # LogRecord.__init__'s time.
     stamp = time.time_ns() if _NS_CLOCK else time.time()
-    if _holder is not None and _holder == _get_ident():
+    checked = _holding.get(_get_ident()) if _holding else None
+    if checked is not None:
         # Whether the line may take the short way is asked once a wake-up
         # (for each logger), and asked again when it is written; one that
         # may not goes the stdlib's way at once, as it would have.
-        handler = _checked.get(logger, _UNKNOWN)
+        handler = checked.get(logger, _UNKNOWN)
         if handler is _UNKNOWN:
-            handler = _checked[logger] = _short_way(logger)
+            handler = checked[logger] = _short_way(logger)
         if handler is not None and not _one_mapping(args):
             _held.append((logger, msg, args, stamp))
             return
@@ -426,30 +427,33 @@ def _report(handler: Any, line: Tuple[Any, ...]) -> None:
 # smtpd_compat.loop's loop holds lines: under asyncore.loop() each is
 # written at once.
 _held: List[Tuple[Any, ...]] = []
-# The thread whose lines are held (the loop's, while it handles a
-# wake-up), or None.  Only that thread adds to _held; any thread may take
-# lines from its front (under _taking).
-_holder: Optional[int] = None
+# The threads whose lines are held (a loop's, while it handles a wake-up;
+# several loops may run in one process, each on its own thread), each with
+# what _direct_handler said for each logger in that wake-up.  Any thread
+# may add lines to _held, and take lines from its front (under _taking).
+_Checked = Dict[logging.Logger, Any]
+_holding: Dict[int, _Checked] = {}
 _get_ident = threading.get_ident
 _taking = threading.Lock()
-# What _direct_handler said, for each logger, in the holder's wake-up.
-_checked: Dict[logging.Logger, Any] = {}
 
 
-def hold_lines() -> Optional[int]:
+def hold_lines() -> Optional[_Checked]:
     """Hold the lines log_info writes on this thread until
     :func:`release_lines`; returns what to hand that."""
-    global _holder
-    holder, _holder = _holder, _get_ident()
-    _checked.clear()
-    return holder
+    ident = _get_ident()
+    holding = _holding.get(ident)
+    _holding[ident] = {}
+    return holding
 
 
-def release_lines(holder: Optional[int]) -> None:
-    """End what :func:`hold_lines` (which returned ``holder``) began:
+def release_lines(holding: Optional[_Checked]) -> None:
+    """End what :func:`hold_lines` (which returned ``holding``) began:
     the held lines are written now."""
-    global _holder
-    _holder = holder
+    ident = _get_ident()
+    if holding is None:
+        _holding.pop(ident, None)
+    else:
+        _holding[ident] = holding
     if _held:
         _write_lines(_take_held())
 
@@ -465,9 +469,8 @@ def _take_held() -> List[Tuple[Any, ...]]:
 
 def _forget_held() -> None:
     # A forked child writes none of its parent's lines (the parent does).
-    global _holder
     del _held[:]
-    _holder = None
+    _holding.clear()
 
 
 if hasattr(os, 'register_at_fork'):

@@ -553,16 +553,53 @@ def test_a_held_line_that_cannot_be_formatted_is_reported_alone(cli_log):
     assert len(texts) == 2 and 'message from' in texts[0] and 'connect from' in texts[1]
 
 
+def test_loops_on_several_threads_hold_lines_each_for_itself(cli_log):
+    # Two loops (two servers of one process) whose wake-ups overlap, the
+    # first ending first: afterwards neither thread's lines are held.
+    _isolate()
+    steps = {name: threading.Event() for name in ('a', 'b', 'a done', 'b done')}
+    late = {}
+
+    def first():
+        holding = logfmt.hold_lines()
+        logfmt.log_info(logging_.logger, *LINE)
+        steps['a'].set()
+        steps['b'].wait(5)
+        logfmt.release_lines(holding)
+        steps['a done'].set()
+        steps['b done'].wait(5)
+        before = len(cli_log.lines)
+        logfmt.log_info(logging_.logger, *OTHER)     # not in a wake-up now
+        late['written'] = len(cli_log.lines) - before
+
+    def second():
+        steps['a'].wait(5)
+        holding = logfmt.hold_lines()
+        logfmt.log_info(logging_.logger, *LINE)
+        steps['b'].set()
+        steps['a done'].wait(5)
+        logfmt.release_lines(holding)
+        steps['b done'].set()
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert late == {'written': 1}
+    assert not logfmt._holding and not logfmt._held
+    assert ''.join(text for text, _ in cli_log.lines).count('\n') == 3
+
+
 def test_a_forked_child_holds_none_of_its_parents_lines(cli_log):
     _isolate()
     holder = logfmt.hold_lines()
     try:
         logfmt.log_info(logging_.logger, *LINE)
-        _, child = in_forked_child(lambda: '%d %s' % (len(logfmt._held), logfmt._holder))
+        _, child = in_forked_child(lambda: '%d %d' % (len(logfmt._held), len(logfmt._holding)))
         assert len(logfmt._held) == 1
     finally:
         logfmt.release_lines(holder)
-    assert child == '0 None'
+    assert child == '0 0'
     assert len(cli_log.lines) == 1
 
 
