@@ -413,7 +413,7 @@ def _report(handler: Any, line: Tuple[Any, ...]) -> None:
 # Speed fix (issue 20, W6): the session log's lines of one loop wake-up
 # are written when it ends, in one write() for all the connections it
 # served, their formatting done in one go.  Written at once, a line cost
-# ~12% of the CPU per message of the command line's TLS+AUTH stack, most
+# ~13% of the CPU per message of the command line's TLS+AUTH stack, most
 # of it not its own instructions but cache misses in code run once per
 # message.  A held line keeps the time it was logged at.  Whether a line
 # may take the short way (_direct_handler) is asked once per wake-up for
@@ -459,7 +459,7 @@ def release_lines(holding: Optional[_Checked]) -> None:
 
 
 def _take_held() -> List[Tuple[Any, ...]]:
-    """The held lines, taken off the list (from its front: the loop
+    """The held lines, taken off the list (from its front: a loop's
     thread may add more meanwhile)."""
     with _taking:
         lines = _held[:]

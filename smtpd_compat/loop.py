@@ -155,6 +155,7 @@ _HANDLE_READ_EVENT = _Dispatcher.handle_read_event
 # (smtpd_compat.workers) makes its own instead of sharing its parent's
 # socketpair.
 _pid_now = _logfmt._process_id
+# The session log's lines of a wake-up, written when it ends (see _poll).
 _hold_lines, _release_lines = _logfmt.hold_lines, _logfmt.release_lines
 
 
