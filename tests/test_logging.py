@@ -560,26 +560,27 @@ def test_loops_on_several_threads_hold_lines_each_for_itself(cli_log):
     steps = {name: threading.Event() for name in ('a', 'b', 'a done', 'b done')}
     late = {}
 
-    def first():
+    def wake_up(start, started, end, ended):
+        # One wake-up of a loop's thread, logging a line: it begins once
+        # ``start`` is set (None: at once) and ends once ``end`` is.
+        if start:
+            steps[start].wait(5)
         holding = logfmt.hold_lines()
         logfmt.log_info(logging_.logger, *LINE)
-        steps['a'].set()
-        steps['b'].wait(5)
+        steps[started].set()
+        steps[end].wait(5)
         logfmt.release_lines(holding)
-        steps['a done'].set()
+        steps[ended].set()
+
+    def first():
+        wake_up(None, 'a', 'b', 'a done')
         steps['b done'].wait(5)
         before = len(cli_log.lines)
         logfmt.log_info(logging_.logger, *OTHER)     # not in a wake-up now
         late['written'] = len(cli_log.lines) - before
 
     def second():
-        steps['a'].wait(5)
-        holding = logfmt.hold_lines()
-        logfmt.log_info(logging_.logger, *LINE)
-        steps['b'].set()
-        steps['a done'].wait(5)
-        logfmt.release_lines(holding)
-        steps['b done'].set()
+        wake_up('a', 'b', 'a done', 'b done')
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for thread in threads:
         thread.start()
