@@ -13,6 +13,7 @@ own.
 A leaf: this module imports nothing from the package, so that every layer
 (the session, the capabilities, the command line) can use it.
 """
+import collections
 import collections.abc
 import logging
 import os
@@ -20,7 +21,7 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 __all__ = ['safe', 'format_peer', 'LogEvery', 'LINE_FORMAT', 'stream_handler',
            'log_info']
@@ -426,15 +427,16 @@ def _report(handler: Any, line: Tuple[Any, ...]) -> None:
 # stream gets every line in the order it was logged.  Only
 # smtpd_compat.loop's loop holds lines: under asyncore.loop() each is
 # written at once.
-_held: List[Tuple[Any, ...]] = []
+_held: Deque[Tuple[Any, ...]] = collections.deque()
 # The threads whose lines are held (a loop's, while it handles a wake-up;
 # several loops may run in one process, each on its own thread), each with
 # what _direct_handler said for each logger in that wake-up.  Any thread
-# may add lines to _held, and take lines from its front (under _taking).
+# may add lines to _held and take lines from its front, one at a time:
+# each is atomic, with no lock that a signal handler logging on the same
+# thread could find taken.
 _Checked = Dict[logging.Logger, Any]
 _holding: Dict[int, _Checked] = {}
 _get_ident = threading.get_ident
-_taking = threading.Lock()
 
 
 def hold_lines() -> Optional[_Checked]:
@@ -461,15 +463,17 @@ def release_lines(holding: Optional[_Checked]) -> None:
 def _take_held() -> List[Tuple[Any, ...]]:
     """The held lines, taken off the list (from its front: a loop's
     thread may add more meanwhile)."""
-    with _taking:
-        lines = _held[:]
-        del _held[:len(lines)]
-    return lines
+    lines = []
+    while True:
+        try:
+            lines.append(_held.popleft())
+        except IndexError:
+            return lines
 
 
 def _forget_held() -> None:
     # A forked child writes none of its parent's lines (the parent does).
-    del _held[:]
+    _held.clear()
     _holding.clear()
 
 

@@ -306,8 +306,11 @@ def test_workers_share_the_connections_out(python_path_env, port):
             held.append(sock)
             replies.append(sock.recv(100)[:3])
         assert replies == [b'220'] * 450
+        # Evenly, within the slack on a quiet machine; on a loaded one a
+        # worker that waits for the CPU falls behind, and the other takes
+        # every second connection it defers (once in a row).
         counts = [_held_by(pid) for pid in pids]
-        assert abs(counts[0] - counts[1]) <= 40, counts
+        assert min(counts) >= 0.3 * sum(counts), counts
     finally:
         for sock in held:
             sock.close()
