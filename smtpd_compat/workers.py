@@ -71,13 +71,26 @@ def run_workers(count: int, serve: Callable[[], object], *,
     stopping: List[int] = []   # the signal that asked us to stop, once it came
 
     def stop(signum: int, frame: Optional[FrameType]) -> None:
-        if not stopping:
+        # A signal handler runs between two bytecodes of whatever the main
+        # thread does, which may be writing a log line to the very stream
+        # this one's line goes to: Python refuses the nested write
+        # (RuntimeError: reentrant call), and logging's report of it fails
+        # the same way.  Raised before the workers were signalled, that
+        # left them serving and this process waiting for them forever (a
+        # rare hang in CI).  So they are signalled first, and the line is
+        # written last, at most lost.
+        first = not stopping
+        if first:
             stopping.append(signum)
-            logger.info('stopping %d workers', len(children))
         for pid in list(children):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
+                pass
+        if first:
+            try:
+                logger.info('stopping %d workers', len(children))
+            except Exception:
                 pass
 
     def forward(signum: int, frame: Optional[FrameType]) -> None:
