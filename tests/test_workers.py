@@ -117,6 +117,15 @@ def test_run_workers_validates_count():
         run_workers(True, lambda: None)
 
 
+def _run_script(script, path, env):
+    """Run ``script`` (python -c) with ``path`` as its argument; it must
+    exit 0 within 30 seconds."""
+    proc = subprocess.run([sys.executable, '-c', script, str(path)], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 STOP_WHILE_FORKING = '''
 import os, signal, sys
 from smtpd_compat import workers
@@ -155,10 +164,7 @@ def test_stop_signal_between_fork_and_handler_setup_is_not_lost(
     # handler and went on serving: in the CLI it would serve forever while
     # the stopping parent waits for it.
     out = tmp_path / 'served'
-    proc = subprocess.run([sys.executable, '-c', STOP_WHILE_FORKING, str(out)],
-                          env=python_path_env, capture_output=True, text=True,
-                          timeout=30)
-    assert proc.returncode == 0, proc.stderr
+    _run_script(STOP_WHILE_FORKING, out, python_path_env)
     assert out.read_text() == 'served by worker 2\n'
 
 
@@ -200,10 +206,7 @@ def test_a_stop_whose_log_line_fails_still_stops_the_workers(tmp_path, python_pa
     # the stop signal came while the parent wrote "worker 1 started", the
     # handler's own line failed, and it never signalled the workers.
     pids = tmp_path / 'pids'
-    proc = subprocess.run([sys.executable, '-c', STOP_WHILE_LOGGING, str(pids)],
-                          env=python_path_env, capture_output=True, text=True,
-                          timeout=30)
-    assert proc.returncode == 0, proc.stderr
+    _run_script(STOP_WHILE_LOGGING, pids, python_path_env)
     children = [int(pid) for pid in pids.read_text().split()]
     assert len(children) == 2
     assert not any(alive(pid) for pid in children)
@@ -251,10 +254,7 @@ def test_stop_signals_are_blocked_across_fork(tmp_path, python_path_env):
     # stopped at once hung).  Blocked across fork(), the signal waits in
     # the kernel until the worker has its handlers back.
     out = tmp_path / 'mask'
-    proc = subprocess.run([sys.executable, '-c', FORK_MASK, str(out)],
-                          env=python_path_env, capture_output=True, text=True,
-                          timeout=30)
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_script(FORK_MASK, out, python_path_env)
     assert out.read_text() == 'child at fork: True\nserving: False\n'
     assert proc.stdout == 'parent after: False\n'
 
