@@ -1314,6 +1314,44 @@ class SMTPChannel(asynchat.async_chat):
                 # (STARTTLS dropping plaintext, discard_buffers()): the
                 # general path goes on with it, as it would have.
                 data = b''
+        elif type(data) is bytes and not self.ac_in_buffer and \
+                self.terminator == b'\r\n' and \
+                data.find(b'\r\n') == len(data) - 2 > 0 and \
+                not self._input_paused and \
+                cls.get_terminator is _CHAT_GET_TERMINATOR:
+            # Speed fix (issue 20, W6: a channel whose capability layers
+            # override collect_incoming_data and found_terminator): one
+            # whole line alone in the read is the general path's first and
+            # only turn below: the same calls (collect_incoming_data with
+            # the line, found_terminator with the placeholder in the
+            # buffer), the same handling of their exceptions and of a
+            # buffer the handler sets; only the loop's bookkeeping is left
+            # out.
+            collected = False
+            dispatching, self._in_dispatch = self._in_dispatch, True
+            try:
+                if self._decode_data:
+                    self._collect_answering(data[:-2])
+                else:
+                    self.collect_incoming_data(data[:-2])
+                self.ac_in_buffer = _PENDING
+                collected = True
+                try:
+                    self.found_terminator()
+                except Exception as err:
+                    if not self._answer_escaped(err):
+                        raise
+            finally:
+                self._in_dispatch = dispatching
+                if not collected:
+                    self.ac_in_buffer = data    # (the loop's buf[pos:])
+                elif self.ac_in_buffer is _PENDING:
+                    self.ac_in_buffer = b''
+            if not self.ac_in_buffer:
+                return
+            # The handler put input of its own in ac_in_buffer: the
+            # general path goes on with it, as the loop would have.
+            data = b''
         # (Data that is not bytes, from a mocked recv, is added to the
         # buffer as asynchat did, and fails the same way.)
         buf = self.ac_in_buffer + data \

@@ -11,6 +11,7 @@ the first round.
 import contextlib
 import ctypes
 import errno
+import inspect
 import io
 import socket
 import sys
@@ -1187,3 +1188,140 @@ def test_method_names_looked_up_as_before():
         assert s.received() == (b'250 overridden\r\n250 nothing happens\r\n'
                                 b'250 nothing happens\r\n'
                                 b'500 Error: command "SMTP_NOOP" not recognized\r\n')
+
+
+# -- a command line alone in a read, on a channel with overrides (issue 20,
+# W6: capability layers override collect_incoming_data and found_terminator)
+
+def _general_loop_lines():
+    """The line numbers of _handle_input's general loop (its while line)."""
+    code = smtpd_compat.SMTPChannel._handle_input.__code__
+    source, first = inspect.getsourcelines(code)
+    return {first + i for i, text in enumerate(source)
+            if text.strip().startswith('while pos < end')}
+
+
+@contextlib.contextmanager
+def _lines_run(code):
+    """Record the line numbers of ``code`` that run, in this thread."""
+    ran = set()
+
+    def trace(frame, event, arg):
+        if frame.f_code is not code:
+            return None
+        if event == 'line':
+            ran.add(frame.f_lineno)
+        return trace
+
+    sys.settrace(trace)
+    try:
+        yield ran
+    finally:
+        sys.settrace(None)
+
+
+def test_one_line_of_an_overriding_channel_skips_the_general_loop():
+    calls = []
+
+    class Overriding(smtpd_compat.SMTPChannel):
+        def collect_incoming_data(self, data):
+            calls.append(data)
+            super().collect_incoming_data(data)
+
+    with session(smtpd_compat, Overriding) as s:
+        s.send(b'HELO a')
+        s.received()
+        with _lines_run(smtpd_compat.SMTPChannel._handle_input.__code__) as ran:
+            s.send(MAIL, b'NOOP')
+        assert s.received() == b'250 OK\r\n250 OK\r\n'
+        assert calls[-2:] == [MAIL, b'NOOP']
+    assert ran and not ran & _general_loop_lines()
+    # Two lines in one read still take the loop.
+    with session(smtpd_compat, Overriding) as s, \
+            _lines_run(smtpd_compat.SMTPChannel._handle_input.__code__) as ran:
+        s.peer.sendall(b'HELO a\r\nNOOP\r\n')
+        s.channel.handle_read()
+        assert s.received().endswith(b'250 OK\r\n')
+    assert ran & _general_loop_lines()
+
+
+def _one_line_outcomes(module, case):
+    """What a channel that overrides as ``case`` says makes of HELO and
+    then one NOOP line alone in a read: the replies to the NOOP, the
+    exception that left handle_read, ac_in_buffer afterwards."""
+    base = module.SMTPChannel
+
+    def is_noop(self, data=b''):
+        return self.smtp_state == self.COMMAND and b'NOOP' in b''.join(
+            self.received_lines + [data])
+
+    class Overriding(base):
+        given = False
+
+        def collect_incoming_data(self, data):
+            if case == 'collect raises' and is_noop(self, data):
+                raise ValueError('refused')
+            super().collect_incoming_data(data)
+
+        def found_terminator(self):
+            noop = is_noop(self)
+            if case == 'found_terminator raises' and noop:
+                raise ValueError('refused')
+            super().found_terminator()
+            if case.startswith('found_terminator gives') and noop \
+                    and not self.given:
+                # Input of its own: a whole line, or the start of one.
+                self.given = True
+                self.ac_in_buffer = b'RSE' if case.endswith('part of a line') \
+                    else b'RSET\r\n'
+
+    with session(module, Overriding) as s:
+        s.send(b'HELO a')
+        s.received()
+        s.peer.sendall(b'NOOP\r\n')
+        try:
+            s.channel.handle_read()
+            error = None
+        except ValueError as e:
+            error = str(e)
+        return {'replies': s.received(), 'error': error,
+                'buffer': s.channel.ac_in_buffer,
+                'lines': s.channel.received_lines}
+
+
+@pytest.mark.parametrize('which', ['ours', 'stdlib'])
+@pytest.mark.parametrize('case, expected', [
+    # collect_incoming_data raises: the line stays in the buffer.
+    ('collect raises', {'replies': b'', 'error': 'refused',
+                        'buffer': b'NOOP\r\n', 'lines': []}),
+    # found_terminator raises: the line was taken.
+    ('found_terminator raises', {'replies': b'', 'error': 'refused',
+                                 'buffer': b'', 'lines': [b'NOOP']}),
+    # found_terminator gives the channel input of its own: a whole line is
+    # handled in the same read (asynchat's loop went on with it), the start
+    # of one is collected.
+    ('found_terminator gives a line', {'replies': b'250 OK\r\n250 OK\r\n',
+                                       'error': None, 'buffer': b'',
+                                       'lines': []}),
+    ('found_terminator gives part of a line', {
+        'replies': b'250 OK\r\n', 'error': None, 'buffer': b'',
+        'lines': [b'RSE']}),
+])
+def test_one_line_of_an_overriding_channel_as_on_311(which, case, expected):
+    # (Values recorded from CPython 3.11's smtpd; the stdlib's own module
+    # is run beside ours where it exists.)
+    assert _one_line_outcomes(_module(which), case) == expected
+
+
+def test_one_line_of_an_overriding_channel_not_utf8():
+    # Deviation (b) on that path too: 500, and the session goes on.
+    class Overriding(smtpd_compat.SMTPChannel):
+        def found_terminator(self):
+            super().found_terminator()
+
+    with session(smtpd_compat, Overriding) as s:
+        s.send(b'HELO a')
+        s.received()
+        s.send(b'NOOP \xff', b'NOOP')
+        assert s.received() == b'500 Error: bad syntax\r\n250 OK\r\n'
+        assert s.channel.ac_in_buffer == b'' and not s.channel._in_dispatch
