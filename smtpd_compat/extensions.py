@@ -286,12 +286,7 @@ class ExtensionsChannelMixin(MessageChannelMixin):
             self._end_chunk()
             return
         if state == self.COMMAND:
-            line = self._command_line()
-            word = line[:16].split(None, 1)
-            verb = word[0] if word else ''
-            if isinstance(verb, bytes):
-                verb = verb.decode('ascii', 'replace')
-            self._verb = verb.upper()
+            self._verb = self._command_verb()
         else:
             self._verb = '.'
         super().found_terminator()

@@ -245,13 +245,7 @@ class LimitsChannelMixin(_ChannelBase):
         limit = getattr(self.smtp_server, 'max_junk_commands', None)
         if (limit is not None and self.smtp_state == self.COMMAND
                 and not self.closing):
-            # Is the command line a junk verb?  (Inline: once per command.)
-            line = self._command_line()
-            word = line[:6].split(None, 1)
-            verb = word[0] if word else ''
-            if isinstance(verb, bytes):
-                verb = verb.decode('ascii', 'replace')
-            if verb.upper() in _JUNK_VERBS:
+            if self._command_verb() in _JUNK_VERBS:
                 self._limits_junk += 1
                 if self._limits_junk > limit:
                     self.received_lines = []

@@ -188,7 +188,7 @@ class SessionStateMixin(_ChannelBase):
     instance_state: ClassVar[Tuple[str, ...]] = (
         'auth_user', 'proxy_peer', 'closing', 'close_reason', 'waiting',
         'deadline_phase', '_deadline', '_deadline_timer', '_loop_services',
-        '_batching')
+        '_batching', '_verb_of')
     # asyncore's, for the type checker (no class attributes).
     _map: _loop.SocketMap
     _fileno: Optional[int]
@@ -425,10 +425,34 @@ class SessionStateMixin(_ChannelBase):
         self.received_lines = [line]
         return line
 
+    # (line, _command_verb() of it) while a read is handled.
+    _verb_of: Optional[Tuple[Union[bytes, str], str]] = None
+
+    def _command_verb(self) -> str:
+        """The first word of the command line received (see
+        _command_line), in upper case, as text ('' for a blank line): for
+        the layers that look at it before the core does (limits' junk
+        commands, extensions' reply codes).  Worked out once a line."""
+        line = self._command_line()
+        known = self._verb_of
+        if known is not None and known[0] is line:
+            return known[1]
+        # (A verb is short: the first 16 characters hold any the layers
+        # look for.)
+        word = line[:16].split(None, 1)
+        verb = word[0] if word else ''
+        if isinstance(verb, bytes):
+            verb = verb.decode('ascii', 'replace')
+        verb = verb.upper()
+        self._verb_of = (line, verb)
+        return verb
+
     def _handle_input(self, data: bytes) -> None:
         if self.closing:
             return
         super()._handle_input(data)
+        # (The lines of this read are handled: none is kept.)
+        self._verb_of = None
 
     def found_terminator(self) -> None:
         if self.closing:

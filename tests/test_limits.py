@@ -16,9 +16,11 @@ from smtpd_compat import loop as sloop
 from smtpd_compat.__main__ import CLI
 from smtpd_compat.cli_options import GROUPS
 from smtpd_compat.cli_options import configure_limits as cli_configure
+from smtpd_compat.extensions import ExtensionsMixin
 from smtpd_compat.limits import (
     LimitedServer, LimitsServerMixin, PRODUCTION_DEFAULTS)
 from smtpd_compat.logging_ import SessionLogServerMixin
+from smtpd_compat.session import SessionStateMixin
 
 from conftest import RecordingServer, read_to_eof, recv_reply
 
@@ -449,6 +451,44 @@ def test_junk_count_starts_again_after_a_message(serve, connect):
     assert command(sock, b'x\r\n.').startswith(b'250')
     for _ in range(3):
         assert command(sock, b'NOOP').startswith(b'250')
+    assert command(sock, b'NOOP').startswith(b'421 4.7.0 ')
+
+
+class LimitedExtended(LimitsServerMixin, ExtensionsMixin, RecordingServer):
+    pass
+
+
+def test_layers_work_out_a_command_verb_once(serve, connect, monkeypatch):
+    # Limits (junk commands) and extensions (the enhanced status code of
+    # the reply) both need the command's verb: worked out once a line, and
+    # not kept once the read is handled.
+    seen = []
+    original = SessionStateMixin._command_verb
+
+    def spy(self):
+        known = self._verb_of
+        verb = original(self)
+        seen.append((verb, self._verb_of is not known))     # worked out
+        channels.add(self)
+        return verb
+
+    channels = set()
+    monkeypatch.setattr(SessionStateMixin, '_command_verb', spy)
+    runner = serve(LimitedExtended, max_junk_commands=2,
+                   esmtp_extensions=['ENHANCEDSTATUSCODES'])
+    sock, _ = connect(runner.address)
+    assert command(sock, b'EHLO c').startswith(b'250')
+    # (The core takes a line that starts with a blank for an unknown
+    # command; to the layers its verb is RSET: junk.)
+    for line, verb, answer in (
+            (b'NOOP', 'NOOP', b'250 2.0.0 OK'),
+            (b'mail FROM:<a@b>', 'MAIL', b'250 2.1.0 OK'),
+            (b'  rset', 'RSET', b'500 5.5.2 Error: command "" not')):
+        del seen[:]
+        assert command(sock, line).startswith(answer)
+        assert seen == [(verb, True), (verb, False)]
+        assert [c._verb_of for c in channels] == [None]
+    # The third junk command (NOOP, RSET before it) is one too many.
     assert command(sock, b'NOOP').startswith(b'421 4.7.0 ')
 
 
