@@ -8,10 +8,12 @@ __all__ = ['run_both', 'compare']
 _G_MARK = b'552 Error: Too much mail data\r\n'
 
 
-def run_both(stdlib, ours, config, writes, server_class='SMTPServer'):
+def run_both(stdlib, ours, config, writes, server_class='SMTPServer',
+             overriding=False):
     results = []
     for module in (stdlib, ours):
-        driver = Driver(module, server_class, **CONFIGS[config])
+        driver = Driver(module, server_class, overriding=overriding,
+                        **CONFIGS[config])
         try:
             results.append(driver.run(writes))
         finally:

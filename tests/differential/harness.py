@@ -49,10 +49,14 @@ class Result:
                 % (self.replies, self.messages, self.errors, self.closed))
 
 
-def _instrument(module, server_base):
+def _instrument(module, server_base, overriding=False):
     """A server class derived from ``server_base`` (a class of ``module``)
     whose channels count their traffic and record exceptions instead of
-    printing them, and which records process_message calls."""
+    printing them, and which records process_message calls.
+    ``overriding``: the channels also override collect_incoming_data and
+    found_terminator (calling the originals), as capability layers and
+    many subclasses do, which takes smtpd_compat off its plain channel's
+    fast paths."""
 
     class Channel(module.SMTPChannel):
         def __init__(self, server, conn, *args, **kwargs):
@@ -76,6 +80,14 @@ def _instrument(module, server_base):
         def handle_error(self):
             self.smtp_server.result.errors.append(sys.exc_info()[1])
             self.close()
+
+    if overriding:
+        class Channel(Channel):
+            def collect_incoming_data(self, data):
+                super().collect_incoming_data(data)
+
+            def found_terminator(self):
+                super().found_terminator()
 
     class Server(server_base):
         channel_class = Channel
@@ -102,10 +114,10 @@ class Driver:
     MAX_TURNS = 5000
 
     def __init__(self, module, server_class='SMTPServer', reply=None,
-                 **kwargs):
+                 overriding=False, **kwargs):
         self.module = module
         self.map = {}
-        cls = _instrument(module, getattr(module, server_class))
+        cls = _instrument(module, getattr(module, server_class), overriding)
         self.server = cls(('127.0.0.1', 0), ('127.0.0.1', 9), map=self.map,
                           **kwargs)
         self.server.reply = reply
