@@ -488,6 +488,7 @@ def summarise(results, servers, workloads):
             cpu = [r['cpu_us'] for r in runs if r.get('cpu_us') is not None]
             load = [r['load_us'] for r in runs if r.get('load_us') is not None]
             row = {
+                'runs': runs,
                 'value': statistics.median(vals) if vals else float('nan'),
                 'cpu_us': statistics.median(cpu) if cpu else None,
                 'load_us': statistics.median(load) if load else None,
@@ -511,6 +512,28 @@ def ratio(table, w, a, b):
         return None
     higher = WORKLOADS[w][2]
     return ra['value'] / rb['value'] if higher else rb['value'] / ra['value']
+
+
+def round_ratios(table, w, a, b):
+    """The ratio of ``a`` over ``b`` (as ratio() takes it) in each round
+    both ran well: the rounds interleave the servers, so each ratio
+    compares two runs made moments apart."""
+    ra, rb = table[w].get(a), table[w].get(b)
+    if not ra or not rb:
+        return []
+    higher = WORKLOADS[w][2]
+    ratios = []
+    for x, y in zip(ra['runs'], rb['runs']):
+        vx, vy = x['value'], y['value']
+        if x['ok'] and y['ok'] and vx and vy and vx == vx and vy == vy:
+            ratios.append(vx / vy if higher else vy / vx)
+    return ratios
+
+
+def spread(ratios):
+    """'median (interquartile range; lowest--highest)' of ``ratios``."""
+    low, mid, high = statistics.quantiles(ratios, n=4, method='inclusive')
+    return '%.2f× (%.2f–%.2f; %.2f–%.2f)' % (mid, low, high, min(ratios), max(ratios))
 
 
 def cpu_ratio(table, w, a, b):
@@ -572,6 +595,22 @@ def markdown(table, servers, workloads, meta):
               '(with --idle-workers: its parent\'s and workers\' together), '
               'W5 "max" the slowest fresh transaction; '
               'other RSS figures are the peak (VmHWM) of the server process.', '']
+    # How far a ratio moves from round to round (three rounds at least):
+    # whether a median near a target is on its side of it.
+    spread_rows = []
+    for w in workloads:
+        cells = []
+        for mine, other in pairs:
+            ratios = round_ratios(table, w, mine, other)
+            cells.append(spread(ratios) if len(ratios) >= 3 else '—')
+        if any(c != '—' for c in cells):
+            spread_rows.append('| %s | %s |' % (w, ' | '.join(cells)))
+    if spread_rows:
+        lines += ['The ratios round by round (each round runs every server '
+                  'once, one after another): median (interquartile range; '
+                  'lowest–highest).', '',
+                  '| workload' + ''.join(' | %s / %s' % p for p in pairs) + ' |',
+                  '|' + '---|' * (len(pairs) + 1)] + spread_rows + ['']
     # A row for every workload measured (0 means less than one clock
     # tick of CPU time: a run too short to say).
     cpu_rows = [w for w in workloads

@@ -92,3 +92,40 @@ def test_runner_baseline(tmp_path, python_path_env, baseline):
     for row in load_rows.values():
         for cell in row.rstrip(' |').split(' | ')[1:3]:
             assert re.fullmatch(r'[\d,.]+ \(\d+%\)', cell), row
+
+
+def _run_module():
+    spec = importlib.util.spec_from_file_location('bench_run', RUN)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.dirname(RUN))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(os.path.dirname(RUN))
+    return module
+
+
+def test_ratios_round_by_round():
+    """From three rounds on, the table gives each ratio's spread over the
+    rounds: median, interquartile range, lowest and highest; a round in
+    which either server failed is left out."""
+    run = _run_module()
+
+    def runs(*values):
+        return [{'value': v, 'ok': v is not None, 'rss': None} for v in values]
+
+    table = {'W6': {'ours': {'runs': runs(10, 11, 12, 13, 9)},
+                    'aiosmtpd': {'runs': runs(5, 5, 6, 5, None)}},
+             'W1': {'ours': {'runs': runs(8)}, 'aiosmtpd': {'runs': runs(4)}}}
+    assert run.round_ratios(table, 'W6', 'ours', 'aiosmtpd') == [2.0, 2.2, 2.0, 2.6]
+    assert run.spread([2.0, 2.2, 2.0, 2.6]) == '2.10× (2.00–2.30; 2.00–2.60)'
+    for w in table:
+        for row in table[w].values():
+            values = [r['value'] for r in row['runs'] if r['ok']]
+            row.update(value=sorted(values)[len(values) // 2], ok=True, rss=None)
+    servers = [run.Server('ours', []), run.Server('aiosmtpd', [])]
+    text = run.markdown(table, servers, ['W1', 'W6'], 'meta')
+    section = text.split('The ratios round by round')[1]
+    rows = [line for line in section.splitlines() if line.startswith('| W')]
+    # W1 had one round: no row.
+    assert rows == ['| W6 | — | 2.10× (2.00–2.30; 2.00–2.60) |']
