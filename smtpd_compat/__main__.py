@@ -97,6 +97,15 @@ class CLI:
             self.server_kwargs['enable_SMTPUTF8'] = True
         self.serve: Serve = _serve
 
+    @staticmethod
+    def stop_requested() -> bool:
+        """True once a stop signal came while the command line's first
+        handler had them (from before the port is bound until a serve
+        function takes them over): a serve function that takes them over
+        asks this afterwards, for a signal whose KeyboardInterrupt was
+        lost (see _stop_if_asked)."""
+        return _stopping
+
     def error(self, msg: str) -> NoReturn:
         """Exit with status 1 after a short message on stderr: ``msg`` and
         a pointer to the help (not the whole usage text)."""
@@ -313,14 +322,36 @@ def _serve(cli: CLI, server: _smtpd.SMTPServer) -> None:
     """Serve with smtpd_compat's epoll loop (asyncore.loop's select() stops
     at 1,024 descriptors), with the open-files limit raised to the hard
     limit so that many connections can be held."""
+    global _serving
     from smtpd_compat import loop
     loop.raise_fd_limit()
+    services = loop.services(server._map)
     # A stop signal that lands between the loop's check for pending signals
     # and its epoll_wait() would only be acted on when the wait ends (the
     # classic signal/select race; seen as a rare 30 s delay before SIGTERM
     # took effect on a loaded machine): the signal itself wakes the loop.
-    with loop.services(server._map).wake_on_signals():
-        loop.loop(map=server._map)
+    with services.wake_on_signals():
+        _serving = services
+        try:
+            _stop_if_asked()
+            loop.loop(map=server._map)
+        finally:
+            _serving = None
+
+
+# The loop services of the map _serve() serves, while it does.
+_serving: Optional[Any] = None
+
+
+def _stop_if_asked() -> None:
+    """Raise the KeyboardInterrupt of a stop signal that _terminate took
+    and whose exception never reached main(): a signal handler runs
+    between two bytecodes of whatever the main thread runs, and raised
+    inside a weakref callback or a __del__ (the import system's, as the
+    loop imported ``resource``: seen in CI) the exception is printed and
+    dropped, and the server served on."""
+    if _stopping:
+        raise KeyboardInterrupt
 
 
 # Set once a stop signal has been acted on (or serving is over).
@@ -342,6 +373,12 @@ def _terminate(signum: int, frame: Optional[types.FrameType]) -> None:
     # due to race condition".  Noted here, it finds this handler, which
     # returns.
     _stopping = True
+    # Should the exception below be dropped (see _stop_if_asked), the loop
+    # raises it again when the signal wakes it, and a server about to
+    # serve raises it before it does.
+    services = _serving
+    if services is not None:
+        services.call_soon_from_signal(_stop_if_asked)
     raise KeyboardInterrupt
 
 

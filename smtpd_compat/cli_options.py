@@ -72,6 +72,8 @@ class CommandLine(Protocol):
 
     def require_class(self, base: type, option: str) -> None: ...
 
+    def stop_requested(self) -> bool: ...
+
 
 class Group(NamedTuple):
     """The options of one capability module."""
@@ -302,7 +304,7 @@ def configure_shutdown(cli: CommandLine) -> None:
             cli.error('Invalid --grace-period: %s' % text)
 
     def serve(cli: CommandLine, server: _smtpd.SMTPServer) -> None:
-        serve_gracefully(server._map, grace)
+        serve_gracefully(server._map, grace, requested=cli.stop_requested)
 
     cli.serve = serve
 
@@ -330,7 +332,8 @@ def configure_workers(cli: CommandLine) -> None:
     inner = cli.serve
 
     def serve(cli: CommandLine, server: _smtpd.SMTPServer) -> None:
-        run_workers(count, lambda: inner(cli, server), server=server)
+        run_workers(count, lambda: inner(cli, server), server=server,
+                    requested=cli.stop_requested)
 
     cli.serve = serve
 

@@ -557,6 +557,18 @@ class LoopServices:
         waker.wake()
         return True
 
+    def call_soon_from_signal(self, callback: _Callback, *args: Any) -> bool:
+        """From a Python-level signal handler: what
+        :meth:`call_soon_threadsafe` does, without its lock (the handler
+        runs in the main thread between two bytecodes of whatever runs
+        there, which may hold it)."""
+        waker = self._waker
+        if waker is None or waker._closed:
+            return False
+        self._ready.append((callback, args))
+        waker.wake_unlocked()
+        return True
+
     def _run_ready(self) -> None:
         ready = self._ready
         while ready:

@@ -33,7 +33,7 @@ clock (:attr:`smtpd_compat.loop.LoopServices.clock`).
 """
 import logging
 import signal
-from typing import Any, Optional, Sequence, cast
+from typing import Any, Callable, Optional, Sequence, cast
 
 import smtpd_compat as _smtpd
 from smtpd_compat import loop as _loop
@@ -140,16 +140,21 @@ class GracefulShutdown:
 
 def serve_gracefully(map: Optional[_loop.SocketMap] = None,
                      grace_period: float = DEFAULT_GRACE_PERIOD,
-                     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+                     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+                     requested: Optional[Callable[[], bool]] = None) -> None:
     """Serve ``map`` (default ``asyncore.socket_map``) until one of
     ``signals`` arrives, then shut down gracefully (see the module
     docstring) and return.  Signal handlers are restored on return.  Call
-    from the main thread."""
+    from the main thread.  ``requested``: asked once the signals are
+    taken over; True means one came before (to the handler they had), and
+    the shutdown begins at once."""
     shutdown = GracefulShutdown(map, grace_period)
     services = _loop.services(shutdown.map)
     for signum in signals:
         services.add_signal_handler(signum, shutdown.request)
     try:
+        if requested is not None and requested():
+            shutdown.request()
         shutdown.run()
     finally:
         for signum in signals:

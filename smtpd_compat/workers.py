@@ -55,12 +55,15 @@ _Handler = Union[Callable[[int, Optional[FrameType]], Any], int,
 
 def run_workers(count: int, serve: Callable[[], object], *,
                 signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
-                server: Optional['_smtpd.SMTPServer'] = None) -> None:
+                server: Optional['_smtpd.SMTPServer'] = None,
+                requested: Optional[Callable[[], bool]] = None) -> None:
     """Fork ``count`` workers that each call ``serve()`` and exit when it
     returns; restart any that die until one of ``signals`` arrives, then
     pass it on to the workers and wait for them.  Call from the main thread
     once the listening socket is open.  ``server``: the listening server
-    the workers serve, whose connections they then share out evenly."""
+    the workers serve, whose connections they then share out evenly.
+    ``requested``: asked once the signals are taken over; True means one
+    came before (to the handler they had): no worker is started."""
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError('count must be a positive integer, not %r'
                          % (count,))
@@ -101,8 +104,11 @@ def run_workers(count: int, serve: Callable[[], object], *,
             except ProcessLookupError:
                 pass
 
+    signals = list(signals)
     previous: Dict[int, _Handler] = {
         signum: signal.signal(signum, stop) for signum in signals}
+    if requested is not None and signals and requested():
+        stopping.append(signals[0])
     hup = getattr(signal, 'SIGHUP', None)
     if hup is not None and hup not in previous:
         # Restored in the workers too (_child), so that they reload rather
@@ -136,6 +142,8 @@ def run_workers(count: int, serve: Callable[[], object], *,
 
     try:
         for slot in range(count):
+            if stopping:
+                break
             spawn(slot)
         while children:
             try:

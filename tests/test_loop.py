@@ -296,6 +296,49 @@ def test_signal_wakes_the_loop_at_once():
     assert id(map) not in loopmod._services
 
 
+@pytest.mark.skipif(not hasattr(signal, 'pthread_kill'),
+                    reason='POSIX signals needed')
+def test_call_soon_from_signal_runs_on_the_loop():
+    """A Python-level signal handler hands work to the loop without a lock
+    (it may run while the loop thread holds one): the callback runs on
+    the loop thread at the wake-up this causes, even when the handler's
+    own signal raised nothing the loop would see."""
+    map = {}
+    server = RecordingServer(('127.0.0.1', 0), None, map=map)
+    services = loopmod.services(map)
+    got = []
+
+    def on_loop():
+        got.append(threading.get_ident())
+        services.stop()
+
+    def handler(signum, frame):
+        assert services.call_soon_from_signal(on_loop)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    services.enable_wakeup()
+
+    def send():
+        time.sleep(0.2)
+        signal.pthread_kill(main, signal.SIGUSR1)
+    main = threading.get_ident()
+    sender = threading.Thread(target=send)
+    try:
+        sender.start()
+        started = time.monotonic()
+        with services.wake_on_signals():
+            loop(timeout=30, map=map)
+        assert time.monotonic() - started < 20
+        assert got == [main]
+    finally:
+        sender.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+        server.close()
+        loop(map=map, count=1)
+    # No wake-up in the map any more: refused.
+    assert not services.call_soon_from_signal(got.append, 'late')
+
+
 class _WatchedSocket:
     """A wake-up's write socket that notes, when it is closed, which
     descriptor signals were writing to (signal.set_wakeup_fd)."""
