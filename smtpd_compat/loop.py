@@ -550,23 +550,22 @@ class LoopServices:
         its next wake-up, which this causes.  Returns False, and drops the
         call, when the wake-up is not in the map (nothing held it and the
         map emptied: no loop serves it any more)."""
-        waker = self._waker
-        if waker is None or waker._closed:
-            return False
-        self._ready.append((callback, args))
-        waker.wake()
-        return True
+        return self._call_soon(callback, args, _Waker.wake)
 
     def call_soon_from_signal(self, callback: _Callback, *args: Any) -> bool:
         """From a Python-level signal handler: what
         :meth:`call_soon_threadsafe` does, without its lock (the handler
         runs in the main thread between two bytecodes of whatever runs
         there, which may hold it)."""
+        return self._call_soon(callback, args, _Waker.wake_unlocked)
+
+    def _call_soon(self, callback: _Callback, args: Tuple[Any, ...],
+                   wake: Callable[['_Waker'], None]) -> bool:
         waker = self._waker
         if waker is None or waker._closed:
             return False
         self._ready.append((callback, args))
-        waker.wake_unlocked()
+        wake(waker)
         return True
 
     def _run_ready(self) -> None:

@@ -259,6 +259,18 @@ def test_stop_from_another_thread_ends_the_loop():
         loop(map=map, count=1)
 
 
+def _sigusr1_soon():
+    """A started thread that sends itself SIGUSR1 in 0.2 s (the loop is
+    waiting by then, or soon): the C handler runs there, the Python
+    handler in the main thread."""
+    def send():
+        time.sleep(0.2)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+    sender = threading.Thread(target=send)
+    sender.start()
+    return sender
+
+
 @pytest.mark.skipif(not hasattr(signal, 'pthread_kill'),
                     reason='POSIX signals needed')
 def test_signal_wakes_the_loop_at_once():
@@ -276,13 +288,8 @@ def test_signal_wakes_the_loop_at_once():
         got.append(threading.get_ident())
         services.stop()
     services.add_signal_handler(signal.SIGUSR1, on_signal)
-
-    def send():
-        time.sleep(0.2)     # (the loop is waiting by then, or soon)
-        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
-    sender = threading.Thread(target=send)
+    sender = _sigusr1_soon()
     try:
-        sender.start()
         started = time.monotonic()
         loop(timeout=30, map=map)
         assert time.monotonic() - started < 20
@@ -317,19 +324,13 @@ def test_call_soon_from_signal_runs_on_the_loop():
 
     previous = signal.signal(signal.SIGUSR1, handler)
     services.enable_wakeup()
-
-    def send():
-        time.sleep(0.2)
-        signal.pthread_kill(main, signal.SIGUSR1)
-    main = threading.get_ident()
-    sender = threading.Thread(target=send)
+    sender = _sigusr1_soon()
     try:
-        sender.start()
         started = time.monotonic()
         with services.wake_on_signals():
             loop(timeout=30, map=map)
         assert time.monotonic() - started < 20
-        assert got == [main]
+        assert got == [threading.get_ident()]
     finally:
         sender.join(10)
         signal.signal(signal.SIGUSR1, previous)
