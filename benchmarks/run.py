@@ -504,14 +504,21 @@ def summarise(results, servers, workloads):
     return table
 
 
+def _times_better(w, ra, rb):
+    """How many times better result ``ra`` is than ``rb`` (each a dict
+    with 'value' and 'ok') in workload ``w``, or None when either failed
+    or measured nothing."""
+    va, vb = ra['value'], rb['value']
+    if va != va or vb != vb or not ra['ok'] or not rb['ok'] or not va or not vb:
+        return None
+    return va / vb if WORKLOADS[w][2] else vb / va
+
+
 def ratio(table, w, a, b):
     ra, rb = table[w].get(a), table[w].get(b)
-    if not ra or not rb or ra['value'] != ra['value'] or rb['value'] != rb['value']:
+    if not ra or not rb:
         return None
-    if not rb['ok'] or not ra['ok'] or not ra['value'] or not rb['value']:
-        return None
-    higher = WORKLOADS[w][2]
-    return ra['value'] / rb['value'] if higher else rb['value'] / ra['value']
+    return _times_better(w, ra, rb)
 
 
 def round_ratios(table, w, a, b):
@@ -521,13 +528,8 @@ def round_ratios(table, w, a, b):
     ra, rb = table[w].get(a), table[w].get(b)
     if not ra or not rb:
         return []
-    higher = WORKLOADS[w][2]
-    ratios = []
-    for x, y in zip(ra['runs'], rb['runs']):
-        vx, vy = x['value'], y['value']
-        if x['ok'] and y['ok'] and vx and vy and vx == vx and vy == vy:
-            ratios.append(vx / vy if higher else vy / vx)
-    return ratios
+    pairs = (_times_better(w, x, y) for x, y in zip(ra['runs'], rb['runs']))
+    return [r for r in pairs if r is not None]
 
 
 def spread(ratios):
