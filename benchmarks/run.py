@@ -273,6 +273,8 @@ def stack_server(srv, args, stack):
             '--auth-file', stack['auth'], '--auth-required']
     if srv.name == 'ours-threads':
         argv += ['--threads', str(args.threads)]
+    if args.stack_log_level:
+        argv += ['--log-level', args.stack_log_level]
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
         [os.path.join(HERE, 'peers')] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
@@ -721,6 +723,10 @@ def main(argv=None):
     p.add_argument('--python', default=sys.executable, help='interpreter for ours')
     p.add_argument('--threads', type=int, default=8,
                    help='worker threads of the ours-threads server (default 8)')
+    p.add_argument('--stack-log-level', metavar='LEVEL',
+                   help="W6: run ours with --log-level LEVEL (WARNING: no "
+                        "line per message, as aiosmtpd logs none there); "
+                        "default --production's INFO")
     p.add_argument('--stdlib-python', default='python3.11')
     p.add_argument('--aiosmtpd-python',
                    default=os.environ.get('SMTPD_COMPAT_AIOSMTPD_PYTHON',

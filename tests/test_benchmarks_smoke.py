@@ -129,3 +129,19 @@ def test_ratios_round_by_round():
     rows = [line for line in section.splitlines() if line.startswith('| W')]
     # W1 had one round: no row.
     assert rows == ['| W6 | — | 2.10× (2.00–2.30; 2.00–2.60) |']
+
+
+def test_stack_log_level_reaches_ours_w6_command_line_only():
+    """--stack-log-level adds --log-level to ours' W6 command line (not to
+    aiosmtpd's); without it the command line is --production's as ever."""
+    run = _run_module()
+    stack = {'cert': 'c.pem', 'key': 'k.pem', 'server': 's.pem', 'auth': 'users'}
+
+    def argv(name, level):
+        args = run.argparse.Namespace(python='py', threads=8, stack_log_level=level)
+        return run.stack_server(run.Server(name, ['x']), args, stack).argv
+
+    assert argv('ours', 'WARNING')[-2:] == ['--log-level', 'WARNING']
+    assert '--log-level' not in argv('ours', None)
+    assert '--production' in argv('ours', None)
+    assert '--log-level' not in argv('aiosmtpd', 'WARNING')
